@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine with Python 3.11 and make: `make demo`, `make test`.
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+export UV_PYTHON_DOWNLOADS := never
+UV := $(PYTHON) -m uv
+RUN := $(UV) run --frozen
+
+.PHONY: install demo test lint bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+.venv/.installed: pyproject.toml uv.lock
+	@$(UV) --version 2>/dev/null | grep -q "$(UV_VERSION)" || \
+		$(PYTHON) -m pip install --quiet --user --break-system-packages --root-user-action=ignore uv==$(UV_VERSION)
+	$(UV) sync --frozen
+	@touch $@
+
+install: .venv/.installed  ## install c360 and its pinned dependencies into .venv with uv
+
+demo: install  ## run the whole pipeline on generated data and print where to look
+	$(RUN) c360 demo
+
+lint: install  ## ruff and mypy
+	$(RUN) ruff check .
+	$(RUN) mypy c360 features training serving
+
+test: lint  ## lint, then the test suite
+	$(RUN) pytest -n 2
+
+bench: install  ## benchmarks; figures go to bench/RESULTS.md
+	$(RUN) python -m bench.generate_ingest
+
+clean:  ## remove run state (C360_HOME default) and caches
+	rm -rf .c360 .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,56 @@
+"""Settings: `C360_*` environment variables, then an optional YAML file (`C360_CONFIG`), then defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="C360_", extra="ignore")
+
+    home: Path = Field(Path(".c360"), description="where all run state lives (warehouse, data, models)")
+    config: Path | None = Field(None, description="optional YAML file with any of these settings")
+    customers: int = Field(20_000, ge=1, description="demo size: customers to generate")
+    seed: int = Field(42, description="demo seed")
+    corrupt_rate: float = Field(0.005, ge=0, le=0.5, description="demo share of rows with an injected fault")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, *_: Any, **__: Any):
+        return init_settings, env_settings, YamlSource(settings_cls, env_settings)
+
+    @property
+    def warehouse(self) -> Path:
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def generated(self) -> Path:
+        return self.home / "data" / "generated"
+
+    @property
+    def runs(self) -> Path:
+        return self.home / "runs.jsonl"
+
+
+class YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by C360_CONFIG; environment variables win over it."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self.path = env().get("config")
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if not self.path:
+            return {}
+        path = Path(self.path)
+        if not path.is_file():
+            raise FileNotFoundError(f"C360_CONFIG points to {path}, which does not exist")
+        return yaml.safe_load(path.read_text()) or {}

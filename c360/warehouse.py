@@ -1,0 +1,36 @@
+"""The DuckDB warehouse under C360_HOME: opening it and summarising what it holds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import duckdb
+import pandas as pd
+
+from c360.settings import Settings
+from features.contract import TABLES
+
+
+@contextmanager
+def connect(s: Settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    s.home.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(s.warehouse), read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def table_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Per source table: rows loaded, rows quarantined, files loaded and when last."""
+    loaded = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "ingest_log" not in loaded:
+        return pd.DataFrame(columns=["table", "rows", "quarantined", "files", "last_ingest"])
+    counts = con.execute("""
+        SELECT table_id, sum(rows_accepted)::BIGINT AS rows, sum(rows_quarantined)::BIGINT AS quarantined,
+               count(*) AS files, max(ingested_at) AS last_ingest
+        FROM ingest_log GROUP BY table_id""").df().set_index("table_id")
+    out = pd.DataFrame({"table": [t.id for t in TABLES]}).join(counts, on="table")
+    return out.fillna({"rows": 0, "quarantined": 0, "files": 0}).astype(
+        {"rows": int, "quarantined": int, "files": int})

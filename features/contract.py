@@ -1,0 +1,291 @@
+"""The data contract: every source table c360 accepts, its columns, keys and references.
+
+One declaration serves three readers: the pandera schemas that check each row, the DuckDB tables rows load
+into, and the contract page for people loading their own company's exports (`c360 contract`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+
+import pandera.pandas as pa
+
+SEGMENTS = ("consumer", "smb", "enterprise")
+REGIONS = ("NA", "EMEA", "APAC", "LATAM")
+ROLES = ("admin", "billing", "end_user", "executive_sponsor")
+PLANS = ("basic", "pro", "business", "enterprise")
+CURRENCIES = ("USD", "EUR", "GBP")
+INVOICE_KINDS = ("subscription", "addon")
+INVOICE_STATUSES = ("paid", "failed", "refunded", "open")
+PAYMENT_STATUSES = ("succeeded", "failed", "refunded")
+PAYMENT_METHODS = ("card", "bank_transfer", "paypal")
+EVENT_TYPES = ("login", "feature_used", "export", "invite")
+PRODUCT_FEATURES = (
+    "dashboards", "reports", "automation", "integrations", "api", "mobile", "permissions", "alerts",
+)
+ACTIVITY_CHANNELS = ("meeting", "phone", "email")
+TICKET_CHANNELS = ("email", "phone", "chat", "in_app", "social")
+TICKET_TOPICS = ("billing", "bug", "how_to", "integration", "performance", "account")
+SEVERITIES = ("low", "normal", "high", "urgent")
+TICKET_STATUSES = ("open", "pending", "solved", "closed")
+CAMPAIGN_CHANNELS = ("email", "sms", "in_app", "phone", "webinar", "none")
+CONTENT_TOPICS = ("product_tips", "new_features", "pricing", "training", "events", "case_study")
+ACTIONS = ("no_action", "discount", "training_invite", "csm_call")
+SEND_STATUSES = ("sent", "holdout", "bounced")
+REQUEST_TOPICS = ("reporting", "integrations", "mobile", "api", "permissions", "automation", "ui")
+REQUEST_STATUSES = ("open", "planned", "shipped", "declined")
+
+KINDS = ("str", "int", "float", "datetime")
+
+
+@dataclass(frozen=True)
+class Col:
+    name: str
+    kind: str = "str"
+    required: bool = False
+    allowed: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Ref:
+    column: str
+    table: str  # "silo/table" of the parent
+    parent_column: str
+
+
+@dataclass(frozen=True)
+class Table:
+    silo: str
+    name: str
+    key: str
+    columns: tuple[Col, ...]
+    refs: tuple[Ref, ...] = ()
+    ordered: tuple[tuple[str, str], ...] = ()  # (earlier, later) datetime columns of one row
+    doc: str = ""
+    pii: tuple[str, ...] = field(default=())
+
+    @property
+    def id(self) -> str:
+        return f"{self.silo}/{self.name}"
+
+    @property
+    def sql_name(self) -> str:
+        return f"{self.silo}_{self.name}"
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def col(self, name: str) -> Col:
+        return next(c for c in self.columns if c.name == name)
+
+
+def _key(name: str, doc: str) -> Col:
+    return Col(name, required=True, doc=doc)
+
+
+def _ts(name: str, required: bool = True, doc: str = "") -> Col:
+    return Col(name, "datetime", required=required, doc=doc)
+
+
+def _enum(name: str, allowed: tuple[str, ...], required: bool = True, doc: str = "") -> Col:
+    return Col(name, required=required, allowed=allowed, doc=doc)
+
+
+def _money(name: str, doc: str) -> Col:
+    return Col(name, "float", required=True, min=0, doc=doc)
+
+
+TABLES: tuple[Table, ...] = (
+    Table("crm", "accounts", "account_id", (
+        _key("account_id", "CRM account id"),
+        Col("account_name", required=True, doc="company name, or the person's name for consumers"),
+        _enum("segment", SEGMENTS),
+        Col("industry"),
+        _enum("region", REGIONS),
+        Col("owner", doc="account owner (sales / success rep)"),
+        Col("billing_account_id", doc="key of the account in billing, when the CRM knows it"),
+        _ts("created_at"),
+    ), doc="One row per customer account (a company, or a person for consumer accounts)."),
+    Table("crm", "contacts", "contact_id", (
+        _key("contact_id", "CRM contact id"),
+        Col("account_id", required=True),
+        Col("first_name"), Col("last_name"), Col("email"), Col("phone"),
+        _enum("role", ROLES),
+        Col("title", doc="job title"),
+        _ts("created_at"),
+    ), refs=(Ref("account_id", "crm/accounts", "account_id"),),
+        doc="People at an account and their role. The same person may appear twice.",
+        pii=("first_name", "last_name", "email", "phone")),
+    Table("crm", "activities", "activity_id", (
+        _key("activity_id", "CRM activity id"),
+        Col("account_id", required=True),
+        Col("contact_id"),
+        _enum("channel", ACTIVITY_CHANNELS),
+        Col("topic"),
+        _ts("occurred_at"),
+    ), refs=(Ref("account_id", "crm/accounts", "account_id"), Ref("contact_id", "crm/contacts", "contact_id")),
+        doc="Meetings, calls and e-mails logged by account owners."),
+    Table("billing", "customers", "billing_account_id", (
+        _key("billing_account_id", "billing system's account key"),
+        Col("name", doc="billing contact's name"), Col("email"), Col("phone"),
+        Col("company"),
+        Col("country"),
+        _ts("created_at"),
+    ), doc="The billing system's customer records.", pii=("name", "email", "phone")),
+    Table("billing", "subscriptions", "subscription_id", (
+        _key("subscription_id", "subscription id"),
+        Col("billing_account_id", required=True),
+        _enum("plan", PLANS),
+        Col("seats", "int", required=True, min=1),
+        _money("mrr", "monthly recurring revenue at the latest plan"),
+        _ts("started_at"),
+        _ts("ended_at", required=False, doc="cancellation date; empty while active"),
+        Col("cancel_reason"),
+    ), refs=(Ref("billing_account_id", "billing/customers", "billing_account_id"),),
+        ordered=(("started_at", "ended_at"),)),
+    Table("billing", "plan_changes", "change_id", (
+        _key("change_id", "plan change id"),
+        Col("subscription_id", required=True),
+        _ts("changed_at"),
+        _enum("from_plan", PLANS), _enum("to_plan", PLANS),
+        Col("from_seats", "int", required=True, min=1), Col("to_seats", "int", required=True, min=1),
+    ), refs=(Ref("subscription_id", "billing/subscriptions", "subscription_id"),)),
+    Table("billing", "invoices", "invoice_id", (
+        _key("invoice_id", "invoice id"),
+        Col("billing_account_id", required=True),
+        Col("subscription_id", doc="empty for add-on orders"),
+        _ts("issued_at"),
+        _enum("kind", INVOICE_KINDS),
+        _money("amount", "invoice total"),
+        _enum("currency", CURRENCIES),
+        _enum("status", INVOICE_STATUSES),
+    ), refs=(Ref("billing_account_id", "billing/customers", "billing_account_id"),
+             Ref("subscription_id", "billing/subscriptions", "subscription_id"))),
+    Table("billing", "payments", "payment_id", (
+        _key("payment_id", "payment attempt id"),
+        Col("invoice_id", required=True),
+        _ts("attempted_at"),
+        _money("amount", "amount attempted, or refunded"),
+        _enum("status", PAYMENT_STATUSES),
+        _enum("method", PAYMENT_METHODS),
+        Col("failure_code"),
+    ), refs=(Ref("invoice_id", "billing/invoices", "invoice_id"),),
+        doc="Payment attempts, including failures and refunds."),
+    Table("product", "users", "user_id", (
+        _key("user_id", "product user id"),
+        Col("workspace_id", required=True, doc="the product's own account key"),
+        Col("workspace_name"),
+        Col("email"), Col("display_name"),
+        _ts("signed_up_at"),
+    ), doc="Users of the product; one person may sign up twice.", pii=("email", "display_name")),
+    Table("product", "events", "event_id", (
+        _key("event_id", "event id"),
+        Col("user_id", required=True),
+        _ts("event_time"),
+        _enum("event_type", EVENT_TYPES),
+        _enum("feature", PRODUCT_FEATURES, required=False, doc="the feature used, for feature_used events"),
+    ), refs=(Ref("user_id", "product/users", "user_id"),)),
+    Table("support", "tickets", "ticket_id", (
+        _key("ticket_id", "ticket id"),
+        Col("requester_name"), Col("requester_email"), Col("requester_phone"), Col("company"),
+        _enum("channel", TICKET_CHANNELS),
+        _enum("topic", TICKET_TOPICS),
+        _enum("severity", SEVERITIES),
+        _enum("status", TICKET_STATUSES),
+        _ts("opened_at"),
+        _ts("closed_at", required=False),
+        Col("satisfaction", "int", min=1, max=5, doc="CSAT 1-5, when the requester answered"),
+    ), ordered=(("opened_at", "closed_at"),),
+        pii=("requester_name", "requester_email", "requester_phone")),
+    Table("marketing", "contacts", "mkt_contact_id", (
+        _key("mkt_contact_id", "marketing platform contact id"),
+        Col("email", required=True),
+        Col("first_name"), Col("last_name"), Col("company"),
+        _ts("subscribed_at"),
+    ), pii=("email", "first_name", "last_name")),
+    Table("marketing", "campaigns", "campaign_id", (
+        _key("campaign_id", "campaign id"),
+        Col("name", required=True),
+        _enum("channel", CAMPAIGN_CHANNELS),
+        _enum("topic", CONTENT_TOPICS),
+        _enum("action", ACTIONS, required=False, doc="experiment arm, for randomized experiment campaigns"),
+        Col("wave", "int", min=0, doc="experiment wave number"),
+        _ts("launched_at"),
+    ), doc="Campaigns; experiment arms (incl. the no-action holdout) are campaigns with an action and wave."),
+    Table("marketing", "sends", "send_id", (
+        _key("send_id", "send id"),
+        Col("campaign_id", required=True),
+        Col("mkt_contact_id", required=True),
+        _enum("status", SEND_STATUSES),
+        _ts("sent_at", doc="send time, or assignment time for holdout rows"),
+        _ts("opened_at", required=False), _ts("clicked_at", required=False),
+        _ts("responded_at", required=False),
+    ), refs=(Ref("campaign_id", "marketing/campaigns", "campaign_id"),
+             Ref("mkt_contact_id", "marketing/contacts", "mkt_contact_id")),
+        ordered=(("sent_at", "opened_at"), ("sent_at", "clicked_at"), ("sent_at", "responded_at"))),
+    Table("feedback", "nps", "response_id", (
+        _key("response_id", "survey response id"),
+        Col("email"), Col("name"),
+        Col("score", "int", required=True, min=0, max=10),
+        Col("comment"),
+        _ts("responded_at"),
+    ), pii=("email", "name")),
+    Table("feedback", "feature_requests", "request_id", (
+        _key("request_id", "feature request id"),
+        Col("email"), Col("name"),
+        _enum("topic", REQUEST_TOPICS),
+        Col("title", required=True),
+        _enum("status", REQUEST_STATUSES),
+        _ts("created_at"),
+    ), pii=("email", "name")),
+)
+
+BY_ID = {t.id: t for t in TABLES}
+
+
+def table(table_id: str) -> Table:
+    try:
+        return BY_ID[table_id]
+    except KeyError:
+        raise KeyError(f"unknown source table {table_id!r}; known: {', '.join(BY_ID)}") from None
+
+
+def _checks(col: Col) -> list[pa.Check]:
+    checks = []
+    if col.allowed:
+        checks.append(pa.Check.isin(col.allowed, error=f"not one of {', '.join(col.allowed)}"))
+    if col.min is not None:
+        checks.append(pa.Check.ge(col.min, error=f"below minimum {col.min:g}"))
+    if col.max is not None:
+        checks.append(pa.Check.le(col.max, error=f"above maximum {col.max:g}"))
+    if col.kind == "str" and col.required:
+        checks.append(pa.Check.str_length(min_value=1, error="empty"))
+    return checks
+
+
+PANDERA_DTYPES = {"str": str, "int": "Int64", "float": "float64", "datetime": "datetime64[ns]"}
+
+
+def _ordered_check(earlier: str, later: str) -> pa.Check:
+    return pa.Check(
+        lambda df: df[later].isna() | df[earlier].isna() | (df[later] >= df[earlier]),
+        error=f"{later} before {earlier}",
+        name=f"{later}>={earlier}",
+    )
+
+
+@cache
+def schema(table_id: str) -> pa.DataFrameSchema:
+    """Row-level contract of one table, on values already parsed to their kinds (see ingest.parse)."""
+    t = table(table_id)
+    columns = {
+        c.name: pa.Column(PANDERA_DTYPES[c.kind], _checks(c), nullable=not c.required, description=c.doc)
+        for c in t.columns
+    }
+    checks = [_ordered_check(a, b) for a, b in t.ordered]
+    return pa.DataFrameSchema(columns, checks=checks, name=t.id, strict=False)

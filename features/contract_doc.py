@@ -1,0 +1,49 @@
+"""The contract as a page for people loading their own company's exports (`c360 contract`, docs/CONTRACT.md)."""
+
+from __future__ import annotations
+
+from features.contract import TABLES, Col, Table
+
+HEADER = """# Data contract
+
+Generated from `features/contract.py` by `c360 contract --out docs/CONTRACT.md`; a test keeps the two equal.
+
+Each source table arrives as CSV files `<silo>/<table>*.csv` (UTF-8, header row, comma separated, empty field =
+missing). Several files of one table are batches, loaded in name order; a file already loaded (same content) is
+skipped. Timestamps are ISO 8601 (`2025-03-01`, `2025-03-01 10:00:00`, `2025-03-01T10:00:00Z`), stored as naive
+UTC.
+
+**A file is refused whole** (exit code 1, nothing of it loaded) when it is missing, not UTF-8, not well-formed CSV
+(a row with the wrong number of fields, an unterminated quote) or lacks a required column.
+
+**A row is quarantined** — kept in the `quarantine` table with file, row number, column, value, reason and the raw
+row, never dropped — when a required value is missing, a value does not parse as its type, is outside its allowed
+values or range, two timestamps of the row are out of order, its key repeats an earlier row or batch, or a
+reference names a key its parent table never had. References are checked against every parent row read, accepted
+or quarantined, so one bad parent row does not take its children with it. For every file: read = accepted +
+quarantined.
+"""
+
+
+def _rule(c: Col) -> str:
+    rules = ["required" if c.required else "optional"]
+    if c.allowed:
+        rules.append("one of " + ", ".join(f"`{a}`" for a in c.allowed))
+    if c.min is not None:
+        rules.append(f"≥ {c.min:g}")
+    if c.max is not None:
+        rules.append(f"≤ {c.max:g}")
+    return "; ".join(rules)
+
+
+def _section(t: Table) -> str:
+    lines = [f"## {t.id}", "", t.doc or "", "", f"Key: `{t.key}` (unique across all batches)."]
+    lines += [f"References: `{r.column}` → `{r.table}.{r.parent_column}`." for r in t.refs]
+    lines += [f"Order: `{a}` ≤ `{b}` when both are present." for a, b in t.ordered]
+    lines += ["", "| column | type | rule | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{c.name}` | {c.kind} | {_rule(c)} | {c.doc} |" for c in t.columns]
+    return "\n".join(lines) + "\n"
+
+
+def markdown() -> str:
+    return HEADER + "\n" + "\n".join(_section(t) for t in TABLES)

@@ -1,0 +1,230 @@
+"""The causal world behind the synthetic silos: accounts, their latent health, churn and experiment effects.
+
+Time runs in weeks from START. Weeks [0, OBSERVED) are exported; weeks [OBSERVED, HORIZON) are simulated only
+for the ground truth (true future churn and value). Everything a silo shows is drawn from the latent state here,
+so the truth is known: the weekly churn hazard, each customer's response to every campaign action, future spend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.contract import ACTIONS, PLANS, REGIONS, SEGMENTS
+
+END = pd.Timestamp("2026-11-02")  # a Monday; data ends the day before
+OBSERVED = 104
+FUTURE = 52
+HORIZON = OBSERVED + FUTURE
+START = END - pd.Timedelta(weeks=OBSERVED)
+BILLING_PERIOD = 4  # weeks between invoices
+WAVES = (26, 52, 78)  # experiment weeks; labels of the last one end inside the observed window
+EFFECT_WEEKS = 13  # horizon of an experiment's outcome (about 90 days)
+PRICE = {"basic": 10.0, "pro": 25.0, "business": 45.0, "enterprise": 70.0}
+ACTION_COST = {"no_action": 0.0, "discount": 0.0, "training_invite": 5.0, "csm_call": 40.0}
+DISCOUNT = 0.2  # share of the invoice waived for the discount action's three invoices
+SEGMENT_SHARE = (0.5, 0.35, 0.15)
+REGION_SHARE = (0.45, 0.3, 0.15, 0.1)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass
+class World:
+    """Per-account traits (arrays of length n) and weekly paths (n × HORIZON)."""
+
+    accounts: pd.DataFrame
+    health: np.ndarray  # latent health incl. treatment effects
+    hazard: np.ndarray  # weekly churn probability
+    alive: np.ndarray  # bool, account subscribed during the week
+    churn_week: np.ndarray  # first week not subscribed; HORIZON when never
+    seats: np.ndarray  # seats per week
+    plan: np.ndarray  # plan index per week
+    mrr: np.ndarray  # monthly recurring revenue per week
+    invoice_due: np.ndarray  # bool, an invoice is issued this week
+    failed: np.ndarray  # bool, the invoice of this week failed its first attempt
+    assignments: pd.DataFrame  # account, wave, action
+    effects: pd.DataFrame  # account, wave, action, p_churn_90d, revenue_90d, cost
+
+
+def draw_accounts(rng: np.random.Generator, first: int, n: int) -> pd.DataFrame:
+    segment = rng.choice(len(SEGMENTS), n, p=SEGMENT_SHARE)
+    consumer, smb, enterprise = (segment == i for i in range(3))
+    plan = np.where(
+        consumer, rng.choice(2, n, p=(0.6, 0.4)),
+        np.where(smb, rng.choice(3, n, p=(0.3, 0.4, 0.3)), 2 + rng.choice(2, n, p=(0.4, 0.6))),
+    )
+    seats = np.where(
+        consumer, 1,
+        np.where(smb, 1 + rng.geometric(0.2, n), np.clip(rng.lognormal(3.3, 0.7, n), 10, 400).astype(int)),
+    )
+    price_sensitivity = sigmoid(-0.5 + 1.5 * consumer + 0.5 * smb - 1.5 * enterprise + rng.normal(0, 0.7, n))
+    return pd.DataFrame({
+        "account": np.arange(first, first + n),
+        "segment": np.asarray(SEGMENTS)[segment],
+        "region": np.asarray(REGIONS)[rng.choice(len(REGIONS), n, p=REGION_SHARE)],
+        "start_week": rng.integers(-52, OBSERVED - 8, n),
+        "plan0": plan,
+        "seats0": seats,
+        "base_health": rng.normal(0.0, 0.8, n),
+        "trend": rng.normal(0.0, 0.5, n),
+        "adoption": rng.beta(2.0, 2.5, n),
+        "price_sensitivity": price_sensitivity,
+        "support_load": rng.lognormal(0.0, 0.5, n),
+        "fail_rate": np.clip(rng.beta(1.0, 30.0, n) * (1.0 + consumer), 0, 0.5),
+        "churn_draw": rng.exponential(1.0, n),
+    })
+
+
+def action_lift(acc: pd.DataFrame) -> np.ndarray:
+    """Bump to latent health of each action (n × len(ACTIONS)); depends on traits the data reveals."""
+    enterprise = (acc["segment"] == "enterprise").to_numpy()
+    lift = np.zeros((len(acc), len(ACTIONS)))
+    lift[:, ACTIONS.index("discount")] = 1.6 * acc["price_sensitivity"] - 0.5
+    lift[:, ACTIONS.index("training_invite")] = 1.4 * (1 - acc["adoption"]) - 0.45
+    lift[:, ACTIONS.index("csm_call")] = 0.9 * np.tanh(acc["support_load"] - 1) + 0.6 * enterprise - 0.1
+    return lift
+
+
+def _health_base(rng: np.random.Generator, acc: pd.DataFrame) -> np.ndarray:
+    n = len(acc)
+    weeks = np.arange(HORIZON)
+    age = (weeks[None, :] - acc["start_week"].to_numpy()[:, None]).clip(0) / 52
+    noise = np.empty((n, HORIZON))
+    noise[:, 0] = rng.normal(0, 0.4, n)
+    shocks = rng.normal(0, 0.12, (n, HORIZON))
+    for t in range(1, HORIZON):
+        noise[:, t] = 0.95 * noise[:, t - 1] + shocks[:, t]
+    onboarding = -0.6 * np.exp(-age * 52 / 6)  # new accounts are fragile for their first weeks
+    return acc["base_health"].to_numpy()[:, None] + acc["trend"].to_numpy()[:, None] * age + noise + onboarding
+
+
+def _invoices(rng: np.random.Generator, acc: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    weeks = np.arange(HORIZON)
+    since = weeks[None, :] - acc["start_week"].to_numpy()[:, None]
+    due = (since >= 0) & (since % BILLING_PERIOD == 0)
+    failed = due & (rng.random(due.shape) < acc["fail_rate"].to_numpy()[:, None])
+    return due, failed
+
+
+def weekly_hazard(health: np.ndarray, recent_failure: np.ndarray, acc: pd.DataFrame) -> np.ndarray:
+    consumer = (acc["segment"] == "consumer").to_numpy()[:, None]
+    return sigmoid(-4.9 - 1.1 * health + 1.2 * recent_failure + 0.3 * consumer)
+
+
+def _recent(flags: np.ndarray, weeks: int) -> np.ndarray:
+    """True where a flag was raised within the last `weeks` weeks (inclusive)."""
+    c = np.cumsum(flags, axis=1)
+    lagged = np.zeros_like(c)
+    lagged[:, weeks:] = c[:, :-weeks]
+    return (c - lagged) > 0
+
+
+def _churn_week(hazard: np.ndarray, acc: pd.DataFrame) -> np.ndarray:
+    """First week not subscribed. Hazard counts from the window's start: the silos only show accounts that
+    were still customers then, and a memoryless draw makes that the right conditional."""
+    weeks = np.arange(HORIZON)
+    start = acc["start_week"].clip(lower=0).to_numpy()[:, None]
+    cum = np.cumsum(np.where(weeks[None, :] >= start, -np.log1p(-hazard), 0.0), axis=1)
+    crossed = cum >= acc["churn_draw"].to_numpy()[:, None]
+    return np.where(crossed.any(axis=1), crossed.argmax(axis=1) + 1, HORIZON)
+
+
+def _bump(lift: np.ndarray, wave: int) -> np.ndarray:
+    weeks = np.arange(HORIZON)
+    decay = np.where(weeks >= wave, np.exp(-(weeks - wave) / 8.0), 0.0)
+    return lift[:, None] * decay[None, :]
+
+
+def _assign(rng: np.random.Generator, acc: pd.DataFrame, alive_at: np.ndarray, wave: int) -> pd.DataFrame:
+    eligible = alive_at & (acc["start_week"].to_numpy() <= wave - 4)
+    idx = np.flatnonzero(eligible)
+    return pd.DataFrame({
+        "account": acc["account"].to_numpy()[idx],
+        "row": idx,
+        "wave": wave,
+        "action": np.asarray(ACTIONS)[rng.integers(0, len(ACTIONS), len(idx))],
+    })
+
+
+def _plans(rng: np.random.Generator, acc: pd.DataFrame, health: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Plan and seat paths: healthy accounts upgrade and grow, unhealthy ones downgrade and shrink."""
+    n = len(acc)
+    plan = np.repeat(acc["plan0"].to_numpy()[:, None], HORIZON, axis=1)
+    seats = np.repeat(acc["seats0"].to_numpy()[:, None].astype(float), HORIZON, axis=1)
+    up = rng.random((n, HORIZON)) < 0.004 * np.exp(health)
+    down = rng.random((n, HORIZON)) < 0.003 * np.exp(-health)
+    multi = (acc["segment"] != "consumer").to_numpy()
+    for t in range(1, HORIZON):
+        step = up[:, t].astype(int) - down[:, t].astype(int)
+        plan_move = step * (rng.random(n) < 0.5)
+        plan[:, t] = np.clip(plan[:, t - 1] + plan_move, 0, len(PLANS) - 1)
+        seat_move = np.where(multi & (plan_move == 0), step, 0)
+        seats[:, t] = np.maximum(1, np.round(seats[:, t - 1] * (1 + 0.2 * seat_move)))
+    return plan, seats.astype(int)
+
+
+def simulate(rng: np.random.Generator, acc: pd.DataFrame) -> World:
+    base = _health_base(rng, acc)
+    due, failed = _invoices(rng, acc)
+    recent_failure = _recent(failed, 4)
+    plan, seats = _plans(rng, acc, base)
+    mrr = np.asarray([PRICE[p] for p in PLANS])[plan] * seats
+    lift = action_lift(acc)
+    health = base.copy()
+    assignments, effects = [], []
+    for wave in (*WAVES, OBSERVED):
+        churn = _churn_week(weekly_hazard(health, recent_failure, acc), acc)
+        alive_at = (acc["start_week"].to_numpy() <= wave) & (churn > wave)
+        arm = _assign(rng, acc, alive_at, wave)
+        effects.append(_effects(acc, arm, health, recent_failure, due, mrr, lift))
+        if wave == OBSERVED:  # the ground truth's "what if we acted today": effects only, nothing exported
+            break
+        a = arm["action"].map(ACTIONS.index).to_numpy()
+        health[arm["row"].to_numpy()] += _bump(lift[arm["row"].to_numpy(), a], wave)
+        assignments.append(arm.drop(columns="row"))
+    hazard = weekly_hazard(health, recent_failure, acc)
+    churn_week = _churn_week(hazard, acc)
+    weeks = np.arange(HORIZON)[None, :]
+    alive = (weeks >= acc["start_week"].to_numpy()[:, None]) & (weeks < churn_week[:, None])
+    return World(acc, health, hazard, alive, churn_week, seats, plan, mrr, due, failed,
+                 pd.concat(assignments, ignore_index=True), pd.concat(effects, ignore_index=True))
+
+
+def _effects(acc, arm, health, recent_failure, due, mrr, lift) -> pd.DataFrame:
+    """True outcome of every action for every assigned account: churn risk and revenue over EFFECT_WEEKS."""
+    rows = arm["row"].to_numpy()
+    if not len(arm):
+        return pd.DataFrame()
+    wave = int(arm["wave"].iloc[0])
+    sub = acc.iloc[rows]
+    window = slice(wave, wave + EFFECT_WEEKS)
+    price = mrr[rows, wave]
+    out = []
+    for i, action in enumerate(ACTIONS):
+        h = health[rows] + _bump(lift[rows, i], wave)
+        haz = weekly_hazard(h, recent_failure[rows], sub)[:, window]
+        survival = np.cumprod(1 - haz, axis=1)
+        amount = price * (1 - DISCOUNT) if action == "discount" else price
+        revenue = (survival * due[rows][:, window]).sum(axis=1) * amount
+        out.append(pd.DataFrame({
+            "account": sub["account"].to_numpy(), "wave": wave, "action": action,
+            "p_churn_90d": 1 - survival[:, -1], "revenue_90d": revenue, "cost": ACTION_COST[action],
+        }))
+    return pd.concat(out, ignore_index=True)
+
+
+def churn_risk_90d(world: World, weeks: np.ndarray) -> pd.DataFrame:
+    """True probability of churning within EFFECT_WEEKS after each given week, for accounts alive then."""
+    rows = []
+    for w in weeks:
+        window = world.hazard[:, w: w + EFFECT_WEEKS]
+        p = 1 - np.prod(1 - window, axis=1)
+        alive = world.alive[:, w]
+        rows.append(pd.DataFrame({"account": world.accounts["account"].to_numpy()[alive], "week": w,
+                                  "p_churn_90d": p[alive]}))
+    return pd.concat(rows, ignore_index=True)

@@ -1,0 +1,64 @@
+"""The foundation's acceptance, end to end through the `c360` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from typer.testing import CliRunner
+
+from c360.cli import app
+
+runner = CliRunner()
+
+
+def c360(*args: str) -> str:
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def quarantined(home: Path, out: Path) -> pd.DataFrame:
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        q = con.execute('SELECT file, row_number, "column" FROM quarantine').df()
+    q["file"] = q["file"].map(lambda f: str(Path(f).relative_to(out.resolve())))
+    return q
+
+
+def test_quarantine_is_exactly_the_injected_faults_and_reingest_adds_nothing(home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "D"
+    c360("generate", "--customers", "2000", "--seed", "7", "--out", str(out), "--corrupt-rate", "0.02")
+    first = c360("ingest", "--source", str(out))
+    faults = pd.read_csv(out / "ground_truth" / "faults.csv")
+    q = quarantined(home, out)
+    got = set(zip(q["file"], q["row_number"], q["column"], strict=True))
+    want = set(zip(faults["file"], faults["row_number"], faults["column"], strict=True))
+    assert got == want
+    assert len(q) == len(want), "one reason per injected fault"
+    assert f"quarantined {len(want):,}" in first
+
+    again = c360("ingest", "--source", str(out))
+    assert "total: read 0, accepted 0, quarantined 0" in again
+    assert len(quarantined(home, out)) == len(want)
+
+    status = c360("status")
+    assert "crm/accounts" in status and "ingest" in status
+
+
+def test_help_on_every_command() -> None:
+    for command in ("generate", "ingest", "status", "contract", "demo"):
+        assert "--help" in c360(command, "--help")
+
+
+def test_ingest_of_a_missing_folder_fails_clearly(home: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", "--source", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1
+    assert "nowhere" in result.output
+
+
+def test_contract_page_is_up_to_date() -> None:
+    from features.contract_doc import markdown
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "CONTRACT.md"
+    assert page.read_text() == markdown(), "run `c360 contract --out docs/CONTRACT.md`"

@@ -1,0 +1,90 @@
+"""The generator: deterministic, messy like life, and its ground truth agrees with the data it wrote."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.contract import ACTIONS, TABLES
+from features.generate import generate
+from features.synth.world import START
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_files_other_seed_other_files(tmp_path: Path) -> None:
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        generate(tmp_path / name, 300, seed=seed, corrupt_rate=0.01, chunk_size=120)
+    a, b, c = (digests(tmp_path / n) for n in "abc")
+    assert a == b
+    assert a.keys() == c.keys() and a["crm/accounts.csv"] != c["crm/accounts.csv"]
+
+
+def test_every_table_is_written_with_the_contract_header(company: Path) -> None:
+    for t in TABLES:
+        header = (company / t.silo / f"{t.name}.csv").open().readline().strip()
+        assert header.replace('"', "").split(",") == t.column_names, t.id
+
+
+def test_one_in_five_people_has_a_second_record_in_some_silo(company: Path) -> None:
+    records = pd.read_parquet(company / "ground_truth" / "records.parquet")
+    people_tables = records[records["table_id"].isin(["crm/contacts", "product/users", "marketing/contacts"])]
+    per_table = people_tables.groupby(["person", "table_id"]).size().unstack(fill_value=0)
+    share = (per_table.max(axis=1) > 1).mean()
+    assert 0.15 <= share <= 0.25
+
+
+def test_records_of_one_person_differ_across_silos(company: Path) -> None:
+    """Identity must be messy: the same person is not written the same way everywhere."""
+    records = pd.read_parquet(company / "ground_truth" / "records.parquet")
+    contacts = pd.read_csv(company / "crm" / "contacts.csv", dtype=str)
+    users = pd.read_csv(company / "product" / "users.csv", dtype=str)
+    who = records.set_index("key")["person"]
+    a = contacts.assign(person=contacts["contact_id"].map(who)).dropna(subset=["person"])
+    b = users.assign(person=users["user_id"].map(who)).dropna(subset=["person"])
+    pairs = a.merge(b, on="person", suffixes=("_crm", "_product"))
+    same_email = (pairs["email_crm"].str.lower() == pairs["email_product"].str.lower()).mean()
+    assert 0.6 < same_email < 0.98
+
+
+def test_true_hazard_is_calibrated_against_observed_churn(clean_company: Path) -> None:
+    """Customers the truth calls risky do churn more, and as often as the truth says."""
+    truth = clean_company / "ground_truth"
+    risk = pd.read_parquet(truth / "churn_risk.parquet")
+    customers = pd.read_parquet(truth / "customers.parquet")
+    as_of = START + pd.Timedelta(weeks=52)
+    at = risk[risk["as_of"] == as_of].merge(customers[["account", "churn_date"]], on="account")
+    churned = (at["churn_date"] > as_of) & (at["churn_date"] <= as_of + pd.Timedelta(weeks=13))
+    top = at["p_churn_90d"] >= at["p_churn_90d"].quantile(0.75)
+    bottom = at["p_churn_90d"] <= at["p_churn_90d"].quantile(0.25)
+    assert churned[top].mean() > 3 * churned[bottom].mean()
+    se = np.sqrt((at["p_churn_90d"] * (1 - at["p_churn_90d"])).sum()) / len(at)
+    assert abs(churned.mean() - at["p_churn_90d"].mean()) < 4 * se
+
+
+def test_experiment_arms_are_randomized_and_effects_show_in_outcomes(clean_company: Path) -> None:
+    effects = pd.read_parquet(clean_company / "ground_truth" / "treatment_effects.parquet")
+    assigned = effects[effects["assigned"]]
+    shares = assigned["action"].value_counts(normalize=True)
+    assert set(shares.index) == set(ACTIONS)
+    n = len(assigned)
+    assert (abs(shares - 0.25) < 4 * np.sqrt(0.25 * 0.75 / n)).all()
+    wide = effects.pivot_table(index=["account", "wave"], columns="action", values="p_churn_90d")
+    lift = wide.sub(wide["no_action"], axis=0).drop(columns="no_action")
+    assert (lift.std() > 0.005).all(), "effects must differ between customers"
+    assert (lift.lt(0).mean() > 0.05).all() and (lift.gt(0).mean() > 0.05).all(), "each action helps some only"
+
+
+def test_future_value_truth_matches_its_expectation(clean_company: Path) -> None:
+    customers = pd.read_parquet(clean_company / "ground_truth" / "customers.parquet")
+    alive = customers[customers["alive_at_end"]]
+    realized, expected = alive["future_value_12m"].sum(), alive["expected_value_12m"].sum()
+    assert realized == pytest.approx(expected, rel=0.05)
+    assert customers.loc[~customers["alive_at_end"], "future_value_12m"].eq(0).all()
