@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -107,8 +108,16 @@ def status() -> None:
     if not s.warehouse.exists():
         console.print(f"No warehouse yet in {s.home}. Run `c360 demo` or `c360 ingest --source DIR`.")
     else:
+        from features.ingest import quarantine_summary
+
         with warehouse.connect(s, read_only=True) as con:
             console.print(_table("sources", warehouse.table_counts(con)))
+            quarantine = quarantine_summary(con)
+            if len(quarantine):
+                by_rule = quarantine.pivot_table(index="table_id", columns="rule", values="count", fill_value=0)
+                by_rule = by_rule.astype(int)
+                console.print(_table("quarantined rows by rule (details: table `quarantine`)",
+                                     by_rule.reset_index()))
     if s.runs.exists():
         runs = [json.loads(line) for line in s.runs.read_text().splitlines()[-10:]]
         table = Table("at", "command", "seconds", "summary", title="last runs")
@@ -121,7 +130,7 @@ def status() -> None:
 def _table(title: str, df) -> Table:
     table = Table(*map(str, df.columns), title=title)
     for row in df.itertuples(index=False):
-        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row))
+        table.add_row(*(f"{v:,}" if isinstance(v, int | np.integer) else str(v) for v in row))
     return table
 
 

@@ -29,7 +29,7 @@ def table_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         return pd.DataFrame(columns=["table", "rows", "quarantined", "files", "last_ingest"])
     counts = con.execute("""
         SELECT table_id, sum(rows_accepted)::BIGINT AS rows, sum(rows_quarantined)::BIGINT AS quarantined,
-               count(*) AS files, max(ingested_at) AS last_ingest
+               count(*) AS files, strftime(max(ingested_at), '%Y-%m-%d %H:%M') AS last_ingest
         FROM ingest_log GROUP BY table_id""").df().set_index("table_id")
     out = pd.DataFrame({"table": [t.id for t in TABLES]}).join(counts, on="table")
     return out.fillna({"rows": 0, "quarantined": 0, "files": 0}).astype(
