@@ -4,48 +4,25 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from c360 import warehouse
+from c360.identity_cli import eval_app, resolve_app, run_resolve
 from c360.settings import Settings
+from c360.ui import console, fail, progress, record_run, table
 
 app = typer.Typer(help="Customer 360: unify customer silos, one profile per customer, churn / CLV / next best "
                        "action with reasons.", no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
+app.add_typer(resolve_app, name="resolve")
+app.add_typer(eval_app, name="eval")
 
 
 def settings() -> Settings:
     return Settings()
-
-
-@contextmanager
-def progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
-
-
-def record_run(s: Settings, command: str, started: float, **summary: object) -> None:
-    s.home.mkdir(parents=True, exist_ok=True)
-    entry = {"command": command, "at": time.strftime("%Y-%m-%d %H:%M:%S"),
-             "seconds": round(time.time() - started, 1), **summary}
-    with s.runs.open("a") as f:
-        f.write(json.dumps(entry, default=str) + "\n")
-
-
-def fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code=1)
 
 
 @app.command()
@@ -62,10 +39,10 @@ def generate(
     out = out or s.generated
     with progress("generating customers", customers) as advance:
         report = run(out, customers, seed=seed, corrupt_rate=corrupt_rate, on_chunk=advance)
-    table = Table("file", "rows", title=f"{customers:,} customers → {out}")
+    files = Table("file", "rows", title=f"{customers:,} customers → {out}")
     for name, rows in report.rows.items():
-        table.add_row(name, f"{rows:,}")
-    console.print(table)
+        files.add_row(name, f"{rows:,}")
+    console.print(files)
     console.print(f"{report.faults:,} injected faults listed in {out / 'ground_truth' / 'faults.csv'}")
     record_run(s, "generate", started, out=out, customers=customers, seed=seed, faults=report.faults)
 
@@ -91,11 +68,11 @@ def ingest(
             reports = run(con, source, on_file=lambda _: advance(1))
         except IngestError as e:
             raise fail(str(e)) from None
-    table = Table("table", "file", "read", "accepted", "quarantined", title=f"ingest {source}")
+    loaded = Table("table", "file", "read", "accepted", "quarantined", title=f"ingest {source}")
     for r in reports:
         note = " (already loaded)" if r.skipped else ""
-        table.add_row(r.table_id, Path(r.file).name + note, f"{r.read:,}", f"{r.accepted:,}", f"{r.quarantined:,}")
-    console.print(table)
+        loaded.add_row(r.table_id, Path(r.file).name + note, f"{r.read:,}", f"{r.accepted:,}", f"{r.quarantined:,}")
+    console.print(loaded)
     totals = {k: sum(getattr(r, k) for r in reports) for k in ("read", "accepted", "quarantined")}
     console.print("total: " + ", ".join(f"{k} {v:,}" for k, v in totals.items()))
     record_run(s, "ingest", started, source=source, **totals)
@@ -111,27 +88,20 @@ def status() -> None:
         from features.ingest import quarantine_summary
 
         with warehouse.connect(s, read_only=True) as con:
-            console.print(_table("sources", warehouse.table_counts(con)))
+            console.print(table("sources", warehouse.table_counts(con)))
             quarantine = quarantine_summary(con)
             if len(quarantine):
                 by_rule = quarantine.pivot_table(index="table_id", columns="rule", values="count", fill_value=0)
                 by_rule = by_rule.astype(int)
-                console.print(_table("quarantined rows by rule (details: table `quarantine`)",
+                console.print(table("quarantined rows by rule (details: table `quarantine`)",
                                      by_rule.reset_index()))
     if s.runs.exists():
         runs = [json.loads(line) for line in s.runs.read_text().splitlines()[-10:]]
-        table = Table("at", "command", "seconds", "summary", title="last runs")
+        last = Table("at", "command", "seconds", "summary", title="last runs")
         for r in runs:
             summary = {k: v for k, v in r.items() if k not in ("at", "command", "seconds")}
-            table.add_row(r["at"], r["command"], str(r["seconds"]), json.dumps(summary))
-        console.print(table)
-
-
-def _table(title: str, df) -> Table:
-    table = Table(*map(str, df.columns), title=title)
-    for row in df.itertuples(index=False):
-        table.add_row(*(f"{v:,}" if isinstance(v, int | np.integer) else str(v) for v in row))
-    return table
+            last.add_row(r["at"], r["command"], str(r["seconds"]), json.dumps(summary))
+        console.print(last)
 
 
 @app.command()
@@ -158,9 +128,11 @@ def demo(
     n = customers or s.customers
     generate(customers=n, seed=s.seed, out=s.generated, corrupt_rate=s.corrupt_rate)
     ingest(source=s.generated)
+    run_resolve()
     status()
-    console.print(f"\n[bold]Where to look[/]: warehouse {s.warehouse} (duckdb), quarantine table `quarantine`, "
-                  f"ground truth {s.generated / 'ground_truth'}, run log {s.runs}.")
+    console.print(f"\n[bold]Where to look[/]: warehouse {s.warehouse} (duckdb) — tables `quarantine`, "
+                  f"`identity_crosswalk`, `identity_customers`; ground truth {s.truth}; run log {s.runs}.\n"
+                  "Try: `c360 eval identity`, `c360 resolve explain support/tickets T-000000005`.")
 
 
 if __name__ == "__main__":

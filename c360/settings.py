@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     customers: int = Field(20_000, ge=1, description="demo size: customers to generate")
     seed: int = Field(42, description="demo seed")
     corrupt_rate: float = Field(0.005, ge=0, le=0.5, description="demo share of rows with an injected fault")
+    match_threshold: float = Field(0.95, gt=0, lt=1, description="match probability that links two people")
+    public_data: Path = Field(Path("../shared/data"), description="folder of the public data sets (FEBRL, ...)")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -31,6 +33,15 @@ class Settings(BaseSettings):
     @property
     def generated(self) -> Path:
         return self.home / "data" / "generated"
+
+    @property
+    def identity_model(self) -> Path:
+        return self.home / "identity" / "splink_model.json"
+
+    @property
+    def truth(self) -> Path:
+        """Ground truth of the generated demo data."""
+        return self.generated / "ground_truth"
 
     @property
     def runs(self) -> Path:

@@ -91,8 +91,8 @@ def generate(out: Path, customers: int, seed: int = 0, corrupt_rate: float = 0.0
 def _chunk(rng: np.random.Generator, first: int, n: int, first_person: int, ids: Ids):
     accounts = world.draw_accounts(rng, first, n)
     w = world.simulate(rng, accounts)
-    firms = people.companies(rng, accounts)
-    persons = people.contact_details(rng, people.people(rng, accounts, first_person), accounts, firms)
+    firms = people.companies(rng, accounts, ids.taken)
+    persons = people.contact_details(rng, people.people(rng, accounts, first_person), accounts, firms, ids.taken)
     builder = Builder(rng, w, persons, firms, ids)
     silos = builder.build()
     truth = {

@@ -12,6 +12,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import date
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import email_validator
@@ -466,6 +467,13 @@ def _register(db_api: DuckDBAPI, prepared: pd.DataFrame, link_type: LinkType) ->
         db_api.register(frame, table_name=f"c360_source_{i}", dataset_display_name=str(name))
         for i, (name, frame) in enumerate(groups)
     ]
+
+
+def load_linker(prepared: pd.DataFrame, model_path: str | Path, link_type: LinkType = "link_and_dedupe") -> Linker:
+    """A linker from a model saved by ``linker.misc.save_model_to_json``, over the records it was trained on."""
+    if link_type != "dedupe_only" and prepared["source"].nunique() < 2:
+        link_type = "dedupe_only"
+    return Linker(_register(DuckDBAPI(), prepared, link_type), str(model_path), log_level=None)
 
 
 def train_linker(

@@ -38,7 +38,21 @@ def _weighted(rng: np.random.Generator, table: dict[str, float], n: int) -> np.n
     return names[rng.choice(len(names), n, p=p / p.sum())]
 
 
-def companies(rng: np.random.Generator, accounts: pd.DataFrame) -> pd.DataFrame:
+def unique(addresses: np.ndarray, taken: set[str]) -> np.ndarray:
+    """Make e-mail addresses (or domains) unique like real ones: a taken one gets a number before '@' / '.'."""
+    out = []
+    for address in addresses:
+        head, sep, tail = address.rpartition("@") if "@" in address else address.partition(".")
+        candidate, k = address, 1
+        while candidate in taken:
+            k += 1
+            candidate = f"{head}{k}{sep}{tail}"
+        taken.add(candidate)
+        out.append(candidate)
+    return np.asarray(out, dtype=object)
+
+
+def companies(rng: np.random.Generator, accounts: pd.DataFrame, taken: set[str]) -> pd.DataFrame:
     n = len(accounts)
     last = _weighted(rng, PersonNames.last_names, n)
     other = _weighted(rng, PersonNames.last_names, n)
@@ -49,7 +63,7 @@ def companies(rng: np.random.Generator, accounts: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "account": accounts["account"].to_numpy(),
         "company": name,
-        "domain": (slug + "." + np.where(rng.random(n) < 0.8, "com", "io")).to_numpy(),
+        "domain": unique((slug + "." + np.where(rng.random(n) < 0.8, "com", "io")).to_numpy(), taken),
         "industry": np.asarray(INDUSTRIES)[rng.integers(0, len(INDUSTRIES), n)],
     })
 
@@ -79,7 +93,7 @@ def people(rng: np.random.Generator, accounts: pd.DataFrame, first_person: int) 
 
 
 def contact_details(rng: np.random.Generator, persons: pd.DataFrame, accounts: pd.DataFrame,
-                    firms: pd.DataFrame) -> pd.DataFrame:
+                    firms: pd.DataFrame, taken: set[str]) -> pd.DataFrame:
     """Each person's true e-mails and phone, as parts a silo can format its own way."""
     n = len(persons)
     row = persons["account_row"].to_numpy()
@@ -89,8 +103,9 @@ def contact_details(rng: np.random.Generator, persons: pd.DataFrame, accounts: p
     style = rng.integers(0, 3, n)
     local = np.where(style == 0, first + "." + last, np.where(style == 1, first.str[0] + last, first + last.str[0]))
     personal = np.where(rng.random(n) < 0.5, first + "." + last, first + last + rng.integers(1, 99, n).astype(str))
-    personal = personal + "@" + np.asarray(PERSONAL_DOMAINS)[rng.integers(0, len(PERSONAL_DOMAINS), n)]
-    work = local + "@" + firms["domain"].to_numpy()[row]
+    personal = unique(personal + "@" + np.asarray(PERSONAL_DOMAINS)[rng.integers(0, len(PERSONAL_DOMAINS), n)],
+                      taken)
+    work = unique(local + "@" + firms["domain"].to_numpy()[row], taken)
     cc, area, sub = _phones(rng, accounts["region"].to_numpy()[row])
     return persons.assign(
         work_email=np.where(consumer, personal, work), personal_email=personal,

@@ -68,9 +68,13 @@ class Silos:
 
 @dataclass
 class Ids:
-    """Running counters so every key is unique across chunks; scrambled so keys reveal no identity."""
+    """Running counters so every key is unique across chunks; scrambled so keys reveal no identity.
+
+    `taken` holds the e-mail addresses and domains handed out so far: like real ones, each has one owner.
+    """
 
     counters: dict[str, int] = field(default_factory=dict)
+    taken: set[str] = field(default_factory=set)
 
     def take(self, prefix: str, n: int, scramble: bool = True) -> np.ndarray:
         start = self.counters.get(prefix, 0)
@@ -107,6 +111,8 @@ class Builder:
         self.billing_id = ids.take("BA-", self.n)
         self.subscription_id = ids.take("SUB-", self.n)
         self.active_weeks = np.minimum(world.churn_week, OBSERVED)
+        consumer = (self.acc["segment"] == "consumer").to_numpy()
+        self.company = np.where(consumer, None, firms["company"].to_numpy())  # consumers have no company
 
     def build(self) -> Silos:
         for step in (self.crm, self.billing, self.product, self.support, self.marketing, self.feedback):
@@ -202,10 +208,9 @@ class Builder:
         scribe = ppl.Scribe(self.rng, typo_rate=0.03, nickname_rate=0.15, alt_email=0.1, missing_phone=0.4)
         sub = p.iloc[payer]
         first, last = scribe.names(sub["first_name"], sub["last_name"])
-        consumer = (self.acc["segment"] == "consumer").to_numpy()
         self.out.add("billing/customers", pd.DataFrame({
             "billing_account_id": self.billing_id, "name": full_names(first, last), "email": scribe.emails(sub),
-            "phone": scribe.phones(sub), "company": np.where(consumer, None, self.firms["company"]),
+            "phone": scribe.phones(sub), "company": self.company,
             "country": self.acc["region"].map(COUNTRY).to_numpy(), "created_at": self.created,
         }), *self.person_truth(payer))
 
@@ -302,7 +307,7 @@ class Builder:
         email[is_second] = sub["personal_email"].to_numpy()[is_second]
         first, last = scribe.names(sub["first_name"], sub["last_name"])
         acc_rows = sub["account_row"].to_numpy()
-        company = self.firms["company"].to_numpy()[acc_rows]
+        company = self.company[acc_rows]
         self.out.add("product/users", pd.DataFrame({
             "user_id": user_id, "workspace_id": workspace[acc_rows],
             "workspace_name": np.where(self.rng.random(len(sub)) < 0.7, company, None),
@@ -356,7 +361,7 @@ class Builder:
         closed = opened + (self.rng.lognormal(3.0, 1.2, n) * 3600).astype("timedelta64[s]")
         still_open = closed >= np.datetime64(START + pd.Timedelta(weeks=OBSERVED), "s")
         csat = np.clip((3.5 + 0.8 * h + self.rng.normal(0, 0.8, n)).round(), 1, 5)
-        company = np.where(self.rng.random(n) < 0.5, self.firms["company"].to_numpy()[rows], None)
+        company = np.where(self.rng.random(n) < 0.5, self.company[rows], None)
         self.out.add("support/tickets", pd.DataFrame({
             "ticket_id": self.ids.take("T-", n, scramble=False), "requester_name": full_names(first, last),
             "requester_email": scribe.emails(sub), "requester_phone": scribe.phones(sub), "company": company,
@@ -389,7 +394,7 @@ class Builder:
         acc_rows = sub["account_row"].to_numpy()
         self.out.add("marketing/contacts", pd.DataFrame({
             "mkt_contact_id": self.mkt_id, "email": scribe.emails(sub), "first_name": first, "last_name": last,
-            "company": np.where(self.rng.random(len(rows)) < 0.6, self.firms["company"].to_numpy()[acc_rows], None),
+            "company": np.where(self.rng.random(len(rows)) < 0.6, self.company[acc_rows], None),
             "subscribed_at": self.created[acc_rows],
         }), *self.person_truth(rows))
         self.mkt_rows = rows

@@ -1,0 +1,136 @@
+"""`c360 resolve` (and `resolve explain`), `c360 eval identity`, `c360 eval febrl`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from c360 import warehouse
+from c360.settings import Settings
+from c360.ui import console, fail, record_run, table
+
+resolve_app = typer.Typer(help="Link every source record to one customer (splink + shared keys).")
+eval_app = typer.Typer(help="Measure a stage against ground truth or a published data set.", no_args_is_help=True)
+
+
+@resolve_app.callback(invoke_without_command=True)
+def resolve(
+    ctx: typer.Context,
+    threshold: Annotated[float | None, typer.Option(help="match probability that links two people "
+                                                         "[default: C360_MATCH_THRESHOLD, 0.95]")] = None,
+) -> None:
+    """Resolve identities: writes identity_crosswalk, identity_customers and identity_events to the warehouse.
+
+    Customer ids are stable: rerunning, or resolving after a new batch, keeps every existing customer's id
+    unless two are merged (the survivor keeps its id) or one is split; both are recorded in identity_events.
+    """
+    if not ctx.invoked_subcommand:
+        run_resolve(threshold)
+
+
+def run_resolve(threshold: float | None = None) -> None:
+    from features.identity import resolve as run
+
+    s, started = Settings(), time.time()
+    if not s.warehouse.exists():
+        raise fail(f"no warehouse in {s.home}: run `c360 ingest --source DIR` first")
+    with warehouse.connect(s) as con, console.status("linking records (splink) and grouping customers"):
+        report = run(con, s.identity_model, threshold=threshold or s.match_threshold)
+    console.print(table("how records were linked", pd.DataFrame(report.methods.items(), columns=["method", "records"])))
+    console.print(f"{report.records:,} records → {report.customers:,} customers "
+                  f"({report.multi_record_customers:,} from several records, {report.unlinked:,} unlinked); "
+                  f"{report.merges} merges, {report.splits} splits recorded")
+    record_run(s, "resolve", started, records=report.records, customers=report.customers, merges=report.merges,
+               splits=report.splits)
+
+
+@resolve_app.command()
+def explain(
+    source: Annotated[str, typer.Argument(help="source table, e.g. support/tickets")],
+    key: Annotated[str, typer.Argument(help="the record's key in that table")],
+    other_source: Annotated[str | None, typer.Argument(help="a second record's table, to compare the two")] = None,
+    other_key: Annotated[str | None, typer.Argument(help="the second record's key")] = None,
+    png: Annotated[Path | None, typer.Option(help="also draw the match weights to this PNG file")] = None,
+) -> None:
+    """Why a record belongs to its customer: how it was attached, and the per-field match weights (the splink
+    waterfall) of its strongest link — or of the two records given."""
+    from features.identity import explain as run
+
+    s = Settings()
+    ids = [f"{source}:{key}"] + ([f"{other_source}:{other_key}"] if other_source and other_key else [])
+    with warehouse.connect(s, read_only=True) as con:
+        try:
+            result = run(con, s.identity_model, ids)
+        except KeyError as e:
+            raise fail(str(e.args[0])) from None
+    console.print(table("records", result.records))
+    if result.pair is None:
+        console.print("No person link: the record is tied to its customer by a shared key only (see method).")
+        return
+    weights = result.weights[["column_name", "value_l", "value_r", "level", "match_weight"]]
+    console.print(table(f"match weights: {result.pair[0]} ~ {result.pair[1]}", weights))
+    final = result.weights["match_weight"].iloc[-1]
+    console.print(f"final match weight {final:.2f} → probability {2**final / (1 + 2**final):.4f}")
+    if png:
+        _waterfall_png(weights, png)
+        console.print(f"wrote {png}")
+
+
+def _waterfall_png(weights: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = weights.iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1))
+    colors = ["#2a9d8f" if w >= 0 else "#e76f51" for w in rows["match_weight"]]
+    ax.barh(rows["column_name"], rows["match_weight"], color=colors)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("match weight (log2 Bayes factor)")
+    ax.set_title("Why these two records match")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@eval_app.command("identity")
+def eval_identity(
+    truth: Annotated[Path | None, typer.Option(help="ground_truth folder [default: the demo data's]")] = None,
+) -> None:
+    """Pairwise precision, recall and F1 of the resolved customers against the generator's ground truth."""
+    from features.identity import evaluate
+
+    s = Settings()
+    truth = truth or s.truth
+    if not (truth / "records.parquet").exists():
+        raise fail(f"no ground truth at {truth}: generate data with `c360 generate` first")
+    with warehouse.connect(s, read_only=True) as con:
+        overall, per_source = evaluate(con, pd.read_parquet(truth / "records.parquet"))
+    console.print(table("customers vs ground truth (pairs of records of one customer)", overall))
+    console.print(table("per source: share of records in the wrong customer / missing from their own", per_source))
+
+
+@eval_app.command("febrl")
+def eval_febrl(
+    drop_columns: Annotated[list[str] | None,
+                            typer.Option(help="identity fields to leave out, e.g. soc_sec_id")] = None,
+    threshold: Annotated[float, typer.Option(help="match probability that links two records")] = 0.95,
+    data: Annotated[Path | None, typer.Option(help="folder holding febrl/dataset4a.csv and dataset4b.csv")] = None,
+) -> None:
+    """Link FEBRL 4a to 4b (5,000 true links) without labels; precision, recall, F1 and the threshold curve."""
+    from features.febrl import evaluate_febrl
+
+    folder = data or Settings().public_data
+    if not (folder / "febrl" / "dataset4a.csv").exists():
+        raise fail(f"FEBRL files not found under {folder}/febrl")
+    result = evaluate_febrl(folder, drop_columns=drop_columns or [], threshold=threshold)
+    summary = {k: result[k] for k in ("threshold", "precision", "recall", "f1", "true_positive_pairs",
+                                      "predicted_pairs", "true_pairs", "candidate_pairs", "seconds")}
+    dropped = ", ".join(result["drop_columns"]) or "none"
+    console.print(table(f"FEBRL 4a ↔ 4b, dropped: {dropped}", pd.DataFrame([summary])))
+    console.print(table("threshold curve", result["curve"][["threshold", "precision", "recall", "f1"]]))

@@ -1,0 +1,386 @@
+"""Identity resolution: every source record of the warehouse linked to one customer (an account).
+
+People are linked across silos by splink (features.linkage: no labels, EM on the data itself) plus safe
+deterministic rules; records are then grouped into customers by the keys systems share (a contact's CRM account,
+the billing key the CRM knows, a product workspace) and by the person links, strongest first, never joining two
+CRM accounts. Customer ids are stable across runs: a customer keeps its id unless merged or split, and both are
+recorded with their evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from splink import Linker
+
+from features import linkage
+
+NAME_PARTS = "split_part(trim({0}), ' ', 1) AS first_name, " \
+             "nullif(regexp_extract(trim({0}), ' (\\S+)$', 1), '') AS surname"
+
+
+def _person_sql(table: str, key: str, first_last: str, email: str, phone: str, company: str,
+                anchor: str = "NULL", seen: str = "NULL", country: str = "NULL") -> str:
+    return f"""SELECT '{table.replace('_', '/', 1)}' AS source, {key}::VARCHAR AS source_key, {first_last},
+        {email} AS email, {phone} AS phone, {company} AS company, {country} AS country,
+        {anchor} AS anchor, {seen}::TIMESTAMP AS seen_at FROM {table}"""
+
+
+RECORD_SQL = " UNION ALL ".join([
+    _person_sql("crm_contacts c JOIN crm_accounts a USING (account_id)", "contact_id",
+                "c.first_name, c.last_name AS surname", "c.email", "c.phone", "a.account_name",
+                anchor="'acct:' || c.account_id", seen="c.created_at").replace(
+        "'crm/contacts c JOIN crm_accounts a USING (account_id)'", "'crm/contacts'"),
+    _person_sql("billing_customers", "billing_account_id", NAME_PARTS.format("name"), "email", "phone", "company",
+                anchor="'ba:' || billing_account_id", seen="created_at", country="country"),
+    _person_sql("product_users", "user_id", NAME_PARTS.format("display_name"), "email", "NULL", "workspace_name",
+                anchor="'ws:' || workspace_id", seen="signed_up_at"),
+    _person_sql("support_tickets", "ticket_id", NAME_PARTS.format("requester_name"), "requester_email",
+                "requester_phone", "company", seen="opened_at"),
+    _person_sql("marketing_contacts", "mkt_contact_id", "first_name, last_name AS surname", "email", "NULL",
+                "company", seen="subscribed_at"),
+    _person_sql("feedback_nps", "response_id", NAME_PARTS.format("name"), "email", "NULL", "NULL",
+                seen="responded_at"),
+    _person_sql("feedback_feature_requests", "request_id", NAME_PARTS.format("name"), "email", "NULL", "NULL",
+                seen="created_at"),
+])
+ACCOUNT_SQL = """SELECT 'crm/accounts' AS source, account_id AS source_key, account_name, segment, region,
+    'acct:' || account_id AS anchor, 'ba:' || billing_account_id AS billing_anchor, created_at AS seen_at
+    FROM crm_accounts"""
+KEY_NAMES = {"acct": "crm account", "ba": "billing account", "ws": "product workspace"}
+SOURCE_PRIORITY = ("crm/accounts", "crm/contacts", "billing/customers", "product/users", "marketing/contacts",
+                   "support/tickets", "feedback/nps", "feedback/feature_requests")
+
+
+def normalise(people: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The records for splink (linkage.prepare_records), and the raw records with their normalised e-mail,
+    phone, e-mail domain and company beside them."""
+    prepared = linkage.prepare_records(people)
+    normal = {"email_norm": "email", "phone_norm": "phone", "email_domain": "email_domain", "company_norm": "company"}
+    return people.assign(**{k: prepared[v].to_numpy() for k, v in normal.items()}), prepared
+
+
+def read_records(con) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Person records of every silo in standard columns, and the CRM accounts (thin I/O)."""
+    # Ordered, so that linking the same data twice gives the same customers.
+    people = con.execute(f"SELECT * FROM ({RECORD_SQL}) ORDER BY source, source_key").df()
+    people.insert(0, "record_id", people["source"] + ":" + people["source_key"])
+    accounts = con.execute(f"{ACCOUNT_SQL} ORDER BY source_key").df()
+    accounts.insert(0, "record_id", accounts["source"] + ":" + accounts["source_key"])
+    return people, accounts
+
+
+# ---------------------------------------------------------------- linking people
+
+
+def score_people(prepared: pd.DataFrame, seed: int = 42) -> tuple[pd.DataFrame, Linker]:
+    """Splink pairs plus same-e-mail pairs of prepared (normalised) records; returns (pairs, trained linker)."""
+    linker = linkage.train_linker(prepared, link_type="link_and_dedupe", seed=seed)
+    pairs = linkage.predict_pairs(linker, min_probability=0.1).assign(method="model")
+    same_email = _same_value_pairs(prepared, "email").assign(match_probability=1.0, method="rule: same e-mail")
+    return pd.concat([same_email, pairs], ignore_index=True), linker
+
+
+def _same_value_pairs(prepared: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Each record paired with the first record sharing its normalised value: enough to connect them all."""
+    known = prepared.dropna(subset=[column])
+    first = known.groupby(column)["record_id"].transform("first")
+    keep = known["record_id"] != first
+    return pd.DataFrame({"record_id_l": first[keep].to_numpy(), "record_id_r": known.loc[keep, "record_id"]})
+
+
+# ---------------------------------------------------------------- grouping into customers
+
+
+class Groups:
+    """Union-find over records and key nodes; a group never holds two CRM accounts."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+        self.account: dict[str, str | None] = {}
+
+    def find(self, node: str) -> str:
+        self.parent.setdefault(node, node)
+        self.account.setdefault(node, node if node.startswith("acct:") else None)
+        root = node
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[node] != root:  # path compression
+            self.parent[node], node = root, self.parent[node]
+        return root
+
+    def union(self, a: str, b: str) -> bool:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        acc_a, acc_b = self.account[ra], self.account[rb]
+        if acc_a and acc_b and acc_a != acc_b:
+            return False  # one person link must not fuse two CRM accounts
+        self.parent[rb] = ra
+        self.account[ra] = acc_a or acc_b
+        return True
+
+
+def account_keys(people: pd.DataFrame, accounts: pd.DataFrame) -> pd.DataFrame:
+    """Shared keys tying records to accounts: the silos' own keys, and e-mail domains and company names that
+    belong to exactly one CRM account (a domain several accounts use, like a free-mail one, proves nothing)."""
+    own = people.dropna(subset=["anchor"])
+    keys = [pd.DataFrame({"record_id": accounts["record_id"], "node": accounts["anchor"],
+                          "method": "key: crm account"}),
+            pd.DataFrame({"record_id": accounts["anchor"], "node": accounts["billing_anchor"],
+                          "method": "key: billing account"}).dropna(),
+            pd.DataFrame({"record_id": own["record_id"], "node": own["anchor"],
+                          "method": "key: " + own["anchor"].str.split(":").str[0].map(KEY_NAMES)})]
+    contacts = people[people["anchor"].str.startswith("acct:", na=False)]
+    keys.append(_owned(people, people["email_domain"], contacts.index, contacts["anchor"], "key: e-mail domain"))
+    company = people["company_norm"]
+    names = accounts["account_name"].map(linkage.normalise_company)
+    owners = pd.concat([pd.DataFrame({"value": company[contacts.index], "owner": contacts["anchor"]}),
+                        pd.DataFrame({"value": names, "owner": accounts["anchor"]})])
+    keys.append(_owned_by(people, company, owners, "key: company name"))
+    return pd.concat(keys, ignore_index=True)
+
+
+def _owned(people, values: pd.Series, owner_rows, owner_nodes: pd.Series, method: str) -> pd.DataFrame:
+    owners = pd.DataFrame({"value": values[owner_rows], "owner": owner_nodes})
+    return _owned_by(people, values, owners, method)
+
+
+def _owned_by(people, values: pd.Series, owners: pd.DataFrame, method: str) -> pd.DataFrame:
+    """Records whose value has exactly one owning account node, linked to that node."""
+    per_value = owners.dropna().drop_duplicates().groupby("value")["owner"]
+    unique_owner = per_value.first()[per_value.size() == 1]
+    node = values.map(unique_owner)
+    hit = node.notna()
+    return pd.DataFrame({"record_id": people.loc[hit, "record_id"], "node": node[hit], "method": method})
+
+
+def group_records(people: pd.DataFrame, accounts: pd.DataFrame, pairs: pd.DataFrame,
+                  threshold: float) -> pd.DataFrame:
+    """record_id → group root, with how each record was attached (method) and the evidence's probability."""
+    groups = Groups()
+    how: dict[str, tuple[str, float]] = {}
+    for rid, node, method in account_keys(people, accounts).itertuples(index=False):
+        if groups.union(node, rid):
+            how.setdefault(rid, (method, 1.0))
+    # A total order, so equal-probability links are applied the same way on every run.
+    ranked = pairs.sort_values(["match_probability", "record_id_l", "record_id_r"], ascending=[False, True, True])
+    strong = ranked[ranked["match_probability"] >= threshold]
+    for left, right, p, method in strong[["record_id_l", "record_id_r", "match_probability", "method"]].itertuples(
+            index=False):
+        if groups.union(left, right):
+            for rid in (left, right):
+                how.setdefault(rid, (method, float(p)))
+    _attach_only_candidates(groups, how, ranked[ranked["match_probability"] < threshold])
+    ids = pd.concat([accounts["record_id"], people["record_id"]], ignore_index=True)
+    out = pd.DataFrame({"record_id": ids, "group": [groups.find(r) for r in ids]})
+    out["method"] = [how.get(r, ("unlinked", np.nan))[0] for r in ids]
+    out["match_probability"] = [how.get(r, ("unlinked", np.nan))[1] for r in ids]
+    return out
+
+
+def _attach_only_candidates(groups: Groups, how: dict[str, tuple[str, float]], weak: pd.DataFrame) -> None:
+    """A group with no account yet joins the one account its weaker links point to, when they point to only one.
+
+    A name-only support ticket is "Laura Morales" at one account, or at two: only the first is evidence.
+    """
+    candidates: dict[str, dict[str, tuple[str, float]]] = {}
+    for left, right, p in weak[["record_id_l", "record_id_r", "match_probability"]].itertuples(index=False):
+        for a, b in ((left, right), (right, left)):
+            root_a, root_b = groups.find(a), groups.find(b)
+            if groups.account[root_a] is None and groups.account[root_b] is not None:
+                candidates.setdefault(root_a, {}).setdefault(root_b, (a, float(p)))
+    for root, targets in candidates.items():
+        if len(targets) == 1:
+            (target, (member, p)), = targets.items()
+            groups.union(target, root)
+            how.setdefault(member, ("model: only candidate", p))
+
+
+# ---------------------------------------------------------------- stable customer ids
+
+
+@dataclass(frozen=True)
+class Assignment:
+    crosswalk: pd.DataFrame  # record_id, customer_id, method, match_probability
+    events: pd.DataFrame  # kind (merge/split), customer_id, other_id, records
+
+
+def assign_ids(grouped: pd.DataFrame, previous: pd.DataFrame) -> Assignment:
+    """Give each group a customer id, keeping previous ids: the majority owner keeps it; merges and splits
+    are returned as events."""
+    old = grouped.merge(previous[["record_id", "customer_id"]], on="record_id", how="left")
+    counts = old.dropna(subset=["customer_id"]).groupby(["customer_id", "group"]).size().rename("n").reset_index()
+    owner = counts.sort_values(["n", "group"], ascending=[False, True]).drop_duplicates("customer_id")
+    keep = owner.sort_values(["group", "n", "customer_id"], ascending=[True, False, True]).drop_duplicates("group")
+    merged = owner[~owner["customer_id"].isin(keep["customer_id"])].merge(
+        keep[["group", "customer_id"]], on="group", suffixes=("", "_survivor"))
+    events = [pd.DataFrame({"kind": "merge", "customer_id": merged["customer_id_survivor"],
+                            "other_id": merged["customer_id"], "records": merged["n"]})]
+    ids = dict(zip(keep["group"], keep["customer_id"], strict=True))
+    new_groups = grouped.loc[~grouped["group"].isin(ids), ["group", "record_id"]].groupby("group")["record_id"].min()
+    start = _next_number(previous["customer_id"])
+    for offset, group in enumerate(new_groups.sort_values().index):
+        ids[group] = f"C{start + offset:08d}"
+    split = counts[counts["group"].isin(new_groups.index)].assign(new_id=lambda d: d["group"].map(ids))
+    events.append(pd.DataFrame({"kind": "split", "customer_id": split["new_id"], "other_id": split["customer_id"],
+                                "records": split["n"]}))
+    crosswalk = grouped.assign(customer_id=grouped["group"].map(ids)).drop(columns="group")
+    return Assignment(crosswalk, pd.concat(events, ignore_index=True))
+
+
+def _next_number(existing: pd.Series) -> int:
+    numbers = existing.dropna().str.extract(r"^C(\d+)$", expand=False).dropna().astype(int)
+    return int(numbers.max()) + 1 if len(numbers) else 1
+
+
+# ---------------------------------------------------------------- golden record
+
+
+def golden_records(people: pd.DataFrame, accounts: pd.DataFrame, crosswalk: pd.DataFrame) -> pd.DataFrame:
+    """One row per customer: per field, the highest-priority source, then the most recent non-null value."""
+    rank = {s: i for i, s in enumerate(SOURCE_PRIORITY)}
+    persons = people.assign(email=people["email_norm"], phone=people["phone_norm"],
+                            person_name=(people["first_name"].fillna("") + " " + people["surname"].fillna(""))
+                            .str.strip().replace("", None))
+    frame = pd.concat([accounts.rename(columns={"account_name": "name"}), persons], ignore_index=True)
+    frame = frame.merge(crosswalk[["record_id", "customer_id", "method"]], on="record_id")
+    frame["rank"] = frame["source"].map(rank)
+    frame = frame.sort_values(["customer_id", "rank", "seen_at"], ascending=[True, True, False])
+    by = frame.groupby("customer_id", sort=True)
+    first = by[["name", "company", "segment", "region", "person_name"]].first()
+    return pd.DataFrame({
+        "display_name": first["name"].fillna(first["company"]).fillna(first["person_name"]),
+        "company": first["company"].where(first["segment"] != "consumer"),  # a consumer account's name is a person's
+        "segment": first["segment"], "region": first["region"],
+        "emails": _distinct(frame, "email"), "phones": _distinct(frame, "phone"), "sources": _distinct(frame, "source"),
+        "records": by.size(),
+        "unlinked": (frame["method"] == "unlinked").groupby(frame["customer_id"]).all(),
+    }).reset_index()
+
+
+def _distinct(frame: pd.DataFrame, column: str) -> pd.Series:
+    """Sorted distinct non-null values per customer (an empty list where there are none)."""
+    values = frame[["customer_id", column]].dropna().drop_duplicates().sort_values(["customer_id", column])
+    lists = values.groupby("customer_id")[column].agg(list)
+    return lists.reindex(frame["customer_id"].unique()).map(lambda v: v if isinstance(v, list) else [])
+
+
+# ---------------------------------------------------------------- the stage, and its tables in the warehouse
+
+DDL = """
+CREATE TABLE IF NOT EXISTS identity_crosswalk (source VARCHAR, source_key VARCHAR, record_id VARCHAR PRIMARY KEY,
+    customer_id VARCHAR, method VARCHAR, match_probability DOUBLE, resolved_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS identity_events (recorded_at TIMESTAMP, kind VARCHAR, customer_id VARCHAR, other_id VARCHAR,
+    records BIGINT);
+"""
+
+
+@dataclass(frozen=True)
+class ResolveReport:
+    records: int
+    customers: int
+    multi_record_customers: int
+    unlinked: int
+    merges: int
+    splits: int
+    methods: dict[str, int]
+
+
+def resolve(con, model_path, threshold: float = 0.95, seed: int = 42) -> ResolveReport:
+    """Link every source record of the warehouse to a customer and write the identity tables."""
+    raw, accounts = read_records(con)
+    people, prepared = normalise(raw)
+    pairs, linker = score_people(prepared, seed)
+    grouped = group_records(people, accounts, pairs, threshold)
+    con.execute(DDL)
+    assignment = assign_ids(grouped, con.execute("SELECT record_id, customer_id FROM identity_crosswalk").df())
+    golden = golden_records(people, accounts, assignment.crosswalk)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    linker.misc.save_model_to_json(str(model_path), overwrite=True)
+    _write(con, assignment, golden, prepared, pairs[pairs["match_probability"] >= 0.5])
+    events = assignment.events["kind"].value_counts()
+    return ResolveReport(
+        records=len(grouped), customers=len(golden), multi_record_customers=int((golden["records"] > 1).sum()),
+        unlinked=int(golden["unlinked"].sum()), merges=int(events.get("merge", 0)), splits=int(events.get("split", 0)),
+        methods=grouped["method"].value_counts().to_dict())
+
+
+def _write(con, assignment: Assignment, golden: pd.DataFrame, prepared: pd.DataFrame, links: pd.DataFrame) -> None:
+    crosswalk = assignment.crosswalk
+    crosswalk = crosswalk.assign(source=crosswalk["record_id"].str.split(":", n=1).str[0],
+                                 source_key=crosswalk["record_id"].str.split(":", n=1).str[1])
+    frames = {"crosswalk": crosswalk, "events": assignment.events, "identity_customers": golden,
+              "identity_records": prepared, "identity_links": links}
+    for name, frame in frames.items():
+        con.register(f"new_{name}", frame)
+    con.begin()
+    try:
+        con.execute("DELETE FROM identity_crosswalk")
+        con.execute("""INSERT INTO identity_crosswalk SELECT source, source_key, record_id, customer_id, method,
+                       match_probability, now() FROM new_crosswalk""")
+        con.execute("INSERT INTO identity_events SELECT now(), kind, customer_id, other_id, records FROM new_events")
+        for name in ("identity_customers", "identity_records", "identity_links"):
+            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM new_{name}")
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+
+
+# ---------------------------------------------------------------- explaining a link
+
+
+@dataclass(frozen=True)
+class Explanation:
+    records: pd.DataFrame  # the asked records: record_id, customer_id, method, match_probability
+    pair: tuple[str, str] | None  # the pair whose match weights follow
+    weights: pd.DataFrame  # splink waterfall: column_name, value_l, value_r, level, bayes_factor, match_weight
+
+
+def explain(con, model_path, record_ids: list[str]) -> Explanation:
+    """Why records belong to their customer: how each was attached, and the match weights of a pair — the two
+    records asked for, or one record and its strongest link within its customer."""
+    asked = con.execute("SELECT record_id, customer_id, method, match_probability FROM identity_crosswalk "
+                        "WHERE record_id IN (SELECT unnest($ids))", {"ids": record_ids}).df()
+    missing = sorted(set(record_ids) - set(asked["record_id"]))
+    if missing:
+        raise KeyError(f"not in the crosswalk (run `c360 resolve` first?): {', '.join(missing)}")
+    pair = (record_ids[0], record_ids[1]) if len(record_ids) == 2 else _strongest_link(con, record_ids[0])
+    if pair is None:
+        return Explanation(asked, None, pd.DataFrame())
+    prepared = con.execute("SELECT * FROM identity_records").df()
+    linker = linkage.load_linker(prepared, model_path)
+    return Explanation(asked, pair, linkage.explain_pair(linker, prepared, *pair))
+
+
+def _strongest_link(con, record_id: str) -> tuple[str, str] | None:
+    row = con.execute("""
+        SELECT l.record_id_l, l.record_id_r FROM identity_links l
+        JOIN identity_crosswalk a ON a.record_id = l.record_id_l
+        JOIN identity_crosswalk b ON b.record_id = l.record_id_r
+        WHERE $id IN (l.record_id_l, l.record_id_r) AND a.customer_id = b.customer_id
+        ORDER BY l.match_probability DESC LIMIT 1""", {"id": record_id}).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+# ---------------------------------------------------------------- measuring against ground truth
+
+
+def evaluate(con, truth: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pairwise precision / recall / F1 of the crosswalk's customers against the true accounts, and per source
+    the share of records in a wrong customer or away from their account's main customer. `truth` has table_id,
+    key and account (the generator's ground_truth/records.parquet)."""
+    crosswalk = con.execute("SELECT record_id, customer_id AS cluster_id FROM identity_crosswalk").df()
+    truth = truth.assign(record_id=truth["table_id"] + ":" + truth["key"].astype(str))
+    accounts = truth[["record_id", "account"]].rename(columns={"account": "entity_id"})
+    overall = pd.DataFrame([{"level": "customer (account)", **linkage.pairwise_metrics(crosswalk, accounts)}])
+    joined = crosswalk.merge(truth[["record_id", "table_id", "account"]], on="record_id")
+    majority = joined.groupby("cluster_id")["account"].agg(lambda s: s.mode().iloc[0])
+    home = joined.groupby("account")["cluster_id"].agg(lambda s: s.mode().iloc[0])
+    joined["wrong_customer"] = joined["account"] != joined["cluster_id"].map(majority)
+    joined["away_from_home"] = joined["cluster_id"] != joined["account"].map(home)
+    per_source = joined.groupby("table_id")[["wrong_customer", "away_from_home"]].mean().reset_index()
+    return overall, per_source
