@@ -257,6 +257,7 @@ def golden_records(people: pd.DataFrame, accounts: pd.DataFrame, crosswalk: pd.D
         "segment": first["segment"], "region": first["region"],
         "emails": _distinct(frame, "email"), "phones": _distinct(frame, "phone"), "sources": _distinct(frame, "source"),
         "records": by.size(),
+        "first_seen": by["seen_at"].min(),
         "unlinked": (frame["method"] == "unlinked").groupby(frame["customer_id"]).all(),
     }).reset_index()
 

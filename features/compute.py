@@ -1,0 +1,330 @@
+"""Customer features as of a moment, computed in DuckDB from the warehouse and the identity crosswalk.
+
+Every feature of an as-of snapshot uses only what happened strictly before it: events are filtered on their own
+timestamps, and state that changes (a ticket's status, a subscription's plan) is rebuilt from the timestamps of
+its changes, not read from the row's current value. Each feature has a plain-words description in FEATURES,
+used by the Feast definitions and to turn model explanations into reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from features.contract import PLANS
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    section: str  # profile section / Feast feature view: activity, interactions, campaigns, billing, support, status
+    dtype: str  # int, float, str, bool
+    description: str
+
+
+def _f(section: str, dtype: str, *rows: tuple[str, str]) -> list[Feature]:
+    return [Feature(name, section, dtype, doc) for name, doc in rows]
+
+
+FEATURES: tuple[Feature, ...] = tuple([
+    *_f("activity", "int",
+        ("active_days_7d", "days with product activity in the last 7 days"),
+        ("active_days_30d", "days with product activity in the last 30 days"),
+        ("active_days_90d", "days with product activity in the last 90 days"),
+        ("sessions_30d", "logins in the last 30 days"),
+        ("features_used_90d", "distinct product features used in the last 90 days"),
+        ("active_users_30d", "people active in the product in the last 30 days"),
+        ("days_since_last_activity", "days since the last product activity")),
+    *_f("activity", "float",
+        ("usage_trend", "change in active days, last 30 days against the 30 before (-1 = stopped, +1 = doubled)")),
+    *_f("interactions", "int",
+        ("contacts_email_90d", "e-mail contacts (tickets and CRM) in the last 90 days"),
+        ("contacts_phone_90d", "phone contacts in the last 90 days"),
+        ("contacts_chat_90d", "chat contacts in the last 90 days"),
+        ("contacts_in_app_90d", "in-app contacts in the last 90 days"),
+        ("contacts_meeting_90d", "meetings in the last 90 days"),
+        ("contacts_social_90d", "social media contacts in the last 90 days"),
+        ("days_since_last_contact", "days since the last contact on any channel")),
+    *_f("campaigns", "int",
+        ("campaigns_sent_180d", "campaign messages sent in the last 180 days"),
+        ("campaigns_opened_180d", "campaign messages opened in the last 180 days"),
+        ("campaigns_clicked_180d", "campaign messages clicked in the last 180 days"),
+        ("campaigns_responded_180d", "campaign responses in the last 180 days"),
+        ("feature_requests_total", "feature requests made"),
+        ("feature_requests_90d", "feature requests made in the last 90 days")),
+    *_f("billing", "int",
+        ("tenure_days", "days since the first subscription started"),
+        ("seats", "seats on the subscription"),
+        ("orders_12m", "add-on orders in the last 12 months"),
+        ("days_since_last_purchase", "days since the last paid invoice"),
+        ("payment_failures_90d", "failed payment attempts in the last 90 days"),
+        ("refunds_12m", "refunds in the last 12 months"),
+        ("downgrades_180d", "plan or seat downgrades in the last 180 days"),
+        ("upgrades_180d", "plan or seat upgrades in the last 180 days")),
+    *_f("billing", "float",
+        ("mrr", "monthly recurring revenue (latest subscription invoice)"),
+        ("revenue_total", "revenue paid to date"),
+        ("revenue_12m", "revenue paid in the last 12 months"),
+        ("revenue_90d", "revenue paid in the last 90 days")),
+    *_f("billing", "str", ("plan", "subscription plan")),
+    *_f("support", "int",
+        ("tickets_90d", "support tickets opened in the last 90 days"),
+        ("open_tickets", "support tickets open"),
+        ("open_high_severity_tickets", "high or urgent support tickets open"),
+        ("days_since_last_ticket", "days since the last support ticket")),
+    *_f("support", "float",
+        ("csat_180d", "average satisfaction (1-5) of tickets closed in the last 180 days"),
+        ("nps_last", "latest NPS answer (0-10)")),
+    *_f("status", "str",
+        ("segment", "customer segment"),
+        ("region", "region"),
+        ("lifecycle_stage", "lifecycle stage: onboarding, adopting, established, at risk or lapsed")),
+    *_f("status", "int",
+        ("contacts", "known contacts at the customer"),
+        ("admin_contacts", "contacts with the admin role"),
+        ("red_flags", "number of red flags raised")),
+    *_f("status", "bool",
+        ("subscribed", "has an active subscription"),
+        ("has_executive_sponsor", "an executive sponsor is among the contacts"),
+        ("flag_usage_drop", "red flag: active days fell by half or more in the last 30 days"),
+        ("flag_payment_failed", "red flag: a payment failed in the last 30 days"),
+        ("flag_open_high_severity", "red flag: a high or urgent ticket is open"),
+        ("flag_detractor", "red flag: latest NPS answer is 6 or below"),
+        ("flag_silence", "red flag: no product activity or contact in the last 30 days"),
+        ("flag_downgrade", "red flag: downgraded in the last 90 days")),
+    *_f("health", "float",
+        ("health_score", "health 0-100: weighted mean of the usage, engagement, support, sentiment and billing "
+                         "components"),
+        ("health_usage", "health component 0-100 from active days and breadth of use"),
+        ("health_engagement", "health component 0-100 from campaign and contact engagement"),
+        ("health_support", "health component 0-100: fewer and less severe open tickets score higher"),
+        ("health_sentiment", "health component 0-100 from NPS and satisfaction"),
+        ("health_billing", "health component 0-100: payment failures and downgrades lower it")),
+    *_f("health", "str", ("health_band", "health band: good (70+), fair (40-70) or poor (below 40)")),
+])
+BY_NAME = {f.name: f for f in FEATURES}
+CHANNELS = ("email", "phone", "chat", "in_app", "meeting", "social")
+HEALTH_WEIGHTS = {"usage": 0.35, "engagement": 0.15, "support": 0.15, "sentiment": 0.15, "billing": 0.2}
+
+
+
+def _rank(column: str) -> str:
+    """A plan's position in PLANS, in SQL, so up- and downgrades can be told apart."""
+    return f"list_position({list(PLANS)}, {column})"
+
+
+# Every source row reaches its customer through the crosswalk record of its identity-bearing row.
+SQL = f"""
+WITH
+base AS (SELECT customer_id, segment, region FROM identity_customers WHERE first_seen < $as_of),
+events AS (
+    SELECT x.customer_id, e.user_id, e.event_time, e.event_type, e.feature
+    FROM product_events e JOIN identity_crosswalk x ON x.record_id = 'product/users:' || e.user_id
+    WHERE e.event_time < $as_of AND e.event_time >= $as_of - INTERVAL 90 DAY),
+last_event AS (
+    SELECT x.customer_id, max(e.event_time) AS happened
+    FROM product_events e JOIN identity_crosswalk x ON x.record_id = 'product/users:' || e.user_id
+    WHERE e.event_time < $as_of GROUP BY ALL),
+activity AS (
+    SELECT customer_id,
+        count(DISTINCT CASE WHEN event_time >= $as_of - INTERVAL 7 DAY THEN event_time::DATE END) AS active_days_7d,
+        count(DISTINCT CASE WHEN event_time >= $as_of - INTERVAL 30 DAY THEN event_time::DATE END) AS active_days_30d,
+        count(DISTINCT event_time::DATE) AS active_days_90d,
+        count(DISTINCT CASE WHEN event_time < $as_of - INTERVAL 30 DAY AND event_time >= $as_of - INTERVAL 60 DAY
+              THEN event_time::DATE END) AS active_days_prev_30d,
+        count(*) FILTER (WHERE event_type = 'login' AND event_time >= $as_of - INTERVAL 30 DAY) AS sessions_30d,
+        count(DISTINCT feature) AS features_used_90d,
+        count(DISTINCT CASE WHEN event_time >= $as_of - INTERVAL 30 DAY THEN user_id END) AS active_users_30d
+    FROM events GROUP BY ALL),
+contacts_made AS (
+    SELECT x.customer_id, t.channel, t.opened_at AS happened
+    FROM support_tickets t JOIN identity_crosswalk x ON x.record_id = 'support/tickets:' || t.ticket_id
+    WHERE t.opened_at < $as_of
+    UNION ALL
+    SELECT x.customer_id, a.channel, a.occurred_at
+    FROM crm_activities a JOIN identity_crosswalk x ON x.record_id = 'crm/accounts:' || a.account_id
+    WHERE a.occurred_at < $as_of),
+interactions AS (
+    SELECT customer_id,
+        {", ".join(f"count(*) FILTER (WHERE channel = '{c}' AND happened >= $as_of - INTERVAL 90 DAY) "
+                   f"AS contacts_{c}_90d" for c in CHANNELS)},
+        max(happened) AS last_contact
+    FROM contacts_made GROUP BY ALL),
+campaigns AS (
+    SELECT x.customer_id,
+        count(*) FILTER (WHERE s.status = 'sent') AS campaigns_sent_180d,
+        count(s.opened_at) FILTER (WHERE s.opened_at < $as_of) AS campaigns_opened_180d,
+        count(s.clicked_at) FILTER (WHERE s.clicked_at < $as_of) AS campaigns_clicked_180d,
+        count(s.responded_at) FILTER (WHERE s.responded_at < $as_of) AS campaigns_responded_180d
+    FROM marketing_sends s JOIN identity_crosswalk x ON x.record_id = 'marketing/contacts:' || s.mkt_contact_id
+    WHERE s.sent_at < $as_of AND s.sent_at >= $as_of - INTERVAL 180 DAY GROUP BY ALL),
+requests AS (
+    SELECT x.customer_id, count(*) AS feature_requests_total,
+        count(*) FILTER (WHERE r.created_at >= $as_of - INTERVAL 90 DAY) AS feature_requests_90d
+    FROM feedback_feature_requests r
+    JOIN identity_crosswalk x ON x.record_id = 'feedback/feature_requests:' || r.request_id
+    WHERE r.created_at < $as_of GROUP BY ALL),
+accounts AS (
+    SELECT b.billing_account_id, x.customer_id
+    FROM billing_customers b JOIN identity_crosswalk x ON x.record_id = 'billing/customers:' || b.billing_account_id),
+subscription AS (
+    SELECT a.customer_id, min(s.started_at) AS started,
+        bool_or(s.ended_at IS NULL OR s.ended_at >= $as_of) AS subscribed,
+        arg_max(s.subscription_id, s.started_at) AS subscription_id
+    FROM billing_subscriptions s JOIN accounts a USING (billing_account_id)
+    WHERE s.started_at < $as_of GROUP BY ALL),
+plan_now AS (  -- the plan at as_of: the last change before it, else the first change after it, else today's
+    SELECT s.customer_id,
+        coalesce(arg_max(c.to_plan, c.changed_at) FILTER (WHERE c.changed_at < $as_of),
+                 arg_min(c.from_plan, c.changed_at) FILTER (WHERE c.changed_at >= $as_of), any_value(b.plan)) AS plan,
+        coalesce(arg_max(c.to_seats, c.changed_at) FILTER (WHERE c.changed_at < $as_of),
+                 arg_min(c.from_seats, c.changed_at) FILTER (WHERE c.changed_at >= $as_of),
+                 any_value(b.seats)) AS seats,
+        count(*) FILTER (WHERE c.changed_at < $as_of AND c.changed_at >= $as_of - INTERVAL 180 DAY
+                         AND ({_rank('c.to_plan')} < {_rank('c.from_plan')} OR c.to_seats < c.from_seats))
+            AS downgrades_180d,
+        count(*) FILTER (WHERE c.changed_at < $as_of AND c.changed_at >= $as_of - INTERVAL 180 DAY
+                         AND ({_rank('c.to_plan')} > {_rank('c.from_plan')} OR c.to_seats > c.from_seats))
+            AS upgrades_180d,
+        count(*) FILTER (WHERE c.changed_at < $as_of AND c.changed_at >= $as_of - INTERVAL 90 DAY
+                         AND ({_rank('c.to_plan')} < {_rank('c.from_plan')} OR c.to_seats < c.from_seats))
+            AS downgrades_90d
+    FROM subscription s JOIN billing_subscriptions b USING (subscription_id)
+    LEFT JOIN billing_plan_changes c USING (subscription_id) GROUP BY ALL),
+invoices AS (
+    SELECT a.customer_id,
+        sum(i.amount) FILTER (WHERE i.status = 'paid') AS revenue_total,
+        sum(i.amount) FILTER (WHERE i.status = 'paid' AND i.issued_at >= $as_of - INTERVAL 365 DAY) AS revenue_12m,
+        sum(i.amount) FILTER (WHERE i.status = 'paid' AND i.issued_at >= $as_of - INTERVAL 90 DAY) AS revenue_90d,
+        count(*) FILTER (WHERE i.kind = 'addon' AND i.issued_at >= $as_of - INTERVAL 365 DAY)
+            AS orders_12m,
+        max(i.issued_at) FILTER (WHERE i.status = 'paid') AS last_purchase,
+        arg_max(i.amount, i.issued_at) FILTER (WHERE i.kind = 'subscription') AS mrr
+    FROM billing_invoices i JOIN accounts a USING (billing_account_id)
+    WHERE i.issued_at < $as_of GROUP BY ALL),
+payments AS (
+    SELECT a.customer_id,
+        count(*) FILTER (WHERE p.status = 'failed' AND p.attempted_at >= $as_of - INTERVAL 90 DAY)
+            AS payment_failures_90d,
+        count(*) FILTER (WHERE p.status = 'failed' AND p.attempted_at >= $as_of - INTERVAL 30 DAY)
+            AS payment_failures_30d,
+        count(*) FILTER (WHERE p.status = 'refunded' AND p.attempted_at >= $as_of - INTERVAL 365 DAY) AS refunds_12m
+    FROM billing_payments p JOIN billing_invoices i USING (invoice_id) JOIN accounts a USING (billing_account_id)
+    WHERE p.attempted_at < $as_of GROUP BY ALL),
+support AS (
+    SELECT x.customer_id,
+        count(*) FILTER (WHERE t.opened_at >= $as_of - INTERVAL 90 DAY) AS tickets_90d,
+        count(*) FILTER (WHERE t.closed_at IS NULL OR t.closed_at >= $as_of) AS open_tickets,
+        count(*) FILTER (WHERE (t.closed_at IS NULL OR t.closed_at >= $as_of) AND t.severity IN ('high', 'urgent'))
+            AS open_high_severity_tickets,
+        avg(t.satisfaction) FILTER (WHERE t.closed_at < $as_of AND t.closed_at >= $as_of - INTERVAL 180 DAY)
+            AS csat_180d,
+        max(t.opened_at) AS last_ticket
+    FROM support_tickets t JOIN identity_crosswalk x ON x.record_id = 'support/tickets:' || t.ticket_id
+    WHERE t.opened_at < $as_of GROUP BY ALL),
+nps AS (
+    SELECT x.customer_id, arg_max(n.score, n.responded_at) AS nps_last
+    FROM feedback_nps n JOIN identity_crosswalk x ON x.record_id = 'feedback/nps:' || n.response_id
+    WHERE n.responded_at < $as_of GROUP BY ALL),
+people AS (
+    SELECT x.customer_id, count(*) AS contacts, count(*) FILTER (WHERE c.role = 'admin') AS admin_contacts,
+        bool_or(c.role = 'executive_sponsor') AS has_executive_sponsor
+    FROM crm_contacts c JOIN identity_crosswalk x ON x.record_id = 'crm/contacts:' || c.contact_id
+    WHERE c.created_at < $as_of GROUP BY ALL)
+SELECT b.customer_id, $as_of AS as_of, b.segment, b.region,
+    coalesce(a.active_days_7d, 0) AS active_days_7d, coalesce(a.active_days_30d, 0) AS active_days_30d,
+    coalesce(a.active_days_90d, 0) AS active_days_90d, coalesce(a.active_days_prev_30d, 0) AS active_days_prev_30d,
+    coalesce(a.sessions_30d, 0) AS sessions_30d, coalesce(a.features_used_90d, 0) AS features_used_90d,
+    coalesce(a.active_users_30d, 0) AS active_users_30d,
+    date_diff('day', le.happened, $as_of) AS days_since_last_activity,
+    {", ".join(f"coalesce(i.contacts_{c}_90d, 0) AS contacts_{c}_90d" for c in CHANNELS)},
+    date_diff('day', i.last_contact, $as_of) AS days_since_last_contact,
+    {", ".join(f"coalesce(m.campaigns_{k}_180d, 0) AS campaigns_{k}_180d"
+               for k in ("sent", "opened", "clicked", "responded"))},
+    coalesce(r.feature_requests_total, 0) AS feature_requests_total,
+    coalesce(r.feature_requests_90d, 0) AS feature_requests_90d,
+    date_diff('day', s.started, $as_of) AS tenure_days, coalesce(s.subscribed, false) AS subscribed,
+    pn.plan, pn.seats, coalesce(pn.downgrades_180d, 0) AS downgrades_180d,
+    coalesce(pn.upgrades_180d, 0) AS upgrades_180d, coalesce(pn.downgrades_90d, 0) AS downgrades_90d,
+    coalesce(v.mrr, 0) AS mrr, coalesce(v.revenue_total, 0) AS revenue_total, coalesce(v.revenue_12m, 0) AS revenue_12m,
+    coalesce(v.revenue_90d, 0) AS revenue_90d, coalesce(v.orders_12m, 0) AS orders_12m,
+    date_diff('day', v.last_purchase, $as_of) AS days_since_last_purchase,
+    coalesce(p.payment_failures_90d, 0) AS payment_failures_90d,
+    coalesce(p.payment_failures_30d, 0) AS payment_failures_30d, coalesce(p.refunds_12m, 0) AS refunds_12m,
+    coalesce(t.tickets_90d, 0) AS tickets_90d, coalesce(t.open_tickets, 0) AS open_tickets,
+    coalesce(t.open_high_severity_tickets, 0) AS open_high_severity_tickets, t.csat_180d,
+    date_diff('day', t.last_ticket, $as_of) AS days_since_last_ticket,
+    n.nps_last::DOUBLE AS nps_last,
+    coalesce(pe.contacts, 0) AS contacts, coalesce(pe.admin_contacts, 0) AS admin_contacts,
+    coalesce(pe.has_executive_sponsor, false) AS has_executive_sponsor
+FROM base b
+LEFT JOIN activity a USING (customer_id) LEFT JOIN last_event le USING (customer_id)
+LEFT JOIN interactions i USING (customer_id) LEFT JOIN campaigns m USING (customer_id)
+LEFT JOIN requests r USING (customer_id) LEFT JOIN subscription s USING (customer_id)
+LEFT JOIN plan_now pn USING (customer_id) LEFT JOIN invoices v USING (customer_id)
+LEFT JOIN payments p USING (customer_id) LEFT JOIN support t USING (customer_id)
+LEFT JOIN nps n USING (customer_id) LEFT JOIN people pe USING (customer_id)
+ORDER BY b.customer_id
+"""
+
+
+def build(con, as_of: pd.Timestamp) -> pd.DataFrame:
+    """One row per customer known before `as_of`: every feature of FEATURES, from data strictly before it."""
+    raw = con.execute(SQL, {"as_of": pd.Timestamp(as_of).to_pydatetime()}).df()
+    return derive(raw)[["customer_id", "as_of", *BY_NAME]]
+
+
+def derive(df: pd.DataFrame) -> pd.DataFrame:
+    """Trend, red flags, health and lifecycle stage from the counted features."""
+    df = df.copy()
+    df["usage_trend"] = (df["active_days_30d"] - df["active_days_prev_30d"]) / df["active_days_prev_30d"].clip(lower=1)
+    quiet = lambda days: days.isna() | (days > 30)  # noqa: E731
+    flags = {
+        "flag_usage_drop": (df["active_days_prev_30d"] >= 4)
+        & (df["active_days_30d"] <= df["active_days_prev_30d"] / 2),
+        "flag_payment_failed": df["payment_failures_30d"] > 0,
+        "flag_open_high_severity": df["open_high_severity_tickets"] > 0,
+        "flag_detractor": df["nps_last"] <= 6,
+        "flag_silence": df["subscribed"] & quiet(df["days_since_last_activity"]) & quiet(df["days_since_last_contact"]),
+        "flag_downgrade": df["downgrades_90d"] > 0,
+    }
+    for name, flag in flags.items():
+        df[name] = flag.fillna(False).astype(bool)
+    df["red_flags"] = df[list(flags)].sum(axis=1).astype(int)
+    df = df.assign(**health(df))
+    df["health_band"] = pd.cut(df["health_score"], [-1, 40, 70, 101], labels=["poor", "fair", "good"]).astype(str)
+    df["lifecycle_stage"] = lifecycle(df)
+    return df
+
+
+def _share(values: pd.Series, full: float) -> pd.Series:
+    return (values.fillna(0) / full).clip(0, 1)
+
+
+def health(df: pd.DataFrame) -> dict[str, pd.Series]:
+    """Health components, each 0-100, and their weighted mean (weights in HEALTH_WEIGHTS)."""
+    open_rate = df["campaigns_opened_180d"] / df["campaigns_sent_180d"].where(df["campaigns_sent_180d"] > 0)
+    nps = df["nps_last"] * 10
+    csat = (df["csat_180d"] - 1) * 25
+    parts = {
+        "usage": 70 * _share(df["active_days_30d"], 12) + 30 * _share(df["features_used_90d"], 5),
+        "engagement": (60 * open_rate.fillna(0.5) + 40 * _share(df["campaigns_clicked_180d"], 2)),
+        "support": (100 - 25 * df["open_tickets"] - 25 * df["open_high_severity_tickets"]).clip(0, 100),
+        "sentiment": pd.concat([nps, csat], axis=1).mean(axis=1).fillna(50),
+        "billing": 100 - 40 * _share(df["payment_failures_90d"], 1) - 30 * _share(df["downgrades_180d"], 1)
+        - 10 * _share(df["refunds_12m"], 1),
+    }
+    out = {f"health_{k}": v.astype(float).round(1) for k, v in parts.items()}
+    out["health_score"] = sum(HEALTH_WEIGHTS[k] * out[f"health_{k}"] for k in parts).round(1)
+    return out
+
+
+def lifecycle(df: pd.DataFrame) -> pd.Series:
+    tenure = df["tenure_days"].fillna(0)
+    stage = pd.Series("established", index=df.index)
+    stage[tenure < 180] = "adopting"
+    stage[(df["red_flags"] >= 2) | (df["health_score"] < 40)] = "at risk"
+    stage[tenure < 60] = "onboarding"
+    stage[~df["subscribed"]] = "lapsed"
+    return stage
