@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ import typer
 from rich.table import Table
 
 from c360 import warehouse
+from c360.features_cli import features_app, profile
 from c360.identity_cli import eval_app, resolve_app, run_resolve
 from c360.settings import Settings
 from c360.ui import console, fail, progress, record_run, table
@@ -19,6 +21,8 @@ app = typer.Typer(help="Customer 360: unify customer silos, one profile per cust
                        "action with reasons.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(resolve_app, name="resolve")
 app.add_typer(eval_app, name="eval")
+app.add_typer(features_app, name="features")
+app.command()(profile)
 
 
 def settings() -> Settings:
@@ -55,19 +59,20 @@ def ingest(
 
     Rows that break the contract go to the quarantine table with their reason; files already loaded are skipped.
     """
-    from features.ingest import IngestError, discover
+    from features.ingest import IngestError, IngestWarning, discover
     from features.ingest import ingest as run
 
     s, started = settings(), time.time()
-    try:
-        files = discover(source)
-    except IngestError as e:
-        raise fail(str(e)) from None
-    with warehouse.connect(s) as con, progress("ingesting files", len(files)) as advance:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IngestWarning)
         try:
-            reports = run(con, source, on_file=lambda _: advance(1))
+            files = discover(source)
+            with warehouse.connect(s) as con, progress("ingesting files", len(files)) as advance:
+                reports = run(con, source, on_file=lambda _: advance(1))
         except IngestError as e:
             raise fail(str(e)) from None
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        console.print(f"[yellow]note:[/] {message}")
     loaded = Table("table", "file", "read", "accepted", "quarantined", title=f"ingest {source}")
     for r in reports:
         note = " (already loaded)" if r.skipped else ""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field
@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     seed: int = Field(42, description="demo seed")
     corrupt_rate: float = Field(0.005, ge=0, le=0.5, description="demo share of rows with an injected fault")
     match_threshold: float = Field(0.95, gt=0, lt=1, description="match probability that links two people")
+    online_store: Literal["c360", "sqlite", "redis"] = Field(
+        "c360", description="Feast online store: c360 (SQLite, one row per customer), sqlite (Feast's), redis")
+    redis_url: str = Field("localhost:6379", description="Redis connection string, for online_store=redis")
+    duckdb_memory: str = Field("2GB", description="memory limit of the DuckDB warehouse connection")
     public_data: Path = Field(Path("../shared/data"), description="folder of the public data sets (FEBRL, ...)")
 
     @classmethod
@@ -37,6 +41,15 @@ class Settings(BaseSettings):
     @property
     def identity_model(self) -> Path:
         return self.home / "identity" / "splink_model.json"
+
+    @property
+    def feast(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def snapshots(self) -> Path:
+        """Feature snapshots, one Parquet file per as-of date (the Feast offline source)."""
+        return self.home / "features" / "customer_features"
 
     @property
     def truth(self) -> Path:

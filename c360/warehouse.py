@@ -15,7 +15,8 @@ from features.contract import TABLES
 @contextmanager
 def connect(s: Settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     s.home.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(s.warehouse), read_only=read_only)
+    # A bounded memory limit makes DuckDB spill big ingests to disk instead of growing with the file.
+    con = duckdb.connect(str(s.warehouse), read_only=read_only, config={"memory_limit": s.duckdb_memory})
     try:
         yield con
     finally:
@@ -34,3 +35,25 @@ def table_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     out = pd.DataFrame({"table": [t.id for t in TABLES]}).join(counts, on="table")
     return out.fillna({"rows": 0, "quarantined": 0, "files": 0}).astype(
         {"rows": int, "quarantined": int, "files": int})
+
+
+def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name])
+                .fetchone()[0])  # type: ignore[index]
+
+
+DATED = {"product_events": "event_time", "billing_invoices": "issued_at", "support_tickets": "opened_at",
+         "marketing_sends": "sent_at", "crm_activities": "occurred_at"}
+
+
+def data_end(con: duckdb.DuckDBPyConnection) -> pd.Timestamp:
+    """The day after the latest event of the warehouse: "now" for the data it holds."""
+    latest = " UNION ALL ".join(f"SELECT max({c}) AS t FROM {t}" for t, c in DATED.items())
+    last = con.execute(f"SELECT max(t) FROM ({latest})").fetchone()[0]  # type: ignore[index]
+    return pd.Timestamp(last).normalize() + pd.Timedelta(days=1)
+
+
+def customer(con: duckdb.DuckDBPyConnection, customer_id: str) -> dict | None:
+    """The golden record of one customer, or None."""
+    rows = con.execute("SELECT * FROM identity_customers WHERE customer_id = ?", [customer_id]).df()
+    return rows.iloc[0].to_dict() if len(rows) else None

@@ -55,7 +55,7 @@ FEATURES: tuple[Feature, ...] = tuple([
         ("feature_requests_90d", "feature requests made in the last 90 days")),
     *_f("billing", "int",
         ("tenure_days", "days since the first subscription started"),
-        ("seats", "seats on the subscription"),
+        ("seats", "seats billed on the latest subscription invoice"),
         ("orders_12m", "add-on orders in the last 12 months"),
         ("days_since_last_purchase", "days since the last paid invoice"),
         ("payment_failures_90d", "failed payment attempts in the last 90 days"),
@@ -67,7 +67,7 @@ FEATURES: tuple[Feature, ...] = tuple([
         ("revenue_total", "revenue paid to date"),
         ("revenue_12m", "revenue paid in the last 12 months"),
         ("revenue_90d", "revenue paid in the last 90 days")),
-    *_f("billing", "str", ("plan", "subscription plan")),
+    *_f("billing", "str", ("plan", "plan billed on the latest subscription invoice")),
     *_f("support", "int",
         ("tickets_90d", "support tickets opened in the last 90 days"),
         ("open_tickets", "support tickets open"),
@@ -174,13 +174,8 @@ subscription AS (
         arg_max(s.subscription_id, s.started_at) AS subscription_id
     FROM billing_subscriptions s JOIN accounts a USING (billing_account_id)
     WHERE s.started_at < $as_of GROUP BY ALL),
-plan_now AS (  -- the plan at as_of: the last change before it, else the first change after it, else today's
+changes AS (
     SELECT s.customer_id,
-        coalesce(arg_max(c.to_plan, c.changed_at) FILTER (WHERE c.changed_at < $as_of),
-                 arg_min(c.from_plan, c.changed_at) FILTER (WHERE c.changed_at >= $as_of), any_value(b.plan)) AS plan,
-        coalesce(arg_max(c.to_seats, c.changed_at) FILTER (WHERE c.changed_at < $as_of),
-                 arg_min(c.from_seats, c.changed_at) FILTER (WHERE c.changed_at >= $as_of),
-                 any_value(b.seats)) AS seats,
         count(*) FILTER (WHERE c.changed_at < $as_of AND c.changed_at >= $as_of - INTERVAL 180 DAY
                          AND ({_rank('c.to_plan')} < {_rank('c.from_plan')} OR c.to_seats < c.from_seats))
             AS downgrades_180d,
@@ -190,8 +185,7 @@ plan_now AS (  -- the plan at as_of: the last change before it, else the first c
         count(*) FILTER (WHERE c.changed_at < $as_of AND c.changed_at >= $as_of - INTERVAL 90 DAY
                          AND ({_rank('c.to_plan')} < {_rank('c.from_plan')} OR c.to_seats < c.from_seats))
             AS downgrades_90d
-    FROM subscription s JOIN billing_subscriptions b USING (subscription_id)
-    LEFT JOIN billing_plan_changes c USING (subscription_id) GROUP BY ALL),
+    FROM subscription s JOIN billing_plan_changes c USING (subscription_id) GROUP BY ALL),
 invoices AS (
     SELECT a.customer_id,
         sum(i.amount) FILTER (WHERE i.status = 'paid') AS revenue_total,
@@ -200,7 +194,10 @@ invoices AS (
         count(*) FILTER (WHERE i.kind = 'addon' AND i.issued_at >= $as_of - INTERVAL 365 DAY)
             AS orders_12m,
         max(i.issued_at) FILTER (WHERE i.status = 'paid') AS last_purchase,
-        arg_max(i.amount, i.issued_at) FILTER (WHERE i.kind = 'subscription') AS mrr
+        arg_max(i.amount, i.issued_at) FILTER (WHERE i.kind = 'subscription') AS mrr,
+        -- plan and seats as billed last: the subscription row itself only knows today's
+        arg_max(i.plan, i.issued_at) FILTER (WHERE i.kind = 'subscription') AS plan,
+        arg_max(i.seats, i.issued_at) FILTER (WHERE i.kind = 'subscription') AS seats
     FROM billing_invoices i JOIN accounts a USING (billing_account_id)
     WHERE i.issued_at < $as_of GROUP BY ALL),
 payments AS (
@@ -245,8 +242,8 @@ SELECT b.customer_id, $as_of AS as_of, b.segment, b.region,
     coalesce(r.feature_requests_total, 0) AS feature_requests_total,
     coalesce(r.feature_requests_90d, 0) AS feature_requests_90d,
     date_diff('day', s.started, $as_of) AS tenure_days, coalesce(s.subscribed, false) AS subscribed,
-    pn.plan, pn.seats, coalesce(pn.downgrades_180d, 0) AS downgrades_180d,
-    coalesce(pn.upgrades_180d, 0) AS upgrades_180d, coalesce(pn.downgrades_90d, 0) AS downgrades_90d,
+    v.plan, v.seats, coalesce(ch.downgrades_180d, 0) AS downgrades_180d,
+    coalesce(ch.upgrades_180d, 0) AS upgrades_180d, coalesce(ch.downgrades_90d, 0) AS downgrades_90d,
     coalesce(v.mrr, 0) AS mrr, coalesce(v.revenue_total, 0) AS revenue_total, coalesce(v.revenue_12m, 0) AS revenue_12m,
     coalesce(v.revenue_90d, 0) AS revenue_90d, coalesce(v.orders_12m, 0) AS orders_12m,
     date_diff('day', v.last_purchase, $as_of) AS days_since_last_purchase,
@@ -262,7 +259,7 @@ FROM base b
 LEFT JOIN activity a USING (customer_id) LEFT JOIN last_event le USING (customer_id)
 LEFT JOIN interactions i USING (customer_id) LEFT JOIN campaigns m USING (customer_id)
 LEFT JOIN requests r USING (customer_id) LEFT JOIN subscription s USING (customer_id)
-LEFT JOIN plan_now pn USING (customer_id) LEFT JOIN invoices v USING (customer_id)
+LEFT JOIN changes ch USING (customer_id) LEFT JOIN invoices v USING (customer_id)
 LEFT JOIN payments p USING (customer_id) LEFT JOIN support t USING (customer_id)
 LEFT JOIN nps n USING (customer_id) LEFT JOIN people pe USING (customer_id)
 ORDER BY b.customer_id

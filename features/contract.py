@@ -162,6 +162,8 @@ TABLES: tuple[Table, ...] = (
         _ts("issued_at"),
         _enum("kind", INVOICE_KINDS),
         _money("amount", "invoice total"),
+        _enum("plan", PLANS, required=False, doc="plan billed, on subscription invoices"),
+        Col("seats", "int", min=1, doc="seats billed, on subscription invoices"),
         _enum("currency", CURRENCIES),
         _enum("status", INVOICE_STATUSES),
     ), refs=(Ref("billing_account_id", "billing/customers", "billing_account_id"),

@@ -5,8 +5,9 @@ so per file read = accepted + quarantined. A file loads in one transaction, or n
 as a whole (`IngestError`). A file whose content (sha256) is already in `ingest_log` is skipped, so running
 `ingest` again over the same directory only loads the new batches.
 
-Per file: hash -> check the header -> stream chunks out of DuckDB's CSV reader -> parse and check the rows
-(pandas, pandera) -> stage the good ones -> check keys and references in SQL -> move into place -> log.
+Per file, in one transaction: stream chunks out of DuckDB's CSV reader -> parse and check each chunk's rows
+(pandas, pandera) -> quarantine the bad rows, append the good ones -> check keys and references in SQL over
+the whole file -> move the rows failing those from the table to quarantine -> log.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -31,7 +34,7 @@ from features.contract import TABLES, Table
 
 CHUNK_ROWS = 500_000
 SQL_TYPES = {"str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "datetime": "TIMESTAMP"}
-FAILURE_COLUMNS = ["row", "column", "value", "reason", "rule"]
+TEXT = pd.StringDtype("pyarrow")  # Arrow-backed text: no Python object per value, fast pandera checks
 
 QUARANTINE_DDL = """
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -66,18 +69,28 @@ class FileReport:
 
 @dataclass(frozen=True)
 class _Load:
+    """One file being loaded: where its contract columns are, and its lineage."""
+
     table: Table
-    file: str
+    path: Path
+    n_fields: int
+    positions: tuple[int | None, ...]
     ingest_id: int
 
     @property
-    def params(self) -> dict[str, object]:
-        return {"id": self.ingest_id, "table_id": self.table.id, "file": self.file}
+    def file(self) -> str:
+        return str(self.path.resolve())
 
 
 def q(name: str) -> str:
     """SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> Any:
+    row = con.execute(sql, params).fetchone()
+    assert row is not None, sql
+    return row[0]
 
 
 # --- warehouse schema ------------------------------------------------------------------------------------
@@ -89,16 +102,19 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         columns = [f"{q(c.name)} {SQL_TYPES[c.kind]}" for c in t.columns]
         lineage = ["_file VARCHAR", "_row BIGINT", "_ingest_id BIGINT"]
         con.execute(f"CREATE TABLE IF NOT EXISTS {q(t.sql_name)} ({', '.join(columns + lineage)})")
-        existing = {
-            r[0] for r in con.execute(
-                "SELECT column_name FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name = ?", [t.sql_name]).fetchall()
-        }
+        existing = _columns_of(con, t.sql_name)
         for c in t.columns:
             if c.name not in existing:
                 con.execute(f"ALTER TABLE {q(t.sql_name)} ADD COLUMN {q(c.name)} {SQL_TYPES[c.kind]}")
     con.execute(QUARANTINE_DDL)
     con.execute(LOG_DDL)
+
+
+def _columns_of(con: duckdb.DuckDBPyConnection, table_name: str) -> tuple[str, ...]:
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = ?", [table_name])
+    return tuple(r[0] for r in rows.fetchall())
 
 
 # --- finding files ---------------------------------------------------------------------------------------
@@ -107,7 +123,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 def discover(source: Path) -> list[tuple[Table, Path]]:
     """Source files under `source` (`<silo>/<table>*.csv`, or one such file), parents first, batches by name.
 
-    Files that match no table are warned about (IngestWarning) and left out; dot-files are ignored.
+    Files that match no table are left out with one IngestWarning naming them; dot-files are ignored.
     """
     source = Path(source)
     if source.is_file():
@@ -116,16 +132,20 @@ def discover(source: Path) -> list[tuple[Table, Path]]:
             raise IngestError(f"{source}: not a source file of the contract (expected <silo>/<table>*.csv)")
         return [(table, source)]
     if not source.is_dir():
-        raise IngestError(f"{source}: no such file or directory")
-    found = []
+        raise IngestError(f"{source}: file not found")
+    found, unknown = [], []
     for path in sorted(source.rglob("*")):
         if path.is_dir() or any(p.startswith(".") for p in path.relative_to(source).parts):
             continue
         table = _table_for(path) if path.parent.parent == source else None
         if table is None:
-            warnings.warn(f"{path}: matches no table of the contract, ignored", IngestWarning, stacklevel=2)
+            unknown.append(str(path.relative_to(source)))
         else:
             found.append((table, path))
+    if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        warnings.warn(f"{source}: {len(unknown)} file(s) match no table of the contract, ignored: "
+                      f"{', '.join(unknown[:5])}{more}", IngestWarning, stacklevel=2)
     order = {t.id: i for i, t in enumerate(TABLES)}
     return sorted(found, key=lambda tp: (order[tp[0].id], tp[1].name))
 
@@ -150,9 +170,10 @@ def ingest(
 ) -> list[FileReport]:
     """Load every source file under `source` (see `discover`) into the warehouse behind `con`.
 
-    Each file is its own transaction. The first broken file raises IngestError: the files before it stay
-    loaded, it loads nothing and the files after it are not tried. Fix it and run again; the files already
-    loaded are skipped by their hash. `on_file` is called with each file's report as soon as it is done.
+    Each file is its own transaction, so `con` must not be inside one. The first broken file raises
+    IngestError: the files before it stay loaded, it loads nothing and the files after it are not tried.
+    Fix it and run again; files already loaded are skipped by their hash. `on_file` gets each file's report
+    as soon as the file is done (for progress bars).
     """
     ensure_schema(con)
     reports = []
@@ -167,23 +188,25 @@ def ingest(
 def ingest_file(
     con: duckdb.DuckDBPyConnection, table: Table, path: Path, *, chunk_rows: int = CHUNK_ROWS
 ) -> FileReport:
-    """Load one file of `table` in one transaction (schema must exist, see `ensure_schema`)."""
+    """Load one file of `table` in one transaction (the schema must exist, see `ensure_schema`)."""
     path = Path(path)
     digest = file_sha256(path)
     seen = "SELECT 1 FROM ingest_log WHERE table_id = ? AND sha256 = ?"
     if con.execute(seen, [table.id, digest]).fetchone():
         return FileReport(table.id, path, 0, 0, 0, skipped=True)
     header = read_header(path)
+    positions = _column_positions(header, table, path)
     con.begin()
     try:
-        ingest_id = con.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingest_log").fetchone()[0]
-        load = _Load(table, str(path.resolve()), ingest_id)
-        report = _load_rows(con, load, path, header, chunk_rows)
+        ingest_id = _scalar(con, "SELECT coalesce(max(ingest_id), 0) + 1 FROM ingest_log")
+        load = _Load(table, path, len(header), positions, ingest_id)
+        report = _load(con, load, chunk_rows)
         con.execute(
             "INSERT INTO ingest_log "
             "VALUES ($id, $table_id, $file, $sha, $read, $accepted, $quarantined, $at)",
-            load.params | {"sha": digest, "read": report.read, "accepted": report.accepted,
-                           "quarantined": report.quarantined, "at": datetime.now(UTC).replace(tzinfo=None)})
+            {"id": ingest_id, "table_id": table.id, "file": load.file, "sha": digest, "read": report.read,
+             "accepted": report.accepted, "quarantined": report.quarantined,
+             "at": datetime.now(UTC).replace(tzinfo=None)})
         con.commit()
     except BaseException:
         con.rollback()
@@ -215,7 +238,7 @@ def file_sha256(path: Path) -> str:
 
 
 def read_header(path: Path) -> list[str]:
-    """Column names of the file's first line, stripped and lower-cased."""
+    """Column names on the file's first line, stripped and lower-cased."""
     with Path(path).open("rb") as f:
         line = f.readline(_MAX_HEADER_BYTES)
     try:
@@ -228,7 +251,7 @@ def read_header(path: Path) -> list[str]:
     return [h.strip().lower() for h in header]
 
 
-def _column_positions(header: list[str], table: Table, path: Path) -> list[int | None]:
+def _column_positions(header: list[str], table: Table, path: Path) -> tuple[int | None, ...]:
     """Where each contract column is in the file; None for an absent optional column."""
     wanted = set(table.column_names)
     doubled = sorted({h for h in header if h in wanted and header.count(h) > 1})
@@ -240,17 +263,18 @@ def _column_positions(header: list[str], table: Table, path: Path) -> list[int |
     absent = [c.name for c in table.columns if c.name not in header]
     if absent:
         warnings.warn(f"{path}: optional column(s) {', '.join(absent)} absent, loaded as empty",
-                      IngestWarning, stacklevel=3)
+                      IngestWarning, stacklevel=4)
     extra = [h for h in header if h not in wanted]
     if extra:
         warnings.warn(f"{path}: column(s) {', '.join(map(repr, extra))} not in the contract of {table.id}, "
-                      "ignored", IngestWarning, stacklevel=3)
-    return [header.index(c.name) if c.name in header else None for c in table.columns]
+                      "ignored", IngestWarning, stacklevel=4)
+    return tuple(header.index(c.name) if c.name in header else None for c in table.columns)
 
 
 def _read_csv_sql(n_fields: int) -> str:
     # Strict and without sniffing: a row with the wrong number of fields or an open quote is an error, not
-    # a guess; every field stays text so that parse() decides what is valid.
+    # a guess. Every field stays text so that parse() decides what is valid. All fields are selected, as
+    # DuckDB checks UTF-8 only in the columns a query reads.
     columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(n_fields))
     return (
         f"SELECT * FROM read_csv($path, header = true, auto_detect = false, columns = {{{columns}}}, "
@@ -258,28 +282,38 @@ def _read_csv_sql(n_fields: int) -> str:
     )
 
 
-def read_chunks(
-    con: duckdb.DuckDBPyConnection, path: Path, table: Table, header: list[str], chunk_rows: int
-) -> Iterator[pd.DataFrame]:
-    """Raw text of the contract columns, `chunk_rows` rows at a time, indexed by 1-based data row number."""
-    positions = _column_positions(header, table, path)
+def _raw_batches(con: duckdb.DuckDBPyConnection, load: _Load, chunk_rows: int) -> Iterator[pyarrow.Table]:
+    """The file's contract columns as text, `chunk_rows` rows at a time, plus `_row` (1-based, no header).
+
+    DuckDB's parallel reader keeps file order when preserve_insertion_order is on, so counting gives exact
+    row numbers across chunks.
+    """
     cursor = con.cursor()  # a second connection: the CSV streams while `con` writes in its transaction
     try:
-        first_row = 1
-        for batch in _csv_batches(cursor, path, len(header), chunk_rows):
-            yield _raw_frame(batch, positions, table, first_row)
-            first_row += batch.num_rows
+        cursor.execute("SET SESSION preserve_insertion_order = true")
+        first = 1
+        for batch in _csv_batches(cursor, load, chunk_rows):
+            n = batch.num_rows
+            if not n:
+                continue
+            columns = [pyarrow.array(np.arange(first, first + n, dtype=np.int64))] + [
+                batch.column(p) if p is not None else pyarrow.nulls(n, pyarrow.string())
+                for p in load.positions
+            ]
+            yield pyarrow.Table.from_arrays(columns, names=["_row", *load.table.column_names])
+            first += n
     finally:
         cursor.close()
 
 
 def _csv_batches(
-    cursor: duckdb.DuckDBPyConnection, path: Path, n_fields: int, chunk_rows: int
+    cursor: duckdb.DuckDBPyConnection, load: _Load, chunk_rows: int
 ) -> Iterator[pyarrow.RecordBatch]:
     try:
-        yield from cursor.execute(_read_csv_sql(n_fields), {"path": str(path)}).to_arrow_reader(chunk_rows)
-    except (duckdb.Error, pyarrow.ArrowException) as err:
-        raise IngestError(f"{path}: {_csv_problem(err)}") from None
+        result = cursor.execute(_read_csv_sql(load.n_fields), {"path": str(load.path)})
+        yield from result.to_arrow_reader(chunk_rows)
+    except (duckdb.Error, pyarrow.ArrowException, OSError) as err:  # mid-file errors come through Arrow
+        raise IngestError(f"{load.path}: {_csv_problem(err)}") from None
 
 
 def _csv_problem(err: Exception) -> str:
@@ -297,15 +331,9 @@ def _csv_problem(err: Exception) -> str:
     return f"malformed CSV{where}: {text.splitlines()[0]}"
 
 
-def _raw_frame(
-    batch: pyarrow.RecordBatch, positions: list[int | None], table: Table, first_row: int
-) -> pd.DataFrame:
-    n = batch.num_rows
-    data = {
-        c.name: batch.column(p).to_numpy(zero_copy_only=False) if p is not None else np.full(n, None, object)
-        for c, p in zip(table.columns, positions, strict=True)
-    }
-    return pd.DataFrame(data, index=pd.RangeIndex(first_row, first_row + n, name="_row"))
+def _raw_frame(raw: pyarrow.Table) -> pd.DataFrame:
+    frame = raw.to_pandas(types_mapper={pyarrow.string(): TEXT, pyarrow.large_string(): TEXT}.get)
+    return frame.set_index("_row")
 
 
 # --- row checks ------------------------------------------------------------------------------------------
@@ -314,48 +342,57 @@ def _raw_frame(
 def parse(raw: pd.DataFrame, table: Table) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Raw text -> (values of their kinds, one failure row per bad value: row, column, value, reason, rule).
 
-    `raw` holds the table's columns as text (None or "" = missing), indexed by row number. A value that does
-    not parse becomes missing in the typed frame and fails once, as unparseable, not again as missing.
+    `raw` holds the table's columns as text (missing or "" = no value), indexed by row number; the failures'
+    `row` is that index. A value that does not parse is missing in the typed frame and fails once, as
+    unparseable, not again as a missing required value.
     """
-    typed, parse_failures = {}, []
+    typed, unparsed = {}, []
     for col in table.columns:
-        text = raw[col.name]
+        text = raw[col.name].astype(TEXT)
         if col.kind == "str":
-            typed[col.name] = _blank_to_none(text)
+            typed[col.name] = _blank_to_na(text)
             continue
-        text = _blank_to_none(text.str.strip())
+        text = _blank_to_na(text.str.strip())
         to_kind, reason = _PARSERS[col.kind]
-        values = to_kind(text)
-        bad = text.notna() & values.isna()
+        typed[col.name] = values = to_kind(text)
+        bad = (text.notna() & values.isna()).to_numpy(dtype=bool)
         if bad.any():
-            parse_failures.append(_failures(raw.index[bad], col.name, raw[col.name][bad], reason, col.kind))
-        typed[col.name] = values
+            unparsed.append(_failures(raw.index[bad], col.name, raw[col.name][bad], reason, col.kind))
     frame = pd.DataFrame(typed, index=raw.index)
-    unparsed = pd.concat(parse_failures) if parse_failures else _no_failures()
     checked = _contract_failures(frame, raw, table)
-    follow_on = pd.MultiIndex.from_frame(checked[["row", "column"]]).isin(
-        pd.MultiIndex.from_frame(unparsed[["row", "column"]]))
-    failures = pd.concat([unparsed, checked[~follow_on]], ignore_index=True)
+    if unparsed:
+        unparsed_cells = pd.MultiIndex.from_frame(pd.concat(unparsed)[["row", "column"]])
+        checked = checked[~pd.MultiIndex.from_frame(checked[["row", "column"]]).isin(unparsed_cells)]
+    failures = pd.concat([*unparsed, checked], ignore_index=True)
     return frame, failures.sort_values(["row", "column"], ignore_index=True)
 
 
-def _blank_to_none(text: pd.Series) -> pd.Series:
-    return text.where(text.notna() & (text != ""), None)
+def _blank_to_na(text: pd.Series) -> pd.Series:
+    return text.mask(text.eq("").fillna(False))
+
+
+def _floats(number: pd.Series) -> np.ndarray:
+    return number.to_numpy(dtype="float64", na_value=np.nan)
 
 
 def _to_int(text: pd.Series) -> pd.Series:
     number = pd.to_numeric(text, errors="coerce")
-    whole = np.isfinite(number) & (number == np.round(number)) & (np.abs(number) < 2**63)
-    return number.where(whole).astype("Int64")
+    if pd.api.types.is_signed_integer_dtype(number):
+        return number.astype("Int64")
+    value = _floats(number)
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(value) & (value == np.round(value)) & (np.abs(value) < 2.0**63)
+    return pd.Series(np.where(whole, value, np.nan), index=text.index).astype("Int64")
 
 
 def _to_float(text: pd.Series) -> pd.Series:
-    number = pd.to_numeric(text, errors="coerce").astype("float64")
-    return number.where(np.isfinite(number))
+    value = _floats(pd.to_numeric(text, errors="coerce"))
+    return pd.Series(np.where(np.isfinite(value), value, np.nan), index=text.index)
 
 
 def _to_datetime(text: pd.Series) -> pd.Series:
-    # ISO 8601 only (dates, date-times, with or without an offset): "03/04/2025" is ambiguous, so rejected
+    # ISO 8601 only (dates, date-times, with or without an offset): "03/04/2025" is ambiguous, so rejected.
+    # Offsets are converted, then dropped: the warehouse holds naive UTC.
     return pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True).dt.tz_convert(None)
 
 
@@ -366,36 +403,44 @@ _PARSERS: dict[str, tuple[Callable[[pd.Series], pd.Series], str]] = {
 }
 
 
-def _no_failures() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="int64" if c == "row" else object) for c in FAILURE_COLUMNS})
-
-
 def _failures(rows, column, values, reason, rule) -> pd.DataFrame:
-    return pd.DataFrame({"row": np.asarray(rows, dtype="int64"), "column": column,
-                         "value": np.asarray(values, dtype=object), "reason": reason, "rule": rule})
+    values = pd.Series(values, dtype=object)
+    values = values.where(values.notna() & values.ne(""), None)
+    return pd.DataFrame({
+        "row": np.asarray(rows, dtype="int64"), "column": column,
+        "value": values.to_numpy(), "reason": reason, "rule": rule,
+    })
+
+
+@cache
+def _schema(table_id: str) -> pa.DataFrameSchema:
+    # The contract's schema, with text held as Arrow strings as parse() builds it: pandera checks a `str`
+    # column's dtype by calling isinstance on every value, 10x the cost of all the other checks together.
+    t = contract.table(table_id)
+    text_columns = {c.name: {"dtype": TEXT} for c in t.columns if c.kind == "str"}
+    return contract.schema(table_id).update_columns(text_columns)
 
 
 def _contract_failures(typed: pd.DataFrame, raw: pd.DataFrame, table: Table) -> pd.DataFrame:
     try:
-        contract.schema(table.id).validate(typed, lazy=True)
+        _schema(table.id).validate(typed, lazy=True)
     except pa.errors.SchemaErrors as err:
         cases = err.failure_cases
     else:
-        return _no_failures()
+        return _failures([], None, [], None, None)
     if cases["index"].isna().any():
-        # a dtype or missing-column error: parse() produced the wrong frame, not a problem of the data
+        # a dtype or missing-column error: parse() built the wrong frame, not a problem of the data
         raise RuntimeError(f"{table.id}: contract check failed on no row: {cases.to_dict('records')}")
-    # a check across columns (ordered pair) fails once per column of the row; blame the later column
+    # a check across columns (an ordered pair) fails once per column of the row: blame the later column
     later = {f"{b} before {a}": b for a, b in table.ordered}
     across = cases["schema_context"] != "Column"
     cases = cases.assign(column=cases["column"].where(~across, cases["check"].map(later)))
     cases = cases.drop_duplicates(["index", "column", "check"])
-    rows = cases["index"].astype("int64").to_numpy()
-    columns = cases["column"].to_numpy()
+    rows, columns = cases["index"].astype("int64").to_numpy(), cases["column"].to_numpy()
     values = [raw.at[r, c] if c in raw.columns else None for r, c in zip(rows, columns, strict=True)]
-    reasons = cases["check"].replace({"not_nullable": "required value missing"})
-    return pd.DataFrame({"row": rows, "column": columns, "value": np.asarray(values, dtype=object),
-                         "reason": reasons.to_numpy(), "rule": reasons.map(_rule).to_numpy()})
+    reasons = cases["check"].replace({"not_nullable": "required value missing"}).to_numpy()
+    failures = _failures(rows, None, values, None, None)
+    return failures.assign(column=columns, reason=reasons, rule=[_rule(r) for r in reasons])
 
 
 def _rule(reason: str) -> str:
@@ -413,91 +458,90 @@ def _rule(reason: str) -> str:
 # --- loading ---------------------------------------------------------------------------------------------
 
 
-def _load_rows(
-    con: duckdb.DuckDBPyConnection, load: _Load, path: Path, header: list[str], chunk_rows: int
-) -> FileReport:
-    table = load.table
-    con.execute(_stage_ddl(table))
+def _load(con: duckdb.DuckDBPyConnection, load: _Load, chunk_rows: int) -> FileReport:
+    """Rows of one file into its table and quarantine; the caller holds the transaction."""
+    # Rows that pass the row checks wait in a temp table until the keys and references of the whole file are
+    # checked: deleting rows from the table inside the transaction instead makes the commit rewrite them all.
+    # Chunks go in through relations (con.from_arrow), not con.register: a view registered inside a
+    # transaction keeps its data alive until the commit, which grows memory with the file.
+    columns = ", ".join(f"{q(c.name)} {SQL_TYPES[c.kind]}" for c in load.table.columns)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _ingest_stage (_row BIGINT, {columns})")
     read = 0
-    for raw in read_chunks(con, path, table, header, chunk_rows):
-        read += len(raw)
-        typed, failures = parse(raw, table)
+    for raw in _raw_batches(con, load, chunk_rows):
+        read += raw.num_rows
+        typed, failures = parse(_raw_frame(raw), load.table)
         if len(failures):
-            _quarantine_rows(con, load, raw, failures)
-        good = ~raw.index.isin(failures["row"])
-        _stage(con, table, typed[good], raw[good])
-    _check_keys_and_refs(con, load)
+            _quarantine(con, load, con.from_arrow(pyarrow.Table.from_pandas(failures)), raw)
+        good = typed[~typed.index.isin(failures["row"])].reset_index()
+        con.from_arrow(pyarrow.Table.from_pandas(good, preserve_index=False)).insert_into("_ingest_stage")
+    if last_bad := _key_and_ref_failures(con, load):
+        # a second pass over the file, so that these rows too are quarantined with the text the file had
+        for raw in _raw_batches(con, load, chunk_rows):
+            if raw["_row"][0].as_py() > last_bad:
+                break
+            _quarantine(con, load, con.table("_ingest_bad"), raw)
     accepted = _move_into_place(con, load)
-    quarantined = con.execute(
-        "SELECT count(DISTINCT row_number) FROM quarantine WHERE ingest_id = $id", {"id": load.ingest_id}
-    ).fetchone()[0]
     con.execute("DROP TABLE _ingest_stage; DROP TABLE _ingest_bad")
+    quarantined = _scalar(con, "SELECT count(DISTINCT row_number) FROM quarantine WHERE ingest_id = $id",
+                          {"id": load.ingest_id})
     if read != accepted + quarantined:
-        raise RuntimeError(f"{path}: read {read} rows but accepted {accepted} + quarantined {quarantined}")
-    return FileReport(table.id, path, read, accepted, quarantined)
+        raise RuntimeError(f"{load.path}: read {read} rows, accepted {accepted} + quarantined {quarantined}")
+    return FileReport(load.table.id, load.path, read, accepted, quarantined)
 
 
-def _raw_columns(table: Table) -> list[str]:
-    # Text of str columns is stored as read; other kinds keep their text beside the parsed value, so a row
-    # quarantined later for its key or references still shows exactly what the file said.
-    return [c.name for c in table.columns if c.kind != "str"]
+def _lit(text: str) -> str:
+    """SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
-def _stage_ddl(table: Table) -> str:
-    columns = [f"{q(c.name)} {SQL_TYPES[c.kind]}" for c in table.columns]
-    raw = [f"{q('_raw_' + name)} VARCHAR" for name in _raw_columns(table)]
-    return f"CREATE OR REPLACE TEMP TABLE _ingest_stage (_row BIGINT, {', '.join(columns + raw)})"
+def _move_into_place(con: duckdb.DuckDBPyConnection, load: _Load) -> int:
+    """Append the staged rows that passed the key and reference checks to the table; return how many."""
+    columns = ", ".join(q(name) for name in load.table.column_names)
+    return _scalar(con, f"""
+        INSERT INTO {q(load.table.sql_name)} ({columns}, _file, _row, _ingest_id)
+        SELECT {columns}, $file, _row, $id FROM _ingest_stage s ANTI JOIN _ingest_bad b ON s._row = b."row"
+        """, {"file": load.file, "id": load.ingest_id})
 
 
-def _stage(con: duckdb.DuckDBPyConnection, table: Table, typed: pd.DataFrame, raw: pd.DataFrame) -> None:
-    chunk = typed.assign(**{f"_raw_{name}": raw[name] for name in _raw_columns(table)}).reset_index()
-    con.register("_ingest_chunk", chunk)
-    try:
-        con.execute("INSERT INTO _ingest_stage BY NAME SELECT * FROM _ingest_chunk")
-    finally:
-        con.unregister("_ingest_chunk")
-
-
-def _quarantine_rows(
-    con: duckdb.DuckDBPyConnection, load: _Load, raw: pd.DataFrame, failures: pd.DataFrame
+def _quarantine(
+    con: duckdb.DuckDBPyConnection, load: _Load, failures: duckdb.DuckDBPyRelation, raw: pyarrow.Table
 ) -> None:
-    rows = raw.loc[failures["row"].unique()].reset_index()
-    raw_json = ", ".join(f"{q(c.name)} := r.{q(c.name)}::VARCHAR" for c in load.table.columns)
-    con.register("_ingest_failures", failures)
-    con.register("_ingest_raw", rows)
-    try:
-        con.execute(
-            f"""INSERT INTO quarantine
-            SELECT $id, $table_id, $file, f."row", f."column", f.value::VARCHAR, f.reason, f.rule,
-                   r.{q(load.table.key)}::VARCHAR, to_json(struct_pack({raw_json}))
-            FROM _ingest_failures f JOIN _ingest_raw r ON r._row = f."row"
-            ORDER BY f."row" """, load.params)
-    finally:
-        con.unregister("_ingest_failures")
-        con.unregister("_ingest_raw")
+    """Quarantine the `failures` (row, column, value, reason, rule) that fall in this chunk of the file."""
+    first, last = raw["_row"][0].as_py(), raw["_row"][-1].as_py()
+    raw_row = ", ".join(f"{q(name)} := r.{q(name)}" for name in load.table.column_names)
+    (failures.set_alias("f")
+        .filter(f'f."row" BETWEEN {first} AND {last}')
+        .join(con.from_arrow(raw).set_alias("r"), 'f."row" = r._row')
+        .order('f."row", f."column"')
+        .project(f"""{load.ingest_id}, {_lit(load.table.id)}, {_lit(load.file)}, f."row", f."column", f.value,
+                     f.reason, f.rule, nullif(r.{q(load.table.key)}, ''), to_json(struct_pack({raw_row}))""")
+        .insert_into("quarantine"))
 
 
-def _check_keys_and_refs(con: duckdb.DuckDBPyConnection, load: _Load) -> None:
-    """Fill `_ingest_bad` (row, column, value, reason, rule) with the staged rows' key and reference failures.
+def _key_and_ref_failures(con: duckdb.DuckDBPyConnection, load: _Load) -> int:
+    """Put this file's key and reference failures in `_ingest_bad`; return the last row with one, or 0.
 
-    A key is taken by its first row in the file, whether that row was accepted or quarantined; a key
-    loaded by an earlier file is taken for good. References are checked against every key the parent has
-    read, quarantined or not, so one bad parent row does not take its children down with it.
+    `_ingest_bad` has the columns of parse()'s failures: row, column, value, reason, rule.
+
+    A key belongs to its first row in the file, whether that row was accepted or quarantined; a key loaded
+    by an earlier file belongs to it for good. References are checked against every key the parent has
+    read, quarantined or not, so that one bad parent row does not take its children down with it.
     """
     t = load.table
-    key = q(t.key)
+    key, target = q(t.key), q(t.sql_name)
+    this = f"SELECT {key} AS key, _row FROM _ingest_stage"
     checks = [
-        f"""SELECT s._row, '{t.key}', s.{key},
-                   'duplicate key ''' || s.{key} || ''', first at row ' || f.first_row, 'duplicate'
-            FROM _ingest_stage s JOIN (
+        f"""SELECT r._row, '{t.key}', r.key,
+                   'duplicate key ''' || r.key || ''', first at row ' || f.first_row, 'duplicate'
+            FROM ({this}) r JOIN (
                 SELECT key, min(_row) AS first_row FROM (
-                    SELECT {key} AS key, _row FROM _ingest_stage
+                    {this}
                     UNION ALL
-                    SELECT key, row_number FROM quarantine WHERE ingest_id = $id AND key IS NOT NULL)
-                GROUP BY key) f ON s.{key} = f.key
-            WHERE s._row > f.first_row""",
-        f"""SELECT s._row, '{t.key}', s.{key}, 'key already loaded from ' || l._file, 'already_loaded'
-            FROM _ingest_stage s JOIN {q(t.sql_name)} l ON s.{key} = l.{key}""",
+                    SELECT DISTINCT key, row_number FROM quarantine WHERE ingest_id = $id AND key IS NOT NULL)
+                GROUP BY key HAVING count(*) > 1) f ON r.key = f.key
+            WHERE r._row > f.first_row""",
+        f"""SELECT r._row, '{t.key}', r.key, 'key already loaded from ' || e._file, 'already_loaded'
+            FROM ({this}) r JOIN {target} e ON e.{key} = r.key""",
     ]
     for ref in t.refs:
         parent = contract.table(ref.table)
@@ -508,31 +552,13 @@ def _check_keys_and_refs(con: duckdb.DuckDBPyConnection, load: _Load) -> None:
         if parent.id == t.id:
             parent_keys += f" UNION ALL SELECT {key} FROM _ingest_stage"
         checks.append(
-            f"""SELECT s._row, '{ref.column}', s.{column},
-                       'unknown {ref.parent_column} ''' || s.{column} || '''', 'reference'
-                FROM _ingest_stage s ANTI JOIN ({parent_keys}) p ON s.{column} = p.key
-                WHERE s.{column} IS NOT NULL""")
+            f"""SELECT r._row, '{ref.column}', r.{column},
+                       'unknown {ref.parent_column} ''' || r.{column} || '''', 'reference'
+                FROM _ingest_stage r ANTI JOIN ({parent_keys}) p ON r.{column} = p.key
+                WHERE r.{column} IS NOT NULL""")
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _ingest_bad AS SELECT * FROM ("
-        + "\nUNION ALL\n".join(checks) + ') AS bad ("row", "column", value, reason, rule)',
+        + "\nUNION ALL\n".join(checks)
+        + ') AS bad ("row", "column", value, reason, rule) ORDER BY "row", "column"',
         {"id": load.ingest_id})
-
-
-def _move_into_place(con: duckdb.DuckDBPyConnection, load: _Load) -> int:
-    """Quarantine the key/reference failures and append the rest to the table; returns rows appended."""
-    t = load.table
-    raw_columns = set(_raw_columns(t))
-    raw_json = ", ".join(
-        f"{q(c.name)} := s.{q('_raw_' + c.name if c.name in raw_columns else c.name)}" for c in t.columns)
-    con.execute(
-        f"""INSERT INTO quarantine
-        SELECT $id, $table_id, $file, b."row", b."column", b.value, b.reason, b.rule, s.{q(t.key)},
-               to_json(struct_pack({raw_json}))
-        FROM _ingest_bad b JOIN _ingest_stage s ON s._row = b."row"
-        ORDER BY b."row" """, load.params)
-    columns = ", ".join(f"s.{q(c.name)}" for c in t.columns)
-    return con.execute(
-        f"""INSERT INTO {q(t.sql_name)}
-        SELECT {columns}, $file, s._row, $id
-        FROM _ingest_stage s ANTI JOIN _ingest_bad b ON s._row = b."row" """,
-        {"file": load.file, "id": load.ingest_id}).fetchone()[0]
+    return _scalar(con, 'SELECT coalesce(max("row"), 0) FROM _ingest_bad')

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pytest
 
+from features import identity
 from features.generate import generate
+from features.ingest import ingest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -31,3 +35,25 @@ def clean_company(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("clean")
     generate(out, 8000, seed=11)
     return out
+
+
+@pytest.fixture(scope="session")
+def resolved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 3,000-customer company, ingested and resolved once: (folder with warehouse.duckdb and model.json, data).
+
+    Tests that change the warehouse take `warehouse_copy`."""
+    root = tmp_path_factory.mktemp("resolved")
+    generate(root / "data", 3000, seed=5)
+    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
+        ingest(con, root / "data")
+        identity.resolve(con, root / "model.json", threshold=0.95)
+    return root, root / "data"
+
+
+@pytest.fixture
+def warehouse_copy(resolved: tuple[Path, Path], tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    target = tmp_path / "warehouse.duckdb"
+    target.write_bytes((resolved[0] / "warehouse.duckdb").read_bytes())
+    con = duckdb.connect(str(target))
+    yield con
+    con.close()

@@ -271,6 +271,8 @@ class Builder:
             "subscription_id": np.concatenate([self.subscription_id[rows], np.full(n_add, None)]),
             "issued_at": issued, "kind": np.repeat(["subscription", "addon"], [n_sub, n_add]),
             "amount": np.concatenate([amount, addon]),
+            "plan": np.concatenate([np.asarray(PLANS)[w.plan[rows, weeks]], np.full(n_add, None)]),
+            "seats": pd.array(np.concatenate([w.seats[rows, weeks], np.full(n_add, np.nan)]), dtype="Int64"),
             "currency": self.acc["region"].map(CURRENCY).to_numpy()[all_rows], "status": status,
         }))
         self.payments(invoice_id, issued, np.concatenate([amount, addon]), failed, retry_ok, refunded)

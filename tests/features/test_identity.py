@@ -47,23 +47,6 @@ def test_ids_survive_regrouping_and_merges_and_splits_are_recorded() -> None:
     assert split.events["kind"].tolist() == ["split"] and split.events["other_id"].iloc[0] == ids["a"]
 
 
-@pytest.fixture(scope="module")
-def resolved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A 3,000-customer company, ingested and resolved once; tests copy its warehouse before changing it."""
-    root = tmp_path_factory.mktemp("identity")
-    generate(root / "data", 3000, seed=5)
-    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
-        ingest(con, root / "data")
-        identity.resolve(con, root / "model.json", threshold=THRESHOLD)
-    return root, root / "data"
-
-
-def copy_of(resolved: tuple[Path, Path], tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    target = tmp_path / "warehouse.duckdb"
-    target.write_bytes((resolved[0] / "warehouse.duckdb").read_bytes())
-    return duckdb.connect(str(target))
-
-
 def crosswalk(con: duckdb.DuckDBPyConnection) -> pd.Series:
     return con.execute("SELECT record_id, customer_id FROM identity_crosswalk").df().set_index("record_id")[
         "customer_id"]
@@ -79,8 +62,8 @@ def test_every_record_gets_exactly_one_customer(resolved: tuple[Path, Path]) -> 
     assert customers["records"].sum() == len(ids)
 
 
-def test_rerun_keeps_every_id(resolved: tuple[Path, Path], tmp_path: Path) -> None:
-    with copy_of(resolved, tmp_path) as con:
+def test_rerun_keeps_every_id(resolved: tuple[Path, Path], warehouse_copy: duckdb.DuckDBPyConnection) -> None:
+    with warehouse_copy as con:
         before = crosswalk(con)
         report = identity.resolve(con, resolved[0] / "model.json", threshold=THRESHOLD)
         assert crosswalk(con).equals(before.loc[crosswalk(con).index])
@@ -100,8 +83,8 @@ def append_batch(folder: Path, table: str, rows: list[dict[str, str]]) -> Path:
 
 
 def test_new_batch_keeps_ids_links_known_people_and_keeps_unlinkable_records(
-        resolved: tuple[Path, Path], tmp_path: Path) -> None:
-    with copy_of(resolved, tmp_path) as con:
+        resolved: tuple[Path, Path], warehouse_copy: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    with warehouse_copy as con:
         before = crosswalk(con)
         known = con.execute("""SELECT t.* FROM support_tickets t JOIN identity_crosswalk x
             ON x.record_id = 'support/tickets:' || t.ticket_id
@@ -124,8 +107,8 @@ def test_new_batch_keeps_ids_links_known_people_and_keeps_unlinkable_records(
 
 
 def test_a_bridging_record_merges_customers_and_the_merge_is_recorded(
-        resolved: tuple[Path, Path], tmp_path: Path) -> None:
-    with copy_of(resolved, tmp_path) as con:
+        resolved: tuple[Path, Path], warehouse_copy: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    with warehouse_copy as con:
         lone = con.execute("""SELECT n.email, x.customer_id FROM feedback_nps n JOIN identity_crosswalk x
             ON x.record_id = 'feedback/nps:' || n.response_id
             JOIN identity_customers c USING (customer_id)

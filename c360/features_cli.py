@@ -1,0 +1,121 @@
+"""`c360 features build|apply|plan|materialize` and `c360 profile CUSTOMER_ID`."""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.columns import Columns
+from rich.panel import Panel
+from rich.table import Table
+
+from c360 import warehouse
+from c360.settings import Settings
+from c360.ui import console, fail, progress, record_run
+
+features_app = typer.Typer(help="Point-in-time customer features in the Feast feature store.", no_args_is_help=True)
+
+
+def as_of_dates(end: pd.Timestamp, as_of: date | None, history_days: int, every_days: int) -> list[pd.Timestamp]:
+    """The requested date, or snapshots every `every_days` back over `history_days` up to the data's end."""
+    if as_of:
+        return [pd.Timestamp(as_of)]
+    return sorted({end - pd.Timedelta(days=d) for d in range(0, history_days + 1, every_days)})
+
+
+@features_app.command()
+def build(
+    as_of: Annotated[str | None, typer.Option(help="one snapshot as of this date (YYYY-MM-DD)")] = None,
+    history_days: Annotated[int, typer.Option(help="without --as-of: snapshots back over this many days")] = 364,
+    every_days: Annotated[int, typer.Option(help="without --as-of: days between snapshots")] = 28,
+) -> None:
+    """Compute feature snapshots from the warehouse (data strictly before each as-of date) as Parquet files."""
+    from features import compute, store
+
+    s, started = Settings(), time.time()
+    with warehouse.connect(s, read_only=True) as con:
+        if not warehouse.has_table(con, "identity_crosswalk"):
+            raise fail("no resolved customers yet: run `c360 resolve` first")
+        end = warehouse.data_end(con)
+        dates = as_of_dates(end, date.fromisoformat(as_of) if as_of else None, history_days, every_days)
+        with progress("building feature snapshots", len(dates)) as advance:
+            for day in dates:
+                store.write_snapshot(s, compute.build(con, day))
+                advance(1)
+    console.print(f"{len(dates)} snapshot(s) from {dates[0]:%Y-%m-%d} to {dates[-1]:%Y-%m-%d} in {s.snapshots}")
+    record_run(s, "features build", started, snapshots=len(dates), last=dates[-1])
+
+
+@features_app.command()
+def apply() -> None:
+    """Register the entity, feature views and feature services (feature_repo/) in the Feast registry."""
+    from features import store
+
+    s = Settings()
+    try:
+        fs = store.apply(s)
+    except FileNotFoundError as e:
+        raise fail(str(e)) from None
+    services = ", ".join(sv.name for sv in fs.list_feature_services())
+    console.print(f"applied {len(fs.list_feature_views())} feature views and services {services} "
+                  f"(registry {s.feast / 'registry.db'})")
+
+
+@features_app.command()
+def plan() -> None:
+    """Show what `features apply` would change in the registry (Feast's plan)."""
+    from features import store
+
+    diff = store.plan(Settings())
+    console.print(diff or "nothing to change")
+
+
+@features_app.command()
+def materialize(
+    as_of: Annotated[str | None, typer.Option(help="snapshot to load [default: the latest]")] = None,
+) -> None:
+    """Load a snapshot into the online store (C360_ONLINE_STORE: c360, sqlite or redis)."""
+    from features import store
+
+    s, started = Settings(), time.time()
+    with console.status(f"materializing into the {s.online_store} online store"):
+        try:
+            rows = store.materialize(s, pd.Timestamp(as_of) if as_of else None)
+        except FileNotFoundError as e:
+            raise fail(str(e)) from None
+    seconds = time.time() - started
+    console.print(f"{rows:,} customers into the online store in {seconds:.1f} s ({rows / seconds:,.0f} rows/s)")
+    record_run(s, "features materialize", started, rows=rows, store=s.online_store)
+
+
+def profile(customer_id: Annotated[str, typer.Argument(help="customer id, e.g. C00000001")]) -> None:
+    """Print a customer's profile — identity, past and present — from the warehouse and the online store."""
+    from features import store
+    from features.profile import assemble
+
+    s = Settings()
+    with warehouse.connect(s, read_only=True) as con:
+        identity = warehouse.customer(con, customer_id)
+    if identity is None:
+        raise fail(f"unknown customer {customer_id!r}")
+    online = store.online_features(store.feature_store(s), [customer_id]).iloc[0]
+    sections = assemble(identity, online)
+    for title, section in sections.items():
+        console.print(Panel(Columns([_block(name, values) for name, values in section.items()]),
+                            title=f"[bold]{title}", expand=True))
+
+
+def _block(name: str, values: dict) -> Table:
+    block = Table(title=name, show_header=False, box=None)
+    for key, value in values.items():
+        block.add_row(key, _text(value))
+    return block
+
+
+def _text(value: object) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "—"
+    return f"{value:,.2f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)

@@ -1,0 +1,28 @@
+"""Feature services: the contract between training (`get_historical_features`) and serving (`get_online_features`).
+
+A model version reads exactly its service; changing a model's features means a new service version.
+"""
+
+from feast import FeatureService, FeatureView
+
+# Descriptive labels (stage, band) and the health components' weighted total are for people, not models.
+NOT_FOR_MODELS = {"lifecycle_stage", "health_band", "health_score"}
+MODELS = {
+    "churn_v1": ("activity", "interactions", "campaigns", "billing", "support", "status", "health"),
+    "clv_v1": ("activity", "billing", "support", "status", "health"),
+    "nba_v1": ("activity", "interactions", "campaigns", "billing", "support", "status"),
+}
+
+
+def services(views: dict[str, FeatureView]) -> list[FeatureService]:
+    profile = FeatureService(name="profile_v1", features=list(views.values()),
+                             description="Everything the customer profile shows (past and present).")
+    models = [
+        FeatureService(
+            name=name,
+            features=[views[s][[f.name for f in views[s].features if f.name not in NOT_FOR_MODELS]] for s in sections],
+            description=f"Inputs of the {name.split('_')[0]} model, version {name.split('_')[1]}.",
+        )
+        for name, sections in MODELS.items()
+    ]
+    return [profile, *models]

@@ -1,0 +1,54 @@
+"""A customer's profile — identity, past, present — assembled from plain values (no I/O here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from features.compute import BY_NAME
+
+PAST = {
+    "product activity": ("active_days_7d", "active_days_30d", "active_days_90d", "sessions_30d",
+                         "features_used_90d", "active_users_30d", "usage_trend", "days_since_last_activity"),
+    "interactions (90 days)": ("contacts_email_90d", "contacts_phone_90d", "contacts_chat_90d",
+                               "contacts_in_app_90d", "contacts_meeting_90d", "contacts_social_90d",
+                               "days_since_last_contact"),
+    "campaigns (180 days) and requests": ("campaigns_sent_180d", "campaigns_opened_180d", "campaigns_clicked_180d",
+                                          "campaigns_responded_180d", "feature_requests_total",
+                                          "feature_requests_90d"),
+    "purchases and billing": ("revenue_total", "revenue_12m", "orders_12m", "days_since_last_purchase",
+                              "payment_failures_90d", "refunds_12m", "upgrades_180d", "downgrades_180d"),
+}
+PRESENT = {
+    "where the customer stands": ("lifecycle_stage", "subscribed", "plan", "seats", "mrr", "tenure_days",
+                                  "contacts", "admin_contacts", "has_executive_sponsor"),
+    "support and sentiment": ("tickets_90d", "open_tickets", "open_high_severity_tickets", "days_since_last_ticket",
+                              "csat_180d", "nps_last"),
+    "health": ("health_score", "health_band", "health_usage", "health_engagement", "health_support",
+               "health_sentiment", "health_billing"),
+}
+
+
+def red_flags(features: pd.Series) -> list[str]:
+    """Plain-words descriptions of the red flags raised."""
+    return [BY_NAME[n].description.removeprefix("red flag: ") for n in BY_NAME
+            if n.startswith("flag_") and bool(features.get(n))]
+
+
+def _pick(features: pd.Series, names: tuple[str, ...]) -> dict[str, Any]:
+    return {n.replace("_", " "): features.get(n) for n in names}
+
+
+def assemble(identity: dict[str, Any], features: pd.Series) -> dict[str, dict[str, dict[str, Any]]]:
+    """Sections → blocks → fields, ready to print or serve."""
+    who = {k: identity.get(k) for k in ("customer_id", "display_name", "company", "segment", "region")}
+    who |= {"e-mails": ", ".join(identity.get("emails") or []), "phones": ", ".join(identity.get("phones") or []),
+            "source records": identity.get("records")}
+    flags = red_flags(features)
+    return {
+        "identity": {"customer": who},
+        "past": {block: _pick(features, names) for block, names in PAST.items()},
+        "present": {**{block: _pick(features, names) for block, names in PRESENT.items()},
+                    "red flags": {f"{i + 1}": flag for i, flag in enumerate(flags)} or {"none": "—"}},
+    }

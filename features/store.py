@@ -1,0 +1,108 @@
+"""The Feast feature store of c360: configuration from settings, snapshots in, features out (thin I/O)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+from feast import FeatureStore, RepoConfig
+from feast.repo_config import RegistryConfig
+
+from c360.settings import Settings
+from feature_repo import definitions
+from features.compute import BY_NAME
+from features.online_store import C360OnlineStore
+
+
+def online_store_config(s: Settings) -> dict:
+    path = str((s.feast / "online.db").resolve())
+    return {
+        "c360": {"type": "features.online_store.C360OnlineStore", "path": path},
+        "sqlite": {"type": "sqlite", "path": path},
+        "redis": {"type": "redis", "connection_string": s.redis_url},
+    }[s.online_store]
+
+
+def repo_config(s: Settings) -> RepoConfig:
+    s.feast.mkdir(parents=True, exist_ok=True)
+    return RepoConfig(
+        project="c360",
+        provider="local",
+        registry=RegistryConfig(path=str((s.feast / "registry.db").resolve()), cache_ttl_seconds=60),
+        offline_store={"type": "duckdb"},
+        online_store=online_store_config(s),
+        entity_key_serialization_version=3,
+        repo_path=s.feast.resolve(),
+    )
+
+
+def feature_store(s: Settings) -> FeatureStore:
+    return FeatureStore(config=repo_config(s))
+
+
+def write_snapshot(s: Settings, snapshot: pd.DataFrame) -> Path:
+    """Write (or replace) the snapshot of one as-of date."""
+    as_of = pd.Timestamp(snapshot["as_of"].iloc[0])
+    s.snapshots.mkdir(parents=True, exist_ok=True)
+    path = s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet"
+    snapshot.to_parquet(path, index=False)
+    return path
+
+
+def snapshot_dates(s: Settings) -> list[pd.Timestamp]:
+    return sorted(pd.Timestamp(p.stem.split("=")[1]) for p in s.snapshots.glob("as_of=*.parquet"))
+
+
+def apply(s: Settings) -> FeatureStore:
+    if not snapshot_dates(s):
+        raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
+    store = feature_store(s)
+    store.apply(definitions(str(s.snapshots.resolve())))
+    return store
+
+
+def plan(s: Settings) -> str:
+    """Feast's plan of what `apply` would change in the registry, as text."""
+    from feast.project import Project
+    from feast.repo_contents import RepoContents
+
+    objects = definitions(str(s.snapshots.resolve()))
+    kinds = {"entities": "Entity", "feature_views": "FeatureView", "feature_services": "FeatureService"}
+    contents = RepoContents(
+        projects=[Project(name="c360")], data_sources=[], on_demand_feature_views=[], stream_feature_views=[],
+        label_views=[], permissions=[],
+        **{field: [o for o in objects if type(o).__name__ == kind] for field, kind in kinds.items()})
+    registry_diff, infra_diff, _ = feature_store(s).plan(contents)
+    return registry_diff.to_string() + infra_diff.to_string()
+
+
+def materialize(s: Settings, as_of: pd.Timestamp | None = None) -> int:
+    """Load the latest snapshot (or the one of `as_of`) into the online store; returns rows written per view.
+
+    Our store takes the rows straight from Arrow; Feast's stores go through Feast's own materialize.
+    """
+    store = feature_store(s)
+    dates = snapshot_dates(s)
+    if not dates:
+        raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
+    as_of = as_of or dates[-1]
+    views = store.list_feature_views()
+    if s.online_store != "c360":
+        store.materialize(start_date=datetime(1970, 1, 1), end_date=as_of.to_pydatetime(),
+                          feature_views=[v.name for v in views])
+        return len(pd.read_parquet(s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet", columns=["customer_id"]))
+    table = pq.read_table(s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet")
+    online = C360OnlineStore()
+    for view in views:
+        columns = ["customer_id", "as_of", *(f.name for f in view.features)]
+        online.write_arrow(store.config, view, table.select(columns))
+    return table.num_rows
+
+
+def online_features(store: FeatureStore, customer_ids: list[str], service: str = "profile_v1") -> pd.DataFrame:
+    """Features of customers from the online store, by name (Feast's column order is not stable)."""
+    result = store.get_online_features(features=store.get_feature_service(service),
+                                       entity_rows=[{"customer_id": c} for c in customer_ids]).to_df()
+    return result[["customer_id", *[n for n in BY_NAME if n in result.columns]]]
