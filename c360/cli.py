@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from c360 import warehouse
-from c360.features_cli import features_app, profile
+from c360.features_cli import apply, build, features_app, materialize, profile
 from c360.identity_cli import eval_app, resolve_app, run_resolve
 from c360.settings import Settings
 from c360.ui import console, fail, progress, record_run, table
@@ -134,10 +134,25 @@ def demo(
     generate(customers=n, seed=s.seed, out=s.generated, corrupt_rate=s.corrupt_rate)
     ingest(source=s.generated)
     run_resolve()
+    build()
+    apply()
+    materialize()
     status()
+    example = _example_customer(s)
+    profile(example)
     console.print(f"\n[bold]Where to look[/]: warehouse {s.warehouse} (duckdb) — tables `quarantine`, "
-                  f"`identity_crosswalk`, `identity_customers`; ground truth {s.truth}; run log {s.runs}.\n"
-                  "Try: `c360 eval identity`, `c360 resolve explain support/tickets T-000000005`.")
+                  f"`identity_crosswalk`, `identity_customers`; feature snapshots {s.snapshots}; Feast registry "
+                  f"{s.feast}; ground truth {s.truth}; run log {s.runs}.\n"
+                  f"Try: `c360 profile {example}`, `c360 eval identity`, "
+                  "`c360 resolve explain support/tickets T-000000005`.")
+
+
+def _example_customer(s: Settings) -> str:
+    """A subscribed customer with several source records: a profile worth looking at."""
+    with warehouse.connect(s, read_only=True) as con:
+        row = con.execute("SELECT customer_id FROM identity_customers WHERE segment = 'smb' "
+                          "ORDER BY records DESC, customer_id LIMIT 1").fetchone()
+    return row[0] if row else "C00000001"
 
 
 if __name__ == "__main__":

@@ -40,10 +40,14 @@ def _pick(features: pd.Series, names: tuple[str, ...]) -> dict[str, Any]:
     return {n.replace("_", " "): features.get(n) for n in names}
 
 
+def _joined(values: Any) -> str:
+    return ", ".join([] if values is None else list(values))
+
+
 def assemble(identity: dict[str, Any], features: pd.Series) -> dict[str, dict[str, dict[str, Any]]]:
     """Sections → blocks → fields, ready to print or serve."""
     who = {k: identity.get(k) for k in ("customer_id", "display_name", "company", "segment", "region")}
-    who |= {"e-mails": ", ".join(identity.get("emails") or []), "phones": ", ".join(identity.get("phones") or []),
+    who |= {"e-mails": _joined(identity.get("emails")), "phones": _joined(identity.get("phones")),
             "source records": identity.get("records")}
     flags = red_flags(features)
     return {

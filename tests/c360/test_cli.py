@@ -62,3 +62,20 @@ def test_contract_page_is_up_to_date() -> None:
 
     page = Path(__file__).resolve().parents[2] / "docs" / "CONTRACT.md"
     assert page.read_text() == markdown(), "run `c360 contract --out docs/CONTRACT.md`"
+
+
+def test_features_commands_and_profile(home: Path, resolved: tuple[Path, Path]) -> None:
+    home.mkdir(parents=True)
+    (home / "warehouse.duckdb").write_bytes((resolved[0] / "warehouse.duckdb").read_bytes())
+    c360("features", "build", "--history-days", "56", "--every-days", "28")
+    assert len(list((home / "features" / "customer_features").glob("*.parquet"))) == 3
+    c360("features", "apply")
+    assert "No changes to registry" in c360("features", "plan")
+    c360("features", "materialize")
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        customer = con.execute("SELECT customer_id FROM identity_customers WHERE segment = 'smb' LIMIT 1").fetchone()[0]
+    page = c360("profile", customer)
+    for heading in ("identity", "past", "present", "health", "red flags"):
+        assert heading in page
+    unknown = runner.invoke(app, ["profile", "C99999999"])
+    assert unknown.exit_code == 1 and "unknown customer" in unknown.output
