@@ -79,3 +79,11 @@ def test_features_commands_and_profile(home: Path, resolved: tuple[Path, Path]) 
         assert heading in page
     unknown = runner.invoke(app, ["profile", "C99999999"])
     assert unknown.exit_code == 1 and "unknown customer" in unknown.output
+
+
+def test_readme_documents_every_feature() -> None:
+    from features.compute import FEATURES
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [f.name for f in FEATURES if f"`{f.name}`" not in readme]
+    assert not missing, f"README lacks features: {missing}"
