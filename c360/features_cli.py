@@ -14,7 +14,7 @@ from rich.table import Table
 
 from c360 import warehouse
 from c360.settings import Settings
-from c360.ui import console, fail, progress, record_run
+from c360.ui import console, fail, progress, record_run, table
 
 features_app = typer.Typer(help="Point-in-time customer features in the Feast feature store.", no_args_is_help=True)
 
@@ -94,18 +94,25 @@ def materialize(
 def profile(customer_id: Annotated[str, typer.Argument(help="customer id, e.g. C00000001")]) -> None:
     """Print a customer's profile — identity, past and present — from the warehouse and the online store."""
     from features import store
+    from features.details import details, flags_since
     from features.profile import assemble
 
     s = Settings()
     with warehouse.connect(s, read_only=True) as con:
         identity = warehouse.customer(con, customer_id)
-    if identity is None:
-        raise fail(f"unknown customer {customer_id!r}")
-    online = store.online_features(store.feature_store(s), [customer_id]).iloc[0]
-    sections = assemble(identity, online)
-    for title, section in sections.items():
+        if identity is None:
+            raise fail(f"unknown customer {customer_id!r}")
+        online = store.online_features(store.feature_store(s), [customer_id]).iloc[0]
+        as_of = store.snapshot_dates(s)[-1]
+        lists = details(con, customer_id, as_of)
+    for title, section in assemble(identity, online).items():
         console.print(Panel(Columns([_block(name, values) for name, values in section.items()]),
                             title=f"[bold]{title}", expand=True))
+    lists["red flags since"] = flags_since(store.history(s, customer_id))
+    for name, frame in lists.items():
+        if len(frame):
+            console.print(table(name, frame))
+    console.print(f"features as of {as_of:%Y-%m-%d} (online store: {s.online_store})")
 
 
 def _block(name: str, values: dict) -> Table:

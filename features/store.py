@@ -55,6 +55,15 @@ def snapshot_dates(s: Settings) -> list[pd.Timestamp]:
     return sorted(pd.Timestamp(p.stem.split("=")[1]) for p in s.snapshots.glob("as_of=*.parquet"))
 
 
+def history(s: Settings, customer_id: str) -> pd.DataFrame:
+    """All snapshots of one customer, oldest first."""
+    import duckdb
+
+    glob = str(s.snapshots / "*.parquet")
+    return duckdb.sql(f"SELECT * FROM read_parquet('{glob}') WHERE customer_id = $id ORDER BY as_of",
+                      params={"id": customer_id}).df()
+
+
 def apply(s: Settings) -> FeatureStore:
     if not snapshot_dates(s):
         raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")

@@ -117,3 +117,28 @@ def test_materialized_features_read_back_by_name(feature_store) -> None:
     equal_frames(online.loc[some, ["mrr", "health_score", "plan"]],
                  latest.set_index("customer_id").loc[some, ["mrr", "health_score", "plan"]])
     assert online.loc["no-such-customer"].drop(labels=["customer_id"], errors="ignore").isna().all()
+
+
+def test_detail_lists_see_only_the_past(resolved: tuple[Path, Path]) -> None:
+    from features.details import details
+
+    with duckdb.connect(str(resolved[0] / "warehouse.duckdb"), read_only=True) as con:
+        busy = con.execute("""SELECT customer_id FROM identity_crosswalk WHERE source = 'support/tickets'
+                              GROUP BY ALL ORDER BY count(*) DESC LIMIT 1""").fetchone()[0]
+        lists = details(con, busy, AS_OF, timeline=50)
+    assert len(lists["timeline"]) > 0 and (lists["timeline"]["happened_at"] < AS_OF).all()
+    assert lists["timeline"]["happened_at"].is_monotonic_decreasing
+    assert (lists["latest issue"]["opened_at"] < AS_OF).all()
+    assert set(lists["contacts"]["role"]) <= {"admin", "billing", "end_user", "executive_sponsor"}
+
+
+def test_a_red_flag_is_dated_from_the_start_of_its_current_run() -> None:
+    from features.details import flags_since
+
+    days = pd.date_range("2026-01-05", periods=5, freq="28D")
+    history = pd.DataFrame({"as_of": days, **{n: False for n in compute.BY_NAME if n.startswith("flag_")}})
+    history["flag_detractor"] = [True, False, True, True, True]
+    history["flag_silence"] = [True, True, True, True, False]
+    since = flags_since(history)
+    assert since["code"].tolist() == ["detractor"]
+    assert since["since"].iloc[0] == days[2]
