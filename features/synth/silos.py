@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from features import contract
 from features.contract import (
     ACTIONS,
     ACTIVITY_CHANNELS,
@@ -87,6 +88,20 @@ class Ids:
         return np.char.add(prefix, np.char.zfill(idx.astype(str), 9))
 
 
+def exported_by_end(df: pd.DataFrame, table: contract.Table) -> pd.DataFrame:
+    """What the export at END knows: rows dated later (a retry, a refund) not yet, later timestamps not yet."""
+    end = np.datetime64(START + pd.Timedelta(weeks=OBSERVED), "s")
+    when = [c.name for c in table.columns if c.kind == "datetime"]
+    required = [c for c in when if table.col(c).required]
+    keep = np.logical_and.reduce([df[c].isna().to_numpy() | (df[c].to_numpy() < end) for c in required]) \
+        if required else np.ones(len(df), bool)
+    df = df[keep].copy()
+    for c in when:
+        if not table.col(c).required:
+            df[c] = df[c].where(df[c] < end)
+    return df
+
+
 def at(week: np.ndarray, rng: np.random.Generator, spread: float = 1.0) -> np.ndarray:
     """A timestamp somewhere within each given week (seconds precision)."""
     offset = (rng.random(len(week)) * spread * SECONDS_PER_WEEK).astype("int64")
@@ -117,6 +132,7 @@ class Builder:
     def build(self) -> Silos:
         for step in (self.crm, self.billing, self.product, self.support, self.marketing, self.feedback):
             step()
+        self.out.tables = {t: exported_by_end(df, contract.table(t)) for t, df in self.out.tables.items()}
         return self.out
 
     # --- helpers -------------------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""What happened after an as-of date: the labels, each defined once, from the warehouse.
+
+A label of as-of T uses only rows dated at or after T (and before T + horizon); the features of T use only rows
+before T — so no row is on both sides of a training example.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+CHURN_HORIZON_DAYS = 90
+CLV_HORIZON_DAYS = 365
+
+# Churn: a customer subscribed at T who cancels within the horizon, or who goes silent — no product activity and
+# no paid invoice in the whole horizon.
+CHURN_SQL = """
+WITH billing AS (SELECT source_key AS billing_account_id, customer_id FROM identity_crosswalk
+                 WHERE source = 'billing/customers'),
+users AS (SELECT source_key AS user_id, customer_id FROM identity_crosswalk WHERE source = 'product/users'),
+subscribed AS (
+    SELECT b.customer_id,
+        bool_or(s.ended_at >= $as_of AND s.ended_at < $end) AS cancelled
+    FROM billing_subscriptions s JOIN billing USING (billing_account_id)
+    WHERE s.started_at < $as_of AND (s.ended_at IS NULL OR s.ended_at >= $as_of) GROUP BY ALL),
+active AS (
+    SELECT DISTINCT u.customer_id FROM product_events e JOIN users u USING (user_id)
+    WHERE e.event_time >= $as_of AND e.event_time < $end
+    UNION
+    SELECT DISTINCT b.customer_id FROM billing_invoices i JOIN billing b USING (billing_account_id)
+    WHERE i.issued_at >= $as_of AND i.issued_at < $end AND i.status = 'paid')
+SELECT s.customer_id, (s.cancelled OR a.customer_id IS NULL) AS churned
+FROM subscribed s LEFT JOIN active a USING (customer_id) ORDER BY s.customer_id
+"""
+
+# CLV: net revenue (paid invoices less refunds) in the horizon, for every customer subscribed at T.
+CLV_SQL = """
+WITH billing AS (SELECT source_key AS billing_account_id, customer_id FROM identity_crosswalk
+                 WHERE source = 'billing/customers'),
+subscribed AS (
+    SELECT DISTINCT b.customer_id FROM billing_subscriptions s JOIN billing b USING (billing_account_id)
+    WHERE s.started_at < $as_of AND (s.ended_at IS NULL OR s.ended_at >= $as_of)),
+paid AS (
+    SELECT b.customer_id, sum(i.amount) AS paid FROM billing_invoices i JOIN billing b USING (billing_account_id)
+    WHERE i.issued_at >= $as_of AND i.issued_at < $end AND i.status = 'paid' GROUP BY ALL),
+refunded AS (
+    SELECT b.customer_id, sum(p.amount) AS refunded
+    FROM billing_payments p JOIN billing_invoices i USING (invoice_id) JOIN billing b USING (billing_account_id)
+    WHERE p.attempted_at >= $as_of AND p.attempted_at < $end AND p.status = 'refunded' GROUP BY ALL)
+SELECT s.customer_id, coalesce(p.paid, 0) - coalesce(r.refunded, 0) AS value
+FROM subscribed s LEFT JOIN paid p USING (customer_id) LEFT JOIN refunded r USING (customer_id)
+ORDER BY s.customer_id
+"""
+
+
+def _window(as_of: pd.Timestamp, days: int) -> dict:
+    return {"as_of": as_of.to_pydatetime(), "end": (as_of + pd.Timedelta(days=days)).to_pydatetime()}
+
+
+def labelable(as_of: pd.Timestamp, data_end: pd.Timestamp, horizon_days: int) -> bool:
+    """A label needs its whole horizon inside the data."""
+    return as_of + pd.Timedelta(days=horizon_days) <= data_end
+
+
+def churn(con, as_of: pd.Timestamp, horizon_days: int = CHURN_HORIZON_DAYS) -> pd.DataFrame:
+    """customer_id, churned — for customers subscribed at `as_of`."""
+    return con.execute(CHURN_SQL, _window(as_of, horizon_days)).df()
+
+
+def clv(con, as_of: pd.Timestamp, horizon_days: int = CLV_HORIZON_DAYS) -> pd.DataFrame:
+    """customer_id, value (net revenue in the horizon) — for customers subscribed at `as_of`."""
+    return con.execute(CLV_SQL, _window(as_of, horizon_days)).df()
