@@ -11,7 +11,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from c360 import warehouse
+from c360 import (
+    training_cli,  # noqa: F401  (registers `c360 eval cdnow` / `eval hillstrom`)
+    warehouse,
+)
 from c360.features_cli import apply, build, features_app, materialize, profile
 from c360.identity_cli import eval_app, resolve_app, run_resolve
 from c360.settings import Settings

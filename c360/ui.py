@@ -40,7 +40,7 @@ def _cell(value: object) -> str:
     if isinstance(value, int | np.integer):
         return f"{value:,}"
     if isinstance(value, float | np.floating):
-        return f"{value:.4f}"
+        return "—" if np.isnan(value) else f"{value:.4f}"
     return str(value)
 
 
