@@ -19,7 +19,7 @@ def _with_index(frame: pd.DataFrame, name: str) -> pd.DataFrame:
 
 @eval_app.command("cdnow")
 def eval_cdnow(
-    data: Annotated[Path | None, typer.Option(help="folder holding cdnow/ (CDNOW_master.txt, CDNOW_sample.txt)")] = None,
+    data: Annotated[Path | None, typer.Option(help="folder holding cdnow/CDNOW_master.txt and _sample.txt")] = None,
     chart: Annotated[Path | None, typer.Option(help="also draw the published split's holdout chart (PNG)")] = None,
 ) -> None:
     """CLV: BG/NBD (lifetimes) and our LightGBM on CDNOW — the published 39-week table and a forward-honest split."""

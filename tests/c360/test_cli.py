@@ -87,3 +87,16 @@ def test_readme_documents_every_feature() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [f.name for f in FEATURES if f"`{f.name}`" not in readme]
     assert not missing, f"README lacks features: {missing}"
+
+
+def test_eval_cdnow_prints_both_splits() -> None:
+    from c360.settings import Settings
+    from training.cdnow import available
+
+    folder = Settings().public_data / "cdnow"
+    if not available(folder):
+        import pytest
+
+        pytest.skip(f"CDNOW files not found in {folder}")
+    out = c360("eval", "cdnow")
+    assert "published split" in out and "forward-honest split" in out and "LightGBM (ours)" in out
