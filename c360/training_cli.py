@@ -41,3 +41,36 @@ def eval_cdnow(
     if chart:
         holdout_chart(result["published"]["table"]).savefig(chart, dpi=120)
         console.print(f"wrote {chart}")
+
+
+@eval_app.command("hillstrom")
+def eval_hillstrom(
+    outcome: Annotated[str, typer.Option(help="spend, conversion or visit")] = "spend",
+    learner: Annotated[str, typer.Option(help="t (T-learner) or x (X-learner)")] = "t",
+    resamples: Annotated[int, typer.Option(help="paired bootstrap resamples")] = 1000,
+    data: Annotated[Path | None, typer.Option(help="hillstrom.csv [default: the public data folder's]")] = None,
+) -> None:
+    """Next best action on Hillstrom's randomized e-mail test: the cross-fitted learned policy against all-Mens,
+    all-Womens, no e-mail and random (paired bootstrap CIs), Qini AUC per arm, uplift@30% vs the tutorial."""
+    from training.hillstrom import evaluate_hillstrom
+
+    path = data or Settings().public_data / "hillstrom" / "hillstrom.csv"
+    if not path.exists():
+        raise fail(f"Hillstrom file not found: {path}")
+    r = evaluate_hillstrom(path, outcome=outcome, learner=learner, n_boot=resamples)
+    rows = [{"policy": name, "value": p["value"], "95% CI": _ci(p["ci"]), "learned − this": p.get("diff"),
+             "CI of difference": _ci(p["diff_ci"]) if "diff_ci" in p else "",
+             "significant": p.get("significant", "")} for name, p in r["policies"].items()]
+    console.print(table(f"policy value, {outcome} per customer (inverse propensity, {r['folds']}-fold cross-fit)",
+                        pd.DataFrame(rows)))
+    shares = ", ".join(f"{arm} {share:.1%}" for arm, share in r["policy_share"].items())
+    console.print(f"learned policy sends: {shares}")
+    qini = pd.DataFrame(r["qini_auc"]).reset_index(names="arm vs control")
+    console.print(table("Qini AUC per arm (normalised as scikit-uplift)", qini))
+    u = r["uplift_at_30"]
+    console.print(f"uplift@30% Womens vs No E-Mail on visit: {u['value']:.4f} "
+                  f"(scikit-uplift tutorial: {u['tutorial']})")
+
+
+def _ci(bounds: list[float]) -> str:
+    return f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"

@@ -37,6 +37,8 @@ def table(title: str, df: pd.DataFrame) -> Table:
 
 
 def _cell(value: object) -> str:
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
     if isinstance(value, int | np.integer):
         return f"{value:,}"
     if isinstance(value, float | np.floating):

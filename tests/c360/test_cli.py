@@ -100,3 +100,15 @@ def test_eval_cdnow_prints_both_splits() -> None:
         pytest.skip(f"CDNOW files not found in {folder}")
     out = " ".join(c360("eval", "cdnow").split())
     assert "published split" in out and "forward-honest split" in out and "r = 0.243, alpha = 4.414" in out
+
+
+def test_eval_hillstrom_prints_policies_and_qini() -> None:
+    from c360.settings import Settings
+
+    path = Settings().public_data / "hillstrom" / "hillstrom.csv"
+    if not path.exists():
+        import pytest
+
+        pytest.skip(f"Hillstrom file not found: {path}")
+    out = " ".join(c360("eval", "hillstrom", "--outcome", "conversion", "--resamples", "100").split())
+    assert "all Mens E-Mail" in out and "Qini AUC" in out and "uplift@30%" in out
