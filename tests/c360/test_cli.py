@@ -6,11 +6,20 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from c360.cli import app
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables as a wide terminal shows them, so a cell is not wrapped across lines."""
+    from c360.ui import console
+
+    monkeypatch.setattr(console, "width", 200)
 
 
 def c360(*args: str) -> str:
@@ -95,8 +104,6 @@ def test_eval_cdnow_prints_both_splits() -> None:
 
     folder = Settings().public_data / "cdnow"
     if not available(folder):
-        import pytest
-
         pytest.skip(f"CDNOW files not found in {folder}")
     out = " ".join(c360("eval", "cdnow").split())
     assert "published split" in out and "forward-honest split" in out and "r = 0.243, alpha = 4.414" in out
@@ -107,8 +114,6 @@ def test_eval_hillstrom_prints_policies_and_qini() -> None:
 
     path = Settings().public_data / "hillstrom" / "hillstrom.csv"
     if not path.exists():
-        import pytest
-
         pytest.skip(f"Hillstrom file not found: {path}")
     out = " ".join(c360("eval", "hillstrom", "--outcome", "conversion", "--resamples", "100").split())
     assert "all Mens E-Mail" in out and "Qini AUC" in out and "uplift@30%" in out
