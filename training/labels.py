@@ -19,8 +19,8 @@ WITH billing AS (SELECT source_key AS billing_account_id, customer_id FROM ident
 users AS (SELECT source_key AS user_id, customer_id FROM identity_crosswalk WHERE source = 'product/users'),
 subscribed AS (
     SELECT b.customer_id,
-        bool_or(s.ended_at >= $as_of AND s.ended_at < $end) AS cancelled
-    FROM billing_subscriptions s JOIN billing USING (billing_account_id)
+        coalesce(bool_or(s.ended_at >= $as_of AND s.ended_at < $end), false) AS cancelled
+    FROM billing_subscriptions s JOIN billing b USING (billing_account_id)
     WHERE s.started_at < $as_of AND (s.ended_at IS NULL OR s.ended_at >= $as_of) GROUP BY ALL),
 active AS (
     SELECT DISTINCT u.customer_id FROM product_events e JOIN users u USING (user_id)

@@ -1,0 +1,52 @@
+"""Training examples from the feature store: features through a model's FeatureService as of each snapshot date,
+labels from what happened after it, split by time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+from feast import FeatureStore
+
+from features.compute import BY_NAME
+
+Labeler = Callable[[object, pd.Timestamp], pd.DataFrame]
+
+
+def examples(con, fs: FeatureStore, service: str, dates: list[pd.Timestamp], label: Labeler) -> pd.DataFrame:
+    """customer_id, as_of, the service's features (by name) and the label columns, for every date given."""
+    frames = []
+    for day in dates:
+        labels = label(con, day)
+        entities = pd.DataFrame({"customer_id": labels["customer_id"], "event_timestamp": day})
+        features = fs.get_historical_features(entity_df=entities, features=fs.get_feature_service(service)).to_df()
+        names = [n for n in BY_NAME if n in features.columns]
+        frames.append(labels.merge(features[["customer_id", *names]], on="customer_id").assign(as_of=day))
+    return pd.concat(frames, ignore_index=True)
+
+
+def time_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Train on the earlier dates, calibrate on the second-last, test on the last: never across time."""
+    dates = sorted(frame["as_of"].unique())
+    if len(dates) < 3:
+        raise ValueError(f"need at least 3 labelled snapshot dates for a time split, have {len(dates)}")
+    train = frame[frame["as_of"] < dates[-2]]
+    return train, frame[frame["as_of"] == dates[-2]], frame[frame["as_of"] == dates[-1]]
+
+
+def customer_accounts(con, truth: Path) -> pd.Series:
+    """Generated data only: each customer's true account (the majority of its records'), for oracle comparisons."""
+    records = pd.read_parquet(truth / "records.parquet", columns=["table_id", "key", "account"])
+    records["record_id"] = records["table_id"] + ":" + records["key"].astype(str)
+    crosswalk = con.execute("SELECT record_id, customer_id FROM identity_crosswalk").df()
+    joined = crosswalk.merge(records[["record_id", "account"]], on="record_id")
+    return joined.groupby("customer_id")["account"].agg(lambda s: s.mode().iloc[0])
+
+
+def oracle_churn(con, truth: Path, frame: pd.DataFrame) -> pd.Series:
+    """The generator's true 90-day churn probability for each example (NaN where the truth has none)."""
+    risk = pd.read_parquet(truth / "churn_risk.parquet")
+    account = frame["customer_id"].map(customer_accounts(con, truth))
+    keyed = pd.DataFrame({"account": account, "as_of": pd.to_datetime(frame["as_of"])})
+    return keyed.merge(risk, on=["account", "as_of"], how="left")["p_churn_90d"].set_axis(frame.index)
