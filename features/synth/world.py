@@ -49,6 +49,8 @@ class World:
     failed: np.ndarray  # bool, the invoice of this week failed its first attempt
     assignments: pd.DataFrame  # account, wave, action
     effects: pd.DataFrame  # account, wave, action, p_churn_90d, revenue_90d, cost
+    mean_health: np.ndarray  # the predictable part of health, before experiment effects
+    bumps: dict[int, np.ndarray]  # experiment wave -> its effect on health, week by week
 
 
 def draw_accounts(rng: np.random.Generator, first: int, n: int) -> pd.DataFrame:
@@ -90,17 +92,24 @@ def action_lift(acc: pd.DataFrame) -> np.ndarray:
     return lift
 
 
-def _health_base(rng: np.random.Generator, acc: pd.DataFrame) -> np.ndarray:
-    n = len(acc)
+NOISE_MEMORY = 0.95  # weekly autocorrelation of the health noise
+
+
+def _health_mean(acc: pd.DataFrame) -> np.ndarray:
+    """The predictable part of health: level, trend with age, and the fragile first weeks."""
     weeks = np.arange(HORIZON)
     age = (weeks[None, :] - acc["start_week"].to_numpy()[:, None]).clip(0) / 52
+    onboarding = -0.6 * np.exp(-age * 52 / 6)
+    return acc["base_health"].to_numpy()[:, None] + acc["trend"].to_numpy()[:, None] * age + onboarding
+
+
+def _health_noise(rng: np.random.Generator, n: int) -> np.ndarray:
     noise = np.empty((n, HORIZON))
     noise[:, 0] = rng.normal(0, 0.4, n)
     shocks = rng.normal(0, 0.12, (n, HORIZON))
     for t in range(1, HORIZON):
-        noise[:, t] = 0.95 * noise[:, t - 1] + shocks[:, t]
-    onboarding = -0.6 * np.exp(-age * 52 / 6)  # new accounts are fragile for their first weeks
-    return acc["base_health"].to_numpy()[:, None] + acc["trend"].to_numpy()[:, None] * age + noise + onboarding
+        noise[:, t] = NOISE_MEMORY * noise[:, t - 1] + shocks[:, t]
+    return noise
 
 
 def _invoices(rng: np.random.Generator, acc: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -169,14 +178,15 @@ def _plans(rng: np.random.Generator, acc: pd.DataFrame, health: np.ndarray) -> t
 
 
 def simulate(rng: np.random.Generator, acc: pd.DataFrame) -> World:
-    base = _health_base(rng, acc)
+    mean = _health_mean(acc)
+    base = mean + _health_noise(rng, len(acc))
     due, failed = _invoices(rng, acc)
     recent_failure = _recent(failed, 4)
     plan, seats = _plans(rng, acc, base)
     mrr = np.asarray([PRICE[p] for p in PLANS])[plan] * seats
     lift = action_lift(acc)
     health = base.copy()
-    assignments, effects = [], []
+    assignments, effects, bumps = [], [], {}
     for wave in (*WAVES, OBSERVED):
         churn = _churn_week(weekly_hazard(health, recent_failure, acc), acc)
         alive_at = (acc["start_week"].to_numpy() <= wave) & (churn > wave)
@@ -185,14 +195,16 @@ def simulate(rng: np.random.Generator, acc: pd.DataFrame) -> World:
         if wave == OBSERVED:  # the ground truth's "what if we acted today": effects only, nothing exported
             break
         a = arm["action"].map(ACTIONS.index).to_numpy()
-        health[arm["row"].to_numpy()] += _bump(lift[arm["row"].to_numpy(), a], wave)
+        bumps[wave] = np.zeros_like(health)
+        bumps[wave][arm["row"].to_numpy()] = _bump(lift[arm["row"].to_numpy(), a], wave)
+        health += bumps[wave]
         assignments.append(arm.drop(columns="row"))
     hazard = weekly_hazard(health, recent_failure, acc)
     churn_week = _churn_week(hazard, acc)
     weeks = np.arange(HORIZON)[None, :]
     alive = (weeks >= acc["start_week"].to_numpy()[:, None]) & (weeks < churn_week[:, None])
     return World(acc, health, hazard, alive, churn_week, seats, plan, mrr, due, failed,
-                 pd.concat(assignments, ignore_index=True), pd.concat(effects, ignore_index=True))
+                 pd.concat(assignments, ignore_index=True), pd.concat(effects, ignore_index=True), mean, bumps)
 
 
 def _effects(acc, arm, health, recent_failure, due, mrr, lift) -> pd.DataFrame:
@@ -219,12 +231,35 @@ def _effects(acc, arm, health, recent_failure, due, mrr, lift) -> pd.DataFrame:
 
 
 def churn_risk_90d(world: World, weeks: np.ndarray) -> pd.DataFrame:
-    """True probability of churning within EFFECT_WEEKS after each given week, for accounts alive then."""
+    """True probability of churning within EFFECT_WEEKS after each given week, for accounts alive then.
+
+    `p_churn_90d` is what the full state at that week implies: today's health and its known drift, the noise
+    decaying at its known rate, experiment effects already given, payment failures at their known rate — the
+    best any model could do. `p_churn_90d_path` also knows how the noise and the failures will turn out.
+    """
     rows = []
     for w in weeks:
-        window = world.hazard[:, w: w + EFFECT_WEEKS]
-        p = 1 - np.prod(1 - window, axis=1)
+        window = slice(w, w + EFFECT_WEEKS)
+        path = 1 - np.prod(1 - world.hazard[:, window], axis=1)
+        expected = 1 - np.prod(1 - _expected_hazard(world, w), axis=1)
         alive = world.alive[:, w]
         rows.append(pd.DataFrame({"account": world.accounts["account"].to_numpy()[alive], "week": w,
-                                  "p_churn_90d": p[alive]}))
+                                  "p_churn_90d": expected[alive], "p_churn_90d_path": path[alive]}))
     return pd.concat(rows, ignore_index=True)
+
+
+def _expected_hazard(world: World, week: int) -> np.ndarray:
+    """Weekly hazard over EFFECT_WEEKS from `week` as expected from the state at `week`."""
+    ahead = np.arange(min(EFFECT_WEEKS, HORIZON - week))
+    given = sum((b for wave, b in world.bumps.items() if wave <= week), np.zeros_like(world.health))
+    known = world.mean_health + given
+    noise_now = world.health[:, week] - known[:, week]
+    health = known[:, week + ahead] + noise_now[:, None] * NOISE_MEMORY ** ahead[None, :]
+    rate = world.accounts["fail_rate"].to_numpy()[:, None]
+    chance = np.where(np.arange(HORIZON)[None, :] <= week, world.failed, world.invoice_due * rate)
+    no_failure = np.log1p(-np.clip(chance, 0, 1 - 1e-12))
+    c = np.cumsum(no_failure, axis=1)
+    lagged = np.zeros_like(c)
+    lagged[:, 4:] = c[:, :-4]
+    recent = 1 - np.exp(c - lagged)  # P(a failure in the last 4 weeks), as _recent counts them
+    return weekly_hazard(health, recent[:, week + ahead], world.accounts)
