@@ -117,3 +117,28 @@ def test_eval_hillstrom_prints_policies_and_qini() -> None:
         pytest.skip(f"Hillstrom file not found: {path}")
     out = " ".join(c360("eval", "hillstrom", "--outcome", "conversion", "--resamples", "100").split())
     assert "all Mens E-Mail" in out and "Qini AUC" in out and "uplift@30%" in out
+
+
+def test_eval_febrl_without_the_id_column() -> None:
+    from c360.settings import Settings
+
+    folder = Settings().public_data / "febrl"
+    if not (folder / "dataset4a.csv").exists():
+        pytest.skip(f"FEBRL files not found in {folder}")
+    out = " ".join(c360("eval", "febrl", "--drop-columns", "soc_sec_id").split())
+    assert "dropped: soc_sec_id" in out and "threshold curve" in out
+
+
+def test_resolve_explain_prints_weights_and_draws_them(home: Path, resolved: tuple[Path, Path], tmp_path: Path) -> None:
+    home.mkdir(parents=True)
+    (home / "warehouse.duckdb").write_bytes((resolved[0] / "warehouse.duckdb").read_bytes())
+    (home / "identity").mkdir()
+    (home / "identity" / "splink_model.json").write_bytes((resolved[0] / "model.json").read_bytes())
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        source, key = con.execute("SELECT source, source_key FROM identity_crosswalk WHERE method = 'model' "
+                                  "LIMIT 1").fetchone()
+    out = c360("resolve", "explain", source, key, "--png", str(tmp_path / "why.png"))
+    assert "match weights" in out and "final match weight" in out
+    assert (tmp_path / "why.png").stat().st_size > 1000
+    missing = runner.invoke(app, ["resolve", "explain", "support/tickets", "NOPE"])
+    assert missing.exit_code == 1 and "not in the crosswalk" in missing.output
