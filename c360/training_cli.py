@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pandas as pd
 import typer
@@ -46,7 +46,7 @@ def eval_cdnow(
 @eval_app.command("hillstrom")
 def eval_hillstrom(
     outcome: Annotated[str, typer.Option(help="spend, conversion or visit")] = "spend",
-    learner: Annotated[str, typer.Option(help="t (T-learner) or x (X-learner)")] = "t",
+    learner: Annotated[Literal["t", "x"], typer.Option(help="t (T-learner) or x (X-learner)")] = "t",
     resamples: Annotated[int, typer.Option(help="paired bootstrap resamples")] = 1000,
     data: Annotated[Path | None, typer.Option(help="hillstrom.csv [default: the public data folder's]")] = None,
 ) -> None:
