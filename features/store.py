@@ -34,6 +34,8 @@ def repo_config(s: Settings) -> RepoConfig:
         offline_store={"type": "duckdb"},
         online_store=online_store_config(s),
         entity_key_serialization_version=3,
+        # Without a batch size Feast 0.67's materialize converts only the first record batch: rows vanish.
+        materialization_config={"online_write_batch_size": 20_000},
         repo_path=s.feast.resolve(),
     )
 

@@ -203,6 +203,10 @@ class ChurnModel:
             return np.asarray(self.calibrator.predict(raw), dtype="float64")
         return 1.0 / (1.0 + np.exp(-raw))
 
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """Churn probabilities: what the model's MLflow pyfunc returns (never bare labels)."""
+        return self.predict_proba(X)
+
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Tree SHAP values in raw-score (log-odds) space: a column per prepared feature, plus ``base_value``.
 
