@@ -18,6 +18,7 @@ from c360 import (
 from c360.features_cli import apply, build, features_app, materialize, profile
 from c360.identity_cli import eval_app, resolve_app, run_resolve
 from c360.settings import Settings
+from c360.train_cli import promote, train_app
 from c360.ui import console, fail, progress, record_run, table
 
 app = typer.Typer(help="Customer 360: unify customer silos, one profile per customer, churn / CLV / next best "
@@ -26,6 +27,8 @@ app.add_typer(resolve_app, name="resolve")
 app.add_typer(eval_app, name="eval")
 app.add_typer(features_app, name="features")
 app.command()(profile)
+app.add_typer(train_app, name="train")
+app.command()(promote)
 
 
 def settings() -> Settings:

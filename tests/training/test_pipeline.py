@@ -1,0 +1,61 @@
+"""Churn training on the company's own data: examples from Feast, time split, MLflow, promotion gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from c360 import warehouse
+from c360.settings import Settings
+from features import compute, store
+from training import datasets, labels, tracking
+from training.pipeline import churn_examples, train_churn
+from training.registry import CHURN_GATE, promote
+
+
+@pytest.fixture(scope="module")
+def home(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    s = Settings(home=tmp_path_factory.mktemp("train_home"))
+    s.home.mkdir(parents=True, exist_ok=True)
+    s.warehouse.write_bytes((resolved[0] / "warehouse.duckdb").read_bytes())
+    s.generated.parent.mkdir(parents=True)
+    s.generated.symlink_to(resolved[1])  # the generated data, with its ground truth
+    with warehouse.connect(s, read_only=True) as con:
+        end = warehouse.data_end(con)
+        for weeks in range(0, 44, 4):
+            store.write_snapshot(s, compute.build(con, end - pd.Timedelta(weeks=weeks)))
+    store.apply(s)
+    return s
+
+
+def test_examples_have_features_before_and_labels_after_their_date(home: Settings) -> None:
+    with warehouse.connect(home, read_only=True) as con:
+        frame = churn_examples(home, con, store.feature_store(home))
+        end = warehouse.data_end(con)
+    assert frame["as_of"].max() + pd.Timedelta(days=labels.CHURN_HORIZON_DAYS) <= end
+    assert frame.groupby("as_of")["customer_id"].apply(lambda s: s.is_unique).all()
+    assert frame["subscribed"].all(), "the population is customers subscribed at the as-of date"
+    train, calib, test = datasets.time_split(frame)
+    assert train["as_of"].max() < calib["as_of"].min() < test["as_of"].min()
+
+
+def test_training_registers_a_challenger_and_the_gate_guards_the_champion(
+        home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = train_churn(home)
+    assert first.metrics["roc_auc"] > 0.6
+    assert {"logistic", "oracle"} <= set(first.baselines)
+    client = tracking.configure(home.home)
+    assert promote(client, "c360-churn", CHURN_GATE).promoted
+    again = train_churn(home)  # same data, same test period: it cannot beat the champion by the margin
+    decision = promote(client, "c360-churn", CHURN_GATE)
+    assert not decision.promoted and again.version == first.version + 1
+    assert any("roc_auc" in reason for reason in decision.reasons)
+    model, version = tracking.load_model("c360-churn", "champion", "pyfunc", home=home.home)
+    assert int(version.version) == first.version
+    with warehouse.connect(home, read_only=True) as con:
+        sample = churn_examples(home, con, store.feature_store(home)).head(20)
+    p = model.predict(sample[[c for c in sample.columns if c in compute.BY_NAME]])
+    assert ((p > 0) & (p < 1)).all()
