@@ -9,12 +9,14 @@ the columns present, so the same code links FEBRL person records and CRM/billing
 from __future__ import annotations
 
 import re
+import tempfile
 import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import duckdb
 import email_validator
 import pandas as pd
 import phonenumbers
@@ -458,6 +460,13 @@ def build_settings(columns: Iterable[str], link_type: LinkType) -> SettingsCreat
 # ---------------------------------------------------------------- training and scoring
 
 
+def database(memory_limit: str = "3GB") -> DuckDBAPI:
+    """splink's DuckDB, bounded: unbounded, it holds every blocked pair in memory (17 GB at 1M records) rather
+    than spilling to its temporary directory."""
+    spill = Path(tempfile.gettempdir()) / "c360-splink"  # in-memory DuckDB would spill into the working directory
+    return DuckDBAPI(connection=duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(spill)}))
+
+
 def _register(db_api: DuckDBAPI, prepared: pd.DataFrame, link_type: LinkType) -> list:
     if link_type == "dedupe_only":
         return [db_api.register(prepared, table_name="c360_records")]
@@ -473,7 +482,7 @@ def load_linker(prepared: pd.DataFrame, model_path: str | Path, link_type: LinkT
     """A linker from a model saved by ``linker.misc.save_model_to_json``, over the records it was trained on."""
     if link_type != "dedupe_only" and prepared["source"].nunique() < 2:
         link_type = "dedupe_only"
-    return Linker(_register(DuckDBAPI(), prepared, link_type), str(model_path), log_level=None)
+    return Linker(_register(database(), prepared, link_type), str(model_path), log_level=None)
 
 
 def train_linker(
@@ -495,7 +504,7 @@ def train_linker(
     helpers = [c for c, source in _HELPER_COLUMNS.items() if source in columns and c in prepared.columns]
     data = prepared[["record_id", "source", *columns, *helpers]]
     settings = build_settings(columns, link_type)
-    linker = Linker(_register(DuckDBAPI(), data, link_type), settings, log_level=None)
+    linker = Linker(_register(database(), data, link_type), settings, log_level=None)
     exact_rules = _exact_rules_with_matches(data, link_type)
     if exact_rules:  # otherwise splink's default prior (1e-4) stays
         training = linker.training
@@ -550,7 +559,7 @@ def cluster_pairs(record_ids: Iterable[str], pairs: pd.DataFrame, threshold: flo
     nodes = pd.DataFrame({"record_id": pd.Series(list(record_ids), dtype=str)})
     edges = pairs[["record_id_l", "record_id_r", "match_probability"]]
     clusters = cluster_pairwise_predictions_at_threshold(
-        nodes, edges, DuckDBAPI(), node_id_column_name="record_id", threshold_match_probability=threshold
+        nodes, edges, database(), node_id_column_name="record_id", threshold_match_probability=threshold
     ).as_pandas_dataframe()
     return clusters[["record_id", "cluster_id"]].astype(str)
 
