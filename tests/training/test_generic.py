@@ -1,0 +1,309 @@
+"""Training on a data scientist's own table: churn and next best action end to end from CSV files written like real
+customer exports, honest counter-tests (a shuffled label), clear errors on bad inputs, and the MLflow record."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+
+from training import generic, tracking
+from training.generic import TableChurnModel, TableNbaModel, TableResult
+
+ARMS = ("No offer", "10% discount", "Free month")
+
+
+def telco(n: int, seed: int, *, shuffled: bool = False) -> pd.DataFrame:
+    """A Telco-style export: ids, Yes/No and 0/1 flags, a categorical with gaps, money columns with odd names,
+    blank totals for brand-new customers, and churn driven by contract, tenure, charges and an interaction."""
+    rng = np.random.default_rng(seed)
+    tenure = rng.integers(0, 72, n)
+    contract = rng.choice(["Month-to-month", "One year", "Two year"], n, p=[0.55, 0.25, 0.2]).astype(object)
+    monthly = rng.uniform(18, 120, n).round(2)
+    fiber = rng.random(n) < 0.45
+    senior = (rng.random(n) < 0.16).astype(int)
+    logit = (-1.2 + 1.6 * (contract == "Month-to-month") - 0.045 * tenure + 0.012 * (monthly - 60)
+             + 0.9 * (fiber & (tenure < 12)) + 0.4 * senior)
+    churned = rng.random(n) < 1 / (1 + np.exp(-logit))
+    if shuffled:
+        churned = rng.permutation(churned)
+    total = (monthly * tenure).round(2).astype(object)
+    total[tenure == 0] = " "
+    contract[rng.random(n) < 0.06] = None
+    return pd.DataFrame({
+        "customerID": [f"{i:04d}-{code}" for i, code in enumerate(rng.integers(10000, 99999, n))],
+        "SeniorCitizen": senior,
+        "Partner": rng.choice(["Yes", "No"], n),
+        "tenure": tenure,
+        "InternetService": np.where(fiber, "Fiber optic", "DSL"),
+        "Contract": contract,
+        "Monthly Charges ($)": monthly,
+        "Total Charges": total,
+        "Country": "United States",
+        "Churn": np.where(churned, "Yes", "No"),
+    })
+
+
+def offers(n: int, seed: int) -> pd.DataFrame:
+    """A randomized retention test: a free month wins back short-tenure customers, a discount big spenders."""
+    rng = np.random.default_rng(seed)
+    tenure = rng.integers(0, 60, n)
+    spend = rng.gamma(2.0, 40.0, n).round(2)
+    plan = rng.choice(["Basic", "Plus", "Pro"], n).astype(object)
+    plan[rng.random(n) < 0.05] = None
+    arm = rng.choice(np.array(ARMS), n)
+    p = 0.35 + 0.1 * (tenure > 30) + np.where((arm == "Free month") & (tenure < 15), 0.3, 0.0)
+    p += np.where((arm == "10% discount") & (spend > 100), 0.25, 0.0)
+    renewed = (rng.random(n) < p).astype(int)
+    return pd.DataFrame({
+        "Customer ID": [f"C{i:05d}" for i in range(n)],
+        "Tenure (months)": tenure,
+        "Monthly Spend": spend,
+        "Plan": plan,
+        "Offer": arm,
+        "Renewed": renewed,
+        "Spend next 30d": (renewed * spend * rng.uniform(0.8, 1.2, n)).round(2),
+    })
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tables")
+    telco(2000, 0).to_csv(out / "telco.csv", index=False)
+    offers(4500, 1).to_csv(out / "offers.csv", index=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def churn_result(folder: Path) -> TableResult:
+    return generic.train_churn_table(generic.read_table(folder / "telco.csv"), "Churn", id_column="customerID")
+
+
+@pytest.fixture(scope="module")
+def nba_result(folder: Path) -> TableResult:
+    table = generic.read_table(folder / "offers.csv")
+    return generic.train_nba_table(
+        table, "Offer", "No offer", "Renewed", id_column="Customer ID", costs={"Free month": 0.05},
+        exclude=["Spend next 30d"],
+    )
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        yield tmp_path_factory.mktemp("c360") / "home"
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_read_table_csv_and_parquet_give_the_same_tidy_frame(folder: Path, tmp_path: Path):
+    csv = generic.read_table(folder / "telco.csv")
+    assert csv.shape == (2000, 10)
+    assert csv["Total Charges"].isna().sum() == (csv["tenure"] == 0).sum() > 0  # " " is missing, not a level
+    csv.to_parquet(tmp_path / "telco.parquet")
+    pd.testing.assert_frame_equal(generic.read_table(tmp_path / "telco.parquet"), csv)
+
+
+def test_read_table_names_the_file_and_the_problem(tmp_path: Path):
+    with pytest.raises(ValueError, match=r"nowhere\.csv: no such file"):
+        generic.read_table(tmp_path / "nowhere.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match=r"empty\.csv: the file is empty"):
+        generic.read_table(tmp_path / "empty.csv")
+    (tmp_path / "header.csv").write_text("customerID,Churn\n")
+    with pytest.raises(ValueError, match=r"header\.csv: the table has no rows"):
+        generic.read_table(tmp_path / "header.csv")
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ValueError, match=r"broken\.parquet: could not be read as Parquet"):
+        generic.read_table(tmp_path / "broken.parquet")
+
+
+# ---------------------------------------------------------------- churn
+
+
+def test_churn_end_to_end_on_a_telco_export(churn_result: TableResult, folder: Path):
+    r = churn_result
+    assert r.metrics["roc_auc"] > 0.72 and r.metrics["roc_auc_sd"] < 0.06, r.metrics
+    assert 0 < r.metrics["ece"] < 0.08 and 0 < r.metrics["brier"] < 0.2
+    assert r.baselines["logistic"]["roc_auc"] > 0.7
+    assert r.metrics["roc_auc_gain_vs_baseline"] == pytest.approx(
+        r.metrics["roc_auc"] - r.baselines["logistic"]["roc_auc"])
+    assert all(isinstance(v, float) and np.isfinite(v) for v in r.metrics.values())
+
+    folds = r.tables["folds"]
+    assert len(folds) == 5 and folds["rows"].sum() == 2000
+    assert {"roc_auc", "pr_auc", "brier", "ece", "lift_at_10", "baseline_roc_auc", "n_trees"} <= set(folds.columns)
+    assert folds["roc_auc"].mean() == pytest.approx(r.metrics["roc_auc"])
+    assert set(r.tables["summary"]["metric"]) == {"roc_auc", "pr_auc", "brier", "ece", "lift_at_10"}
+    assert r.tables["importance"]["feature"].iloc[0] in {"tenure", "Contract"}
+
+    assert set(r.figures) == {"roc", "calibration", "shap_summary"}
+    assert all(isinstance(f, Figure) for f in r.figures.values())
+    legend = [t.get_text() for t in r.figures["roc"].axes[0].get_legend().get_texts()]
+    assert any("LightGBM" in t for t in legend) and any("logistic" in t for t in legend)
+
+    # id, label and the constant column are no features; blank totals parse as numbers
+    assert list(r.input_example.columns) == [
+        "SeniorCitizen", "Partner", "tenure", "InternetService", "Contract", "Monthly Charges ($)", "Total Charges"
+    ]
+    spec = r.model.churn.spec
+    assert dict(zip(spec.columns, spec.kinds, strict=True))["Total Charges"] == "numeric"
+    assert r.params["dropped_columns"] == "customerID, Country" and r.params["rows"] == 2000
+
+    card = r.model_card
+    for text in ("## Data", "2,000 rows", "churn rate", "## Metrics (5-fold", "logistic baseline", "## Features",
+                 "Monthly Charges ($)", "no time split", "optimistic"):
+        assert text in card, text
+    assert "Possible leakage" not in card
+
+    scored = r.model.predict(generic.read_table(folder / "telco.csv").head(20))
+    assert list(scored.columns) == ["customerID", "churn_probability"]
+    assert scored["churn_probability"].between(0, 1).all() and scored["churn_probability"].nunique() > 1
+
+
+def test_a_shuffled_label_scores_near_chance():
+    r = generic.train_churn_table(telco(2000, 2, shuffled=True), "Churn")
+    assert abs(r.metrics["roc_auc"] - 0.5) < 0.06, r.metrics
+    assert abs(r.baselines["logistic"]["roc_auc"] - 0.5) < 0.06
+    assert "customerID (identifier-like" in r.model_card.replace("`", "")  # no id named: detected and dropped
+
+
+def test_a_leaking_column_is_called_out_in_the_card():
+    table = telco(1000, 3)
+    table["Churn Reason"] = np.where(table["Churn"] == "Yes", "Competitor offer", None)
+    r = generic.train_churn_table(table, "Churn", id_column="customerID", folds=3)
+    assert "Possible leakage: 'Churn Reason'" in r.model_card
+    clean = generic.train_churn_table(table, "Churn", id_column="customerID", folds=3, exclude=["Churn Reason"])
+    assert "Possible leakage" not in clean.model_card and "`Churn Reason` (excluded)" in clean.model_card
+
+
+def test_churn_rejects_bad_inputs_with_clear_errors():
+    table = telco(300, 4)
+    with pytest.raises(ValueError, match=r"label column 'churn' is not in the table\. Did you mean 'Churn'"):
+        generic.train_churn_table(table, "churn")
+    with pytest.raises(ValueError, match=r"id column 'id' is not in the table"):
+        generic.train_churn_table(table, "Churn", id_column="id")
+    statuses = table.assign(Churn=np.random.default_rng(0).choice(["churned", "active", "paused"], len(table)))
+    with pytest.raises(ValueError, match=r"must be binary: Yes/No, True/False or 1/0.*'churned' \(\d+\)") as error:
+        generic.train_churn_table(statuses, "Churn")
+    assert "'active'" in str(error.value) and "'paused'" in str(error.value)
+    with pytest.raises(ValueError, match=r"must be binary.*found values 0 \(100\), 1 \(100\), 2 \(100\)"):
+        generic.train_churn_table(table.assign(Churn=[0, 1, 2] * 100), "Churn")
+    with pytest.raises(ValueError, match="single value"):
+        generic.train_churn_table(table.assign(Churn="No"), "Churn")
+    with pytest.raises(ValueError, match=r"only 3 rows of its rarer value; 5-fold validation needs at least 25"):
+        generic.train_churn_table(table.assign(Churn=["Yes"] * 3 + ["No"] * 297), "Churn")
+    with pytest.raises(ValueError, match="columns must all differ"):
+        generic.train_churn_table(table, "Churn", id_column="Churn")
+    with pytest.raises(ValueError, match="no feature columns left"):
+        generic.train_churn_table(table[["customerID", "Country", "Churn"]], "Churn", id_column="customerID")
+    with pytest.raises(ValueError, match="folds must be at least 2"):
+        generic.train_churn_table(table, "Churn", folds=1)
+
+
+# ---------------------------------------------------------------- next best action
+
+
+def test_nba_end_to_end_on_a_three_arm_test(nba_result: TableResult, folder: Path):
+    r = nba_result
+    assert r.params["arms"] == "No offer, 10% discount, Free month" and r.params["binary_outcome"] is True
+    assert r.metrics["qini_auc.Free_month"] > 0.03, r.metrics  # short-tenure customers respond: ranking finds them
+    assert r.metrics["gain_vs.no_action.low"] > 0  # the learned policy beats doing nothing, paired CI
+    assert r.metrics["gain_vs.random"] > 0
+    assert r.metrics["policy_value"] > r.metrics["value.all.Free_month"]
+    assert all(np.isfinite(v) for v in r.metrics.values())
+    assert 0 < r.metrics["policy_share.Free_month"] < 1
+
+    values = r.tables["policy_values"].set_index("policy")
+    assert list(values.index) == ["policy", "all No offer (no action)", "all 10% discount", "all Free month", "random"]
+    arms = r.tables["arms"].set_index("arm")
+    assert arms["rows"].sum() == 4500 and arms.at["Free month", "cost"] == 0.05
+    assert arms["policy_share"].sum() == pytest.approx(1.0)
+    assert len(r.tables["qini_folds"]) == 2 * 2  # two arms vs control, two folds
+    assert set(r.figures) == {"qini_curves", "policy_values"}
+    assert list(r.input_example.columns) == ["Tenure (months)", "Monthly Spend", "Plan"]
+
+    card = r.model_card
+    for text in ("## Data", "control arm `No offer`", "10% discount", "net of costs", "paired-bootstrap",
+                 "assigned at random", "`Spend next 30d` (excluded)", "`Customer ID` (id column)"):
+        assert text in card, text
+    assert "Imbalance" not in card and "Possible leakage" not in card
+
+    scored = r.model.predict(generic.read_table(folder / "offers.csv").head(50))
+    assert list(scored.columns) == ["recommended", *[f"expected: {arm}" for arm in ARMS]]
+    assert set(scored["recommended"]) <= set(ARMS)
+
+
+def test_nba_on_an_amount_with_numeric_arms_and_a_post_treatment_column():
+    table = offers(1500, 5)
+    table["Offer"] = table["Offer"].map({arm: i for i, arm in enumerate(ARMS)})  # arms exported as 0/1/2
+    r = generic.train_nba_table(table, "Offer", "0", "Spend next 30d")  # the CLI passes the control as text
+    assert r.params["binary_outcome"] is False and r.params["arms"] == "0, 1, 2"
+    assert r.metrics["policy_value"] > 0 and "gain_vs.no_action" in r.metrics
+    # "Renewed" was recorded after the offer: it gives the spend away, and the balance table shows it moves by arm
+    assert "Possible leakage: 'Renewed'" in r.model_card
+    balance = r.tables["balance"].set_index(["arm", "column"])["smd"]
+    assert balance.abs().idxmax()[1] == "Renewed"
+
+
+def test_nba_rejects_bad_inputs_with_clear_errors():
+    table = offers(600, 6)
+    with pytest.raises(ValueError, match=r"control 'Control' is not a value of 'Offer'; its values are "
+                                         r"\['10% discount', 'Free month', 'No offer'\]"):
+        generic.train_nba_table(table, "Offer", "Control", "Renewed")
+    with pytest.raises(ValueError, match=r"treatment column 'offer' is not in the table\. Did you mean 'Offer'"):
+        generic.train_nba_table(table, "offer", "No offer", "Renewed")
+    with pytest.raises(ValueError, match=r"costs given for \['Gift'\]"):
+        generic.train_nba_table(table, "Offer", "No offer", "Renewed", costs={"Gift": 1.0})
+    rare = table.assign(Offer=np.where(np.arange(len(table)) < 10, "Call", table["Offer"]))
+    with pytest.raises(ValueError, match=r"at least 50 rows.*'Call': 10"):
+        generic.train_nba_table(rare, "Offer", "No offer", "Renewed")
+    with pytest.raises(ValueError, match=r"outcome column 'Plan' must be numeric.*'Basic'"):
+        generic.train_nba_table(table, "Offer", "No offer", "Plan")
+    with pytest.raises(ValueError, match="single arm"):
+        generic.train_nba_table(table.assign(Offer="No offer"), "Offer", "No offer", "Renewed")
+
+
+# ---------------------------------------------------------------- MLflow
+
+
+@pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer")
+def test_log_table_result_registers_challengers_that_load_back(
+    churn_result: TableResult, nba_result: TableResult, home: Path, folder: Path
+):
+    churn_version = generic.log_table_result(churn_result, kind="churn", table_name="telco.csv", home=home)
+    nba_version = generic.log_table_result(nba_result, kind="nba", table_name="offers.csv", home=home)
+    client: MlflowClient = tracking.configure(home)
+    for version, name in ((churn_version, "c360-table-churn"), (nba_version, "c360-table-nba")):
+        assert version.name == name and version.aliases == ["challenger"] and version.run_id
+        assert version.tags["source_table"] in {"telco.csv", "offers.csv"} and "-fold on" in version.tags["test_period"]
+        assert "Source table:" in version.description
+
+    run = client.get_run(churn_version.run_id)
+    assert run.data.metrics["roc_auc"] == pytest.approx(churn_result.metrics["roc_auc"])
+    assert "baseline.logistic.roc_auc" in run.data.metrics
+    assert run.data.params["label"] == "Churn"
+    assert client.get_experiment(run.info.experiment_id).name == "c360-table-churn"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert artifacts == {"plots/roc.png", "plots/calibration.png", "plots/shap_summary.png"}
+    assert "qini_auc.Free_month" in client.get_run(nba_version.run_id).data.metrics
+
+    model, _ = tracking.load_model("c360-table-churn", "challenger", "pyfunc", home=home)
+    assert isinstance(model, TableChurnModel)
+    sample = generic.read_table(folder / "telco.csv").head(30)
+    pd.testing.assert_frame_equal(model.predict(sample), churn_result.model.predict(sample))
+    nba, _ = tracking.load_model("c360-table-nba", "challenger", "pyfunc", home=home)
+    assert isinstance(nba, TableNbaModel)
+    example = nba_result.input_example
+    pd.testing.assert_frame_equal(nba.predict(example), nba_result.model.predict(example))
+
+    with pytest.raises(ValueError, match="must hold a TableNbaModel"):
+        generic.log_table_result(churn_result, kind="nba", table_name="telco.csv", home=home)
