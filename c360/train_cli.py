@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import pandas as pd
 import typer
@@ -16,10 +18,26 @@ train_app = typer.Typer(help="Train models on the feature store (or on your own 
 MODELS = {"churn": "c360-churn"}
 
 
+TableOption = Annotated[Path | None, typer.Option("--table", help="your own CSV or Parquet table (no feature store)")]
+Excluded = Annotated[list[str] | None, typer.Option("--exclude", help="columns that are not features (repeatable)")]
+
+
 @train_app.command("churn")
-def train_churn() -> None:
+def train_churn(
+    table_path: TableOption = None,
+    label: Annotated[str | None, typer.Option(help="with --table: the churn column (Yes/No, 1/0, True/False)")] = None,
+    id_column: Annotated[str | None, typer.Option("--id", help="with --table: the customer id column")] = None,
+    exclude: Excluded = None,
+    folds: Annotated[int, typer.Option(min=2, help="with --table: cross-validation folds")] = 5,
+) -> None:
     """Churn within 90 days: LightGBM (calibrated) vs logistic regression, time split over the feature snapshots,
-    logged to MLflow and registered as c360-churn@challenger."""
+    logged to MLflow and registered as c360-churn@challenger. With --table: k-fold on your table instead."""
+    if table_path:
+        if not label:
+            raise fail("--table needs --label: the column saying whether the customer churned")
+        _train_table("churn", table_path, lambda df: _generic().train_churn_table(
+            df, label, id_column, folds=folds, exclude=exclude or []))
+        return
     from training.pipeline import train_churn as run
 
     s, started = Settings(), time.time()
@@ -35,6 +53,54 @@ def train_churn() -> None:
     console.print(f"registered {report.model} v{report.version} @challenger (run {report.run_id}); "
                   f"`c360 promote churn` moves @champion if it passes the gate")
     record_run(s, "train churn", started, version=report.version, run_id=report.run_id, **report.metrics)
+
+
+@train_app.command("nba")
+def train_nba(
+    table_path: Annotated[Path, typer.Option("--table", help="CSV or Parquet table of a randomized experiment")],
+    treatment: Annotated[str, typer.Option(help="column naming the arm each customer was given")],
+    control: Annotated[str, typer.Option(help="the arm that means no action")],
+    outcome: Annotated[str, typer.Option(help="column measured after the action (0/1 or an amount)")],
+    id_column: Annotated[str | None, typer.Option("--id", help="the customer id column")] = None,
+    cost: Annotated[list[str] | None, typer.Option(help="ARM=COST, the cost of one action (repeatable)")] = None,
+    exclude: Excluded = None,
+) -> None:
+    """Next best action from a randomized experiment in your table: cross-fitted multi-arm uplift (LightGBM),
+    Qini AUC per arm, the policy's value against each single arm, no action and random; registered in MLflow."""
+    costs = dict(_cost(c) for c in cost or [])
+    _train_table("nba", table_path, lambda df: _generic().train_nba_table(
+        df, treatment, control, outcome, id_column, costs=costs or None, exclude=exclude or []))
+
+
+def _cost(text: str) -> tuple[str, float]:
+    arm, _, value = text.rpartition("=")
+    try:
+        return arm, float(value)
+    except ValueError:
+        raise typer.BadParameter(f"--cost takes ARM=NUMBER, got {text!r}") from None
+
+
+def _generic():
+    from training import generic
+
+    return generic
+
+
+def _train_table(kind: Literal["churn", "nba"], path: Path, train: Callable[[pd.DataFrame], Any]) -> None:
+    s, started = Settings(), time.time()
+    generic = _generic()
+    try:
+        frame = generic.read_table(path)
+        with console.status(f"training {kind} on {path.name}"):
+            result = train(frame)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    for name, frame in result.tables.items():
+        if name in ("summary", "arms", "policy_values"):
+            console.print(table(name, frame))
+    version = generic.log_table_result(result, kind=kind, table_name=path.name, home=s.home)
+    console.print(f"registered {generic.NAMES[kind]} v{version.version} @challenger (run {version.run_id})")
+    record_run(s, f"train {kind} --table", started, table=path, version=version.version)
 
 
 def promote(model: Annotated[Literal["churn"], typer.Argument(help="which model")]) -> None:

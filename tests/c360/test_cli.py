@@ -142,3 +142,29 @@ def test_resolve_explain_prints_weights_and_draws_them(home: Path, resolved: tup
     assert (tmp_path / "why.png").stat().st_size > 1000
     missing = runner.invoke(app, ["resolve", "explain", "support/tickets", "NOPE"])
     assert missing.exit_code == 1 and "not in the crosswalk" in missing.output
+
+
+def test_train_on_your_own_tables(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rng = np.random.default_rng(0)
+    n = 1500
+    charges = rng.uniform(20, 120, n)
+    contract = rng.choice(["Month-to-month", "One year", None], n)
+    churn = rng.random(n) < 1 / (1 + np.exp(-(charges - 70) / 15 - (contract == "Month-to-month")))
+    pd.DataFrame({"customerID": [f"{i:04d}-X" for i in range(n)], "Monthly Charges ($)": charges.round(2),
+                  "Contract": contract, "Churn": np.where(churn, "Yes", "No")}).to_csv(tmp_path / "telco.csv",
+                                                                                     index=False)
+    out = c360("train", "churn", "--table", str(tmp_path / "telco.csv"), "--label", "Churn", "--id", "customerID",
+               "--folds", "3")
+    assert "registered c360-table-churn v1 @challenger" in out
+    arm = rng.choice(["No offer", "Free month"], n)
+    bought = rng.random(n) < 0.1 + 0.1 * ((arm == "Free month") & (charges > 70))
+    pd.DataFrame({"charges": charges, "offer": arm, "renewed": bought.astype(int)}).to_csv(tmp_path / "exp.csv",
+                                                                                           index=False)
+    out = c360("train", "nba", "--table", str(tmp_path / "exp.csv"), "--treatment", "offer", "--control",
+               "No offer", "--outcome", "renewed", "--cost", "Free month=0.01")
+    assert "registered c360-table-nba v1 @challenger" in out
+    wrong = runner.invoke(app, ["train", "churn", "--table", str(tmp_path / "telco.csv"), "--label", "Churned"])
+    assert wrong.exit_code == 1 and "Churned" in wrong.output
