@@ -57,6 +57,10 @@ def snapshot_dates(s: Settings) -> list[pd.Timestamp]:
     return sorted(pd.Timestamp(p.stem.split("=")[1]) for p in s.snapshots.glob("as_of=*.parquet"))
 
 
+def read_snapshot(s: Settings, as_of: pd.Timestamp) -> pd.DataFrame:
+    return pd.read_parquet(s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet")
+
+
 def history(s: Settings, customer_id: str) -> pd.DataFrame:
     """All snapshots of one customer, oldest first."""
     import duckdb

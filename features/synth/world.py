@@ -165,15 +165,17 @@ def _plans(rng: np.random.Generator, acc: pd.DataFrame, health: np.ndarray) -> t
     n = len(acc)
     plan = np.repeat(acc["plan0"].to_numpy()[:, None], HORIZON, axis=1)
     seats = np.repeat(acc["seats0"].to_numpy()[:, None].astype(float), HORIZON, axis=1)
-    up = rng.random((n, HORIZON)) < 0.004 * np.exp(health)
-    down = rng.random((n, HORIZON)) < 0.003 * np.exp(-health)
+    # Rates bounded like real accounts': even a thriving team grows to a few times its size, not without end.
+    up = rng.random((n, HORIZON)) < 0.004 * np.exp(np.minimum(health, 1.5))
+    down = rng.random((n, HORIZON)) < 0.003 * np.exp(np.minimum(-health, 1.5))
     multi = (acc["segment"] != "consumer").to_numpy()
+    ceiling = 3 * acc["seats0"].to_numpy() + 5
     for t in range(1, HORIZON):
         step = up[:, t].astype(int) - down[:, t].astype(int)
         plan_move = step * (rng.random(n) < 0.5)
         plan[:, t] = np.clip(plan[:, t - 1] + plan_move, 0, len(PLANS) - 1)
         seat_move = np.where(multi & (plan_move == 0), step, 0)
-        seats[:, t] = np.maximum(1, np.round(seats[:, t - 1] * (1 + 0.2 * seat_move)))
+        seats[:, t] = np.clip(np.round(seats[:, t - 1] * (1 + 0.2 * seat_move)), 1, ceiling)
     return plan, seats.astype(int)
 
 
