@@ -29,7 +29,7 @@ def as_of_dates(end: pd.Timestamp, as_of: date | None, history_days: int, every_
 @features_app.command()
 def build(
     as_of: Annotated[str | None, typer.Option(help="one snapshot as of this date (YYYY-MM-DD)")] = None,
-    history_days: Annotated[int, typer.Option(help="without --as-of: snapshots back over this many days")] = 364,
+    history_days: Annotated[int, typer.Option(help="without --as-of: snapshots back over this many days")] = 644,
     every_days: Annotated[int, typer.Option(help="without --as-of: days between snapshots")] = 28,
 ) -> None:
     """Compute feature snapshots from the warehouse (data strictly before each as-of date) as Parquet files."""

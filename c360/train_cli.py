@@ -55,6 +55,23 @@ def train_churn(
     record_run(s, "train churn", started, version=report.version, run_id=report.run_id, **report.metrics)
 
 
+@train_app.command("clv")
+def train_clv() -> None:
+    """12-month net revenue: LightGBM (Tweedie) on clv_v1 against BG/NBD x Gamma-Gamma; registered as c360-clv."""
+    from training.clv_pipeline import train_clv as run
+
+    s, started = Settings(), time.time()
+    with console.status("training CLV: examples from Feast, LightGBM, BG/NBD baseline, MLflow"):
+        try:
+            report = run(s)
+        except ValueError as e:
+            raise fail(str(e)) from None
+    scores = pd.DataFrame({k: report[k] for k in ("lightgbm", "bgnbd_gamma_gamma")}).T.reset_index(names="model")
+    console.print(table(f"12-month value, test {report['test_period']} ({report['rows']:,} customers)", scores))
+    console.print(f"registered c360-clv v{report['version']} @challenger")
+    record_run(s, "train clv", started, version=report["version"], **report["lightgbm"])
+
+
 @train_app.command("nba")
 def train_nba(
     table_path: Annotated[Path, typer.Option("--table", help="CSV or Parquet table of a randomized experiment")],
