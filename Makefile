@@ -28,8 +28,11 @@ lint: install  ## ruff and mypy
 test: lint  ## lint, then the test suite
 	$(RUN) pytest -n 2
 
-bench: install  ## benchmarks; figures go to bench/RESULTS.md
+bench: install  ## benchmarks at 1M customers (about an hour on 2 cores); figures go to bench/RESULTS.md
 	$(RUN) python -m bench.generate_ingest
+	$(RUN) python -m bench.resolve
+	$(RUN) python -m bench.features
+	$(RUN) python -m bench.online_store
 
 clean:  ## remove run state (C360_HOME default) and caches
 	rm -rf .c360 .pytest_cache .mypy_cache .ruff_cache
