@@ -520,9 +520,12 @@ def train_linker(
 def predict_pairs(linker: Linker, min_probability: float = 0.01) -> pd.DataFrame:
     """Candidate pairs: record_id_l, record_id_r, source_l, source_r, match_probability, match_weight."""
     scored = linker.inference.predict(threshold_match_probability=min_probability, warning_mode="never")
-    frame = scored.as_pandas_dataframe()
+    # Only these columns leave DuckDB: the scored table also holds every comparison's inputs and levels (kept for
+    # explanations), which as one pandas frame took 16 GB at a million records.
     columns = ["record_id_l", "record_id_r", "source_l", "source_r", "match_probability", "match_weight"]
-    return frame[columns].sort_values("match_probability", ascending=False, ignore_index=True)
+    picked = scored.as_duckdbpyrelation().select(*columns).order("match_probability DESC").df()
+    scored.drop_table_from_database_and_remove_from_cache()
+    return picked
 
 
 def score_pairs(
