@@ -74,19 +74,39 @@ def train_clv() -> None:
 
 @train_app.command("nba")
 def train_nba(
-    table_path: Annotated[Path, typer.Option("--table", help="CSV or Parquet table of a randomized experiment")],
-    treatment: Annotated[str, typer.Option(help="column naming the arm each customer was given")],
-    control: Annotated[str, typer.Option(help="the arm that means no action")],
-    outcome: Annotated[str, typer.Option(help="column measured after the action (0/1 or an amount)")],
+    table_path: TableOption = None,
+    treatment: Annotated[str | None, typer.Option(help="with --table: the column naming each customer's arm")] = None,
+    control: Annotated[str | None, typer.Option(help="with --table: the arm that means no action")] = None,
+    outcome: Annotated[str | None, typer.Option(help="with --table: the column measured after the action")] = None,
     id_column: Annotated[str | None, typer.Option("--id", help="the customer id column")] = None,
     cost: Annotated[list[str] | None, typer.Option(help="ARM=COST, the cost of one action (repeatable)")] = None,
     exclude: Excluded = None,
 ) -> None:
-    """Next best action from a randomized experiment in your table: cross-fitted multi-arm uplift (LightGBM),
-    Qini AUC per arm, the policy's value against each single arm, no action and random; registered in MLflow."""
+    """Next best action: multi-arm uplift (LightGBM) from the company's randomized campaign waves (train on the
+    earlier waves, test on the last, registered as c360-nba) — or, with --table, from your own experiment table."""
+    if not table_path:
+        _train_nba_pipeline()
+        return
+    if not (treatment and control and outcome):
+        raise fail("--table needs --treatment, --control and --outcome")
     costs = dict(_cost(c) for c in cost or [])
     _train_table("nba", table_path, lambda df: _generic().train_nba_table(
         df, treatment, control, outcome, id_column, costs=costs or None, exclude=exclude or []))
+
+
+def _train_nba_pipeline() -> None:
+    from training.nba_pipeline import train_nba as run
+
+    s, started = Settings(), time.time()
+    with console.status("training next best action on the campaign waves"):
+        try:
+            report = run(s)
+        except ValueError as e:
+            raise fail(str(e)) from None
+    metrics = pd.DataFrame([report.metrics]).T.reset_index(names="metric").rename(columns={0: "value"})
+    console.print(table(f"next best action, test wave {report.test_period}", metrics))
+    console.print(f"registered {report.model} v{report.version} @challenger (run {report.run_id})")
+    record_run(s, "train nba", started, version=report.version, run_id=report.run_id)
 
 
 def _cost(text: str) -> tuple[str, float]:

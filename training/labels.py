@@ -39,9 +39,9 @@ WITH billing AS (SELECT source_key AS billing_account_id, customer_id FROM ident
 subscribed AS (
     SELECT DISTINCT b.customer_id FROM billing_subscriptions s JOIN billing b USING (billing_account_id)
     WHERE s.started_at < $as_of AND (s.ended_at IS NULL OR s.ended_at >= $as_of)),
-paid AS (
+paid AS (  -- a refunded invoice was paid first: its refund is subtracted below
     SELECT b.customer_id, sum(i.amount) AS paid FROM billing_invoices i JOIN billing b USING (billing_account_id)
-    WHERE i.issued_at >= $as_of AND i.issued_at < $end AND i.status = 'paid' GROUP BY ALL),
+    WHERE i.issued_at >= $as_of AND i.issued_at < $end AND i.status IN ('paid', 'refunded') GROUP BY ALL),
 refunded AS (
     SELECT b.customer_id, sum(p.amount) AS refunded
     FROM billing_payments p JOIN billing_invoices i USING (invoice_id) JOIN billing b USING (billing_account_id)

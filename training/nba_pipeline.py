@@ -1,0 +1,501 @@
+"""Next best action trained on the company's own experiments: waves of randomized actions, what followed, MLflow.
+
+Definitions, once, for everything below:
+
+* **assignment** — a customer put in one arm of an experiment wave: a row of ``marketing/sends`` whose campaign
+  (``marketing/campaigns``) carries an ``action`` and a ``wave``, reached through the identity crosswalk of the
+  marketing contact it went to. Holdout rows (action ``no_action``) and bounced sends count: the analysis is by
+  intent to treat, which is what the randomization protects. ``as_of`` is the campaign's ``launched_at``, the
+  wave date. A customer with sends of *different* arms in one wave (two accounts merged by identity resolution)
+  got no single arm and is left out; duplicate sends of one arm are one assignment.
+* **outcome** — net revenue in ``[as_of, as_of + 91 days)``: subscription and add-on invoices issued in the
+  window and paid (including those paid and later refunded), less the refunds paid out in the window, over the
+  customer's billing accounts. The discount's cost is already in it: the discounted invoices are smaller.
+* **retained** — no subscription of the customer ended in the window.
+* **features** — the ``nba_v1`` feature service as of the wave date, through Feast's point-in-time join
+  (``event_timestamp`` = the wave date: the latest snapshot at or before it, within the views' TTL). The regular
+  snapshots lie on a 28-day grid ending at the data's end, so a wave date is usually not a snapshot date (on the
+  generated data waves 0 and 2 fall two weeks after a grid date, wave 1 on one), and a shorter grid may not reach
+  the first wave at all. ``wave_snapshots`` therefore first builds the snapshot of each wave date that is missing
+  (``features.compute.build`` uses only data strictly before its date, so not the wave's own sends) and writes it
+  beside the others, as ``c360 features build --as-of`` would: the join then finds the exact date, every wave is
+  described as it stood when the action was taken, whatever the grid. Side effect: those dates are in the store
+  for every later reader (the churn and CLV examples gain them as extra, equally valid as-of dates).
+* **costs** — per action, in revenue units: ``ACTION_COSTS`` (training_invite 5, csm_call 40). The discount
+  costs nothing here because its cost is already in the outcome (lower invoices).
+* **model** — ``MultiArmUplift`` (T-learner, its defaults but the leaf size, scaled down to small arms as in
+  ``training.generic``) on the outcome per dollar of MRR (``SCALE``, target winsorized at ``RATIO_QUANTILE``);
+  expected outcome = prediction × MRR. ``train_nba(s, scale=None)`` fits the outcome
+  in dollars instead.
+* **recommendation** — the action with the highest expected outcome net of its cost; ``no_action`` when nothing
+  pays.
+
+Training uses the earlier waves, the last wave is the test (a time split: the model never sees the wave it is
+judged on). On the test wave: inverse-propensity (IPS) policy values with paired-bootstrap CIs against
+all-``no_action``, each single action and random, and the Qini AUC of each action against ``no_action``. On
+generated data (``s.truth`` exists) the ground truth holds every action's true outcome for every assigned
+account, so the learned policy is also valued *exactly* (mean over the test customers of the true revenue less
+cost of the action it picks) next to the **oracle** (each customer's best action) — the honest yardstick, since
+the IPS values carry outcome noise far larger than the differences between policies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore
+
+from c360 import warehouse
+from c360.settings import Settings
+from features import compute, store
+from features.compute import BY_NAME
+from training import datasets, labels, tracking
+from training.uplift import (
+    MultiArmUplift,
+    assignment_propensity,
+    paired_bootstrap,
+    qini_auc,
+    qini_chart,
+    qini_curve,
+    recommend_from_outcomes,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+NBA_MODEL = "c360-nba"
+SERVICE = "nba_v1"
+HORIZON_DAYS = 91
+CONTROL = "no_action"
+ACTIONS = ("no_action", "discount", "training_invite", "csm_call")
+# What one action costs beyond its effect on revenue; the discount's cost is in the invoices (the outcome).
+ACTION_COSTS: dict[str, float] = {"no_action": 0.0, "discount": 0.0, "training_invite": 5.0, "csm_call": 40.0}
+N_BOOT = 1000
+# The uplift model learns the outcome per dollar of monthly recurring revenue: an action changes how much of its
+# revenue an account keeps, so effects scale with the account's size, and in dollars they drown in the spread
+# between small and large accounts. The target is winsorized at its 95th percentile in the training data (about
+# 8 × MRR: 91 days hold three or four monthly invoices; beyond that are rare, large add-on orders on small
+# accounts, noise to the question which action keeps an account).
+SCALE = "mrr"
+RATIO_QUANTILE = 0.95
+
+OUTCOMES_SQL = """
+WITH sends AS (
+    SELECT x.customer_id, c.launched_at AS as_of, c.wave, c.action
+    FROM marketing_sends s
+    JOIN marketing_campaigns c USING (campaign_id)
+    JOIN identity_crosswalk x ON x.record_id = 'marketing/contacts:' || s.mkt_contact_id
+    WHERE c.action IS NOT NULL AND c.wave IS NOT NULL AND c.launched_at IS NOT NULL),
+assignments AS (
+    SELECT customer_id, as_of, wave, any_value(action) AS action
+    FROM sends GROUP BY customer_id, as_of, wave
+    HAVING count(DISTINCT action) = 1),
+accounts AS (SELECT source_key AS billing_account_id, customer_id FROM identity_crosswalk
+             WHERE source = 'billing/customers'),
+paid AS (
+    SELECT a.customer_id, a.as_of, sum(i.amount) AS paid
+    FROM assignments a JOIN accounts b USING (customer_id) JOIN billing_invoices i USING (billing_account_id)
+    WHERE i.issued_at >= a.as_of AND i.issued_at < a.as_of + to_days($horizon)
+      AND i.status IN ('paid', 'refunded')
+    GROUP BY ALL),
+refunded AS (
+    SELECT a.customer_id, a.as_of, sum(p.amount) AS refunded
+    FROM assignments a JOIN accounts b USING (customer_id) JOIN billing_invoices i USING (billing_account_id)
+    JOIN billing_payments p USING (invoice_id)
+    WHERE p.status = 'refunded' AND p.attempted_at >= a.as_of AND p.attempted_at < a.as_of + to_days($horizon)
+    GROUP BY ALL),
+cancelled AS (
+    SELECT DISTINCT a.customer_id, a.as_of
+    FROM assignments a JOIN accounts b USING (customer_id) JOIN billing_subscriptions s USING (billing_account_id)
+    WHERE s.ended_at >= a.as_of AND s.ended_at < a.as_of + to_days($horizon))
+SELECT a.customer_id, a.as_of, a.wave::INTEGER AS wave, a.action,
+    coalesce(p.paid, 0) - coalesce(r.refunded, 0) AS outcome,
+    c.customer_id IS NULL AS retained
+FROM assignments a
+LEFT JOIN paid p USING (customer_id, as_of) LEFT JOIN refunded r USING (customer_id, as_of)
+LEFT JOIN cancelled c USING (customer_id, as_of)
+ORDER BY a.wave, a.customer_id
+"""
+
+
+# ---------------------------------------------------------------- examples
+
+
+def experiment_outcomes(con, horizon_days: int = HORIZON_DAYS) -> pd.DataFrame:
+    """One row per assignment: customer_id, as_of (the wave date), wave, action, outcome, retained.
+
+    Definitions in the module docstring. Waves whose window runs past the data's end are left out: their outcome
+    is not known yet.
+    """
+    frame = con.execute(OUTCOMES_SQL, {"horizon": int(horizon_days)}).df()
+    frame["as_of"] = pd.to_datetime(frame["as_of"])
+    end = warehouse.data_end(con)
+    complete = frame["as_of"].map(lambda day: labels.labelable(pd.Timestamp(day), end, horizon_days))
+    return frame[complete.astype(bool)].reset_index(drop=True)
+
+
+def service_features(fs: FeatureStore, service: str = SERVICE) -> list[str]:
+    """The feature names a service serves, in the project's canonical order."""
+    served = {f.name for view in fs.get_feature_service(service).feature_view_projections for f in view.features}
+    return [name for name in BY_NAME if name in served]
+
+
+def wave_snapshots(s: Settings, con, dates: list[pd.Timestamp]) -> list[pd.Timestamp]:
+    """Build and write the feature snapshot of every date that has none; returns the dates built."""
+    have = set(store.snapshot_dates(s))
+    built = [day for day in sorted(set(dates)) if day not in have]
+    for day in built:
+        store.write_snapshot(s, compute.build(con, day))
+    return built
+
+
+def wave_features(fs: FeatureStore, assignments: pd.DataFrame, service: str = SERVICE) -> pd.DataFrame:
+    """The assignments with the service's features as of each wave date (Feast's point-in-time join).
+
+    ``event_timestamp`` is the wave date: Feast takes each customer's latest snapshot at or before it, within the
+    views' TTL — the exact date when ``wave_snapshots`` built it. Customers missing from that snapshot keep
+    missing features (LightGBM handles them).
+    """
+    entities = assignments[["customer_id", "as_of"]].rename(columns={"as_of": "event_timestamp"})
+    features = fs.get_historical_features(entity_df=entities, features=fs.get_feature_service(service)).to_df()
+    names = [n for n in service_features(fs, service) if n in features.columns]
+    stamps = pd.to_datetime(features["event_timestamp"])
+    features["event_timestamp"] = stamps.dt.tz_convert(None) if stamps.dt.tz is not None else stamps
+    keyed = features[["customer_id", "event_timestamp", *names]].rename(columns={"event_timestamp": "as_of"})
+    return assignments.merge(keyed, on=["customer_id", "as_of"], how="left", validate="one_to_one")
+
+
+def nba_examples(s: Settings, con, horizon_days: int = HORIZON_DAYS) -> tuple[pd.DataFrame, list[str]]:
+    """Every assignment of every complete wave with its outcome and its features as of the wave date, and the
+    feature names. Builds the missing wave-date snapshots first (``wave_snapshots``) and registers the Feast
+    definitions (``store.apply``, idempotent)."""
+    assignments = experiment_outcomes(con, horizon_days)
+    if assignments.empty:
+        raise ValueError("no experiment assignments with a complete outcome window in the warehouse")
+    wave_snapshots(s, con, [pd.Timestamp(d) for d in assignments["as_of"].unique()])
+    fs = store.apply(s)
+    return wave_features(fs, assignments), service_features(fs)
+
+
+def wave_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train on every wave before the last, test on the last: never across time."""
+    waves = sorted(frame["wave"].unique())
+    if len(waves) < 2:
+        raise ValueError(f"need at least 2 experiment waves (train and test), have {len(waves)}")
+    return frame[frame["wave"] < waves[-1]], frame[frame["wave"] == waves[-1]]
+
+
+# ---------------------------------------------------------------- the model
+
+
+class NbaModel:
+    """The registered model: ``predict(features)`` gives the recommended action and each action's expected
+    outcome net of its cost (per customer, revenue units over the horizon). Extra input columns are ignored.
+
+    With ``scale`` (a feature column, e.g. ``mrr``) the uplift model predicts the outcome per unit of that column
+    and the expected outcome is the prediction times the column (0 where the column is missing or not positive).
+    """
+
+    def __init__(self, uplift: MultiArmUplift, features: list[str], costs: Mapping[str, float],
+                 scale: str | None = None) -> None:
+        self.uplift = uplift
+        self.features = list(features)
+        self.costs = dict(costs)
+        self.scale = scale
+
+    def expected_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Expected outcome of each action before its cost; columns are the actions, no_action first."""
+        outcomes = self.uplift.predict_outcomes(X[self.features])
+        if self.scale is None:
+            return outcomes
+        return outcomes.mul(_scale(X[self.scale]), axis=0)
+
+    def expected_net(self, X: pd.DataFrame) -> pd.DataFrame:
+        outcomes = self.expected_outcomes(X)
+        return outcomes - pd.Series({a: float(self.costs.get(a, 0.0)) for a in outcomes.columns})
+
+    def recommend(self, X: pd.DataFrame) -> pd.Series:
+        return recommend_from_outcomes(self.expected_net(X), self.uplift.control_)
+
+    def predict(self, X: pd.DataFrame) -> pd.DataFrame:
+        net = self.expected_net(X)
+        best = recommend_from_outcomes(net, self.uplift.control_)
+        return pd.concat([best.rename("recommended"), net.add_prefix("expected_net.")], axis=1)
+
+
+def _scale(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(values, errors="coerce").astype("float64").where(lambda v: v > 0, 0.0).fillna(0.0)
+
+
+def fit_nba(train: pd.DataFrame, features: list[str], *, scale: str | None = SCALE,
+            quantile: float | None = RATIO_QUANTILE, seed: int = 0) -> NbaModel:
+    """``MultiArmUplift`` (T-learner, default settings but ``_min_leaf``) on the training assignments, wrapped with
+    the action costs.
+
+    With ``scale`` the target is outcome / scale on the rows where the scale is positive, winsorized at its
+    ``quantile`` (a few large add-on orders would otherwise steer the trees); without it, the outcome itself.
+    """
+    if scale is None:
+        X, t, y = train[features], train["action"], train["outcome"].astype(float)
+    else:
+        size = _scale(train[scale])
+        rows = (size > 0).to_numpy()
+        X, t = train.loc[rows, features], train.loc[rows, "action"]
+        y = train.loc[rows, "outcome"].astype(float) / size[rows]
+        if quantile is not None:
+            y = y.clip(upper=float(y.quantile(quantile)))
+    uplift = MultiArmUplift(min_child_samples=_min_leaf(int(t.value_counts().min())), seed=seed)
+    return NbaModel(uplift.fit(X, t, y, control=CONTROL), features, ACTION_COSTS, scale)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def truth_net_outcomes(con, truth: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """Generated data: each row's true revenue_90d − cost under every action (columns), NaN where the truth has
+    no assigned account for the row's customer (the customer's majority account) at its wave date."""
+    effects = pd.read_parquet(truth / "treatment_effects.parquet")
+    effects["net"] = effects["revenue_90d"] - effects["cost"]
+    table = effects.pivot_table(index=["account", "as_of"], columns="action", values="net")
+    account = frame["customer_id"].map(datasets.customer_accounts(con, truth))
+    keys = pd.MultiIndex.from_arrays([account, pd.to_datetime(frame["as_of"])], names=["account", "as_of"])
+    return table.reindex(keys).set_axis(frame.index)[[a for a in ACTIONS if a in table.columns]]
+
+
+def exact_values(net: pd.DataFrame, policy: pd.Series) -> pd.DataFrame:
+    """True mean net outcome per customer of each policy, on the rows the truth covers: the learned policy, the
+    oracle (each customer's best action), each single action and random (every action equally likely)."""
+    known = net.notna().all(axis=1)
+    net, policy = net[known], policy[known]
+    chosen = net.to_numpy()[np.arange(len(net)), net.columns.get_indexer(policy)]
+    values = {"policy": float(chosen.mean()), "oracle": float(net.max(axis=1).mean())}
+    values |= {f"all {arm}": float(net[arm].mean()) for arm in net.columns}
+    values["random"] = float(net.mean(axis=1).mean())
+    return pd.DataFrame({"value": values}).assign(rows=int(known.sum()))
+
+
+def oracle_shares(exact: pd.DataFrame) -> dict[str, float]:
+    """Share of the oracle's uplift the policy achieves, over no action and over the best single action (or no
+    action): (value(policy) − value(baseline)) / (value(oracle) − value(baseline))."""
+    v = exact["value"]
+    singles = v[[i for i in v.index if str(i).startswith("all ")]]
+    best = float(singles.max())
+    return {
+        "oracle_share_vs_no_action": (v["policy"] - v[f"all {CONTROL}"]) / (v["oracle"] - v[f"all {CONTROL}"]),
+        "oracle_share_vs_best_single": (v["policy"] - best) / (v["oracle"] - best),
+        "exact.best_single": best,
+    }
+
+
+def qini_by_action(outcomes: pd.DataFrame, test: pd.DataFrame) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+    """Qini AUC and curve of each action against no_action on the test wave, customers ranked by predicted uplift
+    (outcome before costs: a constant cost does not change the ranking)."""
+    aucs, curves = {}, {}
+    for arm in [a for a in outcomes.columns if a != CONTROL]:
+        rows = test["action"].isin([arm, CONTROL]).to_numpy()
+        uplift = (outcomes[arm] - outcomes[CONTROL])[rows]
+        flag, y = test["action"][rows] == arm, test["outcome"][rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            aucs[str(arm)] = float(qini_auc(uplift, flag, y))
+        curves[f"{arm} vs {CONTROL}"] = qini_curve(uplift, flag, y)
+    return aucs, curves
+
+
+# ---------------------------------------------------------------- report and card
+
+
+@dataclass(frozen=True)
+class NbaReport:
+    model: str
+    version: int
+    run_id: str
+    test_period: str
+    rows: dict[str, int]
+    metrics: dict[str, float]
+    evaluation: Evaluation
+
+
+def _fmt_ci(row: pd.Series, key: str) -> str:
+    return f"{row[key]:+.1f} [{row[f'{key}_low']:+.1f}, {row[f'{key}_high']:+.1f}]"
+
+
+def model_card(train: pd.DataFrame, test: pd.DataFrame, features: list[str], ev: Evaluation, model: NbaModel) -> str:
+    ips_rows = "\n".join(
+        f"| {name} | {r['value']:.1f} [{r['value_low']:.1f}, {r['value_high']:.1f}] | "
+        + ("" if name == "policy" else _fmt_ci(r, "diff")) + " |"
+        for name, r in ev.values.iterrows())
+    arms = "\n".join(
+        f"| {arm} | {ACTION_COSTS.get(arm, 0.0):g} | {(train['action'] == arm).sum():,} | "
+        f"{(test['action'] == arm).sum():,} | {test.loc[test['action'] == arm, 'outcome'].mean():.1f} | "
+        f"{ev.policy_share.get(arm, 0.0):.1%} | "
+        + ("—" if arm == CONTROL else f"{ev.qini.get(arm, np.nan):.3f}") + " |"
+        for arm in ACTIONS)
+    truth = ""
+    if ev.exact is not None:
+        exact_rows = "\n".join(f"| {name} | {r['value']:.2f} |" for name, r in ev.exact.iterrows())
+        truth = f"""
+## Exact values on the test wave (ground truth of the generated data)
+True revenue_90d − cost of the action each policy picks, mean over the {int(ev.exact['rows'].iloc[0]):,} test
+customers the truth covers (the customer's majority account was assigned in the wave).
+
+| policy | value per customer |
+|---|---|
+{exact_rows}
+
+Share of the oracle's uplift achieved: {ev.shares['oracle_share_vs_best_single']:.1%} over the best single action
+(or no action), {ev.shares['oracle_share_vs_no_action']:.1%} over no action.
+"""
+    target = (f"outcome per dollar of `{model.scale}` (winsorized at its {RATIO_QUANTILE:.0%} quantile), times "
+              f"`{model.scale}`" if model.scale else "outcome in dollars")
+    uplift = model.uplift
+    return f"""# {NBA_MODEL}
+
+Next best action from the company's own randomized experiments: which of {", ".join(ACTIONS)} to take for each
+customer. Outcome: net revenue (paid invoices less refunds) in the {HORIZON_DAYS} days from the wave date; costs
+training_invite {ACTION_COSTS['training_invite']:g}, csm_call {ACTION_COSTS['csm_call']:g} (the discount's cost is in
+the invoices). Recommendation: the highest expected outcome net of cost, no_action when nothing pays
+(`training/nba_pipeline.py`).
+
+## Data
+- train: {len(train):,} assignments, waves {", ".join(str(w) for w in sorted(train['wave'].unique()))}
+  ({", ".join(f"{pd.Timestamp(d):%Y-%m-%d}" for d in sorted(train['as_of'].unique()))})
+- test: {len(test):,} assignments, wave {int(test['wave'].iloc[0])} ({pd.Timestamp(test['as_of'].iloc[0]):%Y-%m-%d})
+- features: feature service `{SERVICE}` ({len(features)} features) as of each wave date
+
+| action | cost | train rows | test rows | test mean outcome | policy sends | Qini AUC vs no_action |
+|---|---|---|---|---|---|---|
+{arms}
+
+## Model
+LightGBM {uplift.learner.upper()}-learner (`training.uplift.MultiArmUplift`) on the {target}: one model per
+action, each action's uplift shrunk towards its average effect by how well it ranks customers on held-out
+training rows; leaves of at least {uplift.options['min_child_samples']} rows.
+
+## Policy value on the test wave (inverse propensity, 95 % paired-bootstrap CIs)
+Net outcome per customer; gain = learned policy − row.
+
+| policy | value [CI] | gain [CI] |
+|---|---|---|
+{ips_rows}
+{truth}
+## Caveats
+- The outcome's spread (thousands per customer, driven by account size) dwarfs the effects (tens per customer):
+  the IPS values and their CIs are too wide to rank policies; on generated data trust the exact values.
+- Revenue in {HORIZON_DAYS} days counts only the near-term effect of an action; retention beyond the window is
+  not valued, which favours cheap actions.
+- Assignments are by intent to treat (bounced sends count); customers whose records got different arms in one
+  wave are left out.
+"""
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _min_leaf(smallest_arm: int) -> int:
+    """``MultiArmUplift``'s 200 rows per leaf, down to a 20th of the smallest arm (at least 20), the rule of
+    ``training.generic``: with the 2-fold calibration inside, an arm's trees see half its rows, and at 200 a few
+    thousand assignments could not split at all. From about 4,000 rows per arm on it is the default."""
+    return int(np.clip(smallest_arm // 20, 20, 200))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    policy: pd.Series  # recommended action per test row
+    values: pd.DataFrame  # IPS values with paired-bootstrap CIs
+    exact: pd.DataFrame | None  # exact values from the ground truth
+    shares: dict[str, float]  # share of the oracle's uplift (ground truth only)
+    qini: dict[str, float]
+    curves: dict[str, pd.DataFrame]
+    policy_share: dict[str, float]
+
+
+def evaluate(model: NbaModel, test: pd.DataFrame, truth_net: pd.DataFrame | None = None, seed: int = 0
+             ) -> Evaluation:
+    """The learned policy on the test wave: IPS values (net of each arm's cost) with paired-bootstrap CIs against
+    every single action, random and — with the truth — the oracle; Qini AUC per action; exact values."""
+    outcomes = model.expected_outcomes(test)
+    policy = recommend_from_outcomes(outcomes - pd.Series(model.costs)[outcomes.columns], CONTROL)
+    arms = list(outcomes.columns)
+    net = test["outcome"].astype(float) - test["action"].map(model.costs).astype(float)
+    exact, shares, oracle = None, {}, None
+    if truth_net is not None:
+        exact = exact_values(truth_net, policy)
+        shares = oracle_shares(exact)
+        known = truth_net.notna().all(axis=1)
+        oracle = truth_net.fillna(-np.inf).idxmax(axis=1).where(known, CONTROL)
+    values = paired_bootstrap(net, test["action"], policy, assignment_propensity(test["action"]), arms=arms,
+                              oracle=oracle, n_boot=N_BOOT, seed=seed)
+    qini, curves = qini_by_action(outcomes, test)
+    share = policy.value_counts(normalize=True).reindex(arms, fill_value=0.0)
+    return Evaluation(policy, values, exact, shares, qini, curves, {str(a): float(v) for a, v in share.items()})
+
+
+def _metrics(ev: Evaluation) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    values = ev.values
+    metrics: dict[str, float] = {
+        "policy_value": float(values.at["policy", "value"]),
+        "policy_value_low": float(values.at["policy", "value_low"]),
+        "policy_value_high": float(values.at["policy", "value_high"]),
+        **{f"qini_auc.{a}": v for a, v in ev.qini.items()},
+        **{f"policy_share.{a}": v for a, v in ev.policy_share.items()},
+    }
+    if ev.exact is not None:
+        metrics |= {"exact.policy": float(ev.exact.at["policy", "value"]),
+                    "exact.oracle": float(ev.exact.at["oracle", "value"]),
+                    **{k: float(v) for k, v in ev.shares.items()}}
+    baselines: dict[str, dict[str, float]] = {}
+    for name, row in values.drop(index="policy").iterrows():
+        key = str(name).replace("all ", "all_")
+        baselines[key] = {"value": float(row["value"]), "gain": float(row["diff"]),
+                          "gain_low": float(row["diff_low"]), "gain_high": float(row["diff_high"])}
+        if ev.exact is not None and name in ev.exact.index:
+            baselines[key]["exact"] = float(ev.exact.at[name, "value"])
+    finite = {k: v for k, v in metrics.items() if np.isfinite(v)}
+    return finite, {k: {m: v for m, v in b.items() if np.isfinite(v)} for k, b in baselines.items()}
+
+
+def train_nba(s: Settings, seed: int = 0, scale: str | None = SCALE) -> NbaReport:
+    """Train on the earlier experiment waves, evaluate on the last, log to MLflow and register as @challenger.
+
+    Builds the feature snapshots of the wave dates that are missing (see the module docstring). ``scale=None``
+    fits the uplift model on the outcome in dollars instead of per dollar of MRR.
+    """
+    with warehouse.connect(s, read_only=True) as con:
+        frame, features = nba_examples(s, con)
+        train, test = wave_split(frame)
+        has_truth = (s.truth / "treatment_effects.parquet").exists()
+        truth_net = truth_net_outcomes(con, s.truth, test) if has_truth else None
+    model = fit_nba(train, features, scale=scale, seed=seed)
+    ev = evaluate(model, test, truth_net, seed)
+    metrics, baselines = _metrics(ev)
+    test_period = f"{pd.Timestamp(test['as_of'].iloc[0]):%Y-%m-%d}"
+    figures: dict[str, Figure] = {
+        "qini_curves": qini_chart(ev.curves, title=f"Qini curves, test wave {test_period} "
+                                                   f"(revenue in {HORIZON_DAYS} days, before action costs)"),
+    }
+    tables: dict[str, pd.DataFrame | Mapping[str, Any]] = {
+        "policy_values_ips": ev.values.rename_axis("policy"), "qini_auc": ev.qini, "policy_share": ev.policy_share}
+    if ev.exact is not None:
+        tables["policy_values_exact"] = ev.exact.rename_axis("policy")
+    uplift = model.uplift
+    version = tracking.log_training_run(
+        experiment=NBA_MODEL, run_name=f"nba {test_period}", model=model, flavor="pyfunc",
+        params={"horizon_days": HORIZON_DAYS, "features": len(features), "learner": uplift.learner,
+                "control": CONTROL, "costs": ", ".join(f"{a}={c:g}" for a, c in ACTION_COSTS.items()),
+                "scale": scale or "none", "ratio_winsorized_at": RATIO_QUANTILE if scale else "none",
+                "train_waves": ",".join(str(w) for w in sorted(train["wave"].unique())),
+                "test_wave": int(test["wave"].iloc[0]), "seed": seed,
+                **{f"lgbm.{k}": v for k, v in uplift.options.items()}},
+        metrics=metrics, baselines=baselines,
+        dataset={"training": train, "test": test}, dataset_name=SERVICE, target="outcome",
+        input_example=test[features].head(5).reset_index(drop=True), figures=figures, tables=tables,
+        model_card=model_card(train, test, features, ev, model), registered_name=NBA_MODEL,
+        tags={"test_period": test_period, "feature_service": SERVICE}, home=s.home)
+    rows = {"train": len(train), "test": len(test),
+            "test_with_truth": int(ev.exact["rows"].iloc[0]) if ev.exact is not None else 0}
+    return NbaReport(NBA_MODEL, int(version.version), str(version.run_id), test_period, rows, metrics, ev)
