@@ -40,14 +40,7 @@ def train_churn(
         return
     from training.pipeline import train_churn as run
 
-    s, started = Settings(), time.time()
-    if not s.snapshots.exists():
-        raise fail("no feature snapshots: run `c360 features build` and `c360 features apply` first")
-    with console.status("training churn: examples from Feast, LightGBM, baseline, MLflow"):
-        try:
-            report = run(s)
-        except ValueError as e:
-            raise fail(str(e)) from None
+    s, started, report = _run_pipeline("churn: examples from Feast, LightGBM, baseline, MLflow", run)
     scores = pd.DataFrame({"lightgbm": report.metrics, **report.baselines}).T.reset_index(names="model")
     console.print(table(f"churn, test period {report.test_period} ({report.rows['test']:,} customers)", scores))
     console.print(f"registered {report.model} v{report.version} @challenger (run {report.run_id}); "
@@ -60,12 +53,7 @@ def train_clv() -> None:
     """12-month net revenue: LightGBM (Tweedie) on clv_v1 against BG/NBD x Gamma-Gamma; registered as c360-clv."""
     from training.clv_pipeline import train_clv as run
 
-    s, started = Settings(), time.time()
-    with console.status("training CLV: examples from Feast, LightGBM, BG/NBD baseline, MLflow"):
-        try:
-            report = run(s)
-        except ValueError as e:
-            raise fail(str(e)) from None
+    s, started, report = _run_pipeline("CLV: examples from Feast, LightGBM, BG/NBD baseline, MLflow", run)
     scores = pd.DataFrame({k: report[k] for k in ("lightgbm", "bgnbd_gamma_gamma")}).T.reset_index(names="model")
     console.print(table(f"12-month value, test {report['test_period']} ({report['rows']:,} customers)", scores))
     console.print(f"registered c360-clv v{report['version']} @challenger")
@@ -97,16 +85,23 @@ def train_nba(
 def _train_nba_pipeline() -> None:
     from training.nba_pipeline import train_nba as run
 
-    s, started = Settings(), time.time()
-    with console.status("training next best action on the campaign waves"):
-        try:
-            report = run(s)
-        except ValueError as e:
-            raise fail(str(e)) from None
+    s, started, report = _run_pipeline("next best action on the campaign waves", run)
     metrics = pd.DataFrame([report.metrics]).T.reset_index(names="metric").rename(columns={0: "value"})
     console.print(table(f"next best action, test wave {report.test_period}", metrics))
     console.print(f"registered {report.model} v{report.version} @challenger (run {report.run_id})")
     record_run(s, "train nba", started, version=report.version, run_id=report.run_id)
+
+
+def _run_pipeline(what: str, run: Callable[[Settings], Any]) -> tuple[Settings, float, Any]:
+    """Run one model's training on the feature store, with a status line and a clear error for missing inputs."""
+    s, started = Settings(), time.time()
+    if not s.snapshots.exists():
+        raise fail("no feature snapshots: run `c360 features build` and `c360 features apply` first")
+    with console.status(f"training {what}"):
+        try:
+            return s, started, run(s)
+        except ValueError as e:
+            raise fail(str(e)) from None
 
 
 def _cost(text: str) -> tuple[str, float]:
