@@ -57,3 +57,29 @@ def warehouse_copy(resolved: tuple[Path, Path], tmp_path: Path) -> Iterator[duck
     con = duckdb.connect(str(target))
     yield con
     con.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A C360_HOME for MLflow shared by one test module (creating MLflow's SQLite schema takes seconds), with the
+    tracking URI variables unset so runs land under it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        yield tmp_path_factory.mktemp("c360") / "home"
+
+
+@pytest.fixture(scope="module")
+def home_over_resolved(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
+    """A function making a fresh C360_HOME over the resolved company: its warehouse and its generated data (with
+    the ground truth); the caller adds the feature snapshots it needs."""
+    from c360.settings import Settings
+
+    def make(name: str) -> Settings:
+        s = Settings(home=tmp_path_factory.mktemp(name))
+        s.warehouse.write_bytes((resolved[0] / "warehouse.duckdb").read_bytes())
+        s.generated.parent.mkdir(parents=True)
+        s.generated.symlink_to(resolved[1])
+        return s
+
+    return make

@@ -3,7 +3,6 @@ customer exports, honest counter-tests (a shuffled label), clear errors on bad i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -92,13 +91,6 @@ def nba_result(folder: Path) -> TableResult:
         exclude=["Spend next 30d"],
     )
 
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        yield tmp_path_factory.mktemp("c360") / "home"
 
 
 # ---------------------------------------------------------------- reading
@@ -277,11 +269,11 @@ def test_nba_rejects_bad_inputs_with_clear_errors():
 
 @pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer")
 def test_log_table_result_registers_challengers_that_load_back(
-    churn_result: TableResult, nba_result: TableResult, home: Path, folder: Path
+    churn_result: TableResult, nba_result: TableResult, mlflow_home: Path, folder: Path
 ):
-    churn_version = generic.log_table_result(churn_result, kind="churn", table_name="telco.csv", home=home)
-    nba_version = generic.log_table_result(nba_result, kind="nba", table_name="offers.csv", home=home)
-    client: MlflowClient = tracking.configure(home)
+    churn_version = generic.log_table_result(churn_result, kind="churn", table_name="telco.csv", home=mlflow_home)
+    nba_version = generic.log_table_result(nba_result, kind="nba", table_name="offers.csv", home=mlflow_home)
+    client: MlflowClient = tracking.configure(mlflow_home)
     for version, name in ((churn_version, "c360-table-churn"), (nba_version, "c360-table-nba")):
         assert version.name == name and version.aliases == ["challenger"] and version.run_id
         assert version.tags["source_table"] in {"telco.csv", "offers.csv"} and "-fold on" in version.tags["test_period"]
@@ -296,14 +288,14 @@ def test_log_table_result_registers_challengers_that_load_back(
     assert artifacts == {"plots/roc.png", "plots/calibration.png", "plots/shap_summary.png"}
     assert "qini_auc.Free_month" in client.get_run(nba_version.run_id).data.metrics
 
-    model, _ = tracking.load_model("c360-table-churn", "challenger", "pyfunc", home=home)
+    model, _ = tracking.load_model("c360-table-churn", "challenger", "pyfunc", home=mlflow_home)
     assert isinstance(model, TableChurnModel)
     sample = generic.read_table(folder / "telco.csv").head(30)
     pd.testing.assert_frame_equal(model.predict(sample), churn_result.model.predict(sample))
-    nba, _ = tracking.load_model("c360-table-nba", "challenger", "pyfunc", home=home)
+    nba, _ = tracking.load_model("c360-table-nba", "challenger", "pyfunc", home=mlflow_home)
     assert isinstance(nba, TableNbaModel)
     example = nba_result.input_example
     pd.testing.assert_frame_equal(nba.predict(example), nba_result.model.predict(example))
 
     with pytest.raises(ValueError, match="must hold a TableNbaModel"):
-        generic.log_table_result(churn_result, kind="nba", table_name="telco.csv", home=home)
+        generic.log_table_result(churn_result, kind="nba", table_name="telco.csv", home=mlflow_home)

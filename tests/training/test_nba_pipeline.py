@@ -3,8 +3,6 @@ a time split by wave, MLflow registration, and the learned policy against the ge
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,13 +25,9 @@ from training.nba_pipeline import (
 
 
 @pytest.fixture(scope="module")
-def home(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def home(home_over_resolved) -> Settings:
     """A C360_HOME over the 3,000-customer company with one snapshot, at the data's end (not a wave date)."""
-    s = Settings(home=tmp_path_factory.mktemp("nba_home"))
-    s.home.mkdir(parents=True, exist_ok=True)
-    s.warehouse.write_bytes((resolved[0] / "warehouse.duckdb").read_bytes())
-    s.generated.parent.mkdir(parents=True)
-    s.generated.symlink_to(resolved[1])  # the generated data, with its ground truth
+    s = home_over_resolved("nba_home")
     with warehouse.connect(s, read_only=True) as con:
         store.write_snapshot(s, compute.build(con, warehouse.data_end(con)))
     store.apply(s)

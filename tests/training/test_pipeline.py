@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -16,12 +14,8 @@ from training.registry import CHURN_GATE, promote
 
 
 @pytest.fixture(scope="module")
-def home(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    s = Settings(home=tmp_path_factory.mktemp("train_home"))
-    s.home.mkdir(parents=True, exist_ok=True)
-    s.warehouse.write_bytes((resolved[0] / "warehouse.duckdb").read_bytes())
-    s.generated.parent.mkdir(parents=True)
-    s.generated.symlink_to(resolved[1])  # the generated data, with its ground truth
+def home(home_over_resolved) -> Settings:
+    s = home_over_resolved("train_home")
     with warehouse.connect(s, read_only=True) as con:
         end = warehouse.data_end(con)
         for weeks in range(0, 88, 4):  # back far enough that 12-month CLV labels fit inside the data

@@ -6,7 +6,6 @@ its own registered model name instead of its own database.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,10 @@ PERIOD = "2024-01-01/2024-03-31"
 GOOD = {"roc_auc": 0.80, "ece": 0.030, "brier": 0.150}
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        yield tmp_path_factory.mktemp("c360") / "home"
-
 
 @pytest.fixture(scope="module")
-def client(home: Path) -> MlflowClient:
-    return tracking.configure(home)
+def client(mlflow_home: Path) -> MlflowClient:
+    return tracking.configure(mlflow_home)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +42,7 @@ def data() -> dict[str, Any]:
     return {"X": X, "y": y, "train": X[:400], "test": X[400:], "params": params, "booster": booster}
 
 
-def log(home: Path, data: dict[str, Any], name: str, metrics: dict[str, float], period: str = PERIOD,
+def log(mlflow_home: Path, data: dict[str, Any], name: str, metrics: dict[str, float], period: str = PERIOD,
         **overrides: Any) -> Any:
     """One training run of the tiny classifier, registered as the new challenger of `name`."""
     figure = Figure()
@@ -59,7 +51,7 @@ def log(home: Path, data: dict[str, Any], name: str, metrics: dict[str, float], 
         "experiment": name, "run_name": f"{name}-run", "model": data["booster"], "flavor": "lightgbm",
         "params": data["params"], "metrics": metrics, "baselines": None, "dataset": None, "dataset_name": name,
         "input_example": data["test"].head(5), "figures": {}, "tables": {}, "model_card": f"# {name}",
-        "registered_name": name, "tags": {"test_period": period}, "home": home,
+        "registered_name": name, "tags": {"test_period": period}, "home": mlflow_home,
     }
     return tracking.log_training_run(**(arguments | overrides))
 
@@ -72,7 +64,7 @@ def test_uri_defaults_to_sqlite_under_home_and_env_overrides(tmp_path: Path, mon
 
 
 @pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer")
-def test_a_run_records_params_metrics_artifacts_dataset_and_a_challenger(home: Path, client: MlflowClient, data):
+def test_a_run_records_params_metrics_artifacts_dataset_and_a_challenger(mlflow_home: Path, client: MlflowClient, data):
     probabilities = data["booster"].predict(data["test"])
     metrics = {"roc_auc": roc_auc_score(data["y"][400:], probabilities), "ece": 0.02, "brier": 0.12}
     figure = Figure()
@@ -80,7 +72,7 @@ def test_a_run_records_params_metrics_artifacts_dataset_and_a_challenger(home: P
     importance = pd.DataFrame({"feature": data["X"].columns, "gain": data["booster"].feature_importance("gain")})
     frames = {"training": data["X"][:400].assign(churned=data["y"][:400]),
               "test": data["X"][400:].assign(churned=data["y"][400:])}
-    version = log(home, data, "churn", metrics, baselines={"logistic": {"roc_auc": 0.7}}, dataset=frames,
+    version = log(mlflow_home, data, "churn", metrics, baselines={"logistic": {"roc_auc": 0.7}}, dataset=frames,
                   dataset_name="churn-snapshots", target="churned", figures={"calibration": figure},
                   tables={"importance": importance, "thresholds": {"top_decile": 0.61}},
                   model_card="# Churn model\nLightGBM on three features.")
@@ -102,21 +94,21 @@ def test_a_run_records_params_metrics_artifacts_dataset_and_a_challenger(home: P
     inputs = {(d.dataset.name, d.tags[0].value) for d in run.inputs.dataset_inputs}
     assert inputs == {("churn-snapshots-training", "training"), ("churn-snapshots-test", "test")}
     location = client.get_experiment(run.info.experiment_id).artifact_location
-    assert location.startswith((home / "mlartifacts").resolve().as_uri())
-    assert (home / "mlflow.db").is_file()
+    assert location.startswith((mlflow_home / "mlartifacts").resolve().as_uri())
+    assert (mlflow_home / "mlflow.db").is_file()
 
 
-def test_load_challenger_gives_the_native_booster(home: Path, data):
-    log(home, data, "churn-load", GOOD)
-    model, version = tracking.load_model("churn-load", "challenger", "lightgbm", home=home)
+def test_load_challenger_gives_the_native_booster(mlflow_home: Path, data):
+    log(mlflow_home, data, "churn-load", GOOD)
+    model, version = tracking.load_model("churn-load", "challenger", "lightgbm", home=mlflow_home)
     assert isinstance(model, lgb.Booster) and version.version == 1 and version.run_id
     np.testing.assert_array_equal(model.predict(data["test"]), data["booster"].predict(data["test"]))
 
 
-def test_a_sklearn_estimator_loads_back_with_probabilities(home: Path, data):
+def test_a_sklearn_estimator_loads_back_with_probabilities(mlflow_home: Path, data):
     estimator = LogisticRegression().fit(data["train"], data["y"][:400])
-    log(home, data, "churn-linear", GOOD, model=estimator, flavor="sklearn")
-    model, _ = tracking.load_model("churn-linear", "challenger", "sklearn", home=home)
+    log(mlflow_home, data, "churn-linear", GOOD, model=estimator, flavor="sklearn")
+    model, _ = tracking.load_model("churn-linear", "challenger", "sklearn", home=mlflow_home)
     np.testing.assert_array_equal(model.predict_proba(data["test"]), estimator.predict_proba(data["test"]))
 
 
@@ -130,61 +122,61 @@ class TwoBoosters:
         return pd.DataFrame({arm: booster.predict(X) for arm, booster in self.boosters.items()}, index=X.index)
 
 
-def test_a_python_object_round_trips_through_pyfunc(home: Path, data):
+def test_a_python_object_round_trips_through_pyfunc(mlflow_home: Path, data):
     other = lgb.train(data["params"], lgb.Dataset(data["train"], 1 - data["y"][:400]), num_boost_round=5)
     both = TwoBoosters(data["booster"], other)
-    log(home, data, "nba", GOOD, model=both, flavor="pyfunc")
-    model, _ = tracking.load_model("nba", "challenger", "pyfunc", home=home)
+    log(mlflow_home, data, "nba", GOOD, model=both, flavor="pyfunc")
+    model, _ = tracking.load_model("nba", "challenger", "pyfunc", home=mlflow_home)
     assert isinstance(model, TwoBoosters)
     pd.testing.assert_frame_equal(model.predict(data["test"]), both.predict(data["test"]))
 
 
-def test_gate_promotes_the_first_then_only_a_better_challenger(home: Path, client: MlflowClient, data):
-    log(home, data, "gate", GOOD)
+def test_gate_promotes_the_first_then_only_a_better_challenger(mlflow_home: Path, client: MlflowClient, data):
+    log(mlflow_home, data, "gate", GOOD)
     first = registry.promote(client, "gate", CHURN_GATE)
     assert first.promoted and first.champion is None and registry.champion_version(client, "gate").version == 1
     assert not registry.promote(client, "gate", CHURN_GATE).promoted  # v1 is already champion
 
-    log(home, data, "gate", {"roc_auc": 0.81, "ece": 0.035, "brier": 0.151})
+    log(mlflow_home, data, "gate", {"roc_auc": 0.81, "ece": 0.035, "brier": 0.151})
     better = registry.promote(client, "gate", CHURN_GATE)
     assert better.promoted and (better.challenger, better.champion) == (2, 1), better
     assert registry.champion_version(client, "gate").version == 2
     assert client.get_model_version("gate", "1").aliases == []
     assert client.get_model_version("gate", "2").tags["gate.decision"] == "promoted"
 
-    log(home, data, "gate", {"roc_auc": 0.805, "ece": 0.030, "brier": 0.150})
+    log(mlflow_home, data, "gate", {"roc_auc": 0.805, "ece": 0.030, "brier": 0.150})
     worse = registry.promote(client, "gate", CHURN_GATE)
     assert not worse.promoted and registry.champion_version(client, "gate").version == 2
     assert "0.8050" in worse.reasons[0] and "0.8100" in worse.reasons[0], worse
     assert client.get_model_version("gate", "3").tags["gate.decision"] == "refused"
 
-    log(home, data, "gate", {"roc_auc": 0.83, "ece": 0.050, "brier": 0.151})
+    log(mlflow_home, data, "gate", {"roc_auc": 0.83, "ece": 0.050, "brier": 0.151})
     miscalibrated = registry.promote(client, "gate", CHURN_GATE)
     assert not miscalibrated.promoted, miscalibrated
     failed = [r for r in miscalibrated.reasons if r.endswith("failed")]
     assert len(failed) == 1 and failed[0].startswith("guard ece") and "0.0500" in failed[0] and "0.0350" in failed[0]
 
-    log(home, data, "gate", {"roc_auc": 0.90, "ece": 0.01, "brier": 0.10}, period="2024-04-01/2024-06-30")
+    log(mlflow_home, data, "gate", {"roc_auc": 0.90, "ece": 0.01, "brier": 0.10}, period="2024-04-01/2024-06-30")
     elsewhere = registry.promote(client, "gate", CHURN_GATE)
     assert not elsewhere.promoted and registry.champion_version(client, "gate").version == 2
     assert "2024-04-01/2024-06-30" in elsewhere.reasons[0] and PERIOD in elsewhere.reasons[0], elsewhere
 
 
-def test_gate_for_a_lower_is_better_metric(home: Path, client: MlflowClient, data):
+def test_gate_for_a_lower_is_better_metric(mlflow_home: Path, client: MlflowClient, data):
     gate = Gate("mae", better="lower", margin=0.5, guards=(Guard("spearman", 0.01, better="higher"),))
-    log(home, data, "clv", {"mae": 10.0, "spearman": 0.60})
+    log(mlflow_home, data, "clv", {"mae": 10.0, "spearman": 0.60})
     registry.promote(client, "clv", gate)
-    log(home, data, "clv", {"mae": 9.2, "spearman": 0.595})
+    log(mlflow_home, data, "clv", {"mae": 9.2, "spearman": 0.595})
     decision = registry.promote(client, "clv", gate)
     assert decision.promoted and all(r.endswith("passed") for r in decision.reasons), decision
 
 
-def test_unknown_model_or_alias_raises_model_not_found(home: Path, client: MlflowClient, data):
-    log(home, data, "lonely", GOOD)
+def test_unknown_model_or_alias_raises_model_not_found(mlflow_home: Path, client: MlflowClient, data):
+    log(mlflow_home, data, "lonely", GOOD)
     with pytest.raises(ModelNotFound, match="no registered model named 'missing'"):
-        tracking.load_model("missing", "champion", "lightgbm", home=home)
+        tracking.load_model("missing", "champion", "lightgbm", home=mlflow_home)
     with pytest.raises(ModelNotFound, match="no @champion alias"):
-        tracking.load_model("lonely", "champion", "lightgbm", home=home)
+        tracking.load_model("lonely", "champion", "lightgbm", home=mlflow_home)
     with pytest.raises(ModelNotFound):
         registry.champion_version(client, "lonely")
     with pytest.raises(ModelNotFound):
