@@ -18,7 +18,7 @@ from c360 import (
 from c360.features_cli import apply, build, features_app, materialize, profile
 from c360.identity_cli import eval_app, resolve_app, run_resolve
 from c360.settings import Settings
-from c360.train_cli import promote, train_app
+from c360.train_cli import MODELS, champions, promote, train_all, train_app
 from c360.ui import console, fail, progress, record_run, table
 
 app = typer.Typer(help="Customer 360: unify customer silos, one profile per customer, churn / CLV / next best "
@@ -143,12 +143,17 @@ def demo(
     build()
     apply()
     materialize()
+    train_all()
+    for model in MODELS:
+        promote(model)
     status()
     example = _example_customer(s)
     profile(example)
+    console.print(table("models in the MLflow registry", champions()))
     console.print(f"\n[bold]Where to look[/]: warehouse {s.warehouse} (duckdb) — tables `quarantine`, "
                   f"`identity_crosswalk`, `identity_customers`; feature snapshots {s.snapshots}; Feast registry "
-                  f"{s.feast}; ground truth {s.truth}; run log {s.runs}.\n"
+                  f"{s.feast}; ground truth {s.truth}; run log {s.runs}; MLflow runs, plots and model cards: "
+                  "`c360 mlflow-ui`.\n"
                   f"Try: `c360 profile {example}`, `c360 eval identity`, "
                   "`c360 resolve explain support/tickets T-000000005`.")
 

@@ -1,4 +1,4 @@
-"""`c360 train churn` and `c360 promote MODEL`: models trained, tracked in MLflow and promoted through a gate."""
+"""`c360 train churn|clv|nba|all` and `c360 promote MODEL`: models trained, tracked in MLflow, promoted by a gate."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from c360.ui import console, fail, record_run, table
 
 train_app = typer.Typer(help="Train models on the feature store (or on your own table) and register them in MLflow.",
                         no_args_is_help=True)
-MODELS = {"churn": "c360-churn"}
+MODELS = {"churn": "c360-churn", "clv": "c360-clv", "nba": "c360-nba"}
+Model = Literal["churn", "clv", "nba"]
 
 
 TableOption = Annotated[Path | None, typer.Option("--table", help="your own CSV or Parquet table (no feature store)")]
@@ -56,7 +57,8 @@ def train_clv() -> None:
     s, started, report = _run_pipeline("CLV: examples from Feast, LightGBM, BG/NBD baseline, MLflow", run)
     scores = pd.DataFrame({k: report[k] for k in ("lightgbm", "bgnbd_gamma_gamma")}).T.reset_index(names="model")
     console.print(table(f"12-month value, test {report['test_period']} ({report['rows']:,} customers)", scores))
-    console.print(f"registered c360-clv v{report['version']} @challenger")
+    console.print(f"registered c360-clv v{report['version']} @challenger; `c360 promote clv` moves @champion if it "
+                  "passes the gate")
     record_run(s, "train clv", started, version=report["version"], **report["lightgbm"])
 
 
@@ -88,7 +90,8 @@ def _train_nba_pipeline() -> None:
     s, started, report = _run_pipeline("next best action on the campaign waves", run)
     metrics = pd.DataFrame([report.metrics]).T.reset_index(names="metric").rename(columns={0: "value"})
     console.print(table(f"next best action, test wave {report.test_period}", metrics))
-    console.print(f"registered {report.model} v{report.version} @challenger (run {report.run_id})")
+    console.print(f"registered {report.model} v{report.version} @challenger (run {report.run_id}); "
+                  "`c360 promote nba` moves @champion if it passes the gate")
     record_run(s, "train nba", started, version=report.version, run_id=report.run_id)
 
 
@@ -135,16 +138,39 @@ def _train_table(kind: Literal["churn", "nba"], path: Path, train: Callable[[pd.
     record_run(s, f"train {kind} --table", started, table=path, version=version.version)
 
 
-def promote(model: Annotated[Literal["churn"], typer.Argument(help="which model")]) -> None:
+@train_app.command("all")
+def train_all() -> None:
+    """Train churn, CLV and next best action on the feature store, each registered as @challenger."""
+    train_churn()
+    train_clv()
+    _train_nba_pipeline()
+
+
+def promote(model: Annotated[Model, typer.Argument(help="which model")]) -> None:
     """Move @champion to @challenger when it beats the champion on the same test period by the gate's margin and
-    regresses no guard metric; print why otherwise."""
+    regresses no guard metric; print why otherwise. Gates: `training/registry.py`."""
     from training import tracking
-    from training.registry import CHURN_GATE
+    from training.registry import GATES
     from training.registry import promote as run
 
     s = Settings()
     try:
-        decision = run(tracking.configure(s.home), MODELS[model], CHURN_GATE)
+        decision = run(tracking.configure(s.home), MODELS[model], GATES[MODELS[model]])
     except LookupError as e:
         raise fail(str(e)) from None
-    console.print(str(decision))
+    console.print(f"{MODELS[model]}: {decision}")
+
+
+def champions() -> pd.DataFrame:
+    """Each model's @champion and @challenger: version and MLflow run id."""
+    from training import tracking
+
+    client, rows = tracking.configure(Settings().home), []
+    for name in MODELS.values():
+        for alias in (tracking.CHAMPION, tracking.CHALLENGER):
+            try:
+                v = tracking.version_by_alias(client, name, alias)
+            except tracking.ModelNotFound:
+                continue
+            rows.append({"model": name, "alias": f"@{alias}", "version": v.version, "run_id": v.run_id})
+    return pd.DataFrame(rows)

@@ -32,12 +32,14 @@ class Guard:
 
 @dataclass(frozen=True)
 class Gate:
-    """The challenger must beat the champion's `metric` by at least `margin`, and break no guard."""
+    """The challenger must beat the champion's `metric` by at least `margin` (a share of the champion's value when
+    `relative`), and break no guard."""
 
     metric: str
     better: Better = "higher"
     margin: float = 0.0
     guards: tuple[Guard, ...] = ()
+    relative: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,11 @@ class Decision:
 
 
 CHURN_GATE = Gate("roc_auc", "higher", 0.002, (Guard("ece", 0.01), Guard("brier", 0.002)))
+# 1 % lower RMSE of 12-month value, and the total may not drift more than 2 points further from the actual
+CLV_GATE = Gate("rmse", "lower", 0.01, (Guard("abs_total_error_pct", 2.0),), relative=True)
+# $0.50 more net revenue per customer (IPS on the test wave), and a lower bound of its CI no worse by more than $2
+NBA_GATE = Gate("policy_value", "higher", 0.5, (Guard("policy_value_low", 2.0, "higher"),))
+GATES = {"c360-churn": CHURN_GATE, "c360-clv": CLV_GATE, "c360-nba": NBA_GATE}
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,11 @@ def _primary(gate: Gate, challenger: _Run, champion: _Run) -> tuple[bool, str]:
         return False, missing
     new, old = challenger.metrics[gate.metric], champion.metrics[gate.metric]
     gain = _gain(new, old, gate.better)
-    passed = gain + _EPS >= gate.margin
+    required = gate.margin * abs(old) if gate.relative else gate.margin
+    passed = gain + _EPS >= required
+    share = f" ({gate.margin:.1%} of the champion's)" if gate.relative else ""
     return passed, (f"{gate.metric} ({gate.better} is better): challenger {new:.4f} vs champion {old:.4f}, "
-                    f"a gain of {gain:+.4f} where at least {gate.margin:+.4f} is required: "
+                    f"a gain of {gain:+.4f} where at least {required:+.4f}{share} is required: "
                     f"{'passed' if passed else 'failed'}")
 
 

@@ -141,6 +141,8 @@ def _pyfunc_output(model: Any, flavor: Flavor, example: pd.DataFrame) -> Any:
 def _log_model(model: Any, flavor: Flavor, example: pd.DataFrame, requirements: Sequence[str] | None) -> ModelInfo:
     if flavor == "pyfunc" and not isinstance(model, PythonModel):
         model = ObjectModel(model)
+    # counts may be missing at serving time: a float signature accepts them either way
+    example = example.astype({c: "float64" for c in example.select_dtypes("integer").columns})
     output = _pyfunc_output(model, flavor, example)
     common: dict[str, Any] = {
         "name": "model",  # MLflow 3: `name`, not the deprecated `artifact_path`

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from training import registry, tracking
-from training.registry import CHURN_GATE, Gate, Guard
+from training.registry import CHURN_GATE, CLV_GATE, Gate, Guard
 from training.tracking import ModelNotFound
 
 PERIOD = "2024-01-01/2024-03-31"
@@ -169,6 +169,19 @@ def test_gate_for_a_lower_is_better_metric(mlflow_home: Path, client: MlflowClie
     log(mlflow_home, data, "clv", {"mae": 9.2, "spearman": 0.595})
     decision = registry.promote(client, "clv", gate)
     assert decision.promoted and all(r.endswith("passed") for r in decision.reasons), decision
+
+
+def test_relative_margin_is_a_share_of_the_champions_value(mlflow_home: Path, client: MlflowClient, data):
+    log(mlflow_home, data, "clv-rel", {"rmse": 1000.0, "abs_total_error_pct": 3.0})
+    registry.promote(client, "clv-rel", CLV_GATE)
+    log(mlflow_home, data, "clv-rel", {"rmse": 995.0, "abs_total_error_pct": 1.0})  # 0.5 % better: not enough
+    small = registry.promote(client, "clv-rel", CLV_GATE)
+    assert not small.promoted and "+10.0000 (1.0% of the champion's) is required: failed" in small.reasons[0], small
+    log(mlflow_home, data, "clv-rel", {"rmse": 980.0, "abs_total_error_pct": 5.5})  # better, but the total drifts
+    drifting = registry.promote(client, "clv-rel", CLV_GATE)
+    assert not drifting.promoted and drifting.reasons[1].startswith("guard abs_total_error_pct"), drifting
+    log(mlflow_home, data, "clv-rel", {"rmse": 980.0, "abs_total_error_pct": 4.5})
+    assert registry.promote(client, "clv-rel", CLV_GATE).promoted
 
 
 def test_unknown_model_or_alias_raises_model_not_found(mlflow_home: Path, client: MlflowClient, data):
