@@ -83,3 +83,45 @@ def home_over_resolved(resolved: tuple[Path, Path], tmp_path_factory: pytest.Tem
         return s
 
     return make
+
+
+# ---------------------------------------------------------------- headless Chromium (Debian package) via Playwright
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--docs-images", action="store_true",
+                     help="browser tests also write their screenshots to docs/images/ (the README's pictures)")
+
+
+@pytest.fixture(scope="session")
+def docs_images(request: pytest.FixtureRequest) -> Path | None:
+    """docs/images/ when the run was asked to refresh the README's screenshots (--docs-images), else None."""
+    if not request.config.getoption("--docs-images"):
+        return None
+    folder = Path(__file__).resolve().parents[1] / "docs" / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's headless Chromium driven by Playwright; skips when it is not installed (`.ci/run` installs it)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: `apt-get install -y --no-install-recommends chromium` (Debian) "
+                    "to run the browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium):
+    """A fresh browser page (1400 x 1500), closed after the test."""
+    context = chromium.new_context(viewport={"width": 1400, "height": 1500})
+    yield context.new_page()
+    context.close()
