@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
-.PHONY: install demo test lint bench clean help
+.PHONY: install demo test lint bench clean help mlflow-ui screenshots
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,8 +25,14 @@ lint: install  ## ruff and mypy
 	$(RUN) ruff check .
 	$(RUN) mypy c360 features training serving
 
-test: lint  ## lint, then the test suite
-	$(RUN) pytest -n 2
+test: lint  ## lint, then the test suite and every notebook (nbmake), two workers
+	$(RUN) pytest -n 2 --nbmake tests notebooks
+
+mlflow-ui: install  ## the MLflow UI on C360_HOME's tracking store (HOST=127.0.0.1 PORT=5000)
+	$(RUN) c360 mlflow-ui --host $(or $(HOST),127.0.0.1) --port $(or $(PORT),5000)
+
+screenshots: install  ## refresh the README's screenshots (docs/images/) from the browser tests
+	$(RUN) pytest tests/c360/test_review_cli.py --docs-images
 
 bench: install  ## benchmarks at 1M customers (about an hour on 2 cores); figures go to bench/RESULTS.md
 	$(RUN) python -m bench.generate_ingest
