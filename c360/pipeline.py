@@ -23,10 +23,11 @@ class CompanyReport:
 
 
 def build_company(s: Settings, customers: int, seed: int = 7, corrupt_rate: float = 0.0,
-                  history_days: int = 644, every_days: int = 28) -> CompanyReport:
+                  history_days: int = 644, every_days: int = 28, hold_back_days: int = 0) -> CompanyReport:
     """Generate a company of `customers` accounts into `s.generated` and take it through every data stage into
     `s.home`: warehouse, resolved identities, feature snapshots every `every_days` over `history_days`, Feast
-    registry and online store (latest snapshot)."""
+    registry and online store (latest snapshot). `hold_back_days` ends the snapshots that many days before the
+    data's end, to add the later ones as time passes (`c360 features build --as-of`)."""
     from features import compute, identity, store
     from features.generate import generate
     from features.ingest import ingest
@@ -36,7 +37,8 @@ def build_company(s: Settings, customers: int, seed: int = 7, corrupt_rate: floa
         loaded = ingest(con, s.generated)
         resolved = identity.resolve(con, s.identity_model, threshold=s.match_threshold)
     with warehouse.connect(s, read_only=True) as con:
-        dates = as_of_dates(warehouse.data_end(con), None, history_days, every_days)
+        end = warehouse.data_end(con) - pd.Timedelta(days=hold_back_days)
+        dates = as_of_dates(end, None, history_days, every_days)
         for day in dates:
             store.write_snapshot(s, compute.build(con, day))
     store.apply(s)
