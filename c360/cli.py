@@ -18,6 +18,7 @@ from c360 import (
 from c360.features_cli import apply, build, features_app, materialize, profile
 from c360.identity_cli import eval_app, resolve_app, run_resolve
 from c360.review_cli import mlflow_ui
+from c360.serve_cli import score, serve
 from c360.settings import Settings
 from c360.train_cli import MODELS, champions, promote, train_all, train_app
 from c360.ui import console, fail, progress, record_run, table
@@ -31,6 +32,8 @@ app.command()(profile)
 app.add_typer(train_app, name="train")
 app.command()(promote)
 app.command("mlflow-ui")(mlflow_ui)
+app.command()(score)
+app.command()(serve)
 
 
 def settings() -> Settings:

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         return self.home / "features" / "customer_features"
 
     @property
+    def scores(self) -> Path:
+        """Batch scores of `c360 score`, one folder per features as-of date and scoring run."""
+        return self.home / "scores"
+
+    @property
     def truth(self) -> Path:
         """Ground truth of the generated demo data."""
         return self.generated / "ground_truth"

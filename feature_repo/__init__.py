@@ -1,20 +1,25 @@
 """Feast definitions of c360: the customer entity, its feature source, feature views and feature services.
 
-Definitions only. Paths come from settings at call time (`definitions(source_path)`), absolute, because Feast
-resolves relative FileSource paths against the working directory.
+Definitions only. Paths come from settings at call time (`definitions(source_path, scores_path)`), absolute, because
+Feast resolves relative FileSource paths against the working directory.
 """
 
+from pathlib import Path
+
 from feature_repo.entities import customer
+from feature_repo.predictions import predictions_view
 from feature_repo.services import services
 from feature_repo.sources import customer_features
 from feature_repo.views import views
 
 
-def definitions(source_path: str) -> list:
-    """Everything to `FeatureStore.apply`: entity, views over the snapshots at `source_path`, services."""
+def definitions(source_path: str, scores_path: str | None = None) -> list:
+    """Everything to `FeatureStore.apply`: entity, views over the snapshots at `source_path`, services, and the
+    `predictions` view over the batch scores at `scores_path` (default: `scores` beside the `features` folder)."""
     source = customer_features(source_path)
     feature_views = views(source)
-    return [customer, *feature_views.values(), *services(feature_views)]
+    scores = scores_path or str(Path(source_path).parent.parent / "scores")
+    return [customer, *feature_views.values(), *services(feature_views), predictions_view(scores)]
 
 
 __all__ = ["customer", "definitions"]

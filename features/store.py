@@ -74,7 +74,7 @@ def apply(s: Settings) -> FeatureStore:
     if not snapshot_dates(s):
         raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
     store = feature_store(s)
-    store.apply(definitions(str(s.snapshots.resolve())))
+    store.apply(definitions(str(s.snapshots.resolve()), str(s.scores.resolve())))
     return store
 
 
@@ -83,7 +83,7 @@ def plan(s: Settings) -> str:
     from feast.project import Project
     from feast.repo_contents import RepoContents
 
-    objects = definitions(str(s.snapshots.resolve()))
+    objects = definitions(str(s.snapshots.resolve()), str(s.scores.resolve()))
     kinds = {"entities": "Entity", "feature_views": "FeatureView", "feature_services": "FeatureService"}
     contents = RepoContents(
         projects=[Project(name="c360")], data_sources=[], on_demand_feature_views=[], stream_feature_views=[],
@@ -103,7 +103,9 @@ def materialize(s: Settings, as_of: pd.Timestamp | None = None) -> int:
     if not dates:
         raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
     as_of = as_of or dates[-1]
-    views = store.list_feature_views()
+    # The snapshot's views only: `predictions` is filled by `c360 score` (serving.batch).
+    views = [v for v in store.list_feature_views()
+             if v.batch_source is not None and v.batch_source.name == "customer_features"]
     if s.online_store != "c360":
         store.materialize(start_date=datetime(1970, 1, 1), end_date=as_of.to_pydatetime(),
                           feature_views=[v.name for v in views])

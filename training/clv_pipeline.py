@@ -41,6 +41,13 @@ class ClvModel:
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.booster.predict(transform_features(X, self.spec)))
 
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Tree SHAP values (LightGBM ``pred_contrib``) of the log of the expected value (Tweedie's link): a column
+        per prepared feature plus ``base_value``; each row sums to log(predict)."""
+        values = self.booster.predict(transform_features(X, self.spec), pred_contrib=True, num_threads=1)
+        columns = [*self.spec.names, "base_value"]
+        return pd.DataFrame(np.asarray(values, dtype="float64"), index=X.index, columns=columns)
+
 
 def fit(X: pd.DataFrame, y: pd.Series, rounds: int = 300) -> ClvModel:
     prepared, spec = prepare_features(X)

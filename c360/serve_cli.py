@@ -1,0 +1,91 @@
+"""`c360 score` (batch scores into Parquet and the online store) and `c360 serve` (the HTTP service)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from c360.settings import Settings
+from c360.ui import console, fail, progress, record_run
+
+
+def score(
+    customers: Annotated[Path | None, typer.Option(help="only these customers: one id per line, or a CSV / Parquet "
+                                                        "with a customer_id column [default: every customer]")] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, help="customers per resumable chunk")] = 100_000,
+) -> None:
+    """Score every customer with the champion churn, CLV and next-best-action models, with top-3 reasons.
+
+    Writes dated Parquet under C360_HOME/scores and pushes the latest scores into the online store (feature view
+    `predictions`), where the service reads them. Re-running resumes an interrupted run and changes nothing after a
+    complete one; a new snapshot or champion makes a new run.
+    """
+    from serving import batch
+    from serving.champions import RegistryUnavailable
+    from serving.profile import Unavailable
+
+    s, started = Settings(), time.time()
+    ids = None
+    if customers is not None:
+        if not customers.is_file():
+            raise fail(f"{customers} does not exist")
+        ids = batch.read_customers(customers)
+    holder: dict = {}
+
+    def on_start(total: int) -> None:
+        holder["bar"] = progress("scoring customers (churn, CLV, next best action)", total)
+        holder["advance"] = holder["bar"].__enter__()
+
+    try:
+        report = batch.score(s, ids, chunk_size=chunk_size, on_start=on_start,
+                             on_chunk=lambda n: holder["advance"](n))
+    except (FileNotFoundError, LookupError, RegistryUnavailable, Unavailable) as e:
+        raise fail(str(e)) from None
+    finally:
+        if "bar" in holder:
+            holder["bar"].__exit__(None, None, None)
+    versions = ", ".join(f"{kind} v{v}" for kind, v in report.versions.items())
+    done = "scored" if report.scored_chunks else "already scored (pushed again)"
+    console.print(f"{report.customers:,} customers {done} with {versions}, features as of {report.as_of:%Y-%m-%d}, "
+                  f"in {report.seconds:.1f} s ({report.per_second:,.0f} customers/s, "
+                  f"{3 * report.per_second:,.0f} predictions/s)")
+    console.print(f"scores: {report.folder}; online store: feature view `predictions`")
+    record_run(s, "score", started, customers=report.customers, chunks=report.chunks,
+               scored_chunks=report.scored_chunks, folder=report.folder, **report.versions)
+
+
+def serve_command(port: int, host: str, workers: int) -> tuple[list[str], dict[str, str]]:
+    """The `bentoml serve` command line and environment of the service for the current C360_HOME."""
+    s = Settings()
+    env = {**os.environ, "C360_HOME": str(s.home.resolve()), "C360_SERVE_WORKERS": str(workers),
+           "BENTOML_HOME": os.environ.get("BENTOML_HOME", str((s.home / "bentoml").resolve())),
+           "BENTOML_DO_NOT_TRACK": "True"}
+    return [sys.executable, "-m", "bentoml", "serve", "serving.service:C360", "--port", str(port), "--host", host,
+            "--working-dir", str(Path(__file__).resolve().parents[1])], env
+
+
+def serve(
+    port: Annotated[int, typer.Option(help="port to listen on")] = 3000,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+) -> None:
+    """Start the profile and prediction service (BentoML) on C360_HOME; Ctrl-C stops it.
+
+    Endpoints: GET /customers/{id}/profile, POST /predict/churn|clv|nba, POST /admin/reload, GET /status,
+    /healthz, /readyz; OpenAPI at /docs.json, Swagger UI at /.
+    """
+    command, env = serve_command(port, host, workers)
+    console.print(f"serving {Settings().home} on http://{host}:{port} ({workers} worker(s)); docs at "
+                  f"http://{host}:{port}/")
+    try:
+        code = subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        code = 0
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,229 @@
+"""Batch scoring (`c360 score`): every customer × every champion, with reasons, into Parquet and the online store.
+
+One run scores the latest feature snapshot with the versions that are `@champion` when it starts. It writes, under
+`C360_HOME/scores/as_of=<snapshot date>/run=churn-v<a>.clv-v<b>.nba-v<c>[.subset-<hash>]/`:
+
+* `part-<n>.parquet` — long format, one row per customer and model: customer_id, model, version, score, label
+  (churn band or action), reasons (JSON list of feature, value, contribution), detail (JSON: CLV range, NBA
+  alternatives), as_of, scored_at;
+* `wide/part-<n>.parquet` — one row per customer, the `predictions` feature view's columns (its offline source);
+* `_run.json` (started, scored_at, chunk size) and, when every chunk is done, `_SUCCESS.json` (rows, seconds).
+
+Chunks of `chunk_size` customers are written atomically (temporary file, then rename) and pushed into the online
+store right after. Re-running the same run resumes: chunks already on disk are not scored again, only pushed again
+(an idempotent upsert) — after a crash, the next run picks up where it stopped; after success, nothing changes.
+A new snapshot or a new champion is a new run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from c360.settings import Settings
+from feature_repo.predictions import FIELDS, PREDICTIONS
+from features import store
+from serving import predict, signals
+from serving.champions import Champions
+
+CHUNK = 100_000
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    folder: Path
+    as_of: pd.Timestamp
+    versions: dict[str, int]
+    customers: int
+    chunks: int
+    scored_chunks: int  # chunks computed by this run (the rest were on disk already)
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.customers / self.seconds if self.seconds else float("nan")
+
+
+def score_chunk(champions: Champions, X: pd.DataFrame, k: int = predict.K) -> list[predict.ModelScores]:
+    """The three champions' scores with top-k reasons for a frame of customers' raw features."""
+    churn, clv, nba = champions["churn"], champions["clv"], champions["nba"]
+    return [
+        predict.score_churn(churn.model, churn.version, X[churn.inputs], k),
+        predict.score_clv(clv.model, clv.version, X[clv.inputs], champions.clv_dispersion, k),
+        predict.score_nba(nba.model, nba.version, X, k),
+    ]
+
+
+def wide_table(customers: pd.Series, scores: list[predict.ModelScores], signal_frame: pd.DataFrame,
+               as_of: pd.Timestamp, scored_at: pd.Timestamp) -> pa.Table:
+    """The `predictions` view's rows: customer_id, as_of, scored_ts and every field of FIELDS."""
+    n = len(customers)
+    columns: dict[str, Any] = {"customer_id": pa.array(customers.to_numpy(dtype=object), type=pa.string()),
+                               "as_of": pa.array(np.full(n, as_of.to_datetime64()), type=pa.timestamp("us")),
+                               "scored_ts": pa.array(np.full(n, scored_at.to_datetime64()), type=pa.timestamp("us")),
+                               "scored_at": pa.array(np.full(n, scored_at.isoformat()), type=pa.string())}
+    for s in scores:
+        columns |= predict.wide(s)
+    for name in ("next_feature", "next_feature_score", "next_feature_method", "content_topics"):
+        columns[name] = signal_frame[name].to_numpy()
+    return pa.table({name: _typed(columns[name], FIELDS[name][0]) if name in FIELDS else columns[name]
+                     for name in ["customer_id", "as_of", "scored_ts", *FIELDS]})
+
+
+def _typed(values: Any, dtype: Any) -> pa.Array:
+    from feast.types import Float64, Int64
+
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return values
+    arrow = pa.int64() if dtype == Int64 else pa.float64() if dtype == Float64 else pa.string()
+    return pa.array(values, type=arrow, from_pandas=True)
+
+
+def long_table(customers: pd.Series, scores: list[predict.ModelScores], as_of: pd.Timestamp,
+               scored_at: pd.Timestamp) -> pa.Table:
+    """One row per customer and model: customer_id, model, version, score, label, reasons, detail, as_of,
+    scored_at."""
+    n = len(customers)
+    parts = []
+    for s in scores:
+        if s.model == "clv":
+            low = pa.array(np.round(s.extra["low"], 2)).cast(pa.string())
+            high = pa.array(np.round(s.extra["high"], 2)).cast(pa.string())
+            detail = pc.binary_join_element_wise('{"low":', low, ',"high":', high, "}", "")
+        elif s.model == "nba":
+            detail = pc.binary_join_element_wise('{"alternatives":', predict.alternatives_json(s), "}", "")
+        else:
+            detail = pa.array(np.full(n, "{}"), type=pa.string())
+        parts.append(pa.table({
+            "customer_id": pa.array(customers.to_numpy(dtype=object), type=pa.string()),
+            "model": pa.array(np.full(n, s.model), type=pa.string()),
+            "version": pa.array(np.full(n, s.version), type=pa.int64()),
+            "score": pa.array(s.score, type=pa.float64()),
+            "label": pa.array(s.label if s.label is not None else np.full(n, None), type=pa.string()),
+            "reasons": s.reasons.json(),
+            "detail": detail,
+            "as_of": pa.array(np.full(n, as_of.to_datetime64()), type=pa.timestamp("us")),
+            "scored_at": pa.array(np.full(n, scored_at.to_datetime64()), type=pa.timestamp("us")),
+        }))
+    return pa.concat_tables(parts)
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def run_folder(s: Settings, as_of: pd.Timestamp, versions: dict[str, int], subset: list[str] | None) -> Path:
+    name = ".".join(f"{kind}-v{v}" for kind, v in versions.items())
+    if subset is not None:
+        name += ".subset-" + hashlib.sha256("\n".join(sorted(subset)).encode()).hexdigest()[:10]
+    return s.scores / f"as_of={as_of:%Y-%m-%d}" / f"run={name}"
+
+
+def read_customers(path: Path) -> list[str]:
+    """Customer ids from a file: one per line, or a CSV / Parquet with a `customer_id` column."""
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path, columns=["customer_id"])["customer_id"].astype(str).tolist()
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if lines and lines[0].split(",")[0].strip() == "customer_id":
+        return pd.read_csv(path, usecols=["customer_id"], dtype=str)["customer_id"].tolist()
+    return lines
+
+
+def push(s: Settings, fs: Any, table: pa.Table) -> None:
+    """Upsert wide score rows into the `predictions` view of the online store."""
+    from features.online_store import bulk_writer
+
+    view = fs.get_feature_view(PREDICTIONS)
+    writer = bulk_writer(fs.config)
+    if writer is not None:
+        writer.write_arrow(fs.config, view, table)
+    else:
+        fs.write_to_online_store(PREDICTIONS, table.to_pandas())
+
+
+def _predictions_view(s: Settings) -> Any:
+    fs = store.feature_store(s)
+    try:
+        fs.get_feature_view(PREDICTIONS)
+    except Exception:  # not registered yet: register every definition (idempotent)
+        fs = store.apply(s)
+    return fs
+
+
+def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHUNK,
+          on_start: Callable[[int], None] | None = None, on_chunk: Callable[[int], None] | None = None,
+          warehouse_con: Any = None) -> ScoreReport:
+    """Score the latest snapshot's customers (or `customers`) with every champion; see the module docstring."""
+    from serving.profile import warehouse
+
+    started = time.perf_counter()
+    dates = store.snapshot_dates(s)
+    if not dates:
+        raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
+    as_of = dates[-1]
+    snapshot = store.read_snapshot(s, as_of)
+    champions = Champions.load(s.home, snapshot)
+    if customers is not None:
+        wanted = pd.Index(pd.unique(pd.Series(customers, dtype=object)))
+        known = wanted.isin(snapshot["customer_id"])
+        if not known.all():
+            missing = wanted[~known]
+            raise LookupError(f"{len(missing):,} customers not in the snapshot of {as_of:%Y-%m-%d}, e.g. "
+                              + ", ".join(missing[:5]))
+        snapshot = snapshot.set_index("customer_id").loc[wanted].reset_index()
+    folder = run_folder(s, as_of, champions.versions(), customers)
+    manifest = folder / "_run.json"
+    if manifest.exists():
+        scored_at = pd.Timestamp(json.loads(manifest.read_text())["scored_at"])
+    else:
+        scored_at = pd.Timestamp.now(tz="UTC").tz_convert(None).floor("s")
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps({"scored_at": scored_at.isoformat(), "as_of": f"{as_of:%Y-%m-%d}",
+                                        "versions": champions.versions(), "chunk_size": chunk_size}))
+    chunk_size = int(json.loads(manifest.read_text()).get("chunk_size", chunk_size))
+    if warehouse_con is not None:
+        used, engagement = signals.usage(warehouse_con, as_of), signals.topics(warehouse_con, as_of)
+    else:
+        with warehouse(s) as con:
+            used, engagement = signals.usage(con, as_of), signals.topics(con, as_of)
+    fs = _predictions_view(s)
+    chunks = max(1, -(-len(snapshot) // chunk_size))
+    if on_start:
+        on_start(len(snapshot))
+    computed = 0
+    for i in range(chunks):
+        part = snapshot.iloc[i * chunk_size:(i + 1) * chunk_size]
+        long_path, wide_path = folder / f"part-{i:05d}.parquet", folder / "wide" / f"part-{i:05d}.parquet"
+        if long_path.exists() and wide_path.exists():
+            table = pq.read_table(wide_path)
+        else:
+            ids = part["customer_id"].reset_index(drop=True)
+            X = part.reset_index(drop=True)
+            scores = score_chunk(champions, X)
+            signal_frame = signals.batch_signals(used, engagement, pd.Index(ids)).reset_index(drop=True)
+            table = wide_table(ids, scores, signal_frame, as_of, scored_at)
+            _atomic_write(long_table(ids, scores, as_of, scored_at), long_path)
+            _atomic_write(table, wide_path)
+            computed += 1
+        push(s, fs, table)
+        if on_chunk:
+            on_chunk(len(part))
+    seconds = time.perf_counter() - started
+    (folder / "_SUCCESS.json").write_text(json.dumps({"rows": len(snapshot), "chunks": chunks,
+                                                      "seconds": round(seconds, 1)}))
+    return ScoreReport(folder, as_of, champions.versions(), len(snapshot), chunks, computed, seconds)

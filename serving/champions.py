@@ -1,0 +1,128 @@
+"""The three champion models, loaded by alias from the MLflow registry, and reloaded when `@champion` moves.
+
+`Champions.load(home)` loads `c360-churn`, `c360-clv` and `c360-nba` at `@champion`; `refresh()` asks the registry
+which versions carry the alias now and reloads only the models whose version changed (a few milliseconds when
+nothing did), so a promotion is picked up without a restart. The CLV range needs the model's forward test RMSE
+(logged with the run) and its predictions on the population it was tested on: the subscribed customers of the
+latest feature snapshot (`serving.predict.clv_dispersion`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training import tracking
+from training.tracking import CHAMPION, ModelNotFound
+
+MODELS = {"churn": "c360-churn", "clv": "c360-clv", "nba": "c360-nba"}
+
+
+class RegistryUnavailable(RuntimeError):
+    """The MLflow registry cannot be read, or a champion is missing."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    kind: str  # churn | clv | nba
+    name: str  # registered model name
+    version: int
+    model: Any
+    run_id: str | None
+    metrics: dict[str, float]
+
+    @property
+    def inputs(self) -> list[str]:
+        """The raw feature columns the model reads."""
+        if self.kind == "nba":
+            return list(self.model.features)
+        return list(self.model.spec.columns)
+
+
+def _load(home: Path, kind: str) -> Champion:
+    name = MODELS[kind]
+    model, version = tracking.load_model(name, CHAMPION, "pyfunc", home=home)
+    metrics: dict[str, float] = {}
+    if version.run_id:
+        metrics = dict(tracking.configure(home).get_run(version.run_id).data.metrics)
+    return Champion(kind, name, int(version.version), model, version.run_id, metrics)
+
+
+class Champions:
+    """The loaded champions of one C360_HOME; thread-safe refresh."""
+
+    def __init__(self, home: Path, snapshot: pd.DataFrame | None = None) -> None:
+        self.home = Path(home)
+        self._lock = threading.Lock()
+        self.models: dict[str, Champion] = {}
+        self.clv_dispersion = 0.0
+        self._reference = snapshot
+        self.error: str | None = None
+
+    @classmethod
+    def load(cls, home: Path, snapshot: pd.DataFrame | None = None) -> Champions:
+        champions = cls(home, snapshot)
+        champions.refresh()
+        return champions
+
+    def __getitem__(self, kind: str) -> Champion:
+        try:
+            return self.models[kind]
+        except KeyError:
+            raise RegistryUnavailable(self.error or f"no champion loaded for {MODELS[kind]}") from None
+
+    @property
+    def ready(self) -> bool:
+        return set(self.models) == set(MODELS)
+
+    def versions(self) -> dict[str, int]:
+        return {kind: c.version for kind, c in self.models.items()}
+
+    def champion_versions(self) -> dict[str, int]:
+        """The versions carrying @champion in the registry now (RegistryUnavailable when it cannot say)."""
+        try:
+            client = tracking.configure(self.home)
+            return {kind: int(tracking.version_by_alias(client, name, CHAMPION).version)
+                    for kind, name in MODELS.items()}
+        except ModelNotFound as e:
+            raise RegistryUnavailable(f"{e}: train and promote it (`c360 train all`, `c360 promote`)") from e
+        except Exception as e:  # a broken or locked registry database is the caller's 503
+            raise RegistryUnavailable(f"model registry unreachable ({type(e).__name__}: {e})") from e
+
+    def refresh(self) -> dict[str, tuple[int | None, int]]:
+        """Reload every model whose @champion moved; returns {kind: (old version, new version)} of the reloaded."""
+        with self._lock:
+            try:
+                wanted = self.champion_versions()
+                changed = {kind: (self.models[kind].version if kind in self.models else None, version)
+                           for kind, version in wanted.items()
+                           if kind not in self.models or self.models[kind].version != version}
+                for kind in changed:
+                    self.models[kind] = _load(self.home, kind)
+                if "clv" in changed:
+                    self.clv_dispersion = self._dispersion()
+            except RegistryUnavailable as e:
+                self.error = str(e)
+                raise
+            except Exception as e:  # artifacts missing or unreadable: not ready, say why
+                self.error = f"loading champion models failed ({type(e).__name__}: {e})"
+                raise RegistryUnavailable(self.error) from e
+            self.error = None
+            return changed
+
+    def _dispersion(self) -> float:
+        from serving.predict import clv_dispersion
+
+        clv = self.models["clv"]
+        rmse = clv.metrics.get("rmse")
+        reference = self._reference
+        if rmse is None or reference is None or reference.empty:
+            return 0.0
+        if "subscribed" in reference.columns:
+            reference = reference[reference["subscribed"].fillna(False).astype(bool)]
+        return clv_dispersion(rmse, np.asarray(clv.model.predict(reference[clv.inputs]), dtype="float64"))

@@ -1,0 +1,248 @@
+"""Churn, CLV and next best action with their top reasons, for many customers at once (plain, vectorised functions).
+
+The batch job (`serving.batch`) calls these on chunks of 100,000 customers, the service on one row: same code,
+same numbers. Reasons are LightGBM's `pred_contrib` (exact tree SHAP values, no `shap` import); the top `k`
+features by |contribution| are picked with `numpy.argpartition`, and their values are turned into text with Arrow
+kernels — no Python loop over rows anywhere.
+
+What each model scores (`ModelScores.score`):
+
+* churn — the calibrated probability of churning within 90 days (`training.labels.CHURN_HORIZON_DAYS`), in a risk
+  band (`CHURN_BANDS`); reasons explain the log-odds (Platt calibration keeps their signs and order).
+* clv — expected net revenue in the next 12 months, with an 80 % range from the Tweedie variance of the model
+  (`clv_range`); reasons explain the log of the value (the model's link).
+* nba — the expected net uplift (dollars over 91 days, after the action's cost) of the recommended action over no
+  action; 0 when no action pays. Reasons explain the uplift of the recommended action — or, when it is no action,
+  of the best alternative (why it does not pay) — as the difference of the two T-learner arms' contributions,
+  times the uplift calibration slope and the customer's MRR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+K = 3
+# Probability thresholds of the churn risk bands (90 days): below 10 % low, below 25 % medium, else high.
+CHURN_BANDS = ((0.10, "low"), (0.25, "medium"))
+CHURN_HIGH = "high"
+CLV_Z = 1.2816  # two-sided 80 % range of a normal approximation
+TWEEDIE_POWER = 1.3  # training.clv.VALUE_PARAMS
+
+
+@dataclass
+class Reasons:
+    """The top-k reasons of n rows: feature names (None: no reason in that slot), value texts, contributions."""
+
+    names: np.ndarray  # (n, k) object
+    values: np.ndarray  # (n, k) object
+    contributions: np.ndarray  # (n, k) float64
+
+    def json(self) -> pa.Array:
+        """One JSON list per row, `[{"feature", "value", "contribution"}, ...]`, built with Arrow string kernels."""
+        objects = []
+        for slot in range(self.names.shape[1]):
+            name = pa.array(self.names[:, slot], type=pa.string())
+            value = pa.array(self.values[:, slot], type=pa.string())
+            quoted = pc.binary_join_element_wise('"', _escape(value), '"', "")
+            value_json = pc.fill_null(quoted, "null")
+            contribution = pc.cast(pc.round(pa.array(self.contributions[:, slot]), 6), pa.string())
+            objects.append(pc.binary_join_element_wise('{"feature":"', name, '","value":', value_json,
+                                                       ',"contribution":', contribution, "}", ""))
+        if not objects:
+            return pa.array(["[]"] * len(self.names))
+        return json_list(objects)
+
+
+@dataclass
+class ModelScores:
+    """One model's scores of n rows: the score, an optional label (band, action), reasons and model extras."""
+
+    model: str
+    version: int
+    score: np.ndarray
+    reasons: Reasons
+    label: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def json_list(items: Sequence[pa.Array]) -> pa.Array:
+    """Element-wise `[a,b,...]` of JSON texts, skipping nulls (Arrow's own "skip" mode loses rows in pyarrow 2x)."""
+    joined = pc.fill_null(items[0], "")
+    for item in items[1:]:
+        both = pc.binary_join_element_wise(joined, pc.fill_null(item, ""), ",")
+        joined = pc.if_else(pc.is_null(item), joined, pc.if_else(pc.equal(joined, ""), item, both))
+    return pc.binary_join_element_wise("[", joined, "]", "")
+
+
+def _escape(text: pa.Array) -> pa.Array:
+    text = pc.replace_substring(text, "\\", "\\\\")
+    return pc.replace_substring(text, '"', '\\"')
+
+
+def top_k(contributions: np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the column indices of the k largest |contributions|, strongest first, and those contributions.
+
+    Index -1 marks a slot without a reason (a contribution of exactly 0: the feature did not move the score)."""
+    n, width = contributions.shape
+    k = min(k, width)
+    if k == 0:
+        return np.full((n, 0), -1), np.zeros((n, 0))
+    size = np.abs(contributions)
+    part = np.argpartition(-size, k - 1, axis=1)[:, :k] if k < width else np.tile(np.arange(width), (n, 1))
+    order = np.argsort(-np.take_along_axis(size, part, axis=1), axis=1, kind="stable")
+    index = np.take_along_axis(part, order, axis=1)
+    chosen = np.take_along_axis(contributions, index, axis=1)
+    index = np.where((chosen == 0) | np.isnan(chosen), -1, index)
+    return index, np.where(index < 0, 0.0, chosen)
+
+
+def value_text(values: np.ndarray) -> np.ndarray:
+    """Feature values as short text (yes/no, numbers to 2 decimals, categories as they are); None when missing."""
+    try:
+        array = pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        array = pa.array([None if pd.isna(v) else str(v) for v in values], type=pa.string())
+    if pa.types.is_boolean(array.type):
+        text = pc.if_else(array, "yes", "no")
+    elif pa.types.is_floating(array.type):
+        text = pc.cast(pc.round(array, 2), pa.string())
+    elif pa.types.is_dictionary(array.type):
+        text = pc.cast(array.dictionary_decode(), pa.string())
+    else:
+        text = pc.cast(array, pa.string())
+    return np.asarray(text.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def top_reasons(contributions: np.ndarray, names: Sequence[str], values: pd.DataFrame, k: int = K) -> Reasons:
+    """The k strongest reasons per row. `contributions` has one column per name (no base value); `values` holds
+    the raw feature values under the same names, rows in the same order."""
+    index, chosen = top_k(contributions, k)
+    labels = np.asarray(list(names), dtype=object)
+    texts = np.full(index.shape, None, dtype=object)
+    for slot in range(index.shape[1]):
+        column = index[:, slot]
+        for j in np.unique(column[column >= 0]):
+            rows = column == j
+            if labels[j] in values.columns:
+                texts[rows, slot] = value_text(values[labels[j]].to_numpy()[rows])
+    named = np.full(index.shape, None, dtype=object)
+    if len(labels):
+        named[index >= 0] = labels[index[index >= 0]]
+    return Reasons(named, texts, chosen)
+
+
+# ---------------------------------------------------------------- churn
+
+
+def churn_band(probability: np.ndarray) -> np.ndarray:
+    bands = np.full(len(probability), CHURN_HIGH, dtype=object)
+    for threshold, name in reversed(CHURN_BANDS):
+        bands[probability < threshold] = name
+    return bands
+
+
+def score_churn(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelScores:
+    """`training.churn.ChurnModel`: calibrated probability, risk band, reasons on the log-odds."""
+    probability = np.asarray(model.predict_proba(X), dtype="float64")
+    contributions = model.contributions(X).drop(columns="base_value")
+    reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), model.feature_values(X), k)
+    return ModelScores("churn", version, probability, reasons, churn_band(probability))
+
+
+# ---------------------------------------------------------------- CLV
+
+
+def clv_dispersion(rmse: float, reference: np.ndarray, power: float = TWEEDIE_POWER) -> float:
+    """Tweedie dispersion φ such that the model's variance φ·μ^p, averaged over a reference population (the
+    customers the model was tested on: subscribed at the latest snapshot), equals its forward test MSE."""
+    mean_power = float(np.mean(np.clip(reference, 0, None) ** power)) if len(reference) else 0.0
+    return float(rmse) ** 2 / mean_power if mean_power > 0 else 0.0
+
+
+def clv_range(value: np.ndarray, dispersion: float, power: float = TWEEDIE_POWER) -> tuple[np.ndarray, np.ndarray]:
+    """80 % range of the 12-month value: μ ± 1.28 √(φ μ^p), never below zero."""
+    spread = CLV_Z * np.sqrt(dispersion * np.clip(value, 0, None) ** power)
+    return np.clip(value - spread, 0, None), value + spread
+
+
+def score_clv(model: Any, version: int, X: pd.DataFrame, dispersion: float, k: int = K) -> ModelScores:
+    """`training.clv_pipeline.ClvModel`: expected 12-month net revenue, its 80 % range, reasons on its log."""
+    value = np.asarray(model.predict(X), dtype="float64")
+    contributions = model.contributions(X).drop(columns="base_value")
+    values = transform_features_raw(X, model.spec)
+    reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), values, k)
+    low, high = clv_range(value, dispersion)
+    return ModelScores("clv", version, value, reasons, extra={"low": low, "high": high})
+
+
+def transform_features_raw(X: pd.DataFrame, spec: Any) -> pd.DataFrame:
+    """Raw values of the model's columns under its prepared (LightGBM-safe) names, to word the reasons."""
+    frame = X.set_axis([str(c) for c in X.columns], axis=1)
+    return frame[list(spec.columns)].set_axis(list(spec.names), axis=1)
+
+
+# ---------------------------------------------------------------- next best action
+
+
+def score_nba(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelScores:
+    """`training.nba_pipeline.NbaModel`: recommended action, its expected net uplift over no action, every action's
+    net uplift (`extra`, one array per action), reasons of the explained action's uplift in dollars."""
+    net = model.expected_net(X)
+    control = model.uplift.control_
+    uplift = net.sub(net[control], axis=0)
+    actions = list(net.columns)
+    order = [control, *[a for a in actions if a != control]]
+    values = uplift[order].to_numpy()
+    best = np.asarray(order, dtype=object)[np.argmax(values, axis=1)]  # ties: the control (first)
+    others = uplift[[a for a in actions if a != control]]
+    explained = np.where(best == control, others.idxmax(axis=1).to_numpy(dtype=object), best) if len(others.columns) \
+        else best
+    contributions = model.uplift_contributions(X, pd.Series(explained, index=X.index))
+    raw = transform_features_raw(X[model.features], model.uplift.spec_)
+    reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), raw, k)
+    score = np.take_along_axis(values, np.argmax(values, axis=1)[:, None], axis=1)[:, 0]
+    extra = {str(a): uplift[a].to_numpy(dtype="float64") for a in actions}
+    extra["explained"] = explained
+    return ModelScores("nba", version, score, reasons, best, extra)
+
+
+def alternatives_json(scores: ModelScores) -> pa.Array:
+    """Per row, every action but the recommended one, best first: `[{"action", "uplift"}, ...]`."""
+    assert scores.label is not None
+    actions = [a for a in scores.extra if a != "explained"]
+    matrix = np.column_stack([scores.extra[a] for a in actions])
+    order = np.argsort(-matrix, axis=1, kind="stable")
+    names = np.asarray(actions, dtype=object)[order]
+    uplifts = np.take_along_axis(matrix, order, axis=1)
+    parts = []
+    for slot in range(len(actions)):
+        keep = names[:, slot] != scores.label
+        name = pa.array(np.where(keep, names[:, slot], None), type=pa.string())
+        value = pc.cast(pc.round(pa.array(uplifts[:, slot]), 2), pa.string())
+        parts.append(pc.binary_join_element_wise('{"action":"', name, '","uplift":', value, "}", ""))
+    return json_list(parts)
+
+
+# ---------------------------------------------------------------- wide rows: what the online store keeps
+
+
+def wide(scores: ModelScores) -> dict[str, Any]:
+    """The `predictions` feature view's columns of one model's scores (see feature_repo/predictions.py)."""
+    n = len(scores.score)
+    out: dict[str, Any] = {f"{scores.model}_version": np.full(n, scores.version, dtype="int64")}
+    if scores.model == "churn":
+        assert scores.label is not None
+        out |= {"churn_probability": scores.score, "churn_band": scores.label}
+    elif scores.model == "clv":
+        out |= {"clv_value": scores.score, "clv_low": scores.extra["low"], "clv_high": scores.extra["high"]}
+    else:
+        out |= {"nba_action": scores.label, "nba_uplift": scores.score, "nba_alternatives": alternatives_json(scores)}
+    out[f"{scores.model}_reasons"] = scores.reasons.json()
+    return out

@@ -1,0 +1,183 @@
+"""Request and response models of the c360 service (the OpenAPI document is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Scalar = str | int | float | bool | None
+CUSTOMER_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MAX_BATCH = 100
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="registered model name, e.g. c360-churn")
+    version: int = Field(description="registered model version that answered")
+    source: Literal["batch", "live"] = Field(description="batch: read from the latest `c360 score` run; live: "
+                                                         "computed for this request")
+    scored_at: str | None = Field(description="when the prediction was computed (ISO 8601, UTC)")
+    features_as_of: str | None = Field(description="as-of date of the features the model read")
+
+
+class Reason(BaseModel):
+    feature: str
+    description: str = Field(description="what the feature means, in plain words")
+    value: str | None = Field(description="the customer's value of the feature")
+    contribution: float = Field(description="LightGBM pred_contrib (tree SHAP) of the feature, in the model's "
+                                            "output scale: log-odds (churn), log value (CLV), dollars (action)")
+    direction: Literal["raises", "lowers"]
+    text: str
+
+
+class Churn(BaseModel):
+    probability: float | None = Field(description="probability of churning within the horizon")
+    band: str | None = Field(description="risk band: low (< 10 %), medium (< 25 %), high")
+    horizon_days: int
+    reasons: list[Reason]
+    model: ModelInfo
+
+
+class Clv(BaseModel):
+    value_12m: float | None = Field(description="expected net revenue over the next 12 months")
+    low: float | None = Field(description="lower end of the 80 % range")
+    high: float | None = Field(description="upper end of the 80 % range")
+    range: str
+    horizon_days: int
+    reasons: list[Reason] = Field(description="the value's main drivers")
+    model: ModelInfo
+
+
+class Alternative(BaseModel):
+    action: str
+    uplift: float | None = Field(description="expected net uplift over no action (after the action's cost)")
+
+
+class NextBestAction(BaseModel):
+    action: str | None = Field(description="recommended action; no_action when nothing pays for its cost")
+    uplift: float | None = Field(description="expected net uplift of the action over no action, in dollars")
+    alternatives: list[Alternative] = Field(description="the other actions, best first")
+    horizon_days: int
+    reasons: list[Reason] = Field(description="why the action's uplift is what it is (for no_action: the best "
+                                              "alternative's)")
+    model: ModelInfo
+
+
+class Signal(BaseModel):
+    source: Literal["batch", "live"]
+    scored_at: str | None
+
+
+class NextFeature(Signal):
+    feature: str | None = Field(description="product feature most likely adopted next")
+    score: float | None = Field(description="P(uses it | uses the customer's features), or its adoption rate")
+    method: str | None = Field(description="co-occurrence, or popularity for customers using no feature yet")
+
+
+class Topic(BaseModel):
+    topic: str
+    lift: float = Field(description="smoothed engagement rate over the population's rate for the topic")
+    engaged: int = Field(description="clicks and responses on the topic in the last 365 days")
+
+
+class ContentInterest(Signal):
+    topics: list[Topic]
+
+
+class Retargeting(BaseModel):
+    interested: bool
+    why: str
+
+
+class Advocate(BaseModel):
+    candidate: bool
+    met: list[str]
+    not_met: list[str]
+
+
+class Training(BaseModel):
+    training: str
+    why: str
+
+
+class Future(BaseModel):
+    churn: Churn
+    clv: Clv
+    next_best_action: NextBestAction
+    next_feature: NextFeature
+    content_interest: ContentInterest
+    retargeting: Retargeting
+    advocate: Advocate
+    trainings: list[Training]
+
+
+class Freshness(BaseModel):
+    features_as_of: str | None = Field(description="as-of date of the features shown")
+    predictions_as_of: str | None = Field(description="as-of date of the features the latest batch scores used")
+    served_at: str
+
+
+class Profile(BaseModel):
+    customer_id: str
+    identity: dict[str, Any] | None = Field(None, description="golden record (with details=true)")
+    past: dict[str, dict[str, Scalar]]
+    present: dict[str, dict[str, Scalar]]
+    future: Future
+    details: dict[str, list[dict[str, Any]]] | None = Field(
+        None, description="timeline, contacts, latest interaction, ... from the warehouse (with details=true)")
+    freshness: Freshness
+
+
+class PredictRequest(BaseModel):
+    """Either customer ids (features from the online store) or raw feature rows — not both."""
+
+    model_config = ConfigDict(extra="forbid")
+    customer_ids: list[str] | None = Field(None, min_length=1, max_length=MAX_BATCH)
+    rows: list[dict[str, Scalar]] | None = Field(None, min_length=1, max_length=MAX_BATCH,
+                                                   description="feature name → value, every input of the model")
+
+    @model_validator(mode="after")
+    def _one(self) -> PredictRequest:
+        if (self.customer_ids is None) == (self.rows is None):
+            raise ValueError("send either customer_ids or rows")
+        return self
+
+
+class ChurnPrediction(Churn):
+    customer_id: str | None
+
+
+class ClvPrediction(Clv):
+    customer_id: str | None
+
+
+class NbaPrediction(NextBestAction):
+    customer_id: str | None
+
+
+class ChurnPredictions(BaseModel):
+    predictions: list[ChurnPrediction]
+
+
+class ClvPredictions(BaseModel):
+    predictions: list[ClvPrediction]
+
+
+class NbaPredictions(BaseModel):
+    predictions: list[NbaPrediction]
+
+
+class Status(BaseModel):
+    ready: bool
+    models: dict[str, int] = Field(description="loaded champion version per model")
+    online_store: str
+    problem: str | None = None
+
+
+class Reloaded(BaseModel):
+    reloaded: dict[str, list[int | None]] = Field(description="model → [old version, new version]")
+    models: dict[str, int]
+
+
+class Error(BaseModel):
+    detail: str

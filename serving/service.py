@@ -1,0 +1,212 @@
+"""The c360 HTTP service: one BentoML service class with a FastAPI app mounted on it (one app, one OpenAPI).
+
+Thin by design — every answer comes from the plain functions of `serving.profile` (profile assembly, batch-or-live
+predictions) with the champions of `serving.champions`:
+
+* `GET /customers/{customer_id}/profile` — past, present, future and freshness (`?details=true`: identity and
+  the warehouse's lists too);
+* `POST /predict/churn`, `/predict/clv`, `/predict/nba` — up to 100 customer ids, or raw feature rows;
+* `POST /admin/reload` — reload the champions whose `@champion` alias moved (the service also polls every
+  `C360_RELOAD_SECONDS`, default 30); `GET /status` — what is loaded, and why the service is not ready;
+* BentoML's own `GET /healthz` / `/livez` (process up) and `GET /readyz` (`__is_ready__`: online store readable
+  and all three champions loaded); the OpenAPI document at `/docs.json`, Swagger UI at `/`.
+
+Errors are JSON `{"detail": ...}`: 404 unknown customer, 422 malformed request, 503 online store / warehouse /
+registry unavailable (with what failed), never a partial profile.
+
+Run: `c360 serve` (or `bentoml serve serving.service:C360`); `C360_HOME` says which home it serves,
+`C360_SERVE_WORKERS` how many worker processes (default 1).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+from typing import Annotated, Any
+
+import anyio
+import bentoml
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from c360.settings import Settings
+from serving import profile as profiles
+from serving.champions import Champions, RegistryUnavailable
+from serving.profile import Context, Invalid, NotFound, Unavailable
+from serving.schemas import (
+    CUSTOMER_ID,
+    ChurnPredictions,
+    ClvPredictions,
+    Error,
+    NbaPredictions,
+    PredictRequest,
+    Profile,
+    Reloaded,
+    Status,
+)
+
+log = logging.getLogger(__name__)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": Error, "description": "unknown customer"},
+    503: {"model": Error, "description": "online store, warehouse or model registry unavailable"},
+}
+PREDICTIONS = {"churn": ChurnPredictions, "clv": ClvPredictions, "nba": NbaPredictions}
+
+app = FastAPI(
+    title="c360",
+    version="1",
+    description="Customer 360: one profile per customer (past, present, future), churn risk, 12-month value and "
+                "next best action with their reasons.",
+)
+
+
+def _error(status: int) -> Any:
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+    return handler
+
+
+app.add_exception_handler(NotFound, _error(404))
+app.add_exception_handler(Invalid, _error(422))
+app.add_exception_handler(Unavailable, _error(503))
+app.add_exception_handler(RegistryUnavailable, _error(503))
+
+
+def _json(value: Any) -> Response:
+    return Response(profiles.dumps(value), media_type="application/json")
+
+
+CustomerId = Annotated[str, Path(pattern=CUSTOMER_ID, description="customer id, e.g. C00000002")]
+
+
+@bentoml.service(name="c360", workers=int(os.environ.get("C360_SERVE_WORKERS", "1")),
+                 logging={"access": {"enabled": False}}, traffic={"timeout": 60})
+@bentoml.asgi_app(app, path="/")
+class C360:
+    """c360 profile and prediction service."""
+
+    def __init__(self) -> None:
+        self.settings = Settings()
+        self.problem: str | None = None
+        self.ctx: Context | None = None
+        self._stop = threading.Event()
+        self._load()
+        seconds = float(os.environ.get("C360_RELOAD_SECONDS", "30"))
+        if seconds > 0:
+            threading.Thread(target=self._poll, args=(seconds,), daemon=True, name="c360-champion-poll").start()
+        gc.freeze()  # start-up objects out of the collector's way: it caused the p99 spikes of online reads
+
+    def _load(self) -> None:
+        from features import store
+
+        s = self.settings
+        try:
+            snapshot = None
+            dates = store.snapshot_dates(s)
+            if dates:
+                snapshot = store.read_snapshot(s, dates[-1])
+            champions = Champions(s.home, snapshot)
+            self.ctx = Context(s, store.feature_store(s), champions)
+            self.ctx.feature_refs()
+            champions.refresh()
+            self.problem = None
+        except Exception as e:  # start anyway: /readyz says not ready, /status says why
+            self.problem = f"{type(e).__name__}: {e}"
+            log.warning("c360 service not ready: %s", self.problem)
+
+    def _poll(self, seconds: float) -> None:
+        while not self._stop.wait(seconds):
+            try:
+                self.reload_champions()
+            except Exception as e:  # keep serving the loaded versions; status says why
+                log.warning("champion poll failed: %s", e)
+
+    def reload_champions(self) -> dict[str, tuple[int | None, int]]:
+        if self.ctx is None:
+            self._load()
+            if self.ctx is None:
+                raise Unavailable(self.problem or "service not initialised")
+            return {k: (None, v) for k, v in self.ctx.champions.versions().items()}
+        return self.ctx.champions.refresh()
+
+    def context(self) -> Context:
+        if self.ctx is None:
+            self._load()
+        if self.ctx is None:
+            raise Unavailable(f"service not ready: {self.problem}")
+        return self.ctx
+
+    def store_problem(self) -> str | None:
+        """Why the online store cannot serve, or None."""
+        ctx = self.ctx
+        if ctx is None:
+            return self.problem or "not initialised"
+        try:
+            profiles.read_online(ctx, ["__readiness_probe__"])
+        except Unavailable as e:
+            return str(e)
+        path = getattr(ctx.store.config.online_store, "path", None)
+        if path and self.settings.online_store != "redis" and not os.path.exists(path):
+            return f"online store {path} does not exist: run `c360 features materialize`"
+        return None
+
+    def __is_ready__(self) -> bool:
+        return self.ctx is not None and self.ctx.champions.ready and self.store_problem() is None
+
+    # ------------------------------------------------------------------ routes
+
+    @app.get("/customers/{customer_id}/profile", response_model=Profile, responses=ERRORS,
+             summary="A customer's profile: past, present, future")
+    async def customer_profile(
+        self, customer_id: CustomerId,
+        details: Annotated[bool, Query(description="add identity and the warehouse's lists (slower)")] = False,
+    ) -> Response:
+        ctx = self.context()
+        if details:
+            return _json(await anyio.to_thread.run_sync(profiles.profile, ctx, customer_id, True))
+        return _json(profiles.profile(ctx, customer_id))
+
+    async def _predict(self, kind: str, request: PredictRequest) -> Response:
+        ctx = self.context()
+        if request.customer_ids is not None:
+            result = await anyio.to_thread.run_sync(profiles.predict_customers, ctx, kind, request.customer_ids)
+        else:
+            result = await anyio.to_thread.run_sync(profiles.predict_rows, ctx, kind, request.rows or [])
+        return _json({"predictions": result})
+
+    @app.post("/predict/churn", response_model=ChurnPredictions, responses={**ERRORS, 422: {"model": Error}},
+              summary="Churn probability, band and reasons")
+    async def predict_churn(self, request: PredictRequest) -> Response:
+        return await self._predict("churn", request)
+
+    @app.post("/predict/clv", response_model=ClvPredictions, responses={**ERRORS, 422: {"model": Error}},
+              summary="12-month value, its range and drivers")
+    async def predict_clv(self, request: PredictRequest) -> Response:
+        return await self._predict("clv", request)
+
+    @app.post("/predict/nba", response_model=NbaPredictions, responses={**ERRORS, 422: {"model": Error}},
+              summary="Next best action, its uplift, alternatives and reasons")
+    async def predict_nba(self, request: PredictRequest) -> Response:
+        return await self._predict("nba", request)
+
+    @app.post("/admin/reload", response_model=Reloaded, responses={503: ERRORS[503]},
+              summary="Reload the champions whose @champion alias moved")
+    async def reload(self) -> Response:
+        changed = await anyio.to_thread.run_sync(self.reload_champions)
+        assert self.ctx is not None
+        return _json({"reloaded": {k: list(v) for k, v in changed.items()},
+                      "models": self.ctx.champions.versions()})
+
+    @app.get("/status", response_model=Status, responses={503: {"model": Status}},
+             summary="Loaded champions and online store; 503 with the problem when not ready")
+    async def status(self) -> Response:
+        problem = self.store_problem()
+        ctx = self.ctx
+        if problem is None and ctx is not None and not ctx.champions.ready:
+            problem = ctx.champions.error or "champion models not loaded"
+        body = {"ready": problem is None, "models": ctx.champions.versions() if ctx else {},
+                "online_store": self.settings.online_store, "problem": problem}
+        return Response(profiles.dumps(body), status_code=200 if problem is None else 503,
+                        media_type="application/json")
