@@ -15,8 +15,8 @@ from c360.ui import console, fail, record_run, table
 
 train_app = typer.Typer(help="Train models on the feature store (or on your own table) and register them in MLflow.",
                         no_args_is_help=True)
-MODELS = {"churn": "c360-churn", "clv": "c360-clv", "nba": "c360-nba"}
 Model = Literal["churn", "clv", "nba"]
+MODELS: dict[Model, str] = {"churn": "c360-churn", "clv": "c360-clv", "nba": "c360-nba"}
 
 
 TableOption = Annotated[Path | None, typer.Option("--table", help="your own CSV or Parquet table (no feature store)")]

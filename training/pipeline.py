@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
@@ -47,12 +48,21 @@ def _features(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c in BY_NAME]
 
 
-def model_card(name: str, frame: pd.DataFrame, split: tuple, scores: dict[str, dict[str, float]]) -> str:
+def by_segment(test: pd.DataFrame, p: np.ndarray) -> pd.DataFrame:
+    """Fairness review: size, churn rate, mean predicted risk and the model's metrics within each segment."""
+    rows = {}
+    for segment, part in test.assign(p=p).groupby(test["segment"].fillna("unknown")):
+        both = part["churned"].nunique() == 2  # AUC needs churners and stayers
+        rows[segment] = {"customers": len(part), "churn_rate": part["churned"].mean(), "mean_risk": part["p"].mean(),
+                         **(metrics(part["churned"], part["p"]) if both else {})}
+    return pd.DataFrame(rows).T.rename_axis("segment")
+
+
+def model_card(name: str, frame: pd.DataFrame, split: tuple, scores: dict[str, dict[str, float]],
+               segments: pd.DataFrame) -> str:
     train, calib, test = split
     rows = "\n".join(f"| {model} | " + " | ".join(f"{v:.4f}" for v in m.values()) + " |" for model, m in scores.items())
     header = "| model | " + " | ".join(next(iter(scores.values()))) + " |"
-    by_segment = test.groupby(test["segment"].fillna("unknown"))["churned"].agg(["size", "mean"])
-    segments = "\n".join(f"| {seg} | {n:,} | {rate:.3f} |" for seg, (n, rate) in by_segment.iterrows())
     return f"""# {name}
 
 Churn: cancellation, or no product activity and no paid invoice, within {labels.CHURN_HORIZON_DAYS} days of
@@ -69,10 +79,8 @@ the as-of date (`training/labels.py`). Population: customers subscribed at the a
 |---|{'---|' * len(next(iter(scores.values())))}
 {rows}
 
-## Churn rate by segment in the test period (for fairness review)
-| segment | customers | churn rate |
-|---|---|---|
-{segments}
+## By segment in the test period (fairness review: calibration and ranking within each group)
+{segments.round(4).to_markdown()}
 
 ## Caveats
 - Scores are calibrated (Platt) on the period just before the test period; a drifting churn rate needs recalibration.
@@ -97,6 +105,7 @@ def train_churn(s: Settings) -> TrainReport:
         known = oracle.loc[test.index].notna().to_numpy()
         results["oracle"] = metrics(test["churned"][known], oracle.loc[test.index][known])
         results["lightgbm_on_oracle_rows"] = metrics(test["churned"][known], scores["lightgbm"][known])
+    segments = by_segment(test, scores["lightgbm"])
     sample = test[features].sample(min(len(test), 3000), random_state=0)
     figures = {
         "roc": roc_figure(test["churned"], scores, title="ROC, test period"),
@@ -111,8 +120,9 @@ def train_churn(s: Settings) -> TrainReport:
                 "calibration": "platt", "monotone": ",".join(MONOTONE)},
         metrics=results["lightgbm"], baselines={k: v for k, v in results.items() if k != "lightgbm"},
         dataset={"training": train, "test": test}, dataset_name="churn_v1", target="churned",
-        input_example=test[features].head(5), figures=figures, tables={"test_metrics": pd.DataFrame(results).T},
-        model_card=model_card(CHURN_MODEL, frame, split, results), registered_name=CHURN_MODEL,
+        input_example=test[features].head(5), figures=figures,
+        tables={"test_metrics": pd.DataFrame(results).T, "by_segment": segments},
+        model_card=model_card(CHURN_MODEL, frame, split, results, segments), registered_name=CHURN_MODEL,
         tags={"test_period": test_period, "feature_service": "churn_v1"}, home=s.home)
     return TrainReport(CHURN_MODEL, int(version.version), str(version.run_id), test_period,
                        {"train": len(train), "calibration": len(calib), "test": len(test)},

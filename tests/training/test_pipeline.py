@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mlflow
 import pandas as pd
 import pytest
 
@@ -47,6 +48,11 @@ def test_training_registers_a_challenger_and_the_gate_guards_the_champion(
     decision = promote(client, "c360-churn", CHURN_GATE)
     assert not decision.promoted and again.version == first.version + 1
     assert any("roc_auc" in reason for reason in decision.reasons)
+    card = client.get_model_version("c360-churn", str(first.version)).description
+    segments = pd.read_csv(mlflow.artifacts.download_artifacts(
+        run_id=first.run_id, artifact_path="tables/by_segment.csv", tracking_uri=tracking.tracking_uri(home.home)))
+    assert "By segment" in card and set(segments["segment"]) >= {"smb", "enterprise"}
+    assert segments["customers"].sum() == first.rows["test"]
     model, version = tracking.load_model("c360-churn", "champion", "pyfunc", home=home.home)
     assert int(version.version) == first.version
     with warehouse.connect(home, read_only=True) as con:
