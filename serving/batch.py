@@ -185,7 +185,7 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
             missing = wanted[~known]
             raise LookupError(f"{len(missing):,} customers not in the snapshot of {as_of:%Y-%m-%d}, e.g. "
                               + ", ".join(missing[:5]))
-        snapshot = snapshot.set_index("customer_id").loc[wanted].reset_index()
+        snapshot = pd.DataFrame({"customer_id": wanted}).merge(snapshot, on="customer_id", validate="one_to_one")
     folder = run_folder(s, as_of, champions.versions(), customers)
     manifest = folder / "_run.json"
     if manifest.exists():

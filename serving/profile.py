@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,10 @@ def read_online(ctx: Context, customer_ids: list[str]) -> list[OnlineRow | None]
         raise Unavailable(f"online store unreachable ({type(e).__name__}: {e})") from e
     out: list[OnlineRow | None] = []
     stamp = next((n for n in BY_NAME if f"{n}__ts" in data), None)
+    if stamp is None or not all(data[f"{stamp}__ts"]):
+        missing = store_missing(ctx)  # a store file that is gone reads as "no rows": say so rather than 404
+        if missing:
+            raise Unavailable(missing)
     for i, customer in enumerate(customer_ids):
         seconds = data[f"{stamp}__ts"][i] if stamp else 0
         if not seconds:
@@ -105,6 +110,14 @@ def read_online(ctx: Context, customer_ids: list[str]) -> list[OnlineRow | None]
         predictions = {n: data[n][i] for n in FIELDS if n in data} if predicted else None
         out.append(OnlineRow(customer, features, _day(seconds), predictions, _day(predicted) if predicted else None))
     return out
+
+
+def store_missing(ctx: Context) -> str | None:
+    """Why a file-based online store cannot answer (its file is missing), or None."""
+    path = getattr(ctx.store.config.online_store, "path", None)
+    if path and ctx.settings.online_store != "redis" and not Path(path).exists():
+        return f"online store {path} does not exist: run `c360 features materialize` and `c360 score`"
+    return None
 
 
 def _day(seconds: int) -> pd.Timestamp:

@@ -147,9 +147,6 @@ class C360:
             profiles.read_online(ctx, ["__readiness_probe__"])
         except Unavailable as e:
             return str(e)
-        path = getattr(ctx.store.config.online_store, "path", None)
-        if path and self.settings.online_store != "redis" and not os.path.exists(path):
-            return f"online store {path} does not exist: run `c360 features materialize`"
         return None
 
     def __is_ready__(self) -> bool:

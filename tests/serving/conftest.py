@@ -1,0 +1,60 @@
+"""One small C360_HOME with the three champions and a scoring run, shared by the serving tests of a session.
+
+The 3,000-customer resolved company of the root conftest, five feature snapshots (the latest, three that have a
+90-day churn label, one with a 12-month CLV label; the next-best-action training adds the wave dates), the three
+real training pipelines, `@champion` on each, the online store filled, then `c360 score`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from c360 import warehouse
+from c360.settings import Settings
+from features import compute, store
+from training import tracking
+from training.tracking import CHALLENGER, CHAMPION
+
+SNAPSHOT_WEEKS = (0, 16, 20, 24, 56)
+
+
+def promote_all(home: Path) -> None:
+    client = tracking.configure(home)
+    for name in ("c360-churn", "c360-clv", "c360-nba"):
+        client.set_registered_model_alias(name, CHAMPION, tracking.version_by_alias(client, name, CHALLENGER).version)
+
+
+@pytest.fixture(scope="session")
+def served(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    from serving import batch
+    from training.clv_pipeline import train_clv
+    from training.nba_pipeline import train_nba
+    from training.pipeline import train_churn
+
+    root = tmp_path_factory.mktemp("served")
+    s = Settings(home=root / "home")
+    s.home.mkdir()
+    shutil.copyfile(resolved[0] / "warehouse.duckdb", s.warehouse)
+    s.generated.parent.mkdir(parents=True)
+    s.generated.symlink_to(resolved[1])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        patch.setenv("C360_HOME", str(s.home))
+        with warehouse.connect(s, read_only=True) as con:
+            end = warehouse.data_end(con)
+            for weeks in SNAPSHOT_WEEKS:
+                store.write_snapshot(s, compute.build(con, end - pd.Timedelta(weeks=weeks)))
+        store.apply(s)
+        train_churn(s)
+        train_clv(s)
+        train_nba(s)
+        promote_all(s.home)
+        store.materialize(s)
+        batch.score(s, chunk_size=1000)
+        yield s

@@ -1,0 +1,108 @@
+"""The service class called directly (no HTTP): profile, predictions, errors, champion reload."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pandas as pd
+import pytest
+
+from c360.settings import Settings
+from features import store
+from serving.profile import NotFound
+from serving.schemas import ChurnPredictions, NbaPredictions, PredictRequest, Profile
+from serving.service import C360
+from training import tracking
+from training.tracking import CHAMPION
+
+
+@pytest.fixture(scope="module")
+def service(served: Settings) -> Iterator[Any]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("C360_HOME", str(served.home))
+        patch.setenv("C360_RELOAD_SECONDS", "0")
+        yield C360()
+
+
+def body(response: Any) -> dict:
+    return json.loads(response.body)
+
+
+def customers(s: Settings, n: int) -> list[str]:
+    return store.read_snapshot(s, store.snapshot_dates(s)[-1])["customer_id"].head(n).tolist()
+
+
+def test_profile_has_past_present_future_from_the_batch(service: Any, served: Settings) -> None:
+    customer = customers(served, 1)[0]
+    result = body(anyio.run(lambda: service.customer_profile(customer_id=customer, details=False)))
+    Profile.model_validate(result)
+    assert result["customer_id"] == customer
+    assert {"product activity", "purchases and billing"} <= set(result["past"])
+    assert {"health", "red flags"} <= set(result["present"])
+    future = result["future"]
+    for key in ("churn", "clv", "next_best_action"):
+        model = future[key]["model"]
+        assert model["source"] == "batch" and model["features_as_of"] == result["freshness"]["features_as_of"]
+        assert model["version"] == service.ctx.champions[{"next_best_action": "nba"}.get(key, key)].version
+    churn = future["churn"]
+    assert 0 < churn["probability"] < 1 and churn["band"] in {"low", "medium", "high"}
+    assert all(r["direction"] in r["text"] for r in churn["reasons"])
+    clv = future["clv"]
+    assert clv["low"] <= clv["value_12m"] <= clv["high"]
+    nba = future["next_best_action"]
+    assert nba["action"] not in {a["action"] for a in nba["alternatives"]}
+    assert all(nba["uplift"] >= a["uplift"] for a in nba["alternatives"])
+    assert isinstance(future["advocate"]["candidate"], bool)
+
+
+def test_profile_with_details_has_identity_and_lists(service: Any, served: Settings) -> None:
+    customer = customers(served, 1)[0]
+    result = body(anyio.run(lambda: service.customer_profile(customer_id=customer, details=True)))
+    Profile.model_validate(result)
+    assert result["identity"]["customer_id"] == customer
+    assert {"timeline", "contacts", "red flags since"} <= set(result["details"])
+
+
+def test_unknown_customer_is_not_found(service: Any) -> None:
+    with pytest.raises(NotFound):
+        anyio.run(lambda: service.customer_profile(customer_id="C99999999", details=False))
+
+
+def test_predict_ids_and_rows_agree(service: Any, served: Settings) -> None:
+    ids = customers(served, 3)
+    by_id = body(anyio.run(lambda: service.predict_churn(PredictRequest(customer_ids=ids))))
+    ChurnPredictions.model_validate(by_id)
+    snapshot = store.read_snapshot(served, store.snapshot_dates(served)[-1]).set_index("customer_id")
+    inputs = service.ctx.champions["churn"].inputs
+    rows = [{k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v)
+             for k, v in snapshot.loc[c, inputs].items()} for c in ids]
+    by_row = body(anyio.run(lambda: service.predict_churn(PredictRequest(rows=rows))))
+    for a, b in zip(by_id["predictions"], by_row["predictions"], strict=True):
+        assert a["probability"] == pytest.approx(b["probability"], rel=1e-9)
+        assert b["model"]["source"] == "live"
+    nba = body(anyio.run(lambda: service.predict_nba(PredictRequest(customer_ids=ids))))
+    NbaPredictions.model_validate(nba)
+
+
+def test_a_new_champion_is_picked_up_without_restart(service: Any, served: Settings) -> None:
+    client = tracking.configure(served.home)
+    name = "c360-churn"
+    current = tracking.version_by_alias(client, name, CHAMPION)
+    copy = client.create_model_version(name, current.source, current.run_id)
+    customer = customers(served, 1)[0]
+    try:
+        client.set_registered_model_alias(name, CHAMPION, copy.version)
+        reloaded = body(anyio.run(service.reload))
+        assert reloaded["reloaded"] == {"churn": [int(current.version), int(copy.version)]}
+        result = body(anyio.run(lambda: service.customer_profile(customer_id=customer, details=False)))
+        churn = result["future"]["churn"]
+        assert churn["model"] == churn["model"] | {"version": int(copy.version), "source": "live"}
+        assert body(anyio.run(service.reload))["reloaded"] == {}
+    finally:
+        client.set_registered_model_alias(name, CHAMPION, current.version)
+        anyio.run(service.reload)
+    again = body(anyio.run(lambda: service.customer_profile(customer_id=customer, details=False)))["future"]["churn"]
+    assert again["model"]["source"] == "batch" and again["probability"] == pytest.approx(churn["probability"])
