@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from c360 import warehouse
 from c360.settings import Settings
@@ -68,8 +69,39 @@ def value_metrics(actual: pd.Series, predicted: pd.Series | np.ndarray) -> dict[
     predicted = np.asarray(predicted, dtype=float)
     error = predicted - actual.to_numpy(dtype=float)
     return {"total_predicted": float(predicted.sum()), "total_actual": float(actual.sum()),
-            "total_error_pct": float(100 * error.sum() / actual.sum()), "rmse": float(np.sqrt(np.mean(error**2))),
+            "total_error_pct": float(100 * error.sum() / actual.sum()),
+            "abs_total_error_pct": float(100 * abs(error.sum()) / actual.sum()),
+            "rmse": float(np.sqrt(np.mean(error**2))),
+            "poisson_deviance": clv.poisson_deviance(actual, pd.Series(predicted, index=actual.index)),
             "mae": float(np.mean(np.abs(error)))}
+
+
+def holdout_chart(actual: pd.Series, predictions: dict[str, np.ndarray | pd.Series], title: str) -> Figure:
+    """Mean actual against mean predicted 12-month value per decile of each model's prediction."""
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
+    top = 0.0
+    for name, predicted in predictions.items():
+        p = pd.Series(np.asarray(predicted, dtype=float), index=actual.index)
+        decile = pd.qcut(p.rank(method="first"), 10, labels=False)
+        means = pd.DataFrame({"p": p, "y": actual}).groupby(decile).mean()
+        ax.plot(means["p"], means["y"], marker="o", label=name)
+        top = max(top, means.to_numpy().max())
+    ax.plot([0, top], [0, top], linestyle="--", color="grey", linewidth=0.8, label="predicted = actual")
+    ax.set_xlabel("mean predicted 12-month value, per decile of the prediction")
+    ax.set_ylabel("mean actual 12-month value")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def by_segment(test: pd.DataFrame, predictions: dict[str, np.ndarray | pd.Series]) -> pd.DataFrame:
+    """Fairness review: actual and predicted total value per segment, and each model's error on it."""
+    frame = test[["segment", "value"]].assign(**{k: np.asarray(v, dtype=float) for k, v in predictions.items()})
+    totals = frame.groupby(frame["segment"].fillna("unknown"))[["value", *predictions]].sum()
+    errors = {f"{k}_error_pct": 100 * (totals[k] - totals["value"]) / totals["value"] for k in predictions}
+    return totals.assign(customers=frame.groupby(frame["segment"].fillna("unknown")).size(), **errors)
 
 
 def _test_set(s: Settings, con, fs, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
@@ -101,20 +133,24 @@ def train_clv(s: Settings) -> dict:
         baseline = bgnbd_gamma_gamma(con, pd.Timestamp(test["as_of"].iloc[0]), test["customer_id"])
     features = [c for c in frame.columns if c in BY_NAME]
     model = fit(train[features], train["value"])
-    results = {"lightgbm": value_metrics(test["value"], model.predict(test[features])),
-               "bgnbd_gamma_gamma": value_metrics(test["value"], baseline)}
+    predictions = {"lightgbm": model.predict(test[features]), "bgnbd_gamma_gamma": baseline}
+    results = {name: value_metrics(test["value"], p) for name, p in predictions.items()}
+    segments = by_segment(test, predictions)
     test_period = f"{pd.Timestamp(test['as_of'].iloc[0]):%Y-%m-%d}"
     card = (f"# {CLV_MODEL}\n\nExpected net revenue in the 12 months after the as-of date.\n\n"
             f"- train: {len(train):,} examples, as-of {train['as_of'].min():%Y-%m-%d} to "
             f"{train['as_of'].max():%Y-%m-%d}\n- test: {len(test):,} customers at {test_period}; actual = {actual_is}\n"
             f"- baseline: BG/NBD × Gamma-Gamma (lifetimes) on paid invoices before the test date\n\n"
-            + pd.DataFrame(results).T.round(2).to_csv(sep="|"))
+            + pd.DataFrame(results).T.round(2).to_markdown()
+            + "\n\n## By segment in the test period (fairness review)\n" + segments.round(1).to_markdown())
     version = tracking.log_training_run(
         experiment=CLV_MODEL, run_name=f"clv {test_period}", model=model, flavor="pyfunc",
         params={"horizon_weeks": HORIZON_WEEKS, "objective": "tweedie", "features": len(features)},
         metrics=results["lightgbm"], baselines={"bgnbd_gamma_gamma": results["bgnbd_gamma_gamma"]},
         dataset={"training": train, "test": test}, dataset_name="clv_v1", target="value",
-        input_example=test[features].head(5), figures={}, tables={"test_metrics": pd.DataFrame(results).T},
+        input_example=test[features].head(5),
+        figures={"holdout": holdout_chart(test["value"], predictions, f"12-month value after {test_period}")},
+        tables={"test_metrics": pd.DataFrame(results).T, "by_segment": segments},
         model_card=card, registered_name=CLV_MODEL, tags={"test_period": test_period, "feature_service": "clv_v1"},
         home=s.home)
     return {"version": int(version.version), "test_period": test_period, "rows": len(test), **results}
