@@ -10,14 +10,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PUBLIC_DATA = ROOT.parent / "shared" / "data"
 
 
-def _score_missing() -> str | None:
-    from c360.cli import app
-
-    names = {command.name or (command.callback.__name__ if command.callback else "")
-             for command in app.registered_commands}
-    return None if "score" in names else "needs `c360 score` (the serving issue), not in this checkout yet"
-
-
 def _file_missing(path: Path) -> str | None:
     return None if path.exists() else f"public data {path} not found (see ../shared/data/README.md)"
 
@@ -25,7 +17,6 @@ def _file_missing(path: Path) -> str | None:
 NEEDS = {
     "03_clv_cdnow.ipynb": lambda: _file_missing(PUBLIC_DATA / "cdnow" / "CDNOW_sample.txt"),
     "04_nba_hillstrom.ipynb": lambda: _file_missing(PUBLIC_DATA / "hillstrom" / "hillstrom.csv"),
-    "05_batch_scores.ipynb": _score_missing,
 }
 
 

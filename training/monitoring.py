@@ -31,19 +31,21 @@ def _verdict(value: float) -> str:
 
 def score_drift(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """Per model, two scoring runs compared: versions, customers in each and in both, mean score before and after,
-    PSI (with its reading), the mean absolute change of a customer's score and the share whose label changed."""
+    PSI (with its reading), the mean absolute change of a customer's score and the share whose label (risk band,
+    action) changed — NaN for a model without labels."""
     rows = []
     for model in sorted(set(before["model"]) & set(after["model"])):
         old, new = (frame[frame["model"] == model].set_index("customer_id") for frame in (before, after))
         both = old.index.intersection(new.index)
         value = psi(old["score"], new["score"])
+        labels = pd.DataFrame({"old": old.loc[both, "label"], "new": new.loc[both, "label"]}).dropna()
         rows.append({
             "model": model, "versions": f"v{old['version'].iloc[0]} → v{new['version'].iloc[0]}",
             "customers before": len(old), "customers after": len(new), "in both": len(both),
             "mean before": old["score"].mean(), "mean after": new["score"].mean(), "psi": value,
             "reading": _verdict(value),
             "mean abs change": (new.loc[both, "score"] - old.loc[both, "score"]).abs().mean(),
-            "label changed": (new.loc[both, "label"] != old.loc[both, "label"]).mean() if "label" in old else np.nan,
+            "label changed": (labels["old"] != labels["new"]).mean() if len(labels) else np.nan,
         })
     return pd.DataFrame(rows).set_index("model")
 

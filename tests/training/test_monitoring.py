@@ -36,7 +36,9 @@ def test_drift_per_model_compares_the_same_customers() -> None:
     assert churn["versions"] == "v1 → v2" and churn["in both"] == 2000
     assert churn["mean abs change"] == pytest.approx(0.15, abs=0.01)
     assert churn["reading"] == "shifted" and churn["label changed"] > 0.3
-    assert score_drift(_run(before), _run(before)).loc["clv", "psi"] == pytest.approx(0, abs=1e-9)
+    same = score_drift(_run(before), _run(before))
+    assert same.loc["clv", "psi"] == pytest.approx(0, abs=1e-9) and same.loc["churn", "label changed"] == 0
+    assert np.isnan(same.loc["clv", "label changed"]), "CLV has no label to change"
 
 
 def test_fairness_table_shows_a_group_singled_out() -> None:
