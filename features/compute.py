@@ -35,8 +35,11 @@ FEATURES: tuple[Feature, ...] = tuple([
         ("sessions_30d", "logins in the last 30 days"),
         ("features_used_90d", "distinct product features used in the last 90 days"),
         ("active_users_30d", "people active in the product in the last 30 days"),
+        ("product_users", "people with a product login"),
         ("days_since_last_activity", "days since the last product activity")),
     *_f("activity", "float",
+        ("logins_per_user_30d", "logins per person with a product login in the last 30 days"),
+        ("logins_per_user_90d", "logins per person with a product login in the last 90 days"),
         ("usage_trend", "change in active days, last 30 days against the 30 before (-1 = stopped, +1 = doubled)")),
     *_f("interactions", "int",
         ("contacts_email_90d", "e-mail contacts (tickets and CRM) in the last 90 days"),
@@ -122,6 +125,10 @@ events AS (
     SELECT x.customer_id, e.user_id, e.event_time, e.event_type, e.feature
     FROM product_events e JOIN identity_crosswalk x ON x.record_id = 'product/users:' || e.user_id
     WHERE e.event_time < $as_of AND e.event_time >= $as_of - INTERVAL 90 DAY),
+users AS (
+    SELECT x.customer_id, count(*) AS product_users
+    FROM product_users u JOIN identity_crosswalk x ON x.record_id = 'product/users:' || u.user_id
+    WHERE u.signed_up_at < $as_of GROUP BY ALL),
 last_event AS (
     SELECT x.customer_id, max(e.event_time) AS happened
     FROM product_events e JOIN identity_crosswalk x ON x.record_id = 'product/users:' || e.user_id
@@ -134,6 +141,7 @@ activity AS (
         count(DISTINCT CASE WHEN event_time < $as_of - INTERVAL 30 DAY AND event_time >= $as_of - INTERVAL 60 DAY
               THEN event_time::DATE END) AS active_days_prev_30d,
         count(*) FILTER (WHERE event_type = 'login' AND event_time >= $as_of - INTERVAL 30 DAY) AS sessions_30d,
+        count(*) FILTER (WHERE event_type = 'login') AS sessions_90d,
         count(DISTINCT feature) AS features_used_90d,
         count(DISTINCT CASE WHEN event_time >= $as_of - INTERVAL 30 DAY THEN user_id END) AS active_users_30d
     FROM events GROUP BY ALL),
@@ -233,7 +241,9 @@ SELECT b.customer_id, $as_of AS as_of, b.segment, b.region,
     coalesce(a.active_days_7d, 0) AS active_days_7d, coalesce(a.active_days_30d, 0) AS active_days_30d,
     coalesce(a.active_days_90d, 0) AS active_days_90d, coalesce(a.active_days_prev_30d, 0) AS active_days_prev_30d,
     coalesce(a.sessions_30d, 0) AS sessions_30d, coalesce(a.features_used_90d, 0) AS features_used_90d,
-    coalesce(a.active_users_30d, 0) AS active_users_30d,
+    coalesce(a.active_users_30d, 0) AS active_users_30d, coalesce(u.product_users, 0) AS product_users,
+    coalesce(a.sessions_30d, 0) / greatest(u.product_users, 1) AS logins_per_user_30d,
+    coalesce(a.sessions_90d, 0) / greatest(u.product_users, 1) AS logins_per_user_90d,
     date_diff('day', le.happened, $as_of) AS days_since_last_activity,
     {", ".join(f"coalesce(i.contacts_{c}_90d, 0) AS contacts_{c}_90d" for c in CHANNELS)},
     date_diff('day', i.last_contact, $as_of) AS days_since_last_contact,
@@ -256,7 +266,8 @@ SELECT b.customer_id, $as_of AS as_of, b.segment, b.region,
     coalesce(pe.contacts, 0) AS contacts, coalesce(pe.admin_contacts, 0) AS admin_contacts,
     coalesce(pe.has_executive_sponsor, false) AS has_executive_sponsor
 FROM base b
-LEFT JOIN activity a USING (customer_id) LEFT JOIN last_event le USING (customer_id)
+LEFT JOIN activity a USING (customer_id) LEFT JOIN users u USING (customer_id)
+LEFT JOIN last_event le USING (customer_id)
 LEFT JOIN interactions i USING (customer_id) LEFT JOIN campaigns m USING (customer_id)
 LEFT JOIN requests r USING (customer_id) LEFT JOIN subscription s USING (customer_id)
 LEFT JOIN changes ch USING (customer_id) LEFT JOIN invoices v USING (customer_id)

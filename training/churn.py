@@ -31,7 +31,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import GroupShuffleSplit, StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
@@ -131,23 +131,33 @@ class ChurnModel:
         y_train: Iterable[Any],
         X_calib: pd.DataFrame | None = None,
         y_calib: Iterable[Any] | None = None,
+        groups: Iterable[Any] | None = None,
     ) -> ChurnModel:
-        """Trees on the training period (early stopping on a stratified slice of it), calibration on the later one."""
+        """Trees on the training period (early stopping on a stratified slice of it), calibration on the later one.
+
+        ``groups`` (e.g. the customer of each row, when customers appear at several dates) keeps each group on one
+        side of the early-stopping split: otherwise the slice holds rows of customers the trees already saw, and
+        boosting never stops."""
         if self.calibrated and (X_calib is None or y_calib is None):
             raise ValueError("calibration needs a later period: pass X_calib and y_calib, or calibrated=False")
         X, y = _known(X_train, y_train)
+        group = None if groups is None else pd.Series(list(groups), index=X_train.index).loc[X.index].to_numpy()
         self.spec = fit_features(X, self.max_categories)
-        self.booster = self._fit_booster(transform_features(X, self.spec), y)
+        self.booster = self._fit_booster(transform_features(X, self.spec), y, group)
         self.calibrator = None
         if self.calibrated and X_calib is not None and y_calib is not None:
             Xc, yc = _known(X_calib, y_calib)
             self.calibrator = self._fit_calibrator(self.raw_score(Xc), yc)
         return self
 
-    def _fit_booster(self, matrix: pd.DataFrame, y: np.ndarray) -> lgb.Booster:
-        fit_rows, valid_rows = train_test_split(
-            np.arange(len(y)), test_size=self.validation_fraction, stratify=y, random_state=self.seed
-        )
+    def _fit_booster(self, matrix: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None) -> lgb.Booster:
+        rows = np.arange(len(y))
+        if groups is None:
+            fit_rows, valid_rows = train_test_split(
+                rows, test_size=self.validation_fraction, stratify=y, random_state=self.seed)
+        else:
+            split = GroupShuffleSplit(1, test_size=self.validation_fraction, random_state=self.seed)
+            fit_rows, valid_rows = next(split.split(rows, y, groups))
         params = {**self.params, "monotone_constraints": self._monotone_vector()}
         train = lgb.Dataset(matrix.iloc[fit_rows], y[fit_rows])
         valid = lgb.Dataset(matrix.iloc[valid_rows], y[valid_rows], reference=train)

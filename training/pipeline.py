@@ -96,7 +96,8 @@ def train_churn(s: Settings) -> TrainReport:
         oracle = datasets.oracle_churn(con, s.truth, frame) if (s.truth / "churn_risk.parquet").exists() else None
     train, calib, test = split = datasets.time_split(frame)
     features = _features(frame)
-    model = ChurnModel(monotone=MONOTONE).fit(train[features], train["churned"], calib[features], calib["churned"])
+    model = ChurnModel(monotone=MONOTONE).fit(train[features], train["churned"], calib[features], calib["churned"],
+                                              groups=train["customer_id"])
     baseline = fit_baseline(train[features], train["churned"])
     scores = {"lightgbm": model.predict_proba(test[features]),
               "logistic": baseline.predict_proba(test[features])[:, 1]}

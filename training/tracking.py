@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -170,7 +171,9 @@ def _log_datasets(
     logged = {}
     for context, frame in frames.items():
         label = name if len(frames) == 1 else f"{name}-{context}"
-        logged[context] = from_pandas(frame, name=label, targets=target)
+        with warnings.catch_warnings():  # the dataset's schema is a record, not a contract: no int-vs-NaN hint
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+            logged[context] = from_pandas(frame, name=label, targets=target)
         mlflow.log_input(logged[context], context=context)
     return logged
 

@@ -339,8 +339,8 @@ class Builder:
         acc_rows = users["account_row"].to_numpy()
         h = self.w.health[acc_rows, :OBSERVED]
         admin = (users["role"] == "admin").to_numpy()[:, None]
-        q = sigmoid(-2.2 + 1.1 * h + 0.3 * admin) * np.where(is_second, 0.3, 1.0)[:, None]
-        days = self.rng.binomial(2, np.where(self.w.alive[acc_rows, :OBSERVED], q, 0.0))
+        q = sigmoid(-2.4 + 1.6 * h + 0.3 * admin) * np.where(is_second, 0.3, 1.0)[:, None]
+        days = self.rng.binomial(3, np.where(self.w.alive[acc_rows, :OBSERVED], q, 0.0))
         u, week = np.nonzero(days)
         reps = days[u, week]
         u, week = np.repeat(u, reps), np.repeat(week, reps)

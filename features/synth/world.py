@@ -20,7 +20,7 @@ FUTURE = 52
 HORIZON = OBSERVED + FUTURE
 START = END - pd.Timedelta(weeks=OBSERVED)
 BILLING_PERIOD = 4  # weeks between invoices
-WAVES = (26, 52, 78)  # experiment weeks; labels of the last one end inside the observed window
+WAVES = (13, 26, 39, 52, 65, 78)  # quarterly experiment weeks; labels of the last one end inside the observed window
 EFFECT_WEEKS = 13  # horizon of an experiment's outcome (about 90 days)
 PRICE = {"basic": 10.0, "pro": 25.0, "business": 45.0, "enterprise": 70.0}
 ACTION_COST = {"no_action": 0.0, "discount": 0.0, "training_invite": 5.0, "csm_call": 40.0}
@@ -105,8 +105,8 @@ def _health_mean(acc: pd.DataFrame) -> np.ndarray:
 
 def _health_noise(rng: np.random.Generator, n: int) -> np.ndarray:
     noise = np.empty((n, HORIZON))
-    noise[:, 0] = rng.normal(0, 0.4, n)
-    shocks = rng.normal(0, 0.12, (n, HORIZON))
+    noise[:, 0] = rng.normal(0, 0.2, n)
+    shocks = rng.normal(0, 0.06, (n, HORIZON))
     for t in range(1, HORIZON):
         noise[:, t] = NOISE_MEMORY * noise[:, t - 1] + shocks[:, t]
     return noise

