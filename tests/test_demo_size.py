@@ -6,16 +6,13 @@ minutes, most of it Feast's historical retrieval for the churn examples.
 
 from __future__ import annotations
 
-import duckdb
 import pandas as pd
 import pytest
 
 from c360 import warehouse
-from c360.features_cli import as_of_dates
+from c360.pipeline import build_company
 from c360.settings import Settings
-from features import compute, identity, store
-from features.generate import generate
-from features.ingest import ingest
+from features import identity
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo_size")]
 
@@ -26,14 +23,7 @@ def company(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         s = Settings(home=tmp_path_factory.mktemp("demo_size"), customers=20_000, seed=42)
-        generate(s.generated, s.customers, seed=s.seed)
-        with duckdb.connect(str(s.warehouse)) as con:
-            ingest(con, s.generated)
-            identity.resolve(con, s.identity_model, threshold=s.match_threshold)
-        with warehouse.connect(s, read_only=True) as con:
-            for day in as_of_dates(warehouse.data_end(con), None, history_days=644, every_days=28):
-                store.write_snapshot(s, compute.build(con, day))
-        store.apply(s)
+        build_company(s, s.customers, seed=s.seed, corrupt_rate=s.corrupt_rate)
         yield s
 
 
