@@ -39,6 +39,7 @@ bench: install  ## benchmarks at 1M customers (about an hour on 2 cores); figure
 	$(RUN) python -m bench.resolve
 	$(RUN) python -m bench.features
 	$(RUN) python -m bench.online_store
+	$(RUN) python -m bench.models
 
 clean:  ## remove run state (C360_HOME default) and caches
 	rm -rf .c360 .pytest_cache .mypy_cache .ruff_cache
