@@ -52,7 +52,7 @@ class Reasons:
             value = pa.array(self.values[:, slot], type=pa.string())
             quoted = pc.binary_join_element_wise('"', _escape(value), '"', "")
             value_json = pc.fill_null(quoted, "null")
-            contribution = pc.cast(pc.round(pa.array(self.contributions[:, slot]), 6), pa.string())
+            contribution = pc.fill_null(_number_text(self.contributions[:, slot], 6), "0")
             objects.append(pc.binary_join_element_wise('{"feature":"', name, '","value":', value_json,
                                                        ',"contribution":', contribution, "}", ""))
         if not objects:
@@ -81,6 +81,12 @@ def json_list(items: Sequence[pa.Array]) -> pa.Array:
     return pc.binary_join_element_wise("[", joined, "]", "")
 
 
+def _number_text(values: np.ndarray, decimals: int) -> pa.Array:
+    """Numbers rounded to `decimals` as text (numpy rounding: Arrow's overflows on huge values); NaN → null."""
+    rounded = np.round(np.asarray(values, dtype="float64"), decimals)
+    return pc.cast(pa.array(np.where(np.isfinite(rounded), rounded, np.nan), from_pandas=True), pa.string())
+
+
 def _escape(text: pa.Array) -> pa.Array:
     text = pc.replace_substring(text, "\\", "\\\\")
     return pc.replace_substring(text, '"', '\\"')
@@ -107,12 +113,12 @@ def value_text(values: np.ndarray) -> np.ndarray:
     """Feature values as short text (yes/no, numbers to 2 decimals, categories as they are); None when missing."""
     try:
         array = pa.array(values, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         array = pa.array([None if pd.isna(v) else str(v) for v in values], type=pa.string())
     if pa.types.is_boolean(array.type):
         text = pc.if_else(array, "yes", "no")
     elif pa.types.is_floating(array.type):
-        text = pc.cast(pc.round(array, 2), pa.string())
+        text = _number_text(array.to_numpy(zero_copy_only=False), 2)
     elif pa.types.is_dictionary(array.type):
         text = pc.cast(array.dictionary_decode(), pa.string())
     else:
@@ -225,7 +231,7 @@ def alternatives_json(scores: ModelScores) -> pa.Array:
     for slot in range(len(actions)):
         keep = names[:, slot] != scores.label
         name = pa.array(np.where(keep, names[:, slot], None), type=pa.string())
-        value = pc.cast(pc.round(pa.array(uplifts[:, slot]), 2), pa.string())
+        value = pc.fill_null(_number_text(uplifts[:, slot], 2), "null")
         parts.append(pc.binary_join_element_wise('{"action":"', name, '","uplift":', value, "}", ""))
     return json_list(parts)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 Scalar = str | int | float | bool | None
 CUSTOMER_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -128,19 +128,46 @@ class Profile(BaseModel):
     freshness: Freshness
 
 
-class PredictRequest(BaseModel):
-    """Either customer ids (features from the online store) or raw feature rows — not both."""
+class ByIds(BaseModel):
+    """Customers to score: their features come from the online store, their scores from the batch when fresh."""
 
     model_config = ConfigDict(extra="forbid")
-    customer_ids: list[str] | None = Field(None, min_length=1, max_length=MAX_BATCH)
-    rows: list[dict[str, Scalar]] | None = Field(None, min_length=1, max_length=MAX_BATCH,
-                                                   description="feature name → value, every input of the model")
+    customer_ids: list[str] = Field(min_length=1, max_length=MAX_BATCH)
 
-    @model_validator(mode="after")
-    def _one(self) -> PredictRequest:
-        if (self.customer_ids is None) == (self.rows is None):
-            raise ValueError("send either customer_ids or rows")
-        return self
+
+def _row_model(service: str) -> type[BaseModel]:
+    """One raw feature row of a model: every feature of its feature service, each a value of its type or null."""
+    from feature_repo.services import MODELS, NOT_FOR_MODELS
+    from features.compute import FEATURES
+
+    types: dict[str, Any] = {"int": int, "float": float, "bool": bool, "str": str}
+    # Integers within JSON's exact range (2^53): beyond it a JSON number is a rounded float, and int64 overflows.
+    bounds: dict[str, dict[str, int]] = {"int": {"ge": -(2**53 - 1), "le": 2**53 - 1}}
+    fields: dict[str, Any] = {
+        f.name: (types[f.dtype] | None, Field(description=f.description, **bounds.get(f.dtype, {})))
+        for f in FEATURES if f.section in MODELS[service] and f.name not in NOT_FOR_MODELS}
+    name = service.split("_")[0].capitalize() + "Row"
+    return create_model(name, __config__=ConfigDict(extra="ignore", allow_inf_nan=False), **fields)
+
+
+ChurnRow, ClvRow, NbaRow = _row_model("churn_v1"), _row_model("clv_v1"), _row_model("nba_v1")
+
+
+class ChurnRows(BaseModel):
+    """Raw feature rows the caller has (scored live); `null` for an unknown value."""
+
+    model_config = ConfigDict(extra="forbid")
+    rows: list[ChurnRow] = Field(min_length=1, max_length=MAX_BATCH)  # type: ignore[valid-type]
+
+
+class ClvRows(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rows: list[ClvRow] = Field(min_length=1, max_length=MAX_BATCH)  # type: ignore[valid-type]
+
+
+class NbaRows(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rows: list[NbaRow] = Field(min_length=1, max_length=MAX_BATCH)  # type: ignore[valid-type]
 
 
 class ChurnPrediction(Churn):

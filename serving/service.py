@@ -37,11 +37,14 @@ from serving.champions import Champions, RegistryUnavailable
 from serving.profile import Context, Invalid, NotFound, Unavailable
 from serving.schemas import (
     CUSTOMER_ID,
+    ByIds,
     ChurnPredictions,
+    ChurnRows,
     ClvPredictions,
+    ClvRows,
     Error,
     NbaPredictions,
-    PredictRequest,
+    NbaRows,
     Profile,
     Reloaded,
     Status,
@@ -68,8 +71,14 @@ def _error(status: int) -> Any:
     return handler
 
 
+async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    """The shape of FastAPI's own validation errors, so every 422 reads the same."""
+    return JSONResponse({"detail": [{"loc": ["body", "rows"], "msg": str(exc), "type": "value_error"}]},
+                        status_code=422)
+
+
 app.add_exception_handler(NotFound, _error(404))
-app.add_exception_handler(Invalid, _error(422))
+app.add_exception_handler(Invalid, _invalid)
 app.add_exception_handler(Unavailable, _error(503))
 app.add_exception_handler(RegistryUnavailable, _error(503))
 
@@ -165,27 +174,28 @@ class C360:
             return _json(await anyio.to_thread.run_sync(profiles.profile, ctx, customer_id, True))
         return _json(profiles.profile(ctx, customer_id))
 
-    async def _predict(self, kind: str, request: PredictRequest) -> Response:
+    async def _predict(self, kind: str, request: Any) -> Response:
         ctx = self.context()
-        if request.customer_ids is not None:
+        if isinstance(request, ByIds):
             result = await anyio.to_thread.run_sync(profiles.predict_customers, ctx, kind, request.customer_ids)
         else:
-            result = await anyio.to_thread.run_sync(profiles.predict_rows, ctx, kind, request.rows or [])
+            rows = [row.model_dump() for row in request.rows]
+            result = await anyio.to_thread.run_sync(profiles.predict_rows, ctx, kind, rows)
         return _json({"predictions": result})
 
-    @app.post("/predict/churn", response_model=ChurnPredictions, responses={**ERRORS, 422: {"model": Error}},
+    @app.post("/predict/churn", response_model=ChurnPredictions, responses=ERRORS,
               summary="Churn probability, band and reasons")
-    async def predict_churn(self, request: PredictRequest) -> Response:
+    async def predict_churn(self, request: ByIds | ChurnRows) -> Response:
         return await self._predict("churn", request)
 
-    @app.post("/predict/clv", response_model=ClvPredictions, responses={**ERRORS, 422: {"model": Error}},
+    @app.post("/predict/clv", response_model=ClvPredictions, responses=ERRORS,
               summary="12-month value, its range and drivers")
-    async def predict_clv(self, request: PredictRequest) -> Response:
+    async def predict_clv(self, request: ByIds | ClvRows) -> Response:
         return await self._predict("clv", request)
 
-    @app.post("/predict/nba", response_model=NbaPredictions, responses={**ERRORS, 422: {"model": Error}},
+    @app.post("/predict/nba", response_model=NbaPredictions, responses=ERRORS,
               summary="Next best action, its uplift, alternatives and reasons")
-    async def predict_nba(self, request: PredictRequest) -> Response:
+    async def predict_nba(self, request: ByIds | NbaRows) -> Response:
         return await self._predict("nba", request)
 
     @app.post("/admin/reload", response_model=Reloaded, responses={503: ERRORS[503]},
