@@ -77,7 +77,8 @@ def mlflow_ui(review_store: tuple[Path, list[str]]) -> Iterator[str]:
     """`c360 mlflow-ui` on a free port over the review store; yields its URL, stops the server's process group."""
     home, _ = review_store
     port = _free_port()
-    env = {**os.environ, "C360_HOME": str(home), "COLUMNS": "200"}
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env = {**inherited, "C360_HOME": str(home), "COLUMNS": "200"}  # the store under C360_HOME, whatever MLflow set
     process = subprocess.Popen([sys.executable, "-m", "c360.cli", "mlflow-ui", "--port", str(port)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://localhost:{port}"
