@@ -39,6 +39,9 @@ bench: install  ## benchmarks at 1M customers (about an hour on 2 cores); figure
 	$(RUN) python -m bench.resolve
 	$(RUN) python -m bench.features
 	$(RUN) python -m bench.online_store
+	@test -d $${C360_HOME:-.c360}/scores || { echo "bench.serve and bench.score need a scored demo home: run make demo first"; exit 1; }
+	$(RUN) python -m bench.serve
+	$(RUN) python -m bench.score
 	$(RUN) python -m bench.models
 
 clean:  ## remove run state (C360_HOME default) and caches

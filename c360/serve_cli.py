@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -60,16 +58,6 @@ def score(
                scored_chunks=report.scored_chunks, folder=report.folder, **report.versions)
 
 
-def serve_command(port: int, host: str, workers: int) -> tuple[list[str], dict[str, str]]:
-    """The `bentoml serve` command line and environment of the service for the current C360_HOME."""
-    s = Settings()
-    env = {**os.environ, "C360_HOME": str(s.home.resolve()), "C360_SERVE_WORKERS": str(workers),
-           "BENTOML_HOME": os.environ.get("BENTOML_HOME", str((s.home / "bentoml").resolve())),
-           "BENTOML_DO_NOT_TRACK": "True"}
-    return [sys.executable, "-m", "bentoml", "serve", "serving.service:C360", "--port", str(port), "--host", host,
-            "--working-dir", str(Path(__file__).resolve().parents[1])], env
-
-
 def serve(
     port: Annotated[int, typer.Option(help="port to listen on")] = 3000,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
@@ -80,6 +68,8 @@ def serve(
     Endpoints: GET /customers/{id}/profile, POST /predict/churn|clv|nba, POST /admin/reload, GET /status,
     /healthz, /readyz; OpenAPI at /docs.json, Swagger UI at /.
     """
+    from serving.server import serve_command
+
     command, env = serve_command(port, host, workers)
     console.print(f"serving {Settings().home} on http://{host}:{port} ({workers} worker(s)); docs at "
                   f"http://{host}:{port}/")

@@ -3,10 +3,7 @@ against its own OpenAPI document by schemathesis (no 500 anywhere, every respons
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +14,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from starlette.testclient import TestClient
 
-from c360.serve_cli import serve_command
 from c360.settings import Settings
 from features import store
+from serving.server import serve_command, start, stop, wait_ready
 from training import tracking
 from training.tracking import CHAMPION
 
@@ -90,33 +87,21 @@ def free_port() -> int:
 def server(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("C360_HOME", str(served.home))
         patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml_home")))
         patch.setenv("C360_RELOAD_SECONDS", "1")
-        command, env = serve_command(port, "127.0.0.1", 1)
+        command, env = serve_command(port, "127.0.0.1", 1, served)
     log = Path(tmp_path_factory.mktemp("server_log")) / "serve.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        process = start(command, env, out)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"bentoml serve did not become ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        try:
+            wait_ready(f"{url}/readyz", process)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n{log.read_text()[-3000:]}") from None
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop(process)
 
 
 def test_real_server_serves_a_profile_and_polls_the_registry(server: str, served: Settings) -> None:

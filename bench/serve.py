@@ -1,0 +1,199 @@
+"""Profile latency and throughput of the c360 service against `feast serve` reading one entity, in the same run.
+
+Both servers run on the same C360_HOME (default: $C360_HOME) with the same number of worker processes, access
+logs off, on loopback:
+
+* ours: `c360 serve` (BentoML), `GET /customers/{id}/profile` — the whole profile: every feature of `profile_v1`
+  plus the `predictions` view in one online read, three models' scores and reasons from the batch run (fresh),
+  the derived signals, JSON;
+* baseline: `feast serve --max-requests 0` (workers are otherwise recycled every 1,000 requests), `POST
+  /get-online-features` of feature service `profile_v1` for one customer — Feast's own feature read.
+
+Load: a small asyncio HTTP/1.1 keep-alive client in a separate process (request bytes written by hand, so the
+client costs little CPU on the shared 2 cores), random customers of the latest snapshot; one client for the
+latency floor, then 8 concurrent clients for `--seconds` each. Every response must be 200.
+
+Run from the repo root: `python -m bench.serve [--home DIR --workers 2 --seconds 20]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import random
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import record
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _client(port: int, requests: list[bytes], until: float, latencies: list[float], errors: list[str]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = 0
+    try:
+        while time.perf_counter() < until:
+            started = time.perf_counter()
+            writer.write(requests[i % len(requests)])
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = head.split(b" ", 2)[1]
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            if status != b"200":
+                errors.append(status.decode())
+            i += 1
+    finally:
+        writer.close()
+
+
+def _load(port: int, requests: list[bytes], clients: int, seconds: float, out: multiprocessing.Queue) -> None:
+    async def main() -> tuple[list[float], list[str]]:
+        latencies: list[float] = []
+        errors: list[str] = []
+        shuffled = [random.Random(c).sample(requests, len(requests)) for c in range(clients)]
+        until = time.perf_counter() + seconds
+        await asyncio.gather(*(_client(port, shuffled[c], until, latencies, errors) for c in range(clients)))
+        return latencies, errors
+
+    started = time.perf_counter()
+    latencies, errors = asyncio.run(main())
+    out.put((latencies, errors, time.perf_counter() - started))
+
+
+def load(port: int, requests: list[bytes], clients: int, seconds: float) -> dict[str, float]:
+    """Run the load generator in its own process; p50 / p99 (ms), requests/s, errors."""
+    queue: multiprocessing.Queue = multiprocessing.Queue()
+    process = multiprocessing.Process(target=_load, args=(port, requests, clients, seconds, queue))
+    process.start()
+    latencies, errors, elapsed = queue.get()
+    process.join()
+    if errors:
+        raise SystemExit(f"{len(errors)} non-200 responses on port {port}, e.g. {errors[:3]}")
+    ms = np.asarray(latencies) * 1000
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+            "rps": len(ms) / elapsed, "requests": float(len(ms))}
+
+
+def get(path: str, host: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
+def post(path: str, host: str, body: dict) -> bytes:
+    data = json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+def feast_repo(home: Path, folder: Path) -> Path:
+    """A feature_store.yaml for `feast serve` equal to the RepoConfig c360 builds in code (features.store)."""
+    import yaml
+
+    from c360.settings import Settings
+    from features.store import online_store_config
+
+    s = Settings(home=home)
+    config = {"project": "c360", "provider": "local", "entity_key_serialization_version": 3,
+              "registry": {"path": str((s.feast / "registry.db").resolve()), "cache_ttl_seconds": 60},
+              "offline_store": {"type": "duckdb"}, "online_store": online_store_config(s)}
+    (folder / "feature_store.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def measure(name: str, port: int, requests: list[bytes], seconds: float) -> dict[str, dict[str, float]]:
+    load(port, requests, 8, min(5.0, seconds))  # warm-up: imports, caches, page cache
+    one = load(port, requests, 1, seconds)
+    eight = load(port, requests, 8, seconds)
+    print(f"{name}: 1 client p50 {one['p50']:.2f} p99 {one['p99']:.2f} ms; 8 clients p50 {eight['p50']:.2f} "
+          f"p99 {eight['p99']:.2f} ms, {eight['rps']:.0f} req/s", flush=True)
+    return {"one": one, "eight": eight}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=Path(os.environ.get("C360_HOME", ".c360")))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+
+    from features import store
+    from serving.server import serve_command, start, stop, wait_ready
+
+    home = args.home.resolve()
+    os.environ["C360_HOME"] = str(home)
+    from c360.settings import Settings
+
+    s = Settings(home=home)
+    customers = store.read_snapshot(s, store.snapshot_dates(s)[-1])["customer_id"].sample(
+        2000, random_state=0, replace=True).tolist()
+    results = {}
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_port, feast_port = free_port(), free_port()
+        command, env = serve_command(ours_port, "127.0.0.1", args.workers)
+        env |= {"BENTOML_HOME": str(Path(tmp) / "bentoml"), "C360_RELOAD_SECONDS": "0"}
+        ours = start(command, env)
+        try:
+            wait_ready(f"http://127.0.0.1:{ours_port}/readyz", ours)
+            host = f"127.0.0.1:{ours_port}"
+            results["ours"] = measure("c360 profile", ours_port,
+                                      [get(f"/customers/{c}/profile", host) for c in customers], args.seconds)
+        finally:
+            stop(ours)
+        repo = feast_repo(home, Path(tmp))
+        feast = start([str(Path(sys.executable).with_name("feast")), "-c", str(repo), "serve", "--port",
+                       str(feast_port), "--workers", str(args.workers), "--max-requests", "0", "--no-access-log"],
+                      dict(os.environ))
+        try:
+            wait_ready(f"http://127.0.0.1:{feast_port}/health", feast)
+            host = f"127.0.0.1:{feast_port}"
+            body = [post("/get-online-features", host, {"feature_service": "profile_v1",
+                                                          "entities": {"customer_id": [c]}}) for c in customers]
+            results["feast"] = measure("feast serve, one entity", feast_port, body, args.seconds)
+        finally:
+            stop(feast)
+    load_after = os.getloadavg()[0]
+    customers_stored = len(store.read_snapshot(s, store.snapshot_dates(s)[-1]))
+    ours, feast = results["ours"], results["feast"]
+    verdict_p99 = "meets" if ours["eight"]["p99"] <= feast["eight"]["p99"] else "misses"
+    verdict_rps = "meets" if ours["eight"]["rps"] >= 500 else "misses"
+    rows = "\n".join(
+        f"| {label} | {r['one']['p50']:.2f} / {r['one']['p99']:.2f} ms | {r['eight']['p50']:.2f} / "
+        f"{r['eight']['p99']:.2f} ms | {r['eight']['rps']:,.0f} |"
+        for label, r in (("ours: `GET /customers/{id}/profile` (features + 3 models' batch scores + reasons + "
+                          "signals)", ours),
+                         ("baseline: `feast serve --max-requests 0`, `profile_v1` of one entity", feast)))
+    record("serving", f"""
+{customers_stored:,} customers (the demo home), {args.workers} worker processes each, access logs off, loopback;
+load from an asyncio keep-alive HTTP/1.1 client in its own process on the same 2 cores, random customers,
+{args.seconds:.0f} s per measurement after a warm-up; every response 200. The machine was shared (1-minute load
+average {load_before:.1f} at the start, {load_after:.1f} at the end): compare the two rows, not the absolute
+figures. Scores were fresh (`c360 score` on the same snapshot and champions), so the profile reads them from the
+`predictions` view instead of computing them.
+
+| path | 1 client p50 / p99 | 8 clients p50 / p99 | req/s, 8 clients |
+|---|---|---|---|
+{rows}
+
+Target: p99 no slower than Feast's own read at 8 clients — {verdict_p99} ({ours['eight']['p99']:.2f} vs
+{feast['eight']['p99']:.2f} ms); ≥ 500 req/s — {verdict_rps} ({ours['eight']['rps']:,.0f}).
+""")
+
+
+if __name__ == "__main__":
+    main()
