@@ -138,6 +138,8 @@ def contract(
 @app.command()
 def demo(
     customers: Annotated[int | None, typer.Option(help="customers to generate [default: C360_CUSTOMERS]")] = None,
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve",
+                                              help="end with the service up (Ctrl-C stops it)")] = True,
 ) -> None:
     """Run the whole pipeline on generated data and print where to look."""
     s = settings()
@@ -161,6 +163,14 @@ def demo(
                   "`c360 mlflow-ui`.\n"
                   f"Try: `c360 profile {example}`, `c360 eval identity`, "
                   "`c360 resolve explain support/tickets T-000000005`.")
+    score()
+    if serve_after:
+        url = "http://127.0.0.1:3000"
+        console.print(f"\n[bold]The service[/] is starting on {url} (docs: {url}/; Ctrl-C stops it). Try:\n"
+                      f"  curl -s {url}/customers/{example}/profile | python -m json.tool\n"
+                      f"  curl -s {url}/predict/nba -H 'content-type: application/json' "
+                      f"-d '{{\"customer_ids\": [\"{example}\"]}}'")
+        serve()
 
 
 def _example_customer(s: Settings) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Annotated
@@ -49,10 +48,13 @@ def score(
         if "bar" in holder:
             holder["bar"].__exit__(None, None, None)
     versions = ", ".join(f"{kind} v{v}" for kind, v in report.versions.items())
-    done = "scored" if report.scored_chunks else "already scored (pushed again)"
-    console.print(f"{report.customers:,} customers {done} with {versions}, features as of {report.as_of:%Y-%m-%d}, "
-                  f"in {report.seconds:.1f} s ({report.per_second:,.0f} customers/s, "
-                  f"{3 * report.per_second:,.0f} predictions/s)")
+    if report.scored_chunks:
+        console.print(f"{report.customers:,} customers scored with {versions}, features as of "
+                      f"{report.as_of:%Y-%m-%d}, in {report.seconds:.1f} s ({report.per_second:,.0f} customers/s, "
+                      f"{3 * report.per_second:,.0f} predictions/s)")
+    else:
+        console.print(f"{report.customers:,} customers already scored with {versions} (features as of "
+                      f"{report.as_of:%Y-%m-%d}): nothing to score, online store refreshed in {report.seconds:.1f} s")
     console.print(f"scores: {report.folder}; online store: feature view `predictions`")
     record_run(s, "score", started, customers=report.customers, chunks=report.chunks,
                scored_chunks=report.scored_chunks, folder=report.folder, **report.versions)
@@ -68,14 +70,24 @@ def serve(
     Endpoints: GET /customers/{id}/profile, POST /predict/churn|clv|nba, POST /admin/reload, GET /status,
     /healthz, /readyz; OpenAPI at /docs.json, Swagger UI at /.
     """
-    from serving.server import serve_command
+    import signal
+
+    from serving.server import serve_command, start, stop
 
     command, env = serve_command(port, host, workers)
     console.print(f"serving {Settings().home} on http://{host}:{port} ({workers} worker(s)); docs at "
                   f"http://{host}:{port}/")
+
+    def terminate(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    process = start(command, env, None)  # its own process group: stopped with its workers below
     try:
-        code = subprocess.call(command, env=env)
+        code = process.wait()
     except KeyboardInterrupt:
         code = 0
+    finally:
+        stop(process)
     if code:
         raise typer.Exit(code)

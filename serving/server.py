@@ -27,8 +27,9 @@ def serve_command(port: int, host: str = "127.0.0.1", workers: int = 1,
             "--working-dir", str(Path(__file__).resolve().parents[1])], env
 
 
-def start(command: list[str], env: dict[str, str], out: IO | int = subprocess.DEVNULL) -> subprocess.Popen:
-    """Start a server in its own process group (so `stop` reaches its worker processes too)."""
+def start(command: list[str], env: dict[str, str], out: IO | int | None = subprocess.DEVNULL) -> subprocess.Popen:
+    """Start a server in its own process group (so `stop` reaches its worker processes too); `out=None`: this
+    process's stdout."""
     return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
