@@ -69,9 +69,19 @@ class ObjectModel(PythonModel):
 # ---------------------------------------------------------------- where runs live
 
 
+# mlflow.set_tracking_uri / set_registry_uri export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI for subprocesses: a
+# value `configure` set itself is not the user's choice and must not pin the next home to the previous one.
+_exported: dict[str, str] = {}
+
+
+def _chosen(variable: str) -> str | None:
+    value = os.environ.get(variable)
+    return value if value and value != _exported.get(variable) else None
+
+
 def tracking_uri(home: Path) -> str:
-    """`MLFLOW_TRACKING_URI` when set, else the SQLite file `<home>/mlflow.db` (absolute, whatever the cwd)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(home) / 'mlflow.db').resolve()}"
+    """`MLFLOW_TRACKING_URI` when the user set it, else the SQLite file `<home>/mlflow.db` (absolute)."""
+    return _chosen("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(home) / 'mlflow.db').resolve()}"
 
 
 def artifact_root(home: Path) -> Path:
@@ -87,9 +97,10 @@ def configure(home: Path | None = None) -> MlflowClient:
     home = _home(home)
     artifact_root(home).mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(home)
-    registry = os.environ.get("MLFLOW_REGISTRY_URI") or uri
+    registry = _chosen("MLFLOW_REGISTRY_URI") or uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry)
+    _exported.update(MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=registry)
     return MlflowClient(tracking_uri=uri, registry_uri=registry)
 
 

@@ -49,7 +49,7 @@ def test_outcomes_give_one_row_per_assignment_with_its_waves_action(home: Settin
         end = warehouse.data_end(con)
         accounts = datasets.customer_accounts(con, home.truth)
     assert not outcomes.duplicated(["customer_id", "wave"]).any()
-    assert sorted(outcomes["wave"].unique()) == [0, 1, 2]
+    assert sorted(outcomes["wave"].unique()) == list(range(len(world.WAVES)))
     assert len(outcomes) == len(sends.drop_duplicates(["customer_id", "wave"]))  # no arm conflicts at 3k
     joined = outcomes.merge(sends, on=["customer_id", "wave"], validate="one_to_one")
     assert (joined["action"] == joined["sent_action"]).all()
@@ -78,7 +78,8 @@ def test_wave_split_is_by_time_and_features_are_as_of_the_wave_date(home: Settin
         exact = compute.build(con, pd.Timestamp(waves[-1])).set_index("customer_id")
     assert set(waves) <= set(store.snapshot_dates(home)), "every wave date has its own snapshot"
     train, test = wave_split(frame)
-    assert set(train["wave"]) == {0, 1} and set(test["wave"]) == {2}
+    last = len(world.WAVES) - 1
+    assert set(train["wave"]) == set(range(last)) and set(test["wave"]) == {last}
     assert train["as_of"].max() < test["as_of"].min()
     assert "segment" in features and "health_score" not in features  # the nba_v1 service
     last = test.set_index("customer_id")

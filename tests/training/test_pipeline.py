@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import mlflow
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -37,8 +38,9 @@ def test_examples_have_features_before_and_labels_after_their_date(home: Setting
 
 
 def test_training_registers_a_challenger_and_the_gate_guards_the_champion(
-        home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+        home: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     first = train_churn(home)
     assert first.metrics["roc_auc"] > 0.6
     assert {"logistic", "oracle"} <= set(first.baselines)
@@ -49,8 +51,7 @@ def test_training_registers_a_challenger_and_the_gate_guards_the_champion(
     assert not decision.promoted and again.version == first.version + 1
     assert any("roc_auc" in reason for reason in decision.reasons)
     card = client.get_model_version("c360-churn", str(first.version)).description
-    segments = pd.read_csv(mlflow.artifacts.download_artifacts(
-        run_id=first.run_id, artifact_path="tables/by_segment.csv", tracking_uri=tracking.tracking_uri(home.home)))
+    segments = pd.read_csv(client.download_artifacts(first.run_id, "tables/by_segment.csv", str(tmp_path)))
     assert "By segment" in card and set(segments["segment"]) >= {"smb", "enterprise"}
     assert segments["customers"].sum() == first.rows["test"]
     model, version = tracking.load_model("c360-churn", "champion", "pyfunc", home=home.home)

@@ -194,3 +194,13 @@ def test_unknown_model_or_alias_raises_model_not_found(mlflow_home: Path, client
         registry.champion_version(client, "lonely")
     with pytest.raises(ModelNotFound):
         registry.promote(client, "missing", CHURN_GATE)
+
+
+def test_a_second_home_gets_its_own_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    tracking.configure(tmp_path / "a")  # MLflow exports the registry URI it was given
+    second = tracking.configure(tmp_path / "b")
+    assert str(tmp_path / "b") in second._registry_uri
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:////elsewhere/registry.db")  # the user's own choice wins
+    assert tracking.configure(tmp_path / "c")._registry_uri == "sqlite:////elsewhere/registry.db"
