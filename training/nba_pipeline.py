@@ -365,6 +365,13 @@ def _fmt_ci(row: pd.Series, key: str) -> str:
     return f"{row[key]:+.1f} [{row[f'{key}_low']:+.1f}, {row[f'{key}_high']:+.1f}]"
 
 
+def by_segment(test: pd.DataFrame, policy: pd.Series) -> pd.DataFrame:
+    """Share of each segment's test customers the learned policy sends each action, and the segment's size."""
+    segment = test["segment"].fillna("unknown")
+    shares = pd.crosstab(segment, policy, normalize="index").round(3)
+    return shares.assign(customers=segment.value_counts()).rename_axis("segment")
+
+
 def model_card(train: pd.DataFrame, test: pd.DataFrame, features: list[str], ev: Evaluation, model: NbaModel) -> str:
     ips_rows = "\n".join(
         f"| {name} | {r['value']:.1f} [{r['value_low']:.1f}, {r['value_high']:.1f}] | "
@@ -424,6 +431,9 @@ Net outcome per customer; gain = learned policy − row.
 |---|---|---|
 {ips_rows}
 {truth}
+## By segment on the test wave (fairness review: who gets which action)
+{by_segment(test, ev.policy).to_markdown()}
+
 ## Caveats
 - The outcome's spread (thousands per customer, driven by account size) dwarfs the effects (tens per customer):
   the IPS values and their CIs are too wide to rank policies; on generated data trust the exact values.

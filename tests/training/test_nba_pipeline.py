@@ -130,6 +130,7 @@ def test_train_nba_registers_a_challenger_and_beats_simple_rules(
 
     model, version = tracking.load_model(NBA_MODEL, "challenger", "pyfunc", home=home.home)
     assert int(version.version) == report.version and version.tags["test_period"] == report.test_period
+    assert "By segment on the test wave" in version.description
     with warehouse.connect(home, read_only=True) as con:
         sample = experiment_outcomes(con).tail(50)
         sample = nba_pipeline.wave_features(store.feature_store(home), sample)
