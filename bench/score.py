@@ -110,7 +110,8 @@ def main() -> None:
               f"peak RSS {raw.peak_rss_mb:,.0f} MB)", flush=True)
         ours = run([sys.executable, "-m", "c360.cli", "score", "--chunk-size", "100000"], env=env)
         print(f"c360 score: {ours.seconds:.1f} s, peak RSS {ours.peak_rss_mb:,.0f} MB", flush=True)
-        long = pd.read_parquet(next(work.glob("scores/as_of=*/run=*")), columns=["model"])
+        folder = next(work.glob("scores/as_of=*/run=*"))
+        long = pd.concat(pd.read_parquet(p, columns=["model"]) for p in folder.glob("part-*.parquet"))
     n = args.customers
     ratio = ours.seconds / base["seconds"]
     load = os.getloadavg()[0]

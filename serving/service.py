@@ -6,6 +6,8 @@ predictions) with the champions of `serving.champions`:
 * `GET /customers/{customer_id}/profile` — past, present, future and freshness (`?details=true`: identity and
   the warehouse's lists too);
 * `POST /predict/churn`, `/predict/clv`, `/predict/nba` — up to 100 customer ids, or raw feature rows;
+* `GET /customers?email=` — the customers with that e-mail address (`serving.lookup`);
+* `GET /ui` — the profile page for customer-success managers (`serving.ui`: one static page over this API);
 * `POST /admin/reload` — reload the champions whose `@champion` alias moved (the service also polls every
   `C360_RELOAD_SECONDS`, default 30); `GET /status` — what is loaded, and why the service is not ready;
 * BentoML's own `GET /healthz` / `/livez` (process up) and `GET /readyz` (`__is_ready__`: online store readable
@@ -29,11 +31,13 @@ from typing import Annotated, Any
 import anyio
 import bentoml
 from fastapi import FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from c360.settings import Settings
 from serving import profile as profiles
+from serving import ui
 from serving.champions import Champions, RegistryUnavailable
+from serving.lookup import EMAIL, customers_by_email
 from serving.profile import Context, Invalid, NotFound, Unavailable
 from serving.schemas import (
     CUSTOMER_ID,
@@ -42,6 +46,7 @@ from serving.schemas import (
     ChurnRows,
     ClvPredictions,
     ClvRows,
+    CustomerMatches,
     Error,
     NbaPredictions,
     NbaRows,
@@ -138,6 +143,7 @@ class C360:
             if self.ctx is None:
                 raise Unavailable(self.problem or "service not initialised")
             return {k: (None, v) for k, v in self.ctx.champions.versions().items()}
+        self.ctx.refs = []  # re-read the registry's views too: `c360 score` may have registered `predictions` since
         return self.ctx.champions.refresh()
 
     def context(self) -> Context:
@@ -217,3 +223,17 @@ class C360:
                 "online_store": self.settings.online_store, "problem": problem}
         return Response(profiles.dumps(body), status_code=200 if problem is None else 503,
                         media_type="application/json")
+
+    @app.get("/customers", response_model=CustomerMatches,
+             responses={404: {"model": Error, "description": "no customer with this e-mail"}, 503: ERRORS[503]},
+             summary="The customers with an e-mail address")
+    async def customers(
+        self, email: Annotated[str, Query(pattern=EMAIL, max_length=254,
+                                          description="e-mail address, e.g. jane.doe@example.com")],
+    ) -> Response:
+        return _json(await anyio.to_thread.run_sync(customers_by_email, self.settings, email))
+
+    @app.get("/ui", response_class=HTMLResponse, include_in_schema=False)
+    async def profile_page(self) -> Response:
+        """The profile page (it calls the routes above from the browser)."""
+        return HTMLResponse(ui.page())
