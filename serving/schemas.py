@@ -208,3 +208,8 @@ class Reloaded(BaseModel):
 
 class Error(BaseModel):
     detail: str
+
+
+class CustomerMatches(BaseModel):
+    email: str = Field(description="the address as identity resolution normalises it (lowercase, no +tag)")
+    customer_ids: list[str] = Field(description="customers with this address among their records, sorted")

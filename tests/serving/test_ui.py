@@ -1,0 +1,178 @@
+"""The profile page (`/ui`) and the e-mail lookup behind its search box: the plain function, the routes in process
+(ASGI), and the page in headless Chromium against a real `bentoml serve` over the serving tests' home."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from c360 import warehouse
+from c360.settings import Settings
+from features import store
+from serving.lookup import customers_by_email
+from serving.profile import NotFound, Unavailable
+from serving.server import serve_command, start, stop, wait_ready
+
+SVG_NAMESPACE = "http://www.w3.org/2000/svg"
+
+
+def flagged_customer(s: Settings) -> tuple[str, str]:
+    """The latest snapshot's customer with the most red flags (a busy profile), and its first e-mail address."""
+    snapshot = store.read_snapshot(s, store.snapshot_dates(s)[-1])
+    ranked = snapshot.sort_values(["red_flags", "customer_id"], ascending=[False, True])["customer_id"].tolist()
+    with warehouse.connect(s, read_only=True) as con:
+        emails = dict(con.execute("SELECT customer_id, emails[1] FROM identity_customers WHERE len(emails) > 0 "
+                                  "AND customer_id IN (SELECT unnest(?))", [ranked[:50]]).fetchall())
+    customer = next(c for c in ranked if c in emails)
+    return customer, emails[customer]
+
+
+# ---------------------------------------------------------------- the lookup, a plain function
+
+
+def test_lookup_finds_the_customer_whatever_the_case_and_tag(served: Settings) -> None:
+    customer, email = flagged_customer(served)
+    local, domain = email.split("@")
+    found = customers_by_email(served, f"  {local.upper()}+crm@{domain.upper()} ")
+    assert found["email"] == email and customer in found["customer_ids"]
+    with pytest.raises(NotFound, match=r"no customer with e-mail nobody@nowhere\.example"):
+        customers_by_email(served, "Nobody@nowhere.example")
+
+
+def test_lookup_without_a_warehouse_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(Unavailable, match="warehouse"):
+        customers_by_email(Settings(home=tmp_path), "jane@example.com")
+
+
+# ---------------------------------------------------------------- in process (ASGI)
+
+
+@pytest.fixture(scope="module")
+def client(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    from serving.service import C360
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("C360_HOME", str(served.home))
+        patch.setenv("C360_RELOAD_SECONDS", "0")
+        patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml_ui")))
+        with TestClient(C360.to_asgi(), raise_server_exceptions=False) as test_client:
+            yield test_client
+
+
+def test_ui_is_one_page_that_fetches_nothing_from_elsewhere(client: TestClient) -> None:
+    response = client.get("/ui")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    html = response.text
+    assert set(re.findall(r"https?://[^\s\"'<>)`]+", html)) <= {SVG_NAMESPACE}
+    assert not re.search(r"<script[^>]+src|<link[^>]+stylesheet|@import|url\(", html)
+    # the same API, no second code path
+    assert "profile?details=true" in html and "customers?email=" in html
+    assert "/ui" not in client.get("/docs.json").json()["paths"]
+
+
+def test_email_lookup_route(client: TestClient, served: Settings) -> None:
+    customer, email = flagged_customer(served)
+    found = client.get("/customers", params={"email": email.upper()})
+    assert found.status_code == 200 and found.json()["email"] == email and customer in found.json()["customer_ids"]
+    unknown = client.get("/customers", params={"email": "nobody@nowhere.example"})
+    assert unknown.status_code == 404 and unknown.json() == {"detail": "no customer with e-mail nobody@nowhere.example"}
+    for params in ({"email": "not an address"}, {"email": "a@b"}, {}):
+        malformed = client.get("/customers", params=params)
+        assert malformed.status_code == 422 and malformed.json()["detail"][0]["loc"] == ["query", "email"]
+
+
+# ---------------------------------------------------------------- in Chromium, against a real server
+
+
+@pytest.fixture(scope="module")
+def server(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`bentoml serve` over the served home on a free port (what `c360 serve` runs); yields its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml_ui_home")))
+        patch.setenv("C360_RELOAD_SECONDS", "0")
+        command, env = serve_command(port, "127.0.0.1", 1, served)
+    log = tmp_path_factory.mktemp("ui_server_log") / "serve.log"
+    with log.open("w") as out:
+        process = start(command, env, out)
+    try:
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/readyz", process)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n{log.read_text()[-3000:]}") from None
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+def test_profile_page_shows_past_present_future_and_its_error_states(
+        server: str, served: Settings, page, tmp_path: Path, docs_images: Path | None) -> None:
+    customer, email = flagged_customer(served)
+    expected = httpx.get(f"{server}/customers/{customer}/profile", params={"details": "true"}, timeout=60).json()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    page.goto(f"{server}/ui")
+    page.get_by_label("Customer id or e-mail address").fill(email)  # found by e-mail, through the search box
+    page.get_by_role("button", name="Find").click()
+    choice = page.locator(f"button.choice[data-id='{customer}']")  # an address several customers share: choose
+    page.locator("#profile:not([hidden]), button.choice").first.wait_for(timeout=60_000)
+    if choice.count():
+        choice.click()
+    page.locator("#profile:not([hidden])").wait_for(timeout=60_000)
+
+    for section in ("Past", "Present", "Future"):
+        assert page.get_by_role("region", name=re.compile(f"^{section} —")).is_visible()
+    assert page.locator("#customer-id").inner_text() == customer
+    assert page.locator("#customer-name").inner_text() == expected["identity"]["display_name"]
+    health = expected["present"]["health"]
+    assert page.locator("#health-score").text_content() == str(round(health["health score"]))
+    assert page.locator("#health-band").inner_text() == health["health band"]
+    details = expected["details"]
+    assert page.locator("#red-flags li").count() == len(details["red flags since"]) > 0
+    assert page.locator("#timeline li").count() == len(details["timeline"])
+    future = expected["future"]
+    assert page.locator("#churn-probability").inner_text() == f"{100 * future['churn']['probability']:.1f} %"
+    assert page.locator("#churn-band").inner_text() == future["churn"]["band"]
+    churn_card = page.locator("#future .card").first
+    assert churn_card.locator("ul.diverging li").count() == len(future["churn"]["reasons"])
+    assert f"{future['churn']['model']['name']} v{future['churn']['model']['version']}" in churn_card.inner_text()
+    assert page.locator("#clv-value").inner_text() == f"{future['clv']['value_12m']:,.0f}"
+    assert page.locator("#nba-action").inner_text() == future["next_best_action"]["action"].replace("_", " ")
+    as_of = expected["freshness"]["features_as_of"]
+    assert page.locator("#freshness").inner_text().startswith(f"features as of {as_of}")
+    assert page.get_by_text(details["red flags since"][0]["description"]).is_visible()
+    assert page.url.endswith(f"/ui?email={email.replace('@', '%40')}") or f"customer={customer}" in page.url
+
+    shot = tmp_path / "profile-page.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 50_000
+    if docs_images is not None:
+        (docs_images / shot.name).write_bytes(shot.read_bytes())
+
+    def alert(url: str, heading: str) -> str:
+        page.goto(url)
+        box = page.get_by_role("alert")
+        box.get_by_role("heading", name=heading).wait_for(timeout=30_000)
+        assert page.locator("#profile").is_hidden()
+        return str(box.inner_text())
+
+    assert "unknown customer" in alert(f"{server}/ui?customer=C99999999", "No customer with id C99999999")
+    alert(f"{server}/ui?customer=not%20an%20id", "“not an id” is not a valid id")
+    alert(f"{server}/ui?email=nobody@nowhere.example", "No customer with e-mail nobody@nowhere.example")
+
+    detail = "online store /x/online.db does not exist: run `c360 features materialize` and `c360 score`"
+    page.route("**/profile?details=true", lambda route: route.fulfill(
+        status=503, content_type="application/json", body=json.dumps({"detail": detail})))
+    alert(f"{server}/ui?customer={customer}", "The service cannot answer right now")
+    assert page.locator("#error-detail").inner_text() == detail
+    assert not errors, errors
