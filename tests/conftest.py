@@ -105,9 +105,12 @@ def docs_images(request: pytest.FixtureRequest) -> Path | None:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """Debian's headless Chromium driven by Playwright; skips when it is not installed (`.ci/run` installs it)."""
+    """Debian's headless Chromium driven by Playwright; skips when it is not installed (`.ci/run` installs it).
+
+    Module scope: Playwright's sync API runs an event loop in the thread while it is open, and a later test of the
+    same worker that calls `anyio.run` would find it still running."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: `apt-get install -y --no-install-recommends chromium` (Debian) "
                     "to run the browser tests")
