@@ -32,7 +32,7 @@ mlflow-ui: install  ## the MLflow UI on C360_HOME's tracking store (HOST=127.0.0
 	$(RUN) c360 mlflow-ui --host $(or $(HOST),127.0.0.1) --port $(or $(PORT),5000)
 
 screenshots: install  ## refresh the README's screenshots (docs/images/) from the browser tests
-	$(RUN) pytest tests/c360/test_review_cli.py --docs-images
+	$(RUN) pytest tests/c360/test_review_cli.py tests/serving/test_ui.py --docs-images
 
 bench: install  ## benchmarks at 1M customers (about an hour on 2 cores); figures go to bench/RESULTS.md
 	$(RUN) python -m bench.generate_ingest
