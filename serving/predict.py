@@ -205,15 +205,17 @@ def score_nba(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelSco
     uplift = net.sub(net[control], axis=0)
     actions = list(net.columns)
     order = [control, *[a for a in actions if a != control]]
-    values = uplift[order].to_numpy()
-    best = np.asarray(order, dtype=object)[np.argmax(values, axis=1)]  # ties: the control (first)
-    others = uplift[[a for a in actions if a != control]]
-    explained = np.where(best == control, others.idxmax(axis=1).to_numpy(dtype=object), best) if len(others.columns) \
-        else best
+    values = uplift[order].to_numpy(dtype="float64")
+    ranked = np.where(np.isnan(values), -np.inf, values)  # an undefined uplift (inf − inf on absurd inputs) loses
+    names = np.asarray(order, dtype=object)
+    best = names[np.argmax(ranked, axis=1)]  # ties: the control (first)
+    explained = best
+    if len(order) > 1:  # for no_action: the best alternative, whose uplift the reasons then explain
+        explained = np.where(best == control, names[1 + np.argmax(ranked[:, 1:], axis=1)], best)
     contributions = model.uplift_contributions(X, pd.Series(explained, index=X.index))
     raw = transform_features_raw(X[model.features], model.uplift.spec_)
     reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), raw, k)
-    score = np.take_along_axis(values, np.argmax(values, axis=1)[:, None], axis=1)[:, 0]
+    score = np.take_along_axis(values, np.argmax(ranked, axis=1)[:, None], axis=1)[:, 0]
     extra = {str(a): uplift[a].to_numpy(dtype="float64") for a in actions}
     extra["explained"] = explained
     return ModelScores("nba", version, score, reasons, best, extra)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from starlette.testclient import TestClient
 
 from c360 import warehouse
 from c360.settings import Settings
@@ -58,3 +59,16 @@ def served(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
         store.materialize(s)
         batch.score(s, chunk_size=1000)
         yield s
+
+
+@pytest.fixture(scope="module")
+def client(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The service in process through its ASGI app (BentoML's lifespan creates the service instance)."""
+    from serving.service import C360
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("C360_HOME", str(served.home))
+        patch.setenv("C360_RELOAD_SECONDS", "0")
+        patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml")))
+        with TestClient(C360.to_asgi(), raise_server_exceptions=False) as test_client:
+            yield test_client

@@ -30,18 +30,6 @@ def a_customer(s: Settings) -> str:
 # ---------------------------------------------------------------- in process (ASGI)
 
 
-@pytest.fixture(scope="module")
-def client(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    from serving.service import C360
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("C360_HOME", str(served.home))
-        patch.setenv("C360_RELOAD_SECONDS", "0")
-        patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml")))
-        with TestClient(C360.to_asgi(), raise_server_exceptions=False) as test_client:
-            yield test_client
-
-
 def test_asgi_profile_and_errors(client: TestClient, served: Settings) -> None:
     customer = a_customer(served)
     assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
