@@ -8,8 +8,10 @@ real training pipelines, `@champion` on each, the online store filled, then `c36
 from __future__ import annotations
 
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -18,6 +20,7 @@ from starlette.testclient import TestClient
 from c360 import warehouse
 from c360.settings import Settings
 from features import compute, store
+from serving.server import serve_command, start, stop, wait_ready
 from training import tracking
 from training.tracking import CHALLENGER, CHAMPION
 
@@ -61,14 +64,50 @@ def served(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
         yield s
 
 
-@pytest.fixture(scope="module")
-def client(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """The service in process through its ASGI app (BentoML's lifespan creates the service instance)."""
+@pytest.fixture(scope="session")
+def asgi_app() -> Any:
+    """The service's ASGI app, built once per process: a second `C360.to_asgi()` registers BentoML's Prometheus
+    metrics again and fails ("Duplicated timeseries"), so two test modules in one worker share this one."""
     from serving.service import C360
 
+    return C360.to_asgi()
+
+
+@pytest.fixture(scope="module")
+def client(served: Settings, asgi_app: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The service in process through its ASGI app (BentoML's lifespan creates the service instance)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("C360_HOME", str(served.home))
         patch.setenv("C360_RELOAD_SECONDS", "0")
         patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml")))
-        with TestClient(C360.to_asgi(), raise_server_exceptions=False) as test_client:
+        with TestClient(asgi_app, raise_server_exceptions=False) as test_client:
             yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `bentoml serve` over the served home on a free port (what `c360 serve` runs), polling the registry
+    every second; yields its URL."""
+    port = free_port()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml_home")))
+        patch.setenv("C360_RELOAD_SECONDS", "1")
+        command, env = serve_command(port, "127.0.0.1", 1, served)
+    log = Path(tmp_path_factory.mktemp("server_log")) / "serve.log"
+    url = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        process = start(command, env, out)
+    try:
+        try:
+            wait_ready(f"{url}/readyz", process)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n{log.read_text()[-3000:]}") from None
+        yield url
+    finally:
+        stop(process)

@@ -3,20 +3,15 @@ against its own OpenAPI document by schemathesis (no 500 anywhere, every respons
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from starlette.testclient import TestClient
 
 from c360.settings import Settings
 from features import store
-from serving.server import serve_command, start, stop, wait_ready
 from training import tracking
 from training.tracking import CHAMPION
 
@@ -63,33 +58,6 @@ def test_asgi_store_unreachable_is_503(client: TestClient, served: Settings) -> 
 
 
 # ---------------------------------------------------------------- a real server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def server(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml_home")))
-        patch.setenv("C360_RELOAD_SECONDS", "1")
-        command, env = serve_command(port, "127.0.0.1", 1, served)
-    log = Path(tmp_path_factory.mktemp("server_log")) / "serve.log"
-    url = f"http://127.0.0.1:{port}"
-    with log.open("w") as out:
-        process = start(command, env, out)
-    try:
-        try:
-            wait_ready(f"{url}/readyz", process)
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}\n{log.read_text()[-3000:]}") from None
-        yield url
-    finally:
-        stop(process)
 
 
 def test_real_server_serves_a_profile_and_polls_the_registry(server: str, served: Settings) -> None:

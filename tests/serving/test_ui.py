@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,7 +16,6 @@ from c360.settings import Settings
 from features import store
 from serving.lookup import customers_by_email
 from serving.profile import NotFound, Unavailable
-from serving.server import serve_command, start, stop, wait_ready
 
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
 
@@ -54,18 +51,6 @@ def test_lookup_without_a_warehouse_is_unavailable(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- in process (ASGI)
 
 
-@pytest.fixture(scope="module")
-def client(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    from serving.service import C360
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("C360_HOME", str(served.home))
-        patch.setenv("C360_RELOAD_SECONDS", "0")
-        patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml_ui")))
-        with TestClient(C360.to_asgi(), raise_server_exceptions=False) as test_client:
-            yield test_client
-
-
 def test_ui_is_one_page_that_fetches_nothing_from_elsewhere(client: TestClient) -> None:
     response = client.get("/ui")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
@@ -89,29 +74,6 @@ def test_email_lookup_route(client: TestClient, served: Settings) -> None:
 
 
 # ---------------------------------------------------------------- in Chromium, against a real server
-
-
-@pytest.fixture(scope="module")
-def server(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`bentoml serve` over the served home on a free port (what `c360 serve` runs); yields its URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml_ui_home")))
-        patch.setenv("C360_RELOAD_SECONDS", "0")
-        command, env = serve_command(port, "127.0.0.1", 1, served)
-    log = tmp_path_factory.mktemp("ui_server_log") / "serve.log"
-    with log.open("w") as out:
-        process = start(command, env, out)
-    try:
-        try:
-            wait_ready(f"http://127.0.0.1:{port}/readyz", process)
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}\n{log.read_text()[-3000:]}") from None
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process)
 
 
 def test_profile_page_shows_past_present_future_and_its_error_states(
