@@ -70,13 +70,13 @@ class ObjectModel(PythonModel):
 
 
 # mlflow.set_tracking_uri / set_registry_uri export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI for subprocesses: a
-# value `configure` set itself is not the user's choice and must not pin the next home to the previous one.
-_exported: dict[str, str] = {}
+# value `configure` ever set itself is not the user's choice and must not pin the next home to an earlier one.
+_exported: set[str] = set()
 
 
 def _chosen(variable: str) -> str | None:
     value = os.environ.get(variable)
-    return value if value and value != _exported.get(variable) else None
+    return value if value and value not in _exported else None
 
 
 def tracking_uri(home: Path) -> str:
@@ -96,11 +96,12 @@ def configure(home: Path | None = None) -> MlflowClient:
     """Points MLflow (tracking and registry) at `home` (default: C360_HOME) and returns a client; idempotent."""
     home = _home(home)
     artifact_root(home).mkdir(parents=True, exist_ok=True)
+    chosen = {_chosen("MLFLOW_TRACKING_URI"), _chosen("MLFLOW_REGISTRY_URI")}
     uri = tracking_uri(home)
     registry = _chosen("MLFLOW_REGISTRY_URI") or uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry)
-    _exported.update(MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=registry)
+    _exported.update({uri, registry} - chosen)
     return MlflowClient(tracking_uri=uri, registry_uri=registry)
 
 

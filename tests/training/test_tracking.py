@@ -204,3 +204,6 @@ def test_a_second_home_gets_its_own_registry(tmp_path: Path, monkeypatch: pytest
     assert str(tmp_path / "b") in second._registry_uri
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:////elsewhere/registry.db")  # the user's own choice wins
     assert tracking.configure(tmp_path / "c")._registry_uri == "sqlite:////elsewhere/registry.db"
+    assert tracking.configure(tmp_path / "d")._registry_uri == "sqlite:////elsewhere/registry.db"  # and stays
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", second._registry_uri)  # an exported value restored by a test's undo
+    assert str(tmp_path / "e") in tracking.configure(tmp_path / "e")._registry_uri
