@@ -270,16 +270,24 @@ class MultiArmUplift:
         outcome: Iterable[Any],
         control: Hashable,
         propensity: Mapping[Hashable, float] | None = None,
+        sample_weight: Iterable[float] | None = None,
     ) -> MultiArmUplift:
         """Fit one outcome model per arm (plus effect models for the X-learner, plus the uplift calibration).
 
         ``propensity`` maps arm -> assignment probability; by default the assignment shares (a randomized
-        experiment). Rows lacking an arm or an outcome are dropped.
+        experiment). ``sample_weight`` (one non-negative weight per row, optional) weights every fit and the
+        calibration: e.g. the stake of each customer when the outcome is per unit of a size. Rows lacking an arm or
+        an outcome are dropped.
         """
         t = pd.Series(list(treatment), index=X.index, dtype=object)
         y = to_outcome(pd.Series(list(outcome), index=X.index))
+        w = None if sample_weight is None else pd.Series(np.asarray(list(sample_weight), dtype="float64"),
+                                                         index=X.index)
         keep = (t.notna() & y.notna()).to_numpy()
+        if w is not None:
+            keep &= (w.notna() & (w >= 0)).to_numpy()
         X, t, y = X.loc[keep], t[keep], y[keep]
+        w = None if w is None else w[keep]
         arms = _labels(t)
         if control not in arms:
             raise ValueError(f"control arm {control!r} not among the assigned arms {arms}")
@@ -290,22 +298,24 @@ class MultiArmUplift:
         self.spec_ = fit_features(X, self.max_categories)
         matrix = transform_features(X, self.spec_)
         masks = {arm: (t == arm).to_numpy() for arm in self.arms_}
-        self.models_ = {arm: self._fit_one(matrix[in_arm], y[in_arm], self.binary_) for arm, in_arm in masks.items()}
+        weights = {arm: None if w is None else w[in_arm].to_numpy() for arm, in_arm in masks.items()}
+        self.models_ = {arm: self._fit_one(matrix[in_arm], y[in_arm], self.binary_, weights[arm])
+                        for arm, in_arm in masks.items()}
         self.effect_models_: dict[Hashable, tuple[Any, Any]] = {}
         if self.learner == "x":
-            self._fit_effects(matrix, t, y)
+            self._fit_effects(matrix, t, y, w)
         self.calibration_: dict[Hashable, tuple[float, float, float]] = {}
         if self.calibrate and len(self.arms_) > 1:
-            self._calibrate(X, t, y, self._raw_outcomes(matrix))
+            self._calibrate(X, t, y, self._raw_outcomes(matrix), w)
         return self
 
-    def _fit_one(self, X: pd.DataFrame, y: pd.Series, binary: bool) -> Any:
+    def _fit_one(self, X: pd.DataFrame, y: pd.Series, binary: bool, weight: np.ndarray | None = None) -> Any:
         if y.nunique() < 2:
             return _Constant(float(y.iloc[0]) if len(y) else 0.0)
         model = lgb.LGBMClassifier(**self.params) if binary else lgb.LGBMRegressor(**self.params)
-        return model.fit(X, y.astype(int) if binary else y)
+        return model.fit(X, y.astype(int) if binary else y, sample_weight=weight)
 
-    def _fit_effects(self, matrix: pd.DataFrame, t: pd.Series, y: pd.Series) -> None:
+    def _fit_effects(self, matrix: pd.DataFrame, t: pd.Series, y: pd.Series, w: pd.Series | None = None) -> None:
         # X-learner: impute each side's individual effect with the other side's outcome model, then regress it.
         in_control = (t == self.control_).to_numpy()
         X_c, y_c = matrix[in_control], y[in_control].to_numpy()
@@ -315,8 +325,8 @@ class MultiArmUplift:
             d_arm = y[in_arm].to_numpy() - mu_c[in_arm]
             d_ctrl = self._predict_one(self.models_[arm], X_c) - y_c
             self.effect_models_[arm] = (
-                self._fit_one(matrix[in_arm], pd.Series(d_arm), binary=False),
-                self._fit_one(X_c, pd.Series(d_ctrl), binary=False),
+                self._fit_one(matrix[in_arm], pd.Series(d_arm), False, None if w is None else w[in_arm].to_numpy()),
+                self._fit_one(X_c, pd.Series(d_ctrl), False, None if w is None else w[in_control].to_numpy()),
             )
 
     def _uncalibrated(self) -> MultiArmUplift:
@@ -324,27 +334,32 @@ class MultiArmUplift:
             self.learner, calibrate=False, max_categories=self.max_categories, seed=self.seed, **self.options
         )
 
-    def _calibrate(self, X: pd.DataFrame, t: pd.Series, y: pd.Series, fitted: pd.DataFrame) -> None:
+    def _calibrate(self, X: pd.DataFrame, t: pd.Series, y: pd.Series, fitted: pd.DataFrame,
+                   w: pd.Series | None = None) -> None:
         """Per arm: average effect and how much of the predicted variation in uplift is real.
 
         Best linear predictor of the effect (Chernozhukov, Demirer, Duflo & Fernández-Val): on out-of-fold
         predictions within the training data, regress y on [1, baseline, D − e, (D − e)(τ̂ − mean τ̂)] over the
         customers in the arm or the control, D = in the arm, e = its share of the two. The D − e coefficient is
         the average effect, the last one the slope (1 = uplift predictions right to scale, 0 = pure noise),
-        clipped to [0, 1] so calibration only ever shrinks.
+        clipped to [0, 1] so calibration only ever shrinks. With sample weights the regression and the means are
+        weighted.
         """
         inner = cross_fit(
-            self._uncalibrated, X, t, y, folds=self.calibration_folds, seed=self.seed, control=self.control_
+            self._uncalibrated, X, t, y, folds=self.calibration_folds, seed=self.seed, control=self.control_,
+            sample_weight=w,
         )
+        weight = np.ones(len(t)) if w is None else w.to_numpy()
         for arm in self.arms_[1:]:
             rows = t.isin([arm, self.control_]).to_numpy()
             e = self.propensity_[arm] / (self.propensity_[arm] + self.propensity_[self.control_])
             d = (t[rows] == arm).to_numpy() - e
             tau = (inner[arm] - inner[self.control_]).to_numpy()[rows]
             baseline = inner[self.control_].to_numpy()[rows]
-            design = np.column_stack([np.ones(len(d)), baseline, d, d * (tau - tau.mean())])
-            coef = np.linalg.lstsq(design, y.to_numpy()[rows], rcond=None)[0]
-            center = float((fitted[arm] - fitted[self.control_]).mean())
+            root = np.sqrt(weight[rows])
+            design = np.column_stack([np.ones(len(d)), baseline, d, d * (tau - np.average(tau, weights=root**2))])
+            coef = np.linalg.lstsq(design * root[:, None], y.to_numpy()[rows] * root, rcond=None)[0]
+            center = float(np.average((fitted[arm] - fitted[self.control_]).to_numpy(), weights=weight))
             self.calibration_[arm] = (float(coef[2]), float(np.clip(coef[3], 0.0, 1.0)), center)
 
     @staticmethod
@@ -413,15 +428,19 @@ def cross_fit(
     seed: int = 0,
     *,
     control: Hashable,
+    sample_weight: Iterable[float] | None = None,
 ) -> pd.DataFrame:
-    """Out-of-fold expected outcomes per arm: each row scored by a model that never saw it (folds: ``fold_ids``)."""
+    """Out-of-fold expected outcomes per arm: each row scored by a model that never saw it (folds: ``fold_ids``);
+    ``sample_weight`` goes to each fold's fit."""
     t = pd.Series(list(treatment), index=X.index, dtype=object)
     y = pd.Series(list(outcome), index=X.index)
+    w = None if sample_weight is None else np.asarray(list(sample_weight), dtype="float64")
     ids = fold_ids(t, folds, seed)
     parts = []
     for fold in range(folds):
         train, test = ids != fold, ids == fold
-        model = model_factory().fit(X[train], t[train], y[train], control=control)
+        model = model_factory().fit(X[train], t[train], y[train], control=control,
+                                    sample_weight=None if w is None else w[train])
         parts.append(model.predict_outcomes(X[test]).set_axis(np.flatnonzero(test)))
     return pd.concat(parts).sort_index().set_axis(X.index)
 

@@ -274,3 +274,21 @@ def test_hillstrom_ranking_signal(hillstrom):
     assert visit["Womens E-Mail"] > 0.03
     assert abs(visit["Mens E-Mail"]) < 0.03
     assert abs(hillstrom["uplift_at_30"]["value"] - 0.0661) < 0.03
+
+
+def test_sample_weights_weigh_the_average_effect_and_default_to_unweighted():
+    """Two kinds of customers the features cannot tell apart: the arm gains 1 for the heavy ones and loses 1 for the
+    light ones. Unweighted the average effect is about -0.6 (four light ones to one heavy); weighted by stake 9 to 1
+    it is about +0.4. Unit weights change nothing."""
+    rng = np.random.default_rng(3)
+    n = 8000
+    heavy = rng.random(n) < 0.2
+    t = np.where(rng.random(n) < 0.5, "arm", "none")
+    y = rng.normal(0, 0.5, n) + (t == "arm") * np.where(heavy, 1.0, -1.0)
+    X = pd.DataFrame({"x": rng.normal(size=n)})
+    weight = np.where(heavy, 9.0, 1.0)
+    fit = lambda w: MultiArmUplift(n_estimators=20).fit(X, t, y, control="none", sample_weight=w)  # noqa: E731
+    plain, ones, weighted = fit(None), fit(np.ones(n)), fit(weight)
+    assert plain.predict_uplift(X)["arm"].mean() == pytest.approx(-0.6, abs=0.1)
+    assert weighted.predict_uplift(X)["arm"].mean() == pytest.approx(0.4, abs=0.1)
+    pd.testing.assert_frame_equal(plain.predict_outcomes(X), ones.predict_outcomes(X))
