@@ -65,7 +65,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import RepeatedValue
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
-from feast.type_map import python_values_to_proto_values
+from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 from feast.value_type import ValueType
 from pydantic import StrictInt, StrictStr
 
@@ -155,22 +155,51 @@ class C360OnlineStore(OnlineStore):
     ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
         version = config.entity_key_serialization_version
         keys = [serialize_entity_key(k, entity_key_serialization_version=version) for k in entity_keys]
-        name = _quote(_table_name(config, table))
-        where = "entity_key = ?" if len(keys) == 1 else f"entity_key IN ({','.join('?' * len(keys))})"
         with self._lock:
             conn = self._connect(config, create=False)
-            fetched = []  # no file or no table: never written (e.g. `feast apply` then no materialize) or torn down
-            if conn is not None:
-                try:
-                    fetched = conn.execute(f"SELECT entity_key, event_ts, layout, vals FROM {name} WHERE {where}",
-                                           keys).fetchall()
-                except sqlite3.OperationalError as e:
-                    if "no such table" not in str(e):
-                        raise
-            by_key = {row[0]: row[1:] for row in fetched}
-            wanted = None if requested_features is None else tuple(requested_features)
-            pickers = {layout: self._picker(conn, layout, wanted) for _, layout, _ in by_key.values()
-                       if conn is not None}
+            return self._read(conn, config, table, keys,
+                              None if requested_features is None else tuple(requested_features))
+
+    def read_columns(self, config: RepoConfig, views: Sequence[tuple[FeatureView, Sequence[str]]],
+                     entity_rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+        """What `get_online_features(features, entity_rows).to_dict(include_event_timestamps=True)` returns for
+        these views' features, read straight from this store: Python values by feature name, and `name__ts` the
+        row's event time in epoch seconds (0 when the entity has no row).
+
+        The same rows and values as Feast's path (tested), at a fraction of its CPU: Feast builds a response
+        protobuf of every value and converts it back, ≈ 5 ms per profile of 83 features in 8 views.
+        """
+        keys_by_entity: dict[tuple[tuple[str, ValueType], ...], list[bytes]] = {}
+        out: dict[str, list[Any]] = {}
+        with self._lock:
+            conn = self._connect(config, create=False)
+            for view, features in views:
+                types = tuple((f.name, f.dtype.to_value_type()) for f in view.entity_columns)
+                if types not in keys_by_entity:
+                    keys_by_entity[types] = _entity_keys_of(entity_rows, types, config.entity_key_serialization_version)
+                rows = self._read(conn, config, view, keys_by_entity[types], tuple(features))
+                seconds = [0 if ts is None else int(ts.timestamp()) for ts, _ in rows]
+                for name in features:
+                    out[name] = [None if values is None else _python(values.get(name)) for _, values in rows]
+                    out[f"{name}__ts"] = list(seconds)
+        return out
+
+    def _read(self, conn: sqlite3.Connection | None, config: RepoConfig, table: FeatureView, keys: list[bytes],
+              wanted: tuple[str, ...] | None) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
+        """Rows of `keys` in `table` (None, None for a key without a row); the caller holds the lock."""
+        name = _quote(_table_name(config, table))
+        where = "entity_key = ?" if len(keys) == 1 else f"entity_key IN ({','.join('?' * len(keys))})"
+        fetched = []  # no file or no table: never written (e.g. `feast apply` then no materialize) or torn down
+        if conn is not None:
+            try:
+                fetched = conn.execute(f"SELECT entity_key, event_ts, layout, vals FROM {name} WHERE {where}",
+                                       keys).fetchall()
+            except sqlite3.OperationalError as e:
+                if "no such table" not in str(e):
+                    raise
+        by_key = {row[0]: row[1:] for row in fetched}
+        pickers = {layout: self._picker(conn, layout, wanted) for _, layout, _ in by_key.values()
+                   if conn is not None}
         result: list[tuple[datetime | None, dict[str, ValueProto] | None]] = []
         for key in keys:
             hit = by_key.get(key)
@@ -390,6 +419,28 @@ class C360OnlineStore(OnlineStore):
                 raise RuntimeError(f"online store row refers to unknown layout {layout}")
             positions = self._layouts[layout] = {n: i for i, n in enumerate(json.loads(row[0]))}
         return positions
+
+
+def _entity_keys_of(rows: Sequence[dict[str, Any]], types: tuple[tuple[str, ValueType], ...],
+                    version: int) -> list[bytes]:
+    """Serialized entity keys of Feast-style entity rows ({join key: value}), as Feast's reads build them."""
+    return [serialize_entity_key(EntityKeyProto(
+        join_keys=[k for k, _ in types],
+        entity_values=[python_values_to_proto_values([row[k]], t)[0] for k, t in types]),
+        entity_key_serialization_version=version) for row in rows]
+
+
+_PLAIN = frozenset({"int32_val", "int64_val", "float_val", "double_val", "string_val", "bool_val", "bytes_val"})
+
+
+def _python(value: ValueProto | None) -> Any:
+    """Feast's `feast_value_type_to_python_type`, with the scalar kinds (all c360 stores) answered directly."""
+    if value is None:
+        return None
+    kind = value.WhichOneof("val")
+    if kind in _PLAIN:
+        return getattr(value, kind)
+    return None if kind is None else feast_value_type_to_python_type(value)
 
 
 def _db_path(config: RepoConfig) -> Path:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
-from feast import FeatureStore, RepoConfig
+from feast import FeatureStore, FeatureView, RepoConfig
 from feast.repo_config import RegistryConfig
 
 from c360.settings import Settings
 from feature_repo import definitions
 from features.compute import BY_NAME
-from features.online_store import C360OnlineStore
+from features.online_store import C360OnlineStore, bulk_writer
 
 
 def online_store_config(s: Settings) -> dict:
@@ -123,3 +126,31 @@ def online_features(store: FeatureStore, customer_ids: list[str], service: str =
     result = store.get_online_features(features=store.get_feature_service(service),
                                        entity_rows=[{"customer_id": c} for c in customer_ids]).to_df()
     return result[["customer_id", *[n for n in BY_NAME if n in result.columns]]]
+
+
+@dataclass
+class OnlineReader:
+    """A fixed set of features read for many requests: what Feast's
+    `get_online_features(refs, entity_rows).to_dict(include_event_timestamps=True)` returns, straight from our
+    store when feature_store.yaml selects it (`C360OnlineStore.read_columns`), through Feast for any other."""
+
+    store: FeatureStore
+    views: list[tuple[FeatureView, list[str]]]
+    direct: C360OnlineStore | None
+
+    @classmethod
+    def of(cls, store: FeatureStore, keep: Callable[[FeatureView, str], bool]) -> OnlineReader:
+        """The features `keep(view, feature_name)` selects of the registry's views (read once, here)."""
+        views = [(v, [f.name for f in v.features if keep(v, f.name)]) for v in store.list_feature_views()]
+        return cls(store, [(v, names) for v, names in views if names], bulk_writer(store.config))
+
+    @property
+    def refs(self) -> list[str]:
+        return [f"{v.name}:{name}" for v, names in self.views for name in names]
+
+    def read(self, customer_ids: list[str]) -> dict[str, list[Any]]:
+        rows = [{"customer_id": c} for c in customer_ids]
+        if self.direct is not None:
+            return self.direct.read_columns(self.store.config, self.views, rows)
+        return self.store.get_online_features(features=self.refs, entity_rows=rows).to_dict(
+            include_event_timestamps=True)

@@ -1,7 +1,8 @@
 """c360's Feast online store against Feast's own SQLite store, on a tiny real Feast repo.
 
 Three stores hold the same data: Feast's SQLite store and ours filled by Feast's `materialize`, and ours filled by
-`write_arrow`. `get_online_features` (by feature list and by feature service) must answer the same on all three.
+`write_arrow`. `get_online_features` (by feature list and by feature service) must answer the same on all three,
+and our direct read (`C360OnlineStore.read_columns`) the same as `get_online_features`.
 """
 
 from __future__ import annotations
@@ -152,6 +153,26 @@ def test_feature_service_reads_alike(stores: dict[str, Any]) -> None:
                for name in ("feast", "ours_mat", "ours_arrow")]
     assert answers[0] == answers[1] == answers[2]
     assert set(answers[0]) == {"customer_id", "age", "clv", "segment", "is_active", "tags"}
+
+
+def test_direct_read_answers_as_feasts_get_online_features(stores: dict[str, Any]) -> None:
+    """`OnlineReader` (the service's read): Feast's `to_dict(include_event_timestamps=True)`, value for value,
+    straight from our store and through Feast for Feast's own store."""
+    from features.store import OnlineReader
+
+    sample = [*random.Random(1).sample(IDS, 30), "nobody"]
+    for name in ("ours_arrow", "feast"):
+        store = stores[name]
+        reader = OnlineReader.of(store, lambda view, feature: True)
+        assert (reader.direct is not None) == (name == "ours_arrow")
+        feast = store.get_online_features(features=reader.refs, entity_rows=[{"customer_id": c} for c in sample])
+        expected = feast.to_dict(include_event_timestamps=True)
+        got = reader.read(sample)
+        names = [n for _, features in reader.views for n in features]
+        assert len(names) == len(SCHEMA)
+        for key in [*names, *(f"{n}__ts" for n in names)]:
+            assert got[key] == expected[key], (name, key)
+        assert got["age__ts"][-1] == 0 and got["age"][-1] is None
 
 
 def test_bulk_write_stores_the_same_bytes_as_feasts_materialize(stores: dict[str, Any]) -> None:
