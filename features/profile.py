@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeAlias
 
 import pandas as pd
 
 from features.compute import BY_NAME
+
+Features: TypeAlias = Mapping[str, Any] | pd.Series  # one customer's features by name
 
 PAST = {
     "product activity": ("active_days_7d", "active_days_30d", "active_days_90d", "sessions_30d",
@@ -30,13 +33,13 @@ PRESENT = {
 }
 
 
-def red_flags(features: pd.Series) -> list[str]:
+def red_flags(features: Features) -> list[str]:
     """Plain-words descriptions of the red flags raised."""
     return [BY_NAME[n].description.removeprefix("red flag: ") for n in BY_NAME
             if n.startswith("flag_") and bool(features.get(n))]
 
 
-def _pick(features: pd.Series, names: tuple[str, ...]) -> dict[str, Any]:
+def _pick(features: Features, names: tuple[str, ...]) -> dict[str, Any]:
     return {n.replace("_", " "): features.get(n) for n in names}
 
 
@@ -44,7 +47,7 @@ def _joined(values: Any) -> str:
     return ", ".join([] if values is None else list(values))
 
 
-def assemble(identity: dict[str, Any], features: pd.Series) -> dict[str, dict[str, dict[str, Any]]]:
+def assemble(identity: dict[str, Any], features: Features) -> dict[str, dict[str, dict[str, Any]]]:
     """Sections → blocks → fields, ready to print or serve."""
     who = {k: identity.get(k) for k in ("customer_id", "display_name", "company", "segment", "region")}
     who |= {"e-mails": _joined(identity.get("emails")), "phones": _joined(identity.get("phones")),

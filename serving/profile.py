@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import pandas as pd
 from c360.settings import Settings
 from feature_repo.predictions import FIELDS, PREDICTIONS
 from features.compute import BY_NAME
+from features.store import OnlineReader
 from serving import predict, signals
 from serving.champions import Champions
 
@@ -61,17 +63,16 @@ class Context:
     settings: Settings
     store: Any  # feast.FeatureStore
     champions: Champions
-    refs: list[str] = field(default_factory=list)
+    reader: OnlineReader | None = None
     _population: dict[pd.Timestamp, tuple[pd.DataFrame, pd.Series, pd.Series]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def feature_refs(self) -> list[str]:
-        """`view:feature` of every customer feature and every predictions field (one online read for a profile)."""
-        if not self.refs:
-            views = self.store.list_feature_views()
-            self.refs = [f"{v.name}:{f.name}" for v in views for f in v.features
-                         if f.name in BY_NAME or v.name == PREDICTIONS]
-        return self.refs
+    def online(self) -> OnlineReader:
+        """Every customer feature and every predictions field, in one online read for a profile; `reader = None`
+        re-reads the registry's views."""
+        if self.reader is None:
+            self.reader = OnlineReader.of(self.store, lambda v, name: name in BY_NAME or v.name == PREDICTIONS)
+        return self.reader
 
 
 # ---------------------------------------------------------------- reading
@@ -89,9 +90,7 @@ class OnlineRow:
 def read_online(ctx: Context, customer_ids: list[str]) -> list[OnlineRow | None]:
     """Features and batch predictions of each customer in one online read; None for a customer without features."""
     try:
-        response = ctx.store.get_online_features(features=ctx.feature_refs(),
-                                                 entity_rows=[{"customer_id": c} for c in customer_ids])
-        data = response.to_dict(include_event_timestamps=True)
+        data = ctx.online().read(customer_ids)
     except Exception as e:  # any failure of the store (file, registry, Redis) is a 503
         raise Unavailable(f"online store unreachable ({type(e).__name__}: {e})") from e
     out: list[OnlineRow | None] = []
@@ -120,6 +119,7 @@ def store_missing(ctx: Context) -> str | None:
     return None
 
 
+@lru_cache(maxsize=4096)  # a store holds a few dates; pandas' constructor and strftime cost more than the read
 def _day(seconds: int) -> pd.Timestamp:
     return pd.Timestamp(seconds, unit="s")
 
@@ -287,6 +287,7 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+@lru_cache(maxsize=4096)
 def _iso(day: pd.Timestamp | None) -> str | None:
     return None if day is None else f"{day:%Y-%m-%d}"
 
@@ -297,7 +298,7 @@ def profile(ctx: Context, customer_id: str, details: bool = False) -> dict[str, 
 
     row = one(ctx, customer_id)
     scored_at = now()
-    sections = assemble({}, pd.Series(row.features, dtype=object))
+    sections = assemble({}, row.features)
     out: dict[str, Any] = {"customer_id": customer_id, "past": _clean(sections["past"]),
                            "present": _clean(sections["present"]), "future": future(ctx, row, scored_at)}
     if details:

@@ -123,7 +123,7 @@ class C360:
                 snapshot = store.read_snapshot(s, dates[-1])
             champions = Champions(s.home, snapshot)
             self.ctx = Context(s, store.feature_store(s), champions)
-            self.ctx.feature_refs()
+            self.ctx.online()
             champions.refresh()
             self.problem = None
         except Exception as e:  # start anyway: /readyz says not ready, /status says why
@@ -143,7 +143,7 @@ class C360:
             if self.ctx is None:
                 raise Unavailable(self.problem or "service not initialised")
             return {k: (None, v) for k, v in self.ctx.champions.versions().items()}
-        self.ctx.refs = []  # re-read the registry's views too: `c360 score` may have registered `predictions` since
+        self.ctx.reader = None  # re-read the registry's views too: `c360 score` may have registered `predictions` since
         return self.ctx.champions.refresh()
 
     def context(self) -> Context:
