@@ -26,7 +26,7 @@ lint: install  ## ruff and mypy
 	$(RUN) mypy c360 features training serving
 
 test: lint  ## lint, then the test suite and every notebook (nbmake), two workers
-	$(RUN) pytest -n 2 --dist loadgroup --nbmake tests notebooks
+	$(RUN) pytest -n 2 --dist loadgroup --nbmake --nbmake-timeout=900 tests notebooks
 
 mlflow-ui: install  ## the MLflow UI on C360_HOME's tracking store (HOST=127.0.0.1 PORT=5000)
 	$(RUN) c360 mlflow-ui --host $(or $(HOST),127.0.0.1) --port $(or $(PORT),5000)
