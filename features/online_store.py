@@ -174,10 +174,12 @@ class C360OnlineStore(OnlineStore):
         with self._lock:
             conn = self._connect(config, create=False)
             for view, features in views:
-                types = tuple((f.name, f.dtype.to_value_type()) for f in view.entity_columns)
-                if types not in keys_by_entity:
-                    keys_by_entity[types] = _entity_keys_of(entity_rows, types, config.entity_key_serialization_version)
-                rows = self._read(conn, config, view, keys_by_entity[types], tuple(features))
+                join_keys = _join_keys(view)
+                entity = tuple(join_keys.items())
+                if entity not in keys_by_entity:
+                    keys_by_entity[entity] = _serialized_keys({k: [row[k] for row in entity_rows] for k in join_keys},
+                                                              join_keys, config.entity_key_serialization_version)
+                rows = self._read(conn, config, view, keys_by_entity[entity], tuple(features))
                 seconds = [0 if ts is None else int(ts.timestamp()) for ts, _ in rows]
                 for name in features:
                     out[name] = [None if values is None else _python(values.get(name)) for _, values in rows]
@@ -273,7 +275,7 @@ class C360OnlineStore(OnlineStore):
         if not ts_col:
             raise ValueError(f"{feature_view.name}: no timestamp_field given and the view has no batch source")
         created_col = created_timestamp_field or (source.created_timestamp_column if source is not None else None)
-        join_keys = {f.name: f.dtype.to_value_type() for f in feature_view.entity_columns}
+        join_keys = _join_keys(feature_view)
         features = [(f.name, f.dtype.to_value_type()) for f in feature_view.features]
         names = [n for n, _ in features]
         version = config.entity_key_serialization_version
@@ -421,13 +423,8 @@ class C360OnlineStore(OnlineStore):
         return positions
 
 
-def _entity_keys_of(rows: Sequence[dict[str, Any]], types: tuple[tuple[str, ValueType], ...],
-                    version: int) -> list[bytes]:
-    """Serialized entity keys of Feast-style entity rows ({join key: value}), as Feast's reads build them."""
-    return [serialize_entity_key(EntityKeyProto(
-        join_keys=[k for k, _ in types],
-        entity_values=[python_values_to_proto_values([row[k]], t)[0] for k, t in types]),
-        entity_key_serialization_version=version) for row in rows]
+def _join_keys(view: FeatureView) -> dict[str, ValueType]:
+    return {f.name: f.dtype.to_value_type() for f in view.entity_columns}
 
 
 _PLAIN = frozenset({"int32_val", "int64_val", "float_val", "double_val", "string_val", "bool_val", "bytes_val"})
@@ -643,9 +640,13 @@ def _entity_keys(batch: pa.RecordBatch, join_keys: dict[str, ValueType], version
 
 
 def _entity_keys_like_feast(batch: pa.RecordBatch, join_keys: dict[str, ValueType], version: int) -> list[bytes]:
+    return _serialized_keys({k: batch.column(k).to_numpy(zero_copy_only=False) for k in join_keys}, join_keys, version)
+
+
+def _serialized_keys(columns: dict[str, Any], join_keys: dict[str, ValueType], version: int) -> list[bytes]:
+    """Entity keys serialized by Feast's own conversion, from each join key's values (a list or an array)."""
     names = list(join_keys)
-    values = [python_values_to_proto_values(batch.column(k).to_numpy(zero_copy_only=False), join_keys[k])
-              for k in names]
+    values = [python_values_to_proto_values(columns[k], join_keys[k]) for k in names]
     return [serialize_entity_key(EntityKeyProto(join_keys=names, entity_values=list(row)),
                                  entity_key_serialization_version=version) for row in zip(*values, strict=True)]
 

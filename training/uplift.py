@@ -357,7 +357,7 @@ class MultiArmUplift:
             tau = (inner[arm] - inner[self.control_]).to_numpy()[rows]
             baseline = inner[self.control_].to_numpy()[rows]
             root = np.sqrt(weight[rows])
-            design = np.column_stack([np.ones(len(d)), baseline, d, d * (tau - np.average(tau, weights=root**2))])
+            design = np.column_stack([np.ones(len(d)), baseline, d, d * (tau - np.average(tau, weights=weight[rows]))])
             coef = np.linalg.lstsq(design * root[:, None], y.to_numpy()[rows] * root, rcond=None)[0]
             center = float(np.average((fitted[arm] - fitted[self.control_]).to_numpy(), weights=weight))
             self.calibration_[arm] = (float(coef[2]), float(np.clip(coef[3], 0.0, 1.0)), center)
