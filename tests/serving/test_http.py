@@ -8,6 +8,7 @@ import time
 import httpx
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from c360.settings import Settings
@@ -79,6 +80,26 @@ def test_real_server_serves_a_profile_and_polls_the_registry(server: str, served
         assert clv["model"]["version"] == int(copy.version) and clv["model"]["source"] == "live"
     finally:
         client.set_registered_model_alias("c360-clv", CHAMPION, current.version)
+
+
+def profile_requests(server: str) -> dict[str, float]:
+    """`c360_requests_total` of the profile route by status, as `/metrics` reports it."""
+    text = httpx.get(f"{server}/metrics", timeout=30).text
+    return {sample.labels["status"]: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == "c360_requests_total"
+            and sample.labels["route"] == "/customers/{customer_id}/profile"}
+
+
+def test_real_server_metrics_count_requests_by_route(server: str, served: Settings) -> None:
+    """One series per route and status, whatever the customer ids (BentoML's own metrics, switched off, open
+    series per raw path: one per customer)."""
+    ids = store.read_snapshot(served, store.snapshot_dates(served)[-1])["customer_id"].iloc[:3].tolist()
+    before = profile_requests(server)
+    for customer in [*ids, "C99999999"]:
+        httpx.get(f"{server}/customers/{customer}/profile", timeout=30)
+    after = profile_requests(server)
+    assert after.get("200", 0) - before.get("200", 0) == 3 and after.get("404", 0) - before.get("404", 0) == 1
+    assert not any(customer in httpx.get(f"{server}/metrics", timeout=30).text for customer in [*ids, "C99999999"])
 
 
 def test_openapi_contract_holds(server: str) -> None:
