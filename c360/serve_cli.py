@@ -68,7 +68,9 @@ def serve(
     """Start the profile and prediction service (BentoML) on C360_HOME; Ctrl-C stops it.
 
     Endpoints: GET /customers/{id}/profile, POST /predict/churn|clv|nba, POST /admin/reload, GET /status,
-    /healthz, /readyz; OpenAPI at /docs.json, Swagger UI at /.
+    /healthz, /readyz, /metrics (Prometheus, by route), /ui (profile page); OpenAPI at /docs.json, Swagger UI at /.
+    C360_RELOAD_SECONDS sets how often the champions are polled (default 30); C360_TRACING=1 keeps BentoML's
+    OpenTelemetry middleware (off: at BentoML's default sample rate it records nothing).
     """
     import signal
 
