@@ -5,8 +5,9 @@ BentoML's own traffic metrics label every request with its raw path, so each cus
 off and records these instead: `c360_requests_total{method, route, status}` and
 `c360_request_duration_seconds{method, route}` for the requests the app's routes answer, where `route` is the
 template (`/customers/{customer_id}/profile`) or `unmatched`; BentoML's own probes (`/healthz`, `/livez`,
-`/readyz`) and paths no route matches are answered before the app and not counted. Under `bentoml serve` the worker processes share one multiprocess directory
-(`PROMETHEUS_MULTIPROC_DIR`, set by BentoML), so `/metrics` answers for all of them.
+`/readyz`) and paths no route matches are answered before the app and not counted. Under `bentoml serve` the
+worker processes share one multiprocess directory (`PROMETHEUS_MULTIPROC_DIR`, set by BentoML), so `/metrics`
+answers for all of them.
 """
 
 from __future__ import annotations
