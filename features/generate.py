@@ -128,8 +128,8 @@ def _customer_truth(rng: np.random.Generator, w: world.World, builder: Builder, 
     acc = w.accounts
     future = slice(world.OBSERVED, world.HORIZON)
     seats = w.seats[:, future]
-    addon_rate = 0.008 * np.exp(w.health[:, future])
-    addon_mean = np.exp(4.0 + 0.6**2 / 2) * (1 + np.log(seats))
+    addon_rate = world.addon_rate(w.health[:, future])
+    addon_mean = world.addon_mean(seats)
     subscription = w.invoice_due[:, future] * w.mrr[:, future]
     alive, alive_at_end = w.alive[:, future], w.alive[:, world.OBSERVED - 1]
     survival = np.cumprod(1 - w.hazard[:, world.OBSERVED - 1: world.HORIZON - 1], axis=1)

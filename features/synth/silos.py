@@ -21,12 +21,15 @@ from features.contract import (
 )
 from features.synth import people as ppl
 from features.synth.world import (
+    ADDON_SIZE,
     DISCOUNT,
     EFFECT_WEEKS,
     OBSERVED,
     START,
     WAVES,
     World,
+    addon_rate,
+    addon_scale,
     sigmoid,
 )
 
@@ -271,9 +274,9 @@ class Builder:
         due[:, OBSERVED:] = False
         rows, weeks = np.nonzero(due)
         amount = (w.mrr[rows, weeks] * (1 - self.discount_share()[rows, weeks])).round(2)
-        addon_rows, addon_weeks = self.account_cells(0.008 * np.exp(w.health))
+        addon_rows, addon_weeks = self.account_cells(addon_rate(w.health))
         seats = w.seats[addon_rows, addon_weeks]
-        addon = (self.rng.lognormal(4.0, 0.6, len(addon_rows)) * (1 + np.log(seats))).round(2)
+        addon = (self.rng.lognormal(*ADDON_SIZE, len(addon_rows)) * addon_scale(seats)).round(2)
         n_sub, n_add = len(rows), len(addon_rows)
         all_rows = np.concatenate([rows, addon_rows])
         failed = np.concatenate([w.failed[rows, weeks], np.zeros(n_add, bool)])

@@ -92,6 +92,23 @@ def action_lift(acc: pd.DataFrame) -> np.ndarray:
     return lift
 
 
+ADDON_SIZE = (4.0, 0.6)  # log-normal mean and sigma of an add-on order, before the seat factor
+
+
+def addon_rate(health: np.ndarray) -> np.ndarray:
+    """Weekly chance of an add-on order: healthy accounts buy more."""
+    return 0.008 * np.exp(health)
+
+
+def addon_scale(seats: np.ndarray) -> np.ndarray:
+    """Seat factor of an add-on order's amount."""
+    return 1 + np.log(seats)
+
+
+def addon_mean(seats: np.ndarray) -> np.ndarray:
+    return np.exp(ADDON_SIZE[0] + ADDON_SIZE[1] ** 2 / 2) * addon_scale(seats)
+
+
 NOISE_MEMORY = 0.95  # weekly autocorrelation of the health noise
 
 
@@ -188,46 +205,49 @@ def simulate(rng: np.random.Generator, acc: pd.DataFrame) -> World:
     mrr = np.asarray([PRICE[p] for p in PLANS])[plan] * seats
     lift = action_lift(acc)
     health = base.copy()
-    assignments, effects, bumps = [], [], {}
+    arms, bumps = [], {}
     for wave in (*WAVES, OBSERVED):
         churn = _churn_week(weekly_hazard(health, recent_failure, acc), acc)
         alive_at = (acc["start_week"].to_numpy() <= wave) & (churn > wave)
-        arm = _assign(rng, acc, alive_at, wave)
-        effects.append(_effects(acc, arm, health, recent_failure, due, mrr, lift))
+        arms.append(_assign(rng, acc, alive_at, wave))
         if wave == OBSERVED:  # the ground truth's "what if we acted today": effects only, nothing exported
             break
-        a = arm["action"].map(ACTIONS.index).to_numpy()
+        rows, a = arms[-1]["row"].to_numpy(), arms[-1]["action"].map(ACTIONS.index).to_numpy()
         bumps[wave] = np.zeros_like(health)
-        bumps[wave][arm["row"].to_numpy()] = _bump(lift[arm["row"].to_numpy(), a], wave)
+        bumps[wave][rows] = _bump(lift[rows, a], wave)
         health += bumps[wave]
-        assignments.append(arm.drop(columns="row"))
     hazard = weekly_hazard(health, recent_failure, acc)
     churn_week = _churn_week(hazard, acc)
     weeks = np.arange(HORIZON)[None, :]
     alive = (weeks >= acc["start_week"].to_numpy()[:, None]) & (weeks < churn_week[:, None])
-    return World(acc, health, hazard, alive, churn_week, seats, plan, mrr, due, failed,
-                 pd.concat(assignments, ignore_index=True), pd.concat(effects, ignore_index=True), mean, bumps)
+    assignments = pd.concat([arm.drop(columns="row") for arm in arms[:-1]], ignore_index=True)
+    w = World(acc, health, hazard, alive, churn_week, seats, plan, mrr, due, failed, assignments,
+              pd.DataFrame(), mean, bumps)
+    w.effects = pd.concat([_effects(w, arm, lift) for arm in arms if len(arm)], ignore_index=True)
+    return w
 
 
-def _effects(acc, arm, health, recent_failure, due, mrr, lift) -> pd.DataFrame:
-    """True outcome of every action for every assigned account: churn risk and revenue over EFFECT_WEEKS."""
-    rows = arm["row"].to_numpy()
-    if not len(arm):
-        return pd.DataFrame()
-    wave = int(arm["wave"].iloc[0])
-    sub = acc.iloc[rows]
-    window = slice(wave, wave + EFFECT_WEEKS)
-    price = mrr[rows, wave]
+def _effects(world: World, arm: pd.DataFrame, lift: np.ndarray) -> pd.DataFrame:
+    """True outcome of every action for every assigned account, churn risk and revenue (subscription invoices and
+    add-on orders) over EFFECT_WEEKS, as expected from the state at the wave (what a decision then could know at
+    best, as in `churn_risk_90d`), not from how the health noise and payment failures turned out afterwards."""
+    rows, wave = arm["row"].to_numpy(), int(arm["wave"].iloc[0])
+    health, recent = _expected_state(world, wave, before_wave=True)
+    ahead = np.arange(health.shape[1])
+    sub = world.accounts.iloc[rows]
+    price = world.mrr[rows, wave]
+    due = world.invoice_due[rows][:, wave + ahead]
+    addons = addon_mean(world.seats[rows, wave])[:, None]
     out = []
     for i, action in enumerate(ACTIONS):
-        h = health[rows] + _bump(lift[rows, i], wave)
-        haz = weekly_hazard(h, recent_failure[rows], sub)[:, window]
-        survival = np.cumprod(1 - haz, axis=1)
+        h = health[rows] + _bump(lift[rows, i], wave)[:, wave + ahead]
+        survival = np.cumprod(1 - weekly_hazard(h, recent[rows], sub), axis=1)
         amount = price * (1 - DISCOUNT) if action == "discount" else price
-        revenue = (survival * due[rows][:, window]).sum(axis=1) * amount
+        revenue = survival * (due * amount[:, None] + addon_rate(h) * addons)
         out.append(pd.DataFrame({
             "account": sub["account"].to_numpy(), "wave": wave, "action": action,
-            "p_churn_90d": 1 - survival[:, -1], "revenue_90d": revenue, "cost": ACTION_COST[action],
+            "p_churn_90d": 1 - survival[:, -1], "revenue_90d": revenue.sum(axis=1),
+            "cost": ACTION_COST[action],
         }))
     return pd.concat(out, ignore_index=True)
 
@@ -252,11 +272,21 @@ def churn_risk_90d(world: World, weeks: np.ndarray) -> pd.DataFrame:
 
 def _expected_hazard(world: World, week: int) -> np.ndarray:
     """Weekly hazard over EFFECT_WEEKS from `week` as expected from the state at `week`."""
-    ahead = np.arange(min(EFFECT_WEEKS, HORIZON - week))
+    return weekly_hazard(*_expected_state(world, week), world.accounts)
+
+
+def _expected_state(world: World, week: int, before_wave: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Health and the chance of a payment failure in the last 4 weeks, for each of the EFFECT_WEEKS from `week`,
+    as expected from the state at `week`: the known drift, experiment effects already given, today's noise
+    decaying at its known rate, failures at their known rate. `before_wave`: as if the experiment wave of
+    `week` had not happened (the state its arms are chosen in)."""
+    ahead = week + np.arange(min(EFFECT_WEEKS, HORIZON - week))
     given = sum((b for wave, b in world.bumps.items() if wave <= week), np.zeros_like(world.health))
-    known = world.mean_health + given
-    noise_now = world.health[:, week] - known[:, week]
-    health = known[:, week + ahead] + noise_now[:, None] * NOISE_MEMORY ** ahead[None, :]
+    noise_now = world.health[:, week] - world.mean_health[:, week] - given[:, week]
+    if before_wave and week in world.bumps:
+        given = given - world.bumps[week]
+    decay = NOISE_MEMORY ** (ahead - week)
+    health = world.mean_health[:, ahead] + given[:, ahead] + noise_now[:, None] * decay[None, :]
     rate = world.accounts["fail_rate"].to_numpy()[:, None]
     chance = np.where(np.arange(HORIZON)[None, :] <= week, world.failed, world.invoice_due * rate)
     no_failure = np.log1p(-np.clip(chance, 0, 1 - 1e-12))
@@ -264,4 +294,4 @@ def _expected_hazard(world: World, week: int) -> np.ndarray:
     lagged = np.zeros_like(c)
     lagged[:, 4:] = c[:, :-4]
     recent = 1 - np.exp(c - lagged)  # P(a failure in the last 4 weeks), as _recent counts them
-    return weekly_hazard(health, recent[:, week + ahead], world.accounts)
+    return health, recent[:, ahead]
