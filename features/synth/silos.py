@@ -30,6 +30,7 @@ from features.synth.world import (
     World,
     addon_rate,
     addon_scale,
+    breadth,
     sigmoid,
 )
 
@@ -277,6 +278,10 @@ class Builder:
         addon_rows, addon_weeks = self.account_cells(addon_rate(w.health))
         seats = w.seats[addon_rows, addon_weeks]
         addon = (self.rng.lognormal(*ADDON_SIZE, len(addon_rows)) * addon_scale(seats)).round(2)
+        # the expansion orders experiment actions brought are add-on orders too
+        addon_rows = np.concatenate([addon_rows, w.responses["row"].to_numpy()])
+        addon_weeks = np.concatenate([addon_weeks, w.responses["week"].to_numpy()])
+        addon = np.concatenate([addon, w.responses["amount"].to_numpy().round(2)])
         n_sub, n_add = len(rows), len(addon_rows)
         all_rows = np.concatenate([rows, addon_rows])
         failed = np.concatenate([w.failed[rows, weeks], np.zeros(n_add, bool)])
@@ -342,7 +347,9 @@ class Builder:
         acc_rows = users["account_row"].to_numpy()
         h = self.w.health[acc_rows, :OBSERVED]
         admin = (users["role"] == "admin").to_numpy()[:, None]
-        q = sigmoid(-2.4 + 1.6 * h + 0.3 * admin) * np.where(is_second, 0.3, 1.0)[:, None]
+        # A struggling user still logs in now and then: at an intercept of -2.4 an account in health's low tail,
+        # where churn happens, logged in about twice a quarter and looked like every other near-idle one.
+        q = sigmoid(-1.2 + 1.6 * h + 0.3 * admin) * np.where(is_second, 0.3, 1.0)[:, None]
         days = self.rng.binomial(3, np.where(self.w.alive[acc_rows, :OBSERVED], q, 0.0))
         u, week = np.nonzero(days)
         reps = days[u, week]
@@ -350,10 +357,10 @@ class Builder:
         when = at(week, self.rng)
         n = len(u)
         extra = self.rng.random(n)
+        # one login in three is followed by a feature event: logins are what tell health, feature events breadth
         kind = np.where(extra < 0.05, "export", np.where(extra > 0.98, "invite", np.where(
-            self.rng.random(n) < 0.7, "feature_used", "")))
-        breadth = 1 + self.rng.binomial(len(PRODUCT_FEATURES) - 1, self.acc["adoption"].to_numpy())
-        feature = np.asarray(PRODUCT_FEATURES)[(self.rng.random(n) * breadth[acc_rows[u]]).astype(int)]
+            self.rng.random(n) < 0.38, "feature_used", "")))
+        feature = np.asarray(PRODUCT_FEATURES)[(self.rng.random(n) * breadth(self.acc)[acc_rows[u]]).astype(int)]
         more = kind != ""  # a login, sometimes followed by one more event a minute later
         rows_all = np.concatenate([u, u[more]])
         times = np.concatenate([when, when[more] + np.timedelta64(60, "s")])

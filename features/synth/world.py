@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.contract import ACTIONS, PLANS, REGIONS, SEGMENTS
+from features.contract import ACTIONS, PLANS, PRODUCT_FEATURES, REGIONS, SEGMENTS
 
 END = pd.Timestamp("2026-11-02")  # a Monday; data ends the day before
 OBSERVED = 104
@@ -51,6 +51,7 @@ class World:
     effects: pd.DataFrame  # account, wave, action, p_churn_90d, revenue_90d, cost
     mean_health: np.ndarray  # the predictable part of health, before experiment effects
     bumps: dict[int, np.ndarray]  # experiment wave -> its effect on health, week by week
+    responses: pd.DataFrame  # row, wave, week, amount: the expansion orders actions brought (RESPONSE)
 
 
 def draw_accounts(rng: np.random.Generator, first: int, n: int) -> pd.DataFrame:
@@ -90,6 +91,29 @@ def action_lift(acc: pd.DataFrame) -> np.ndarray:
     lift[:, ACTIONS.index("training_invite")] = 1.4 * (1 - acc["adoption"]) - 0.45
     lift[:, ACTIONS.index("csm_call")] = 0.9 * np.tanh(acc["support_load"] - 1) + 0.6 * enterprise - 0.1
     return lift
+
+
+# A team may answer an action with a one-off expansion order worth a month of its MRR, placed within RESPONSE_WEEKS
+# of the wave, when the action fits how it uses the product: a CSM call sells more to teams that use most of it, a
+# training invite brings teams on few features to the add-on they lacked. Action -> (top chance, pivot share of
+# the features used, direction); one-seat consumers never respond.
+RESPONSE = {"training_invite": (0.3, 0.3, -1.0), "csm_call": (0.5, 0.5, 1.0)}
+RESPONSE_WEEKS = 4
+
+
+def breadth(acc: pd.DataFrame) -> np.ndarray:
+    """How many of the product's features an account uses: set by its adoption."""
+    return 1 + np.round((len(PRODUCT_FEATURES) - 1) * acc["adoption"].to_numpy()).astype(int)
+
+
+def response_chance(acc: pd.DataFrame) -> np.ndarray:
+    """Chance of an expansion order after each action (n × len(ACTIONS))."""
+    used = breadth(acc) / len(PRODUCT_FEATURES)
+    team = (acc["segment"] != "consumer").to_numpy()
+    chance = np.zeros((len(acc), len(ACTIONS)))
+    for action, (top, pivot, direction) in RESPONSE.items():
+        chance[:, ACTIONS.index(action)] = top * team * sigmoid(8 * direction * (used - pivot))
+    return chance
 
 
 ADDON_SIZE = (4.0, 0.6)  # log-normal mean and sigma of an add-on order, before the seat factor
@@ -222,9 +246,20 @@ def simulate(rng: np.random.Generator, acc: pd.DataFrame) -> World:
     alive = (weeks >= acc["start_week"].to_numpy()[:, None]) & (weeks < churn_week[:, None])
     assignments = pd.concat([arm.drop(columns="row") for arm in arms[:-1]], ignore_index=True)
     w = World(acc, health, hazard, alive, churn_week, seats, plan, mrr, due, failed, assignments,
-              pd.DataFrame(), mean, bumps)
+              pd.DataFrame(), mean, bumps, pd.DataFrame())
     w.effects = pd.concat([_effects(w, arm, lift) for arm in arms if len(arm)], ignore_index=True)
+    w.responses = _responses(rng, w, pd.concat(arms[:-1], ignore_index=True))
     return w
+
+
+def _responses(rng: np.random.Generator, world: World, assigned: pd.DataFrame) -> pd.DataFrame:
+    """The expansion orders of the assigned accounts that responded and were still subscribed to place them."""
+    rows, wave = assigned["row"].to_numpy(), assigned["wave"].to_numpy()
+    chance = response_chance(world.accounts)[rows, assigned["action"].map(ACTIONS.index).to_numpy()]
+    week = wave + 1 + rng.integers(0, RESPONSE_WEEKS, len(rows))
+    placed = (rng.random(len(rows)) < chance) & world.alive[rows, week]
+    return pd.DataFrame({"row": rows[placed], "wave": wave[placed], "week": week[placed],
+                         "amount": world.mrr[rows[placed], wave[placed]]})
 
 
 def _effects(world: World, arm: pd.DataFrame, lift: np.ndarray) -> pd.DataFrame:
@@ -238,15 +273,18 @@ def _effects(world: World, arm: pd.DataFrame, lift: np.ndarray) -> pd.DataFrame:
     price = world.mrr[rows, wave]
     due = world.invoice_due[rows][:, wave + ahead]
     addons = addon_mean(world.seats[rows, wave])[:, None]
+    responds = response_chance(sub)
     out = []
     for i, action in enumerate(ACTIONS):
         h = health[rows] + _bump(lift[rows, i], wave)[:, wave + ahead]
         survival = np.cumprod(1 - weekly_hazard(h, recent[rows], sub), axis=1)
         amount = price * (1 - DISCOUNT) if action == "discount" else price
         revenue = survival * (due * amount[:, None] + addon_rate(h) * addons)
+        # the order comes in week 1 to RESPONSE_WEEKS, equally likely, from an account alive then
+        response = responds[:, i] * price * survival[:, :RESPONSE_WEEKS].mean(axis=1)
         out.append(pd.DataFrame({
             "account": sub["account"].to_numpy(), "wave": wave, "action": action,
-            "p_churn_90d": 1 - survival[:, -1], "revenue_90d": revenue.sum(axis=1),
+            "p_churn_90d": 1 - survival[:, -1], "revenue_90d": revenue.sum(axis=1) + response,
             "cost": ACTION_COST[action],
         }))
     return pd.concat(out, ignore_index=True)

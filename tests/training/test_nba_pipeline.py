@@ -63,7 +63,8 @@ def test_outcomes_give_one_row_per_assignment_with_its_waves_action(home: Settin
     keyed = outcomes.assign(account=outcomes["customer_id"].map(accounts))
     both = keyed.merge(assigned, on=["account", "as_of"], how="left")
     assert (both["action"] == both["true_action"]).mean() > 0.99
-    assert np.corrcoef(both["outcome"], both["revenue_90d"].fillna(0))[0, 1] > 0.95
+    # 0.9, not 1: the truth is an expectation, and an expansion order (a month of MRR, or nothing) is one draw.
+    assert np.corrcoef(both["outcome"], both["revenue_90d"].fillna(0))[0, 1] > 0.9
     # The discount's cost is in the outcome: discounted customers pay a fifth less than they would have.
     untreated = truth[truth["action"] == "no_action"][["account", "as_of", "revenue_90d"]]
     paid = keyed.merge(untreated, on=["account", "as_of"]).groupby("action")[["outcome", "revenue_90d"]].sum()
