@@ -34,12 +34,14 @@ FEATURES: tuple[Feature, ...] = tuple([
         ("active_days_90d", "days with product activity in the last 90 days"),
         ("sessions_30d", "logins in the last 30 days"),
         ("features_used_90d", "distinct product features used in the last 90 days"),
+        ("features_used_total", "distinct product features ever used"),
         ("active_users_30d", "people active in the product in the last 30 days"),
         ("product_users", "people with a product login"),
         ("days_since_last_activity", "days since the last product activity")),
     *_f("activity", "float",
         ("logins_per_user_30d", "logins per person with a product login in the last 30 days"),
         ("logins_per_user_90d", "logins per person with a product login in the last 90 days"),
+        ("logins_per_user_12m", "logins per person with a product login in the last 12 months"),
         ("usage_trend", "change in active days, last 30 days against the 30 before (-1 = stopped, +1 = doubled)")),
     *_f("interactions", "int",
         ("contacts_email_90d", "e-mail contacts (tickets and CRM) in the last 90 days"),
@@ -62,6 +64,7 @@ FEATURES: tuple[Feature, ...] = tuple([
         ("orders_12m", "add-on orders in the last 12 months"),
         ("days_since_last_purchase", "days since the last paid invoice"),
         ("payment_failures_90d", "failed payment attempts in the last 90 days"),
+        ("payment_failures_12m", "failed payment attempts in the last 12 months"),
         ("refunds_12m", "refunds in the last 12 months"),
         ("downgrades_180d", "plan or seat downgrades in the last 180 days"),
         ("upgrades_180d", "plan or seat upgrades in the last 180 days")),
@@ -73,12 +76,14 @@ FEATURES: tuple[Feature, ...] = tuple([
     *_f("billing", "str", ("plan", "plan billed on the latest subscription invoice")),
     *_f("support", "int",
         ("tickets_90d", "support tickets opened in the last 90 days"),
+        ("tickets_12m", "support tickets opened in the last 12 months"),
         ("open_tickets", "support tickets open"),
         ("open_high_severity_tickets", "high or urgent support tickets open"),
         ("days_since_last_ticket", "days since the last support ticket")),
     *_f("support", "float",
         ("csat_180d", "average satisfaction (1-5) of tickets closed in the last 180 days"),
-        ("nps_last", "latest NPS answer (0-10)")),
+        ("nps_last", "latest NPS answer (0-10)"),
+        ("nps_avg_12m", "average NPS answer (0-10) in the last 12 months")),
     *_f("status", "str",
         ("segment", "customer segment"),
         ("region", "region"),
@@ -129,8 +134,9 @@ users AS (
     SELECT x.customer_id, count(*) AS product_users
     FROM product_users u JOIN identity_crosswalk x ON x.record_id = 'product/users:' || u.user_id
     WHERE u.signed_up_at < $as_of GROUP BY ALL),
-last_event AS (
-    SELECT x.customer_id, max(e.event_time) AS happened
+history AS (
+    SELECT x.customer_id, max(e.event_time) AS happened, count(DISTINCT e.feature) AS features_used_total,
+        count(*) FILTER (WHERE e.event_type = 'login' AND e.event_time >= $as_of - INTERVAL 365 DAY) AS sessions_12m
     FROM product_events e JOIN identity_crosswalk x ON x.record_id = 'product/users:' || e.user_id
     WHERE e.event_time < $as_of GROUP BY ALL),
 activity AS (
@@ -214,12 +220,15 @@ payments AS (
             AS payment_failures_90d,
         count(*) FILTER (WHERE p.status = 'failed' AND p.attempted_at >= $as_of - INTERVAL 30 DAY)
             AS payment_failures_30d,
+        count(*) FILTER (WHERE p.status = 'failed' AND p.attempted_at >= $as_of - INTERVAL 365 DAY)
+            AS payment_failures_12m,
         count(*) FILTER (WHERE p.status = 'refunded' AND p.attempted_at >= $as_of - INTERVAL 365 DAY) AS refunds_12m
     FROM billing_payments p JOIN billing_invoices i USING (invoice_id) JOIN accounts a USING (billing_account_id)
     WHERE p.attempted_at < $as_of GROUP BY ALL),
 support AS (
     SELECT x.customer_id,
         count(*) FILTER (WHERE t.opened_at >= $as_of - INTERVAL 90 DAY) AS tickets_90d,
+        count(*) FILTER (WHERE t.opened_at >= $as_of - INTERVAL 365 DAY) AS tickets_12m,
         count(*) FILTER (WHERE t.closed_at IS NULL OR t.closed_at >= $as_of) AS open_tickets,
         count(*) FILTER (WHERE (t.closed_at IS NULL OR t.closed_at >= $as_of) AND t.severity IN ('high', 'urgent'))
             AS open_high_severity_tickets,
@@ -229,7 +238,8 @@ support AS (
     FROM support_tickets t JOIN identity_crosswalk x ON x.record_id = 'support/tickets:' || t.ticket_id
     WHERE t.opened_at < $as_of GROUP BY ALL),
 nps AS (
-    SELECT x.customer_id, arg_max(n.score, n.responded_at) AS nps_last
+    SELECT x.customer_id, arg_max(n.score, n.responded_at) AS nps_last,
+        avg(n.score) FILTER (WHERE n.responded_at >= $as_of - INTERVAL 365 DAY) AS nps_avg_12m
     FROM feedback_nps n JOIN identity_crosswalk x ON x.record_id = 'feedback/nps:' || n.response_id
     WHERE n.responded_at < $as_of GROUP BY ALL),
 people AS (
@@ -242,9 +252,11 @@ SELECT b.customer_id, $as_of AS as_of, b.segment, b.region,
     coalesce(a.active_days_90d, 0) AS active_days_90d, coalesce(a.active_days_prev_30d, 0) AS active_days_prev_30d,
     coalesce(a.sessions_30d, 0) AS sessions_30d, coalesce(a.features_used_90d, 0) AS features_used_90d,
     coalesce(a.active_users_30d, 0) AS active_users_30d, coalesce(u.product_users, 0) AS product_users,
+    coalesce(h.features_used_total, 0) AS features_used_total,
     coalesce(a.sessions_30d, 0) / greatest(u.product_users, 1) AS logins_per_user_30d,
     coalesce(a.sessions_90d, 0) / greatest(u.product_users, 1) AS logins_per_user_90d,
-    date_diff('day', le.happened, $as_of) AS days_since_last_activity,
+    coalesce(h.sessions_12m, 0) / greatest(u.product_users, 1) AS logins_per_user_12m,
+    date_diff('day', h.happened, $as_of) AS days_since_last_activity,
     {", ".join(f"coalesce(i.contacts_{c}_90d, 0) AS contacts_{c}_90d" for c in CHANNELS)},
     date_diff('day', i.last_contact, $as_of) AS days_since_last_contact,
     {", ".join(f"coalesce(m.campaigns_{k}_180d, 0) AS campaigns_{k}_180d"
@@ -258,16 +270,18 @@ SELECT b.customer_id, $as_of AS as_of, b.segment, b.region,
     coalesce(v.revenue_90d, 0) AS revenue_90d, coalesce(v.orders_12m, 0) AS orders_12m,
     date_diff('day', v.last_purchase, $as_of) AS days_since_last_purchase,
     coalesce(p.payment_failures_90d, 0) AS payment_failures_90d,
-    coalesce(p.payment_failures_30d, 0) AS payment_failures_30d, coalesce(p.refunds_12m, 0) AS refunds_12m,
-    coalesce(t.tickets_90d, 0) AS tickets_90d, coalesce(t.open_tickets, 0) AS open_tickets,
+    coalesce(p.payment_failures_30d, 0) AS payment_failures_30d,
+    coalesce(p.payment_failures_12m, 0) AS payment_failures_12m, coalesce(p.refunds_12m, 0) AS refunds_12m,
+    coalesce(t.tickets_90d, 0) AS tickets_90d, coalesce(t.tickets_12m, 0) AS tickets_12m,
+    coalesce(t.open_tickets, 0) AS open_tickets,
     coalesce(t.open_high_severity_tickets, 0) AS open_high_severity_tickets, t.csat_180d,
     date_diff('day', t.last_ticket, $as_of) AS days_since_last_ticket,
-    n.nps_last::DOUBLE AS nps_last,
+    n.nps_last::DOUBLE AS nps_last, n.nps_avg_12m,
     coalesce(pe.contacts, 0) AS contacts, coalesce(pe.admin_contacts, 0) AS admin_contacts,
     coalesce(pe.has_executive_sponsor, false) AS has_executive_sponsor
 FROM base b
 LEFT JOIN activity a USING (customer_id) LEFT JOIN users u USING (customer_id)
-LEFT JOIN last_event le USING (customer_id)
+LEFT JOIN history h USING (customer_id)
 LEFT JOIN interactions i USING (customer_id) LEFT JOIN campaigns m USING (customer_id)
 LEFT JOIN requests r USING (customer_id) LEFT JOIN subscription s USING (customer_id)
 LEFT JOIN changes ch USING (customer_id) LEFT JOIN invoices v USING (customer_id)

@@ -13,7 +13,8 @@ Features: TypeAlias = Mapping[str, Any] | pd.Series  # one customer's features b
 
 PAST = {
     "product activity": ("active_days_7d", "active_days_30d", "active_days_90d", "sessions_30d",
-                         "features_used_90d", "active_users_30d", "usage_trend", "days_since_last_activity"),
+                         "features_used_90d", "features_used_total", "active_users_30d", "logins_per_user_12m",
+                         "usage_trend", "days_since_last_activity"),
     "interactions (90 days)": ("contacts_email_90d", "contacts_phone_90d", "contacts_chat_90d",
                                "contacts_in_app_90d", "contacts_meeting_90d", "contacts_social_90d",
                                "days_since_last_contact"),
@@ -21,13 +22,14 @@ PAST = {
                                           "campaigns_responded_180d", "feature_requests_total",
                                           "feature_requests_90d"),
     "purchases and billing": ("revenue_total", "revenue_12m", "orders_12m", "days_since_last_purchase",
-                              "payment_failures_90d", "refunds_12m", "upgrades_180d", "downgrades_180d"),
+                              "payment_failures_90d", "payment_failures_12m", "refunds_12m", "upgrades_180d",
+                              "downgrades_180d"),
 }
 PRESENT = {
     "where the customer stands": ("lifecycle_stage", "subscribed", "plan", "seats", "mrr", "tenure_days",
                                   "contacts", "admin_contacts", "has_executive_sponsor"),
-    "support and sentiment": ("tickets_90d", "open_tickets", "open_high_severity_tickets", "days_since_last_ticket",
-                              "csat_180d", "nps_last"),
+    "support and sentiment": ("tickets_90d", "tickets_12m", "open_tickets", "open_high_severity_tickets",
+                              "days_since_last_ticket", "csat_180d", "nps_last", "nps_avg_12m"),
     "health": ("health_score", "health_band", "health_usage", "health_engagement", "health_support",
                "health_sentiment", "health_billing"),
 }
