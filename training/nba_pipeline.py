@@ -230,43 +230,28 @@ class NbaModel:
 
     def uplift_contributions(self, X: pd.DataFrame, actions: pd.Series) -> pd.DataFrame:
         """Per row, what each prepared feature adds to the expected uplift of ``actions`` (one action per row) over
-        the control, in outcome units: LightGBM ``pred_contrib`` of the action's model minus the control's, times
-        the action's uplift calibration slope and the row's scale. With a scale, the rest of the uplift (the
-        calibrated average effect per unit of scale, times the scale) goes to the scale's own column, so a row sums
-        to the action's expected uplift before its cost. Rows whose action is the control get zeros.
-        T-learner only (the X-learner's effect models would need their own decomposition)."""
+        the control, in outcome units: ``MultiArmUplift.uplift_contributions`` of the action, times the action's
+        uplift calibration slope and the row's scale. With a scale, the rest of the uplift (the calibrated average
+        effect per unit of scale, times the scale) goes to the scale's own column, so a row sums to the action's
+        expected uplift before its cost. Rows whose action is the control get zeros."""
         uplift = self.uplift
-        if uplift.learner != "t":
-            raise NotImplementedError("uplift contributions are implemented for the T-learner")
         matrix = transform_features(X[self.features], uplift.spec_)
         out = np.zeros((len(X), len(uplift.spec_.names)))
+        rest = np.zeros(len(X))
         chosen = pd.Series(actions, index=X.index).to_numpy(dtype=object)
-        explained = chosen != uplift.control_
-        if explained.any():
-            control = _contributions(uplift.models_[uplift.control_], matrix[explained])
-            rest = np.zeros(len(X))
-            for arm in pd.unique(chosen[explained]):
-                rows = chosen == arm
-                ate, slope, center = uplift.calibration_.get(arm, (0.0, 1.0, 0.0))
-                difference = _contributions(uplift.models_[arm], matrix[rows]) - control[rows[explained]]
-                out[rows] = slope * difference[:, :-1]
-                if arm in uplift.calibration_:
-                    rest[rows] = ate + slope * (difference[:, -1] - center)
-                else:
-                    rest[rows] = difference[:, -1]
-            if self.scale is not None:
-                size = _scale(X[self.scale]).to_numpy()
-                out *= size[:, None]
-                if self.scale in uplift.spec_.columns:
-                    out[:, list(uplift.spec_.columns).index(self.scale)] += rest * size
+        for arm in pd.unique(chosen[chosen != uplift.control_]):
+            rows = chosen == arm
+            ate, slope, center = uplift.calibration_.get(arm, (0.0, 1.0, 0.0))
+            difference = uplift.uplift_contributions(matrix[rows], arm)
+            out[rows] = slope * difference[:, :-1]
+            base = difference[:, -1]
+            rest[rows] = ate + slope * (base - center) if arm in uplift.calibration_ else base
+        if self.scale is not None:
+            size = _scale(X[self.scale]).to_numpy()
+            out *= size[:, None]
+            if self.scale in uplift.spec_.columns:
+                out[:, list(uplift.spec_.columns).index(self.scale)] += rest * size
         return pd.DataFrame(out, index=X.index, columns=list(uplift.spec_.names))
-
-
-def _contributions(model: Any, matrix: pd.DataFrame) -> np.ndarray:
-    """LightGBM ``pred_contrib`` (last column: the base value); zeros for a constant stand-in model."""
-    if not hasattr(model, "booster_"):
-        return np.zeros((len(matrix), matrix.shape[1] + 1))
-    return np.asarray(model.predict(matrix, pred_contrib=True, n_jobs=1), dtype="float64")
 
 
 def _scale(values: pd.Series) -> pd.Series:
@@ -283,8 +268,6 @@ def fit_nba(train: pd.DataFrame, features: list[str], *, scale: str | None = SCA
     scale; without it, the outcome itself, unweighted. The weight is the row's stake: the expected outcome is the
     prediction times the scale, so an error per dollar of MRR on a large account costs that many more dollars, and
     unweighted the many small accounts (where no paid action pays) set the effects the large ones are judged by.
-    On the generated data the effects' heterogeneity beyond that is not detectable at this size (the calibration
-    slopes of training_invite and csm_call come out 0): what the weight changes is the average effect per dollar.
     """
     weight = None
     if scale is None:

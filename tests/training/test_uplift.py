@@ -72,6 +72,18 @@ def test_uplift_estimates_the_effects(model, fresh):
     assert np.allclose(outcomes["A"] - outcomes["none"], predicted["A"])
 
 
+@pytest.mark.parametrize("learner", ["t", "x"])
+def test_contributions_sum_to_the_uplift(learner, train, fresh):
+    model = MultiArmUplift(learner, calibrate=False).fit(train["X"], train["arm"], train["y"], control="none")
+    X = fresh["X"].head(500)
+    matrix = uplift.transform_features(X, model.spec_)
+    for arm in ("A", "B"):
+        contributions = model.uplift_contributions(matrix, arm)
+        assert contributions.shape == (len(X), 3)
+        assert np.allclose(contributions.sum(axis=1), model.predict_uplift(X)[arm])
+        assert np.abs(contributions[:, 0]).mean() > 2 * np.abs(contributions[:, 1]).mean()  # x sets the effects
+
+
 def test_control_when_nothing_pays(model, fresh):
     assert set(model.recommend(fresh["X"], {"A": 5.0, "B": 5.0})) == {"none"}
     with pytest.raises(ValueError, match="unknown arms"):
