@@ -24,8 +24,7 @@ def score(
     complete one; a new snapshot or champion makes a new run.
     """
     from serving import batch
-    from serving.champions import RegistryUnavailable
-    from serving.profile import Unavailable
+    from serving.errors import Unavailable
 
     s, started = Settings(), time.time()
     ids = None
@@ -42,7 +41,7 @@ def score(
     try:
         report = batch.score(s, ids, chunk_size=chunk_size, on_start=on_start,
                              on_chunk=lambda n: holder["advance"](n))
-    except (FileNotFoundError, LookupError, RegistryUnavailable, Unavailable) as e:
+    except (FileNotFoundError, LookupError, Unavailable) as e:
         raise fail(str(e)) from None
     finally:
         if "bar" in holder:

@@ -23,6 +23,7 @@ class Settings(BaseSettings):
         "c360", description="Feast online store: c360 (SQLite, one row per customer), sqlite (Feast's), redis")
     redis_url: str = Field("localhost:6379", description="Redis connection string, for online_store=redis")
     duckdb_memory: str = Field("2GB", description="memory limit of the DuckDB warehouse connection")
+    max_body_bytes: int = Field(1_000_000, ge=1, description="largest request body the service reads (413 beyond)")
     public_data: Path = Field(Path("../shared/data"), description="folder of the public data sets (FEBRL, ...)")
 
     @classmethod

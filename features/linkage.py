@@ -16,7 +16,6 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import duckdb
 import email_validator
 import pandas as pd
 import phonenumbers
@@ -25,6 +24,8 @@ import splink.comparison_library as cl
 from splink import DuckDBAPI, Linker, SettingsCreator
 from splink.blocking_rule_library import CustomRule
 from splink.clustering import cluster_pairwise_predictions_at_threshold
+
+from c360 import connections
 
 if TYPE_CHECKING:
     from splink.internals.blocking_rule_creator import BlockingRuleCreator
@@ -464,7 +465,7 @@ def database(memory_limit: str = "3GB") -> DuckDBAPI:
     """splink's DuckDB, bounded: unbounded, it holds every blocked pair in memory (17 GB at 1M records) rather
     than spilling to its temporary directory."""
     spill = Path(tempfile.gettempdir()) / "c360-splink"  # in-memory DuckDB would spill into the working directory
-    return DuckDBAPI(connection=duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(spill)}))
+    return DuckDBAPI(connection=connections.open_file(memory_limit=memory_limit, temp_directory=str(spill)))
 
 
 def _register(db_api: DuckDBAPI, prepared: pd.DataFrame, link_type: LinkType) -> list:

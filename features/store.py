@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.repo_config import RegistryConfig
 
+from c360 import connections
 from c360.settings import Settings
 from feature_repo import definitions
 from features.compute import BY_NAME
@@ -66,11 +67,9 @@ def read_snapshot(s: Settings, as_of: pd.Timestamp) -> pd.DataFrame:
 
 def history(s: Settings, customer_id: str) -> pd.DataFrame:
     """All snapshots of one customer, oldest first."""
-    import duckdb
-
     glob = str(s.snapshots / "*.parquet")
-    return duckdb.sql(f"SELECT * FROM read_parquet('{glob}') WHERE customer_id = $id ORDER BY as_of",
-                      params={"id": customer_id}).df()
+    return connections.local().execute(f"SELECT * FROM read_parquet('{glob}') WHERE customer_id = $id ORDER BY as_of",
+                                       {"id": customer_id}).df()
 
 
 def apply(s: Settings) -> FeatureStore:

@@ -17,14 +17,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from serving.errors import Unavailable
 from training import tracking
 from training.tracking import CHAMPION, ModelNotFound
 
 MODELS = {"churn": "c360-churn", "clv": "c360-clv", "nba": "c360-nba"}
 
 
-class RegistryUnavailable(RuntimeError):
+class RegistryUnavailable(Unavailable):
     """The MLflow registry cannot be read, or a champion is missing."""
+
+    def __init__(self, advice: str, cause: BaseException | None = None) -> None:
+        super().__init__("model registry", advice, cause)
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ class Champions:
         except ModelNotFound as e:
             raise RegistryUnavailable(f"{e}: train and promote it (`c360 train all`, `c360 promote`)") from e
         except Exception as e:  # a broken or locked registry database is the caller's 503
-            raise RegistryUnavailable(f"model registry unreachable ({type(e).__name__}: {e})") from e
+            raise RegistryUnavailable("cannot be read: see the server log", e) from e
 
     def refresh(self) -> dict[str, tuple[int | None, int]]:
         """Reload every model whose @champion moved; returns {kind: (old version, new version)} of the reloaded."""
@@ -107,11 +111,12 @@ class Champions:
                 if "clv" in changed:
                     self.clv_dispersion = self._dispersion()
             except RegistryUnavailable as e:
-                self.error = str(e)
+                self.error = e.advice
                 raise
             except Exception as e:  # artifacts missing or unreadable: not ready, say why
-                self.error = f"loading champion models failed ({type(e).__name__}: {e})"
-                raise RegistryUnavailable(self.error) from e
+                error = RegistryUnavailable("a champion's artifacts cannot be loaded: see the server log", e)
+                self.error = error.advice
+                raise error from e
             self.error = None
             return changed
 

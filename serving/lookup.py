@@ -11,7 +11,8 @@ from typing import Any
 
 from c360.settings import Settings
 from features.linkage import normalise_email
-from serving.profile import NotFound, warehouse
+from serving.errors import NotFound
+from serving.profile import warehouse
 
 # What the service accepts as an e-mail address (422 otherwise): one @, a dotted domain, no spaces.
 EMAIL = r"^[A-Za-z0-9._%+'-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+$"

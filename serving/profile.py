@@ -18,6 +18,7 @@ Where each part comes from:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -33,27 +34,18 @@ import pandas as pd
 
 from c360.settings import Settings
 from feature_repo.predictions import FIELDS, PREDICTIONS
+from features import store as feature_stores
 from features.compute import BY_NAME
 from features.store import OnlineReader
 from serving import predict, signals
 from serving.champions import Champions
+from serving.errors import Invalid, NotFound, Unavailable, echo
 
+log = logging.getLogger(__name__)
 HORIZONS = {"churn": 90, "clv": 365, "nba": 91}
 OUTCOMES = {"churn": "churn risk", "clv": "expected value", "nba": "the action's uplift"}
 MODEL_FIELDS = {kind: [f for f in FIELDS if f.startswith(f"{kind}_")] for kind in ("churn", "clv", "nba")}
 SIGNAL_FIELDS = ["next_feature", "next_feature_score", "next_feature_method", "content_topics"]
-
-
-class NotFound(LookupError):
-    """Unknown customer."""
-
-
-class Unavailable(RuntimeError):
-    """The online store, the warehouse or the model registry cannot answer: a 503, never a partial profile."""
-
-
-class Invalid(ValueError):
-    """A request the models cannot score (missing or mistyped features): a 422."""
 
 
 @dataclass
@@ -71,8 +63,31 @@ class Context:
         """Every customer feature and every predictions field, in one online read for a profile; `reader = None`
         re-reads the registry's views."""
         if self.reader is None:
-            self.reader = OnlineReader.of(self.store, lambda v, name: name in BY_NAME or v.name == PREDICTIONS)
+            try:
+                self.reader = OnlineReader.of(self.store, lambda v, name: name in BY_NAME or v.name == PREDICTIONS)
+            except Exception as e:  # the registry's file is gone or unreadable
+                raise Unavailable("feature registry", "cannot be read: run `c360 features apply`", e) from e
         return self.reader
+
+    def stamps(self) -> list[str]:
+        """One feature of each snapshot view: their event times say which snapshot a customer's row is from."""
+        return [names[0] for view, names in self.online().views if view.name != PREDICTIONS]
+
+
+def latest_snapshot(s: Settings) -> pd.DataFrame | None:
+    """The latest feature snapshot (the CLV range's reference population), or None before `c360 features build`."""
+    try:
+        dates = feature_stores.snapshot_dates(s)
+        return feature_stores.read_snapshot(s, dates[-1]) if dates else None
+    except Exception as e:
+        raise Unavailable("feature snapshots", "cannot be read: run `c360 features build`", e) from e
+
+
+def feature_store(s: Settings) -> Any:
+    try:
+        return feature_stores.feature_store(s)
+    except Exception as e:
+        raise Unavailable("feature registry", "cannot be opened: run `c360 features apply`", e) from e
 
 
 # ---------------------------------------------------------------- reading
@@ -89,34 +104,37 @@ class OnlineRow:
 
 def read_online(ctx: Context, customer_ids: list[str]) -> list[OnlineRow | None]:
     """Features and batch predictions of each customer in one online read; None for a customer without features."""
+    stamps = ctx.stamps()
     try:
         data = ctx.online().read(customer_ids)
     except Exception as e:  # any failure of the store (file, registry, Redis) is a 503
-        raise Unavailable(f"online store unreachable ({type(e).__name__}: {e})") from e
+        raise Unavailable("online store", "cannot be read: see the server log", e) from e
     out: list[OnlineRow | None] = []
-    stamp = next((n for n in BY_NAME if f"{n}__ts" in data), None)
-    if stamp is None or not all(data[f"{stamp}__ts"]):
-        missing = store_missing(ctx)  # a store file that is gone reads as "no rows": say so rather than 404
-        if missing:
-            raise Unavailable(missing)
+    if not stamps or not all(data[f"{stamps[0]}__ts"]):
+        store_missing(ctx)  # a store file that is gone reads as "no rows": say so rather than 404
     for i, customer in enumerate(customer_ids):
-        seconds = data[f"{stamp}__ts"][i] if stamp else 0
-        if not seconds:
+        seconds = {data[f"{name}__ts"][i] for name in stamps}
+        if len(seconds) > 1:
+            raise Unavailable("online store", "it holds two feature snapshots of a customer (a materialize was "
+                                              "interrupted or is running): run `c360 features materialize`")
+        if not any(seconds):
             out.append(None)
             continue
         features = {n: data[n][i] for n in BY_NAME if n in data}
         predicted = data.get("scored_at__ts", [0] * len(customer_ids))[i]
         predictions = {n: data[n][i] for n in FIELDS if n in data} if predicted else None
-        out.append(OnlineRow(customer, features, _day(seconds), predictions, _day(predicted) if predicted else None))
+        out.append(OnlineRow(customer, features, _day(seconds.pop()), predictions,
+                             _day(predicted) if predicted else None))
     return out
 
 
-def store_missing(ctx: Context) -> str | None:
-    """Why a file-based online store cannot answer (its file is missing), or None."""
+def store_missing(ctx: Context) -> None:
+    """Unavailable when a file-based online store cannot answer because its file is missing."""
     path = getattr(ctx.store.config.online_store, "path", None)
     if path and ctx.settings.online_store != "redis" and not Path(path).exists():
-        return f"online store {path} does not exist: run `c360 features materialize` and `c360 score`"
-    return None
+        log.warning("online store %s does not exist", path)
+        raise Unavailable("online store", "it holds no features yet: run `c360 features materialize` and "
+                                          "`c360 score`")
 
 
 @lru_cache(maxsize=4096)  # a store holds a few dates; pandas' constructor and strftime cost more than the read
@@ -127,7 +145,7 @@ def _day(seconds: int) -> pd.Timestamp:
 def one(ctx: Context, customer_id: str) -> OnlineRow:
     row = read_online(ctx, [customer_id])[0]
     if row is None:
-        raise NotFound(f"unknown customer {customer_id!r}: no features in the online store")
+        raise NotFound(f"unknown customer {echo(customer_id)!r}: no features in the online store")
     return row
 
 
@@ -225,12 +243,15 @@ def warehouse(s: Settings) -> Iterator[Any]:
     from c360 import warehouse as wh
 
     if not s.warehouse.exists():
-        raise Unavailable(f"warehouse {s.warehouse} not found")
+        log.warning("warehouse %s not found", s.warehouse)
+        raise Unavailable("warehouse", "not found: run `c360 ingest` and `c360 resolve`")
     try:
         connection = wh.connect(s, read_only=True)
         con = connection.__enter__()
     except Exception as e:  # locked by a writer, unreadable: a 503
-        raise Unavailable(f"warehouse unreachable ({type(e).__name__}: {e})") from e
+        advice = ("locked by a running writer (`c360 ingest`, `resolve` or `features build`): retry when it ends"
+                  if "lock" in str(e).lower() else "cannot be opened: see the server log")
+        raise Unavailable("warehouse", advice, e) from e
     try:
         yield con
     finally:
@@ -311,15 +332,14 @@ def profile(ctx: Context, customer_id: str, details: bool = False) -> dict[str, 
 def profile_details(s: Settings, customer_id: str, as_of: pd.Timestamp) -> dict[str, Any]:
     """Identity and detail lists from the warehouse (the lists `c360 profile` prints)."""
     from c360 import warehouse as wh
-    from features import store
     from features.details import details, flags_since
 
     with warehouse(s) as con:
         identity = wh.customer(con, customer_id)
         if identity is None:
-            raise NotFound(f"unknown customer {customer_id!r}: not in the warehouse")
+            raise NotFound(f"unknown customer {echo(customer_id)!r}: not in the warehouse")
         lists = details(con, customer_id, as_of)
-    lists["red flags since"] = flags_since(store.history(s, customer_id))
+    lists["red flags since"] = flags_since(feature_stores.history(s, customer_id))
     who = {k: _json_value(identity.get(k)) for k in ("customer_id", "display_name", "company", "segment", "region",
                                                      "emails", "phones", "sources", "records", "unlinked")}
     who["evidence"] = f"c360 resolve explain SOURCE KEY (records: {who.get('records')})"
@@ -354,7 +374,7 @@ def predict_customers(ctx: Context, kind: str, customer_ids: list[str]) -> list[
     rows = read_online(ctx, customer_ids)
     unknown = [c for c, r in zip(customer_ids, rows, strict=True) if r is None]
     if unknown:
-        raise NotFound(f"unknown customers: {', '.join(unknown[:20])}")
+        raise NotFound(f"unknown customers: {', '.join(map(echo, unknown[:20]))}")
     scored_at = now()
     return [{"customer_id": r.customer_id, **model_prediction(ctx, kind, r, scored_at)} for r in rows if r]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -132,7 +132,7 @@ class ByIds(BaseModel):
     """Customers to score: their features come from the online store, their scores from the batch when fresh."""
 
     model_config = ConfigDict(extra="forbid")
-    customer_ids: list[str] = Field(min_length=1, max_length=MAX_BATCH)
+    customer_ids: list[Annotated[str, Field(pattern=CUSTOMER_ID)]] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 def _row_model(service: str) -> type[BaseModel]:
@@ -208,6 +208,8 @@ class Reloaded(BaseModel):
 
 class Error(BaseModel):
     detail: str
+    component: str | None = Field(None, description="with a 503: the component that cannot answer (online store, "
+                                                    "warehouse, model registry, feature registry, ...)")
 
 
 class CustomerMatches(BaseModel):

@@ -31,16 +31,18 @@ from typing import Annotated, Any
 
 import anyio
 import bentoml
-from fastapi import FastAPI, Path, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import FastAPI, Path, Query
+from fastapi.responses import HTMLResponse, Response
 
 from c360.settings import Settings
+from serving import errors, ui
 from serving import profile as profiles
-from serving import ui
 from serving.champions import Champions, RegistryUnavailable
+from serving.errors import Unavailable
+from serving.limits import BodyLimit
 from serving.lookup import EMAIL, customers_by_email
 from serving.metrics import RouteMetrics, exposition
-from serving.profile import Context, Invalid, NotFound, Unavailable
+from serving.profile import Context
 from serving.schemas import (
     CUSTOMER_ID,
     ByIds,
@@ -60,6 +62,7 @@ from serving.schemas import (
 log = logging.getLogger(__name__)
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": Error, "description": "unknown customer"},
+    413: {"model": Error, "description": "request body over the limit (C360_MAX_BODY_BYTES, default 1 MB)"},
     503: {"model": Error, "description": "online store, warehouse or model registry unavailable"},
 }
 PREDICTIONS = {"churn": ChurnPredictions, "clv": ClvPredictions, "nba": NbaPredictions}
@@ -72,23 +75,9 @@ app = FastAPI(
 )
 
 
-def _error(status: int) -> Any:
-    async def handler(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status)
-    return handler
-
-
-async def _invalid(_: Request, exc: Exception) -> JSONResponse:
-    """The shape of FastAPI's own validation errors, so every 422 reads the same."""
-    return JSONResponse({"detail": [{"loc": ["body", "rows"], "msg": str(exc), "type": "value_error"}]},
-                        status_code=422)
-
-
 app.add_middleware(RouteMetrics)
-app.add_exception_handler(NotFound, _error(404))
-app.add_exception_handler(Invalid, _invalid)
-app.add_exception_handler(Unavailable, _error(503))
-app.add_exception_handler(RegistryUnavailable, _error(503))
+app.add_middleware(BodyLimit)
+errors.install(app)
 
 
 def _json(value: Any) -> Response:
@@ -122,22 +111,19 @@ class C360:
         gc.freeze()  # start-up objects out of the collector's way: it caused the p99 spikes of online reads
 
     def _load(self) -> None:
-        from features import store
-
         s = self.settings
         try:
-            snapshot = None
-            dates = store.snapshot_dates(s)
-            if dates:
-                snapshot = store.read_snapshot(s, dates[-1])
-            champions = Champions(s.home, snapshot)
-            self.ctx = Context(s, store.feature_store(s), champions)
+            champions = Champions(s.home, profiles.latest_snapshot(s))
+            self.ctx = Context(s, profiles.feature_store(s), champions)
             self.ctx.online()
             champions.refresh()
             self.problem = None
-        except Exception as e:  # start anyway: /readyz says not ready, /status says why
-            self.problem = f"{type(e).__name__}: {e}"
+        except Unavailable as e:  # start anyway: /readyz says not ready, /status says why
+            self.problem = str(e)
             log.warning("c360 service not ready: %s", self.problem)
+        except Exception:  # a fault of c360 itself: its traceback goes to the log, not to clients
+            self.problem = "the service failed to start: see the server log"
+            log.exception("c360 service not ready")
 
     def _poll(self, seconds: float) -> None:
         while not self._stop.wait(seconds):
@@ -150,7 +136,7 @@ class C360:
         if self.ctx is None:
             self._load()
             if self.ctx is None:
-                raise Unavailable(self.problem or "service not initialised")
+                raise Unavailable("service", self.problem or "not initialised: see the server log")
             return {k: (None, v) for k, v in self.ctx.champions.versions().items()}
         self.ctx.reader = None  # re-read the registry's views too: `c360 score` may have registered `predictions` since
         return self.ctx.champions.refresh()
@@ -159,7 +145,7 @@ class C360:
         if self.ctx is None:
             self._load()
         if self.ctx is None:
-            raise Unavailable(f"service not ready: {self.problem}")
+            raise Unavailable("service", f"not ready ({self.problem})")
         return self.ctx
 
     def store_problem(self) -> str | None:
@@ -227,7 +213,7 @@ class C360:
         problem = self.store_problem()
         ctx = self.ctx
         if problem is None and ctx is not None and not ctx.champions.ready:
-            problem = ctx.champions.error or "champion models not loaded"
+            problem = str(RegistryUnavailable(ctx.champions.error or "champion models not loaded"))
         body = {"ready": problem is None, "models": ctx.champions.versions() if ctx else {},
                 "online_store": self.settings.online_store, "problem": problem}
         return Response(profiles.dumps(body), status_code=200 if problem is None else 503,

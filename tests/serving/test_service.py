@@ -12,7 +12,7 @@ import pytest
 
 from c360.settings import Settings
 from features import store
-from serving.profile import NotFound
+from serving.errors import NotFound
 from serving.schemas import ByIds, ChurnPredictions, ChurnRows, NbaPredictions, Profile
 from serving.service import C360
 from training import tracking

@@ -14,8 +14,8 @@ from starlette.testclient import TestClient
 from c360 import warehouse
 from c360.settings import Settings
 from features import store
+from serving.errors import NotFound, Unavailable
 from serving.lookup import customers_by_email
-from serving.profile import NotFound, Unavailable
 
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
 

@@ -1,0 +1,83 @@
+"""The service's errors and how each becomes a JSON answer: `{"detail": ...}`, never a 500 or a traceback.
+
+* `NotFound` → 404; `Invalid` and malformed requests → 422, shaped as FastAPI's own validation errors;
+* `Unavailable` → 503 naming the failing component (online store, warehouse, model registry, ...) and what to do.
+  The cause — file paths, process ids, the exception's text — goes to the server log, not to the client;
+* a body over the limit → 413 (`serving.limits`).
+
+A 422 echoes at most `ECHO` characters of an input value, and none of a nested object or array: a body may be a
+megabyte, and JSON's NaN and Infinity (which Python's parser accepts) cannot be written back as JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger(__name__)
+ECHO = 64  # characters of an input value a 422 repeats
+
+
+class NotFound(LookupError):
+    """Unknown customer: a 404."""
+
+
+class Invalid(ValueError):
+    """A request the models cannot score (missing or mistyped features): a 422."""
+
+
+class Unavailable(RuntimeError):
+    """A component cannot answer: a 503 naming it and what to do, never a partial profile."""
+
+    def __init__(self, component: str, advice: str, cause: BaseException | None = None) -> None:
+        super().__init__(f"{component} unavailable: {advice}")
+        self.component, self.advice = component, advice
+        if cause is not None:
+            log.warning("%s unavailable: %s (%s: %s)", component, advice, type(cause).__name__, cause)
+
+
+def echo(value: Any) -> Any:
+    """What a 422 may repeat of an input value: a short prefix of a scalar, nothing of a container."""
+    if isinstance(value, dict | list | tuple):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, bool | float) or (isinstance(value, int) and abs(value) < 10**15):
+        return value
+    text = str(value)
+    return text if len(text) <= ECHO else f"{text[:ECHO]}… ({len(text):,} characters)"
+
+
+def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:500], "type": str(e.get("type", "")),
+               "input": echo(e.get("input"))} for e in exc.errors()[:100]]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    """The shape of FastAPI's own validation errors, so every 422 reads the same."""
+    return JSONResponse({"detail": [{"loc": ["body", "rows"], "msg": str(exc), "type": "value_error"}]},
+                        status_code=422)
+
+
+def _not_found(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Unavailable)
+    return JSONResponse({"detail": str(exc), "component": exc.component}, status_code=503)
+
+
+def install(app: FastAPI) -> None:
+    """Every error handler of the service on `app`."""
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(Invalid, _invalid)
+    app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(Unavailable, _unavailable)

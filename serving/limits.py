@@ -1,0 +1,50 @@
+"""The request body limit: a 413 before a body over `C360_MAX_BODY_BYTES` is read whole.
+
+Without it a 100 MB customer id was read, parsed and echoed back, growing a worker by 800 MB, and a million ids
+took 2.3 s to reach their 422. The largest valid request (100 raw feature rows) is about 100 KB.
+"""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from c360.settings import Settings
+
+
+def too_large(limit: int) -> str:
+    return f"request body over {limit:,} bytes (the service's C360_MAX_BODY_BYTES)"
+
+
+class BodyLimit:
+    """ASGI middleware: 413 at once when Content-Length says the body is over the limit; when it does not say (a
+    chunked body), 413 as soon as the bytes received pass it."""
+
+    def __init__(self, app: ASGIApp, limit: int | None = None) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.limit is None:
+            self.limit = Settings().max_body_bytes
+        limit = self.limit
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > limit:
+            await JSONResponse({"detail": too_large(limit)}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def bounded() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                # FastAPI passes an HTTPException raised while it reads the body on to its handler: a 413.
+                raise HTTPException(413, too_large(limit))
+            return message
+
+        await self.app(scope, bounded, send)
