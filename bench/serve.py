@@ -15,6 +15,10 @@ Load: a small asyncio HTTP/1.1 keep-alive client in a separate process (request 
 client costs little CPU on the shared 2 cores), random customers of the latest snapshot; one client for the
 latency floor, then 8 concurrent clients for `--seconds` each, connecting 30 ms apart. Every response must be 200.
 
+Then the profile page's calls under concurrent use (issue 18): 8 clients for `--page-seconds` on
+`GET /customers/{id}/profile?details=true` and on the plain profile (the baseline), errors counted: any answer but
+200, or a dropped connection.
+
 Run from the repo root: `python -m bench.serve [--home DIR --workers 2 --seconds 20]`.
 """
 

@@ -14,8 +14,9 @@ predictions) with the champions of `serving.champions`:
 * BentoML's own `GET /healthz` / `/livez` (process up) and `GET /readyz` (`__is_ready__`: online store readable
   and all three champions loaded); the OpenAPI document at `/docs.json`, Swagger UI at `/`.
 
-Errors are JSON `{"detail": ...}`: 404 unknown customer, 422 malformed request, 503 online store / warehouse /
-registry unavailable (with what failed), never a partial profile.
+Errors are JSON `{"detail": ...}` (`serving.errors`): 404 unknown customer, 413 body over `C360_MAX_BODY_BYTES`
+(`serving.limits`), 422 malformed request, 503 naming the component that cannot answer and what to do, never a
+partial profile.
 
 Run: `c360 serve` (or `bentoml serve serving.service:C360`); `C360_HOME` says which home it serves,
 `C360_SERVE_WORKERS` how many worker processes (default 1).
