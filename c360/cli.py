@@ -93,7 +93,7 @@ def ingest(
         try:
             files = discover(source)
             with warehouse.connect(s) as con, progress("ingesting files", len(files)) as advance:
-                reports = run(con, source, on_file=lambda _: advance(1))
+                reports = run(con, source, on_file=lambda _: advance(1), max_line=s.csv_max_line)
         except IngestError as e:
             raise fail(str(e)) from None
     for message in dict.fromkeys(str(w.message) for w in caught):

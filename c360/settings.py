@@ -23,6 +23,8 @@ class Settings(BaseSettings):
         "c360", description="Feast online store: c360 (SQLite, one row per customer), sqlite (Feast's), redis")
     redis_url: str = Field("localhost:6379", description="Redis connection string, for online_store=redis")
     duckdb_memory: str = Field("2GB", description="memory limit of the DuckDB warehouse connection")
+    csv_max_line: int = Field(2_000_000, ge=1, description="bytes of the longest CSV line (record) ingest reads; "
+                                                           "a file with a longer one is refused")
     lock_timeout: float = Field(30, ge=0, description="seconds a second writer of the warehouse (ingest, resolve) "
                                                       "waits for the first to finish before giving up")
     public_data: Path = Field(Path("../shared/data"), description="folder of the public data sets (FEBRL, ...)")
