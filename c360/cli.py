@@ -6,10 +6,12 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from typer._click import Context as ClickContext
+from typer.core import TyperGroup
 
 from c360 import (
     training_cli,  # noqa: F401  (registers `c360 eval cdnow` / `eval hillstrom`)
@@ -17,14 +19,26 @@ from c360 import (
 )
 from c360.features_cli import apply, build, features_app, materialize, profile
 from c360.identity_cli import eval_app, resolve_app, run_resolve
+from c360.locks import WarehouseBusy
 from c360.review_cli import mlflow_ui
 from c360.serve_cli import score, serve
 from c360.settings import Settings
 from c360.train_cli import MODELS, champions, promote, train_all, train_app
 from c360.ui import console, fail, progress, record_run, table
 
+
+class _Commands(TyperGroup):
+    """Every command: a warehouse another process holds is a one-line error, wherever the command opens it."""
+
+    def invoke(self, ctx: ClickContext) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WarehouseBusy as e:
+            raise fail(str(e)) from None
+
+
 app = typer.Typer(help="Customer 360: unify customer silos, one profile per customer, churn / CLV / next best "
-                       "action with reasons.", no_args_is_help=True, pretty_exceptions_enable=False)
+                       "action with reasons.", no_args_is_help=True, pretty_exceptions_enable=False, cls=_Commands)
 app.add_typer(resolve_app, name="resolve")
 app.add_typer(eval_app, name="eval")
 app.add_typer(features_app, name="features")
@@ -79,7 +93,7 @@ def ingest(
         try:
             files = discover(source)
             with warehouse.connect(s) as con, progress("ingesting files", len(files)) as advance:
-                reports = run(con, source, on_file=lambda _: advance(1))
+                reports = run(con, source, on_file=lambda _: advance(1), max_line=s.csv_max_line)
         except IngestError as e:
             raise fail(str(e)) from None
     for message in dict.fromkeys(str(w.message) for w in caught):

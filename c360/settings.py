@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     redis_url: str = Field("localhost:6379", description="Redis connection string, for online_store=redis")
     duckdb_memory: str = Field("2GB", description="memory limit of the DuckDB warehouse connection")
     max_body_bytes: int = Field(1_000_000, ge=1, description="largest request body the service reads (413 beyond)")
+    csv_max_line: int = Field(2_000_000, ge=1, description="bytes of the longest CSV line (record) ingest reads; "
+                                                           "a file with a longer one is refused")
+    lock_timeout: float = Field(30, ge=0, description="seconds a second writer of the warehouse (ingest, resolve) "
+                                                      "waits for the first to finish before giving up")
     public_data: Path = Field(Path("../shared/data"), description="folder of the public data sets (FEBRL, ...)")
 
     @classmethod

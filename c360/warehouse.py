@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import duckdb
 import pandas as pd
 
+from c360 import connections, locks
 from c360.settings import Settings
 from features.contract import TABLES
 
 
 @contextmanager
 def connect(s: Settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The warehouse; a writer first takes the writer lock of `s.home` (see c360.locks), a reader does not."""
     s.home.mkdir(parents=True, exist_ok=True)
-    # A bounded memory limit makes DuckDB spill big ingests to disk instead of growing with the file.
-    con = duckdb.connect(str(s.warehouse), read_only=read_only, config={"memory_limit": s.duckdb_memory})
-    try:
-        yield con
-    finally:
-        con.close()
+    with nullcontext() if read_only else locks.writer(s) as deadline:
+        # A bounded memory limit makes DuckDB spill big ingests to disk instead of growing with the file.
+        con = locks.when_free(s, lambda: connections.open_file(s.warehouse, read_only=read_only,
+                                                               memory_limit=s.duckdb_memory), deadline)
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def table_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from features import contract
 from features.contract import TABLES, Table
 
 CHUNK_ROWS = 500_000
+MAX_LINE = 2_000_000  # bytes of one CSV line (a record, with its quoted line breaks): DuckDB's default
 SQL_TYPES = {"str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "datetime": "TIMESTAMP"}
 TEXT = pd.StringDtype("pyarrow")  # Arrow-backed text: no Python object per value, fast pandera checks
 
@@ -76,6 +77,7 @@ class _Load:
     n_fields: int
     positions: tuple[int | None, ...]
     ingest_id: int
+    max_line: int
 
     @property
     def file(self) -> str:
@@ -167,18 +169,19 @@ def ingest(
     on_file: Callable[[FileReport], None] | None = None,
     *,
     chunk_rows: int = CHUNK_ROWS,
+    max_line: int = MAX_LINE,
 ) -> list[FileReport]:
     """Load every source file under `source` (see `discover`) into the warehouse behind `con`.
 
     Each file is its own transaction, so `con` must not be inside one. The first broken file raises
     IngestError: the files before it stay loaded, it loads nothing and the files after it are not tried.
     Fix it and run again; files already loaded are skipped by their hash. `on_file` gets each file's report
-    as soon as the file is done (for progress bars).
+    as soon as the file is done (for progress bars). A file with a line longer than `max_line` bytes is broken.
     """
     ensure_schema(con)
     reports = []
     for table, path in discover(source):
-        report = ingest_file(con, table, path, chunk_rows=chunk_rows)
+        report = ingest_file(con, table, path, chunk_rows=chunk_rows, max_line=max_line)
         reports.append(report)
         if on_file is not None:
             on_file(report)
@@ -186,20 +189,23 @@ def ingest(
 
 
 def ingest_file(
-    con: duckdb.DuckDBPyConnection, table: Table, path: Path, *, chunk_rows: int = CHUNK_ROWS
+    con: duckdb.DuckDBPyConnection, table: Table, path: Path, *, chunk_rows: int = CHUNK_ROWS,
+    max_line: int = MAX_LINE,
 ) -> FileReport:
     """Load one file of `table` in one transaction (the schema must exist, see `ensure_schema`)."""
     path = Path(path)
-    digest = file_sha256(path)
+    digest, longest = file_sha256(path)
     seen = "SELECT 1 FROM ingest_log WHERE table_id = ? AND sha256 = ?"
     if con.execute(seen, [table.id, digest]).fetchone():
         return FileReport(table.id, path, 0, 0, 0, skipped=True)
+    if longest > max_line:  # DuckDB's parallel reader can drop such a line, at the end of a file, without a word
+        raise IngestError(f"{path}: {_long_line_problem(path, max_line)}")
     header = read_header(path)
     positions = _column_positions(header, table, path)
     con.begin()
     try:
         ingest_id = _scalar(con, "SELECT coalesce(max(ingest_id), 0) + 1 FROM ingest_log")
-        load = _Load(table, path, len(header), positions, ingest_id)
+        load = _Load(table, path, len(header), positions, ingest_id, max_line)
         report = _load(con, load, chunk_rows)
         con.execute(
             "INSERT INTO ingest_log "
@@ -224,17 +230,24 @@ def quarantine_summary(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 # --- reading a file --------------------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: Path) -> tuple[str, int]:
+    """The file's sha256, and the bytes of its longest line when every line break ends one (quoted ones too)."""
+    digest, longest, running = hashlib.sha256(), 0, 0  # running: bytes of the line still open at a block's end
     try:
         with Path(path).open("rb") as f:
             while block := f.read(1 << 20):
                 digest.update(block)
+                ends = np.flatnonzero(np.frombuffer(block, np.uint8) == ord("\n"))
+                if not len(ends):
+                    running += len(block)
+                    continue
+                longest = max(longest, running + int(ends[0]), int(np.diff(ends).max(initial=1)) - 1)
+                running = len(block) - int(ends[-1]) - 1
     except FileNotFoundError:
         raise IngestError(f"{path}: file not found") from None
     except OSError as err:
         raise IngestError(f"{path}: cannot read ({err.strerror})") from None
-    return digest.hexdigest()
+    return digest.hexdigest(), max(longest, running)
 
 
 def read_header(path: Path) -> list[str]:
@@ -271,14 +284,15 @@ def _column_positions(header: list[str], table: Table, path: Path) -> tuple[int 
     return tuple(header.index(c.name) if c.name in header else None for c in table.columns)
 
 
-def _read_csv_sql(n_fields: int) -> str:
+def _read_csv_sql(n_fields: int, max_line: int) -> str:
     # Strict and without sniffing: a row with the wrong number of fields or an open quote is an error, not
     # a guess. Every field stays text so that parse() decides what is valid. All fields are selected, as
     # DuckDB checks UTF-8 only in the columns a query reads.
     columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(n_fields))
     return (
         f"SELECT * FROM read_csv($path, header = true, auto_detect = false, columns = {{{columns}}}, "
-        "delim = ',', quote = '\"', escape = '\"', strict_mode = true, null_padding = false)"
+        "delim = ',', quote = '\"', escape = '\"', strict_mode = true, null_padding = false, "
+        f"max_line_size = {max_line + 2})"  # DuckDB wants room for the line's end
     )
 
 
@@ -310,14 +324,18 @@ def _csv_batches(
     cursor: duckdb.DuckDBPyConnection, load: _Load, chunk_rows: int
 ) -> Iterator[pyarrow.RecordBatch]:
     try:
-        result = cursor.execute(_read_csv_sql(load.n_fields), {"path": str(load.path)})
+        result = cursor.execute(_read_csv_sql(load.n_fields, load.max_line), {"path": str(load.path)})
         yield from result.to_arrow_reader(chunk_rows)
     except (duckdb.Error, pyarrow.ArrowException, OSError) as err:  # mid-file errors come through Arrow
-        raise IngestError(f"{load.path}: {_csv_problem(err)}") from None
+        raise IngestError(f"{load.path}: {_csv_problem(err, load)}") from None
 
 
-def _csv_problem(err: Exception) -> str:
+def _csv_problem(err: Exception, load: _Load) -> str:
     text = str(err)
+    # DuckDB says a line is too long only when it is a little too long: a much longer one it reports as an
+    # unterminated quote, or as a file its parallel reader cannot read
+    if any(sign in text for sign in _LONG_LINE_SIGNS) and (long := _long_line_problem(load.path, load.max_line)):
+        return long
     line = re.search(r"CSV Error on Line: (\d+)", text)
     where = f" at line {line.group(1)}" if line else ""
     if fields := re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", text):
@@ -329,6 +347,38 @@ def _csv_problem(err: Exception) -> str:
     if "No files found" in text:
         return "file not found"
     return f"malformed CSV{where}: {text.splitlines()[0]}"
+
+
+_LONG_LINE_SIGNS = ("Maximum line size", "unterminated quote", "Parallel CSV Reader")
+
+
+def _long_line_problem(path: Path, limit: int) -> str | None:
+    if (found := _long_line(path, limit)) is None:
+        return None
+    number, size, closed = found
+    if not closed:
+        return f"unterminated quote at line {number}"
+    return f"line {number} is {size:,} bytes long, over the limit of {limit:,} bytes of a CSV line (C360_CSV_MAX_LINE)"
+
+
+def _long_line(path: Path, limit: int) -> tuple[int, int, bool] | None:
+    """The first line longer than `limit` bytes: (number, bytes, whether it ends before the file does), or None.
+
+    Lines as DuckDB counts them: the header is line 1, and a line break inside quotes does not end a line.
+    """
+    number, start, quoted, offset = 1, 0, False, 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            for found in re.finditer(rb'["\n]', block):
+                if found.group() == b'"':
+                    quoted = not quoted  # an escaped quote ("") flips twice
+                elif not quoted:
+                    end = offset + found.start()
+                    if end - start > limit:
+                        return number, end - start, True
+                    number, start = number + 1, end + 1
+            offset += len(block)
+    return (number, offset - start, not quoted) if offset - start > limit else None
 
 
 def _raw_frame(raw: pyarrow.Table) -> pd.DataFrame:

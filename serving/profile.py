@@ -241,6 +241,7 @@ def _descriptions() -> dict[str, str]:
 def warehouse(s: Settings) -> Iterator[Any]:
     """A read-only warehouse connection, opened per use (a connection held open would lock out writers)."""
     from c360 import warehouse as wh
+    from c360.locks import WarehouseBusy
 
     if not s.warehouse.exists():
         log.warning("warehouse %s not found", s.warehouse)
@@ -248,10 +249,10 @@ def warehouse(s: Settings) -> Iterator[Any]:
     try:
         connection = wh.connect(s, read_only=True)
         con = connection.__enter__()
-    except Exception as e:  # locked by a writer, unreadable: a 503
-        advice = ("locked by a running writer (`c360 ingest`, `resolve` or `features build`): retry when it ends"
-                  if "lock" in str(e).lower() else "cannot be opened: see the server log")
-        raise Unavailable("warehouse", advice, e) from e
+    except WarehouseBusy as e:
+        raise Unavailable("warehouse", "in use by a writer (`c360 ingest` or `resolve`): retry when it ends", e) from e
+    except Exception as e:  # unreadable: a 503
+        raise Unavailable("warehouse", "cannot be opened: see the server log", e) from e
     try:
         yield con
     finally:

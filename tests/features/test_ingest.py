@@ -369,6 +369,40 @@ def test_files_before_a_broken_one_stay_loaded(con, tmp_path: Path) -> None:
     assert (rows_of(con, ACCOUNTS), rows_of(con, CONTACTS)) == (1, 0)
 
 
+LONG = 50 << 20  # DuckDB reports a line this long as an unterminated quote, or as unreadable in parallel
+
+
+@pytest.mark.parametrize(("value", "size"), [
+    (f'"{"x" * LONG}"', LONG + 2), ("x" * LONG, LONG), ("x" * (3 << 20), 3 << 20),
+], ids=["quoted 50 MB", "50 MB", "3 MB"])
+def test_a_line_over_the_limit_is_named_with_its_length_and_loads_under_a_higher_one(
+        con, tmp_path: Path, value: str, size: int) -> None:
+    broken = write(tmp_path, ACCOUNTS, [])
+    broken.write_text(f"{HEADER}\n{GOOD}\nA2,{value},smb,,NA,,,{WHEN}\n")
+    line_bytes = size + len(f"A2,,smb,,NA,,,{WHEN}")
+    with pytest.raises(IngestError) as err:
+        ingest(con, tmp_path)
+    assert str(err.value) == (f"{broken}: line 3 is {line_bytes:,} bytes long, over the limit of 2,000,000 bytes "
+                              "of a CSV line (C360_CSV_MAX_LINE)")
+    assert rows_of(con, ACCOUNTS) == 0 and quarantine(con) == []
+    if size < LONG:
+        [report] = ingest(con, tmp_path, max_line=line_bytes)
+        assert (report.read, report.accepted) == (2, 2)
+
+
+def test_a_multiline_value_is_one_line_and_an_open_quote_is_not_a_long_line(con, tmp_path: Path) -> None:
+    path = write(tmp_path, ACCOUNTS, [valid_row(ACCOUNTS, 1, account_name=f"one\n{'x' * 60}\ntwo"),
+                                      valid_row(ACCOUNTS, 2)])
+    with pytest.raises(IngestError, match=r"line 2 is 1\d\d bytes long, over the limit of 120 bytes"):
+        ingest(con, tmp_path, max_line=120)  # each of its three lines is shorter, the header too
+    [report] = ingest(con, tmp_path, max_line=200)
+    assert (report.read, report.accepted) == (2, 2)
+    # the open quote runs to the end of the file, past the limit: still an unterminated quote, on the line it opens
+    path.write_text(path.read_text() + f'A9,"open,smb,,NA,,,{WHEN}\n' + f"{GOOD}\n" * 20)
+    with pytest.raises(IngestError, match=r"unterminated quote at line 4$"):
+        ingest(con, tmp_path, max_line=200)
+
+
 def test_a_missing_file_raises(con, tmp_path: Path) -> None:
     missing = tmp_path / "crm" / "accounts.csv"
     with pytest.raises(IngestError, match=f"{missing}: file not found"):
