@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -268,3 +269,38 @@ def test_rows_stay_readable_when_the_view_gains_and_loses_features(fresh: Featur
     got = online(fresh, IDS[:3], [f"{VIEW}:loyalty_points", f"{VIEW}:segment"])
     assert got["loyalty_points"] == [None] * 3  # not written yet
     assert got["segment"] == NEWER.column("segment").to_pylist()[:3]
+
+
+def test_a_read_of_several_views_sees_one_commit(fresh: FeatureStore) -> None:
+    """`read_columns` reads its views in one read transaction: a write committing between two views' SELECTs (here
+    from SQLite's trace hook, right before the second) stays unseen until the next read, so no mix of the two."""
+    profile = fresh.get_feature_view(VIEW)
+    extra = FeatureView(name="customer_extra", entities=[fresh.get_entity("customer")], ttl=profile.ttl, online=True,
+                        source=profile.batch_source,
+                        schema=[Field(name="customer_id", dtype=String), Field(name="city", dtype=String)])
+    fresh.apply([extra])
+    views, entity_rows = [(profile, ["age"]), (extra, ["city"])], [{"customer_id": c} for c in IDS[:20]]
+    writer, reader = C360OnlineStore(), C360OnlineStore()
+    for view in (profile, extra):
+        writer.write_arrow(fresh.config, view, OLDER)
+
+    def times() -> tuple[list[int], list[int]]:
+        got = reader.read_columns(fresh.config, views, entity_rows)
+        return got["age__ts"], got["city__ts"]
+
+    older = [int(t.timestamp()) for t in OLDER.column("event_timestamp").to_pylist()[:20]]
+    newer = [int(t.timestamp()) for t in NEWER.column("event_timestamp").to_pylist()[:20]]
+    with ExitStack() as pending:
+        pending.enter_context(writer.transaction(fresh.config))
+        for view in (profile, extra):
+            writer.write_arrow(fresh.config, view, NEWER)
+        assert times() == (older, older)  # a write in progress is invisible, to a new connection too
+        assert reader._conn is not None
+
+        def commit_before_the_second_view(sql: str) -> None:
+            if "customer_extra" in sql:
+                pending.close()
+
+        reader._conn.set_trace_callback(commit_before_the_second_view)
+        assert times() == (older, older)
+    assert times() == (newer, newer)
