@@ -267,7 +267,8 @@ class C360OnlineStore(OnlineStore):
 
         Readers on other connections keep seeing the last commit until then (WAL); threads sharing this store
         object wait on its lock. Pages that overflow the cache go to the WAL uncommitted, so memory stays bounded
-        and the WAL grows to the size of the write.
+        and the WAL grows to the size of the write; after the commit a checkpoint copies it into the database and
+        truncates it (it waits for readers still on the old snapshot, up to the busy timeout).
         """
         with self._lock:
             if self._writing:  # on the outer transaction's connection, which must not reconnect meanwhile
@@ -287,6 +288,8 @@ class C360OnlineStore(OnlineStore):
                 raise
             finally:
                 self._writing = False
+            # The WAL holds the whole write, as large as the store after a full load: give the disk space back.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def write_arrow(
         self,
