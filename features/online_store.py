@@ -34,6 +34,11 @@ Choosing the online store in `feature_store.yaml` (nothing outside this module a
       type: redis
       connection_string: "localhost:6379"
 
+Writes are transactions: a `write_arrow` call, or all writes inside one `transaction` (`c360 features materialize`
+writes every view of a snapshot in one), commit at once. SQLite's WAL keeps readers on the last commit meanwhile
+and `read_columns` reads all views in one read transaction, so a reader sees the old snapshot or the new one, never
+a mix; a killed writer's uncommitted WAL frames are ignored and the old snapshot keeps serving.
+
 With Feast's stores, bulk loads go through `FeatureStore.materialize` / `write_to_online_store`. A caller that
 wants the fast path asks `bulk_writer(feature_store.config)`: our store when the yaml selects it, else None — then
 it uses Feast's `materialize`. Reads never need to know which store is configured.
@@ -48,6 +53,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
@@ -91,7 +97,7 @@ class C360OnlineStoreConfig(FeastConfigBaseModel):
     path: StrictStr = "data/c360_online.db"
     """SQLite file; a relative path is taken relative to the feature repo, as Feast's sqlite store does."""
     write_batch_size: StrictInt = 100_000
-    """Rows per encode-and-commit step of `write_arrow`: bounds memory; readers see each step once committed."""
+    """Rows per encoding step of `write_arrow`: bounds memory. The commit is once per call (or `transaction`)."""
     cache_mb: StrictInt = 256
     """SQLite page cache per connection. Bulk upserts into a 1M-row key index thrash the 2 MB default."""
 
@@ -111,6 +117,7 @@ class C360OnlineStore(OnlineStore):
         self._conn: sqlite3.Connection | None = None
         self._conn_key: tuple[int, str, tuple[int, int] | None] | None = None
         self._lock = threading.RLock()
+        self._writing = False  # a write transaction is open on `_conn`: writes join it, only its end commits
         self._layouts: dict[int, dict[str, int]] = {}
         self._pickers: dict[tuple[int, tuple[str, ...] | None], Callable[[Sequence[ValueProto]],
                                                                           dict[str, ValueProto]]] = {}
@@ -137,12 +144,10 @@ class C360OnlineStore(OnlineStore):
             )
             for key, values, ts, created in data
         ]
-        with self._lock:
-            conn = self._write_conn(config)
+        with self.transaction(config) as conn:
             layout = self._ensure_layout(conn, names)
             name = self._ensure_table(conn, config, table)
-            with conn:
-                conn.executemany(_upsert_sql(name), [(*row, layout) for row in rows])
+            conn.executemany(_upsert_sql(name), [(*row, layout) for row in rows])
         if progress:
             progress(len(rows))
 
@@ -173,17 +178,20 @@ class C360OnlineStore(OnlineStore):
         out: dict[str, list[Any]] = {}
         with self._lock:
             conn = self._connect(config, create=False)
-            for view, features in views:
-                join_keys = _join_keys(view)
-                entity = tuple(join_keys.items())
-                if entity not in keys_by_entity:
-                    keys_by_entity[entity] = _serialized_keys({k: [row[k] for row in entity_rows] for k in join_keys},
-                                                              join_keys, config.entity_key_serialization_version)
-                rows = self._read(conn, config, view, keys_by_entity[entity], tuple(features))
-                seconds = [0 if ts is None else int(ts.timestamp()) for ts, _ in rows]
-                for name in features:
-                    out[name] = [None if values is None else _python(values.get(name)) for _, values in rows]
-                    out[f"{name}__ts"] = list(seconds)
+            # One read transaction for all views: a materialize committing between two SELECTs would mix snapshots.
+            with _snapshot(conn):
+                for view, features in views:
+                    join_keys = _join_keys(view)
+                    entity = tuple(join_keys.items())
+                    if entity not in keys_by_entity:
+                        columns = {k: [row[k] for row in entity_rows] for k in join_keys}
+                        keys_by_entity[entity] = _serialized_keys(columns, join_keys,
+                                                                  config.entity_key_serialization_version)
+                    rows = self._read(conn, config, view, keys_by_entity[entity], tuple(features))
+                    seconds = [0 if ts is None else int(ts.timestamp()) for ts, _ in rows]
+                    for name in features:
+                        out[name] = [None if values is None else _python(values.get(name)) for _, values in rows]
+                        out[f"{name}__ts"] = list(seconds)
         return out
 
     def _read(self, conn: sqlite3.Connection | None, config: RepoConfig, table: FeatureView, keys: list[bytes],
@@ -251,6 +259,38 @@ class C360OnlineStore(OnlineStore):
 
     # ------------------------------------------------------------------ bulk path
 
+    @contextmanager
+    def transaction(self, config: RepoConfig) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all that is written inside (`write_arrow`, `online_write_batch`, any number of
+        views) commits at once when the block ends, or not at all if it raises or the process dies. A write outside
+        any is its own transaction; a nested one joins the outermost.
+
+        Readers on other connections keep seeing the last commit until then (WAL); threads sharing this store
+        object wait on its lock. Pages that overflow the cache go to the WAL uncommitted, so memory stays bounded
+        and the WAL grows to the size of the write; after the commit a checkpoint copies it into the database and
+        truncates it (it waits for readers still on the old snapshot, up to the busy timeout).
+        """
+        with self._lock:
+            if self._writing:  # on the outer transaction's connection, which must not reconnect meanwhile
+                assert self._conn is not None
+                yield self._conn
+                return
+            conn = self._write_conn(config)
+            conn.execute("BEGIN IMMEDIATE")
+            self._writing = True
+            try:
+                yield conn
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                self._layouts.clear()  # the cache may name layouts whose rows the rollback removed
+                self._pickers.clear()
+                raise
+            finally:
+                self._writing = False
+            # The WAL holds the whole write, as large as the store after a full load: give the disk space back.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def write_arrow(
         self,
         config: RepoConfig,
@@ -261,7 +301,7 @@ class C360OnlineStore(OnlineStore):
         created_timestamp_field: str | None = None,
         progress: Callable[[int], Any] | None = None,
     ) -> int:
-        """Upsert feature rows straight from Arrow; returns the number of rows read.
+        """Upsert feature rows straight from Arrow, committed at once (see `transaction`); returns the rows read.
 
         Columns: the view's join keys (`feature_view.entity_columns`), the event timestamp (`timestamp_field`,
         default the batch source's), optionally the created timestamp (`created_timestamp_field`, default the
@@ -281,8 +321,7 @@ class C360OnlineStore(OnlineStore):
         version = config.entity_key_serialization_version
         batch_size = int(getattr(config.online_store, "write_batch_size", 100_000))
         written = 0
-        with self._lock:
-            conn = self._write_conn(config)
+        with self.transaction(config) as conn:
             layout = self._ensure_layout(conn, names)
             sql = _upsert_sql(self._ensure_table(conn, config, feature_view))
             checked = False
@@ -307,8 +346,7 @@ class C360OnlineStore(OnlineStore):
                 # wins): B-tree inserts then walk the key index left to right instead of jumping around it.
                 encoded = encoded.take(pc.sort_indices(encoded["key"]))
                 rows = zip(*(encoded[c].to_pylist() for c in encoded.column_names), [layout] * n, strict=True)
-                with conn:
-                    conn.executemany(sql, rows)
+                conn.executemany(sql, rows)
                 written += batch.num_rows
                 if progress:
                     progress(batch.num_rows)
@@ -330,8 +368,8 @@ class C360OnlineStore(OnlineStore):
         if identity is None and not create:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Default (legacy) transaction handling: the module opens a transaction before the first INSERT and
-        # `with conn:` commits it, so each executemany is one transaction (one WAL commit), not one per row.
+        # Default (legacy) transaction handling; writes run in an explicit `transaction`, reads of several views
+        # in an explicit read transaction (`_snapshot`).
         conn = sqlite3.connect(path, check_same_thread=False)
         cache_kb = int(getattr(config.online_store, "cache_mb", 256)) * 1024
         # WAL: readers (the serving process) never block on a bulk write and vice versa. synchronous=NORMAL is
@@ -380,8 +418,7 @@ class C360OnlineStore(OnlineStore):
         text = json.dumps(names)
         layout = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
         if layout not in self._layouts:
-            with conn:
-                conn.execute(f"INSERT OR IGNORE INTO {LAYOUTS_TABLE} VALUES (?, ?)", (layout, text))
+            conn.execute(f"INSERT OR IGNORE INTO {LAYOUTS_TABLE} VALUES (?, ?)", (layout, text))
             if self._layout(conn, layout) != {n: i for i, n in enumerate(names)}:
                 raise RuntimeError(f"layout id collision in {LAYOUTS_TABLE} for {names}")
         return layout
@@ -421,6 +458,19 @@ class C360OnlineStore(OnlineStore):
                 raise RuntimeError(f"online store row refers to unknown layout {layout}")
             positions = self._layouts[layout] = {n: i for i, n in enumerate(json.loads(row[0]))}
         return positions
+
+
+@contextmanager
+def _snapshot(conn: sqlite3.Connection | None) -> Iterator[None]:
+    """One read transaction: in WAL mode every SELECT inside sees the same commit."""
+    if conn is None or conn.in_transaction:  # no file yet, or inside this connection's own write transaction
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.rollback()
 
 
 def _join_keys(view: FeatureView) -> dict[str, ValueType]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -268,3 +269,63 @@ def test_rows_stay_readable_when_the_view_gains_and_loses_features(fresh: Featur
     got = online(fresh, IDS[:3], [f"{VIEW}:loyalty_points", f"{VIEW}:segment"])
     assert got["loyalty_points"] == [None] * 3  # not written yet
     assert got["segment"] == NEWER.column("segment").to_pylist()[:3]
+
+
+
+def two_views(store: FeatureStore) -> list[FeatureView]:
+    """The test view and a second one over the same source (city only)."""
+    profile = store.get_feature_view(VIEW)
+    extra = FeatureView(name="customer_extra", entities=[store.get_entity("customer")], ttl=profile.ttl, online=True,
+                        source=profile.batch_source,
+                        schema=[Field(name="customer_id", dtype=String), Field(name="city", dtype=String)])
+    store.apply([extra])
+    return [profile, extra]
+
+
+def event_seconds(store: FeatureStore, reader: C360OnlineStore, views: list[FeatureView]) -> tuple[list[int], ...]:
+    """Event times of the first 20 customers in both views, through one `read_columns`."""
+    got = reader.read_columns(store.config, [(views[0], ["age"]), (views[1], ["city"])],
+                              [{"customer_id": c} for c in IDS[:20]])
+    return got["age__ts"], got["city__ts"]
+
+
+def seconds(table: pa.Table, shift: int = 0) -> list[int]:
+    return [int(t.timestamp()) + shift for t in table.column("event_timestamp").to_pylist()[:20]]
+
+
+def test_a_transaction_commits_all_its_views_at_once_or_nothing(fresh: FeatureStore) -> None:
+    views, writer, reader = two_views(fresh), C360OnlineStore(), C360OnlineStore()
+    with pytest.raises(RuntimeError, match="killed"), writer.transaction(fresh.config):
+        writer.write_arrow(fresh.config, views[0], OLDER)  # the first write of each view's layout, rolled back
+        raise RuntimeError("killed")
+    assert event_seconds(fresh, reader, views) == ([0] * 20, [0] * 20)
+    for view in views:
+        writer.write_arrow(fresh.config, view, OLDER)  # the same writer: it writes the rolled-back layout again
+    with writer.transaction(fresh.config):
+        for view in views:
+            writer.write_arrow(fresh.config, view, NEWER)
+        # Unseen until the commit, from a new connection too.
+        assert event_seconds(fresh, C360OnlineStore(), views) == (seconds(OLDER), seconds(OLDER))
+    assert event_seconds(fresh, reader, views) == (seconds(NEWER), seconds(NEWER))
+
+
+def test_a_read_of_several_views_sees_one_commit(fresh: FeatureStore, tmp_path: Path) -> None:
+    """`read_columns` reads its views in one read transaction: a write committing between two views' SELECTs (here
+    from SQLite's trace hook, right before the second) stays unseen until the next read, so no mix of the two."""
+    views, reader = two_views(fresh), C360OnlineStore()
+    for view in views:
+        reader.write_arrow(fresh.config, view, OLDER)
+    assert event_seconds(fresh, reader, views) == (seconds(OLDER), seconds(OLDER))
+    with closing(sqlite3.connect(tmp_path / "ours.db")) as other:
+        for view in views:
+            other.execute(f"UPDATE c360_test_{view.name} SET event_ts = event_ts + 1000000")  # one second later
+
+        def commit_before_the_second_view(sql: str) -> None:
+            if "customer_extra" in sql:
+                other.commit()
+
+        assert reader._conn is not None
+        reader._conn.set_trace_callback(commit_before_the_second_view)
+        assert event_seconds(fresh, reader, views) == (seconds(OLDER), seconds(OLDER))
+        reader._conn.set_trace_callback(None)
+    assert event_seconds(fresh, reader, views) == (seconds(OLDER, 1), seconds(OLDER, 1))
