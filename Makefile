@@ -21,9 +21,10 @@ install: .venv/.installed  ## install c360 and its pinned dependencies into .ven
 demo: install  ## run the whole pipeline on generated data and print where to look
 	$(RUN) c360 demo
 
-lint: install  ## ruff and mypy
+lint: install  ## ruff, mypy and the layer contract (import-linter)
 	$(RUN) ruff check .
-	$(RUN) mypy c360 features training serving
+	$(RUN) mypy c360
+	$(RUN) lint-imports
 
 test: lint  ## lint, then the test suite and every notebook (nbmake), two workers
 	$(RUN) pytest -n 2 --dist loadgroup --nbmake --nbmake-timeout=900 tests notebooks

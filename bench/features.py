@@ -19,14 +19,14 @@ from pathlib import Path
 import duckdb
 
 from bench.common import record, run
-from features.compute import FEATURES
-from features.generate import generate
-from features.ingest import ingest
+from c360.core.definitions import FEATURES
+from c360.features.generate import generate
+from c360.features.ingest import ingest
 
 AS_OF = "2026-10-01"
 OURS = """
 import sys, duckdb, pandas as pd
-from features import compute
+from c360.features import compute
 with duckdb.connect(sys.argv[1], read_only=True, config={"memory_limit": "4GB"}) as con:
     print(len(compute.build(con, pd.Timestamp(sys.argv[2]))))
 """

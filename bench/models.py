@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.common import record
-from c360.pipeline import build_company
-from c360.settings import Settings
+from c360.core.settings import Settings
+from c360.features.pipeline import build_company
 
 
 def timed(fn, *args):
@@ -29,9 +29,9 @@ def timed(fn, *args):
 
 
 def company_rows(s: Settings) -> list[str]:
-    from training.clv_pipeline import train_clv
-    from training.nba_pipeline import ACTIONS, train_nba
-    from training.pipeline import train_churn
+    from c360.training.clv_pipeline import train_clv
+    from c360.training.nba_pipeline import ACTIONS, train_nba
+    from c360.training.pipeline import train_churn
 
     churn, churn_s = timed(train_churn, s)
     ours, oracle = churn.baselines["lightgbm_on_oracle_rows"], churn.baselines["oracle"]
@@ -64,8 +64,8 @@ def _fmt(metrics: dict) -> str:
 
 
 def public_rows(data: Path) -> list[str]:
-    from training.cdnow import evaluate_cdnow
-    from training.hillstrom import evaluate_hillstrom
+    from c360.training.cdnow import evaluate_cdnow
+    from c360.training.hillstrom import evaluate_hillstrom
 
     rows = []
     cdnow = evaluate_cdnow(data / "cdnow")

@@ -109,7 +109,7 @@ def make_repo(root: Path, parquet: Path, online_store: dict[str, Any]) -> None:
 def step_write_arrow(repo: Path, parquet: Path, out: Path) -> None:
     from feast import FeatureStore
 
-    from features.online_store import C360OnlineStore
+    from c360.features.online_store import C360OnlineStore
 
     store = FeatureStore(repo_path=str(repo))
     view = store.get_feature_view(VIEW)
@@ -215,7 +215,7 @@ def main() -> None:
     del table
     print(f"synthetic {a.customers:,} × {a.features} written in {time.perf_counter() - started:.0f} s", flush=True)
 
-    ours_type = "features.online_store.C360OnlineStore"
+    ours_type = "c360.features.online_store.C360OnlineStore"
     make_repo(work / "ours", work / "features.parquet", {"type": ours_type, "path": str(work / "ours.db")})
     make_repo(work / "ours_mat", work / "sample.parquet", {"type": ours_type, "path": str(work / "ours_mat.db")})
     make_repo(work / "feast", work / "sample.parquet", {"type": "sqlite", "path": str(work / "feast.db")})

@@ -15,13 +15,13 @@ from pathlib import Path
 import duckdb
 
 from bench.common import record, run
-from features.generate import generate
-from features.ingest import ingest
+from c360.features.generate import generate
+from c360.features.ingest import ingest
 
 RECORDS_PER_CUSTOMER = 9.4  # person records (all silos) per generated customer, measured at 20k customers
 SPLINK_ALONE = """
 import sys, duckdb
-from features import identity, linkage
+from c360.features import identity, linkage
 with duckdb.connect(sys.argv[1], read_only=True) as con:
     people, _ = identity.read_records(con)
 linker = linkage.train_linker(linkage.prepare_records(people), link_type="link_and_dedupe")

@@ -35,8 +35,8 @@ from bench.common import record, run
 
 def make_home(source: Path, work: Path, customers: int) -> None:
     """A home with `source`'s registry, feature store and warehouse and an N-row copy of its latest snapshot."""
-    from c360.settings import Settings
-    from features import store
+    from c360.core.settings import Settings
+    from c360.features import store
 
     src, dst = Settings(home=source), Settings(home=work)
     work.mkdir(parents=True, exist_ok=True)
@@ -53,10 +53,10 @@ def make_home(source: Path, work: Path, customers: int) -> None:
 
 def baseline(home: Path, out: Path) -> None:
     """The raw LightGBM calls (see the module docstring); writes their seconds to `out`."""
-    from c360.settings import Settings
-    from features import store
-    from serving.champions import Champions
-    from training.uplift import transform_features
+    from c360.core.settings import Settings
+    from c360.features import store
+    from c360.serving.champions import Champions
+    from c360.training.uplift import transform_features
 
     s = Settings(home=home)
     snapshot = store.read_snapshot(s, store.snapshot_dates(s)[-1])

@@ -138,8 +138,8 @@ def feast_repo(home: Path, folder: Path) -> Path:
     """A feature_store.yaml for `feast serve` equal to the RepoConfig c360 builds in code (features.store)."""
     import yaml
 
-    from c360.settings import Settings
-    from features.store import online_store_config
+    from c360.core.settings import Settings
+    from c360.features.store import online_store_config
 
     s = Settings(home=home)
     config = {"project": "c360", "provider": "local", "entity_key_serialization_version": 3,
@@ -194,12 +194,12 @@ def main() -> None:
     parser.add_argument("--page-seconds", type=float, default=30.0, help="per path of the profile page's load")
     args = parser.parse_args()
 
-    from features import store
-    from serving.server import serve_command, start, stop, wait_ready
+    from c360.features import store
+    from c360.serving.server import serve_command, start, stop, wait_ready
 
     home = args.home.resolve()
     os.environ["C360_HOME"] = str(home)
-    from c360.settings import Settings
+    from c360.core.settings import Settings
 
     s = Settings(home=home)
     customers = store.read_snapshot(s, store.snapshot_dates(s)[-1])["customer_id"].sample(

@@ -6,11 +6,11 @@ Feast resolves relative FileSource paths against the working directory.
 
 from pathlib import Path
 
-from feature_repo.entities import customer
-from feature_repo.predictions import predictions_view
-from feature_repo.services import services
-from feature_repo.sources import customer_features
-from feature_repo.views import views
+from c360.feature_repo.entities import customer
+from c360.feature_repo.predictions import predictions_view
+from c360.feature_repo.services import services
+from c360.feature_repo.sources import customer_features
+from c360.feature_repo.views import views
 
 
 def definitions(source_path: str, scores_path: str | None = None) -> list:

@@ -12,7 +12,7 @@ from feast import FeatureView, Field, FileSource
 from feast.data_format import ParquetFormat
 from feast.types import Float64, Int64, String
 
-from feature_repo.entities import customer
+from c360.feature_repo.entities import customer
 
 PREDICTIONS = "predictions"
 FIELDS = {

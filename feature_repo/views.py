@@ -3,8 +3,8 @@ from datetime import timedelta
 from feast import FeatureView, Field, FileSource
 from feast.types import Bool, Float64, Int64, String
 
-from feature_repo.entities import customer
-from features.compute import FEATURES
+from c360.core.definitions import FEATURES
+from c360.feature_repo.entities import customer
 
 TYPES = {"int": Int64, "float": Float64, "str": String, "bool": Bool}
 SECTIONS = {

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from features.contract import TABLES, Col, Table
+from c360.core.contract import TABLES, Col, Table
 
 HEADER = """# Data contract
 
-Generated from `features/contract.py` by `c360 contract --out docs/CONTRACT.md`; a test keeps the two equal.
+Generated from `c360/core/contract.py` by `c360 contract --out docs/CONTRACT.md`; a test keeps the two equal.
 
 Each source table arrives as CSV files `<silo>/<table>*.csv` (UTF-8, header row, comma separated, empty field =
 missing). Several files of one table are batches, loaded in name order; a file already loaded (same content) is

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from features.compute import BY_NAME
+from c360.core.definitions import BY_NAME
 
 TIMELINE_SQL = """
 WITH mine AS (SELECT source, source_key FROM identity_crosswalk WHERE customer_id = $id),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from features import linkage
+from c360.features import linkage
 
 FILES = {"febrl4a": "dataset4a.csv", "febrl4b": "dataset4b.csv"}
 DEFAULT_THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from features.contract import CONTENT_TOPICS, TABLES
-from features.synth import faults, people, world
-from features.synth.silos import Builder, Ids, campaigns
+from c360.core.contract import CONTENT_TOPICS, TABLES
+from c360.features.synth import faults, people, world
+from c360.features.synth.silos import Builder, Ids, campaigns
 
 CHUNK = 25_000
 TRUTH = "ground_truth"

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from splink import Linker
 
-from features import linkage
+from c360.features import linkage
 
 NAME_PARTS = "split_part(trim({0}), ' ', 1) AS first_name, " \
              "nullif(regexp_extract(trim({0}), ' (\\S+)$', 1), '') AS surname"

@@ -29,8 +29,8 @@ import pandas as pd
 import pandera.pandas as pa
 import pyarrow
 
-from features import contract
-from features.contract import TABLES, Table
+from c360.core import contract
+from c360.core.contract import TABLES, Table
 
 CHUNK_ROWS = 500_000
 MAX_LINE = 2_000_000  # bytes of one CSV line (a record, with its quoted line breaks): DuckDB's default

@@ -21,7 +21,7 @@ Choosing the online store in `feature_store.yaml` (nothing outside this module a
 
     # ours (relative paths are relative to the repo directory)
     online_store:
-      type: features.online_store.C360OnlineStore
+      type: c360.features.online_store.C360OnlineStore
       path: data/c360_online.db
 
     # Feast's own SQLite store
@@ -77,7 +77,7 @@ from pydantic import StrictInt, StrictStr
 
 log = logging.getLogger(__name__)
 
-STORE_TYPE = "features.online_store.C360OnlineStore"  # the `type:` of feature_store.yaml's online_store block
+STORE_TYPE = "c360.features.online_store.C360OnlineStore"  # the `type:` of feature_store.yaml's online_store block
 LAYOUTS_TABLE = "c360_online_layouts"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -93,7 +93,7 @@ _TAG_LEN = {ValueType.STRING: 0x12, ValueType.BYTES: 0x0A}  # string_val (2), by
 class C360OnlineStoreConfig(FeastConfigBaseModel):
     """`online_store:` block of feature_store.yaml for `C360OnlineStore`."""
 
-    type: Literal["features.online_store.C360OnlineStore"] = "features.online_store.C360OnlineStore"
+    type: Literal["c360.features.online_store.C360OnlineStore"] = "c360.features.online_store.C360OnlineStore"
     path: StrictStr = "data/c360_online.db"
     """SQLite file; a relative path is taken relative to the feature repo, as Feast's sqlite store does."""
     write_batch_size: StrictInt = 100_000

@@ -7,7 +7,7 @@ from typing import Any, TypeAlias
 
 import pandas as pd
 
-from features.compute import BY_NAME
+from c360.core.definitions import BY_NAME
 
 Features: TypeAlias = Mapping[str, Any] | pd.Series  # one customer's features by name
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +13,17 @@ import pyarrow.parquet as pq
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.repo_config import RegistryConfig
 
-from c360 import connections
-from c360.settings import Settings
-from feature_repo import definitions
-from features.compute import BY_NAME
-from features.online_store import C360OnlineStore, bulk_writer
+from c360.core import connections
+from c360.core.definitions import BY_NAME
+from c360.core.settings import Settings
+from c360.feature_repo import definitions
+from c360.features.online_store import C360OnlineStore, bulk_writer
 
 
 def online_store_config(s: Settings) -> dict:
     path = str((s.feast / "online.db").resolve())
     return {
-        "c360": {"type": "features.online_store.C360OnlineStore", "path": path},
+        "c360": {"type": "c360.features.online_store.C360OnlineStore", "path": path},
         "sqlite": {"type": "sqlite", "path": path},
         "redis": {"type": "redis", "connection_string": s.redis_url},
     }[s.online_store]
@@ -55,6 +55,13 @@ def write_snapshot(s: Settings, snapshot: pd.DataFrame) -> Path:
     path = s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet"
     snapshot.to_parquet(path, index=False)
     return path
+
+
+def as_of_dates(end: pd.Timestamp, as_of: date | None, history_days: int, every_days: int) -> list[pd.Timestamp]:
+    """The requested date, or snapshots every `every_days` back over `history_days` up to the data's end."""
+    if as_of:
+        return [pd.Timestamp(as_of)]
+    return sorted({end - pd.Timedelta(days=d) for d in range(0, history_days + 1, every_days)})
 
 
 def snapshot_dates(s: Settings) -> list[pd.Timestamp]:

@@ -32,11 +32,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from c360.settings import Settings
-from feature_repo.predictions import FIELDS, PREDICTIONS
-from features import store
-from serving import predict, signals
-from serving.champions import Champions
+from c360.core.settings import Settings
+from c360.feature_repo.predictions import FIELDS, PREDICTIONS
+from c360.features import store
+from c360.serving import predict, signals
+from c360.serving.champions import Champions
 
 CHUNK = 100_000
 
@@ -146,7 +146,7 @@ def read_customers(path: Path) -> list[str]:
 
 def push(s: Settings, fs: Any, table: pa.Table) -> None:
     """Upsert wide score rows into the `predictions` view of the online store."""
-    from features.online_store import bulk_writer
+    from c360.features.online_store import bulk_writer
 
     view = fs.get_feature_view(PREDICTIONS)
     writer = bulk_writer(fs.config)
@@ -169,7 +169,7 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
           on_start: Callable[[int], None] | None = None, on_chunk: Callable[[int], None] | None = None,
           warehouse_con: Any = None) -> ScoreReport:
     """Score the latest snapshot's customers (or `customers`) with every champion; see the module docstring."""
-    from serving.profile import warehouse
+    from c360.serving.profile import warehouse
 
     started = time.perf_counter()
     dates = store.snapshot_dates(s)

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.errors import Unavailable
-from training import tracking
-from training.tracking import CHAMPION, ModelNotFound
+from c360.serving.errors import Unavailable
+from c360.training import tracking
+from c360.training.tracking import CHAMPION, ModelNotFound
 
 MODELS = {"churn": "c360-churn", "clv": "c360-clv", "nba": "c360-nba"}
 
@@ -121,7 +121,7 @@ class Champions:
             return changed
 
     def _dispersion(self) -> float:
-        from serving.predict import clv_dispersion
+        from c360.serving.predict import clv_dispersion
 
         clv = self.models["clv"]
         rmse = clv.metrics.get("rmse")

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from c360.settings import Settings
+from c360.core.settings import Settings
 
 
 def too_large(limit: int) -> str:

@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from c360.settings import Settings
-from feature_repo.predictions import FIELDS, PREDICTIONS
-from features import store as feature_stores
-from features.compute import BY_NAME
-from features.store import OnlineReader
-from serving import predict, signals
-from serving.champions import Champions
-from serving.errors import Invalid, NotFound, Unavailable, echo
+from c360.core.definitions import BY_NAME
+from c360.core.settings import Settings
+from c360.feature_repo.predictions import FIELDS, PREDICTIONS
+from c360.features import store as feature_stores
+from c360.features.store import OnlineReader
+from c360.serving import predict, signals
+from c360.serving.champions import Champions
+from c360.serving.errors import Invalid, NotFound, Unavailable, echo
 
 log = logging.getLogger(__name__)
 HORIZONS = {"churn": 90, "clv": 365, "nba": 91}
@@ -213,7 +213,7 @@ def present(kind: str, values: dict[str, Any], model: dict[str, Any]) -> dict[st
 
 
 def reason(item: dict[str, Any], outcome: str) -> dict[str, Any]:
-    from training.explain import label
+    from c360.training.explain import label
 
     contribution = float(item.get("contribution") or 0.0)
     direction = "raises" if contribution > 0 else "lowers"
@@ -240,8 +240,8 @@ def _descriptions() -> dict[str, str]:
 @contextmanager
 def warehouse(s: Settings) -> Iterator[Any]:
     """A read-only warehouse connection, opened per use (a connection held open would lock out writers)."""
-    from c360 import warehouse as wh
-    from c360.locks import WarehouseBusy
+    from c360.core import warehouse as wh
+    from c360.core.locks import WarehouseBusy
 
     if not s.warehouse.exists():
         log.warning("warehouse %s not found", s.warehouse)
@@ -316,7 +316,7 @@ def _iso(day: pd.Timestamp | None) -> str | None:
 
 def profile(ctx: Context, customer_id: str, details: bool = False) -> dict[str, Any]:
     """The profile of one customer: past, present, future and freshness (+ identity and lists with `details`)."""
-    from features.profile import assemble
+    from c360.features.profile import assemble
 
     row = one(ctx, customer_id)
     scored_at = now()
@@ -332,8 +332,8 @@ def profile(ctx: Context, customer_id: str, details: bool = False) -> dict[str, 
 
 def profile_details(s: Settings, customer_id: str, as_of: pd.Timestamp) -> dict[str, Any]:
     """Identity and detail lists from the warehouse (the lists `c360 profile` prints)."""
-    from c360 import warehouse as wh
-    from features.details import details, flags_since
+    from c360.core import warehouse as wh
+    from c360.features.details import details, flags_since
 
     with warehouse(s) as con:
         identity = wh.customer(con, customer_id)

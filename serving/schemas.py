@@ -137,8 +137,8 @@ class ByIds(BaseModel):
 
 def _row_model(service: str) -> type[BaseModel]:
     """One raw feature row of a model: every feature of its feature service, each a value of its type or null."""
-    from feature_repo.services import MODELS, NOT_FOR_MODELS
-    from features.compute import FEATURES
+    from c360.core.definitions import FEATURES
+    from c360.feature_repo.services import MODELS, NOT_FOR_MODELS
 
     types: dict[str, Any] = {"int": int, "float": float, "bool": bool, "str": str}
     # Integers within JSON's exact range (2^53): beyond it a JSON number is a rounded float, and int64 overflows.

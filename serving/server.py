@@ -13,7 +13,7 @@ from typing import IO
 
 import httpx
 
-from c360.settings import Settings
+from c360.core.settings import Settings
 
 
 def serve_command(port: int, host: str = "127.0.0.1", workers: int = 1,
@@ -23,7 +23,7 @@ def serve_command(port: int, host: str = "127.0.0.1", workers: int = 1,
     env = {**os.environ, "C360_HOME": str(s.home.resolve()), "C360_SERVE_WORKERS": str(workers),
            "BENTOML_HOME": os.environ.get("BENTOML_HOME", str((s.home / "bentoml").resolve())),
            "BENTOML_DO_NOT_TRACK": "True"}
-    return [sys.executable, "-m", "bentoml", "serve", "serving.service:C360", "--port", str(port), "--host", host,
+    return [sys.executable, "-m", "bentoml", "serve", "c360.serving.service:C360", "--port", str(port), "--host", host,
             "--working-dir", str(Path(__file__).resolve().parents[1])], env
 
 

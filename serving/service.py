@@ -35,16 +35,16 @@ import bentoml
 from fastapi import FastAPI, Path, Query
 from fastapi.responses import HTMLResponse, Response
 
-from c360.settings import Settings
-from serving import errors, ui
-from serving import profile as profiles
-from serving.champions import Champions, RegistryUnavailable
-from serving.errors import Unavailable
-from serving.limits import BodyLimit
-from serving.lookup import EMAIL, customers_by_email
-from serving.metrics import RouteMetrics, exposition
-from serving.profile import Context
-from serving.schemas import (
+from c360.core.settings import Settings
+from c360.serving import errors, ui
+from c360.serving import profile as profiles
+from c360.serving.champions import Champions, RegistryUnavailable
+from c360.serving.errors import Unavailable
+from c360.serving.limits import BodyLimit
+from c360.serving.lookup import EMAIL, customers_by_email
+from c360.serving.metrics import RouteMetrics, exposition
+from c360.serving.profile import Context
+from c360.serving.schemas import (
     CUSTOMER_ID,
     ByIds,
     ChurnPredictions,

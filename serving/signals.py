@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from serving.predict import json_list
+from c360.serving.predict import json_list
 
 PRIOR_SENDS = 3.0
 INTEREST_LIFT = 1.2

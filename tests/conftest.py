@@ -8,9 +8,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from features import identity
-from features.generate import generate
-from features.ingest import ingest
+from c360.features import identity
+from c360.features.generate import generate
+from c360.features.ingest import ingest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -73,7 +73,7 @@ def mlflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def home_over_resolved(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
     """A function making a fresh C360_HOME over the resolved company: its warehouse and its generated data (with
     the ground truth); the caller adds the feature snapshots it needs."""
-    from c360.settings import Settings
+    from c360.core.settings import Settings
 
     def make(name: str) -> Settings:
         s = Settings(home=tmp_path_factory.mktemp(name))

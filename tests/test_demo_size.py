@@ -9,10 +9,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from c360 import warehouse
-from c360.pipeline import build_company
-from c360.settings import Settings
-from features import identity
+from c360.core import warehouse
+from c360.core.settings import Settings
+from c360.features import identity
+from c360.features.pipeline import build_company
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo_size")]
 
@@ -37,7 +37,7 @@ def test_customers_match_ground_truth(company: Settings) -> None:
 
 
 def test_churn_ranks_within_two_points_of_the_oracle_and_is_calibrated(company: Settings) -> None:
-    from training.pipeline import train_churn
+    from c360.training.pipeline import train_churn
 
     report = train_churn(company)
     ours, oracle = report.baselines["lightgbm_on_oracle_rows"], report.baselines["oracle"]
@@ -49,7 +49,7 @@ def test_churn_ranks_within_two_points_of_the_oracle_and_is_calibrated(company: 
 
 
 def test_clv_beats_bgnbd_on_total_and_rmse(company: Settings) -> None:
-    from training.clv_pipeline import train_clv
+    from c360.training.clv_pipeline import train_clv
 
     report = train_clv(company)
     ours, baseline = report["lightgbm"], report["bgnbd_gamma_gamma"]
@@ -60,7 +60,7 @@ def test_clv_beats_bgnbd_on_total_and_rmse(company: Settings) -> None:
 
 @pytest.fixture(scope="module")
 def nba(company: Settings):
-    from training.nba_pipeline import ACTIONS, train_nba
+    from c360.training.nba_pipeline import ACTIONS, train_nba
 
     ev = train_nba(company).evaluation
     assert ev.exact is not None

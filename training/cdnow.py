@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from training import clv
+from c360.training import clv
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cdnow"
 COLUMNS = ("customer_id", "date", "dollars")

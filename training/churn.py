@@ -35,7 +35,7 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedKFold, train_te
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from training.uplift import FeatureSpec, fit_features, to_outcome, transform_features
+from c360.training.uplift import FeatureSpec, fit_features, to_outcome, transform_features
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

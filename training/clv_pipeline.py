@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from c360 import warehouse
-from c360.settings import Settings
-from features import store
-from features.compute import BY_NAME
-from training import clv, datasets, labels, tracking
-from training.uplift import FeatureSpec, prepare_features, transform_features
+from c360.core import warehouse
+from c360.core.definitions import BY_NAME
+from c360.core.settings import Settings
+from c360.features import store
+from c360.training import clv, datasets, labels, tracking
+from c360.training.uplift import FeatureSpec, prepare_features, transform_features
 
 CLV_MODEL = "c360-clv"
 HORIZON_WEEKS = labels.CLV_HORIZON_DAYS / 7

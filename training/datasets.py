@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from feast import FeatureStore
 
-from features.compute import BY_NAME
+from c360.core.definitions import BY_NAME
 
 Labeler = Callable[[object, pd.Timestamp], pd.DataFrame]
 

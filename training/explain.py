@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from training.uplift import to_outcome
+from c360.training.uplift import to_outcome
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -24,8 +24,8 @@ BASE = "base_value"
 
 
 def feature_descriptions() -> dict[str, str]:
-    """Plain-words description of every c360 feature (``features.compute.FEATURES``), by feature name."""
-    from features.compute import FEATURES
+    """Plain-words description of every c360 feature (``c360.core.definitions.FEATURES``), by feature name."""
+    from c360.core.definitions import FEATURES
 
     return {f.name: f.description for f in FEATURES}
 

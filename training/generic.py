@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from training import churn, explain, tracking
-from training.churn import ChurnModel
-from training.uplift import (
+from c360.training import churn, explain, tracking
+from c360.training.churn import ChurnModel
+from c360.training.uplift import (
     MultiArmUplift,
     assignment_propensity,
     cross_fit,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from training.uplift import (
+from c360.training.uplift import (
     Learner,
     MultiArmUplift,
     assignment_propensity,

@@ -50,12 +50,12 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
-from c360 import warehouse
-from c360.settings import Settings
-from features import compute, store
-from features.compute import BY_NAME
-from training import datasets, labels, tracking
-from training.uplift import (
+from c360.core import warehouse
+from c360.core.definitions import BY_NAME
+from c360.core.settings import Settings
+from c360.features import compute, store
+from c360.training import datasets, labels, tracking
+from c360.training.uplift import (
     MultiArmUplift,
     assignment_propensity,
     paired_bootstrap,

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
-from c360 import warehouse
-from c360.settings import Settings
-from features import store
-from features.compute import BY_NAME
-from training import datasets, labels, tracking
-from training.churn import ChurnModel, calibration_curve_figure, fit_baseline, metrics, roc_figure
-from training.explain import feature_descriptions, shap_summary_figure
+from c360.core import warehouse
+from c360.core.definitions import BY_NAME
+from c360.core.settings import Settings
+from c360.features import store
+from c360.training import datasets, labels, tracking
+from c360.training.churn import ChurnModel, calibration_curve_figure, fit_baseline, metrics, roc_figure
+from c360.training.explain import feature_descriptions, shap_summary_figure
 
 CHURN_MODEL = "c360-churn"
 MONOTONE = {"payment_failures_90d": 1, "flag_payment_failed": 1}  # more failed payments never lower the risk

@@ -14,7 +14,7 @@ from typing import Literal
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from training.tracking import CHALLENGER, CHAMPION, ModelNotFound, version_by_alias
+from c360.training.tracking import CHALLENGER, CHAMPION, ModelNotFound, version_by_alias
 
 Better = Literal["higher", "lower"]
 TEST_PERIOD = "test_period"

@@ -39,7 +39,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
 
-from c360.settings import Settings
+from c360.core.settings import Settings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

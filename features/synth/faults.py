@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.contract import Table
+from c360.core.contract import Table
 
 BAD_DATETIMES = ("2025-13-45", "31/31/2025", "yesterday")
 BAD_NUMBERS = ("twelve", "1.2.3", "12,5,0")

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from features import contract
-from features.contract import (
+from c360.core import contract
+from c360.core.contract import (
     ACTIONS,
     ACTIVITY_CHANNELS,
     CONTENT_TOPICS,
@@ -19,8 +19,8 @@ from features.contract import (
     TICKET_CHANNELS,
     TICKET_TOPICS,
 )
-from features.synth import people as ppl
-from features.synth.world import (
+from c360.features.synth import people as ppl
+from c360.features.synth.world import (
     ADDON_SIZE,
     DISCOUNT,
     EFFECT_WEEKS,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.contract import ACTIONS, PLANS, PRODUCT_FEATURES, REGIONS, SEGMENTS
+from c360.core.contract import ACTIONS, PLANS, PRODUCT_FEATURES, REGIONS, SEGMENTS
 
 END = pd.Timestamp("2026-11-02")  # a Monday; data ends the day before
 OBSERVED = 104

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from c360.cli import app
+from c360.cli.main import app
 
 runner = CliRunner()
 
@@ -17,7 +17,7 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tables as a wide terminal shows them, so a cell is not wrapped across lines."""
-    from c360.ui import console
+    from c360.cli.ui import console
 
     monkeypatch.setattr(console, "width", 200)
 
@@ -67,7 +67,7 @@ def test_ingest_of_a_missing_folder_fails_clearly(home: Path, tmp_path: Path) ->
 
 
 def test_contract_page_is_up_to_date() -> None:
-    from features.contract_doc import markdown
+    from c360.features.contract_doc import markdown
 
     page = Path(__file__).resolve().parents[2] / "docs" / "CONTRACT.md"
     assert page.read_text() == markdown(), "run `c360 contract --out docs/CONTRACT.md`"
@@ -91,7 +91,7 @@ def test_features_commands_and_profile(home: Path, resolved: tuple[Path, Path]) 
 
 
 def test_readme_documents_every_feature() -> None:
-    from features.compute import FEATURES
+    from c360.core.definitions import FEATURES
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [f.name for f in FEATURES if f"`{f.name}`" not in readme]
@@ -99,8 +99,8 @@ def test_readme_documents_every_feature() -> None:
 
 
 def test_eval_cdnow_prints_both_splits() -> None:
-    from c360.settings import Settings
-    from training.cdnow import available
+    from c360.core.settings import Settings
+    from c360.training.cdnow import available
 
     folder = Settings().public_data / "cdnow"
     if not available(folder):
@@ -110,7 +110,7 @@ def test_eval_cdnow_prints_both_splits() -> None:
 
 
 def test_eval_hillstrom_prints_policies_and_qini() -> None:
-    from c360.settings import Settings
+    from c360.core.settings import Settings
 
     path = Settings().public_data / "hillstrom" / "hillstrom.csv"
     if not path.exists():
@@ -120,7 +120,7 @@ def test_eval_hillstrom_prints_policies_and_qini() -> None:
 
 
 def test_eval_febrl_without_the_id_column() -> None:
-    from c360.settings import Settings
+    from c360.core.settings import Settings
 
     folder = Settings().public_data / "febrl"
     if not (folder / "dataset4a.csv").exists():

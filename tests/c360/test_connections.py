@@ -11,9 +11,9 @@ import duckdb
 import pandas as pd
 import pytest
 
-from c360 import connections
-from c360.settings import Settings
-from features import store
+from c360.core import connections
+from c360.core.settings import Settings
+from c360.features import store
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 from typer.testing import CliRunner
 
-from c360.cli import app
+from c360.cli.main import app
 
 C360 = str(Path(sys.executable).parent / "c360")
 runner = CliRunner()
@@ -20,8 +20,8 @@ runner = CliRunner()
 # c360. (Not warehouse.connect: its imports would double the start-up time of the tests.)
 HOLD = """import sys
 import duckdb
-from c360 import locks
-from c360.settings import Settings
+from c360.core import locks
+from c360.core.settings import Settings
 s = Settings()
 with locks.writer(s) if sys.argv[1] == "c360" else duckdb.connect(str(s.warehouse)):
     print("held", flush=True)

@@ -19,10 +19,10 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
-from c360.review_cli import server_command, server_env
-from training import tracking
-from training.churn import metrics, roc_figure
-from training.registry import CHURN_GATE, promote
+from c360.cli.review import server_command, server_env
+from c360.training import tracking
+from c360.training.churn import metrics, roc_figure
+from c360.training.registry import CHURN_GATE, promote
 
 MODEL = "c360-churn"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from c360.settings import Settings
+from c360.core.settings import Settings
 
 
 def test_yaml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from c360.settings import Settings
-from c360.warehouse import DATED
-from features import compute, store
+from c360.core.settings import Settings
+from c360.core.warehouse import DATED
+from c360.features import compute, store
 
 AS_OF = pd.Timestamp("2026-05-04")
 # Every dated source table and the column that dates its rows; the features of AS_OF may only see earlier rows.
@@ -120,7 +120,7 @@ def test_materialized_features_read_back_by_name(feature_store) -> None:
 
 
 def test_detail_lists_see_only_the_past(resolved: tuple[Path, Path]) -> None:
-    from features.details import details
+    from c360.features.details import details
 
     with duckdb.connect(str(resolved[0] / "warehouse.duckdb"), read_only=True) as con:
         busy = con.execute("""SELECT customer_id FROM identity_crosswalk WHERE source = 'support/tickets'
@@ -133,7 +133,7 @@ def test_detail_lists_see_only_the_past(resolved: tuple[Path, Path]) -> None:
 
 
 def test_a_red_flag_is_dated_from_the_start_of_its_current_run() -> None:
-    from features.details import flags_since
+    from c360.features.details import flags_since
 
     days = pd.date_range("2026-01-05", periods=5, freq="28D")
     history = pd.DataFrame({"as_of": days, **{n: False for n in compute.BY_NAME if n.startswith("flag_")}})

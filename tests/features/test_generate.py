@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.contract import ACTIONS, TABLES
-from features.generate import generate
-from features.synth.world import START
+from c360.core.contract import ACTIONS, TABLES
+from c360.features.generate import generate
+from c360.features.synth.world import START
 
 
 def digests(folder: Path) -> dict[str, str]:

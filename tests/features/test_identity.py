@@ -9,8 +9,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from features import identity
-from features.ingest import ingest
+from c360.features import identity
+from c360.features.ingest import ingest
 
 THRESHOLD = 0.95
 

@@ -13,9 +13,9 @@ import duckdb
 import pandas as pd
 import pytest
 
-import features.ingest as ingest_module
-from features.contract import BY_ID, TABLES, Col, Table
-from features.ingest import (
+import c360.features.ingest as ingest_module
+from c360.core.contract import BY_ID, TABLES, Col, Table
+from c360.features.ingest import (
     FileReport,
     IngestError,
     IngestWarning,

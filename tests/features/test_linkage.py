@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features import linkage
-from features.febrl import evaluate_febrl, load_febrl
+from c360.features import linkage
+from c360.features.febrl import evaluate_febrl, load_febrl
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 FEBRL = DATA / "febrl"

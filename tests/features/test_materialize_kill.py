@@ -17,9 +17,9 @@ import duckdb
 import pandas as pd
 import pytest
 
-from c360.settings import Settings
-from features import compute, store
-from features.store import OnlineReader
+from c360.core.settings import Settings
+from c360.features import compute, store
+from c360.features.store import OnlineReader
 
 OLD, NEW = pd.Timestamp("2026-05-04"), pd.Timestamp("2026-06-01")
 COPIES = 6  # each snapshot 6 times over with new customer ids (≈ 17k rows): a write phase worth killing inside

@@ -21,7 +21,7 @@ import yaml
 from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, FileSource, ValueType
 from feast.types import Array, Bool, Float32, Float64, Int32, Int64, String, UnixTimestamp
 
-from features.online_store import C360OnlineStore, bulk_writer
+from c360.features.online_store import C360OnlineStore, bulk_writer
 
 N = 200
 VIEW = "customer_profile"
@@ -90,7 +90,7 @@ def make_store(root: Path, parquet: Path, online_store: dict[str, Any]) -> Featu
 
 
 def ours(path: Path) -> dict[str, Any]:
-    return {"type": "features.online_store.C360OnlineStore", "path": str(path), "write_batch_size": 70}
+    return {"type": "c360.features.online_store.C360OnlineStore", "path": str(path), "write_batch_size": 70}
 
 
 def online(store: FeatureStore, ids: list[str], features: Any = None) -> dict[str, list[Any]]:
@@ -159,7 +159,7 @@ def test_feature_service_reads_alike(stores: dict[str, Any]) -> None:
 def test_direct_read_answers_as_feasts_get_online_features(stores: dict[str, Any]) -> None:
     """`OnlineReader` (the service's read): Feast's `to_dict(include_event_timestamps=True)`, value for value,
     straight from our store and through Feast for Feast's own store."""
-    from features.store import OnlineReader
+    from c360.features.store import OnlineReader
 
     sample = [*random.Random(1).sample(IDS, 30), "nobody"]
     for name in ("ours_arrow", "feast"):
@@ -245,14 +245,14 @@ def test_bulk_write_falls_back_to_feasts_conversion_where_it_would_differ(
     view = fresh.get_feature_view(VIEW)
     ages = [2**60 + 1, None, *NEWER.column("age").to_pylist()[2:]]
     table = NEWER.set_column(NEWER.schema.get_field_index("age"), "age", pa.array(ages, pa.int64()))
-    with caplog.at_level("WARNING", logger="features.online_store"):
+    with caplog.at_level("WARNING", logger="c360.features.online_store"):
         C360OnlineStore().write_arrow(fresh.config, view, table)
     assert "['age']" in caplog.text
     assert online(fresh, IDS[:2], [f"{VIEW}:age"])["age"] == [2**60, None]
 
 
 def test_bulk_write_of_the_test_data_needs_no_fallback(fresh: FeatureStore, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("WARNING", logger="features.online_store"):
+    with caplog.at_level("WARNING", logger="c360.features.online_store"):
         C360OnlineStore().write_arrow(fresh.config, fresh.get_feature_view(VIEW), pa.concat_tables([OLDER, NEWER]))
     assert "write_arrow" not in caplog.text
 

@@ -13,8 +13,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from c360.settings import Settings
-from features import compute, store
+from c360.core.settings import Settings
+from c360.features import compute, store
 
 AS_OF = pd.Timestamp("2026-06-01")
 

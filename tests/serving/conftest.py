@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
-from c360 import warehouse
-from c360.settings import Settings
-from features import compute, store
-from serving.server import serve_command, start, stop, wait_ready
-from training import tracking
-from training.tracking import CHALLENGER, CHAMPION
+from c360.core import warehouse
+from c360.core.settings import Settings
+from c360.features import compute, store
+from c360.serving.server import serve_command, start, stop, wait_ready
+from c360.training import tracking
+from c360.training.tracking import CHALLENGER, CHAMPION
 
 SNAPSHOT_WEEKS = (0, 16, 20, 24, 56)
 
@@ -35,10 +35,10 @@ def promote_all(home: Path) -> None:
 
 @pytest.fixture(scope="session")
 def served(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    from serving import batch
-    from training.clv_pipeline import train_clv
-    from training.nba_pipeline import train_nba
-    from training.pipeline import train_churn
+    from c360.serving import batch
+    from c360.training.clv_pipeline import train_clv
+    from c360.training.nba_pipeline import train_nba
+    from c360.training.pipeline import train_churn
 
     root = tmp_path_factory.mktemp("served")
     s = Settings(home=root / "home")
@@ -68,7 +68,7 @@ def served(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 def asgi_app() -> Any:
     """The service's ASGI app, built once per process: a second `C360.to_asgi()` registers BentoML's Prometheus
     metrics again and fails ("Duplicated timeseries"), so two test modules in one worker share this one."""
-    from serving.service import C360
+    from c360.serving.service import C360
 
     return C360.to_asgi()
 

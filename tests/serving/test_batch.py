@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from c360.settings import Settings
-from features import store
-from serving import batch, profile
-from serving.champions import Champions
+from c360.core.settings import Settings
+from c360.features import store
+from c360.serving import batch, profile
+from c360.serving.champions import Champions
 
 
 def _run(s: Settings):

@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 from starlette.testclient import TestClient
 
-from c360.settings import Settings
-from features import store
-from features.online_store import C360OnlineStore
-from serving.errors import ECHO, Unavailable, echo
-from serving.profile import Context, read_online
+from c360.core.settings import Settings
+from c360.features import store
+from c360.features.online_store import C360OnlineStore
+from c360.serving.errors import ECHO, Unavailable, echo
+from c360.serving.profile import Context, read_online
 
 
 def a_customer(s: Settings) -> str:

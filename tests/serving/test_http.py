@@ -15,11 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from bench.serve import get, load
-from c360.settings import Settings
-from features import store
-from serving.errors import ECHO
-from training import tracking
-from training.tracking import CHAMPION
+from c360.core.settings import Settings
+from c360.features import store
+from c360.serving.errors import ECHO
+from c360.training import tracking
+from c360.training.tracking import CHAMPION
 
 API = r"^/(customers|predict|admin|status)"
 

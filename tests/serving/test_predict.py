@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving import predict, signals
-from training.explain import reasons as explain_reasons
+from c360.serving import predict, signals
+from c360.training.explain import reasons as explain_reasons
 
 
 def test_top_reasons_match_the_per_row_explainer() -> None:

@@ -10,13 +10,13 @@ import anyio
 import pandas as pd
 import pytest
 
-from c360.settings import Settings
-from features import store
-from serving.errors import NotFound
-from serving.schemas import ByIds, ChurnPredictions, ChurnRows, NbaPredictions, Profile
-from serving.service import C360
-from training import tracking
-from training.tracking import CHAMPION
+from c360.core.settings import Settings
+from c360.features import store
+from c360.serving.errors import NotFound
+from c360.serving.schemas import ByIds, ChurnPredictions, ChurnRows, NbaPredictions, Profile
+from c360.serving.service import C360
+from c360.training import tracking
+from c360.training.tracking import CHAMPION
 
 
 @pytest.fixture(scope="module")

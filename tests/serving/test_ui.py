@@ -11,11 +11,11 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from c360 import warehouse
-from c360.settings import Settings
-from features import store
-from serving.errors import NotFound, Unavailable
-from serving.lookup import customers_by_email
+from c360.core import warehouse
+from c360.core.settings import Settings
+from c360.features import store
+from c360.serving.errors import NotFound, Unavailable
+from c360.serving.lookup import customers_by_email
 
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
 

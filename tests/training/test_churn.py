@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import shap
 
-from training import churn, explain
-from training.churn import ChurnModel
+from c360.training import churn, explain
+from c360.training.churn import ChurnModel
 
 FEATURES = ["tenure_days", "active_days_30d", "payment_failures_90d", "plan", "region", "nps_last", "sponsor"]
 PLAN_EFFECT = {"Basic": 0.5, "Pro": 0.0, "Enterprise": -0.6}

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from training import cdnow, clv
+from c360.training import cdnow, clv
 
 CUT = pd.Timestamp("2024-02-01")  # exclusive: the last calibration day is 2024-01-31
 

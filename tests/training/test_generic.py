@@ -11,8 +11,8 @@ import pytest
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
-from training import generic, tracking
-from training.generic import TableChurnModel, TableNbaModel, TableResult
+from c360.training import generic, tracking
+from c360.training.generic import TableChurnModel, TableNbaModel, TableResult
 
 ARMS = ("No offer", "10% discount", "Free month")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.monitoring import fairness_table, psi, score_drift
+from c360.training.monitoring import fairness_table, psi, score_drift
 
 
 def _run(churn: np.ndarray, version: int = 1) -> pd.DataFrame:

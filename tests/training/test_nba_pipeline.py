@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from c360 import warehouse
-from c360.settings import Settings
-from features import compute, store
-from features.synth import world
-from training import datasets, nba_pipeline, tracking
-from training.nba_pipeline import (
+from c360.core import warehouse
+from c360.core.settings import Settings
+from c360.features import compute, store
+from c360.features.synth import world
+from c360.training import datasets, nba_pipeline, tracking
+from c360.training.nba_pipeline import (
     ACTION_COSTS,
     ACTIONS,
     HORIZON_DAYS,

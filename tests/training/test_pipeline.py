@@ -7,12 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from c360 import warehouse
-from c360.settings import Settings
-from features import compute, store
-from training import datasets, labels, tracking
-from training.pipeline import churn_examples, train_churn
-from training.registry import CHURN_GATE, promote
+from c360.core import warehouse
+from c360.core.settings import Settings
+from c360.features import compute, store
+from c360.training import datasets, labels, tracking
+from c360.training.pipeline import churn_examples, train_churn
+from c360.training.registry import CHURN_GATE, promote
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_training_registers_a_challenger_and_the_gate_guards_the_champion(
 
 
 def test_clv_beats_bgnbd_on_the_truths_next_twelve_months(home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    from training.clv_pipeline import train_clv as run
+    from c360.training.clv_pipeline import train_clv as run
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     report = run(home)

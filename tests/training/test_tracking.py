@@ -18,9 +18,9 @@ from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from training import registry, tracking
-from training.registry import CHURN_GATE, CLV_GATE, Gate, Guard
-from training.tracking import ModelNotFound
+from c360.training import registry, tracking
+from c360.training.registry import CHURN_GATE, CLV_GATE, Gate, Guard
+from c360.training.tracking import ModelNotFound
 
 PERIOD = "2024-01-01/2024-03-31"
 GOOD = {"roc_auc": 0.80, "ece": 0.030, "brier": 0.150}

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import uplift
-from training.uplift import MultiArmUplift
+from c360.training import uplift
+from c360.training.uplift import MultiArmUplift
 
 HILLSTROM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hillstrom" / "hillstrom.csv"
 COSTS = {"A": 0.3, "B": 0.3}
@@ -268,7 +268,7 @@ def test_control_must_be_an_assigned_arm(train):
 def hillstrom(request):
     if not HILLSTROM.exists():
         pytest.skip(f"Hillstrom CSV not found at {HILLSTROM} (shared data lives beside the repo at ../shared/data)")
-    from training.hillstrom import evaluate_hillstrom
+    from c360.training.hillstrom import evaluate_hillstrom
 
     return evaluate_hillstrom(HILLSTROM, outcome=request.param, seed=0, n_boot=300)
 

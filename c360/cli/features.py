@@ -12,18 +12,11 @@ from rich.columns import Columns
 from rich.panel import Panel
 from rich.table import Table
 
-from c360 import warehouse
-from c360.settings import Settings
-from c360.ui import console, fail, progress, record_run, table
+from c360.cli.ui import console, fail, progress, record_run, table
+from c360.core import warehouse
+from c360.core.settings import Settings
 
 features_app = typer.Typer(help="Point-in-time customer features in the Feast feature store.", no_args_is_help=True)
-
-
-def as_of_dates(end: pd.Timestamp, as_of: date | None, history_days: int, every_days: int) -> list[pd.Timestamp]:
-    """The requested date, or snapshots every `every_days` back over `history_days` up to the data's end."""
-    if as_of:
-        return [pd.Timestamp(as_of)]
-    return sorted({end - pd.Timedelta(days=d) for d in range(0, history_days + 1, every_days)})
 
 
 @features_app.command()
@@ -33,14 +26,14 @@ def build(
     every_days: Annotated[int, typer.Option(help="without --as-of: days between snapshots")] = 28,
 ) -> None:
     """Compute feature snapshots from the warehouse (data strictly before each as-of date) as Parquet files."""
-    from features import compute, store
+    from c360.features import compute, store
 
     s, started = Settings(), time.time()
     with warehouse.connect(s, read_only=True) as con:
         if not warehouse.has_table(con, "identity_crosswalk"):
             raise fail("no resolved customers yet: run `c360 resolve` first")
         end = warehouse.data_end(con)
-        dates = as_of_dates(end, date.fromisoformat(as_of) if as_of else None, history_days, every_days)
+        dates = store.as_of_dates(end, date.fromisoformat(as_of) if as_of else None, history_days, every_days)
         with progress("building feature snapshots", len(dates)) as advance:
             for day in dates:
                 store.write_snapshot(s, compute.build(con, day))
@@ -52,7 +45,7 @@ def build(
 @features_app.command()
 def apply() -> None:
     """Register the entity, feature views and feature services (feature_repo/) in the Feast registry."""
-    from features import store
+    from c360.features import store
 
     s = Settings()
     try:
@@ -67,7 +60,7 @@ def apply() -> None:
 @features_app.command()
 def plan() -> None:
     """Show what `features apply` would change in the registry (Feast's plan)."""
-    from features import store
+    from c360.features import store
 
     diff = store.plan(Settings())
     console.print(diff or "nothing to change")
@@ -78,7 +71,7 @@ def materialize(
     as_of: Annotated[str | None, typer.Option(help="snapshot to load [default: the latest]")] = None,
 ) -> None:
     """Load a snapshot into the online store (C360_ONLINE_STORE: c360, sqlite or redis)."""
-    from features import store
+    from c360.features import store
 
     s, started = Settings(), time.time()
     with console.status(f"materializing into the {s.online_store} online store"):
@@ -93,9 +86,9 @@ def materialize(
 
 def profile(customer_id: Annotated[str, typer.Argument(help="customer id, e.g. C00000001")]) -> None:
     """Print a customer's profile — identity, past and present — from the warehouse and the online store."""
-    from features import store
-    from features.details import details, flags_since
-    from features.profile import assemble
+    from c360.features import store
+    from c360.features.details import details, flags_since
+    from c360.features.profile import assemble
 
     s = Settings()
     with warehouse.connect(s, read_only=True) as con:

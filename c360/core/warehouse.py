@@ -8,9 +8,9 @@ from contextlib import contextmanager, nullcontext
 import duckdb
 import pandas as pd
 
-from c360 import connections, locks
-from c360.settings import Settings
-from features.contract import TABLES
+from c360.core import connections, locks
+from c360.core.contract import TABLES
+from c360.core.settings import Settings
 
 
 @contextmanager

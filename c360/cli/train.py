@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 import pandas as pd
 import typer
 
-from c360.settings import Settings
-from c360.ui import console, fail, record_run, table
+from c360.cli.ui import console, fail, record_run, table
+from c360.core.settings import Settings
 
 train_app = typer.Typer(help="Train models on the feature store (or on your own table) and register them in MLflow.",
                         no_args_is_help=True)
@@ -39,7 +39,7 @@ def train_churn(
         _train_table("churn", table_path, lambda df: _generic().train_churn_table(
             df, label, id_column, folds=folds, exclude=exclude or []))
         return
-    from training.pipeline import train_churn as run
+    from c360.training.pipeline import train_churn as run
 
     s, started, report = _run_pipeline("churn: examples from Feast, LightGBM, baseline, MLflow", run)
     scores = pd.DataFrame({"lightgbm": report.metrics, **report.baselines}).T.reset_index(names="model")
@@ -52,7 +52,7 @@ def train_churn(
 @train_app.command("clv")
 def train_clv() -> None:
     """12-month net revenue: LightGBM (Tweedie) on clv_v1 against BG/NBD x Gamma-Gamma; registered as c360-clv."""
-    from training.clv_pipeline import train_clv as run
+    from c360.training.clv_pipeline import train_clv as run
 
     s, started, report = _run_pipeline("CLV: examples from Feast, LightGBM, BG/NBD baseline, MLflow", run)
     scores = pd.DataFrame({k: report[k] for k in ("lightgbm", "bgnbd_gamma_gamma")}).T.reset_index(names="model")
@@ -85,7 +85,7 @@ def train_nba(
 
 
 def _train_nba_pipeline() -> None:
-    from training.nba_pipeline import train_nba as run
+    from c360.training.nba_pipeline import train_nba as run
 
     s, started, report = _run_pipeline("next best action on the campaign waves", run)
     metrics = pd.DataFrame([report.metrics]).T.reset_index(names="metric").rename(columns={0: "value"})
@@ -116,7 +116,7 @@ def _cost(text: str) -> tuple[str, float]:
 
 
 def _generic():
-    from training import generic
+    from c360.training import generic
 
     return generic
 
@@ -149,9 +149,9 @@ def train_all() -> None:
 def promote(model: Annotated[Model, typer.Argument(help="which model")]) -> None:
     """Move @champion to @challenger when it beats the champion on the same test period by the gate's margin and
     regresses no guard metric; print why otherwise. Gates: `training/registry.py`."""
-    from training import tracking
-    from training.registry import GATES
-    from training.registry import promote as run
+    from c360.training import tracking
+    from c360.training.registry import GATES
+    from c360.training.registry import promote as run
 
     s = Settings()
     try:
@@ -163,7 +163,7 @@ def promote(model: Annotated[Model, typer.Argument(help="which model")]) -> None
 
 def champions() -> pd.DataFrame:
     """Each model's @champion and @challenger: version and MLflow run id."""
-    from training import tracking
+    from c360.training import tracking
 
     client, rows = tracking.configure(Settings().home), []
     for name in MODELS.values():

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from c360.settings import Settings
-from c360.ui import console
+from c360.cli.ui import console
+from c360.core.settings import Settings
 
 
 def server_command(uri: str, artifacts: str, host: str, port: int, workers: int) -> list[str]:
@@ -33,7 +33,7 @@ def mlflow_ui(
 ) -> None:
     """Serve the MLflow UI on the project's tracking store (C360_HOME/mlflow.db, or MLFLOW_TRACKING_URI) to compare
     runs and review c360-churn@challenger against @champion; stop with Ctrl+C."""
-    from training.tracking import artifact_root, configure, tracking_uri
+    from c360.training.tracking import artifact_root, configure, tracking_uri
 
     s = Settings()
     configure(s.home)  # creates the store and the artifact folder when nothing was trained yet

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from c360 import warehouse
-from c360.features_cli import as_of_dates
-from c360.settings import Settings
+from c360.core import warehouse
+from c360.core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -28,9 +27,9 @@ def build_company(s: Settings, customers: int, seed: int = 7, corrupt_rate: floa
     `s.home`: warehouse, resolved identities, feature snapshots every `every_days` over `history_days`, Feast
     registry and online store (latest snapshot). `hold_back_days` ends the snapshots that many days before the
     data's end, to add the later ones as time passes (`c360 features build --as-of`)."""
-    from features import compute, identity, store
-    from features.generate import generate
-    from features.ingest import ingest
+    from c360.features import compute, identity, store
+    from c360.features.generate import generate
+    from c360.features.ingest import ingest
 
     generate(s.generated, customers, seed=seed, corrupt_rate=corrupt_rate)
     with warehouse.connect(s) as con:
@@ -38,7 +37,7 @@ def build_company(s: Settings, customers: int, seed: int = 7, corrupt_rate: floa
         resolved = identity.resolve(con, s.identity_model, threshold=s.match_threshold)
     with warehouse.connect(s, read_only=True) as con:
         end = warehouse.data_end(con) - pd.Timedelta(days=hold_back_days)
-        dates = as_of_dates(end, None, history_days, every_days)
+        dates = store.as_of_dates(end, None, history_days, every_days)
         for day in dates:
             store.write_snapshot(s, compute.build(con, day))
     store.apply(s)

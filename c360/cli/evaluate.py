@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 import pandas as pd
 import typer
 
-from c360.identity_cli import eval_app
-from c360.settings import Settings
-from c360.ui import console, fail, table
+from c360.cli.identity import eval_app
+from c360.cli.ui import console, fail, table
+from c360.core.settings import Settings
 
 
 def _with_index(frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -23,7 +23,7 @@ def eval_cdnow(
     chart: Annotated[Path | None, typer.Option(help="also draw the published split's holdout chart (PNG)")] = None,
 ) -> None:
     """CLV: BG/NBD (lifetimes) and our LightGBM on CDNOW — the published 39-week table and a forward-honest split."""
-    from training.cdnow import available, evaluate_cdnow, holdout_chart
+    from c360.training.cdnow import available, evaluate_cdnow, holdout_chart
 
     folder = (data or Settings().public_data) / "cdnow"
     if not available(folder):
@@ -52,7 +52,7 @@ def eval_hillstrom(
 ) -> None:
     """Next best action on Hillstrom's randomized e-mail test: the cross-fitted learned policy against all-Mens,
     all-Womens, no e-mail and random (paired bootstrap CIs), Qini AUC per arm, uplift@30% vs the tutorial."""
-    from training.hillstrom import evaluate_hillstrom
+    from c360.training.hillstrom import evaluate_hillstrom
 
     path = data or Settings().public_data / "hillstrom" / "hillstrom.csv"
     if not path.exists():

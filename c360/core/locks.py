@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import duckdb
 
-from c360.settings import Settings
+from c360.core.settings import Settings
 
 POLL_SECONDS = 0.1
 T = TypeVar("T")

@@ -7,7 +7,7 @@ banned-api rule in pyproject.toml enforces it) and takes connections from here:
 
 * `local()` — an in-memory connection of the calling thread, for queries over files (Parquet snapshots). Opening
   one costs about 9 ms, so each thread keeps its own and reuses it.
-* `open_file(path, ...)` — a new connection to a database file (the warehouse: `c360.warehouse.connect`), closed
+* `open_file(path, ...)` — a new connection to a database file (the warehouse: `c360.core.warehouse.connect`), closed
   by the caller; one per use, since a connection held open would lock out writers.
 """
 

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from c360.settings import Settings
-from c360.ui import console, fail, progress, record_run
+from c360.cli.ui import console, fail, progress, record_run
+from c360.core.settings import Settings
 
 
 def score(
@@ -23,8 +23,8 @@ def score(
     `predictions`), where the service reads them. Re-running resumes an interrupted run and changes nothing after a
     complete one; a new snapshot or champion makes a new run.
     """
-    from serving import batch
-    from serving.errors import Unavailable
+    from c360.serving import batch
+    from c360.serving.errors import Unavailable
 
     s, started = Settings(), time.time()
     ids = None
@@ -73,7 +73,7 @@ def serve(
     """
     import signal
 
-    from serving.server import serve_command, start, stop
+    from c360.serving.server import serve_command, start, stop
 
     command, env = serve_command(port, host, workers)
     console.print(f"serving {Settings().home} on http://{host}:{port} ({workers} worker(s)); docs at "

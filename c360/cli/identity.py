@@ -9,9 +9,9 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from c360 import warehouse
-from c360.settings import Settings
-from c360.ui import console, fail, record_run, table
+from c360.cli.ui import console, fail, record_run, table
+from c360.core import warehouse
+from c360.core.settings import Settings
 
 resolve_app = typer.Typer(help="Link every source record to one customer (splink + shared keys).")
 eval_app = typer.Typer(help="Measure a stage against ground truth or a published data set.", no_args_is_help=True)
@@ -33,7 +33,7 @@ def resolve(
 
 
 def run_resolve(threshold: float | None = None) -> None:
-    from features.identity import resolve as run
+    from c360.features.identity import resolve as run
 
     s, started = Settings(), time.time()
     if not s.warehouse.exists():
@@ -58,7 +58,7 @@ def explain(
 ) -> None:
     """Why a record belongs to its customer: how it was attached, and the per-field match weights (the splink
     waterfall) of its strongest link — or of the two records given."""
-    from features.identity import explain as run
+    from c360.features.identity import explain as run
 
     s = Settings()
     ids = [f"{source}:{key}"] + ([f"{other_source}:{other_key}"] if other_source and other_key else [])
@@ -103,7 +103,7 @@ def eval_identity(
     truth: Annotated[Path | None, typer.Option(help="ground_truth folder [default: the demo data's]")] = None,
 ) -> None:
     """Pairwise precision, recall and F1 of the resolved customers against the generator's ground truth."""
-    from features.identity import evaluate
+    from c360.features.identity import evaluate
 
     s = Settings()
     truth = truth or s.truth
@@ -123,7 +123,7 @@ def eval_febrl(
     data: Annotated[Path | None, typer.Option(help="folder holding febrl/dataset4a.csv and dataset4b.csv")] = None,
 ) -> None:
     """Link FEBRL 4a to 4b (5,000 true links) without labels; precision, recall, F1 and the threshold curve."""
-    from features.febrl import evaluate_febrl
+    from c360.features.febrl import evaluate_febrl
 
     folder = data or Settings().public_data
     if not (folder / "febrl" / "dataset4a.csv").exists():

@@ -13,18 +13,16 @@ from rich.table import Table
 from typer._click import Context as ClickContext
 from typer.core import TyperGroup
 
-from c360 import (
-    training_cli,  # noqa: F401  (registers `c360 eval cdnow` / `eval hillstrom`)
-    warehouse,
-)
-from c360.features_cli import apply, build, features_app, materialize, profile
-from c360.identity_cli import eval_app, resolve_app, run_resolve
-from c360.locks import WarehouseBusy
-from c360.review_cli import mlflow_ui
-from c360.serve_cli import score, serve
-from c360.settings import Settings
-from c360.train_cli import MODELS, champions, promote, train_all, train_app
-from c360.ui import console, fail, progress, record_run, table
+from c360.cli import evaluate  # noqa: F401  (registers `c360 eval cdnow` / `eval hillstrom`)
+from c360.cli.features import apply, build, features_app, materialize, profile
+from c360.cli.identity import eval_app, resolve_app, run_resolve
+from c360.cli.review import mlflow_ui
+from c360.cli.serve import score, serve
+from c360.cli.train import MODELS, champions, promote, train_all, train_app
+from c360.cli.ui import console, fail, progress, record_run, table
+from c360.core import warehouse
+from c360.core.locks import WarehouseBusy
+from c360.core.settings import Settings
 
 
 class _Commands(TyperGroup):
@@ -62,7 +60,7 @@ def generate(
     corrupt_rate: Annotated[float, typer.Option(min=0, max=0.5, help="share of rows given one fault")] = 0.0,
 ) -> None:
     """Generate six silos of a synthetic SaaS company, with ground truth in OUT/ground_truth."""
-    from features.generate import generate as run
+    from c360.features.generate import generate as run
 
     s, started = settings(), time.time()
     out = out or s.generated
@@ -84,8 +82,8 @@ def ingest(
 
     Rows that break the contract go to the quarantine table with their reason; files already loaded are skipped.
     """
-    from features.ingest import IngestError, IngestWarning, discover
-    from features.ingest import ingest as run
+    from c360.features.ingest import IngestError, IngestWarning, discover
+    from c360.features.ingest import ingest as run
 
     s, started = settings(), time.time()
     with warnings.catch_warnings(record=True) as caught:
@@ -115,7 +113,7 @@ def status() -> None:
     if not s.warehouse.exists():
         console.print(f"No warehouse yet in {s.home}. Run `c360 demo` or `c360 ingest --source DIR`.")
     else:
-        from features.ingest import quarantine_summary
+        from c360.features.ingest import quarantine_summary
 
         with warehouse.connect(s, read_only=True) as con:
             console.print(table("sources", warehouse.table_counts(con)))
@@ -139,7 +137,7 @@ def contract(
     out: Annotated[Path | None, typer.Option(help="write the page here instead of printing it")] = None,
 ) -> None:
     """Print the data contract: every source table, its columns, keys and what makes a row invalid."""
-    from features.contract_doc import markdown
+    from c360.features.contract_doc import markdown
 
     text = markdown()
     if out:
