@@ -9,8 +9,15 @@ Three flavors:
 
 * "lightgbm": a `lightgbm.Booster` (or LGBM* estimator); loads back as the same object.
 * "sklearn": any scikit-learn estimator; its pyfunc predicts probabilities when it has `predict_proba`.
-* "pyfunc": any picklable object with `predict(DataFrame)` (e.g. a class holding several boosters), wrapped in
-  `ObjectModel`, or a ready `mlflow.pyfunc.PythonModel`; loads back as the object itself.
+* "pyfunc": any object with `predict(DataFrame)` (e.g. a class holding several boosters), written by
+  `training.saved` (c360's classes under stable names, never pickled by reference) and logged from code
+  (`training/pyfunc_model.py`) with c360 itself among its pinned requirements: `mlflow.pyfunc.load_model` works
+  wherever that c360 is installed, and `load_model` here gives back the object itself.
+
+Signatures keep the example's column types: integer columns are `long`, so a frame read by pandas scores (MLflow
+refuses int64 where it expects a double). A column that was integer in training but misses values at scoring
+arrives as float, and MLflow refuses it naming the column, with a hint about missing values; a column that had
+missing values in training is a double already.
 
 Only the native flavors give probabilities for LightGBM classifiers: the pyfunc of the "lightgbm" flavor returns
 labels for LGBMClassifier, so serving loads with `load_model`, not `mlflow.pyfunc.load_model`.
@@ -20,8 +27,10 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,9 +46,9 @@ from mlflow.data.pandas_dataset import PandasDataset, from_pandas
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
-from mlflow.pyfunc import PythonModel
 
 from c360.core.settings import Settings
+from c360.training import saved
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -50,20 +59,11 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 _SERVERS = frozenset({"http", "https", "databricks", "databricks-uc", "uc"})
 # Pinned explicitly: MLflow's own inference imports the model in a subprocess and costs ~10 s per logged model.
 _RUNTIME = ("lightgbm", "scikit-learn", "pandas", "numpy")
+_PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
 class ModelNotFound(LookupError):
     """The registered model, or the alias on it, does not exist."""
-
-
-class ObjectModel(PythonModel):
-    """Any picklable object with `predict(DataFrame)` as an MLflow pyfunc; `load_model` hands back `obj`."""
-
-    def __init__(self, obj: Any):
-        self.obj = obj
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
-        return self.obj.predict(model_input)
 
 
 # ---------------------------------------------------------------- where runs live
@@ -134,7 +134,7 @@ def experiment_id(client: MlflowClient, home: Path, name: str) -> str:
 def _requirements(flavor: Flavor) -> list[str]:
     flavor_default = {"lightgbm": mlflow.lightgbm, "sklearn": mlflow.sklearn, "pyfunc": mlflow.pyfunc}[flavor]
     pinned = list(flavor_default.get_default_pip_requirements())
-    for package in _RUNTIME:
+    for package in (*_RUNTIME, "c360") if flavor == "pyfunc" else _RUNTIME:
         try:
             pinned.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
@@ -142,25 +142,23 @@ def _requirements(flavor: Flavor) -> list[str]:
     return list(dict.fromkeys(pinned))
 
 
-def _pyfunc_output(model: Any, flavor: Flavor, example: pd.DataFrame) -> Any:
-    """What the logged model's pyfunc returns for `example` (None: let MLflow infer it from the example)."""
-    if flavor == "sklearn" and hasattr(model, "predict_proba"):
-        return model.predict_proba(example)
-    if isinstance(model, ObjectModel):
-        return model.predict(None, example)
-    return None if isinstance(model, PythonModel) else model.predict(example)
+@contextmanager
+def _no_integer_hint() -> Iterator[None]:
+    """Silences MLflow's warning that integer columns refuse missing values: the module docstring says why."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+        yield
 
 
 def _log_model(model: Any, flavor: Flavor, example: pd.DataFrame, requirements: Sequence[str] | None) -> ModelInfo:
-    if flavor == "pyfunc" and not isinstance(model, PythonModel):
-        model = ObjectModel(model)
-    # counts may be missing at serving time: a float signature accepts them either way
-    example = example.astype({c: "float64" for c in example.select_dtypes("integer").columns})
-    output = _pyfunc_output(model, flavor, example)
+    """The model under the run's `model`, with a signature of `example`'s column types and the pyfunc's output."""
+    output = model.predict_proba(example) if flavor == "sklearn" and hasattr(model, "predict_proba") else None
+    with _no_integer_hint():
+        signature = infer_signature(example, model.predict(example) if output is None else output)
     common: dict[str, Any] = {
         "name": "model",  # MLflow 3: `name`, not the deprecated `artifact_path`
         "input_example": example,
-        "signature": infer_signature(example, output) if output is not None else None,
+        "signature": signature,
         "pip_requirements": list(requirements) if requirements is not None else _requirements(flavor),
     }
     if flavor == "lightgbm":
@@ -169,7 +167,9 @@ def _log_model(model: Any, flavor: Flavor, example: pd.DataFrame, requirements: 
         predict_fn = "predict_proba" if hasattr(model, "predict_proba") else "predict"
         return mlflow.sklearn.log_model(model, pyfunc_predict_fn=predict_fn, **common)
     if flavor == "pyfunc":
-        return mlflow.pyfunc.log_model(python_model=model, **common)
+        with tempfile.TemporaryDirectory() as folder:
+            artifacts = {"model": str(saved.save(model, Path(folder) / "model"))}
+            return mlflow.pyfunc.log_model(python_model=str(_PYFUNC_CODE), artifacts=artifacts, **common)
     raise ValueError(f"unknown flavor {flavor!r}: use lightgbm, sklearn or pyfunc")
 
 
@@ -183,8 +183,7 @@ def _log_datasets(
     logged = {}
     for context, frame in frames.items():
         label = name if len(frames) == 1 else f"{name}-{context}"
-        with warnings.catch_warnings():  # the dataset's schema is a record, not a contract: no int-vs-NaN hint
-            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+        with _no_integer_hint():  # the dataset's schema is a record, not a contract
             logged[context] = from_pandas(frame, name=label, targets=target)
         mlflow.log_input(logged[context], context=context)
     return logged
@@ -291,6 +290,5 @@ def load_model(name: str, alias: str, flavor: Flavor, *, home: Path | None = Non
     if flavor == "sklearn":
         return mlflow.sklearn.load_model(uri), found
     if flavor == "pyfunc":
-        python_model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-        return (python_model.obj if isinstance(python_model, ObjectModel) else python_model), found
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().obj, found
     raise ValueError(f"unknown flavor {flavor!r}: use lightgbm, sklearn or pyfunc")

@@ -3,13 +3,17 @@ customer exports, honest counter-tests (a shuffled label), clear errors on bad i
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
 from c360.training import generic, tracking
 from c360.training.generic import TableChurnModel, TableNbaModel, TableResult
@@ -267,12 +271,19 @@ def test_nba_rejects_bad_inputs_with_clear_errors():
 # ---------------------------------------------------------------- MLflow
 
 
-@pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer")
+@pytest.fixture(scope="module")
+def registered(churn_result: TableResult, nba_result: TableResult, mlflow_home: Path) -> dict[str, ModelVersion]:
+    return {
+        "churn": generic.log_table_result(churn_result, kind="churn", table_name="telco.csv", home=mlflow_home),
+        "nba": generic.log_table_result(nba_result, kind="nba", table_name="offers.csv", home=mlflow_home),
+    }
+
+
 def test_log_table_result_registers_challengers_that_load_back(
-    churn_result: TableResult, nba_result: TableResult, mlflow_home: Path, folder: Path
+    churn_result: TableResult, nba_result: TableResult, registered: dict[str, ModelVersion], mlflow_home: Path,
+    folder: Path,
 ):
-    churn_version = generic.log_table_result(churn_result, kind="churn", table_name="telco.csv", home=mlflow_home)
-    nba_version = generic.log_table_result(nba_result, kind="nba", table_name="offers.csv", home=mlflow_home)
+    churn_version, nba_version = registered["churn"], registered["nba"]
     client: MlflowClient = tracking.configure(mlflow_home)
     for version, name in ((churn_version, "c360-table-churn"), (nba_version, "c360-table-nba")):
         assert version.name == name and version.aliases == ["challenger"] and version.run_id
@@ -299,3 +310,38 @@ def test_log_table_result_registers_challengers_that_load_back(
 
     with pytest.raises(ValueError, match="must hold a TableNbaModel"):
         generic.log_table_result(churn_result, kind="nba", table_name="telco.csv", home=mlflow_home)
+
+
+def test_the_pyfunc_scores_the_csv_as_pandas_reads_it(
+    registered: dict[str, ModelVersion], nba_result: TableResult, mlflow_home: Path, folder: Path
+):
+    tracking.configure(mlflow_home)
+    raw = pd.read_csv(folder / "offers.csv")
+    assert raw["Tenure (months)"].dtype == "int64"
+    scores = mlflow.pyfunc.load_model("models:/c360-table-nba@challenger").predict(raw)
+    expected = nba_result.model.predict(generic.read_table(folder / "offers.csv"))
+    pd.testing.assert_frame_equal(scores, expected)
+
+
+def test_an_integer_column_with_missing_values_is_refused_by_name(registered, mlflow_home: Path, folder: Path):
+    tracking.configure(mlflow_home)
+    raw = pd.read_csv(folder / "offers.csv")
+    gaps = raw.assign(**{"Tenure (months)": raw["Tenure (months)"].where(raw.index % 2 == 0)})
+    model = mlflow.pyfunc.load_model("models:/c360-table-nba@challenger")
+    with pytest.raises(MlflowException, match=r"column Tenure \(months\)\..*caused by missing values"):
+        model.predict(gaps)
+
+
+def test_the_saved_model_names_no_c360_module(registered: dict[str, ModelVersion], tmp_path: Path):
+    modules: set[str] = set()
+
+    class Recording(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> object:
+            modules.add(module)
+            return super().find_class(module, name)
+
+    for version in registered.values():
+        folder = Path(mlflow.artifacts.download_artifacts(version.source, dst_path=str(tmp_path / version.name)))
+        with (folder / "artifacts" / "model" / "model.pkl").open("rb") as file:
+            Recording(file).load()
+    assert modules and not {m for m in modules if m.partition(".")[0] in {"c360", "training"}}
