@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from c360.core.settings import Settings
 from c360.features import linkage
 
 FILES = {"febrl4a": "dataset4a.csv", "febrl4b": "dataset4b.csv"}
@@ -37,9 +38,10 @@ def read_febrl_file(path: Path, source: str) -> pd.DataFrame:
     )
 
 
-def load_febrl(data_dir: str | Path, drop_columns: Iterable[str] = ()) -> pd.DataFrame:
-    """FEBRL 4a and 4b stacked; ``drop_columns`` removes identity fields (e.g. ["soc_sec_id"])."""
-    folder = Path(data_dir)
+def load_febrl(data_dir: str | Path | None = None, drop_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """FEBRL 4a and 4b stacked, from ``data_dir`` (default: the public data folder, `C360_PUBLIC_DATA`) or its
+    ``febrl/``; ``drop_columns`` removes identity fields (e.g. ["soc_sec_id"])."""
+    folder = Path(data_dir) if data_dir is not None else Settings().public_data
     if (folder / "febrl").is_dir():
         folder = folder / "febrl"
     frames = [read_febrl_file(folder / name, source) for source, name in FILES.items()]
@@ -48,7 +50,7 @@ def load_febrl(data_dir: str | Path, drop_columns: Iterable[str] = ()) -> pd.Dat
 
 
 def evaluate_febrl(
-    data_dir: str | Path,
+    data_dir: str | Path | None = None,
     drop_columns: Iterable[str] = (),
     threshold: float = 0.95,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,

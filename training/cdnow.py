@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from c360.core.settings import Settings
 from c360.training import clv
 
-DEFAULT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cdnow"
 COLUMNS = ("customer_id", "date", "dollars")
 
-# Fader, Hardie & Lee (2005); /work/shared/data/README.md.
+# Fader, Hardie & Lee (2005); the public data folder's README.md.
 PUBLISHED_BGNBD = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426, "log_likelihood": -9582.4}
 PUBLISHED_TABLE = pd.DataFrame(
     [
@@ -74,18 +74,27 @@ def _read(path: Path, names: list[str], header: int | None) -> pd.DataFrame:
     return frame
 
 
-def load_master(data_dir: Path = DEFAULT_DIR) -> pd.DataFrame:
+def default_dir() -> Path:
+    """`cdnow/` in the public data folder (the `public_data` setting, `C360_PUBLIC_DATA`)."""
+    return Settings().public_data / "cdnow"
+
+
+def _folder(data_dir: Path | None) -> Path:
+    return Path(data_dir) if data_dir is not None else default_dir()
+
+
+def load_master(data_dir: Path | None = None) -> pd.DataFrame:
     """All 23,570 customers: customer_id, date, cds, dollars."""
-    return _read(Path(data_dir) / "CDNOW_master.txt", ["customer_id", "date", "cds", "dollars"], header=0)
+    return _read(_folder(data_dir) / "CDNOW_master.txt", ["customer_id", "date", "cds", "dollars"], header=0)
 
 
-def load_sample(data_dir: Path = DEFAULT_DIR) -> pd.DataFrame:
+def load_sample(data_dir: Path | None = None) -> pd.DataFrame:
     """The 2,357-customer sample: customer_id (as in the master file), sample_id, date, cds, dollars."""
-    return _read(Path(data_dir) / "CDNOW_sample.txt", ["customer_id", "sample_id", "date", "cds", "dollars"], None)
+    return _read(_folder(data_dir) / "CDNOW_sample.txt", ["customer_id", "sample_id", "date", "cds", "dollars"], None)
 
 
-def available(data_dir: Path = DEFAULT_DIR) -> bool:
-    return all((Path(data_dir) / name).is_file() for name in ("CDNOW_master.txt", "CDNOW_sample.txt"))
+def available(data_dir: Path | None = None) -> bool:
+    return all((_folder(data_dir) / name).is_file() for name in ("CDNOW_master.txt", "CDNOW_sample.txt"))
 
 
 def _bgnbd_params(fitted: Any) -> dict[str, float]:
@@ -164,7 +173,7 @@ def _value_summary(actual: pd.Series, predictions: dict[str, pd.Series]) -> pd.D
     return pd.DataFrame(rows).T
 
 
-def evaluate_cdnow(data_dir: Path = DEFAULT_DIR) -> dict[str, Any]:
+def evaluate_cdnow(data_dir: Path | None = None) -> dict[str, Any]:
     """Both splits: {"published": {...}, "forward": {...}, "seconds": run time}; see evaluate_split."""
     started = time.perf_counter()
     master, sample = load_master(data_dir), load_sample(data_dir)

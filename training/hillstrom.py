@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from c360.core.settings import Settings
 from c360.training.uplift import (
     Learner,
     MultiArmUplift,
@@ -31,15 +32,20 @@ from c360.training.uplift import (
     uplift_at_k,
 )
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hillstrom" / "hillstrom.csv"
 CONTROL = "No E-Mail"
 OUTCOMES = ("visit", "conversion", "spend")
 FEATURES = ("recency", "history_segment", "history", "mens", "womens", "zip_code", "newbie", "channel")
 TUTORIAL_UPLIFT_AT_30 = 0.0661  # scikit-uplift pipeline tutorial: Womens vs No E-Mail, visit, 50/50 split, seed 42
 
 
-def load_hillstrom(path: Path | str = DEFAULT_PATH) -> pd.DataFrame:
+def default_path() -> Path:
+    """`hillstrom/hillstrom.csv` in the public data folder (the `public_data` setting, `C360_PUBLIC_DATA`)."""
+    return Settings().public_data / "hillstrom" / "hillstrom.csv"
+
+
+def load_hillstrom(path: Path | str | None = None) -> pd.DataFrame:
     """The experiment as published: eight customer features, ``segment`` (the arm) and the three outcomes."""
+    path = path if path is not None else default_path()
     frame = pd.read_csv(path)
     missing = {*FEATURES, "segment", *OUTCOMES} - set(frame.columns)
     if missing:
@@ -108,7 +114,7 @@ def _cross_fitted(frame: pd.DataFrame, target: str, learner: Learner, folds: int
 
 
 def evaluate_hillstrom(
-    path: Path | str = DEFAULT_PATH,
+    path: Path | str | None = None,
     outcome: str = "spend",
     seed: int = 0,
     *,

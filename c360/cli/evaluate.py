@@ -10,7 +10,6 @@ import typer
 
 from c360.cli.identity import eval_app
 from c360.cli.ui import console, fail, table
-from c360.core.settings import Settings
 
 
 def _with_index(frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -23,9 +22,9 @@ def eval_cdnow(
     chart: Annotated[Path | None, typer.Option(help="also draw the published split's holdout chart (PNG)")] = None,
 ) -> None:
     """CLV: BG/NBD (lifetimes) and our LightGBM on CDNOW — the published 39-week table and a forward-honest split."""
-    from c360.training.cdnow import available, evaluate_cdnow, holdout_chart
+    from c360.training.cdnow import available, default_dir, evaluate_cdnow, holdout_chart
 
-    folder = (data or Settings().public_data) / "cdnow"
+    folder = data / "cdnow" if data else default_dir()
     if not available(folder):
         raise fail(f"CDNOW files not found in {folder}")
     result = evaluate_cdnow(folder)
@@ -52,9 +51,9 @@ def eval_hillstrom(
 ) -> None:
     """Next best action on Hillstrom's randomized e-mail test: the cross-fitted learned policy against all-Mens,
     all-Womens, no e-mail and random (paired bootstrap CIs), Qini AUC per arm, uplift@30% vs the tutorial."""
-    from c360.training.hillstrom import evaluate_hillstrom
+    from c360.training.hillstrom import default_path, evaluate_hillstrom
 
-    path = data or Settings().public_data / "hillstrom" / "hillstrom.csv"
+    path = data or default_path()
     if not path.exists():
         raise fail(f"Hillstrom file not found: {path}")
     r = evaluate_hillstrom(path, outcome=outcome, learner=learner, n_boot=resamples)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -28,7 +28,14 @@ class Settings(BaseSettings):
                                                            "a file with a longer one is refused")
     lock_timeout: float = Field(30, ge=0, description="seconds a second writer of the warehouse (ingest, resolve) "
                                                       "waits for the first to finish before giving up")
-    public_data: Path = Field(Path("../shared/data"), description="folder of the public data sets (FEBRL, ...)")
+    public_data: Path = Field(default_factory=lambda data: _public_data(data["home"]), validate_default=True,
+                              description="folder of the public data sets (CDNOW, Hillstrom, FEBRL)")
+
+    @field_validator("public_data")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        """Resolved when the settings are read: a later change of folder does not move it."""
+        return path.resolve()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -69,6 +76,18 @@ class Settings(BaseSettings):
     @property
     def runs(self) -> Path:
         return self.home / "runs.jsonl"
+
+
+def _clone() -> Path | None:
+    """The repository c360 runs from (an editable install of a clone), or None when it is installed as a wheel."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "c360").is_dir() else None
+
+
+def _public_data(home: Path) -> Path:
+    """From a clone, `shared/data` beside the repository (where the data sets' README puts them); else under home."""
+    clone = _clone()
+    return clone.parent / "shared" / "data" if clone is not None else Path(home) / "public_data"
 
 
 class YamlSource(PydanticBaseSettingsSource):

@@ -98,35 +98,43 @@ def test_readme_documents_every_feature() -> None:
     assert not missing, f"README lacks features: {missing}"
 
 
-def test_eval_cdnow_prints_both_splits() -> None:
-    from c360.core.settings import Settings
-    from c360.training.cdnow import available
+@pytest.fixture
+def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from a folder outside the repository, with the public data folder at its default."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("C360_PUBLIC_DATA", raising=False)
 
-    folder = Settings().public_data / "cdnow"
-    if not available(folder):
-        pytest.skip(f"CDNOW files not found in {folder}")
+
+def public(name: str) -> Path:
+    """A data set in `shared/data` beside the repository (the default from a clone); skips when it is absent."""
+    folder = Path(__file__).resolve().parents[2].parent / "shared" / "data" / name
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent (see the public data README)")
+    return folder
+
+
+def test_eval_cdnow_prints_both_splits(elsewhere: None) -> None:
+    public("cdnow")
     out = " ".join(c360("eval", "cdnow").split())
     assert "published split" in out and "forward-honest split" in out and "r = 0.243, alpha = 4.414" in out
 
 
-def test_eval_hillstrom_prints_policies_and_qini() -> None:
-    from c360.core.settings import Settings
-
-    path = Settings().public_data / "hillstrom" / "hillstrom.csv"
-    if not path.exists():
-        pytest.skip(f"Hillstrom file not found: {path}")
+def test_eval_hillstrom_prints_policies_and_qini(elsewhere: None) -> None:
+    public("hillstrom")
     out = " ".join(c360("eval", "hillstrom", "--outcome", "conversion", "--resamples", "100").split())
     assert "all Mens E-Mail" in out and "Qini AUC" in out and "uplift@30%" in out
 
 
-def test_eval_febrl_without_the_id_column() -> None:
-    from c360.core.settings import Settings
-
-    folder = Settings().public_data / "febrl"
-    if not (folder / "dataset4a.csv").exists():
-        pytest.skip(f"FEBRL files not found in {folder}")
+def test_eval_febrl_without_the_id_column(elsewhere: None) -> None:
+    public("febrl")
     out = " ".join(c360("eval", "febrl", "--drop-columns", "soc_sec_id").split())
     assert "dropped: soc_sec_id" in out and "threshold curve" in out
+
+
+def test_public_data_defaults_to_an_absolute_folder_whatever_the_current_one(elsewhere: None) -> None:
+    from c360.core.settings import Settings
+
+    assert Settings().public_data == public("").resolve()
 
 
 def test_resolve_explain_prints_weights_and_draws_them(home: Path, resolved: tuple[Path, Path], tmp_path: Path) -> None:

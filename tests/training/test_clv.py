@@ -107,14 +107,14 @@ def test_boosted_model_learns_a_rate() -> None:
 
 
 needs_cdnow = pytest.mark.skipif(
-    not cdnow.available(), reason=f"CDNOW files not found in {cdnow.DEFAULT_DIR} (see shared/data/README.md)"
+    not cdnow.available(), reason=f"CDNOW files not found in {cdnow.default_dir()} (see shared/data/README.md)"
 )
 
 
 @pytest.fixture(scope="module")
 def result() -> dict[str, Any]:
     if not cdnow.available():
-        pytest.skip(f"CDNOW files not found in {cdnow.DEFAULT_DIR}")
+        pytest.skip(f"CDNOW files not found in {cdnow.default_dir()}")
     return cdnow.evaluate_cdnow()
 
 
