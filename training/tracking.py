@@ -29,8 +29,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -142,23 +141,13 @@ def _requirements(flavor: Flavor) -> list[str]:
     return list(dict.fromkeys(pinned))
 
 
-@contextmanager
-def _no_integer_hint() -> Iterator[None]:
-    """Silences MLflow's warning that integer columns refuse missing values: the module docstring says why."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
-        yield
-
-
 def _log_model(model: Any, flavor: Flavor, example: pd.DataFrame, requirements: Sequence[str] | None) -> ModelInfo:
     """The model under the run's `model`, with a signature of `example`'s column types and the pyfunc's output."""
     output = model.predict_proba(example) if flavor == "sklearn" and hasattr(model, "predict_proba") else None
-    with _no_integer_hint():
-        signature = infer_signature(example, model.predict(example) if output is None else output)
     common: dict[str, Any] = {
         "name": "model",  # MLflow 3: `name`, not the deprecated `artifact_path`
         "input_example": example,
-        "signature": signature,
+        "signature": infer_signature(example, model.predict(example) if output is None else output),
         "pip_requirements": list(requirements) if requirements is not None else _requirements(flavor),
     }
     if flavor == "lightgbm":
@@ -183,8 +172,7 @@ def _log_datasets(
     logged = {}
     for context, frame in frames.items():
         label = name if len(frames) == 1 else f"{name}-{context}"
-        with _no_integer_hint():  # the dataset's schema is a record, not a contract
-            logged[context] = from_pandas(frame, name=label, targets=target)
+        logged[context] = from_pandas(frame, name=label, targets=target)
         mlflow.log_input(logged[context], context=context)
     return logged
 
@@ -253,8 +241,10 @@ def log_training_run(
     run_tags = {key: str(value) for key, value in tags.items()}
     with mlflow.start_run(experiment_id=experiment_id(client, home, experiment), run_name=run_name, tags=run_tags):
         mlflow.log_params(dict(params))
-        inputs = _log_datasets(dataset, dataset_name, target)
-        info = _log_model(model, flavor, input_example, pip_requirements)
+        with warnings.catch_warnings():  # integers refuse missing values: on purpose (module docstring)
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+            inputs = _log_datasets(dataset, dataset_name, target)
+            info = _log_model(model, flavor, input_example, pip_requirements)
         mlflow.log_metrics(_all_metrics(metrics, baselines), model_id=info.model_id, dataset=inputs.get("test"))
         _log_figures(figures)
         for name, table in tables.items():
