@@ -27,4 +27,5 @@ def test_make_bento_builds_the_service(tmp_path: Path) -> None:
     folder = tmp_path / "bentos" / name / version
     served = yaml.safe_load((folder / "bento.yaml").read_text())
     assert name == "c360" and served["service"] == "c360.serving.service:C360"
+    assert {"profile", "predict_churn", "predict_clv", "predict_nba"} <= {r["name"] for r in served["schema"]["routes"]}
     assert (folder / "env" / "python" / "wheels" / "c360-0.1.0-py3-none-any.whl").exists()
