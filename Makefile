@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
-.PHONY: install demo test lint bench clean help mlflow-ui screenshots
+.PHONY: install demo test lint bench bento clean help mlflow-ui screenshots
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,6 +35,12 @@ mlflow-ui: install  ## the MLflow UI on C360_HOME's tracking store (HOST=127.0.0
 screenshots: install  ## refresh the README's screenshots (docs/images/) from the browser tests
 	$(RUN) pytest tests/c360/test_review_cli.py tests/serving/test_ui.py --docs-images
 
+bento: install  ## a Bento of the service (bentoml build, bentofile.yaml): the c360 wheel and uv.lock's packages
+	@mkdir -p build
+	$(UV) export --frozen --no-dev --no-emit-project --no-hashes --quiet --output-file build/requirements.txt
+	$(UV) build --wheel --out-dir dist --quiet
+	$(RUN) bentoml build
+
 bench: install  ## benchmarks at 1M customers (about an hour on 2 cores); figures go to bench/RESULTS.md
 	$(RUN) python -m bench.generate_ingest
 	$(RUN) python -m bench.resolve
@@ -46,4 +52,4 @@ bench: install  ## benchmarks at 1M customers (about an hour on 2 cores); figure
 	$(RUN) python -m bench.models
 
 clean:  ## remove run state (C360_HOME default) and caches
-	rm -rf .c360 .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .c360 .pytest_cache .mypy_cache .ruff_cache build dist

@@ -134,21 +134,6 @@ def post(path: str, host: str, body: dict) -> bytes:
             f"Content-Length: {len(data)}\r\n\r\n").encode() + data
 
 
-def feast_repo(home: Path, folder: Path) -> Path:
-    """A feature_store.yaml for `feast serve` equal to the RepoConfig c360 builds in code (features.store)."""
-    import yaml
-
-    from c360.core.settings import Settings
-    from c360.features.store import online_store_config
-
-    s = Settings(home=home)
-    config = {"project": "c360", "provider": "local", "entity_key_serialization_version": 3,
-              "registry": {"path": str((s.feast / "registry.db").resolve()), "cache_ttl_seconds": 60},
-              "offline_store": {"type": "duckdb"}, "online_store": online_store_config(s)}
-    (folder / "feature_store.yaml").write_text(yaml.safe_dump(config))
-    return folder
-
-
 def process_tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) used so far by `pid` and its live descendants (the server's workers)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -219,7 +204,7 @@ def main() -> None:
             concurrent = page_load(ours_port, host, customers, args.page_seconds)
         finally:
             stop(ours)
-        repo = feast_repo(home, Path(tmp))
+        repo = store.write_yaml(s)  # what `c360 features apply` writes
         refs = [f"{p.name_to_use()}:{f.name}" for p in
                 store.feature_store(s).get_feature_service("profile_v1").feature_view_projections for f in p.features]
         feast = start([str(Path(sys.executable).with_name("feast")), "-c", str(repo), "serve", "--port",

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
+import yaml
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.repo_config import RegistryConfig
 
@@ -17,13 +18,13 @@ from c360.core import connections
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 from c360.feature_repo import definitions
-from c360.features.online_store import C360OnlineStore, bulk_writer
+from c360.features.online_store import STORE_TYPE, C360OnlineStore, bulk_writer
 
 
 def online_store_config(s: Settings) -> dict:
     path = str((s.feast / "online.db").resolve())
     return {
-        "c360": {"type": "c360.features.online_store.C360OnlineStore", "path": path},
+        "c360": {"type": STORE_TYPE, "path": path},
         "sqlite": {"type": "sqlite", "path": path},
         "redis": {"type": "redis", "connection_string": s.redis_url},
     }[s.online_store]
@@ -42,6 +43,15 @@ def repo_config(s: Settings) -> RepoConfig:
         materialization_config={"online_write_batch_size": 20_000},
         repo_path=s.feast.resolve(),
     )
+
+
+def write_yaml(s: Settings) -> Path:
+    """Write `repo_config(s)` as `C360_HOME/feast/feature_store.yaml`, for Feast's own tools (`feast -c FOLDER`);
+    returns the folder."""
+    # Not RepoConfig.write_to_path: it writes the field names (`registry_config:`), which Feast cannot read back.
+    config = repo_config(s).model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"repo_path"})
+    (s.feast / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return s.feast
 
 
 def feature_store(s: Settings) -> FeatureStore:
@@ -84,6 +94,7 @@ def apply(s: Settings) -> FeatureStore:
         raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
     store = feature_store(s)
     store.apply(definitions(str(s.snapshots.resolve()), str(s.scores.resolve())))
+    write_yaml(s)
     return store
 
 

@@ -5,6 +5,9 @@
   The cause — file paths, process ids, the exception's text — goes to the server log, not to the client;
 * a body over the limit → 413 (`serving.limits`).
 
+Each is also BentoML's exception of its status, so the `@bentoml.api` methods answer the same codes (BentoML's own
+body: `[{"error": ...}]`; a 503's message goes to the log only, BentoML hides any 5xx's).
+
 A 422 echoes at most `ECHO` characters of an input value, and none of a nested object or array: a body may be a
 megabyte, and JSON's NaN and Infinity (which Python's parser accepts) cannot be written back as JSON.
 """
@@ -15,6 +18,7 @@ import logging
 import math
 from typing import Any
 
+from bentoml import exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,15 +27,15 @@ log = logging.getLogger(__name__)
 ECHO = 64  # characters of an input value a 422 repeats
 
 
-class NotFound(LookupError):
+class NotFound(exceptions.NotFound, LookupError):
     """Unknown customer: a 404."""
 
 
-class Invalid(ValueError):
+class Invalid(exceptions.UnprocessableEntity, ValueError):
     """A request the models cannot score (missing or mistyped features): a 422."""
 
 
-class Unavailable(RuntimeError):
+class Unavailable(exceptions.ServiceUnavailable, RuntimeError):
     """A component cannot answer: a 503 naming it and what to do, never a partial profile."""
 
     def __init__(self, component: str, advice: str, cause: BaseException | None = None) -> None:

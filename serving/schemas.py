@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+T = TypeVar("T")
 Scalar = str | int | float | bool | None
 CUSTOMER_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_BATCH = 100
@@ -128,11 +129,15 @@ class Profile(BaseModel):
     freshness: Freshness
 
 
+Batch = Annotated[list[T], Field(min_length=1, max_length=MAX_BATCH)]  # the items of one request
+CustomerIds = Batch[Annotated[str, Field(pattern=CUSTOMER_ID)]]
+
+
 class ByIds(BaseModel):
     """Customers to score: their features come from the online store, their scores from the batch when fresh."""
 
     model_config = ConfigDict(extra="forbid")
-    customer_ids: list[Annotated[str, Field(pattern=CUSTOMER_ID)]] = Field(min_length=1, max_length=MAX_BATCH)
+    customer_ids: CustomerIds
 
 
 def _row_model(service: str) -> type[BaseModel]:
@@ -157,17 +162,17 @@ class ChurnRows(BaseModel):
     """Raw feature rows the caller has (scored live); `null` for an unknown value."""
 
     model_config = ConfigDict(extra="forbid")
-    rows: list[ChurnRow] = Field(min_length=1, max_length=MAX_BATCH)  # type: ignore[valid-type]
+    rows: Batch[ChurnRow]  # type: ignore[valid-type]
 
 
 class ClvRows(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rows: list[ClvRow] = Field(min_length=1, max_length=MAX_BATCH)  # type: ignore[valid-type]
+    rows: Batch[ClvRow]  # type: ignore[valid-type]
 
 
 class NbaRows(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rows: list[NbaRow] = Field(min_length=1, max_length=MAX_BATCH)  # type: ignore[valid-type]
+    rows: Batch[NbaRow]  # type: ignore[valid-type]
 
 
 class ChurnPrediction(Churn):

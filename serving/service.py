@@ -11,6 +11,8 @@ predictions) with the champions of `serving.champions`:
 * `POST /admin/reload` — reload the champions whose `@champion` alias moved (the service also polls every
   `C360_RELOAD_SECONDS`, default 30); `GET /status` — what is loaded, and why the service is not ready;
 * `GET /metrics` — Prometheus request counts and durations by route template (`serving.metrics`);
+* the same profile and predictions as BentoML APIs for BentoML's clients (`bentoml.SyncHTTPClient`): `POST
+  /profile`, `/predict_churn`, `/predict_clv`, `/predict_nba` (JSON arguments `customer_ids` or `rows`);
 * BentoML's own `GET /healthz` / `/livez` (process up) and `GET /readyz` (`__is_ready__`: online store readable
   and all three champions loaded); the OpenAPI document at `/docs.json`, Swagger UI at `/`.
 
@@ -34,26 +36,32 @@ import anyio
 import bentoml
 from fastapi import FastAPI, Path, Query
 from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, Field
 
 from c360.core.settings import Settings
 from c360.serving import errors, ui
 from c360.serving import profile as profiles
 from c360.serving.champions import Champions, RegistryUnavailable
-from c360.serving.errors import Unavailable
+from c360.serving.errors import Invalid, Unavailable
 from c360.serving.limits import BodyLimit
 from c360.serving.lookup import EMAIL, customers_by_email
 from c360.serving.metrics import RouteMetrics, exposition
 from c360.serving.profile import Context
 from c360.serving.schemas import (
     CUSTOMER_ID,
+    Batch,
     ByIds,
     ChurnPredictions,
+    ChurnRow,
     ChurnRows,
     ClvPredictions,
+    ClvRow,
     ClvRows,
+    CustomerIds,
     CustomerMatches,
     Error,
     NbaPredictions,
+    NbaRow,
     NbaRows,
     Profile,
     Reloaded,
@@ -66,7 +74,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": Error, "description": "request body over the limit (C360_MAX_BODY_BYTES, default 1 MB)"},
     503: {"model": Error, "description": "online store, warehouse or model registry unavailable"},
 }
-PREDICTIONS = {"churn": ChurnPredictions, "clv": ClvPredictions, "nba": NbaPredictions}
 
 app = FastAPI(
     title="c360",
@@ -83,6 +90,10 @@ errors.install(app)
 
 def _json(value: Any) -> Response:
     return Response(profiles.dumps(value), media_type="application/json")
+
+
+def _plain(rows: list[BaseModel] | None) -> list[dict[str, Any]] | None:
+    return None if rows is None else [row.model_dump() for row in rows]
 
 
 CustomerId = Annotated[str, Path(pattern=CUSTOMER_ID, description="customer id, e.g. C00000002")]
@@ -171,34 +182,70 @@ class C360:
         self, customer_id: CustomerId,
         details: Annotated[bool, Query(description="add identity and the warehouse's lists (slower)")] = False,
     ) -> Response:
+        return _json(await self._profile(customer_id, details))
+
+    async def _profile(self, customer_id: str, details: bool) -> dict[str, Any]:
         ctx = self.context()
         if details:
-            return _json(await anyio.to_thread.run_sync(profiles.profile, ctx, customer_id, True))
-        return _json(profiles.profile(ctx, customer_id))
+            return await anyio.to_thread.run_sync(profiles.profile, ctx, customer_id, True)
+        return profiles.profile(ctx, customer_id)
 
     async def _predict(self, kind: str, request: Any) -> Response:
-        ctx = self.context()
-        if isinstance(request, ByIds):
-            result = await anyio.to_thread.run_sync(profiles.predict_customers, ctx, kind, request.customer_ids)
-        else:
-            rows = [row.model_dump() for row in request.rows]
-            result = await anyio.to_thread.run_sync(profiles.predict_rows, ctx, kind, rows)
-        return _json({"predictions": result})
+        ids, rows = (request.customer_ids, None) if isinstance(request, ByIds) else (None, _plain(request.rows))
+        return _json({"predictions": await self._predictions(kind, ids, rows)})
 
-    @app.post("/predict/churn", response_model=ChurnPredictions, responses=ERRORS,
+    async def _predictions(self, kind: str, customer_ids: list[str] | None,
+                           rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        ctx = self.context()
+        if customer_ids is not None and rows is None:
+            return await anyio.to_thread.run_sync(profiles.predict_customers, ctx, kind, customer_ids)
+        if rows is not None and customer_ids is None:
+            return await anyio.to_thread.run_sync(profiles.predict_rows, ctx, kind, rows)
+        raise Invalid("send either customer_ids or rows")
+
+    # `name=`: the operationIds of the REST routes stay what generated clients know, the method names being the
+    # BentoML APIs' below.
+    @app.post("/predict/churn", name="predict_churn", response_model=ChurnPredictions, responses=ERRORS,
               summary="Churn probability, band and reasons")
-    async def predict_churn(self, request: ByIds | ChurnRows) -> Response:
+    async def rest_predict_churn(self, request: ByIds | ChurnRows) -> Response:
         return await self._predict("churn", request)
 
-    @app.post("/predict/clv", response_model=ClvPredictions, responses=ERRORS,
+    @app.post("/predict/clv", name="predict_clv", response_model=ClvPredictions, responses=ERRORS,
               summary="12-month value, its range and drivers")
-    async def predict_clv(self, request: ByIds | ClvRows) -> Response:
+    async def rest_predict_clv(self, request: ByIds | ClvRows) -> Response:
         return await self._predict("clv", request)
 
-    @app.post("/predict/nba", response_model=NbaPredictions, responses=ERRORS,
+    @app.post("/predict/nba", name="predict_nba", response_model=NbaPredictions, responses=ERRORS,
               summary="Next best action, its uplift, alternatives and reasons")
-    async def predict_nba(self, request: ByIds | NbaRows) -> Response:
+    async def rest_predict_nba(self, request: ByIds | NbaRows) -> Response:
         return await self._predict("nba", request)
+
+    # ------------------------------------------------------------------ BentoML APIs (POST /<name>), for
+    # BentoML's clients: the REST routes' answers; errors as BentoML answers them (`serving.errors`).
+
+    @bentoml.api
+    async def profile(self, customer_id: Annotated[str, Field(pattern=CUSTOMER_ID)],
+                      details: bool = False) -> Profile:
+        """A customer's profile: past, present, future (`details`: identity and the warehouse's lists too)."""
+        return Profile.model_validate(await self._profile(customer_id, details))
+
+    @bentoml.api
+    async def predict_churn(self, customer_ids: CustomerIds | None = None,
+                            rows: Batch[ChurnRow] | None = None) -> ChurnPredictions:  # type: ignore[valid-type]
+        """Churn probability, band and reasons of known customers (ids) or of raw feature rows."""
+        return ChurnPredictions(predictions=await self._predictions("churn", customer_ids, _plain(rows)))
+
+    @bentoml.api
+    async def predict_clv(self, customer_ids: CustomerIds | None = None,
+                          rows: Batch[ClvRow] | None = None) -> ClvPredictions:  # type: ignore[valid-type]
+        """12-month value, its range and drivers of known customers (ids) or of raw feature rows."""
+        return ClvPredictions(predictions=await self._predictions("clv", customer_ids, _plain(rows)))
+
+    @bentoml.api
+    async def predict_nba(self, customer_ids: CustomerIds | None = None,
+                          rows: Batch[NbaRow] | None = None) -> NbaPredictions:  # type: ignore[valid-type]
+        """Next best action, its uplift, alternatives and reasons of known customers (ids) or of raw feature rows."""
+        return NbaPredictions(predictions=await self._predictions("nba", customer_ids, _plain(rows)))
 
     @app.post("/admin/reload", response_model=Reloaded, responses={503: ERRORS[503]},
               summary="Reload the champions whose @champion alias moved")

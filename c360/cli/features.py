@@ -54,7 +54,7 @@ def apply() -> None:
         raise fail(str(e)) from None
     services = ", ".join(sv.name for sv in fs.list_feature_services())
     console.print(f"applied {len(fs.list_feature_views())} feature views and services {services} "
-                  f"(registry {s.feast / 'registry.db'})")
+                  f"(registry {s.feast / 'registry.db'}; Feast's CLI: feast -c {s.feast} feature-views list)")
 
 
 @features_app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,3 +63,21 @@ def test_sqlite_stores_serve_the_snapshot(kind: str, snapshot: pd.DataFrame, tmp
 
 def test_redis_store_serves_the_snapshot(redis_url: str, snapshot: pd.DataFrame, tmp_path: Path) -> None:
     round_trip(Settings(home=tmp_path, online_store="redis", redis_url=redis_url), snapshot)
+
+
+def test_feast_cli_reads_the_written_feature_store_yaml(snapshot: pd.DataFrame, tmp_path: Path) -> None:
+    """`apply` writes feature_store.yaml equal to the RepoConfig built in code, and Feast's own CLI reads it."""
+    from feast.repo_config import load_repo_config
+
+    s = Settings(home=tmp_path)
+    store.write_snapshot(s, snapshot)
+    fs = store.apply(s)
+    loaded, built = load_repo_config(s.feast, s.feast / "feature_store.yaml"), store.repo_config(s)
+    for part in ("project", "registry", "online_store", "offline_store", "materialization_config",
+                 "entity_key_serialization_version"):
+        assert getattr(loaded, part) == getattr(built, part), part
+    feast = Path(sys.executable).with_name("feast")
+    listed = subprocess.run([str(feast), "-c", str(s.feast), "feature-views", "list"], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert {v.name for v in fs.list_feature_views()} <= set(listed.stdout.split())

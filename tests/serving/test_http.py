@@ -21,7 +21,7 @@ from c360.serving.errors import ECHO
 from c360.training import tracking
 from c360.training.tracking import CHAMPION
 
-API = r"^/(customers|predict|admin|status)"
+API = r"^/(customers|predict/|admin|status)"  # the REST routes; the BentoML APIs: test_bentoml_api
 
 
 def a_customer(s: Settings) -> str:

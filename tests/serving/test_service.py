@@ -73,17 +73,17 @@ def test_unknown_customer_is_not_found(service: Any) -> None:
 
 def test_predict_ids_and_rows_agree(service: Any, served: Settings) -> None:
     ids = customers(served, 3)
-    by_id = body(anyio.run(lambda: service.predict_churn(ByIds(customer_ids=ids))))
+    by_id = body(anyio.run(lambda: service.rest_predict_churn(ByIds(customer_ids=ids))))
     ChurnPredictions.model_validate(by_id)
     snapshot = store.read_snapshot(served, store.snapshot_dates(served)[-1]).set_index("customer_id")
     inputs = service.ctx.champions["churn"].inputs
     rows = [{k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v)
              for k, v in snapshot.loc[c, inputs].items()} for c in ids]
-    by_row = body(anyio.run(lambda: service.predict_churn(ChurnRows(rows=rows))))
+    by_row = body(anyio.run(lambda: service.rest_predict_churn(ChurnRows(rows=rows))))
     for a, b in zip(by_id["predictions"], by_row["predictions"], strict=True):
         assert a["probability"] == pytest.approx(b["probability"], rel=1e-9)
         assert b["model"]["source"] == "live"
-    nba = body(anyio.run(lambda: service.predict_nba(ByIds(customer_ids=ids))))
+    nba = body(anyio.run(lambda: service.rest_predict_nba(ByIds(customer_ids=ids))))
     NbaPredictions.model_validate(nba)
 
 
