@@ -18,8 +18,9 @@ def too_large(limit: int) -> str:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 at once when Content-Length says the body is over the limit; when it does not say (a
-    chunked body), 413 as soon as the bytes received pass it."""
+    """ASGI middleware of the whole service (REST routes and BentoML's APIs): 413 at once when Content-Length says
+    the body is over the limit; when it does not say (a chunked body), 413 as soon as the bytes received pass it,
+    whatever the route's framework then makes of the failed read."""
 
     def __init__(self, app: ASGIApp, limit: int | None = None) -> None:
         self.app = app
@@ -32,19 +33,35 @@ class BodyLimit:
         if self.limit is None:
             self.limit = Settings().max_body_bytes
         limit = self.limit
+        refused = JSONResponse({"detail": too_large(limit)}, status_code=413)
         length = dict(scope["headers"]).get(b"content-length", b"0")
         if length.isdigit() and int(length) > limit:
-            await JSONResponse({"detail": too_large(limit)}, status_code=413)(scope, receive, send)
+            await refused(scope, receive, send)
             return
-        received = 0
+        received, over, answered = 0, False, False
 
         async def bounded() -> Message:
-            nonlocal received
+            nonlocal received, over
             message = await receive()
             received += len(message.get("body", b""))
             if received > limit:
-                # FastAPI passes an HTTPException raised while it reads the body on to its handler: a 413.
+                over = True
+                # FastAPI passes an HTTPException raised while it reads the body on to its handler.
                 raise HTTPException(413, too_large(limit))
             return message
 
-        await self.app(scope, bounded, send)
+        async def answer(message: Message) -> None:
+            nonlocal answered
+            if over and not answered:  # whatever the route answers to the failed read, the client gets the 413
+                answered = True
+                await refused(scope, receive, send)
+            elif not over:
+                await send(message)
+
+        try:
+            await self.app(scope, bounded, answer)
+        except HTTPException:
+            if not over:
+                raise
+        if over and not answered:
+            await refused(scope, receive, send)

@@ -84,7 +84,6 @@ app = FastAPI(
 
 
 app.add_middleware(RouteMetrics)
-app.add_middleware(BodyLimit)
 errors.install(app)
 
 
@@ -286,3 +285,7 @@ class C360:
     async def profile_page(self) -> Response:
         """The profile page (it calls the routes above from the browser)."""
         return HTMLResponse(ui.page())
+
+
+# On the whole service, so BentoML's APIs are bounded as the REST routes are.
+C360.add_asgi_middleware(BodyLimit)  # type: ignore[attr-defined]  # the decorator made C360 a bentoml Service

@@ -77,3 +77,13 @@ def test_bentoml_apis_answer_no_5xx(server: str) -> None:
             case.call_and_validate(checks=[not_a_server_error], timeout=60)
 
         check()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_bentoml_apis_refuse_a_body_over_the_limit(server: str, chunked: bool) -> None:
+    """The body limit bounds BentoML's APIs as it bounds the REST routes: a 413 before the body is read whole."""
+    big = b'{"customer_ids": ["' + b"C" * 2_000_000 + b'"]}'
+    content = iter([big[:600_000], big[600_000:]]) if chunked else big
+    response = httpx.post(f"{server}/predict_churn", content=content, timeout=60,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "C360_MAX_BODY_BYTES" in response.json()["detail"]
