@@ -8,6 +8,8 @@ used by the Feast definitions and to turn model explanations into reasons.
 
 from __future__ import annotations
 
+from datetime import date
+
 import pandas as pd
 
 from c360.core.contract import PLANS
@@ -190,6 +192,25 @@ LEFT JOIN payments p USING (customer_id) LEFT JOIN support t USING (customer_id)
 LEFT JOIN nps n USING (customer_id) LEFT JOIN people pe USING (customer_id)
 ORDER BY b.customer_id
 """
+
+
+def experiment_dates(con) -> list[pd.Timestamp]:
+    """The launch dates of the experiment waves: campaigns with an action and a wave (the next best action's
+    examples are described as of these dates)."""
+    rows = con.execute("SELECT DISTINCT launched_at FROM marketing_campaigns WHERE action IS NOT NULL "
+                       "AND wave IS NOT NULL AND launched_at IS NOT NULL ORDER BY 1").fetchall()
+    return [pd.Timestamp(r[0]) for r in rows]
+
+
+def as_of_dates(con, end: pd.Timestamp, as_of: date | None, history_days: int,
+                every_days: int) -> list[pd.Timestamp]:
+    """The snapshots the features stage builds: the requested date alone; or every `every_days` back over
+    `history_days` up to `end`, and every experiment wave launched before `end` — training reads the snapshots
+    it needs, it never writes one."""
+    if as_of:
+        return [pd.Timestamp(as_of)]
+    grid = {end - pd.Timedelta(days=d) for d in range(0, history_days + 1, every_days)}
+    return sorted(grid | {day for day in experiment_dates(con) if day <= end})
 
 
 def build(con, as_of: pd.Timestamp) -> pd.DataFrame:

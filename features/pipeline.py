@@ -37,7 +37,7 @@ def build_company(s: Settings, customers: int, seed: int = 7, corrupt_rate: floa
         resolved = identity.resolve(con, s.identity_model, threshold=s.match_threshold)
     with warehouse.connect(s, read_only=True) as con:
         end = warehouse.data_end(con) - pd.Timedelta(days=hold_back_days)
-        dates = store.as_of_dates(end, None, history_days, every_days)
+        dates = compute.as_of_dates(con, end, None, history_days, every_days)
         for day in dates:
             store.write_snapshot(s, compute.build(con, day))
     store.apply(s)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +65,6 @@ def write_snapshot(s: Settings, snapshot: pd.DataFrame) -> Path:
     path = s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet"
     snapshot.to_parquet(path, index=False)
     return path
-
-
-def as_of_dates(end: pd.Timestamp, as_of: date | None, history_days: int, every_days: int) -> list[pd.Timestamp]:
-    """The requested date, or snapshots every `every_days` back over `history_days` up to the data's end."""
-    if as_of:
-        return [pd.Timestamp(as_of)]
-    return sorted({end - pd.Timedelta(days=d) for d in range(0, history_days + 1, every_days)})
 
 
 def snapshot_dates(s: Settings) -> list[pd.Timestamp]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from feast import FeatureStore
 from matplotlib.figure import Figure
 
 from c360.core import warehouse
@@ -120,15 +121,20 @@ def _test_set(s: Settings, con, fs, frame: pd.DataFrame) -> tuple[pd.DataFrame, 
     return frame, test.dropna(subset=["value"]), "the generator's realised revenue in the 12 months after (truth)"
 
 
+def clv_examples(s: Settings, con, fs: FeatureStore) -> pd.DataFrame:
+    """Every subscribed customer of every snapshot with 12 months of data after it, and its value in them."""
+    end = warehouse.data_end(con)
+    dates = [d for d in store.snapshot_dates(s) if labels.labelable(d, end, labels.CLV_HORIZON_DAYS)]
+    if not dates:
+        raise ValueError("no snapshot has 12 months of data after it: build older snapshots "
+                         "(`c360 features build --history-days 644`)")
+    return datasets.examples(con, fs, "clv_v1", dates, labels.clv)
+
+
 def train_clv(s: Settings) -> dict:
     fs = store.feature_store(s)
     with warehouse.connect(s, read_only=True) as con:
-        end = warehouse.data_end(con)
-        dates = [d for d in store.snapshot_dates(s) if labels.labelable(d, end, labels.CLV_HORIZON_DAYS)]
-        if not dates:
-            raise ValueError("no snapshot has 12 months of data after it: build older snapshots "
-                             "(`c360 features build --history-days 644`)")
-        frame = datasets.examples(con, fs, "clv_v1", dates, labels.clv)
+        frame = clv_examples(s, con, fs)
         train, test, actual_is = _test_set(s, con, fs, frame)
         baseline = bgnbd_gamma_gamma(con, pd.Timestamp(test["as_of"].iloc[0]), test["customer_id"])
     features = [c for c in frame.columns if c in BY_NAME]

@@ -16,11 +16,11 @@ Definitions, once, for everything below:
   (``event_timestamp`` = the wave date: the latest snapshot at or before it, within the views' TTL). The regular
   snapshots lie on a 28-day grid ending at the data's end, so a wave date is usually not a snapshot date (on the
   generated data waves 0 and 2 fall two weeks after a grid date, wave 1 on one), and a shorter grid may not reach
-  the first wave at all. ``wave_snapshots`` therefore first builds the snapshot of each wave date that is missing
-  (``features.compute.build`` uses only data strictly before its date, so not the wave's own sends) and writes it
-  beside the others, as ``c360 features build --as-of`` would: the join then finds the exact date, every wave is
-  described as it stood when the action was taken, whatever the grid. Side effect: those dates are in the store
-  for every later reader (the churn and CLV examples gain them as extra, equally valid as-of dates).
+  the first wave at all. The features stage therefore builds the snapshot of every wave date too
+  (``compute.as_of_dates``; ``compute.build`` uses only data strictly before its date, so not the wave's own
+  sends): the join finds the exact date, and every wave is described as it stood when the action was taken,
+  whatever the grid. Training only reads them: the churn and CLV examples see the same snapshots whichever model
+  is trained first.
 * **costs** — per action, in revenue units: ``ACTION_COSTS`` (training_invite 5, csm_call 40). The discount
   costs nothing here because its cost is already in the outcome (lower invoices).
 * **model** — ``MultiArmUplift`` (T-learner, its defaults but the leaf size, scaled down to small arms as in
@@ -53,7 +53,7 @@ from feast import FeatureStore
 from c360.core import warehouse
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
-from c360.features import compute, store
+from c360.features import store
 from c360.training import datasets, labels, tracking
 from c360.training.uplift import (
     MultiArmUplift,
@@ -146,20 +146,11 @@ def service_features(fs: FeatureStore, service: str = SERVICE) -> list[str]:
     return [name for name in BY_NAME if name in served]
 
 
-def wave_snapshots(s: Settings, con, dates: list[pd.Timestamp]) -> list[pd.Timestamp]:
-    """Build and write the feature snapshot of every date that has none; returns the dates built."""
-    have = set(store.snapshot_dates(s))
-    built = [day for day in sorted(set(dates)) if day not in have]
-    for day in built:
-        store.write_snapshot(s, compute.build(con, day))
-    return built
-
-
 def wave_features(fs: FeatureStore, assignments: pd.DataFrame, service: str = SERVICE) -> pd.DataFrame:
     """The assignments with the service's features as of each wave date (Feast's point-in-time join).
 
     ``event_timestamp`` is the wave date: Feast takes each customer's latest snapshot at or before it, within the
-    views' TTL — the exact date when ``wave_snapshots`` built it. Customers missing from that snapshot keep
+    views' TTL — the exact date, which the features stage builds. Customers missing from that snapshot keep
     missing features (LightGBM handles them).
     """
     entities = assignments[["customer_id", "as_of"]].rename(columns={"as_of": "event_timestamp"})
@@ -173,13 +164,15 @@ def wave_features(fs: FeatureStore, assignments: pd.DataFrame, service: str = SE
 
 def nba_examples(s: Settings, con, horizon_days: int = HORIZON_DAYS) -> tuple[pd.DataFrame, list[str]]:
     """Every assignment of every complete wave with its outcome and its features as of the wave date, and the
-    feature names. Builds the missing wave-date snapshots first (``wave_snapshots``) and registers the Feast
-    definitions (``store.apply``, idempotent)."""
+    feature names. Reads the wave dates' snapshots, which the features stage builds; writes nothing."""
     assignments = experiment_outcomes(con, horizon_days)
     if assignments.empty:
         raise ValueError("no experiment assignments with a complete outcome window in the warehouse")
-    wave_snapshots(s, con, [pd.Timestamp(d) for d in assignments["as_of"].unique()])
-    fs = store.apply(s)
+    missing = sorted(set(pd.to_datetime(assignments["as_of"].unique())) - set(store.snapshot_dates(s)))
+    if missing:
+        raise FileNotFoundError(f"no feature snapshot as of the experiment wave(s) "
+                                f"{', '.join(f'{d:%Y-%m-%d}' for d in missing)}: run `c360 features build`")
+    fs = store.feature_store(s)
     return wave_features(fs, assignments), service_features(fs)
 
 
@@ -504,7 +497,7 @@ def _metrics(ev: Evaluation) -> tuple[dict[str, float], dict[str, dict[str, floa
 def train_nba(s: Settings, seed: int = 0, scale: str | None = SCALE) -> NbaReport:
     """Train on the earlier experiment waves, evaluate on the last, log to MLflow and register as @challenger.
 
-    Builds the feature snapshots of the wave dates that are missing (see the module docstring). ``scale=None``
+    Reads the feature snapshots of the wave dates (see the module docstring). ``scale=None``
     fits the uplift model on the outcome in dollars instead of per dollar of MRR.
     """
     with warehouse.connect(s, read_only=True) as con:

@@ -33,7 +33,8 @@ def build(
         if not warehouse.has_table(con, "identity_crosswalk"):
             raise fail("no resolved customers yet: run `c360 resolve` first")
         end = warehouse.data_end(con)
-        dates = store.as_of_dates(end, date.fromisoformat(as_of) if as_of else None, history_days, every_days)
+        dates = compute.as_of_dates(con, end, date.fromisoformat(as_of) if as_of else None, history_days,
+                                     every_days)
         with progress("building feature snapshots", len(dates)) as advance:
             for day in dates:
                 store.write_snapshot(s, compute.build(con, day))

@@ -1,7 +1,7 @@
 """One small C360_HOME with the three champions and a scoring run, shared by the serving tests of a session.
 
 The 3,000-customer resolved company of the root conftest, five feature snapshots (the latest, three that have a
-90-day churn label, one with a 12-month CLV label; the next-best-action training adds the wave dates), the three
+90-day churn label, one with a 12-month CLV label) and the experiment waves' dates, the three
 real training pipelines, `@champion` on each, the online store filled, then `c360 score`.
 """
 
@@ -52,8 +52,8 @@ def served(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
         patch.setenv("C360_HOME", str(s.home))
         with warehouse.connect(s, read_only=True) as con:
             end = warehouse.data_end(con)
-            for weeks in SNAPSHOT_WEEKS:
-                store.write_snapshot(s, compute.build(con, end - pd.Timedelta(weeks=weeks)))
+            for day in [*(end - pd.Timedelta(weeks=w) for w in SNAPSHOT_WEEKS), *compute.experiment_dates(con)]:
+                store.write_snapshot(s, compute.build(con, day))
         store.apply(s)
         train_churn(s)
         train_clv(s)

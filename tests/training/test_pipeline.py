@@ -11,19 +11,58 @@ from c360.core import warehouse
 from c360.core.settings import Settings
 from c360.features import compute, store
 from c360.training import datasets, labels, tracking
+from c360.training.clv_pipeline import clv_examples
+from c360.training.nba_pipeline import nba_examples
 from c360.training.pipeline import churn_examples, train_churn
 from c360.training.registry import CHURN_GATE, promote
 
 
 @pytest.fixture(scope="module")
 def home(home_over_resolved) -> Settings:
+    """Snapshots as the features stage builds them: every 4 weeks back far enough that 12-month CLV labels fit
+    inside the data, and the experiment waves' dates."""
     s = home_over_resolved("train_home")
     with warehouse.connect(s, read_only=True) as con:
-        end = warehouse.data_end(con)
-        for weeks in range(0, 88, 4):  # back far enough that 12-month CLV labels fit inside the data
-            store.write_snapshot(s, compute.build(con, end - pd.Timedelta(weeks=weeks)))
+        for day in compute.as_of_dates(con, warehouse.data_end(con), None, history_days=609, every_days=28):
+            store.write_snapshot(s, compute.build(con, day))
     store.apply(s)
     return s
+
+
+def training_sets(s: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    with warehouse.connect(s, read_only=True) as con:
+        fs = store.feature_store(s)
+        return churn_examples(s, con, fs), clv_examples(s, con, fs)
+
+
+def stored(s: Settings) -> dict[str, bytes]:
+    """Every file of the offline store and the Feast registry, by name."""
+    files = [*s.snapshots.glob("*.parquet"), s.feast / "registry.db"]
+    return {p.name: p.read_bytes() for p in files}
+
+
+def test_training_sets_do_not_depend_on_the_order_models_are_trained(home: Settings) -> None:
+    """Training reads what the features stage built: the next best action's examples (which once wrote the
+    snapshots of the wave dates it lacked) leave the offline store, the registry and the churn and CLV sets as
+    they were."""
+    before, (churn, clv) = stored(home), training_sets(home)
+    with warehouse.connect(home, read_only=True) as con:
+        frame, _ = nba_examples(home, con)
+    assert len(frame) and stored(home) == before
+    churn_after, clv_after = training_sets(home)
+    pd.testing.assert_frame_equal(churn, churn_after)
+    pd.testing.assert_frame_equal(clv, clv_after)
+
+
+def test_next_best_action_refuses_to_train_without_the_wave_snapshots(home_over_resolved) -> None:
+    s = home_over_resolved("no_waves")
+    with warehouse.connect(s, read_only=True) as con:
+        store.write_snapshot(s, compute.build(con, warehouse.data_end(con)))
+    store.apply(s)
+    with warehouse.connect(s, read_only=True) as con, \
+            pytest.raises(FileNotFoundError, match=r"experiment wave\(s\) \d{4}-\d{2}-\d{2}.*c360 features build"):
+        nba_examples(s, con)
+    assert len(store.snapshot_dates(s)) == 1
 
 
 def test_examples_have_features_before_and_labels_after_their_date(home: Settings) -> None:
