@@ -14,4 +14,4 @@ from importlib.resources import files
 @cache
 def page() -> str:
     """The page's HTML (read once per process)."""
-    return files("serving").joinpath("static", "profile.html").read_text(encoding="utf-8")
+    return files("c360.serving").joinpath("static", "profile.html").read_text(encoding="utf-8")
