@@ -98,9 +98,10 @@ GROUP BY ALL ORDER BY sent DESC, c.channel, c.topic
 """
 
 
-QUERIES = {"timeline": TIMELINE_SQL, "contacts": CONTACTS_SQL, "latest interaction": LATEST_INTERACTION_SQL,
-           "latest issue": LATEST_TICKET_SQL, "purchases": BILLING_SQL, "plan history": PLAN_HISTORY_SQL,
-           "feature requests": REQUESTS_SQL, "campaigns by channel and topic": CAMPAIGNS_SQL}
+QUERIES = {"timeline": TIMELINE_SQL, "contacts": CONTACTS_SQL, "latest_interaction": LATEST_INTERACTION_SQL,
+           "latest_issue": LATEST_TICKET_SQL, "purchases": BILLING_SQL, "plan_history": PLAN_HISTORY_SQL,
+           "feature_requests": REQUESTS_SQL, "campaigns_by_channel_and_topic": CAMPAIGNS_SQL}
+LISTS = (*QUERIES, "red_flags_since")  # the last from the feature snapshots: `flags_since`
 
 
 def details(con, customer_id: str, as_of: pd.Timestamp, timeline: int = 10) -> dict[str, pd.DataFrame]:
@@ -120,7 +121,10 @@ def flags_since(history: pd.DataFrame) -> pd.DataFrame:
         raised = history[name].fillna(False).astype(bool).to_numpy()
         if len(raised) and raised[-1]:
             start = len(raised) - (~raised[::-1]).argmax() if (~raised).any() else 0
-            rows.append({"code": name.removeprefix("flag_"),
-                         "description": BY_NAME[name].description.removeprefix("red flag: "),
-                         "since": history["as_of"].iloc[start]})
+            rows.append(red_flag(name) | {"since": history["as_of"].iloc[start]})
     return pd.DataFrame(rows, columns=["code", "description", "since"])
+
+
+def red_flag(name: str) -> dict[str, str]:
+    """A red flag feature's code (its name without `flag_`) and plain-words description."""
+    return {"code": name.removeprefix("flag_"), "description": BY_NAME[name].description.removeprefix("red flag: ")}

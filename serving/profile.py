@@ -321,8 +321,8 @@ def profile(ctx: Context, customer_id: str, details: bool = False) -> dict[str, 
     row = one(ctx, customer_id)
     scored_at = now()
     sections = assemble({}, row.features)
-    out: dict[str, Any] = {"customer_id": customer_id, "past": _clean(sections["past"]),
-                           "present": _clean(sections["present"]), "future": future(ctx, row, scored_at)}
+    out: dict[str, Any] = {"customer_id": customer_id, "past": _json_value(sections["past"]),
+                           "present": _json_value(sections["present"]), "future": future(ctx, row, scored_at)}
     if details:
         out |= profile_details(ctx.settings, customer_id, row.as_of)
     out["freshness"] = {"features_as_of": _iso(row.as_of), "predictions_as_of": _iso(row.predictions_as_of),
@@ -340,7 +340,7 @@ def profile_details(s: Settings, customer_id: str, as_of: pd.Timestamp) -> dict[
         if identity is None:
             raise NotFound(f"unknown customer {echo(customer_id)!r}: not in the warehouse")
         lists = details(con, customer_id, as_of)
-    lists["red flags since"] = flags_since(feature_stores.history(s, customer_id))
+    lists["red_flags_since"] = flags_since(feature_stores.history(s, customer_id))
     who = {k: _json_value(identity.get(k)) for k in ("customer_id", "display_name", "company", "segment", "region",
                                                      "emails", "phones", "sources", "records", "unlinked")}
     who["evidence"] = f"c360 resolve explain SOURCE KEY (records: {who.get('records')})"
@@ -352,6 +352,8 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _json_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):
         return [_json_value(v) for v in value.tolist()]
     if isinstance(value, list | tuple):
@@ -361,10 +363,6 @@ def _json_value(value: Any) -> Any:
     if value is None or value is pd.NA or value is pd.NaT:
         return None
     return _scalar(value)
-
-
-def _clean(section: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {block: {k: _json_value(v) for k, v in values.items()} for block, values in section.items()}
 
 
 # ---------------------------------------------------------------- predictions for many

@@ -6,8 +6,11 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from c360.core.definitions import BY_NAME, FEATURES
+from c360.features.details import LISTS
+from c360.features.profile import PAST, PRESENT, label
+
 T = TypeVar("T")
-Scalar = str | int | float | bool | None
 CUSTOMER_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_BATCH = 100
 
@@ -118,13 +121,43 @@ class Freshness(BaseModel):
     served_at: str
 
 
+TYPES: dict[str, Any] = {"int": int, "float": float, "bool": bool, "str": str}
+STRICT = ConfigDict(extra="forbid")
+
+
+def _feature(name: str, **limits: int) -> Any:
+    """A feature's field: its type or null, its label as title and its description."""
+    f = BY_NAME[name]
+    return TYPES[f.dtype] | None, Field(title=label(name), description=f.description, **limits)
+
+
+def _section(section: str, groups: dict[str, tuple[str, ...]], **more: Any) -> Any:
+    """The past or present section: one model per group of features, each group titled by its label."""
+    fields = {key: (create_model(f"{section.capitalize()}{key.capitalize()}", __config__=STRICT,
+                                 **{name: _feature(name) for name in names}), Field(title=label(key)))
+              for key, names in groups.items()}
+    return create_model(section.capitalize(), __config__=STRICT, **fields, **more)
+
+
+class RedFlag(BaseModel):
+    code: str = Field(description="the red flag's feature name without `flag_`")
+    description: str
+
+
+Past = _section("past", PAST)
+Present = _section("present", PRESENT, red_flags=(list[RedFlag], Field(title=label("red_flags"),
+                                                                       description="the red flags raised")))
+Details = create_model("Details", __config__=STRICT, **{
+    name: (list[dict[str, Any]], Field(title=label(name))) for name in LISTS})
+
+
 class Profile(BaseModel):
     customer_id: str
     identity: dict[str, Any] | None = Field(None, description="golden record (with details=true)")
-    past: dict[str, dict[str, Scalar]]
-    present: dict[str, dict[str, Scalar]]
+    past: Past  # type: ignore[valid-type]
+    present: Present  # type: ignore[valid-type]
     future: Future
-    details: dict[str, list[dict[str, Any]]] | None = Field(
+    details: Details | None = Field(
         None, description="timeline, contacts, latest interaction, ... from the warehouse (with details=true)")
     freshness: Freshness
 
@@ -142,15 +175,12 @@ class ByIds(BaseModel):
 
 def _row_model(service: str) -> type[BaseModel]:
     """One raw feature row of a model: every feature of its feature service, each a value of its type or null."""
-    from c360.core.definitions import FEATURES
     from c360.feature_repo.services import MODELS, NOT_FOR_MODELS
 
-    types: dict[str, Any] = {"int": int, "float": float, "bool": bool, "str": str}
     # Integers within JSON's exact range (2^53): beyond it a JSON number is a rounded float, and int64 overflows.
     bounds: dict[str, dict[str, int]] = {"int": {"ge": -(2**53 - 1), "le": 2**53 - 1}}
-    fields: dict[str, Any] = {
-        f.name: (types[f.dtype] | None, Field(description=f.description, **bounds.get(f.dtype, {})))
-        for f in FEATURES if f.section in MODELS[service] and f.name not in NOT_FOR_MODELS}
+    fields: dict[str, Any] = {f.name: _feature(f.name, **bounds.get(f.dtype, {}))
+                              for f in FEATURES if f.section in MODELS[service] and f.name not in NOT_FOR_MODELS}
     name = service.split("_")[0].capitalize() + "Row"
     return create_model(name, __config__=ConfigDict(extra="ignore", allow_inf_nan=False), **fields)
 

@@ -77,7 +77,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 app = FastAPI(
     title="c360",
-    version="1",
+    version="2",  # 2: the profile's keys are identifiers (README, Serving)
     description="Customer 360: one profile per customer (past, present, future), churn risk, 12-month value and "
                 "next best action with their reasons.",
 )

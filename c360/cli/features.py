@@ -15,6 +15,7 @@ from rich.table import Table
 from c360.cli.ui import console, fail, progress, record_run, table
 from c360.core import warehouse
 from c360.core.settings import Settings
+from c360.features.profile import label
 
 features_app = typer.Typer(help="Point-in-time customer features in the Feast feature store.", no_args_is_help=True)
 
@@ -102,17 +103,22 @@ def profile(customer_id: Annotated[str, typer.Argument(help="customer id, e.g. C
     for title, section in assemble(identity, online).items():
         console.print(Panel(Columns([_block(name, values) for name, values in section.items()]),
                             title=f"[bold]{title}", expand=True))
-    lists["red flags since"] = flags_since(store.history(s, customer_id))
+    lists["red_flags_since"] = flags_since(store.history(s, customer_id))
     for name, frame in lists.items():
         if len(frame):
-            console.print(table(name, frame))
+            console.print(table(label(name), frame))
     console.print(f"features as of {as_of:%Y-%m-%d} (online store: {s.online_store})")
 
 
-def _block(name: str, values: dict) -> Table:
-    block = Table(title=name, show_header=False, box=None)
-    for key, value in values.items():
-        block.add_row(key, _text(value))
+def _block(name: str, values: dict | list) -> Table:
+    """A group's features by label, or the red flags raised."""
+    block = Table(title=label(name), show_header=False, box=None)
+    if isinstance(values, dict):
+        rows = [(label(key), _text(value)) for key, value in values.items()]
+    else:
+        rows = [(label(flag["code"]), flag["description"]) for flag in values] or [("none", "—")]
+    for row in rows:
+        block.add_row(*row)
     return block
 
 

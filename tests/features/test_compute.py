@@ -128,7 +128,7 @@ def test_detail_lists_see_only_the_past(resolved: tuple[Path, Path]) -> None:
         lists = details(con, busy, AS_OF, timeline=50)
     assert len(lists["timeline"]) > 0 and (lists["timeline"]["happened_at"] < AS_OF).all()
     assert lists["timeline"]["happened_at"].is_monotonic_decreasing
-    assert (lists["latest issue"]["opened_at"] < AS_OF).all()
+    assert (lists["latest_issue"]["opened_at"] < AS_OF).all()
     assert set(lists["contacts"]["role"]) <= {"admin", "billing", "end_user", "executive_sponsor"}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,8 +41,8 @@ def test_profile_has_past_present_future_from_the_batch(service: Any, served: Se
     result = body(anyio.run(lambda: service.customer_profile(customer_id=customer, details=False)))
     Profile.model_validate(result)
     assert result["customer_id"] == customer
-    assert {"product activity", "purchases and billing"} <= set(result["past"])
-    assert {"health", "red flags"} <= set(result["present"])
+    assert {"activity", "billing"} <= set(result["past"])
+    assert {"health", "red_flags"} <= set(result["present"])
     future = result["future"]
     for key in ("churn", "clv", "next_best_action"):
         model = future[key]["model"]
@@ -63,7 +64,32 @@ def test_profile_with_details_has_identity_and_lists(service: Any, served: Setti
     result = body(anyio.run(lambda: service.customer_profile(customer_id=customer, details=True)))
     Profile.model_validate(result)
     assert result["identity"]["customer_id"] == customer
-    assert {"timeline", "contacts", "red flags since"} <= set(result["details"])
+    assert {"timeline", "contacts", "red_flags_since"} <= set(result["details"])
+
+
+IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def not_identifiers(value: Any) -> list[str]:
+    """Every key in a JSON value, at any depth, that is not a snake_case identifier."""
+    if isinstance(value, dict):
+        return [k for k in value if not IDENTIFIER.fullmatch(k)] + not_identifiers(list(value.values()))
+    if isinstance(value, list):
+        return [key for item in value for key in not_identifiers(item)]
+    return []
+
+
+def test_every_key_of_the_profile_is_an_identifier(service: Any, served: Settings) -> None:
+    snapshot = store.read_snapshot(served, store.snapshot_dates(served)[-1])
+    flagged = snapshot.sort_values(["red_flags", "customer_id"])["customer_id"].iloc[-1]  # every part filled
+    result = body(anyio.run(lambda: service.customer_profile(customer_id=flagged, details=True)))
+    assert result["present"]["red_flags"] and result["details"]["red_flags_since"] and result["details"]["timeline"]
+    assert not_identifiers(result) == []
+
+
+def test_the_key_check_refuses_labels() -> None:
+    labelled = {"present": {"support and sentiment": {"open_tickets": 1}}, "details": {"timeline": [{"When": 1}]}}
+    assert not_identifiers(labelled) == ["support and sentiment", "When"]
 
 
 def test_unknown_customer_is_not_found(service: Any) -> None:

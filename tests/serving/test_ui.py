@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from c360.core import warehouse
 from c360.core.settings import Settings
 from c360.features import store
+from c360.features.profile import keys, label
 from c360.serving.errors import NotFound, Unavailable
 from c360.serving.lookup import customers_by_email
 
@@ -62,6 +63,16 @@ def test_ui_is_one_page_that_fetches_nothing_from_elsewhere(client: TestClient) 
     assert "/ui" not in client.get("/docs.json").json()["paths"]
 
 
+def test_labels_are_the_schema_titles_and_the_page_shows_them(client: TestClient) -> None:
+    schemas = client.get("/docs.json").json()["components"]["schemas"]
+    assert schemas["Present"]["properties"]["support"]["title"] == label("support") == "support and sentiment"
+    support = schemas["PresentSupport"]["properties"]
+    assert support["open_high_severity_tickets"]["title"] == label("open_high_severity_tickets")
+    page = client.get("/ui").text
+    labels = json.loads(re.search(r"const LABELS = (\{.*\});", page).group(1))
+    assert labels == {key: label(key) for key in keys()} and labels["standing"] == "where the customer stands"
+
+
 def test_email_lookup_route(client: TestClient, served: Settings) -> None:
     customer, email = flagged_customer(served)
     found = client.get("/customers", params={"email": email.upper()})
@@ -97,10 +108,10 @@ def test_profile_page_shows_past_present_future_and_its_error_states(
     assert page.locator("#customer-id").inner_text() == customer
     assert page.locator("#customer-name").inner_text() == expected["identity"]["display_name"]
     health = expected["present"]["health"]
-    assert page.locator("#health-score").text_content() == str(round(health["health score"]))
-    assert page.locator("#health-band").inner_text() == health["health band"]
+    assert page.locator("#health-score").text_content() == str(round(health["health_score"]))
+    assert page.locator("#health-band").inner_text() == health["health_band"]
     details = expected["details"]
-    assert page.locator("#red-flags li").count() == len(details["red flags since"]) > 0
+    assert page.locator("#red-flags li").count() == len(details["red_flags_since"]) > 0
     assert page.locator("#timeline li").count() == len(details["timeline"])
     future = expected["future"]
     assert page.locator("#churn-probability").inner_text() == f"{100 * future['churn']['probability']:.1f} %"
@@ -112,7 +123,9 @@ def test_profile_page_shows_past_present_future_and_its_error_states(
     assert page.locator("#nba-action").inner_text() == future["next_best_action"]["action"].replace("_", " ")
     as_of = expected["freshness"]["features_as_of"]
     assert page.locator("#freshness").inner_text().startswith(f"features as of {as_of}")
-    assert page.get_by_text(details["red flags since"][0]["description"]).is_visible()
+    assert page.get_by_text(details["red_flags_since"][0]["description"]).is_visible()
+    assert page.get_by_role("heading", name="Where the customer stands", exact=True).is_visible()  # labels, not keys
+    assert page.locator("#present dt", has_text="open high severity tickets").is_visible()
     assert page.url.endswith(f"/ui?email={email.replace('@', '%40')}") or f"customer={customer}" in page.url
 
     shot = tmp_path / "profile-page.png"
