@@ -45,7 +45,7 @@ def train_churn(
     s, started, report = _run_pipeline("churn: examples from Feast, LightGBM, baseline, MLflow", run)
     record_run(s, "train churn", started, version=report.version, run_id=report.run_id, **report.metrics)
     scores = pd.DataFrame({"lightgbm": report.metrics, **report.baselines}).T.reset_index(names="model")
-    return emit(report, as_json,
+    return emit(asdict(report), as_json,
                 table(f"churn, test period {report.test_period} ({report.rows['test']:,} customers)", scores),
                 f"registered {report.model} v{report.version} @challenger (run {report.run_id}); "
                 "`c360 promote churn` moves @champion if it passes the gate")

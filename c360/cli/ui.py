@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import fields, is_dataclass
 from datetime import date
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, TextIO, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ from c360.core.settings import Settings
 
 console = Console()  # results, for people
 stderr = Console(stderr=True)  # progress, notes and errors: never in the way of a result piped on
+R = TypeVar("R")
 _json_stdout: TextIO | None = None  # the real stdout while a command runs with --json
 
 
@@ -52,7 +53,7 @@ Json = Annotated[bool, typer.Option("--json", callback=_json_mode,
                                          "stderr; an error is {\"error\": message} with exit code 1)")]
 
 
-def emit(result: Any, as_json: bool, *human: RenderableType) -> Any:
+def emit(result: R, as_json: bool, *human: RenderableType) -> R:
     """Print a command's result: `human` (tables, lines made from it) for people, or `result` as one JSON document
     for scripts. Returns `result`, so `c360 demo` can gather the results of the commands it runs."""
     if as_json:
