@@ -44,7 +44,14 @@ def eval_cdnow(
     if chart:
         holdout_chart(result["published"]["table"]).savefig(chart, dpi=120)
         shown.append(f"wrote {chart}")
-    emit({**result, "chart": chart}, as_json, *shown)
+    splits = {split: _labelled(result[split]) for split in ("published", "forward")}
+    emit({**result, **splits, "chart": chart}, as_json, *shown)
+
+
+def _labelled(split: dict) -> dict:
+    """A split's frames with their row labels named, as the tables show them."""
+    return {**split, "table": _with_index(split["table"], "row"), "metrics": _with_index(split["metrics"], "model"),
+            "value": _with_index(split["value"], "model")}
 
 
 @eval_app.command("hillstrom")
