@@ -58,7 +58,8 @@ def score(
     else:
         done = (f"{report.customers:,} customers already scored with {versions} (features as of "
                 f"{report.as_of:%Y-%m-%d}): nothing to score, online store refreshed in {report.seconds:.1f} s")
-    return emit({**asdict(report), "customers_per_second": report.per_second}, as_json, done,
+    result = {**asdict(report), "as_of": report.as_of.date(), "customers_per_second": report.per_second}
+    return emit(result, as_json, done,
                 f"scores: {report.folder}; online store: feature view `predictions`")
 
 

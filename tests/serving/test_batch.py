@@ -102,4 +102,4 @@ def test_score_json_reports_the_run(served: Settings, monkeypatch: pytest.Monkey
     assert report["folder"] == str(folder) and report["scored_chunks"] == 0
     assert (report["customers"], report["chunks"]) == (done["rows"], done["chunks"])
     assert report["versions"] == Champions.load(served.home).versions()
-    assert report["as_of"] == store.snapshot_dates(served)[-1].isoformat()
+    assert report["as_of"] == store.snapshot_dates(served)[-1].date().isoformat()
