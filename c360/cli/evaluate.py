@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 
 import pandas as pd
 import typer
+from rich.console import RenderableType
 
 from c360.cli.identity import eval_app
-from c360.cli.ui import console, fail, table
+from c360.cli.ui import Json, emit, fail, table
 
 
 def _with_index(frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -20,6 +21,7 @@ def _with_index(frame: pd.DataFrame, name: str) -> pd.DataFrame:
 def eval_cdnow(
     data: Annotated[Path | None, typer.Option(help="folder holding cdnow/CDNOW_master.txt and _sample.txt")] = None,
     chart: Annotated[Path | None, typer.Option(help="also draw the published split's holdout chart (PNG)")] = None,
+    as_json: Json = False,
 ) -> None:
     """CLV: BG/NBD (lifetimes) and our LightGBM on CDNOW — the published 39-week table and a forward-honest split."""
     from c360.training.cdnow import available, default_dir, evaluate_cdnow, holdout_chart
@@ -28,18 +30,27 @@ def eval_cdnow(
     if not available(folder):
         raise fail(f"CDNOW files not found in {folder}")
     result = evaluate_cdnow(folder)
+    shown: list[RenderableType] = []
     for split, title in (("published", "published split: 39-week calibration, 39-week holdout, 2,357 customers"),
                          ("forward", "forward-honest split: Oct-Dec 1997, no label overlaps the forecast window")):
         r = result[split]
-        console.print(table(f"{title} — mean repeat purchases by calibration repeats",
-                            _with_index(r["table"].round(3), "row")))
-        console.print(table("summary", _with_index(r["metrics"].round(3), "model")))
-        console.print(f"ours trained on: {r['trained_on']}")
+        shown += [table(f"{title} — mean repeat purchases by calibration repeats",
+                        _with_index(r["table"].round(3), "row")),
+                  table("summary", _with_index(r["metrics"].round(3), "model")),
+                  f"ours trained on: {r['trained_on']}"]
     params = result["published"]["bgnbd_params"]
-    console.print("our BG/NBD fit: " + ", ".join(f"{k} = {v:.3f}" for k, v in params.items()))
+    shown.append("our BG/NBD fit: " + ", ".join(f"{k} = {v:.3f}" for k, v in params.items()))
     if chart:
         holdout_chart(result["published"]["table"]).savefig(chart, dpi=120)
-        console.print(f"wrote {chart}")
+        shown.append(f"wrote {chart}")
+    splits = {split: _labelled(result[split]) for split in ("published", "forward")}
+    emit({**result, **splits, "chart": chart}, as_json, *shown)
+
+
+def _labelled(split: dict) -> dict:
+    """A split's frames with their row labels named, as the tables show them."""
+    return {**split, "table": _with_index(split["table"], "row"), "metrics": _with_index(split["metrics"], "model"),
+            "value": _with_index(split["value"], "model")}
 
 
 @eval_app.command("hillstrom")
@@ -48,6 +59,7 @@ def eval_hillstrom(
     learner: Annotated[Literal["t", "x"], typer.Option(help="t (T-learner) or x (X-learner)")] = "t",
     resamples: Annotated[int, typer.Option(help="paired bootstrap resamples")] = 1000,
     data: Annotated[Path | None, typer.Option(help="hillstrom.csv [default: the public data folder's]")] = None,
+    as_json: Json = False,
 ) -> None:
     """Next best action on Hillstrom's randomized e-mail test: the cross-fitted learned policy against all-Mens,
     all-Womens, no e-mail and random (paired bootstrap CIs), Qini AUC per arm, uplift@30% vs the tutorial."""
@@ -60,15 +72,14 @@ def eval_hillstrom(
     rows = [{"policy": name, "value": p["value"], "95% CI": _ci(p["ci"]), "learned − this": p.get("diff"),
              "CI of difference": _ci(p["diff_ci"]) if "diff_ci" in p else "",
              "significant": p.get("significant", "")} for name, p in r["policies"].items()]
-    console.print(table(f"policy value, {outcome} per customer (inverse propensity, {r['folds']}-fold cross-fit)",
-                        pd.DataFrame(rows)))
     shares = ", ".join(f"{arm} {share:.1%}" for arm, share in r["policy_share"].items())
-    console.print(f"learned policy sends: {shares}")
     qini = pd.DataFrame(r["qini_auc"]).reset_index(names="arm vs control")
-    console.print(table("Qini AUC per arm (normalised as scikit-uplift)", qini))
     u = r["uplift_at_30"]
-    console.print(f"uplift@30% Womens vs No E-Mail on visit: {u['value']:.4f} "
-                  f"(scikit-uplift tutorial: {u['tutorial']})")
+    emit(r, as_json,
+         table(f"policy value, {outcome} per customer (inverse propensity, {r['folds']}-fold cross-fit)",
+               pd.DataFrame(rows)),
+         f"learned policy sends: {shares}", table("Qini AUC per arm (normalised as scikit-uplift)", qini),
+         f"uplift@30% Womens vs No E-Mail on visit: {u['value']:.4f} (scikit-uplift tutorial: {u['tutorial']})")
 
 
 def _ci(bounds: list[float]) -> str:

@@ -11,8 +11,9 @@ import typer
 from rich.columns import Columns
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
-from c360.cli.ui import console, fail, progress, record_run, table
+from c360.cli.ui import Json, emit, fail, progress, record_run, stderr, table
 from c360.core import warehouse
 from c360.core.settings import Settings
 from c360.features.profile import label
@@ -25,7 +26,8 @@ def build(
     as_of: Annotated[str | None, typer.Option(help="one snapshot as of this date (YYYY-MM-DD)")] = None,
     history_days: Annotated[int, typer.Option(help="without --as-of: snapshots back over this many days")] = 644,
     every_days: Annotated[int, typer.Option(help="without --as-of: days between snapshots")] = 28,
-) -> None:
+    as_json: Json = False,
+) -> dict:
     """Compute feature snapshots from the warehouse (data strictly before each as-of date) as Parquet files."""
     from c360.features import compute, store
 
@@ -40,12 +42,13 @@ def build(
             for day in dates:
                 store.write_snapshot(s, compute.build(con, day))
                 advance(1)
-    console.print(f"{len(dates)} snapshot(s) from {dates[0]:%Y-%m-%d} to {dates[-1]:%Y-%m-%d} in {s.snapshots}")
     record_run(s, "features build", started, snapshots=len(dates), last=dates[-1])
+    return emit({"snapshots": len(dates), "as_of_dates": [d.date() for d in dates], "folder": s.snapshots}, as_json,
+                f"{len(dates)} snapshot(s) from {dates[0]:%Y-%m-%d} to {dates[-1]:%Y-%m-%d} in {s.snapshots}")
 
 
 @features_app.command()
-def apply() -> None:
+def apply(as_json: Json = False) -> dict:
     """Register the entity, feature views and feature services (feature_repo/) in the Feast registry."""
     from c360.features import store
 
@@ -54,43 +57,49 @@ def apply() -> None:
         fs = store.apply(s)
     except FileNotFoundError as e:
         raise fail(str(e)) from None
-    services = ", ".join(sv.name for sv in fs.list_feature_services())
-    console.print(f"applied {len(fs.list_feature_views())} feature views and services {services} "
-                  f"(registry {s.feast / 'registry.db'}; Feast's CLI: feast -c {s.feast} feature-views list)")
+    views, services = [v.name for v in fs.list_feature_views()], [sv.name for sv in fs.list_feature_services()]
+    registry = s.feast / "registry.db"
+    return emit({"feature_views": views, "feature_services": services, "registry": registry,
+                 "feature_store_yaml": s.feast / "feature_store.yaml"}, as_json,
+                f"applied {len(views)} feature views and services {', '.join(services)} (registry {registry}; "
+                f"Feast's CLI: feast -c {s.feast} feature-views list)")
 
 
 @features_app.command()
-def plan() -> None:
+def plan(as_json: Json = False) -> dict:
     """Show what `features apply` would change in the registry (Feast's plan)."""
     from c360.features import store
 
     diff = store.plan(Settings())
-    console.print(diff or "nothing to change")
+    return emit({"plan": Text.from_ansi(diff).plain}, as_json, diff or "nothing to change")  # Feast colours it
 
 
 @features_app.command()
 def materialize(
     as_of: Annotated[str | None, typer.Option(help="snapshot to load [default: the latest]")] = None,
-) -> None:
+    as_json: Json = False,
+) -> dict:
     """Load a snapshot into the online store (C360_ONLINE_STORE: c360, sqlite or redis)."""
     from c360.features import store
 
     s, started = Settings(), time.time()
-    with console.status(f"materializing into the {s.online_store} online store"):
+    with stderr.status(f"materializing into the {s.online_store} online store"):
         try:
             rows = store.materialize(s, pd.Timestamp(as_of) if as_of else None)
         except FileNotFoundError as e:
             raise fail(str(e)) from None
     seconds = time.time() - started
-    console.print(f"{rows:,} customers into the online store in {seconds:.1f} s ({rows / seconds:,.0f} rows/s)")
     record_run(s, "features materialize", started, rows=rows, store=s.online_store)
+    return emit({"rows": rows, "online_store": s.online_store, "seconds": round(seconds, 2)}, as_json,
+                f"{rows:,} customers into the online store in {seconds:.1f} s ({rows / seconds:,.0f} rows/s)")
 
 
-def profile(customer_id: Annotated[str, typer.Argument(help="customer id, e.g. C00000001")]) -> None:
+def profile(customer_id: Annotated[str, typer.Argument(help="customer id, e.g. C00000001")],
+            as_json: Json = False) -> dict:
     """Print a customer's profile — identity, past and present — from the warehouse and the online store."""
     from c360.features import store
     from c360.features.details import details, flags_since
-    from c360.features.profile import assemble
+    from c360.features.profile import assemble, red_flags
 
     s = Settings()
     with warehouse.connect(s, read_only=True) as con:
@@ -100,14 +109,13 @@ def profile(customer_id: Annotated[str, typer.Argument(help="customer id, e.g. C
         online = store.online_features(store.feature_store(s), [customer_id]).iloc[0]
         as_of = store.snapshot_dates(s)[-1]
         lists = details(con, customer_id, as_of)
-    for title, section in assemble(identity, online).items():
-        console.print(Panel(Columns([_block(name, values) for name, values in section.items()]),
-                            title=f"[bold]{title}", expand=True))
     lists["red_flags_since"] = flags_since(store.history(s, customer_id))
-    for name, frame in lists.items():
-        if len(frame):
-            console.print(table(label(name), frame))
-    console.print(f"features as of {as_of:%Y-%m-%d} (online store: {s.online_store})")
+    panels = [Panel(Columns([_block(name, values) for name, values in section.items()]),
+                    title=f"[bold]{title}", expand=True) for title, section in assemble(identity, online).items()]
+    result = {"customer_id": customer_id, "identity": identity, "features": online, "red_flags": red_flags(online),
+              "as_of": as_of.date(), "online_store": s.online_store, **lists}
+    return emit(result, as_json, *panels, *(table(label(name), frame) for name, frame in lists.items() if len(frame)),
+                f"features as of {as_of:%Y-%m-%d} (online store: {s.online_store})")
 
 
 def _block(name: str, values: dict | list) -> Table:

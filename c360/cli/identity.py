@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
 import typer
+from rich.console import RenderableType
 
-from c360.cli.ui import console, fail, record_run, table
+from c360.cli.ui import Json, emit, fail, record_run, stderr, table
 from c360.core import warehouse
 from c360.core.settings import Settings
 
@@ -22,6 +24,7 @@ def resolve(
     ctx: typer.Context,
     threshold: Annotated[float | None, typer.Option(help="match probability that links two people "
                                                          "[default: C360_MATCH_THRESHOLD, 0.95]")] = None,
+    as_json: Json = False,
 ) -> None:
     """Resolve identities: writes identity_crosswalk, identity_customers and identity_events to the warehouse.
 
@@ -29,23 +32,25 @@ def resolve(
     unless two are merged (the survivor keeps its id) or one is split; both are recorded in identity_events.
     """
     if not ctx.invoked_subcommand:
-        run_resolve(threshold)
+        run_resolve(threshold, as_json)
 
 
-def run_resolve(threshold: float | None = None) -> None:
+def run_resolve(threshold: float | None = None, as_json: bool = False) -> dict:
     from c360.features.identity import resolve as run
 
     s, started = Settings(), time.time()
     if not s.warehouse.exists():
         raise fail(f"no warehouse in {s.home}: run `c360 ingest --source DIR` first")
-    with warehouse.connect(s) as con, console.status("linking records (splink) and grouping customers"):
-        report = run(con, s.identity_model, threshold=threshold or s.match_threshold)
-    console.print(table("how records were linked", pd.DataFrame(report.methods.items(), columns=["method", "records"])))
-    console.print(f"{report.records:,} records → {report.customers:,} customers "
-                  f"({report.multi_record_customers:,} from several records, {report.unlinked:,} unlinked); "
-                  f"{report.merges} merges, {report.splits} splits recorded")
+    threshold = threshold or s.match_threshold
+    with warehouse.connect(s) as con, stderr.status("linking records (splink) and grouping customers"):
+        report = run(con, s.identity_model, threshold=threshold)
     record_run(s, "resolve", started, records=report.records, customers=report.customers, merges=report.merges,
                splits=report.splits)
+    methods = pd.DataFrame(report.methods.items(), columns=["method", "records"])
+    return emit({"threshold": threshold, **asdict(report)}, as_json, table("how records were linked", methods),
+                f"{report.records:,} records → {report.customers:,} customers "
+                f"({report.multi_record_customers:,} from several records, {report.unlinked:,} unlinked); "
+                f"{report.merges} merges, {report.splits} splits recorded")
 
 
 @resolve_app.command()
@@ -55,6 +60,7 @@ def explain(
     other_source: Annotated[str | None, typer.Argument(help="a second record's table, to compare the two")] = None,
     other_key: Annotated[str | None, typer.Argument(help="the second record's key")] = None,
     png: Annotated[Path | None, typer.Option(help="also draw the match weights to this PNG file")] = None,
+    as_json: Json = False,
 ) -> None:
     """Why a record belongs to its customer: how it was attached, and the per-field match weights (the splink
     waterfall) of its strongest link — or of the two records given."""
@@ -67,17 +73,21 @@ def explain(
             result = run(con, s.identity_model, ids)
         except KeyError as e:
             raise fail(str(e.args[0])) from None
-    console.print(table("records", result.records))
+    records = table("records", result.records)
     if result.pair is None:
-        console.print("No person link: the record is tied to its customer by a shared key only (see method).")
+        emit({"records": result.records, "pair": None}, as_json, records,
+             "No person link: the record is tied to its customer by a shared key only (see method).")
         return
     weights = result.weights[["column_name", "value_l", "value_r", "level", "match_weight"]]
-    console.print(table(f"match weights: {result.pair[0]} ~ {result.pair[1]}", weights))
     final = result.weights["match_weight"].iloc[-1]
-    console.print(f"final match weight {final:.2f} → probability {2**final / (1 + 2**final):.4f}")
+    probability = 2**final / (1 + 2**final)
+    shown: list[RenderableType] = [records, table(f"match weights: {result.pair[0]} ~ {result.pair[1]}", weights),
+             f"final match weight {final:.2f} → probability {probability:.4f}"]
     if png:
         _waterfall_png(weights, png)
-        console.print(f"wrote {png}")
+        shown.append(f"wrote {png}")
+    emit({"records": result.records, "pair": result.pair, "match_weights": weights, "final_match_weight": final,
+          "probability": probability, "png": png}, as_json, *shown)
 
 
 def _waterfall_png(weights: pd.DataFrame, path: Path) -> None:
@@ -101,6 +111,7 @@ def _waterfall_png(weights: pd.DataFrame, path: Path) -> None:
 @eval_app.command("identity")
 def eval_identity(
     truth: Annotated[Path | None, typer.Option(help="ground_truth folder [default: the demo data's]")] = None,
+    as_json: Json = False,
 ) -> None:
     """Pairwise precision, recall and F1 of the resolved customers against the generator's ground truth."""
     from c360.features.identity import evaluate
@@ -111,8 +122,9 @@ def eval_identity(
         raise fail(f"no ground truth at {truth}: generate data with `c360 generate` first")
     with warehouse.connect(s, read_only=True) as con:
         overall, per_source = evaluate(con, pd.read_parquet(truth / "records.parquet"))
-    console.print(table("customers vs ground truth (pairs of records of one customer)", overall))
-    console.print(table("per source: share of records in the wrong customer / missing from their own", per_source))
+    emit({"overall": overall, "per_source": per_source}, as_json,
+         table("customers vs ground truth (pairs of records of one customer)", overall),
+         table("per source: share of records in the wrong customer / missing from their own", per_source))
 
 
 @eval_app.command("febrl")
@@ -121,6 +133,7 @@ def eval_febrl(
                             typer.Option(help="identity fields to leave out, e.g. soc_sec_id")] = None,
     threshold: Annotated[float, typer.Option(help="match probability that links two records")] = 0.95,
     data: Annotated[Path | None, typer.Option(help="folder holding febrl/dataset4a.csv and dataset4b.csv")] = None,
+    as_json: Json = False,
 ) -> None:
     """Link FEBRL 4a to 4b (5,000 true links) without labels; precision, recall, F1 and the threshold curve."""
     from c360.features.febrl import evaluate_febrl
@@ -132,5 +145,6 @@ def eval_febrl(
     summary = {k: result[k] for k in ("threshold", "precision", "recall", "f1", "true_positive_pairs",
                                       "predicted_pairs", "true_pairs", "candidate_pairs", "seconds")}
     dropped = ", ".join(result["drop_columns"]) or "none"
-    console.print(table(f"FEBRL 4a ↔ 4b, dropped: {dropped}", pd.DataFrame([summary])))
-    console.print(table("threshold curve", result["curve"][["threshold", "precision", "recall", "f1"]]))
+    curve = result["curve"][["threshold", "precision", "recall", "f1"]]
+    emit({**summary, "drop_columns": result["drop_columns"], "curve": curve}, as_json,
+         table(f"FEBRL 4a ↔ 4b, dropped: {dropped}", pd.DataFrame([summary])), table("threshold curve", curve))

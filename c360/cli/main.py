@@ -8,7 +8,9 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
+import pandas as pd
 import typer
+from rich.console import RenderableType
 from rich.table import Table
 from typer._click import Context as ClickContext
 from typer.core import TyperGroup
@@ -19,7 +21,7 @@ from c360.cli.identity import eval_app, resolve_app, run_resolve
 from c360.cli.review import mlflow_ui
 from c360.cli.serve import score, serve
 from c360.cli.train import MODELS, champions, promote, train_all, train_app
-from c360.cli.ui import console, fail, progress, record_run, table
+from c360.cli.ui import Json, console, emit, fail, progress, record_run, stderr, table
 from c360.core import warehouse
 from c360.core.locks import WarehouseBusy
 from c360.core.settings import Settings
@@ -43,6 +45,7 @@ app.add_typer(features_app, name="features")
 app.command()(profile)
 app.add_typer(train_app, name="train")
 app.command()(promote)
+app.command()(champions)
 app.command("mlflow-ui")(mlflow_ui)
 app.command()(score)
 app.command()(serve)
@@ -58,7 +61,8 @@ def generate(
     seed: Annotated[int, typer.Option(help="random seed; same seed, same files")] = 42,
     out: Annotated[Path | None, typer.Option(help="output folder [default: C360_HOME/data/generated]")] = None,
     corrupt_rate: Annotated[float, typer.Option(min=0, max=0.5, help="share of rows given one fault")] = 0.0,
-) -> None:
+    as_json: Json = False,
+) -> dict:
     """Generate six silos of a synthetic SaaS company, with ground truth in OUT/ground_truth."""
     from c360.features.generate import generate as run
 
@@ -66,18 +70,19 @@ def generate(
     out = out or s.generated
     with progress("generating customers", customers) as advance:
         report = run(out, customers, seed=seed, corrupt_rate=corrupt_rate, on_chunk=advance)
-    files = Table("file", "rows", title=f"{customers:,} customers → {out}")
-    for name, rows in report.rows.items():
-        files.add_row(name, f"{rows:,}")
-    console.print(files)
-    console.print(f"{report.faults:,} injected faults listed in {out / 'ground_truth' / 'faults.csv'}")
     record_run(s, "generate", started, out=out, customers=customers, seed=seed, faults=report.faults)
+    result = {"out": out, "customers": customers, "seed": seed, "rows": report.rows, "faults": report.faults,
+              "faults_file": out / "ground_truth" / "faults.csv"}
+    files = pd.DataFrame(report.rows.items(), columns=["file", "rows"])
+    return emit(result, as_json, table(f"{customers:,} customers → {out}", files),
+                f"{report.faults:,} injected faults listed in {result['faults_file']}")
 
 
 @app.command()
 def ingest(
     source: Annotated[Path, typer.Option(help="folder of silo exports (<silo>/<table>*.csv), or one file")],
-) -> None:
+    as_json: Json = False,
+) -> dict:
     """Check source files against the data contract and load them into the warehouse.
 
     Rows that break the contract go to the quarantine table with their reason; files already loaded are skipped.
@@ -94,57 +99,67 @@ def ingest(
                 reports = run(con, source, on_file=lambda _: advance(1), max_line=s.csv_max_line)
         except IngestError as e:
             raise fail(str(e)) from None
-    for message in dict.fromkeys(str(w.message) for w in caught):
-        console.print(f"[yellow]note:[/] {message}")
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    for message in notes:
+        stderr.print(f"[yellow]note:[/] {message}")
     loaded = Table("table", "file", "read", "accepted", "quarantined", title=f"ingest {source}")
     for r in reports:
         note = " (already loaded)" if r.skipped else ""
         loaded.add_row(r.table_id, Path(r.file).name + note, f"{r.read:,}", f"{r.accepted:,}", f"{r.quarantined:,}")
-    console.print(loaded)
     totals = {k: sum(getattr(r, k) for r in reports) for k in ("read", "accepted", "quarantined")}
-    console.print("total: " + ", ".join(f"{k} {v:,}" for k, v in totals.items()))
     record_run(s, "ingest", started, source=source, **totals)
+    return emit({"source": source, "files": reports, **totals, "notes": notes}, as_json, loaded,
+                "total: " + ", ".join(f"{k} {v:,}" for k, v in totals.items()))
 
 
 @app.command()
-def status() -> None:
+def status(as_json: Json = False) -> dict:
     """Show what C360_HOME holds: source tables, row counts, quarantine counts and the last runs."""
-    s = settings()
-    if not s.warehouse.exists():
-        console.print(f"No warehouse yet in {s.home}. Run `c360 demo` or `c360 ingest --source DIR`.")
-    else:
-        from c360.features.ingest import quarantine_summary
+    from c360.features.ingest import quarantine_summary
 
+    s = settings()
+    shown: list[RenderableType] = []
+    result: dict[str, Any] = {"home": s.home, "warehouse": None, "sources": [], "quarantine": [], "runs": []}
+    if not s.warehouse.exists():
+        shown.append(f"No warehouse yet in {s.home}. Run `c360 demo` or `c360 ingest --source DIR`.")
+    else:
         with warehouse.connect(s, read_only=True) as con:
-            console.print(table("sources", warehouse.table_counts(con)))
-            quarantine = quarantine_summary(con)
-            if len(quarantine):
-                by_rule = quarantine.pivot_table(index="table_id", columns="rule", values="count", fill_value=0)
-                by_rule = by_rule.astype(int)
-                console.print(table("quarantined rows by rule (details: table `quarantine`)",
-                                     by_rule.reset_index()))
+            result |= {"warehouse": s.warehouse, "sources": warehouse.table_counts(con),
+                       "quarantine": quarantine_summary(con)}
+        shown.append(table("sources", result["sources"]))
+        if len(result["quarantine"]):
+            by_rule = result["quarantine"].pivot_table(index="table_id", columns="rule", values="count", fill_value=0)
+            shown.append(table("quarantined rows by rule (details: table `quarantine`)",
+                               by_rule.astype(int).reset_index()))
     if s.runs.exists():
-        runs = [json.loads(line) for line in s.runs.read_text().splitlines()[-10:]]
+        result["runs"] = [json.loads(line) for line in s.runs.read_text().splitlines()[-10:]]
         last = Table("at", "command", "seconds", "summary", title="last runs")
-        for r in runs:
+        for r in result["runs"]:
             summary = {k: v for k, v in r.items() if k not in ("at", "command", "seconds")}
             last.add_row(r["at"], r["command"], str(r["seconds"]), json.dumps(summary))
-        console.print(last)
+        shown.append(last)
+    return emit(result, as_json, *shown)
 
 
 @app.command()
 def contract(
     out: Annotated[Path | None, typer.Option(help="write the page here instead of printing it")] = None,
+    as_json: Json = False,
 ) -> None:
-    """Print the data contract: every source table, its columns, keys and what makes a row invalid."""
+    """Print the data contract: every source table, its columns, keys and what makes a row invalid.
+
+    With --json: the contract's tables as data (silo, name, key, columns with their rules, references)."""
+    from c360.core.contract import TABLES
     from c360.features.contract_doc import markdown
 
     text = markdown()
     if out:
         out.write_text(text)
-        console.print(f"wrote {out}")
+        emit({"tables": TABLES, "wrote": out}, as_json, f"wrote {out}")
+    elif as_json:
+        emit({"tables": TABLES}, as_json)
     else:
-        print(text)
+        print(text)  # the page as it is: no markup, no wrapping
 
 
 @app.command()
@@ -152,30 +167,28 @@ def demo(
     customers: Annotated[int | None, typer.Option(help="customers to generate [default: C360_CUSTOMERS]")] = None,
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve",
                                               help="end with the service up (Ctrl-C stops it)")] = True,
+    as_json: Json = False,
 ) -> None:
-    """Run the whole pipeline on generated data and print where to look."""
+    """Run the whole pipeline on generated data and print where to look.
+
+    With --json: one document of every step's result, the example customer and where to look; the steps' own
+    output goes to stderr."""
     s = settings()
     n = customers or s.customers
-    generate(customers=n, seed=s.seed, out=s.generated, corrupt_rate=s.corrupt_rate)
-    ingest(source=s.generated)
-    run_resolve()
-    build()
-    apply()
-    materialize()
-    train_all()
-    for model in MODELS:
-        promote(model)
-    status()
+    steps = {"generate": generate(customers=n, seed=s.seed, out=s.generated, corrupt_rate=s.corrupt_rate),
+             "ingest": ingest(source=s.generated), "resolve": run_resolve(), "features_build": build(),
+             "features_apply": apply(), "features_materialize": materialize(), "train": train_all(),
+             "promote": {model: promote(model) for model in MODELS}, "status": status()}
     example = _example_customer(s)
-    profile(example)
-    console.print(table("models in the MLflow registry", champions()))
-    console.print(f"\n[bold]Where to look[/]: warehouse {s.warehouse} (duckdb) — tables `quarantine`, "
-                  f"`identity_crosswalk`, `identity_customers`; feature snapshots {s.snapshots}; Feast registry "
-                  f"{s.feast}; ground truth {s.truth}; run log {s.runs}; MLflow runs, plots and model cards: "
-                  "`c360 mlflow-ui`.\n"
-                  f"Try: `c360 profile {example}`, `c360 eval identity`, "
-                  "`c360 resolve explain support/tickets T-000000005`.")
-    score()
+    steps |= {"profile": profile(example), "champions": champions(), "score": score()}
+    where = {"warehouse": s.warehouse, "snapshots": s.snapshots, "feast_registry": s.feast, "ground_truth": s.truth,
+             "run_log": s.runs}
+    emit({"home": s.home, "example_customer": example, "steps": steps, "where": where}, as_json,
+         f"\n[bold]Where to look[/]: warehouse {s.warehouse} (duckdb) — tables `quarantine`, "
+         f"`identity_crosswalk`, `identity_customers`; feature snapshots {s.snapshots}; Feast registry "
+         f"{s.feast}; ground truth {s.truth}; run log {s.runs}; MLflow runs, plots and model cards: "
+         "`c360 mlflow-ui`.\n"
+         f"Try: `c360 profile {example}`, `c360 eval identity`, `c360 resolve explain support/tickets T-000000005`.")
     if serve_after:
         url = "http://127.0.0.1:3000"
         console.print(f"\n[bold]The service[/] is starting on {url} (docs: {url}/; Ctrl-C stops it). Try:\n"

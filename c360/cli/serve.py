@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from c360.cli.ui import console, fail, progress, record_run
+from c360.cli.ui import Json, console, emit, fail, progress, record_run
 from c360.core.settings import Settings
 
 
@@ -16,7 +17,8 @@ def score(
     customers: Annotated[Path | None, typer.Option(help="only these customers: one id per line, or a CSV / Parquet "
                                                         "with a customer_id column [default: every customer]")] = None,
     chunk_size: Annotated[int, typer.Option(min=1, help="customers per resumable chunk")] = 100_000,
-) -> None:
+    as_json: Json = False,
+) -> dict:
     """Score every customer with the champion churn, CLV and next-best-action models, with top-3 reasons.
 
     Writes dated Parquet under C360_HOME/scores and pushes the latest scores into the online store (feature view
@@ -46,17 +48,19 @@ def score(
     finally:
         if "bar" in holder:
             holder["bar"].__exit__(None, None, None)
-    versions = ", ".join(f"{kind} v{v}" for kind, v in report.versions.items())
-    if report.scored_chunks:
-        console.print(f"{report.customers:,} customers scored with {versions}, features as of "
-                      f"{report.as_of:%Y-%m-%d}, in {report.seconds:.1f} s ({report.per_second:,.0f} customers/s, "
-                      f"{3 * report.per_second:,.0f} predictions/s)")
-    else:
-        console.print(f"{report.customers:,} customers already scored with {versions} (features as of "
-                      f"{report.as_of:%Y-%m-%d}): nothing to score, online store refreshed in {report.seconds:.1f} s")
-    console.print(f"scores: {report.folder}; online store: feature view `predictions`")
     record_run(s, "score", started, customers=report.customers, chunks=report.chunks,
                scored_chunks=report.scored_chunks, folder=report.folder, **report.versions)
+    versions = ", ".join(f"{kind} v{v}" for kind, v in report.versions.items())
+    if report.scored_chunks:
+        done = (f"{report.customers:,} customers scored with {versions}, features as of {report.as_of:%Y-%m-%d}, "
+                f"in {report.seconds:.1f} s ({report.per_second:,.0f} customers/s, "
+                f"{3 * report.per_second:,.0f} predictions/s)")
+    else:
+        done = (f"{report.customers:,} customers already scored with {versions} (features as of "
+                f"{report.as_of:%Y-%m-%d}): nothing to score, online store refreshed in {report.seconds:.1f} s")
+    result = {**asdict(report), "as_of": report.as_of.date(), "customers_per_second": report.per_second}
+    return emit(result, as_json, done,
+                f"scores: {report.folder}; online store: feature view `predictions`")
 
 
 def serve(

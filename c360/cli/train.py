@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pandas as pd
 import typer
 
-from c360.cli.ui import console, fail, record_run, table
+from c360.cli.ui import Json, emit, fail, record_run, stderr, table
 from c360.core.settings import Settings
 
 train_app = typer.Typer(help="Train models on the feature store (or on your own table) and register them in MLflow.",
@@ -30,36 +31,38 @@ def train_churn(
     id_column: Annotated[str | None, typer.Option("--id", help="with --table: the customer id column")] = None,
     exclude: Excluded = None,
     folds: Annotated[int, typer.Option(min=2, help="with --table: cross-validation folds")] = 5,
-) -> None:
+    as_json: Json = False,
+) -> dict:
     """Churn within 90 days: LightGBM (calibrated) vs logistic regression, time split over the feature snapshots,
     logged to MLflow and registered as c360-churn@challenger. With --table: k-fold on your table instead."""
     if table_path:
         if not label:
             raise fail("--table needs --label: the column saying whether the customer churned")
-        _train_table("churn", table_path, lambda df: _generic().train_churn_table(
+        return _train_table("churn", table_path, as_json, lambda df: _generic().train_churn_table(
             df, label, id_column, folds=folds, exclude=exclude or []))
-        return
     from c360.training.pipeline import train_churn as run
 
     s, started, report = _run_pipeline("churn: examples from Feast, LightGBM, baseline, MLflow", run)
-    scores = pd.DataFrame({"lightgbm": report.metrics, **report.baselines}).T.reset_index(names="model")
-    console.print(table(f"churn, test period {report.test_period} ({report.rows['test']:,} customers)", scores))
-    console.print(f"registered {report.model} v{report.version} @challenger (run {report.run_id}); "
-                  f"`c360 promote churn` moves @champion if it passes the gate")
     record_run(s, "train churn", started, version=report.version, run_id=report.run_id, **report.metrics)
+    scores = pd.DataFrame({"lightgbm": report.metrics, **report.baselines}).T.reset_index(names="model")
+    return emit(asdict(report), as_json,
+                table(f"churn, test period {report.test_period} ({report.rows['test']:,} customers)", scores),
+                f"registered {report.model} v{report.version} @challenger (run {report.run_id}); "
+                "`c360 promote churn` moves @champion if it passes the gate")
 
 
 @train_app.command("clv")
-def train_clv() -> None:
+def train_clv(as_json: Json = False) -> dict:
     """12-month net revenue: LightGBM (Tweedie) on clv_v1 against BG/NBD x Gamma-Gamma; registered as c360-clv."""
     from c360.training.clv_pipeline import train_clv as run
 
     s, started, report = _run_pipeline("CLV: examples from Feast, LightGBM, BG/NBD baseline, MLflow", run)
-    scores = pd.DataFrame({k: report[k] for k in ("lightgbm", "bgnbd_gamma_gamma")}).T.reset_index(names="model")
-    console.print(table(f"12-month value, test {report['test_period']} ({report['rows']:,} customers)", scores))
-    console.print(f"registered c360-clv v{report['version']} @challenger; `c360 promote clv` moves @champion if it "
-                  "passes the gate")
     record_run(s, "train clv", started, version=report["version"], **report["lightgbm"])
+    scores = pd.DataFrame({k: report[k] for k in ("lightgbm", "bgnbd_gamma_gamma")}).T.reset_index(names="model")
+    return emit({"model": MODELS["clv"], **report}, as_json,
+                table(f"12-month value, test {report['test_period']} ({report['rows']:,} customers)", scores),
+                f"registered c360-clv v{report['version']} @challenger; `c360 promote clv` moves @champion if it "
+                "passes the gate")
 
 
 @train_app.command("nba")
@@ -71,28 +74,29 @@ def train_nba(
     id_column: Annotated[str | None, typer.Option("--id", help="the customer id column")] = None,
     cost: Annotated[list[str] | None, typer.Option(help="ARM=COST, the cost of one action (repeatable)")] = None,
     exclude: Excluded = None,
-) -> None:
+    as_json: Json = False,
+) -> dict:
     """Next best action: multi-arm uplift (LightGBM) from the company's randomized campaign waves (train on the
     earlier waves, test on the last, registered as c360-nba) — or, with --table, from your own experiment table."""
     if not table_path:
-        _train_nba_pipeline()
-        return
+        return _train_nba_pipeline(as_json)
     if not (treatment and control and outcome):
         raise fail("--table needs --treatment, --control and --outcome")
     costs = dict(_cost(c) for c in cost or [])
-    _train_table("nba", table_path, lambda df: _generic().train_nba_table(
+    return _train_table("nba", table_path, as_json, lambda df: _generic().train_nba_table(
         df, treatment, control, outcome, id_column, costs=costs or None, exclude=exclude or []))
 
 
-def _train_nba_pipeline() -> None:
+def _train_nba_pipeline(as_json: bool = False) -> dict:
     from c360.training.nba_pipeline import train_nba as run
 
     s, started, report = _run_pipeline("next best action on the campaign waves", run)
-    metrics = pd.DataFrame([report.metrics]).T.reset_index(names="metric").rename(columns={0: "value"})
-    console.print(table(f"next best action, test wave {report.test_period}", metrics))
-    console.print(f"registered {report.model} v{report.version} @challenger (run {report.run_id}); "
-                  "`c360 promote nba` moves @champion if it passes the gate")
     record_run(s, "train nba", started, version=report.version, run_id=report.run_id)
+    metrics = pd.DataFrame([report.metrics]).T.reset_index(names="metric").rename(columns={0: "value"})
+    result = {k: getattr(report, k) for k in ("model", "version", "run_id", "test_period", "rows", "metrics")}
+    return emit(result, as_json, table(f"next best action, test wave {report.test_period}", metrics),
+                f"registered {report.model} v{report.version} @challenger (run {report.run_id}); "
+                "`c360 promote nba` moves @champion if it passes the gate")
 
 
 def _run_pipeline(what: str, run: Callable[[Settings], Any]) -> tuple[Settings, float, Any]:
@@ -100,7 +104,7 @@ def _run_pipeline(what: str, run: Callable[[Settings], Any]) -> tuple[Settings, 
     s, started = Settings(), time.time()
     if not s.snapshots.exists():
         raise fail("no feature snapshots: run `c360 features build` and `c360 features apply` first")
-    with console.status(f"training {what}"):
+    with stderr.status(f"training {what}"):
         try:
             return s, started, run(s)
         except ValueError as e:
@@ -121,32 +125,32 @@ def _generic():
     return generic
 
 
-def _train_table(kind: Literal["churn", "nba"], path: Path, train: Callable[[pd.DataFrame], Any]) -> None:
+def _train_table(kind: Literal["churn", "nba"], path: Path, as_json: bool,
+                 train: Callable[[pd.DataFrame], Any]) -> dict:
     s, started = Settings(), time.time()
     generic = _generic()
     try:
         frame = generic.read_table(path)
-        with console.status(f"training {kind} on {path.name}"):
+        with stderr.status(f"training {kind} on {path.name}"):
             result = train(frame)
     except ValueError as e:
         raise fail(str(e)) from None
-    for name, frame in result.tables.items():
-        if name in ("summary", "arms", "policy_values"):
-            console.print(table(name, frame))
     version = generic.log_table_result(result, kind=kind, table_name=path.name, home=s.home)
-    console.print(f"registered {generic.NAMES[kind]} v{version.version} @challenger (run {version.run_id})")
     record_run(s, f"train {kind} --table", started, table=path, version=version.version)
+    shown = {name: frame for name, frame in result.tables.items() if name in ("summary", "arms", "policy_values")}
+    return emit({"model": generic.NAMES[kind], "version": int(version.version), "run_id": version.run_id,
+                 "table": path, "metrics": result.metrics, **shown}, as_json,
+                *(table(name, frame) for name, frame in shown.items()),
+                f"registered {generic.NAMES[kind]} v{version.version} @challenger (run {version.run_id})")
 
 
 @train_app.command("all")
-def train_all() -> None:
+def train_all(as_json: Json = False) -> dict:
     """Train churn, CLV and next best action on the feature store, each registered as @challenger."""
-    train_churn()
-    train_clv()
-    _train_nba_pipeline()
+    return emit({"churn": train_churn(), "clv": train_clv(), "nba": _train_nba_pipeline()}, as_json)
 
 
-def promote(model: Annotated[Model, typer.Argument(help="which model")]) -> None:
+def promote(model: Annotated[Model, typer.Argument(help="which model")], as_json: Json = False) -> dict:
     """Move @champion to @challenger when it beats the champion on the same test period by the gate's margin and
     regresses no guard metric; print why otherwise. Gates: `training/registry.py`."""
     from c360.training import tracking
@@ -158,10 +162,10 @@ def promote(model: Annotated[Model, typer.Argument(help="which model")]) -> None
         decision = run(tracking.configure(s.home), MODELS[model], GATES[MODELS[model]])
     except LookupError as e:
         raise fail(str(e)) from None
-    console.print(f"{MODELS[model]}: {decision}")
+    return emit({"model": MODELS[model], **asdict(decision)}, as_json, f"{MODELS[model]}: {decision}")
 
 
-def champions() -> pd.DataFrame:
+def champions(as_json: Json = False) -> dict:
     """Each model's @champion and @challenger: version and MLflow run id."""
     from c360.training import tracking
 
@@ -172,5 +176,6 @@ def champions() -> pd.DataFrame:
                 v = tracking.version_by_alias(client, name, alias)
             except tracking.ModelNotFound:
                 continue
-            rows.append({"model": name, "alias": f"@{alias}", "version": v.version, "run_id": v.run_id})
-    return pd.DataFrame(rows)
+            rows.append({"model": name, "alias": f"@{alias}", "version": int(v.version), "run_id": v.run_id})
+    models = pd.DataFrame(rows)
+    return emit({"models": models}, as_json, table("models in the MLflow registry", models))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -26,6 +30,13 @@ def c360(*args: str) -> str:
     result = runner.invoke(app, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def c360_json(*args: str) -> Any:
+    """The command's stdout with --json, parsed: it must be one JSON document and nothing else."""
+    result = runner.invoke(app, [*args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 def quarantined(home: Path, out: Path) -> pd.DataFrame:
@@ -53,6 +64,13 @@ def test_quarantine_is_exactly_the_injected_faults_and_reingest_adds_nothing(hom
 
     status = c360("status")
     assert "crm/accounts" in status and "ingest" in status
+    report = c360_json("status")
+    sources = {row["table"]: row for row in report["sources"]}
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        accounts = con.execute("SELECT count(*) FROM crm_accounts").fetchone()[0]
+    assert sources["crm/accounts"]["rows"] == accounts
+    assert sum(row["count"] for row in report["quarantine"]) == len(want)
+    assert [run["command"] for run in report["runs"]] == ["generate", "ingest", "ingest"]
 
 
 def test_help_on_every_command() -> None:
@@ -63,7 +81,10 @@ def test_help_on_every_command() -> None:
 def test_ingest_of_a_missing_folder_fails_clearly(home: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", "--source", str(tmp_path / "nowhere")])
     assert result.exit_code == 1
-    assert "nowhere" in result.output
+    assert "nowhere" in result.stderr and not result.stdout
+    scripted = runner.invoke(app, ["ingest", "--source", str(tmp_path / "nowhere"), "--json"])
+    assert scripted.exit_code == 1 and "nowhere" in scripted.stderr
+    assert json.loads(scripted.stdout) == {"error": scripted.stderr.removeprefix("error: ").strip()}
 
 
 def test_contract_page_is_up_to_date() -> None:
@@ -137,6 +158,23 @@ def test_public_data_defaults_to_an_absolute_folder_whatever_the_current_one(els
     assert Settings().public_data == public("").resolve()
 
 
+def test_eval_febrl_json_pipes_into_json_tool() -> None:
+    """A real process and a real pipe: whatever a library prints must not reach the document."""
+    from c360.core.settings import Settings
+
+    folder = Settings().public_data / "febrl"
+    if not (folder / "dataset4a.csv").exists():
+        pytest.skip(f"FEBRL files not found in {folder}")
+    c360 = f"{sys.executable} -m c360.cli.main eval febrl --threshold 0.9 --json"
+    piped = subprocess.run(f"{c360} | {sys.executable} -m json.tool", shell=True, capture_output=True, text=True,
+                           check=True)
+    result = json.loads(piped.stdout)
+    assert result["threshold"] == 0.9 and result["drop_columns"] == []
+    assert result["precision"] == pytest.approx(result["true_positive_pairs"] / result["predicted_pairs"])
+    assert result["recall"] == pytest.approx(result["true_positive_pairs"] / result["true_pairs"])
+    assert 0.9 in [point["threshold"] for point in result["curve"]]
+
+
 def test_resolve_explain_prints_weights_and_draws_them(home: Path, resolved: tuple[Path, Path], tmp_path: Path) -> None:
     home.mkdir(parents=True)
     (home / "warehouse.duckdb").write_bytes((resolved[0] / "warehouse.duckdb").read_bytes())
@@ -171,8 +209,15 @@ def test_train_on_your_own_tables(home: Path, tmp_path: Path, monkeypatch: pytes
     bought = rng.random(n) < 0.1 + 0.1 * ((arm == "Free month") & (charges > 70))
     pd.DataFrame({"charges": charges, "offer": arm, "renewed": bought.astype(int)}).to_csv(tmp_path / "exp.csv",
                                                                                            index=False)
-    out = c360("train", "nba", "--table", str(tmp_path / "exp.csv"), "--treatment", "offer", "--control",
-               "No offer", "--outcome", "renewed", "--cost", "Free month=0.01")
-    assert "registered c360-table-nba v1 @challenger" in out
+    trained = c360_json("train", "nba", "--table", str(tmp_path / "exp.csv"), "--treatment", "offer", "--control",
+                        "No offer", "--outcome", "renewed", "--cost", "Free month=0.01")
+    from c360.training import tracking
+
+    client = tracking.configure(home)
+    challenger = tracking.version_by_alias(client, "c360-table-nba", tracking.CHALLENGER)
+    assert (trained["model"], trained["version"], trained["run_id"]) == \
+        ("c360-table-nba", int(challenger.version), challenger.run_id)
+    assert trained["metrics"] == pytest.approx(client.get_run(challenger.run_id).data.metrics)
+    assert {row["arm"] for row in trained["arms"]} == {"No offer", "Free month"}
     wrong = runner.invoke(app, ["train", "churn", "--table", str(tmp_path / "telco.csv"), "--label", "Churned"])
     assert wrong.exit_code == 1 and "Churned" in wrong.output

@@ -67,11 +67,11 @@ def c360(*args: str, timeout: float) -> subprocess.Popen:
 
 
 def one_line_error(*args: str) -> str:
-    """The output of `c360 ARGS`, run here, which must fail with one line."""
+    """The error of `c360 ARGS`, run here, which must fail with one line on stderr (after a note that it waits)."""
     result = runner.invoke(app, list(args))
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # not a traceback
-    [line] = result.stdout.splitlines()
-    return line
+    assert not result.stdout
+    return result.stderr.splitlines()[-1]
 
 
 def test_a_second_writer_gives_up_after_the_timeout_naming_the_first(holder, home: Path, source: Path,

@@ -85,3 +85,21 @@ def test_customers_file_scores_only_them(served: Settings, tmp_path) -> None:
     assert set(pd.read_parquet(report.folder / "part-00000.parquet")["customer_id"]) == set(some)
     with pytest.raises(LookupError, match="not in the snapshot"):
         batch.score(served, ["NOPE"])
+
+
+def test_score_json_reports_the_run(served: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`c360 score --json` after a complete run: one document on stdout naming that run, nothing scored again."""
+    from typer.testing import CliRunner
+
+    from c360.cli.main import app
+
+    monkeypatch.setenv("C360_HOME", str(served.home))
+    result = CliRunner().invoke(app, ["score", "--chunk-size", "1000", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    folder = _run(served)
+    done = json.loads((folder / "_SUCCESS.json").read_text())
+    assert report["folder"] == str(folder) and report["scored_chunks"] == 0
+    assert (report["customers"], report["chunks"]) == (done["rows"], done["chunks"])
+    assert report["versions"] == Champions.load(served.home).versions()
+    assert report["as_of"] == store.snapshot_dates(served)[-1].date().isoformat()
