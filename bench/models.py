@@ -36,7 +36,7 @@ def company_rows(s: Settings) -> list[str]:
     churn, churn_s = timed(train_churn, s)
     ours, oracle = churn.baselines["lightgbm_on_oracle_rows"], churn.baselines["oracle"]
     clv, clv_s = timed(train_clv, s)
-    lgb, bg = clv["lightgbm"], clv["bgnbd_gamma_gamma"]
+    lgb, bg = clv.metrics, clv.baselines["bgnbd_gamma_gamma"]
     nba, nba_s = timed(train_nba, s)
     v = nba.evaluation.exact["value"]
     best = max(v[f"all {a}"] for a in ACTIONS)

@@ -87,9 +87,17 @@ def _number_text(values: np.ndarray, decimals: int) -> pa.Array:
     return pc.cast(pa.array(np.where(np.isfinite(rounded), rounded, np.nan), from_pandas=True), pa.string())
 
 
+_CONTROL = [chr(c) for c in range(0x20)]
+
+
 def _escape(text: pa.Array) -> pa.Array:
+    """Text as the inside of a JSON string: backslash, quote and the control characters escaped."""
     text = pc.replace_substring(text, "\\", "\\\\")
-    return pc.replace_substring(text, '"', '\\"')
+    text = pc.replace_substring(text, '"', '\\"')
+    if pc.any(pc.match_substring_regex(text, "[\\x00-\\x1f]")).as_py():  # rare: one scan on the common path
+        for char in _CONTROL:
+            text = pc.replace_substring(text, char, f"\\u{ord(char):04x}")
+    return text
 
 
 def top_k(contributions: np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:

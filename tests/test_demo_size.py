@@ -52,7 +52,7 @@ def test_clv_beats_bgnbd_on_total_and_rmse(company: Settings) -> None:
     from c360.training.clv_pipeline import train_clv
 
     report = train_clv(company)
-    ours, baseline = report["lightgbm"], report["bgnbd_gamma_gamma"]
+    ours, baseline = report.metrics, report.baselines["bgnbd_gamma_gamma"]
     print({k: (round(ours[k], 2), round(baseline[k], 2)) for k in ("total_error_pct", "rmse")})
     assert ours["abs_total_error_pct"] < baseline["abs_total_error_pct"]
     assert ours["rmse"] < baseline["rmse"]

@@ -22,6 +22,7 @@ from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 from c360.features import store
 from c360.training import clv, datasets, labels, tracking
+from c360.training.tracking import TrainReport
 from c360.training.uplift import FeatureSpec, prepare_features, transform_features
 
 CLV_MODEL = "c360-clv"
@@ -131,7 +132,7 @@ def clv_examples(s: Settings, con, fs: FeatureStore) -> pd.DataFrame:
     return datasets.examples(con, fs, "clv_v1", dates, labels.clv)
 
 
-def train_clv(s: Settings) -> dict:
+def train_clv(s: Settings) -> TrainReport:
     fs = store.feature_store(s)
     with warehouse.connect(s, read_only=True) as con:
         frame = clv_examples(s, con, fs)
@@ -159,4 +160,6 @@ def train_clv(s: Settings) -> dict:
         tables={"test_metrics": pd.DataFrame(results).T, "by_segment": segments},
         model_card=card, registered_name=CLV_MODEL, tags={"test_period": test_period, "feature_service": "clv_v1"},
         home=s.home)
-    return {"version": int(version.version), "test_period": test_period, "rows": len(test), **results}
+    return TrainReport(CLV_MODEL, int(version.version), str(version.run_id), test_period,
+                       {"train": len(train), "test": len(test)}, results["lightgbm"],
+                       {"bgnbd_gamma_gamma": results["bgnbd_gamma_gamma"]})

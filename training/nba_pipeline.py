@@ -55,6 +55,7 @@ from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 from c360.features import store
 from c360.training import datasets, labels, tracking
+from c360.training.tracking import TrainReport
 from c360.training.uplift import (
     MultiArmUplift,
     assignment_propensity,
@@ -333,17 +334,6 @@ def qini_by_action(outcomes: pd.DataFrame, test: pd.DataFrame) -> tuple[dict[str
 # ---------------------------------------------------------------- report and card
 
 
-@dataclass(frozen=True)
-class NbaReport:
-    model: str
-    version: int
-    run_id: str
-    test_period: str
-    rows: dict[str, int]
-    metrics: dict[str, float]
-    evaluation: Evaluation
-
-
 def _fmt_ci(row: pd.Series, key: str) -> str:
     return f"{row[key]:+.1f} [{row[f'{key}_low']:+.1f}, {row[f'{key}_high']:+.1f}]"
 
@@ -494,7 +484,7 @@ def _metrics(ev: Evaluation) -> tuple[dict[str, float], dict[str, dict[str, floa
     return finite, {k: {m: v for m, v in b.items() if np.isfinite(v)} for k, b in baselines.items()}
 
 
-def train_nba(s: Settings, seed: int = 0, scale: str | None = SCALE) -> NbaReport:
+def train_nba(s: Settings, seed: int = 0, scale: str | None = SCALE) -> TrainReport:
     """Train on the earlier experiment waves, evaluate on the last, log to MLflow and register as @challenger.
 
     Reads the feature snapshots of the wave dates (see the module docstring). ``scale=None``
@@ -534,4 +524,5 @@ def train_nba(s: Settings, seed: int = 0, scale: str | None = SCALE) -> NbaRepor
         tags={"test_period": test_period, "feature_service": SERVICE}, home=s.home)
     rows = {"train": len(train), "test": len(test),
             "test_with_truth": int(ev.exact["rows"].iloc[0]) if ev.exact is not None else 0}
-    return NbaReport(NBA_MODEL, int(version.version), str(version.run_id), test_period, rows, metrics, ev)
+    return TrainReport(NBA_MODEL, int(version.version), str(version.run_id), test_period, rows, metrics, baselines,
+                       ev)

@@ -5,8 +5,6 @@ Each `train_*` function is the whole stage for one model; the CLI wraps it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 from feast import FeatureStore
@@ -18,20 +16,10 @@ from c360.features import store
 from c360.training import datasets, labels, tracking
 from c360.training.churn import ChurnModel, calibration_curve_figure, fit_baseline, metrics, roc_figure
 from c360.training.explain import feature_descriptions, shap_summary_figure
+from c360.training.tracking import TrainReport
 
 CHURN_MODEL = "c360-churn"
 MONOTONE = {"payment_failures_90d": 1, "flag_payment_failed": 1}  # more failed payments never lower the risk
-
-
-@dataclass(frozen=True)
-class TrainReport:
-    model: str
-    version: int
-    run_id: str
-    test_period: str
-    rows: dict[str, int]
-    metrics: dict[str, float]
-    baselines: dict[str, dict[str, float]]
 
 
 def _labelled_dates(s: Settings, con, horizon_days: int) -> list[pd.Timestamp]:

@@ -30,6 +30,7 @@ import re
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,6 +60,21 @@ _SERVERS = frozenset({"http", "https", "databricks", "databricks-uc", "uc"})
 # Pinned explicitly: MLflow's own inference imports the model in a subprocess and costs ~10 s per logged model.
 _RUNTIME = ("lightgbm", "scikit-learn", "pandas", "numpy")
 _PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What every training pipeline returns: the version it registered, its test period and rows, the model's test
+    metrics and each baseline's on the same rows, and (next best action) the evaluation behind them."""
+
+    model: str
+    version: int
+    run_id: str
+    test_period: str
+    rows: dict[str, int]
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    evaluation: Any = None
 
 
 class ModelNotFound(LookupError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -42,13 +42,7 @@ def train_churn(
             df, label, id_column, folds=folds, exclude=exclude or []))
     from c360.training.pipeline import train_churn as run
 
-    s, started, report = _run_pipeline("churn: examples from Feast, LightGBM, baseline, MLflow", run)
-    record_run(s, "train churn", started, version=report.version, run_id=report.run_id, **report.metrics)
-    scores = pd.DataFrame({"lightgbm": report.metrics, **report.baselines}).T.reset_index(names="model")
-    return emit(asdict(report), as_json,
-                table(f"churn, test period {report.test_period} ({report.rows['test']:,} customers)", scores),
-                f"registered {report.model} v{report.version} @challenger (run {report.run_id}); "
-                "`c360 promote churn` moves @champion if it passes the gate")
+    return _run_pipeline("churn", "churn: examples from Feast, LightGBM, baseline, MLflow", run, as_json)
 
 
 @train_app.command("clv")
@@ -56,13 +50,7 @@ def train_clv(as_json: Json = False) -> dict:
     """12-month net revenue: LightGBM (Tweedie) on clv_v1 against BG/NBD x Gamma-Gamma; registered as c360-clv."""
     from c360.training.clv_pipeline import train_clv as run
 
-    s, started, report = _run_pipeline("CLV: examples from Feast, LightGBM, BG/NBD baseline, MLflow", run)
-    record_run(s, "train clv", started, version=report["version"], **report["lightgbm"])
-    scores = pd.DataFrame({k: report[k] for k in ("lightgbm", "bgnbd_gamma_gamma")}).T.reset_index(names="model")
-    return emit({"model": MODELS["clv"], **report}, as_json,
-                table(f"12-month value, test {report['test_period']} ({report['rows']:,} customers)", scores),
-                f"registered c360-clv v{report['version']} @challenger; `c360 promote clv` moves @champion if it "
-                "passes the gate")
+    return _run_pipeline("clv", "CLV: examples from Feast, LightGBM, BG/NBD baseline, MLflow", run, as_json)
 
 
 @train_app.command("nba")
@@ -90,25 +78,26 @@ def train_nba(
 def _train_nba_pipeline(as_json: bool = False) -> dict:
     from c360.training.nba_pipeline import train_nba as run
 
-    s, started, report = _run_pipeline("next best action on the campaign waves", run)
-    record_run(s, "train nba", started, version=report.version, run_id=report.run_id)
-    metrics = pd.DataFrame([report.metrics]).T.reset_index(names="metric").rename(columns={0: "value"})
-    result = {k: getattr(report, k) for k in ("model", "version", "run_id", "test_period", "rows", "metrics")}
-    return emit(result, as_json, table(f"next best action, test wave {report.test_period}", metrics),
-                f"registered {report.model} v{report.version} @challenger (run {report.run_id}); "
-                "`c360 promote nba` moves @champion if it passes the gate")
+    return _run_pipeline("nba", "next best action on the campaign waves", run, as_json)
 
 
-def _run_pipeline(what: str, run: Callable[[Settings], Any]) -> tuple[Settings, float, Any]:
-    """Run one model's training on the feature store, with a status line and a clear error for missing inputs."""
+def _run_pipeline(kind: Model, what: str, run: Callable[[Settings], Any], as_json: bool) -> dict:
+    """Train one model on the feature store (a status line, a clear error for missing inputs), log the run, and show
+    its report: the model's test metrics beside each baseline's."""
     s, started = Settings(), time.time()
     if not s.snapshots.exists():
         raise fail("no feature snapshots: run `c360 features build` and `c360 features apply` first")
     with stderr.status(f"training {what}"):
         try:
-            return s, started, run(s)
-        except ValueError as e:
+            report = run(s)
+        except (ValueError, FileNotFoundError) as e:
             raise fail(str(e)) from None
+    record_run(s, f"train {kind}", started, version=report.version, run_id=report.run_id, **report.metrics)
+    scores = pd.DataFrame({"lightgbm": report.metrics, **report.baselines}).T.reset_index(names="model")
+    result = {f.name: getattr(report, f.name) for f in fields(report) if f.name != "evaluation"}
+    return emit(result, as_json, table(f"{kind}, test {report.test_period} ({report.rows['test']:,} rows)", scores),
+                f"registered {report.model} v{report.version} @challenger (run {report.run_id}); "
+                f"`c360 promote {kind}` moves @champion if it passes the gate")
 
 
 def _cost(text: str) -> tuple[str, float]:

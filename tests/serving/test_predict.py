@@ -28,7 +28,7 @@ def test_top_reasons_match_the_per_row_explainer() -> None:
 
 
 def test_reasons_json_is_valid_with_awkward_values() -> None:
-    values = pd.DataFrame({"plan": ['pro "plus"', "back\\slash", None], "mrr": [1.0, np.nan, 2.5],
+    values = pd.DataFrame({"plan": ['pro "plus"', "back\\slash", "line\nbreak\x00"], "mrr": [1.0, np.nan, 2.5],
                            "flag": [True, False, True]})
     contributions = np.array([[0.5, -0.25, 0.0], [0.0, 0.0, 0.0], [1e-9, 2.0, -3.0]])
     texts = predict.top_reasons(contributions, ["plan", "mrr", "flag"], values).json().to_pylist()
@@ -37,7 +37,7 @@ def test_reasons_json_is_valid_with_awkward_values() -> None:
                          {"feature": "mrr", "value": "1", "contribution": -0.25}]
     assert parsed[1] == []  # nothing moved the score: no reasons
     assert [r["feature"] for r in parsed[2]] == ["flag", "mrr", "plan"] and parsed[2][0]["value"] == "yes"
-    assert parsed[2][2]["value"] is None
+    assert parsed[2][2]["value"] == "line\nbreak\x00"  # control characters escaped (found by schemathesis)
 
 
 def test_churn_bands_and_clv_range() -> None:

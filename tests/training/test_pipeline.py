@@ -106,6 +106,6 @@ def test_clv_beats_bgnbd_on_the_truths_next_twelve_months(home: Settings, monkey
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     report = run(home)
-    ours, baseline = report["lightgbm"], report["bgnbd_gamma_gamma"]
+    ours, baseline = report.metrics, report.baselines["bgnbd_gamma_gamma"]
     assert abs(ours["total_error_pct"]) < abs(baseline["total_error_pct"])
     assert ours["rmse"] < baseline["rmse"]
