@@ -14,6 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from c360.cli.main import app
+from c360.core import warehouse
+from c360.features import compute
 
 runner = CliRunner()
 
@@ -98,7 +100,10 @@ def test_features_commands_and_profile(home: Path, resolved: tuple[Path, Path]) 
     home.mkdir(parents=True)
     (home / "warehouse.duckdb").write_bytes((resolved[0] / "warehouse.duckdb").read_bytes())
     c360("features", "build", "--history-days", "56", "--every-days", "28")
-    assert len(list((home / "features" / "customer_features").glob("*.parquet"))) == 3
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        end, waves = warehouse.data_end(con), compute.experiment_dates(con)
+    built = {pd.Timestamp(p.stem.split("=")[1]) for p in (home / "features" / "customer_features").glob("*.parquet")}
+    assert built == {end - pd.Timedelta(days=d) for d in (0, 28, 56)} | set(waves)  # the grid and the waves
     c360("features", "apply")
     assert "No changes to registry" in c360("features", "plan")
     c360("features", "materialize")
