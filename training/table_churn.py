@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from c360.training import churn, explain, tables
-from c360.training.cards import markdown_table
+from c360.training.cards import model_card
 from c360.training.churn import ChurnModel
 from c360.training.table_models import TableChurnModel, TableResult
 
@@ -153,21 +153,10 @@ def train_churn_table(
     card = _churn_card(
         frame, X, y, label, dropped, summary, per_fold, importance, leaks, ids, final, folds, int((~known).sum())
     )
-    return TableResult(
-        model=TableChurnModel(final, id_column),
-        metrics=metrics,
-        tables={
-            "folds": per_fold,
-            "summary": summary.reset_index(),
-            "importance": importance,
-            "single_column_auc": single.rename_axis("column").reset_index(name="auc"),
-        },
-        figures=figures,
-        model_card=card,
-        input_example=X.head(5).reset_index(drop=True),
-        params=params,
-        baselines=baselines,
-        data=pd.concat([X, pd.Series(y, name=label)], axis=1),
+    return TableResult.of(
+        TableChurnModel(final, id_column), X, [pd.Series(y, name=label)], single,
+        tables={"folds": per_fold, "summary": summary.reset_index(), "importance": importance},
+        metrics=metrics, figures=figures, model_card=card, params=params, baselines=baselines,
     )
 
 
@@ -190,16 +179,17 @@ def _churn_card(
     assert spec is not None
     gain = summary.at["roc_auc", "model_mean"] - summary.at["roc_auc", "baseline_mean"]
     noise = float(np.hypot(summary.at["roc_auc", "model_sd"], summary.at["roc_auc", "baseline_sd"]) / np.sqrt(folds))
-    metric_rows = [
-        [m, f"{summary.at[m, 'model_mean']:.3f} ± {summary.at[m, 'model_sd']:.3f}",
-         f"{summary.at[m, 'baseline_mean']:.3f} ± {summary.at[m, 'baseline_sd']:.3f}"]
-        for m in summary.index
-    ]
+    metric_table = pd.DataFrame({
+        "LightGBM": [f"{r.model_mean:.3f} ± {r.model_sd:.3f}" for r in summary.itertuples()],
+        "logistic baseline": [f"{r.baseline_mean:.3f} ± {r.baseline_sd:.3f}" for r in summary.itertuples()],
+    }, index=summary.index.rename("metric"))
     kinds = dict(zip(spec.columns, spec.kinds, strict=True))
-    feature_rows = [
-        [row.feature, kinds[row.feature], f"{X[row.feature].isna().mean():.1%}", f"{row.share:.1%}"]
-        for row in importance.itertuples()
-    ]
+    feature_table = pd.DataFrame({
+        "column": importance["feature"],
+        "kind": importance["feature"].map(kinds),
+        "missing": [f"{X[column].isna().mean():.1%}" for column in importance["feature"]],
+        "share of importance": [f"{share:.1%}" for share in importance["share"]],
+    })
     caveats = [
         f"{folds}-fold cross-validation on one table, no time split: metrics may be optimistic if rows are not "
         "independent (several rows per customer, rows from different dates) or if the future differs from "
@@ -224,31 +214,21 @@ def _churn_card(
         )
     if len(y) < 1000:
         caveats.append(f"Only {len(y):,} labelled rows: the fold metrics are noisy (see the ± spread).")
-    lines = [
-        "# Churn model on a customer table",
-        "",
-        "## Data",
-        f"- {len(frame) + unlabelled:,} rows, {frame.shape[1]} columns; {len(y):,} with a label"
-        + (f" ({unlabelled:,} without, left out)" if unlabelled else ""),
-        f"- label `{label}`: churn rate {y.mean():.1%} ({int(y.sum()):,} churned)",
-        f"- {X.shape[1]} features; dropped: "
-        + (", ".join(f"`{c}` ({why})" for c, why in dropped.items()) if dropped else "none"),
-        "",
-        "## Model",
-        "LightGBM (shallow trees, early stopping) on the raw columns — numbers, Yes/No, dates and categories, "
-        f"missing values kept — with Platt calibration on a held-out {CALIBRATION_SHARE:.0%}; the final model "
-        f"has {model.n_trees} trees and was fitted on all {len(y):,} rows.",
-        "",
-        f"## Metrics ({folds}-fold, mean ± sd over folds)",
-        markdown_table(["metric", "LightGBM", "logistic baseline"], metric_rows),
-        "",
-        f"Mean trees per fold: {per_fold['n_trees'].mean():.0f}.",
-        "",
-        "## Features (by mean |SHAP| on a sample)",
-        markdown_table(["column", "kind", "missing", "share of importance"], feature_rows),
-        "",
-        "## Caveats",
-        *[f"- {c}" for c in caveats],
-    ]
-    return "\n".join(lines) + "\n"
-
+    return model_card("Churn model on a customer table", (
+        "Churn probability for each row of one customer table (`c360 train churn --table`): k-fold cross-validation "
+        "against a logistic baseline on the same folds, then a final model on all rows."), {
+        "Data": [[
+            f"{len(frame) + unlabelled:,} rows, {frame.shape[1]} columns; {len(y):,} with a label"
+            + (f" ({unlabelled:,} without, left out)" if unlabelled else ""),
+            f"label `{label}`: churn rate {y.mean():.1%} ({int(y.sum()):,} churned)",
+            tables.features_line(X, dropped),
+        ]],
+        "Model": [
+            "LightGBM (shallow trees, early stopping) on the raw columns — numbers, Yes/No, dates and categories, "
+            f"missing values kept — with Platt calibration on a held-out {CALIBRATION_SHARE:.0%}; the final model "
+            f"has {model.n_trees} trees and was fitted on all {len(y):,} rows."],
+        f"Metrics ({folds}-fold, mean ± sd over folds)": [
+            metric_table, f"Mean trees per fold: {per_fold['n_trees'].mean():.0f}."],
+        "Features (by mean |SHAP| on a sample)": [feature_table],
+        "Caveats": [caveats],
+    })

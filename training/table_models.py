@@ -44,6 +44,20 @@ class TableResult:
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # logged as baseline.<name>.<metric>
     data: pd.DataFrame | None = field(default=None, repr=False)  # the rows used, logged as the MLflow dataset
 
+    @classmethod
+    def of(cls, model: Any, X: pd.DataFrame, targets: list[pd.Series], single: pd.Series, *,
+           tables: dict[str, pd.DataFrame], **rest: Any) -> TableResult:
+        """The result of a training on the features ``X``: its input example is their first rows, its dataset them
+        with the ``targets``, and its tables end with each column's single-column AUC (``tables.single_column_auc``).
+        """
+        return cls(
+            model=model,
+            tables={**tables, "single_column_auc": single.rename_axis("column").reset_index(name="auc")},
+            input_example=X.head(5).reset_index(drop=True),
+            data=pd.concat([X, *targets], axis=1),
+            **rest,
+        )
+
 
 # ---------------------------------------------------------------- the deployable models
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from c360.training import tables
-from c360.training.cards import markdown_table
+from c360.training.cards import model_card
 from c360.training.table_models import TableNbaModel, TableResult
 from c360.training.uplift import (
     MultiArmUplift,
@@ -236,21 +236,15 @@ def train_nba_table(
         X, t, outcome, control, dropped, arm_table, values, balance, single[single >= tables.LEAK_AUC], final, folds,
         net_note, left_out,
     )
-    return TableResult(
-        model=TableNbaModel(final, cost_map),
-        metrics=metrics,
+    return TableResult.of(
+        TableNbaModel(final, cost_map), X, [t.rename(treatment), y.rename(outcome)], single,
         tables={
             "arms": arm_table.reset_index(),
             "policy_values": values.rename_axis("policy").reset_index(),
             "qini_folds": qini_folds,
             "balance": balance,
-            "single_column_auc": single.rename_axis("column").reset_index(name="auc"),
         },
-        figures=figures,
-        model_card=card,
-        input_example=X.head(5).reset_index(drop=True),
-        params=params,
-        data=pd.concat([X, t.rename(treatment), y.rename(outcome)], axis=1),
+        metrics=metrics, figures=figures, model_card=card, params=params,
     )
 
 
@@ -269,17 +263,21 @@ def _nba_card(
     net_note: str,
     left_out: int,
 ) -> str:
-    arm_rows = [
-        [str(arm), f"{int(r['rows']):,}", f"{r['assignment_share']:.1%}", f"{r['mean_outcome']:.4g}",
-         f"{r['cost']:g}", "—" if arm == control else f"{r['qini_auc']:.3f}", f"{r['policy_share']:.1%}"]
-        for arm, r in arms.iterrows()
-    ]
-    value_rows = [
-        [str(name), f"{r['value']:.4g} [{r['value_low']:.4g}, {r['value_high']:.4g}]",
-         "" if name == "policy" else f"{r['diff']:+.4g} [{r['diff_low']:+.4g}, {r['diff_high']:+.4g}]",
-         "" if name == "policy" else ("yes" if r["significant"] else "no")]
-        for name, r in values.iterrows()
-    ]
+    arm_table = pd.DataFrame({
+        "rows": [f"{int(n):,}" for n in arms["rows"]],
+        "share": [f"{s:.1%}" for s in arms["assignment_share"]],
+        f"mean {outcome}": [f"{m:.4g}" for m in arms["mean_outcome"]],
+        "cost": [f"{c:g}" for c in arms["cost"]],
+        "Qini AUC vs control": ["—" if arm == control else f"{q:.3f}" for arm, q in arms["qini_auc"].items()],
+        "policy sends": [f"{s:.1%}" for s in arms["policy_share"]],
+    }, index=arms.index.astype(str).rename("arm"))
+    others = values.index != "policy"
+    value_table = pd.DataFrame({
+        "value [CI]": [f"{r.value:.4g} [{r.value_low:.4g}, {r.value_high:.4g}]" for r in values.itertuples()],
+        "gain [CI]": np.where(others, [f"{r.diff:+.4g} [{r.diff_low:+.4g}, {r.diff_high:+.4g}]"
+                                       for r in values.itertuples()], ""),
+        "significant": np.where(others, np.where(values["significant"], "yes", "no"), ""),
+    }, index=values.index.astype(str).rename("policy"))
     singles = values.drop(index=["policy", "random"])
     best = singles["value"].idxmax()
     caveats = [
@@ -312,31 +310,21 @@ def _nba_card(
             f"Possible leakage: {column!r} alone predicts `{outcome}` with AUC {auc:.3f}. If it was recorded after "
             "the assignment, exclude it."
         )
-    lines = [
-        "# Next best action on a customer table",
-        "",
-        "## Data",
-        f"- {len(t):,} rows with an arm and an outcome" + (f" ({left_out:,} left out)" if left_out else ""),
-        f"- outcome `{outcome}` ({'0/1' if model.binary_ else 'amount'}); control arm `{control}`",
-        f"- {X.shape[1]} features; dropped: "
-        + (", ".join(f"`{c}` ({why})" for c, why in dropped.items()) if dropped else "none"),
-        "",
-        markdown_table(["arm", "rows", "share", f"mean {outcome}", "cost", "Qini AUC vs control", "policy sends"],
-                  arm_rows),
-        "",
-        "## Model",
-        f"LightGBM {model.learner.upper()}-learner, one outcome model per arm, uplift shrunk towards each arm's "
-        "average effect by how well it ranks on held-out rows; recommends the arm with the highest expected "
-        "outcome net of its cost (the control when nothing pays). Leaves of at least "
-        f"{model.options['min_child_samples']} rows (scaled to the smallest arm); the final model was fitted on all "
-        "rows.",
-        "",
-        f"## Policy value ({outcome} per customer{net_note}, inverse propensity, {folds}-fold cross-fitted)",
-        "95 % paired-bootstrap CIs; *gain* = learned policy − row.",
-        "",
-        markdown_table(["policy", "value [CI]", "gain [CI]", "significant"], value_rows),
-        "",
-        "## Caveats",
-        *[f"- {c}" for c in caveats],
-    ]
-    return "\n".join(lines) + "\n"
+    return model_card("Next best action on a customer table", (
+        "The best arm for each customer, net of its cost, from a randomized test in one customer table (`c360 train "
+        "nba --table`), valued by inverse propensity against every single arm and random."), {
+        "Data": [[
+            f"{len(t):,} rows with an arm and an outcome" + (f" ({left_out:,} left out)" if left_out else ""),
+            f"outcome `{outcome}` ({'0/1' if model.binary_ else 'amount'}); control arm `{control}`",
+            tables.features_line(X, dropped),
+        ], arm_table],
+        "Model": [
+            f"LightGBM {model.learner.upper()}-learner, one outcome model per arm, uplift shrunk towards each arm's "
+            "average effect by how well it ranks on held-out rows; recommends the arm with the highest expected "
+            "outcome net of its cost (the control when nothing pays). Leaves of at least "
+            f"{model.options['min_child_samples']} rows (scaled to the smallest arm); the final model was fitted on "
+            "all rows."],
+        f"Policy value ({outcome} per customer{net_note}, inverse propensity, {folds}-fold cross-fitted)": [
+            "95 % paired-bootstrap CIs; *gain* = learned policy − row.", value_table],
+        "Caveats": [caveats],
+    })

@@ -116,6 +116,12 @@ def feature_columns(
 
 
 
+def features_line(X: pd.DataFrame, dropped: Mapping[str, str]) -> str:
+    """"7 features; dropped: `id` (id column), `Country` (constant)": for a model card."""
+    why = ", ".join(f"`{column}` ({reason})" for column, reason in dropped.items())
+    return f"{X.shape[1]} features; dropped: {why or 'none'}"
+
+
 def digest(frame: pd.DataFrame) -> str:
     return f"{int(pd.util.hash_pandas_object(frame, index=False).sum()) & (2**64 - 1):016x}"
 
