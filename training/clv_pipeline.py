@@ -21,7 +21,7 @@ from c360.core import warehouse
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 from c360.features import store
-from c360.training import clv, datasets, labels, tracking
+from c360.training import cards, clv, datasets, labels, tracking
 from c360.training.tracking import TrainReport
 from c360.training.uplift import FeatureSpec, prepare_features, transform_features
 
@@ -144,12 +144,16 @@ def train_clv(s: Settings) -> TrainReport:
     results = {name: value_metrics(test["value"], p) for name, p in predictions.items()}
     segments = by_segment(test, predictions)
     test_period = f"{pd.Timestamp(test['as_of'].iloc[0]):%Y-%m-%d}"
-    card = (f"# {CLV_MODEL}\n\nExpected net revenue in the 12 months after the as-of date.\n\n"
-            f"- train: {len(train):,} examples, as-of {train['as_of'].min():%Y-%m-%d} to "
-            f"{train['as_of'].max():%Y-%m-%d}\n- test: {len(test):,} customers at {test_period}; actual = {actual_is}\n"
-            f"- baseline: BG/NBD × Gamma-Gamma (lifetimes) on paid invoices before the test date\n\n"
-            + pd.DataFrame(results).T.round(2).to_markdown()
-            + "\n\n## By segment in the test period (fairness review)\n" + segments.round(1).to_markdown())
+    card = cards.model_card(CLV_MODEL, "Expected net revenue in the 12 months after the as-of date.", {
+        "Data": [[
+            f"train: {len(train):,} examples, as-of {train['as_of'].min():%Y-%m-%d} to "
+            f"{train['as_of'].max():%Y-%m-%d}",
+            f"test: {len(test):,} customers at {test_period}; actual = {actual_is}",
+            "baseline: BG/NBD × Gamma-Gamma (lifetimes) on paid invoices before the test date",
+        ]],
+        "Test metrics": [pd.DataFrame(results).T.rename_axis("model").round(2)],
+        "By segment in the test period (fairness review)": [segments.round(1)],
+    })
     version = tracking.log_training_run(
         experiment=CLV_MODEL, run_name=f"clv {test_period}", model=model, flavor="pyfunc",
         params={"horizon_weeks": HORIZON_WEEKS, "objective": "tweedie", "features": len(features)},

@@ -24,7 +24,7 @@ Definitions, once, for everything below:
 * **costs** — per action, in revenue units: ``ACTION_COSTS`` (training_invite 5, csm_call 40). The discount
   costs nothing here because its cost is already in the outcome (lower invoices).
 * **model** — ``MultiArmUplift`` (T-learner, its defaults but the leaf size, scaled down to small arms as in
-  ``training.generic``) on the outcome per dollar of MRR (``SCALE``, target winsorized at ``RATIO_QUANTILE``),
+  ``training.table_nba``) on the outcome per dollar of MRR (``SCALE``, target winsorized at ``RATIO_QUANTILE``),
   each assignment weighted by its MRR (its stake, see ``fit_nba``); expected outcome = prediction × MRR.
   ``train_nba(s, scale=None)`` fits the outcome in dollars instead, unweighted.
 * **recommendation** — the action with the highest expected outcome net of its cost; ``no_action`` when nothing
@@ -54,7 +54,8 @@ from c360.core import warehouse
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 from c360.features import store
-from c360.training import datasets, labels, tracking
+from c360.training import cards, datasets, labels, tracking
+from c360.training.cards import Block
 from c360.training.tracking import TrainReport
 from c360.training.uplift import (
     MultiArmUplift,
@@ -346,76 +347,64 @@ def by_segment(test: pd.DataFrame, policy: pd.Series) -> pd.DataFrame:
 
 
 def model_card(train: pd.DataFrame, test: pd.DataFrame, features: list[str], ev: Evaluation, model: NbaModel) -> str:
-    ips_rows = "\n".join(
-        f"| {name} | {r['value']:.1f} [{r['value_low']:.1f}, {r['value_high']:.1f}] | "
-        + ("" if name == "policy" else _fmt_ci(r, "diff")) + " |"
-        for name, r in ev.values.iterrows())
-    arms = "\n".join(
-        f"| {arm} | {ACTION_COSTS.get(arm, 0.0):g} | {(train['action'] == arm).sum():,} | "
-        f"{(test['action'] == arm).sum():,} | {test.loc[test['action'] == arm, 'outcome'].mean():.1f} | "
-        f"{ev.policy_share.get(arm, 0.0):.1%} | "
-        + ("—" if arm == CONTROL else f"{ev.qini.get(arm, np.nan):.3f}") + " |"
-        for arm in ACTIONS)
-    truth = ""
+    ips = pd.DataFrame({
+        "value [CI]": [f"{r.value:.1f} [{r.value_low:.1f}, {r.value_high:.1f}]" for r in ev.values.itertuples()],
+        "gain [CI]": ["" if name == "policy" else _fmt_ci(r, "diff") for name, r in ev.values.iterrows()],
+    }, index=ev.values.index.rename("policy"))
+    in_test = {arm: test["action"] == arm for arm in ACTIONS}
+    arms = pd.DataFrame({
+        "cost": [f"{ACTION_COSTS.get(arm, 0.0):g}" for arm in ACTIONS],
+        "train rows": [f"{(train['action'] == arm).sum():,}" for arm in ACTIONS],
+        "test rows": [f"{in_test[arm].sum():,}" for arm in ACTIONS],
+        "test mean outcome": [f"{test.loc[in_test[arm], 'outcome'].mean():.1f}" for arm in ACTIONS],
+        "policy sends": [f"{ev.policy_share.get(arm, 0.0):.1%}" for arm in ACTIONS],
+        "Qini AUC vs no_action": ["—" if arm == CONTROL else f"{ev.qini.get(arm, np.nan):.3f}" for arm in ACTIONS],
+    }, index=pd.Index(ACTIONS, name="action"))
+    exact: list[Block] = []
     if ev.exact is not None:
-        exact_rows = "\n".join(f"| {name} | {r['value']:.2f} |" for name, r in ev.exact.iterrows())
-        truth = f"""
-## Exact values on the test wave (ground truth of the generated data)
-True revenue_90d − cost of the action each policy picks, mean over the {int(ev.exact['rows'].iloc[0]):,} test
-customers the truth covers (the customer's majority account was assigned in the wave).
-
-| policy | value per customer |
-|---|---|
-{exact_rows}
-
-Share of the oracle's uplift achieved: {ev.shares['oracle_share_vs_best_single']:.1%} over the best single action
-(or no action), {ev.shares['oracle_share_vs_no_action']:.1%} over no action.
-"""
+        exact = [
+            f"True revenue_90d − cost of the action each policy picks, mean over the {int(ev.exact['rows'].iloc[0]):,} "
+            "test customers the truth covers (the customer's majority account was assigned in the wave).",
+            ev.exact[["value"]].map(lambda v: f"{v:.2f}").rename(columns={"value": "value per customer"})
+            .rename_axis("policy"),
+            f"Share of the oracle's uplift achieved: {ev.shares['oracle_share_vs_best_single']:.1%} over the best "
+            f"single action (or no action), {ev.shares['oracle_share_vs_no_action']:.1%} over no action.",
+        ]
     target = (f"outcome per dollar of `{model.scale}` (winsorized at its {RATIO_QUANTILE:.0%} quantile), times "
               f"`{model.scale}`" if model.scale else "outcome in dollars")
     uplift = model.uplift
     weighting = f"; every assignment weighted by its `{model.scale}`" if model.scale else ""
-    return f"""# {NBA_MODEL}
-
+    return cards.model_card(NBA_MODEL, f"""\
 Next best action from the company's own randomized experiments: which of {", ".join(ACTIONS)} to take for each
 customer. Outcome: net revenue (paid invoices less refunds) in the {HORIZON_DAYS} days from the wave date; costs
 training_invite {ACTION_COSTS['training_invite']:g}, csm_call {ACTION_COSTS['csm_call']:g} (the discount's cost is in
 the invoices). Recommendation: the highest expected outcome net of cost, no_action when nothing pays
-(`training/nba_pipeline.py`).
-
-## Data
-- train: {len(train):,} assignments, waves {", ".join(str(w) for w in sorted(train['wave'].unique()))}
-  ({", ".join(f"{pd.Timestamp(d):%Y-%m-%d}" for d in sorted(train['as_of'].unique()))})
-- test: {len(test):,} assignments, wave {int(test['wave'].iloc[0])} ({pd.Timestamp(test['as_of'].iloc[0]):%Y-%m-%d})
-- features: feature service `{SERVICE}` ({len(features)} features) as of each wave date
-
-| action | cost | train rows | test rows | test mean outcome | policy sends | Qini AUC vs no_action |
-|---|---|---|---|---|---|---|
-{arms}
-
-## Model
+(`training/nba_pipeline.py`).""", {
+        "Data": [[
+            f"train: {len(train):,} assignments, waves {', '.join(str(w) for w in sorted(train['wave'].unique()))} "
+            f"  ({', '.join(f'{pd.Timestamp(d):%Y-%m-%d}' for d in sorted(train['as_of'].unique()))})",
+            f"test: {len(test):,} assignments, wave {int(test['wave'].iloc[0])} "
+            f"({pd.Timestamp(test['as_of'].iloc[0]):%Y-%m-%d})",
+            f"features: feature service `{SERVICE}` ({len(features)} features) as of each wave date",
+        ], arms],
+        "Model": [f"""\
 LightGBM {uplift.learner.upper()}-learner (`training.uplift.MultiArmUplift`) on the {target}: one model per
 action, each action's uplift shrunk towards its average effect by how well it ranks customers on held-out
-training rows; leaves of at least {uplift.options['min_child_samples']} rows{weighting}.
-
-## Policy value on the test wave (inverse propensity, 95 % paired-bootstrap CIs)
-Net outcome per customer; gain = learned policy − row.
-
-| policy | value [CI] | gain [CI] |
-|---|---|---|
-{ips_rows}
-{truth}
-## By segment on the test wave (fairness review: who gets which action)
-{by_segment(test, ev.policy).to_markdown()}
-
-## Caveats
-- The outcome's spread (thousands per customer, driven by account size) dwarfs the effects (tens per customer):
-  the IPS values and their CIs are too wide to rank policies; on generated data trust the exact values.
-- Revenue in {HORIZON_DAYS} days counts only the near-term effect of an action; retention beyond the window is
-  not valued, which favours cheap actions.
-- Assignments are by intent to treat (bounced sends count); customers whose records got different arms in one
-  wave are left out.
-"""
+training rows; leaves of at least {uplift.options['min_child_samples']} rows{weighting}."""],
+        "Policy value on the test wave (inverse propensity, 95 % paired-bootstrap CIs)": [
+            "Net outcome per customer; gain = learned policy − row.", ips],
+        "Exact values on the test wave (ground truth of the generated data)": exact,
+        "By segment on the test wave (fairness review: who gets which action)": [by_segment(test, ev.policy)],
+        "Caveats": [[
+            "The outcome's spread (thousands per customer, driven by account size) dwarfs the effects (tens per "
+            "customer): the IPS values and their CIs are too wide to rank policies; on generated data trust the "
+            "exact values.",
+            f"Revenue in {HORIZON_DAYS} days counts only the near-term effect of an action; retention beyond the "
+            "window is not valued, which favours cheap actions.",
+            "Assignments are by intent to treat (bounced sends count); customers whose records got different arms "
+            "in one wave are left out.",
+        ]],
+    })
 
 
 # ---------------------------------------------------------------- the stage
@@ -423,7 +412,7 @@ Net outcome per customer; gain = learned policy − row.
 
 def _min_leaf(smallest_arm: int) -> int:
     """``MultiArmUplift``'s 200 rows per leaf, down to a 20th of the smallest arm (at least 20), the rule of
-    ``training.generic``: with the 2-fold calibration inside, an arm's trees see half its rows, and at 200 a few
+    ``training.table_nba``: with the 2-fold calibration inside, an arm's trees see half its rows, and at 200 a few
     thousand assignments could not split at all. From about 4,000 rows per arm on it is the default."""
     return int(np.clip(smallest_arm // 20, 20, 200))
 

@@ -13,7 +13,7 @@ from c360.core import warehouse
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 from c360.features import store
-from c360.training import datasets, labels, tracking
+from c360.training import cards, datasets, labels, tracking
 from c360.training.churn import ChurnModel, calibration_curve_figure, fit_baseline, metrics, roc_figure
 from c360.training.explain import feature_descriptions, shap_summary_figure
 from c360.training.tracking import TrainReport
@@ -49,31 +49,25 @@ def by_segment(test: pd.DataFrame, p: np.ndarray) -> pd.DataFrame:
 def model_card(name: str, frame: pd.DataFrame, split: tuple, scores: dict[str, dict[str, float]],
                segments: pd.DataFrame) -> str:
     train, calib, test = split
-    rows = "\n".join(f"| {model} | " + " | ".join(f"{v:.4f}" for v in m.values()) + " |" for model, m in scores.items())
-    header = "| model | " + " | ".join(next(iter(scores.values()))) + " |"
-    return f"""# {name}
-
-Churn: cancellation, or no product activity and no paid invoice, within {labels.CHURN_HORIZON_DAYS} days of
-the as-of date (`training/labels.py`). Population: customers subscribed at the as-of date.
-
-## Data window
-- train: {len(train):,} examples, as-of {train['as_of'].min():%Y-%m-%d} to {train['as_of'].max():%Y-%m-%d}
-- calibration: {len(calib):,} examples, as-of {calib['as_of'].min():%Y-%m-%d}
-- test: {len(test):,} examples, as-of {test['as_of'].min():%Y-%m-%d}; churn rate {test['churned'].mean():.3f}
-- features: feature service `churn_v1` ({len(_features(frame))} features)
-
-## Test metrics
-{header}
-|---|{'---|' * len(next(iter(scores.values())))}
-{rows}
-
-## By segment in the test period (fairness review: calibration and ranking within each group)
-{segments.round(4).to_markdown()}
-
-## Caveats
-- Scores are calibrated (Platt) on the period just before the test period; a drifting churn rate needs recalibration.
-- Examples of one customer at several as-of dates are not independent; the split is by time, never random.
-"""
+    return cards.model_card(name, (
+        f"Churn: cancellation, or no product activity and no paid invoice, within {labels.CHURN_HORIZON_DAYS} days "
+        "of the as-of date (`training/labels.py`). Population: customers subscribed at the as-of date."), {
+        "Data window": [[
+            f"train: {len(train):,} examples, as-of {train['as_of'].min():%Y-%m-%d} to {train['as_of'].max():%Y-%m-%d}",
+            f"calibration: {len(calib):,} examples, as-of {calib['as_of'].min():%Y-%m-%d}",
+            f"test: {len(test):,} examples, as-of {test['as_of'].min():%Y-%m-%d}; churn rate "
+            f"{test['churned'].mean():.3f}",
+            f"features: feature service `churn_v1` ({len(_features(frame))} features)",
+        ]],
+        "Test metrics": [pd.DataFrame(scores).T.rename_axis("model").map(lambda v: f"{v:.4f}")],
+        "By segment in the test period (fairness review: calibration and ranking within each group)": [
+            segments.round(4)],
+        "Caveats": [[
+            "Scores are calibrated (Platt) on the period just before the test period; a drifting churn rate needs "
+            "recalibration.",
+            "Examples of one customer at several as-of dates are not independent; the split is by time, never random.",
+        ]],
+    })
 
 
 def train_churn(s: Settings) -> TrainReport:

@@ -28,8 +28,8 @@ def _classes() -> dict[str, type]:
     # Imported here: these modules log their models through `tracking`, which imports this module.
     from c360.training.churn import ChurnModel
     from c360.training.clv_pipeline import ClvModel
-    from c360.training.generic import TableChurnModel, TableNbaModel
     from c360.training.nba_pipeline import NbaModel
+    from c360.training.table_models import TableChurnModel, TableNbaModel
     from c360.training.uplift import FeatureSpec, MultiArmUplift, _Constant
 
     return {

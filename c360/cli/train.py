@@ -38,7 +38,9 @@ def train_churn(
     if table_path:
         if not label:
             raise fail("--table needs --label: the column saying whether the customer churned")
-        return _train_table("churn", table_path, as_json, lambda df: _generic().train_churn_table(
+        from c360.training.table_churn import train_churn_table
+
+        return _train_table("churn", table_path, as_json, lambda df: train_churn_table(
             df, label, id_column, folds=folds, exclude=exclude or []))
     from c360.training.pipeline import train_churn as run
 
@@ -71,7 +73,9 @@ def train_nba(
     if not (treatment and control and outcome):
         raise fail("--table needs --treatment, --control and --outcome")
     costs = dict(_cost(c) for c in cost or [])
-    return _train_table("nba", table_path, as_json, lambda df: _generic().train_nba_table(
+    from c360.training.table_nba import train_nba_table
+
+    return _train_table("nba", table_path, as_json, lambda df: train_nba_table(
         df, treatment, control, outcome, id_column, costs=costs or None, exclude=exclude or []))
 
 
@@ -108,29 +112,25 @@ def _cost(text: str) -> tuple[str, float]:
         raise typer.BadParameter(f"--cost takes ARM=NUMBER, got {text!r}") from None
 
 
-def _generic():
-    from c360.training import generic
-
-    return generic
-
-
 def _train_table(kind: Literal["churn", "nba"], path: Path, as_json: bool,
                  train: Callable[[pd.DataFrame], Any]) -> dict:
+    from c360.training.table_models import NAMES, log_table_result
+    from c360.training.tables import read_table
+
     s, started = Settings(), time.time()
-    generic = _generic()
     try:
-        frame = generic.read_table(path)
+        frame = read_table(path)
         with stderr.status(f"training {kind} on {path.name}"):
             result = train(frame)
     except ValueError as e:
         raise fail(str(e)) from None
-    version = generic.log_table_result(result, kind=kind, table_name=path.name, home=s.home)
+    version = log_table_result(result, kind=kind, table_name=path.name, home=s.home)
     record_run(s, f"train {kind} --table", started, table=path, version=version.version)
     shown = {name: frame for name, frame in result.tables.items() if name in ("summary", "arms", "policy_values")}
-    return emit({"model": generic.NAMES[kind], "version": int(version.version), "run_id": version.run_id,
+    return emit({"model": NAMES[kind], "version": int(version.version), "run_id": version.run_id,
                  "table": path, "metrics": result.metrics, **shown}, as_json,
                 *(table(name, frame) for name, frame in shown.items()),
-                f"registered {generic.NAMES[kind]} v{version.version} @challenger (run {version.run_id})")
+                f"registered {NAMES[kind]} v{version.version} @challenger (run {version.run_id})")
 
 
 @train_app.command("all")

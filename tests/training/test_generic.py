@@ -15,8 +15,11 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from c360.training import generic, tracking
-from c360.training.generic import TableChurnModel, TableNbaModel, TableResult
+from c360.training import tracking
+from c360.training.table_churn import train_churn_table
+from c360.training.table_models import TableChurnModel, TableNbaModel, TableResult, log_table_result
+from c360.training.table_nba import train_nba_table
+from c360.training.tables import read_table
 
 ARMS = ("No offer", "10% discount", "Free month")
 
@@ -84,13 +87,13 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def churn_result(folder: Path) -> TableResult:
-    return generic.train_churn_table(generic.read_table(folder / "telco.csv"), "Churn", id_column="customerID")
+    return train_churn_table(read_table(folder / "telco.csv"), "Churn", id_column="customerID")
 
 
 @pytest.fixture(scope="module")
 def nba_result(folder: Path) -> TableResult:
-    table = generic.read_table(folder / "offers.csv")
-    return generic.train_nba_table(
+    table = read_table(folder / "offers.csv")
+    return train_nba_table(
         table, "Offer", "No offer", "Renewed", id_column="Customer ID", costs={"Free month": 0.05},
         exclude=["Spend next 30d"],
     )
@@ -101,25 +104,25 @@ def nba_result(folder: Path) -> TableResult:
 
 
 def test_read_table_csv_and_parquet_give_the_same_tidy_frame(folder: Path, tmp_path: Path):
-    csv = generic.read_table(folder / "telco.csv")
+    csv = read_table(folder / "telco.csv")
     assert csv.shape == (2000, 10)
     assert csv["Total Charges"].isna().sum() == (csv["tenure"] == 0).sum() > 0  # " " is missing, not a level
     csv.to_parquet(tmp_path / "telco.parquet")
-    pd.testing.assert_frame_equal(generic.read_table(tmp_path / "telco.parquet"), csv)
+    pd.testing.assert_frame_equal(read_table(tmp_path / "telco.parquet"), csv)
 
 
 def test_read_table_names_the_file_and_the_problem(tmp_path: Path):
     with pytest.raises(ValueError, match=r"nowhere\.csv: no such file"):
-        generic.read_table(tmp_path / "nowhere.csv")
+        read_table(tmp_path / "nowhere.csv")
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match=r"empty\.csv: the file is empty"):
-        generic.read_table(tmp_path / "empty.csv")
+        read_table(tmp_path / "empty.csv")
     (tmp_path / "header.csv").write_text("customerID,Churn\n")
     with pytest.raises(ValueError, match=r"header\.csv: the table has no rows"):
-        generic.read_table(tmp_path / "header.csv")
+        read_table(tmp_path / "header.csv")
     (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(ValueError, match=r"broken\.parquet: could not be read as Parquet"):
-        generic.read_table(tmp_path / "broken.parquet")
+        read_table(tmp_path / "broken.parquet")
 
 
 # ---------------------------------------------------------------- churn
@@ -160,13 +163,13 @@ def test_churn_end_to_end_on_a_telco_export(churn_result: TableResult, folder: P
         assert text in card, text
     assert "Possible leakage" not in card
 
-    scored = r.model.predict(generic.read_table(folder / "telco.csv").head(20))
+    scored = r.model.predict(read_table(folder / "telco.csv").head(20))
     assert list(scored.columns) == ["customerID", "churn_probability"]
     assert scored["churn_probability"].between(0, 1).all() and scored["churn_probability"].nunique() > 1
 
 
 def test_a_shuffled_label_scores_near_chance():
-    r = generic.train_churn_table(telco(2000, 2, shuffled=True), "Churn")
+    r = train_churn_table(telco(2000, 2, shuffled=True), "Churn")
     assert abs(r.metrics["roc_auc"] - 0.5) < 0.06, r.metrics
     assert abs(r.baselines["logistic"]["roc_auc"] - 0.5) < 0.06
     assert "customerID (identifier-like" in r.model_card.replace("`", "")  # no id named: detected and dropped
@@ -175,34 +178,34 @@ def test_a_shuffled_label_scores_near_chance():
 def test_a_leaking_column_is_called_out_in_the_card():
     table = telco(1000, 3)
     table["Churn Reason"] = np.where(table["Churn"] == "Yes", "Competitor offer", None)
-    r = generic.train_churn_table(table, "Churn", id_column="customerID", folds=3)
+    r = train_churn_table(table, "Churn", id_column="customerID", folds=3)
     assert "Possible leakage: 'Churn Reason'" in r.model_card
-    clean = generic.train_churn_table(table, "Churn", id_column="customerID", folds=3, exclude=["Churn Reason"])
+    clean = train_churn_table(table, "Churn", id_column="customerID", folds=3, exclude=["Churn Reason"])
     assert "Possible leakage" not in clean.model_card and "`Churn Reason` (excluded)" in clean.model_card
 
 
 def test_churn_rejects_bad_inputs_with_clear_errors():
     table = telco(300, 4)
     with pytest.raises(ValueError, match=r"label column 'churn' is not in the table\. Did you mean 'Churn'"):
-        generic.train_churn_table(table, "churn")
+        train_churn_table(table, "churn")
     with pytest.raises(ValueError, match=r"id column 'id' is not in the table"):
-        generic.train_churn_table(table, "Churn", id_column="id")
+        train_churn_table(table, "Churn", id_column="id")
     statuses = table.assign(Churn=np.random.default_rng(0).choice(["churned", "active", "paused"], len(table)))
     with pytest.raises(ValueError, match=r"must be binary: Yes/No, True/False or 1/0.*'churned' \(\d+\)") as error:
-        generic.train_churn_table(statuses, "Churn")
+        train_churn_table(statuses, "Churn")
     assert "'active'" in str(error.value) and "'paused'" in str(error.value)
     with pytest.raises(ValueError, match=r"must be binary.*found values 0 \(100\), 1 \(100\), 2 \(100\)"):
-        generic.train_churn_table(table.assign(Churn=[0, 1, 2] * 100), "Churn")
+        train_churn_table(table.assign(Churn=[0, 1, 2] * 100), "Churn")
     with pytest.raises(ValueError, match="single value"):
-        generic.train_churn_table(table.assign(Churn="No"), "Churn")
+        train_churn_table(table.assign(Churn="No"), "Churn")
     with pytest.raises(ValueError, match=r"only 3 rows of its rarer value; 5-fold validation needs at least 25"):
-        generic.train_churn_table(table.assign(Churn=["Yes"] * 3 + ["No"] * 297), "Churn")
+        train_churn_table(table.assign(Churn=["Yes"] * 3 + ["No"] * 297), "Churn")
     with pytest.raises(ValueError, match="columns must all differ"):
-        generic.train_churn_table(table, "Churn", id_column="Churn")
+        train_churn_table(table, "Churn", id_column="Churn")
     with pytest.raises(ValueError, match="no feature columns left"):
-        generic.train_churn_table(table[["customerID", "Country", "Churn"]], "Churn", id_column="customerID")
+        train_churn_table(table[["customerID", "Country", "Churn"]], "Churn", id_column="customerID")
     with pytest.raises(ValueError, match="folds must be at least 2"):
-        generic.train_churn_table(table, "Churn", folds=1)
+        train_churn_table(table, "Churn", folds=1)
 
 
 # ---------------------------------------------------------------- next best action
@@ -233,7 +236,7 @@ def test_nba_end_to_end_on_a_three_arm_test(nba_result: TableResult, folder: Pat
         assert text in card, text
     assert "Imbalance" not in card and "Possible leakage" not in card
 
-    scored = r.model.predict(generic.read_table(folder / "offers.csv").head(50))
+    scored = r.model.predict(read_table(folder / "offers.csv").head(50))
     assert list(scored.columns) == ["recommended", *[f"expected: {arm}" for arm in ARMS]]
     assert set(scored["recommended"]) <= set(ARMS)
 
@@ -241,7 +244,7 @@ def test_nba_end_to_end_on_a_three_arm_test(nba_result: TableResult, folder: Pat
 def test_nba_on_an_amount_with_numeric_arms_and_a_post_treatment_column():
     table = offers(1500, 5)
     table["Offer"] = table["Offer"].map({arm: i for i, arm in enumerate(ARMS)})  # arms exported as 0/1/2
-    r = generic.train_nba_table(table, "Offer", "0", "Spend next 30d")  # the CLI passes the control as text
+    r = train_nba_table(table, "Offer", "0", "Spend next 30d")  # the CLI passes the control as text
     assert r.params["binary_outcome"] is False and r.params["arms"] == "0, 1, 2"
     assert r.metrics["policy_value"] > 0 and "gain_vs.no_action" in r.metrics
     # "Renewed" was recorded after the offer: it gives the spend away, and the balance table shows it moves by arm
@@ -254,18 +257,18 @@ def test_nba_rejects_bad_inputs_with_clear_errors():
     table = offers(600, 6)
     with pytest.raises(ValueError, match=r"control 'Control' is not a value of 'Offer'; its values are "
                                          r"\['10% discount', 'Free month', 'No offer'\]"):
-        generic.train_nba_table(table, "Offer", "Control", "Renewed")
+        train_nba_table(table, "Offer", "Control", "Renewed")
     with pytest.raises(ValueError, match=r"treatment column 'offer' is not in the table\. Did you mean 'Offer'"):
-        generic.train_nba_table(table, "offer", "No offer", "Renewed")
+        train_nba_table(table, "offer", "No offer", "Renewed")
     with pytest.raises(ValueError, match=r"costs given for \['Gift'\]"):
-        generic.train_nba_table(table, "Offer", "No offer", "Renewed", costs={"Gift": 1.0})
+        train_nba_table(table, "Offer", "No offer", "Renewed", costs={"Gift": 1.0})
     rare = table.assign(Offer=np.where(np.arange(len(table)) < 10, "Call", table["Offer"]))
     with pytest.raises(ValueError, match=r"at least 50 rows.*'Call': 10"):
-        generic.train_nba_table(rare, "Offer", "No offer", "Renewed")
+        train_nba_table(rare, "Offer", "No offer", "Renewed")
     with pytest.raises(ValueError, match=r"outcome column 'Plan' must be numeric.*'Basic'"):
-        generic.train_nba_table(table, "Offer", "No offer", "Plan")
+        train_nba_table(table, "Offer", "No offer", "Plan")
     with pytest.raises(ValueError, match="single arm"):
-        generic.train_nba_table(table.assign(Offer="No offer"), "Offer", "No offer", "Renewed")
+        train_nba_table(table.assign(Offer="No offer"), "Offer", "No offer", "Renewed")
 
 
 # ---------------------------------------------------------------- MLflow
@@ -274,8 +277,8 @@ def test_nba_rejects_bad_inputs_with_clear_errors():
 @pytest.fixture(scope="module")
 def registered(churn_result: TableResult, nba_result: TableResult, mlflow_home: Path) -> dict[str, ModelVersion]:
     return {
-        "churn": generic.log_table_result(churn_result, kind="churn", table_name="telco.csv", home=mlflow_home),
-        "nba": generic.log_table_result(nba_result, kind="nba", table_name="offers.csv", home=mlflow_home),
+        "churn": log_table_result(churn_result, kind="churn", table_name="telco.csv", home=mlflow_home),
+        "nba": log_table_result(nba_result, kind="nba", table_name="offers.csv", home=mlflow_home),
     }
 
 
@@ -301,7 +304,7 @@ def test_log_table_result_registers_challengers_that_load_back(
 
     model, _ = tracking.load_model("c360-table-churn", "challenger", "pyfunc", home=mlflow_home)
     assert isinstance(model, TableChurnModel)
-    sample = generic.read_table(folder / "telco.csv").head(30)
+    sample = read_table(folder / "telco.csv").head(30)
     pd.testing.assert_frame_equal(model.predict(sample), churn_result.model.predict(sample))
     nba, _ = tracking.load_model("c360-table-nba", "challenger", "pyfunc", home=mlflow_home)
     assert isinstance(nba, TableNbaModel)
@@ -309,7 +312,7 @@ def test_log_table_result_registers_challengers_that_load_back(
     pd.testing.assert_frame_equal(nba.predict(example), nba_result.model.predict(example))
 
     with pytest.raises(ValueError, match="must hold a TableNbaModel"):
-        generic.log_table_result(churn_result, kind="nba", table_name="telco.csv", home=mlflow_home)
+        log_table_result(churn_result, kind="nba", table_name="telco.csv", home=mlflow_home)
 
 
 def test_the_pyfunc_scores_the_csv_as_pandas_reads_it(
@@ -319,7 +322,7 @@ def test_the_pyfunc_scores_the_csv_as_pandas_reads_it(
     raw = pd.read_csv(folder / "offers.csv")
     assert raw["Tenure (months)"].dtype == "int64"
     scores = mlflow.pyfunc.load_model("models:/c360-table-nba@challenger").predict(raw)
-    expected = nba_result.model.predict(generic.read_table(folder / "offers.csv"))
+    expected = nba_result.model.predict(read_table(folder / "offers.csv"))
     pd.testing.assert_frame_equal(scores, expected)
 
 
