@@ -37,6 +37,7 @@ from c360.feature_repo.predictions import FIELDS, PREDICTIONS
 from c360.features import store
 from c360.serving import predict, signals
 from c360.serving.champions import Champions
+from c360.training.specs import MODELS
 
 CHUNK = 100_000
 
@@ -57,13 +58,8 @@ class ScoreReport:
 
 
 def score_chunk(champions: Champions, X: pd.DataFrame, k: int = predict.K) -> list[predict.ModelScores]:
-    """The three champions' scores with top-k reasons for a frame of customers' raw features."""
-    churn, clv, nba = champions["churn"], champions["clv"], champions["nba"]
-    return [
-        predict.score_churn(churn.model, churn.version, X[churn.inputs], k),
-        predict.score_clv(clv.model, clv.version, X[clv.inputs], champions.clv_dispersion, k),
-        predict.score_nba(nba.model, nba.version, X, k),
-    ]
+    """Every champion's scores with top-k reasons for a frame of customers' raw features."""
+    return [champions[kind].score(X, k) for kind in MODELS]
 
 
 def wide_table(customers: pd.Series, scores: list[predict.ModelScores], signal_frame: pd.DataFrame,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -207,26 +207,15 @@ def transform_features_raw(X: pd.DataFrame, spec: Any) -> pd.DataFrame:
 
 def score_nba(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelScores:
     """`training.nba_pipeline.NbaModel`: recommended action, its expected net uplift over no action, every action's
-    net uplift (`extra`, one array per action), reasons of the explained action's uplift in dollars."""
-    net = model.expected_net(X)
-    control = model.uplift.control_
-    uplift = net.sub(net[control], axis=0)
-    actions = list(net.columns)
-    order = [control, *[a for a in actions if a != control]]
-    values = uplift[order].to_numpy(dtype="float64")
-    ranked = np.where(np.isnan(values), -np.inf, values)  # an undefined uplift (inf − inf on absurd inputs) loses
-    names = np.asarray(order, dtype=object)
-    best = names[np.argmax(ranked, axis=1)]  # ties: the control (first)
-    explained = best
-    if len(order) > 1:  # for no_action: the best alternative, whose uplift the reasons then explain
-        explained = np.where(best == control, names[1 + np.argmax(ranked[:, 1:], axis=1)], best)
-    contributions = model.uplift_contributions(X, pd.Series(explained, index=X.index))
-    raw = transform_features_raw(X[model.features], model.uplift.spec_)
+    net uplift (`extra`, one array per action), reasons of the explained action's uplift in dollars. The choice is
+    the model's own (`NbaModel.choose`)."""
+    choice = model.choose(X)
+    contributions = model.uplift_contributions(X, pd.Series(choice.explained, index=X.index))
+    raw = transform_features_raw(X[model.features], model.spec)
     reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), raw, k)
-    score = np.take_along_axis(values, np.argmax(ranked, axis=1)[:, None], axis=1)[:, 0]
-    extra = {str(a): uplift[a].to_numpy(dtype="float64") for a in actions}
-    extra["explained"] = explained
-    return ModelScores("nba", version, score, reasons, best, extra)
+    extra = {str(a): choice.uplift[a].to_numpy(dtype="float64") for a in choice.uplift.columns}
+    extra["explained"] = choice.explained
+    return ModelScores("nba", version, choice.score, reasons, choice.best, extra)
 
 
 def alternatives_json(scores: ModelScores) -> pa.Array:
@@ -244,6 +233,84 @@ def alternatives_json(scores: ModelScores) -> pa.Array:
         value = pc.fill_null(_number_text(uplifts[:, slot], 2), "null")
         parts.append(pc.binary_join_element_wise('{"action":"', name, '","uplift":', value, "}", ""))
     return json_list(parts)
+
+
+# ---------------------------------------------------------------- what serving needs of a champion
+
+
+class Scorer(Protocol):
+    """What serving needs of a champion model, whatever its kind: the raw feature columns it reads (`inputs`) and
+    its scores with top-k reasons of a frame holding them (`score`). One implementation per kind (`SCORERS`)."""
+
+    @property
+    def inputs(self) -> list[str]: ...
+
+    def score(self, X: pd.DataFrame, k: int = K) -> ModelScores: ...
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    model: Any
+    version: int
+
+    @classmethod
+    def of(cls, model: Any, version: int, metrics: dict[str, float], reference: pd.DataFrame | None) -> Scorer:
+        """The scorer of a loaded champion: its model, version, run metrics and the latest feature snapshot."""
+        return cls(model, version)
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.model.spec.columns)
+
+    def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ChurnScorer(_Scorer):
+    """`training.churn.ChurnModel` (`score_churn`)."""
+
+    def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
+        return score_churn(self.model, self.version, X, k)
+
+
+@dataclass(frozen=True)
+class ClvScorer(_Scorer):
+    """`training.clv_pipeline.ClvModel` (`score_clv`), with the Tweedie dispersion of its 80 % range: from the
+    model's forward test RMSE (logged with the run) and its predictions on the population it was tested on, the
+    subscribed customers of `reference` (the latest feature snapshot); 0 (no range) without them."""
+
+    dispersion: float = 0.0
+
+    @classmethod
+    def of(cls, model: Any, version: int, metrics: dict[str, float], reference: pd.DataFrame | None) -> Scorer:
+        scorer = cls(model, version)
+        rmse = metrics.get("rmse")
+        if rmse is None or reference is None or reference.empty:
+            return scorer
+        if "subscribed" in reference.columns:
+            reference = reference[reference["subscribed"].fillna(False).astype(bool)]
+        value = np.asarray(model.predict(reference[scorer.inputs]), dtype="float64")
+        return cls(model, version, clv_dispersion(rmse, value))
+
+    def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
+        return score_clv(self.model, self.version, X, self.dispersion, k)
+
+
+@dataclass(frozen=True)
+class NbaScorer(_Scorer):
+    """`training.nba_pipeline.NbaModel` (`score_nba`): its features and the scale (MRR) it multiplies by."""
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.model.inputs)
+
+    def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
+        return score_nba(self.model, self.version, X, k)
+
+
+SCORERS: dict[str, type[_Scorer]] = {
+    "churn": ChurnScorer, "clv": ClvScorer, "nba": NbaScorer}
 
 
 # ---------------------------------------------------------------- wide rows: what the online store keeps

@@ -40,11 +40,10 @@ from c360.features.store import OnlineReader
 from c360.serving import predict, signals
 from c360.serving.champions import Champions
 from c360.serving.errors import Invalid, NotFound, Unavailable, echo
+from c360.training.specs import MODELS
 
 log = logging.getLogger(__name__)
-HORIZONS = {"churn": 90, "clv": 365, "nba": 91}
-OUTCOMES = {"churn": "churn risk", "clv": "expected value", "nba": "the action's uplift"}
-MODEL_FIELDS = {kind: [f for f in FIELDS if f.startswith(f"{kind}_")] for kind in ("churn", "clv", "nba")}
+MODEL_FIELDS = {kind: [f for f in FIELDS if f.startswith(f"{kind}_")] for kind in MODELS}
 SIGNAL_FIELDS = ["next_feature", "next_feature_score", "next_feature_method", "content_topics"]
 
 
@@ -160,15 +159,7 @@ def fresh(kind: str, row: OnlineRow, version: int) -> bool:
 
 def live_wide(ctx: Context, kind: str, frame: pd.DataFrame) -> dict[str, Any]:
     """Score `frame` (raw features, one row per customer) with the champion `kind`: the wide columns."""
-    champion = ctx.champions[kind]
-    X = frame.reindex(columns=champion.inputs)
-    if kind == "churn":
-        scores = predict.score_churn(champion.model, champion.version, X)
-    elif kind == "clv":
-        scores = predict.score_clv(champion.model, champion.version, X, ctx.champions.clv_dispersion)
-    else:
-        scores = predict.score_nba(champion.model, champion.version, frame)
-    return predict.wide(scores)
+    return predict.wide(ctx.champions[kind].score(frame))
 
 
 def _first(columns: dict[str, Any]) -> dict[str, Any]:
@@ -201,8 +192,9 @@ def model_prediction(ctx: Context, kind: str, row: OnlineRow, scored_at: str) ->
 
 def present(kind: str, values: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     """A wide row of one model as the API shows it."""
-    reasons = [reason(r, OUTCOMES[kind]) for r in signals.parse_json(values.get(f"{kind}_reasons"))]
-    common = {"horizon_days": HORIZONS[kind], "reasons": reasons, "model": model}
+    spec = MODELS[kind]
+    reasons = [reason(r, spec.outcome) for r in signals.parse_json(values.get(f"{kind}_reasons"))]
+    common = {"horizon_days": spec.horizon_days, "reasons": reasons, "model": model}
     if kind == "churn":
         return {"probability": _scalar(values.get("churn_probability")), "band": values.get("churn_band"), **common}
     if kind == "clv":
@@ -381,7 +373,7 @@ def predict_customers(ctx: Context, kind: str, customer_ids: list[str]) -> list[
 def predict_rows(ctx: Context, kind: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One model's predictions for raw feature rows the caller sends (always live)."""
     champion = ctx.champions[kind]
-    needed = list(dict.fromkeys([*champion.inputs, *(["mrr"] if kind == "nba" else [])]))
+    needed = champion.inputs
     frame = pd.DataFrame([validate_row(r, needed) for r in rows], columns=needed)
     columns = live_wide(ctx, kind, frame)
     model = {"name": champion.name, "version": champion.version, "source": "live", "scored_at": now(),
