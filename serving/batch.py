@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from c360.core.settings import Settings
@@ -94,14 +93,7 @@ def long_table(customers: pd.Series, scores: list[predict.ModelScores], as_of: p
     n = len(customers)
     parts = []
     for s in scores:
-        if s.model == "clv":
-            low = pa.array(np.round(s.extra["low"], 2)).cast(pa.string())
-            high = pa.array(np.round(s.extra["high"], 2)).cast(pa.string())
-            detail = pc.binary_join_element_wise('{"low":', low, ',"high":', high, "}", "")
-        elif s.model == "nba":
-            detail = pc.binary_join_element_wise('{"alternatives":', predict.alternatives_json(s), "}", "")
-        else:
-            detail = pa.array(np.full(n, "{}"), type=pa.string())
+        detail = s.detail if s.detail is not None else pa.array(np.full(n, "{}"), type=pa.string())
         parts.append(pa.table({
             "customer_id": pa.array(customers.to_numpy(dtype=object), type=pa.string()),
             "model": pa.array(np.full(n, s.model), type=pa.string()),

@@ -19,6 +19,8 @@ What each model scores (`ModelScores.score`):
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -70,6 +72,8 @@ class ModelScores:
     reasons: Reasons
     label: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    columns: dict[str, Any] = field(default_factory=dict)  # the kind's own columns of the `predictions` view
+    detail: pa.Array | None = None  # per row, a JSON object of what the long table's score and label leave out
 
 
 def json_list(items: Sequence[pa.Array]) -> pa.Array:
@@ -79,6 +83,25 @@ def json_list(items: Sequence[pa.Array]) -> pa.Array:
         both = pc.binary_join_element_wise(joined, pc.fill_null(item, ""), ",")
         joined = pc.if_else(pc.is_null(item), joined, pc.if_else(pc.equal(joined, ""), item, both))
     return pc.binary_join_element_wise("[", joined, "]", "")
+
+
+def parse_json(text: Any) -> list[dict[str, Any]]:
+    """A JSON list stored in the online store (empty or missing: no items)."""
+    if not isinstance(text, str) or not text:
+        return []
+    value = json.loads(text)
+    return value if isinstance(value, list) else []
+
+
+def scalar(value: Any) -> Any:
+    """One stored or computed value as JSON shows it: a Python scalar, None for NaN and infinities."""
+    if hasattr(value, "as_py"):
+        value = value.as_py()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _number_text(values: np.ndarray, decimals: int) -> pa.Array:
@@ -167,7 +190,10 @@ def score_churn(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelS
     probability = np.asarray(model.predict_proba(X), dtype="float64")
     contributions = model.contributions(X).drop(columns="base_value")
     reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), model.feature_values(X), k)
-    return ModelScores("churn", version, probability, reasons, churn_band(probability))
+    band = churn_band(probability)
+    return ModelScores("churn", version, probability, reasons, band,
+                       columns={"churn_probability": probability, "churn_band": band},
+                       detail=pa.array(np.full(len(probability), "{}"), type=pa.string()))
 
 
 # ---------------------------------------------------------------- CLV
@@ -193,7 +219,10 @@ def score_clv(model: Any, version: int, X: pd.DataFrame, dispersion: float, k: i
     values = transform_features_raw(X, model.spec)
     reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), values, k)
     low, high = clv_range(value, dispersion)
-    return ModelScores("clv", version, value, reasons, extra={"low": low, "high": high})
+    detail = pc.binary_join_element_wise('{"low":', pa.array(np.round(low, 2)).cast(pa.string()),
+                                         ',"high":', pa.array(np.round(high, 2)).cast(pa.string()), "}", "")
+    return ModelScores("clv", version, value, reasons, extra={"low": low, "high": high},
+                       columns={"clv_value": value, "clv_low": low, "clv_high": high}, detail=detail)
 
 
 def transform_features_raw(X: pd.DataFrame, spec: Any) -> pd.DataFrame:
@@ -214,23 +243,25 @@ def score_nba(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelSco
     raw = transform_features_raw(X[model.features], model.spec)
     reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), raw, k)
     extra = {str(a): choice.uplift[a].to_numpy(dtype="float64") for a in choice.uplift.columns}
+    alternatives = alternatives_json(choice.best, dict(extra))
     extra["explained"] = choice.explained
-    return ModelScores("nba", version, choice.score, reasons, choice.best, extra)
+    columns = {"nba_action": choice.best, "nba_uplift": choice.score, "nba_alternatives": alternatives}
+    return ModelScores("nba", version, choice.score, reasons, choice.best, extra, columns,
+                       detail=pc.binary_join_element_wise('{"alternatives":', alternatives, "}", ""))
 
 
-def alternatives_json(scores: ModelScores) -> pa.Array:
-    """Per row, every action but the recommended one, best first: `[{"action", "uplift"}, ...]`."""
-    assert scores.label is not None
-    actions = [a for a in scores.extra if a != "explained"]
-    matrix = np.column_stack([scores.extra[a] for a in actions])
+def alternatives_json(best: np.ndarray, uplifts: dict[str, np.ndarray]) -> pa.Array:
+    """Per row, every action but the recommended one (`best`), best first: `[{"action", "uplift"}, ...]`."""
+    actions = list(uplifts)
+    matrix = np.column_stack([uplifts[a] for a in actions])
     order = np.argsort(-matrix, axis=1, kind="stable")
     names = np.asarray(actions, dtype=object)[order]
-    uplifts = np.take_along_axis(matrix, order, axis=1)
+    ranked = np.take_along_axis(matrix, order, axis=1)
     parts = []
     for slot in range(len(actions)):
-        keep = names[:, slot] != scores.label
+        keep = names[:, slot] != best
         name = pa.array(np.where(keep, names[:, slot], None), type=pa.string())
-        value = pc.fill_null(_number_text(uplifts[:, slot], 2), "null")
+        value = pc.fill_null(_number_text(ranked[:, slot], 2), "null")
         parts.append(pc.binary_join_element_wise('{"action":"', name, '","uplift":', value, "}", ""))
     return json_list(parts)
 
@@ -246,6 +277,10 @@ class Scorer(Protocol):
     def inputs(self) -> list[str]: ...
 
     def score(self, X: pd.DataFrame, k: int = K) -> ModelScores: ...
+
+    def present(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The kind's own fields of the API's prediction, from its `ModelScores.columns` as stored (one row)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -265,6 +300,9 @@ class _Scorer:
     def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
         raise NotImplementedError
 
+    def present(self, values: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class ChurnScorer(_Scorer):
@@ -272,6 +310,9 @@ class ChurnScorer(_Scorer):
 
     def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
         return score_churn(self.model, self.version, X, k)
+
+    def present(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {"probability": scalar(values.get("churn_probability")), "band": values.get("churn_band")}
 
 
 @dataclass(frozen=True)
@@ -296,6 +337,10 @@ class ClvScorer(_Scorer):
     def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
         return score_clv(self.model, self.version, X, self.dispersion, k)
 
+    def present(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {"value_12m": scalar(values.get("clv_value")), "low": scalar(values.get("clv_low")),
+                "high": scalar(values.get("clv_high")), "range": "80 %"}
+
 
 @dataclass(frozen=True)
 class NbaScorer(_Scorer):
@@ -308,6 +353,10 @@ class NbaScorer(_Scorer):
     def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
         return score_nba(self.model, self.version, X, k)
 
+    def present(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {"action": values.get("nba_action"), "uplift": scalar(values.get("nba_uplift")),
+                "alternatives": parse_json(values.get("nba_alternatives"))}
+
 
 SCORERS: dict[str, type[_Scorer]] = {
     "churn": ChurnScorer, "clv": ClvScorer, "nba": NbaScorer}
@@ -319,13 +368,5 @@ SCORERS: dict[str, type[_Scorer]] = {
 def wide(scores: ModelScores) -> dict[str, Any]:
     """The `predictions` feature view's columns of one model's scores (see feature_repo/predictions.py)."""
     n = len(scores.score)
-    out: dict[str, Any] = {f"{scores.model}_version": np.full(n, scores.version, dtype="int64")}
-    if scores.model == "churn":
-        assert scores.label is not None
-        out |= {"churn_probability": scores.score, "churn_band": scores.label}
-    elif scores.model == "clv":
-        out |= {"clv_value": scores.score, "clv_low": scores.extra["low"], "clv_high": scores.extra["high"]}
-    else:
-        out |= {"nba_action": scores.label, "nba_uplift": scores.score, "nba_alternatives": alternatives_json(scores)}
-    out[f"{scores.model}_reasons"] = scores.reasons.json()
-    return out
+    return {f"{scores.model}_version": np.full(n, scores.version, dtype="int64"), **scores.columns,
+            f"{scores.model}_reasons": scores.reasons.json()}

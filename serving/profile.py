@@ -38,7 +38,7 @@ from c360.feature_repo.predictions import FIELDS, PREDICTIONS
 from c360.features import store as feature_stores
 from c360.features.store import OnlineReader
 from c360.serving import predict, signals
-from c360.serving.champions import Champions
+from c360.serving.champions import Champion, Champions
 from c360.serving.errors import Invalid, NotFound, Unavailable, echo
 from c360.training.specs import MODELS
 
@@ -163,17 +163,7 @@ def live_wide(ctx: Context, kind: str, frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def _first(columns: dict[str, Any]) -> dict[str, Any]:
-    return {k: _scalar(v[0]) for k, v in columns.items()}
-
-
-def _scalar(value: Any) -> Any:
-    if hasattr(value, "as_py"):
-        value = value.as_py()
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return {k: predict.scalar(v[0]) for k, v in columns.items()}
 
 
 def model_prediction(ctx: Context, kind: str, row: OnlineRow, scored_at: str) -> dict[str, Any]:
@@ -186,22 +176,16 @@ def model_prediction(ctx: Context, kind: str, row: OnlineRow, scored_at: str) ->
     else:
         values = _first(live_wide(ctx, kind, pd.DataFrame([row.features])))
         source, when = "live", scored_at
-    return present(kind, values, {"name": champion.name, "version": champion.version, "source": source,
+    return present(champion, values, {"name": champion.name, "version": champion.version, "source": source,
                                   "scored_at": when, "features_as_of": _iso(row.as_of)})
 
 
-def present(kind: str, values: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
-    """A wide row of one model as the API shows it."""
-    spec = MODELS[kind]
-    reasons = [reason(r, spec.outcome) for r in signals.parse_json(values.get(f"{kind}_reasons"))]
-    common = {"horizon_days": spec.horizon_days, "reasons": reasons, "model": model}
-    if kind == "churn":
-        return {"probability": _scalar(values.get("churn_probability")), "band": values.get("churn_band"), **common}
-    if kind == "clv":
-        return {"value_12m": _scalar(values.get("clv_value")), "low": _scalar(values.get("clv_low")),
-                "high": _scalar(values.get("clv_high")), "range": "80 %", **common}
-    return {"action": values.get("nba_action"), "uplift": _scalar(values.get("nba_uplift")),
-            "alternatives": signals.parse_json(values.get("nba_alternatives")), **common}
+def present(champion: Champion, values: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """A wide row of one model as the API shows it: the model's own fields, its horizon, reasons and version."""
+    spec = MODELS[champion.kind]
+    reasons = [reason(r, spec.outcome) for r in predict.parse_json(values.get(f"{champion.kind}_reasons"))]
+    return {**champion.scorer.present(values), "horizon_days": spec.horizon_days, "reasons": reasons,
+            "model": model}
 
 
 def reason(item: dict[str, Any], outcome: str) -> dict[str, Any]:
@@ -285,9 +269,9 @@ def future(ctx: Context, row: OnlineRow, scored_at: str) -> dict[str, Any]:
     uplifts = {a["action"]: a["uplift"] for a in nba["alternatives"]} | {nba["action"]: nba["uplift"]}
     return {
         "churn": churn, "clv": clv, "next_best_action": nba,
-        "next_feature": {"feature": name, "score": _scalar(values.get("next_feature_score")) if name else None,
+        "next_feature": {"feature": name, "score": predict.scalar(values.get("next_feature_score")) if name else None,
                          "method": values.get("next_feature_method"), **source},
-        "content_interest": {"topics": signals.parse_json(values.get("content_topics")), **source},
+        "content_interest": {"topics": predict.parse_json(values.get("content_topics")), **source},
         "retargeting": signals.retargeting(row.features),
         "advocate": signals.advocate(row.features, churn["band"]),
         "trainings": signals.trainings(row.features, name, uplifts.get("training_invite")),
@@ -354,7 +338,7 @@ def _json_value(value: Any) -> Any:
         return None if pd.isna(value) else value.isoformat()
     if value is None or value is pd.NA or value is pd.NaT:
         return None
-    return _scalar(value)
+    return predict.scalar(value)
 
 
 # ---------------------------------------------------------------- predictions for many
@@ -378,7 +362,7 @@ def predict_rows(ctx: Context, kind: str, rows: list[dict[str, Any]]) -> list[di
     columns = live_wide(ctx, kind, frame)
     model = {"name": champion.name, "version": champion.version, "source": "live", "scored_at": now(),
              "features_as_of": None}
-    return [{"customer_id": None, **present(kind, {k: _scalar(v[i]) for k, v in columns.items()}, model)}
+    return [{"customer_id": None, **present(champion, {k: predict.scalar(v[i]) for k, v in columns.items()}, model)}
             for i in range(len(frame))]
 
 
