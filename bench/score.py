@@ -64,11 +64,8 @@ def baseline(home: Path, out: Path) -> None:
     churn, clv, nba = champions["churn"].model, champions["clv"].model, champions["nba"].model
     churn_matrix, clv_matrix = churn.prepare(snapshot), transform_features(snapshot, clv.spec)
     uplift = nba.uplift
-    nba_matrix = transform_features(snapshot[nba.features], uplift.spec_)
-    net = nba.expected_net(snapshot)
-    control = uplift.control_
-    best = net.idxmax(axis=1).to_numpy(dtype=object)
-    explained = np.where(best == control, net.drop(columns=control).idxmax(axis=1).to_numpy(dtype=object), best)
+    nba_matrix = transform_features(snapshot[nba.features], nba.spec)
+    control, explained = nba.control, nba.choose(snapshot).explained
     boosters = {arm: getattr(m, "booster_", None) for arm, m in uplift.models_.items()}
     started = time.perf_counter()
     churn.booster.predict(churn_matrix, num_threads=1)

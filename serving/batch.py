@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from c360.core.settings import Settings
@@ -37,6 +36,7 @@ from c360.feature_repo.predictions import FIELDS, PREDICTIONS
 from c360.features import store
 from c360.serving import predict, signals
 from c360.serving.champions import Champions
+from c360.training.specs import MODELS
 
 CHUNK = 100_000
 
@@ -57,13 +57,8 @@ class ScoreReport:
 
 
 def score_chunk(champions: Champions, X: pd.DataFrame, k: int = predict.K) -> list[predict.ModelScores]:
-    """The three champions' scores with top-k reasons for a frame of customers' raw features."""
-    churn, clv, nba = champions["churn"], champions["clv"], champions["nba"]
-    return [
-        predict.score_churn(churn.model, churn.version, X[churn.inputs], k),
-        predict.score_clv(clv.model, clv.version, X[clv.inputs], champions.clv_dispersion, k),
-        predict.score_nba(nba.model, nba.version, X, k),
-    ]
+    """Every champion's scores with top-k reasons for a frame of customers' raw features."""
+    return [champions[kind].score(X, k) for kind in MODELS]
 
 
 def wide_table(customers: pd.Series, scores: list[predict.ModelScores], signal_frame: pd.DataFrame,
@@ -98,14 +93,7 @@ def long_table(customers: pd.Series, scores: list[predict.ModelScores], as_of: p
     n = len(customers)
     parts = []
     for s in scores:
-        if s.model == "clv":
-            low = pa.array(np.round(s.extra["low"], 2)).cast(pa.string())
-            high = pa.array(np.round(s.extra["high"], 2)).cast(pa.string())
-            detail = pc.binary_join_element_wise('{"low":', low, ',"high":', high, "}", "")
-        elif s.model == "nba":
-            detail = pc.binary_join_element_wise('{"alternatives":', predict.alternatives_json(s), "}", "")
-        else:
-            detail = pa.array(np.full(n, "{}"), type=pa.string())
+        detail = s.detail if s.detail is not None else pa.array(np.full(n, "{}"), type=pa.string())
         parts.append(pa.table({
             "customer_id": pa.array(customers.to_numpy(dtype=object), type=pa.string()),
             "model": pa.array(np.full(n, s.model), type=pa.string()),

@@ -1,10 +1,11 @@
 """The three champion models, loaded by alias from the MLflow registry, and reloaded when `@champion` moves.
 
-`Champions.load(home)` loads `c360-churn`, `c360-clv` and `c360-nba` at `@champion`; `refresh()` asks the registry
-which versions carry the alias now and reloads only the models whose version changed (a few milliseconds when
-nothing did), so a promotion is picked up without a restart. The CLV range needs the model's forward test RMSE
-(logged with the run) and its predictions on the population it was tested on: the subscribed customers of the
-latest feature snapshot (`serving.predict.clv_dispersion`).
+`Champions.load(home)` loads the models of `training.specs.MODELS` (`c360-churn`, `c360-clv`, `c360-nba`) at
+`@champion`; `refresh()` asks the registry which versions carry the alias now and reloads only the models whose
+version changed (a few milliseconds when nothing did), so a promotion is picked up without a restart. Each
+`Champion` scores through its kind's `serving.predict.Scorer` (`champion.inputs`, `champion.score(frame)`); the
+CLV range needs the model's forward test RMSE (logged with the run) and the latest feature snapshot
+(`serving.predict.ClvScorer`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from c360.serving.errors import Unavailable
+from c360.serving.predict import SCORERS, K, ModelScores, Scorer
 from c360.training import tracking
+from c360.training.specs import MODELS
 from c360.training.tracking import CHAMPION, ModelNotFound
-
-MODELS = {"churn": "c360-churn", "clv": "c360-clv", "nba": "c360-nba"}
 
 
 class RegistryUnavailable(Unavailable):
@@ -39,22 +39,27 @@ class Champion:
     model: Any
     run_id: str | None
     metrics: dict[str, float]
+    scorer: Scorer
 
     @property
     def inputs(self) -> list[str]:
         """The raw feature columns the model reads."""
-        if self.kind == "nba":
-            return list(self.model.features)
-        return list(self.model.spec.columns)
+        return self.scorer.inputs
+
+    def score(self, frame: pd.DataFrame, k: int = K) -> ModelScores:
+        """The model's scores with top-k reasons of `frame` (raw features, one row per customer; a column it lacks
+        is an unknown value)."""
+        return self.scorer.score(frame.reindex(columns=self.inputs), k)
 
 
-def _load(home: Path, kind: str) -> Champion:
-    name = MODELS[kind]
+def _load(home: Path, kind: str, reference: pd.DataFrame | None) -> Champion:
+    name = MODELS[kind].name
     model, version = tracking.load_model(name, CHAMPION, "pyfunc", home=home)
     metrics: dict[str, float] = {}
     if version.run_id:
         metrics = dict(tracking.configure(home).get_run(version.run_id).data.metrics)
-    return Champion(kind, name, int(version.version), model, version.run_id, metrics)
+    scorer = SCORERS[kind].of(model, int(version.version), metrics, reference)
+    return Champion(kind, name, int(version.version), model, version.run_id, metrics, scorer)
 
 
 class Champions:
@@ -64,7 +69,6 @@ class Champions:
         self.home = Path(home)
         self._lock = threading.Lock()
         self.models: dict[str, Champion] = {}
-        self.clv_dispersion = 0.0
         self._reference = snapshot
         self.error: str | None = None
 
@@ -78,7 +82,7 @@ class Champions:
         try:
             return self.models[kind]
         except KeyError:
-            raise RegistryUnavailable(self.error or f"no champion loaded for {MODELS[kind]}") from None
+            raise RegistryUnavailable(self.error or f"no champion loaded for {MODELS[kind].name}") from None
 
     @property
     def ready(self) -> bool:
@@ -91,8 +95,8 @@ class Champions:
         """The versions carrying @champion in the registry now (RegistryUnavailable when it cannot say)."""
         try:
             client = tracking.configure(self.home)
-            return {kind: int(tracking.version_by_alias(client, name, CHAMPION).version)
-                    for kind, name in MODELS.items()}
+            return {kind: int(tracking.version_by_alias(client, spec.name, CHAMPION).version)
+                    for kind, spec in MODELS.items()}
         except ModelNotFound as e:
             raise RegistryUnavailable(f"{e}: train and promote it (`c360 train all`, `c360 promote`)") from e
         except Exception as e:  # a broken or locked registry database is the caller's 503
@@ -107,9 +111,7 @@ class Champions:
                            for kind, version in wanted.items()
                            if kind not in self.models or self.models[kind].version != version}
                 for kind in changed:
-                    self.models[kind] = _load(self.home, kind)
-                if "clv" in changed:
-                    self.clv_dispersion = self._dispersion()
+                    self.models[kind] = _load(self.home, kind, self._reference)
             except RegistryUnavailable as e:
                 self.error = e.advice
                 raise
@@ -119,15 +121,3 @@ class Champions:
                 raise error from e
             self.error = None
             return changed
-
-    def _dispersion(self) -> float:
-        from c360.serving.predict import clv_dispersion
-
-        clv = self.models["clv"]
-        rmse = clv.metrics.get("rmse")
-        reference = self._reference
-        if rmse is None or reference is None or reference.empty:
-            return 0.0
-        if "subscribed" in reference.columns:
-            reference = reference[reference["subscribed"].fillna(False).astype(bool)]
-        return clv_dispersion(rmse, np.asarray(clv.model.predict(reference[clv.inputs]), dtype="float64"))

@@ -19,9 +19,11 @@ What each model scores (`ModelScores.score`):
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -70,6 +72,8 @@ class ModelScores:
     reasons: Reasons
     label: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    columns: dict[str, Any] = field(default_factory=dict)  # the kind's own columns of the `predictions` view
+    detail: pa.Array | None = None  # per row, a JSON object of what the long table's score and label leave out
 
 
 def json_list(items: Sequence[pa.Array]) -> pa.Array:
@@ -79,6 +83,25 @@ def json_list(items: Sequence[pa.Array]) -> pa.Array:
         both = pc.binary_join_element_wise(joined, pc.fill_null(item, ""), ",")
         joined = pc.if_else(pc.is_null(item), joined, pc.if_else(pc.equal(joined, ""), item, both))
     return pc.binary_join_element_wise("[", joined, "]", "")
+
+
+def parse_json(text: Any) -> list[dict[str, Any]]:
+    """A JSON list stored in the online store (empty or missing: no items)."""
+    if not isinstance(text, str) or not text:
+        return []
+    value = json.loads(text)
+    return value if isinstance(value, list) else []
+
+
+def scalar(value: Any) -> Any:
+    """One stored or computed value as JSON shows it: a Python scalar, None for NaN and infinities."""
+    if hasattr(value, "as_py"):
+        value = value.as_py()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _number_text(values: np.ndarray, decimals: int) -> pa.Array:
@@ -167,7 +190,10 @@ def score_churn(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelS
     probability = np.asarray(model.predict_proba(X), dtype="float64")
     contributions = model.contributions(X).drop(columns="base_value")
     reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), model.feature_values(X), k)
-    return ModelScores("churn", version, probability, reasons, churn_band(probability))
+    band = churn_band(probability)
+    return ModelScores("churn", version, probability, reasons, band,
+                       columns={"churn_probability": probability, "churn_band": band},
+                       detail=pa.array(np.full(len(probability), "{}"), type=pa.string()))
 
 
 # ---------------------------------------------------------------- CLV
@@ -193,7 +219,10 @@ def score_clv(model: Any, version: int, X: pd.DataFrame, dispersion: float, k: i
     values = transform_features_raw(X, model.spec)
     reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), values, k)
     low, high = clv_range(value, dispersion)
-    return ModelScores("clv", version, value, reasons, extra={"low": low, "high": high})
+    detail = pc.binary_join_element_wise('{"low":', pa.array(np.round(low, 2)).cast(pa.string()),
+                                         ',"high":', pa.array(np.round(high, 2)).cast(pa.string()), "}", "")
+    return ModelScores("clv", version, value, reasons, extra={"low": low, "high": high},
+                       columns={"clv_value": value, "clv_low": low, "clv_high": high}, detail=detail)
 
 
 def transform_features_raw(X: pd.DataFrame, spec: Any) -> pd.DataFrame:
@@ -207,43 +236,130 @@ def transform_features_raw(X: pd.DataFrame, spec: Any) -> pd.DataFrame:
 
 def score_nba(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelScores:
     """`training.nba_pipeline.NbaModel`: recommended action, its expected net uplift over no action, every action's
-    net uplift (`extra`, one array per action), reasons of the explained action's uplift in dollars."""
-    net = model.expected_net(X)
-    control = model.uplift.control_
-    uplift = net.sub(net[control], axis=0)
-    actions = list(net.columns)
-    order = [control, *[a for a in actions if a != control]]
-    values = uplift[order].to_numpy(dtype="float64")
-    ranked = np.where(np.isnan(values), -np.inf, values)  # an undefined uplift (inf − inf on absurd inputs) loses
-    names = np.asarray(order, dtype=object)
-    best = names[np.argmax(ranked, axis=1)]  # ties: the control (first)
-    explained = best
-    if len(order) > 1:  # for no_action: the best alternative, whose uplift the reasons then explain
-        explained = np.where(best == control, names[1 + np.argmax(ranked[:, 1:], axis=1)], best)
-    contributions = model.uplift_contributions(X, pd.Series(explained, index=X.index))
-    raw = transform_features_raw(X[model.features], model.uplift.spec_)
+    net uplift (`extra`, one array per action), reasons of the explained action's uplift in dollars. The choice is
+    the model's own (`NbaModel.choose`)."""
+    choice = model.choose(X)
+    contributions = model.uplift_contributions(X, pd.Series(choice.explained, index=X.index))
+    raw = transform_features_raw(X[model.features], model.spec)
     reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), raw, k)
-    score = np.take_along_axis(values, np.argmax(ranked, axis=1)[:, None], axis=1)[:, 0]
-    extra = {str(a): uplift[a].to_numpy(dtype="float64") for a in actions}
-    extra["explained"] = explained
-    return ModelScores("nba", version, score, reasons, best, extra)
+    extra = {str(a): choice.uplift[a].to_numpy(dtype="float64") for a in choice.uplift.columns}
+    alternatives = alternatives_json(choice.best, dict(extra))
+    extra["explained"] = choice.explained
+    columns = {"nba_action": choice.best, "nba_uplift": choice.score, "nba_alternatives": alternatives}
+    return ModelScores("nba", version, choice.score, reasons, choice.best, extra, columns,
+                       detail=pc.binary_join_element_wise('{"alternatives":', alternatives, "}", ""))
 
 
-def alternatives_json(scores: ModelScores) -> pa.Array:
-    """Per row, every action but the recommended one, best first: `[{"action", "uplift"}, ...]`."""
-    assert scores.label is not None
-    actions = [a for a in scores.extra if a != "explained"]
-    matrix = np.column_stack([scores.extra[a] for a in actions])
+def alternatives_json(best: np.ndarray, uplifts: dict[str, np.ndarray]) -> pa.Array:
+    """Per row, every action but the recommended one (`best`), best first: `[{"action", "uplift"}, ...]`."""
+    actions = list(uplifts)
+    matrix = np.column_stack([uplifts[a] for a in actions])
     order = np.argsort(-matrix, axis=1, kind="stable")
     names = np.asarray(actions, dtype=object)[order]
-    uplifts = np.take_along_axis(matrix, order, axis=1)
+    ranked = np.take_along_axis(matrix, order, axis=1)
     parts = []
     for slot in range(len(actions)):
-        keep = names[:, slot] != scores.label
+        keep = names[:, slot] != best
         name = pa.array(np.where(keep, names[:, slot], None), type=pa.string())
-        value = pc.fill_null(_number_text(uplifts[:, slot], 2), "null")
+        value = pc.fill_null(_number_text(ranked[:, slot], 2), "null")
         parts.append(pc.binary_join_element_wise('{"action":"', name, '","uplift":', value, "}", ""))
     return json_list(parts)
+
+
+# ---------------------------------------------------------------- what serving needs of a champion
+
+
+class Scorer(Protocol):
+    """What serving needs of a champion model, whatever its kind: the raw feature columns it reads (`inputs`) and
+    its scores with top-k reasons of a frame holding them (`score`). One implementation per kind (`SCORERS`)."""
+
+    @property
+    def inputs(self) -> list[str]: ...
+
+    def score(self, X: pd.DataFrame, k: int = K) -> ModelScores: ...
+
+    def present(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The kind's own fields of the API's prediction, from its `ModelScores.columns` as stored (one row)."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    model: Any
+    version: int
+
+    @classmethod
+    def of(cls, model: Any, version: int, metrics: dict[str, float], reference: pd.DataFrame | None) -> Scorer:
+        """The scorer of a loaded champion: its model, version, run metrics and the latest feature snapshot."""
+        return cls(model, version)
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.model.spec.columns)
+
+    def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
+        raise NotImplementedError
+
+    def present(self, values: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ChurnScorer(_Scorer):
+    """`training.churn.ChurnModel` (`score_churn`)."""
+
+    def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
+        return score_churn(self.model, self.version, X, k)
+
+    def present(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {"probability": scalar(values.get("churn_probability")), "band": values.get("churn_band")}
+
+
+@dataclass(frozen=True)
+class ClvScorer(_Scorer):
+    """`training.clv_pipeline.ClvModel` (`score_clv`), with the Tweedie dispersion of its 80 % range: from the
+    model's forward test RMSE (logged with the run) and its predictions on the population it was tested on, the
+    subscribed customers of `reference` (the latest feature snapshot); 0 (no range) without them."""
+
+    dispersion: float = 0.0
+
+    @classmethod
+    def of(cls, model: Any, version: int, metrics: dict[str, float], reference: pd.DataFrame | None) -> Scorer:
+        scorer = cls(model, version)
+        rmse = metrics.get("rmse")
+        if rmse is None or reference is None or reference.empty:
+            return scorer
+        if "subscribed" in reference.columns:
+            reference = reference[reference["subscribed"].fillna(False).astype(bool)]
+        value = np.asarray(model.predict(reference[scorer.inputs]), dtype="float64")
+        return cls(model, version, clv_dispersion(rmse, value))
+
+    def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
+        return score_clv(self.model, self.version, X, self.dispersion, k)
+
+    def present(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {"value_12m": scalar(values.get("clv_value")), "low": scalar(values.get("clv_low")),
+                "high": scalar(values.get("clv_high")), "range": "80 %"}
+
+
+@dataclass(frozen=True)
+class NbaScorer(_Scorer):
+    """`training.nba_pipeline.NbaModel` (`score_nba`): its features and the scale (MRR) it multiplies by."""
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.model.inputs)
+
+    def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
+        return score_nba(self.model, self.version, X, k)
+
+    def present(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {"action": values.get("nba_action"), "uplift": scalar(values.get("nba_uplift")),
+                "alternatives": parse_json(values.get("nba_alternatives"))}
+
+
+SCORERS: dict[str, type[_Scorer]] = {
+    "churn": ChurnScorer, "clv": ClvScorer, "nba": NbaScorer}
 
 
 # ---------------------------------------------------------------- wide rows: what the online store keeps
@@ -252,13 +368,5 @@ def alternatives_json(scores: ModelScores) -> pa.Array:
 def wide(scores: ModelScores) -> dict[str, Any]:
     """The `predictions` feature view's columns of one model's scores (see feature_repo/predictions.py)."""
     n = len(scores.score)
-    out: dict[str, Any] = {f"{scores.model}_version": np.full(n, scores.version, dtype="int64")}
-    if scores.model == "churn":
-        assert scores.label is not None
-        out |= {"churn_probability": scores.score, "churn_band": scores.label}
-    elif scores.model == "clv":
-        out |= {"clv_value": scores.score, "clv_low": scores.extra["low"], "clv_high": scores.extra["high"]}
-    else:
-        out |= {"nba_action": scores.label, "nba_uplift": scores.score, "nba_alternatives": alternatives_json(scores)}
-    out[f"{scores.model}_reasons"] = scores.reasons.json()
-    return out
+    return {f"{scores.model}_version": np.full(n, scores.version, dtype="int64"), **scores.columns,
+            f"{scores.model}_reasons": scores.reasons.json()}

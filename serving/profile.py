@@ -38,13 +38,12 @@ from c360.feature_repo.predictions import FIELDS, PREDICTIONS
 from c360.features import store as feature_stores
 from c360.features.store import OnlineReader
 from c360.serving import predict, signals
-from c360.serving.champions import Champions
+from c360.serving.champions import Champion, Champions
 from c360.serving.errors import Invalid, NotFound, Unavailable, echo
+from c360.training.specs import MODELS
 
 log = logging.getLogger(__name__)
-HORIZONS = {"churn": 90, "clv": 365, "nba": 91}
-OUTCOMES = {"churn": "churn risk", "clv": "expected value", "nba": "the action's uplift"}
-MODEL_FIELDS = {kind: [f for f in FIELDS if f.startswith(f"{kind}_")] for kind in ("churn", "clv", "nba")}
+MODEL_FIELDS = {kind: [f for f in FIELDS if f.startswith(f"{kind}_")] for kind in MODELS}
 SIGNAL_FIELDS = ["next_feature", "next_feature_score", "next_feature_method", "content_topics"]
 
 
@@ -160,29 +159,11 @@ def fresh(kind: str, row: OnlineRow, version: int) -> bool:
 
 def live_wide(ctx: Context, kind: str, frame: pd.DataFrame) -> dict[str, Any]:
     """Score `frame` (raw features, one row per customer) with the champion `kind`: the wide columns."""
-    champion = ctx.champions[kind]
-    X = frame.reindex(columns=champion.inputs)
-    if kind == "churn":
-        scores = predict.score_churn(champion.model, champion.version, X)
-    elif kind == "clv":
-        scores = predict.score_clv(champion.model, champion.version, X, ctx.champions.clv_dispersion)
-    else:
-        scores = predict.score_nba(champion.model, champion.version, frame)
-    return predict.wide(scores)
+    return predict.wide(ctx.champions[kind].score(frame))
 
 
 def _first(columns: dict[str, Any]) -> dict[str, Any]:
-    return {k: _scalar(v[0]) for k, v in columns.items()}
-
-
-def _scalar(value: Any) -> Any:
-    if hasattr(value, "as_py"):
-        value = value.as_py()
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return {k: predict.scalar(v[0]) for k, v in columns.items()}
 
 
 def model_prediction(ctx: Context, kind: str, row: OnlineRow, scored_at: str) -> dict[str, Any]:
@@ -195,21 +176,16 @@ def model_prediction(ctx: Context, kind: str, row: OnlineRow, scored_at: str) ->
     else:
         values = _first(live_wide(ctx, kind, pd.DataFrame([row.features])))
         source, when = "live", scored_at
-    return present(kind, values, {"name": champion.name, "version": champion.version, "source": source,
+    return present(champion, values, {"name": champion.name, "version": champion.version, "source": source,
                                   "scored_at": when, "features_as_of": _iso(row.as_of)})
 
 
-def present(kind: str, values: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
-    """A wide row of one model as the API shows it."""
-    reasons = [reason(r, OUTCOMES[kind]) for r in signals.parse_json(values.get(f"{kind}_reasons"))]
-    common = {"horizon_days": HORIZONS[kind], "reasons": reasons, "model": model}
-    if kind == "churn":
-        return {"probability": _scalar(values.get("churn_probability")), "band": values.get("churn_band"), **common}
-    if kind == "clv":
-        return {"value_12m": _scalar(values.get("clv_value")), "low": _scalar(values.get("clv_low")),
-                "high": _scalar(values.get("clv_high")), "range": "80 %", **common}
-    return {"action": values.get("nba_action"), "uplift": _scalar(values.get("nba_uplift")),
-            "alternatives": signals.parse_json(values.get("nba_alternatives")), **common}
+def present(champion: Champion, values: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """A wide row of one model as the API shows it: the model's own fields, its horizon, reasons and version."""
+    spec = MODELS[champion.kind]
+    reasons = [reason(r, spec.outcome) for r in predict.parse_json(values.get(f"{champion.kind}_reasons"))]
+    return {**champion.scorer.present(values), "horizon_days": spec.horizon_days, "reasons": reasons,
+            "model": model}
 
 
 def reason(item: dict[str, Any], outcome: str) -> dict[str, Any]:
@@ -293,9 +269,9 @@ def future(ctx: Context, row: OnlineRow, scored_at: str) -> dict[str, Any]:
     uplifts = {a["action"]: a["uplift"] for a in nba["alternatives"]} | {nba["action"]: nba["uplift"]}
     return {
         "churn": churn, "clv": clv, "next_best_action": nba,
-        "next_feature": {"feature": name, "score": _scalar(values.get("next_feature_score")) if name else None,
+        "next_feature": {"feature": name, "score": predict.scalar(values.get("next_feature_score")) if name else None,
                          "method": values.get("next_feature_method"), **source},
-        "content_interest": {"topics": signals.parse_json(values.get("content_topics")), **source},
+        "content_interest": {"topics": predict.parse_json(values.get("content_topics")), **source},
         "retargeting": signals.retargeting(row.features),
         "advocate": signals.advocate(row.features, churn["band"]),
         "trainings": signals.trainings(row.features, name, uplifts.get("training_invite")),
@@ -362,7 +338,7 @@ def _json_value(value: Any) -> Any:
         return None if pd.isna(value) else value.isoformat()
     if value is None or value is pd.NA or value is pd.NaT:
         return None
-    return _scalar(value)
+    return predict.scalar(value)
 
 
 # ---------------------------------------------------------------- predictions for many
@@ -381,12 +357,12 @@ def predict_customers(ctx: Context, kind: str, customer_ids: list[str]) -> list[
 def predict_rows(ctx: Context, kind: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One model's predictions for raw feature rows the caller sends (always live)."""
     champion = ctx.champions[kind]
-    needed = list(dict.fromkeys([*champion.inputs, *(["mrr"] if kind == "nba" else [])]))
+    needed = champion.inputs
     frame = pd.DataFrame([validate_row(r, needed) for r in rows], columns=needed)
     columns = live_wide(ctx, kind, frame)
     model = {"name": champion.name, "version": champion.version, "source": "live", "scored_at": now(),
              "features_as_of": None}
-    return [{"customer_id": None, **present(kind, {k: _scalar(v[i]) for k, v in columns.items()}, model)}
+    return [{"customer_id": None, **present(champion, {k: predict.scalar(v[i]) for k, v in columns.items()}, model)}
             for i in range(len(frame))]
 
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from c360.core.definitions import BY_NAME, FEATURES
 from c360.features.details import LISTS
 from c360.features.profile import PAST, PRESENT, label
+from c360.training.specs import MODELS
 
 T = TypeVar("T")
 CUSTOMER_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -175,17 +176,18 @@ class ByIds(BaseModel):
 
 def _row_model(service: str) -> type[BaseModel]:
     """One raw feature row of a model: every feature of its feature service, each a value of its type or null."""
-    from c360.feature_repo.services import MODELS, NOT_FOR_MODELS
+    from c360.feature_repo.services import MODELS as SERVICES
+    from c360.feature_repo.services import NOT_FOR_MODELS
 
     # Integers within JSON's exact range (2^53): beyond it a JSON number is a rounded float, and int64 overflows.
     bounds: dict[str, dict[str, int]] = {"int": {"ge": -(2**53 - 1), "le": 2**53 - 1}}
     fields: dict[str, Any] = {f.name: _feature(f.name, **bounds.get(f.dtype, {}))
-                              for f in FEATURES if f.section in MODELS[service] and f.name not in NOT_FOR_MODELS}
+                              for f in FEATURES if f.section in SERVICES[service] and f.name not in NOT_FOR_MODELS}
     name = service.split("_")[0].capitalize() + "Row"
     return create_model(name, __config__=ConfigDict(extra="ignore", allow_inf_nan=False), **fields)
 
 
-ChurnRow, ClvRow, NbaRow = _row_model("churn_v1"), _row_model("clv_v1"), _row_model("nba_v1")
+ChurnRow, ClvRow, NbaRow = (_row_model(MODELS[kind].service) for kind in ("churn", "clv", "nba"))
 
 
 class ChurnRows(BaseModel):

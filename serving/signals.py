@@ -22,7 +22,6 @@ The first two need event rows from the warehouse: the batch job computes them fo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -211,11 +210,3 @@ def trainings(features: Mapping[str, Any], next_feature_name: str | None,
         out.append({"training": "training invite (campaign)",
                     "why": f"the next-best-action model expects +{training_uplift:,.2f} net revenue in 91 days"})
     return out
-
-
-def parse_json(text: Any) -> list[dict[str, Any]]:
-    """A JSON list stored in the online store (empty or missing: no items)."""
-    if not isinstance(text, str) or not text:
-        return []
-    value = json.loads(text)
-    return value if isinstance(value, list) else []

@@ -22,10 +22,12 @@ from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 from c360.features import store
 from c360.training import cards, clv, datasets, labels, tracking
+from c360.training.specs import CLV
 from c360.training.tracking import TrainReport
 from c360.training.uplift import FeatureSpec, prepare_features, transform_features
 
-CLV_MODEL = "c360-clv"
+CLV_MODEL = CLV.name
+SERVICE = CLV.service
 HORIZON_WEEKS = labels.CLV_HORIZON_DAYS / 7
 PAID_SQL = """
 SELECT x.customer_id, i.issued_at, i.amount FROM billing_invoices i
@@ -115,7 +117,7 @@ def _test_set(s: Settings, con, fs, frame: pd.DataFrame) -> tuple[pd.DataFrame, 
     latest = store.snapshot_dates(s)[-1]
     snapshot = store.read_snapshot(s, latest)
     subscribed = snapshot.loc[snapshot["subscribed"], ["customer_id"]].assign(value=np.nan)
-    test = datasets.examples(con, fs, "clv_v1", [latest], lambda *_: subscribed)
+    test = datasets.examples(con, fs, SERVICE, [latest], lambda *_: subscribed)
     account = test["customer_id"].map(datasets.customer_accounts(con, s.truth))
     future = pd.read_parquet(truth, columns=["account", "future_value_12m"]).set_index("account")["future_value_12m"]
     test["value"] = account.map(future)
@@ -129,7 +131,7 @@ def clv_examples(s: Settings, con, fs: FeatureStore) -> pd.DataFrame:
     if not dates:
         raise ValueError("no snapshot has 12 months of data after it: build older snapshots "
                          "(`c360 features build --history-days 644`)")
-    return datasets.examples(con, fs, "clv_v1", dates, labels.clv)
+    return datasets.examples(con, fs, SERVICE, dates, labels.clv)
 
 
 def train_clv(s: Settings) -> TrainReport:
@@ -158,11 +160,11 @@ def train_clv(s: Settings) -> TrainReport:
         experiment=CLV_MODEL, run_name=f"clv {test_period}", model=model, flavor="pyfunc",
         params={"horizon_weeks": HORIZON_WEEKS, "objective": "tweedie", "features": len(features)},
         metrics=results["lightgbm"], baselines={"bgnbd_gamma_gamma": results["bgnbd_gamma_gamma"]},
-        dataset={"training": train, "test": test}, dataset_name="clv_v1", target="value",
+        dataset={"training": train, "test": test}, dataset_name=SERVICE, target="value",
         input_example=test[features].head(5),
         figures={"holdout": holdout_chart(test["value"], predictions, f"12-month value after {test_period}")},
         tables={"test_metrics": pd.DataFrame(results).T, "by_segment": segments},
-        model_card=card, registered_name=CLV_MODEL, tags={"test_period": test_period, "feature_service": "clv_v1"},
+        model_card=card, registered_name=CLV_MODEL, tags={"test_period": test_period, "feature_service": SERVICE},
         home=s.home)
     return TrainReport(CLV_MODEL, int(version.version), str(version.run_id), test_period,
                        {"train": len(train), "test": len(test)}, results["lightgbm"],

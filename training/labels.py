@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-CHURN_HORIZON_DAYS = 90
-CLV_HORIZON_DAYS = 365
+from c360.training.specs import CHURN, CLV
+
+CHURN_HORIZON_DAYS = CHURN.horizon_days
+CLV_HORIZON_DAYS = CLV.horizon_days
 
 # Churn: a customer subscribed at T who cancels within the horizon, or who goes silent — no product activity and
 # no paid invoice in the whole horizon.

@@ -56,10 +56,14 @@ from c360.core.settings import Settings
 from c360.features import store
 from c360.training import cards, datasets, labels, tracking
 from c360.training.cards import Block
+from c360.training.specs import NBA
 from c360.training.tracking import TrainReport
 from c360.training.uplift import (
+    Choice,
+    FeatureSpec,
     MultiArmUplift,
     assignment_propensity,
+    choose,
     paired_bootstrap,
     qini_auc,
     qini_chart,
@@ -71,9 +75,9 @@ from c360.training.uplift import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-NBA_MODEL = "c360-nba"
-SERVICE = "nba_v1"
-HORIZON_DAYS = 91
+NBA_MODEL = NBA.name
+SERVICE = NBA.service
+HORIZON_DAYS = NBA.horizon_days
 CONTROL = "no_action"
 ACTIONS = ("no_action", "discount", "training_invite", "csm_call")
 # What one action costs beyond its effect on revenue; the discount's cost is in the invoices (the outcome).
@@ -215,13 +219,33 @@ class NbaModel:
         outcomes = self.expected_outcomes(X)
         return outcomes - pd.Series({a: float(self.costs.get(a, 0.0)) for a in outcomes.columns})
 
+    @property
+    def control(self) -> str:
+        """The action that means doing nothing (the uplift model's control arm)."""
+        return str(self.uplift.control)
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """How ``features`` are prepared for LightGBM (names of the reasons' columns)."""
+        return self.uplift.spec
+
+    @property
+    def inputs(self) -> list[str]:
+        """The raw columns the model reads: its features and the scale."""
+        return list(dict.fromkeys([*self.features, *([self.scale] if self.scale else [])]))
+
+    def choose(self, X: pd.DataFrame) -> Choice:
+        """The recommended action of each row, each action's net uplift over no action, the action the reasons
+        explain (``training.uplift.choose``: the one place the choice is made)."""
+        return choose(self.expected_net(X), self.control)
+
     def recommend(self, X: pd.DataFrame) -> pd.Series:
-        return recommend_from_outcomes(self.expected_net(X), self.uplift.control_)
+        return pd.Series(self.choose(X).best, index=X.index, dtype=object, name="arm")
 
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
         net = self.expected_net(X)
-        best = recommend_from_outcomes(net, self.uplift.control_)
-        return pd.concat([best.rename("recommended"), net.add_prefix("expected_net.")], axis=1)
+        best = pd.Series(choose(net, self.control).best, index=X.index, dtype=object, name="recommended")
+        return pd.concat([best, net.add_prefix("expected_net.")], axis=1)
 
     def uplift_contributions(self, X: pd.DataFrame, actions: pd.Series) -> pd.DataFrame:
         """Per row, what each prepared feature adds to the expected uplift of ``actions`` (one action per row) over
@@ -230,11 +254,11 @@ class NbaModel:
         effect per unit of scale, times the scale) goes to the scale's own column, so a row sums to the action's
         expected uplift before its cost. Rows whose action is the control get zeros."""
         uplift = self.uplift
-        matrix = transform_features(X[self.features], uplift.spec_)
-        out = np.zeros((len(X), len(uplift.spec_.names)))
+        matrix = transform_features(X[self.features], self.spec)
+        out = np.zeros((len(X), len(self.spec.names)))
         rest = np.zeros(len(X))
         chosen = pd.Series(actions, index=X.index).to_numpy(dtype=object)
-        for arm in pd.unique(chosen[chosen != uplift.control_]):
+        for arm in pd.unique(chosen[chosen != self.control]):
             rows = chosen == arm
             ate, slope, center = uplift.calibration_.get(arm, (0.0, 1.0, 0.0))
             difference = uplift.uplift_contributions(matrix[rows], arm)
@@ -244,9 +268,9 @@ class NbaModel:
         if self.scale is not None:
             size = _scale(X[self.scale]).to_numpy()
             out *= size[:, None]
-            if self.scale in uplift.spec_.columns:
-                out[:, list(uplift.spec_.columns).index(self.scale)] += rest * size
-        return pd.DataFrame(out, index=X.index, columns=list(uplift.spec_.names))
+            if self.scale in self.spec.columns:
+                out[:, list(self.spec.columns).index(self.scale)] += rest * size
+        return pd.DataFrame(out, index=X.index, columns=list(self.spec.names))
 
 
 def _scale(values: pd.Series) -> pd.Series:

@@ -16,9 +16,11 @@ from c360.features import store
 from c360.training import cards, datasets, labels, tracking
 from c360.training.churn import ChurnModel, calibration_curve_figure, fit_baseline, metrics, roc_figure
 from c360.training.explain import feature_descriptions, shap_summary_figure
+from c360.training.specs import CHURN
 from c360.training.tracking import TrainReport
 
-CHURN_MODEL = "c360-churn"
+CHURN_MODEL = CHURN.name
+SERVICE = CHURN.service
 MONOTONE = {"payment_failures_90d": 1, "flag_payment_failed": 1}  # more failed payments never lower the risk
 
 
@@ -29,7 +31,7 @@ def _labelled_dates(s: Settings, con, horizon_days: int) -> list[pd.Timestamp]:
 
 def churn_examples(s: Settings, con, fs: FeatureStore) -> pd.DataFrame:
     dates = _labelled_dates(s, con, labels.CHURN_HORIZON_DAYS)
-    return datasets.examples(con, fs, "churn_v1", dates, labels.churn)
+    return datasets.examples(con, fs, SERVICE, dates, labels.churn)
 
 
 def _features(frame: pd.DataFrame) -> list[str]:
@@ -102,11 +104,11 @@ def train_churn(s: Settings) -> TrainReport:
         params={"horizon_days": labels.CHURN_HORIZON_DAYS, "features": len(features), "trees": model.n_trees,
                 "calibration": "platt", "monotone": ",".join(MONOTONE)},
         metrics=results["lightgbm"], baselines={k: v for k, v in results.items() if k != "lightgbm"},
-        dataset={"training": train, "test": test}, dataset_name="churn_v1", target="churned",
+        dataset={"training": train, "test": test}, dataset_name=SERVICE, target="churned",
         input_example=test[features].head(5), figures=figures,
         tables={"test_metrics": pd.DataFrame(results).T, "by_segment": segments},
         model_card=model_card(CHURN_MODEL, frame, split, results, segments), registered_name=CHURN_MODEL,
-        tags={"test_period": test_period, "feature_service": "churn_v1"}, home=s.home)
+        tags={"test_period": test_period, "feature_service": SERVICE}, home=s.home)
     return TrainReport(CHURN_MODEL, int(version.version), str(version.run_id), test_period,
                        {"train": len(train), "calibration": len(calib), "test": len(test)},
                        results["lightgbm"], {k: v for k, v in results.items() if k != "lightgbm"})

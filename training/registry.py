@@ -9,37 +9,16 @@ challenger version as tags (`gate.decision`, `gate.reasons`, `gate.champion`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
+from c360.training.specs import CHURN, CLV, NBA, Better, Gate, Guard
 from c360.training.tracking import CHALLENGER, CHAMPION, ModelNotFound, version_by_alias
 
-Better = Literal["higher", "lower"]
+__all__ = ["Better", "Gate", "Guard", "promote"]
 TEST_PERIOD = "test_period"
 _EPS = 1e-12  # so that a gain of exactly the margin passes despite float rounding
-
-
-@dataclass(frozen=True)
-class Guard:
-    """A metric the challenger may not worsen by more than `tolerance` (ECE, Brier, ... usually lower is better)."""
-
-    metric: str
-    tolerance: float
-    better: Better = "lower"
-
-
-@dataclass(frozen=True)
-class Gate:
-    """The challenger must beat the champion's `metric` by at least `margin` (a share of the champion's value when
-    `relative`), and break no guard."""
-
-    metric: str
-    better: Better = "higher"
-    margin: float = 0.0
-    guards: tuple[Guard, ...] = ()
-    relative: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,12 +33,8 @@ class Decision:
         return f"challenger v{self.challenger} {verdict}:\n" + "\n".join(f"- {r}" for r in self.reasons)
 
 
-CHURN_GATE = Gate("roc_auc", "higher", 0.002, (Guard("ece", 0.01), Guard("brier", 0.002)))
-# 1 % lower RMSE of 12-month value, and the total may not drift more than 2 points further from the actual
-CLV_GATE = Gate("rmse", "lower", 0.01, (Guard("abs_total_error_pct", 2.0),), relative=True)
-# $0.50 more net revenue per customer (IPS on the test wave), and a lower bound of its CI no worse by more than $2
-NBA_GATE = Gate("policy_value", "higher", 0.5, (Guard("policy_value_low", 2.0, "higher"),))
-GATES = {"c360-churn": CHURN_GATE, "c360-clv": CLV_GATE, "c360-nba": NBA_GATE}
+# The gates of the three models are in their specs (`training.specs.MODELS`); these names stay for callers.
+CHURN_GATE, CLV_GATE, NBA_GATE = CHURN.gate, CLV.gate, NBA.gate
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,38 @@ def row_propensity(assigned: Iterable[Hashable], propensity: Propensity) -> np.n
     return p
 
 
+@dataclass(frozen=True)
+class Choice:
+    """Each row's best arm by expected outcome net of cost — the one place the next best action is chosen.
+
+    ``uplift`` is every arm's net outcome minus the control's (columns in the outcomes' order); ``best`` the arm
+    with the highest net outcome, the control winning ties (nothing pays) and an undefined outcome (NaN) losing;
+    ``explained`` is ``best``, or where that is the control the best other arm (whose uplift says why it does not
+    pay); ``score`` is ``best``'s uplift over the control (0 for the control)."""
+
+    uplift: pd.DataFrame
+    best: np.ndarray  # (n,) object
+    explained: np.ndarray  # (n,) object
+    score: np.ndarray  # (n,) float64
+
+
+def choose(net: pd.DataFrame, control: Hashable) -> Choice:
+    """The best arm of each row of ``net`` (expected outcome net of cost, one column per arm); see ``Choice``."""
+    order = [control, *[a for a in net.columns if a != control]]
+    values = net[order].to_numpy(dtype="float64")
+    ranked = np.where(np.isnan(values), -np.inf, values)
+    names = np.empty(len(order), dtype=object)
+    names[:] = order
+    first = np.argmax(ranked, axis=1)
+    best = names[first]
+    explained = best
+    if len(order) > 1:
+        explained = np.where(first == 0, names[1 + np.argmax(ranked[:, 1:], axis=1)], best)
+    uplift = net.sub(net[control], axis=0)
+    score = np.take_along_axis(uplift[order].to_numpy(dtype="float64"), first[:, None], axis=1)[:, 0]
+    return Choice(uplift, best, explained, score)
+
+
 def recommend_from_outcomes(
     outcomes: pd.DataFrame, control: Hashable, costs: Mapping[Hashable, float] | None = None
 ) -> pd.Series:
@@ -201,9 +233,8 @@ def recommend_from_outcomes(
     unknown = [a for a in costs if a not in outcomes.columns]
     if unknown:
         raise ValueError(f"costs given for unknown arms: {unknown}")
-    order = [control, *[a for a in outcomes.columns if a != control]]
-    net = outcomes[order] - pd.Series({a: float(costs.get(a, 0.0)) for a in order})
-    return net.idxmax(axis=1).astype(object).rename("arm")
+    net = outcomes - pd.Series({a: float(costs.get(a, 0.0)) for a in outcomes.columns})
+    return pd.Series(choose(net, control).best, index=outcomes.index, dtype=object, name="arm")
 
 
 # ---------------------------------------------------------------- learners
@@ -431,6 +462,16 @@ class MultiArmUplift:
     def recommend(self, X: pd.DataFrame, costs: Mapping[Hashable, float] | None = None) -> pd.Series:
         """Best arm per customer net of ``costs`` (outcome units per customer); the control when nothing pays."""
         return recommend_from_outcomes(self.predict_outcomes(X), self.control_, costs)
+
+    @property
+    def control(self) -> Hashable:
+        """The control arm (fitted)."""
+        return self.control_
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """How the raw feature columns are prepared for LightGBM (fitted)."""
+        return self.spec_
 
     def propensity_of(self, assigned: Iterable[Hashable]) -> np.ndarray:
         """Per-row propensity of the assigned arm, for inverse-propensity evaluation."""

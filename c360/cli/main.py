@@ -20,11 +20,12 @@ from c360.cli.features import apply, build, features_app, materialize, profile
 from c360.cli.identity import eval_app, resolve_app, run_resolve
 from c360.cli.review import mlflow_ui
 from c360.cli.serve import score, serve
-from c360.cli.train import MODELS, champions, promote, train_all, train_app
+from c360.cli.train import champions, promote, train_all, train_app
 from c360.cli.ui import Json, console, emit, fail, progress, record_run, stderr, table
 from c360.core import warehouse
 from c360.core.locks import WarehouseBusy
 from c360.core.settings import Settings
+from c360.training.specs import KINDS
 
 
 class _Commands(TyperGroup):
@@ -178,7 +179,7 @@ def demo(
     steps = {"generate": generate(customers=n, seed=s.seed, out=s.generated, corrupt_rate=s.corrupt_rate),
              "ingest": ingest(source=s.generated), "resolve": run_resolve(), "features_build": build(),
              "features_apply": apply(), "features_materialize": materialize(), "train": train_all(),
-             "promote": {model: promote(model) for model in MODELS}, "status": status()}
+             "promote": {model: promote(model) for model in KINDS}, "status": status()}
     example = _example_customer(s)
     steps |= {"profile": profile(example), "champions": champions(), "score": score()}
     where = {"warehouse": s.warehouse, "snapshots": s.snapshots, "feast_registry": s.feast, "ground_truth": s.truth,

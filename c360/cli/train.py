@@ -13,11 +13,11 @@ import typer
 
 from c360.cli.ui import Json, emit, fail, record_run, stderr, table
 from c360.core.settings import Settings
+from c360.training.specs import MODELS
+from c360.training.specs import Kind as Model
 
 train_app = typer.Typer(help="Train models on the feature store (or on your own table) and register them in MLflow.",
                         no_args_is_help=True)
-Model = Literal["churn", "clv", "nba"]
-MODELS: dict[Model, str] = {"churn": "c360-churn", "clv": "c360-clv", "nba": "c360-nba"}
 
 
 TableOption = Annotated[Path | None, typer.Option("--table", help="your own CSV or Parquet table (no feature store)")]
@@ -141,17 +141,16 @@ def train_all(as_json: Json = False) -> dict:
 
 def promote(model: Annotated[Model, typer.Argument(help="which model")], as_json: Json = False) -> dict:
     """Move @champion to @challenger when it beats the champion on the same test period by the gate's margin and
-    regresses no guard metric; print why otherwise. Gates: `training/registry.py`."""
+    regresses no guard metric; print why otherwise. Gates: `training/specs.py`."""
     from c360.training import tracking
-    from c360.training.registry import GATES
     from c360.training.registry import promote as run
 
-    s = Settings()
+    s, spec = Settings(), MODELS[model]
     try:
-        decision = run(tracking.configure(s.home), MODELS[model], GATES[MODELS[model]])
+        decision = run(tracking.configure(s.home), spec.name, spec.gate)
     except LookupError as e:
         raise fail(str(e)) from None
-    return emit({"model": MODELS[model], **asdict(decision)}, as_json, f"{MODELS[model]}: {decision}")
+    return emit({"model": spec.name, **asdict(decision)}, as_json, f"{spec.name}: {decision}")
 
 
 def champions(as_json: Json = False) -> dict:
@@ -159,7 +158,7 @@ def champions(as_json: Json = False) -> dict:
     from c360.training import tracking
 
     client, rows = tracking.configure(Settings().home), []
-    for name in MODELS.values():
+    for name in (spec.name for spec in MODELS.values()):
         for alias in (tracking.CHAMPION, tracking.CHALLENGER):
             try:
                 v = tracking.version_by_alias(client, name, alias)
