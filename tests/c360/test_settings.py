@@ -28,3 +28,10 @@ def test_all_state_lives_under_home(tmp_path: Path) -> None:
     s = Settings(home=tmp_path)
     for path in (s.warehouse, s.generated, s.runs, s.identity_model, s.feast, s.snapshots):
         assert tmp_path in path.parents
+
+
+def test_the_readme_lists_every_setting() -> None:
+    table = (Path(__file__).resolve().parents[2] / "README.md").read_text().split("| setting | env | default |")[1]
+    rows = table.split("\n\n")[0]
+    missing = [name for name in Settings.model_fields if f"`C360_{name.upper()}`" not in rows]
+    assert not missing, f"settings missing from README's table: {missing}"
