@@ -157,7 +157,7 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
           on_start: Callable[[int], None] | None = None, on_chunk: Callable[[int], None] | None = None,
           warehouse_con: Any = None) -> ScoreReport:
     """Score the latest snapshot's customers (or `customers`) with every champion; see the module docstring."""
-    from c360.serving.profile import warehouse
+    from c360.serving.online import warehouse
 
     started = time.perf_counter()
     dates = store.snapshot_dates(s)

@@ -12,7 +12,7 @@ from typing import Any
 from c360.core.settings import Settings
 from c360.features.linkage import normalise_email
 from c360.serving.errors import NotFound
-from c360.serving.profile import warehouse
+from c360.serving.online import warehouse
 
 # What the service accepts as an e-mail address (422 otherwise): one @, a dotted domain, no spaces.
 EMAIL = r"^[A-Za-z0-9._%+'-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+$"

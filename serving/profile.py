@@ -1,4 +1,4 @@
-"""A customer's whole profile — past, present, future — and single predictions, as plain functions.
+"""A customer's whole profile — past, present, future — as a plain function.
 
 The service (`serving.service`) is a thin HTTP layer over these; a notebook can call them with a `Context`.
 
@@ -19,220 +19,24 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import lru_cache
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
-from c360.feature_repo.predictions import FIELDS, PREDICTIONS
 from c360.features import store as feature_stores
-from c360.features.store import OnlineReader
 from c360.serving import predict, signals
-from c360.serving.champions import Champion, Champions
-from c360.serving.errors import Invalid, NotFound, Unavailable, echo
-from c360.training.specs import MODELS
+from c360.serving.errors import NotFound, echo
+from c360.serving.online import Context, OnlineRow, iso_day, now, one, warehouse
+from c360.serving.predictions import model_prediction
 
 log = logging.getLogger(__name__)
-MODEL_FIELDS = {kind: [f for f in FIELDS if f.startswith(f"{kind}_")] for kind in MODELS}
 SIGNAL_FIELDS = ["next_feature", "next_feature_score", "next_feature_method", "content_topics"]
 
 
-@dataclass
-class Context:
-    """What profile assembly and prediction read from: settings, Feast, the champions."""
-
-    settings: Settings
-    store: Any  # feast.FeatureStore
-    champions: Champions
-    reader: OnlineReader | None = None
-    _population: dict[pd.Timestamp, tuple[pd.DataFrame, pd.Series, pd.Series]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def online(self) -> OnlineReader:
-        """Every customer feature and every predictions field, in one online read for a profile; `reader = None`
-        re-reads the registry's views."""
-        if self.reader is None:
-            try:
-                self.reader = OnlineReader.of(self.store, lambda v, name: name in BY_NAME or v.name == PREDICTIONS)
-            except Exception as e:  # the registry's file is gone or unreadable
-                raise Unavailable("feature registry", "cannot be read: run `c360 features apply`", e) from e
-        return self.reader
-
-    def stamps(self) -> list[str]:
-        """One feature of each snapshot view: their event times say which snapshot a customer's row is from."""
-        return [names[0] for view, names in self.online().views if view.name != PREDICTIONS]
-
-
-def latest_snapshot(s: Settings) -> pd.DataFrame | None:
-    """The latest feature snapshot (the CLV range's reference population), or None before `c360 features build`."""
-    try:
-        dates = feature_stores.snapshot_dates(s)
-        return feature_stores.read_snapshot(s, dates[-1]) if dates else None
-    except Exception as e:
-        raise Unavailable("feature snapshots", "cannot be read: run `c360 features build`", e) from e
-
-
-def feature_store(s: Settings) -> Any:
-    try:
-        return feature_stores.feature_store(s)
-    except Exception as e:
-        raise Unavailable("feature registry", "cannot be opened: run `c360 features apply`", e) from e
-
-
-# ---------------------------------------------------------------- reading
-
-
-@dataclass(frozen=True)
-class OnlineRow:
-    customer_id: str
-    features: dict[str, Any]
-    as_of: pd.Timestamp
-    predictions: dict[str, Any] | None
-    predictions_as_of: pd.Timestamp | None
-
-
-def read_online(ctx: Context, customer_ids: list[str]) -> list[OnlineRow | None]:
-    """Features and batch predictions of each customer in one online read; None for a customer without features."""
-    stamps = ctx.stamps()
-    try:
-        data = ctx.online().read(customer_ids)
-    except Exception as e:  # any failure of the store (file, registry, Redis) is a 503
-        raise Unavailable("online store", "cannot be read: see the server log", e) from e
-    out: list[OnlineRow | None] = []
-    if not stamps or not all(data[f"{stamps[0]}__ts"]):
-        store_missing(ctx)  # a store file that is gone reads as "no rows": say so rather than 404
-    for i, customer in enumerate(customer_ids):
-        seconds = {data[f"{name}__ts"][i] for name in stamps}
-        if len(seconds) > 1:
-            raise Unavailable("online store", "it holds two feature snapshots of a customer (a materialize was "
-                                              "interrupted or is running): run `c360 features materialize`")
-        if not any(seconds):
-            out.append(None)
-            continue
-        features = {n: data[n][i] for n in BY_NAME if n in data}
-        predicted = data.get("scored_at__ts", [0] * len(customer_ids))[i]
-        predictions = {n: data[n][i] for n in FIELDS if n in data} if predicted else None
-        out.append(OnlineRow(customer, features, _day(seconds.pop()), predictions,
-                             _day(predicted) if predicted else None))
-    return out
-
-
-def store_missing(ctx: Context) -> None:
-    """Unavailable when a file-based online store cannot answer because its file is missing."""
-    path = getattr(ctx.store.config.online_store, "path", None)
-    if path and ctx.settings.online_store != "redis" and not Path(path).exists():
-        log.warning("online store %s does not exist", path)
-        raise Unavailable("online store", "it holds no features yet: run `c360 features materialize` and "
-                                          "`c360 score`")
-
-
-@lru_cache(maxsize=4096)  # a store holds a few dates; pandas' constructor and strftime cost more than the read
-def _day(seconds: int) -> pd.Timestamp:
-    return pd.Timestamp(seconds, unit="s")
-
-
-def one(ctx: Context, customer_id: str) -> OnlineRow:
-    row = read_online(ctx, [customer_id])[0]
-    if row is None:
-        raise NotFound(f"unknown customer {echo(customer_id)!r}: no features in the online store")
-    return row
-
-
-# ---------------------------------------------------------------- predictions, batch or live
-
-
-def fresh(kind: str, row: OnlineRow, version: int) -> bool:
-    p = row.predictions
-    return (p is not None and row.predictions_as_of == row.as_of and p.get(f"{kind}_version") == version
-            and p.get(f"{kind}_reasons") is not None)
-
-
-def live_wide(ctx: Context, kind: str, frame: pd.DataFrame) -> dict[str, Any]:
-    """Score `frame` (raw features, one row per customer) with the champion `kind`: the wide columns."""
-    return predict.wide(ctx.champions[kind].score(frame))
-
-
-def _first(columns: dict[str, Any]) -> dict[str, Any]:
-    return {k: predict.scalar(v[0]) for k, v in columns.items()}
-
-
-def model_prediction(ctx: Context, kind: str, row: OnlineRow, scored_at: str) -> dict[str, Any]:
-    """One model's prediction for the customer: batch when fresh, else live."""
-    champion = ctx.champions[kind]
-    if fresh(kind, row, champion.version):
-        assert row.predictions is not None
-        values, source, when = {k: row.predictions.get(k) for k in MODEL_FIELDS[kind]}, "batch", \
-            row.predictions.get("scored_at")
-    else:
-        values = _first(live_wide(ctx, kind, pd.DataFrame([row.features])))
-        source, when = "live", scored_at
-    return present(champion, values, {"name": champion.name, "version": champion.version, "source": source,
-                                  "scored_at": when, "features_as_of": _iso(row.as_of)})
-
-
-def present(champion: Champion, values: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
-    """A wide row of one model as the API shows it: the model's own fields, its horizon, reasons and version."""
-    spec = MODELS[champion.kind]
-    reasons = [reason(r, spec.outcome) for r in predict.parse_json(values.get(f"{champion.kind}_reasons"))]
-    return {**champion.scorer.present(values), "horizon_days": spec.horizon_days, "reasons": reasons,
-            "model": model}
-
-
-def reason(item: dict[str, Any], outcome: str) -> dict[str, Any]:
-    from c360.training.explain import label
-
-    contribution = float(item.get("contribution") or 0.0)
-    direction = "raises" if contribution > 0 else "lowers"
-    name = str(item.get("feature"))
-    value = item.get("value")
-    description = label(name, _descriptions())
-    return {"feature": name, "description": description, "value": value, "contribution": contribution,
-            "direction": direction,
-            "text": f"{description}: {'missing' if value is None else value} — {direction} {outcome}"}
-
-
-_DESCRIPTIONS: dict[str, str] = {}
-
-
-def _descriptions() -> dict[str, str]:
-    if not _DESCRIPTIONS:
-        _DESCRIPTIONS.update({f.name: f.description for f in BY_NAME.values()})
-    return _DESCRIPTIONS
-
-
 # ---------------------------------------------------------------- the other forward-looking items
-
-
-@contextmanager
-def warehouse(s: Settings) -> Iterator[Any]:
-    """A read-only warehouse connection, opened per use (a connection held open would lock out writers)."""
-    from c360.core import warehouse as wh
-    from c360.core.locks import WarehouseBusy
-
-    if not s.warehouse.exists():
-        log.warning("warehouse %s not found", s.warehouse)
-        raise Unavailable("warehouse", "not found: run `c360 ingest` and `c360 resolve`")
-    try:
-        connection = wh.connect(s, read_only=True)
-        con = connection.__enter__()
-    except WarehouseBusy as e:
-        raise Unavailable("warehouse", "in use by a writer (`c360 ingest` or `resolve`): retry when it ends", e) from e
-    except Exception as e:  # unreadable: a 503
-        raise Unavailable("warehouse", "cannot be opened: see the server log", e) from e
-    try:
-        yield con
-    finally:
-        connection.__exit__(None, None, None)
 
 
 def _population(ctx: Context, con: Any, as_of: pd.Timestamp) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
@@ -281,15 +85,6 @@ def future(ctx: Context, row: OnlineRow, scored_at: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- the whole profile
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@lru_cache(maxsize=4096)
-def _iso(day: pd.Timestamp | None) -> str | None:
-    return None if day is None else f"{day:%Y-%m-%d}"
-
-
 def profile(ctx: Context, customer_id: str, details: bool = False) -> dict[str, Any]:
     """The profile of one customer: past, present, future and freshness (+ identity and lists with `details`)."""
     from c360.features.profile import assemble
@@ -301,7 +96,7 @@ def profile(ctx: Context, customer_id: str, details: bool = False) -> dict[str, 
                            "present": _json_value(sections["present"]), "future": future(ctx, row, scored_at)}
     if details:
         out |= profile_details(ctx.settings, customer_id, row.as_of)
-    out["freshness"] = {"features_as_of": _iso(row.as_of), "predictions_as_of": _iso(row.predictions_as_of),
+    out["freshness"] = {"features_as_of": iso_day(row.as_of), "predictions_as_of": iso_day(row.predictions_as_of),
                         "served_at": scored_at}
     return out
 
@@ -339,59 +134,6 @@ def _json_value(value: Any) -> Any:
     if value is None or value is pd.NA or value is pd.NaT:
         return None
     return predict.scalar(value)
-
-
-# ---------------------------------------------------------------- predictions for many
-
-
-def predict_customers(ctx: Context, kind: str, customer_ids: list[str]) -> list[dict[str, Any]]:
-    """One model's predictions for known customers (batch when fresh, else live); NotFound lists the unknown."""
-    rows = read_online(ctx, customer_ids)
-    unknown = [c for c, r in zip(customer_ids, rows, strict=True) if r is None]
-    if unknown:
-        raise NotFound(f"unknown customers: {', '.join(map(echo, unknown[:20]))}")
-    scored_at = now()
-    return [{"customer_id": r.customer_id, **model_prediction(ctx, kind, r, scored_at)} for r in rows if r]
-
-
-def predict_rows(ctx: Context, kind: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One model's predictions for raw feature rows the caller sends (always live)."""
-    champion = ctx.champions[kind]
-    needed = champion.inputs
-    frame = pd.DataFrame([validate_row(r, needed) for r in rows], columns=needed)
-    columns = live_wide(ctx, kind, frame)
-    model = {"name": champion.name, "version": champion.version, "source": "live", "scored_at": now(),
-             "features_as_of": None}
-    return [{"customer_id": None, **present(champion, {k: predict.scalar(v[i]) for k, v in columns.items()}, model)}
-            for i in range(len(frame))]
-
-
-_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "int": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-    "bool": lambda v: isinstance(v, bool),
-    "str": lambda v: isinstance(v, str),
-}
-
-
-def validate_row(row: dict[str, Any], needed: list[str]) -> dict[str, Any]:
-    """The row's values of the model's inputs; Invalid names missing, unknown or mistyped features."""
-    missing = [n for n in needed if n not in row]
-    unknown = [n for n in row if n not in BY_NAME]
-    wrong = [n for n in needed if n in row and row[n] is not None and not _CHECKS[BY_NAME[n].dtype](row[n])]
-    problems = []
-    if missing:
-        problems.append(f"missing features: {', '.join(missing)} (send null for an unknown value)")
-    if unknown:
-        problems.append(f"unknown features: {', '.join(map(str, unknown[:20]))}")
-    if wrong:
-        problems.append("wrong types: " + ", ".join(f"{n} must be {BY_NAME[n].dtype}" for n in wrong))
-    nonfinite = [n for n in needed if isinstance(row.get(n), float) and not math.isfinite(row[n])]
-    if nonfinite:
-        problems.append(f"not finite: {', '.join(nonfinite)}")
-    if problems:
-        raise Invalid("; ".join(problems))
-    return {n: row[n] for n in needed}
 
 
 def dumps(value: Any) -> bytes:

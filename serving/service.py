@@ -1,7 +1,8 @@
 """The c360 HTTP service: one BentoML service class with a FastAPI app mounted on it (one app, one OpenAPI).
 
-Thin by design — every answer comes from the plain functions of `serving.profile` (profile assembly, batch-or-live
-predictions) with the champions of `serving.champions`:
+Thin by design — every answer comes from plain functions: `serving.profile` (profile assembly),
+`serving.predictions` (batch-or-live predictions), `serving.online` (the reads), with the champions of
+`serving.champions`:
 
 * `GET /customers/{customer_id}/profile` — past, present, future and freshness (`?details=true`: identity and
   the warehouse's lists too);
@@ -39,14 +40,14 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from c360.core.settings import Settings
-from c360.serving import errors, ui
+from c360.serving import errors, online, predictions, ui
 from c360.serving import profile as profiles
 from c360.serving.champions import Champions, RegistryUnavailable
 from c360.serving.errors import Invalid, Unavailable
 from c360.serving.limits import BodyLimit
 from c360.serving.lookup import EMAIL, customers_by_email
 from c360.serving.metrics import RouteMetrics, exposition
-from c360.serving.profile import Context
+from c360.serving.online import Context
 from c360.serving.schemas import (
     CUSTOMER_ID,
     Batch,
@@ -124,8 +125,8 @@ class C360:
     def _load(self) -> None:
         s = self.settings
         try:
-            champions = Champions(s.home, profiles.latest_snapshot(s))
-            self.ctx = Context(s, profiles.feature_store(s), champions)
+            champions = Champions(s.home, online.latest_snapshot(s))
+            self.ctx = Context(s, online.feature_store(s), champions)
             self.ctx.online()
             champions.refresh()
             self.problem = None
@@ -165,7 +166,7 @@ class C360:
         if ctx is None:
             return self.problem or "not initialised"
         try:
-            profiles.read_online(ctx, ["__readiness_probe__"])
+            online.read_online(ctx, ["__readiness_probe__"])
         except Unavailable as e:
             return str(e)
         return None
@@ -197,9 +198,9 @@ class C360:
                            rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         ctx = self.context()
         if customer_ids is not None and rows is None:
-            return await anyio.to_thread.run_sync(profiles.predict_customers, ctx, kind, customer_ids)
+            return await anyio.to_thread.run_sync(predictions.predict_customers, ctx, kind, customer_ids)
         if rows is not None and customer_ids is None:
-            return await anyio.to_thread.run_sync(profiles.predict_rows, ctx, kind, rows)
+            return await anyio.to_thread.run_sync(predictions.predict_rows, ctx, kind, rows)
         raise Invalid("send either customer_ids or rows")
 
     # `name=`: the operationIds of the REST routes stay what generated clients know, the method names being the

@@ -11,7 +11,7 @@ import pytest
 
 from c360.core.settings import Settings
 from c360.features import store
-from c360.serving import batch, profile
+from c360.serving import batch, online, predictions
 from c360.serving.champions import Champions
 
 
@@ -51,10 +51,10 @@ def test_rerun_is_idempotent_and_resumes_after_a_crash(served: Settings) -> None
 
 
 def test_online_store_holds_the_latest_scores(served: Settings) -> None:
-    ctx = profile.Context(served, store.feature_store(served), Champions.load(served.home))
+    ctx = online.Context(served, store.feature_store(served), Champions.load(served.home))
     wide = pd.read_parquet(_run(served) / "wide" / "part-00000.parquet").set_index("customer_id")
     ids = list(wide.index[:5])
-    rows = profile.read_online(ctx, ids)
+    rows = online.read_online(ctx, ids)
     for customer, row in zip(ids, rows, strict=True):
         assert row is not None and row.predictions is not None
         assert row.predictions["churn_probability"] == pytest.approx(wide.at[customer, "churn_probability"])
@@ -64,12 +64,12 @@ def test_online_store_holds_the_latest_scores(served: Settings) -> None:
 
 def test_live_scores_equal_batch_scores(served: Settings) -> None:
     """The online features give the same numbers as the snapshot the batch scored: one code path, same inputs."""
-    ctx = profile.Context(served, store.feature_store(served), Champions.load(served.home))
+    ctx = online.Context(served, store.feature_store(served), Champions.load(served.home))
     wide = pd.read_parquet(_run(served) / "wide" / "part-00000.parquet").set_index("customer_id")
     ids = list(wide.sample(20, random_state=1).index)
-    frame = pd.DataFrame([r.features for r in profile.read_online(ctx, ids) if r is not None])
+    frame = pd.DataFrame([r.features for r in online.read_online(ctx, ids) if r is not None])
     for kind, column in (("churn", "churn_probability"), ("clv", "clv_value"), ("nba", "nba_uplift")):
-        live = profile.live_wide(ctx, kind, frame)
+        live = predictions.live_wide(ctx, kind, frame)
         np.testing.assert_allclose(np.asarray(live[column], dtype=float), wide.loc[ids, column].to_numpy(),
                                    rtol=1e-9, atol=1e-9)
         assert [json.loads(t) for t in live[f"{kind}_reasons"].to_pylist()] == \

@@ -20,7 +20,7 @@ from c360.core.settings import Settings
 from c360.features import store
 from c360.features.online_store import C360OnlineStore
 from c360.serving.errors import ECHO, Unavailable, echo
-from c360.serving.profile import Context, read_online
+from c360.serving.online import Context, read_online
 
 
 def a_customer(s: Settings) -> str:
