@@ -25,15 +25,16 @@ class BodyLimit:
     def __init__(self, app: ASGIApp, limit: int | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.refused: JSONResponse | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.limit is None:
-            self.limit = Settings().max_body_bytes
-        limit = self.limit
-        refused = JSONResponse({"detail": too_large(limit)}, status_code=413)
+        if self.limit is None or self.refused is None:  # the setting read, and the answer built, once
+            self.limit = self.limit or Settings().max_body_bytes
+            self.refused = JSONResponse({"detail": too_large(self.limit)}, status_code=413)
+        limit, refused = self.limit, self.refused
         length = dict(scope["headers"]).get(b"content-length", b"0")
         if length.isdigit() and int(length) > limit:
             await refused(scope, receive, send)
