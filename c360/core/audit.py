@@ -72,8 +72,8 @@ def append(s: Settings, *, key: str, role: str, action: str, customers: Sequence
                 seq, prev = seen[1], seen[2]
             else:
                 seq, prev = _last(fd, st.st_size) if st.st_size else _anchor(s)
-            record: dict[str, Any] = {"seq": seq + 1, "at": datetime.now(UTC).isoformat(timespec="milliseconds"), "key": key,
-                      "role": role, "action": action, "customers": list(customers), "status": status, "prev": prev}
+            at = datetime.now(UTC).isoformat(timespec="milliseconds")
+            record: dict[str, Any] = {"seq": seq + 1, "at": at, "key": key, "role": role, "action": action, "customers": list(customers), "status": status, "prev": prev}
             record["hash"] = _digest(record)
             line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
             os.write(fd, line)
