@@ -73,7 +73,8 @@ def append(s: Settings, *, key: str, role: str, action: str, customers: Sequence
             else:
                 seq, prev = _last(fd, st.st_size) if st.st_size else _anchor(s)
             at = datetime.now(UTC).isoformat(timespec="milliseconds")
-            record: dict[str, Any] = {"seq": seq + 1, "at": at, "key": key, "role": role, "action": action, "customers": list(customers), "status": status, "prev": prev}
+            record: dict[str, Any] = {"seq": seq + 1, "at": at, "key": key, "role": role, "action": action,
+                                      "customers": list(customers), "status": status, "prev": prev}
             record["hash"] = _digest(record)
             line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
             os.write(fd, line)
