@@ -7,12 +7,12 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from c360.core.definitions import BY_NAME, FEATURES
+from c360.core.warehouse import CUSTOMER_ID
 from c360.features.details import LISTS
 from c360.features.profile import PAST, PRESENT, label
 from c360.training.specs import MODELS
 
 T = TypeVar("T")
-CUSTOMER_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_BATCH = 100
 
 

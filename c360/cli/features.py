@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import date
 from typing import Annotated
@@ -13,7 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from c360.cli.ui import Json, emit, fail, progress, record_run, stderr, table
+from c360.cli.ui import Json, audited, emit, fail, progress, record_run, stderr, table
 from c360.core import warehouse
 from c360.core.settings import Settings
 from c360.features.profile import label
@@ -101,8 +102,10 @@ def profile(customer_id: Annotated[str, typer.Argument(help="customer id, e.g. C
     from c360.features.details import details, flags_since
     from c360.features.profile import assemble, red_flags
 
+    if not re.fullmatch(warehouse.CUSTOMER_ID, customer_id):  # checked first: the audit trail records ids, nothing else
+        raise fail(f"{customer_id!r} is not a customer id (e.g. C00000001)")
     s = Settings()
-    with warehouse.connect(s, read_only=True) as con:
+    with audited(s, "c360 profile", [customer_id]), warehouse.connect(s, read_only=True) as con:
         identity = warehouse.customer(con, customer_id)
         if identity is None:
             raise fail(f"unknown customer {customer_id!r}")

@@ -5,15 +5,18 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 import typer
 from rich.console import RenderableType
 
-from c360.cli.ui import Json, emit, fail, record_run, stderr, table
+from c360.cli.ui import Json, audited, emit, fail, record_run, stderr, table
 from c360.core import warehouse
 from c360.core.settings import Settings
+
+if TYPE_CHECKING:
+    from c360.features.identity import Explanation
 
 resolve_app = typer.Typer(help="Link every source record to one customer (splink + shared keys).")
 eval_app = typer.Typer(help="Measure a stage against ground truth or a published data set.", no_args_is_help=True)
@@ -73,6 +76,11 @@ def explain(
             result = run(con, s.identity_model, ids)
         except KeyError as e:
             raise fail(str(e.args[0])) from None
+    with audited(s, "c360 resolve explain", sorted(set(result.records["customer_id"].dropna()))):
+        _show(result, as_json, png)
+
+
+def _show(result: Explanation, as_json: bool, png: Path | None) -> None:
     records = table("records", result.records)
     if result.pair is None:
         emit({"records": result.records, "pair": None}, as_json, records,

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from c360.cli.ui import Json, console, emit, fail, progress, record_run
+from c360.cli.ui import Json, audited, console, emit, fail, progress, record_run
+from c360.core import audit
 from c360.core.settings import Settings
 
 
@@ -41,8 +42,9 @@ def score(
         holder["advance"] = holder["bar"].__enter__()
 
     try:
-        report = batch.score(s, ids, chunk_size=chunk_size, on_start=on_start,
-                             on_chunk=lambda n: holder["advance"](n))
+        with audited(s, "c360 score", ids if ids is not None else [audit.ALL]):
+            report = batch.score(s, ids, chunk_size=chunk_size, on_start=on_start,
+                                 on_chunk=lambda n: holder["advance"](n))
     except (FileNotFoundError, LookupError, Unavailable) as e:
         raise fail(str(e)) from None
     finally:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import math
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import fields, is_dataclass
 from datetime import date
@@ -21,6 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from c360.core import audit
 from c360.core.settings import Settings
 
 console = Console()  # results, for people
@@ -143,3 +145,23 @@ def record_run(s: Settings, command: str, started: float, **summary: object) -> 
              "seconds": round(time.time() - started, 1), **summary}
     with s.runs.open("a") as f:
         f.write(json.dumps(entry, default=str) + "\n")
+
+
+# Commands run as whoever can read C360_HOME (owner-only files): the role of a shell on the home is admin.
+CLI_ROLE = "admin"
+
+
+def cli_key() -> str:
+    """The audit trail's name for a command's caller: the operating-system user."""
+    return f"cli:{getpass.getuser()}"
+
+
+@contextmanager
+def audited(s: Settings, action: str, customers: Sequence[str]) -> Iterator[None]:
+    """One audit record for a command that reads or changes these customers: status ok, or failed on an error."""
+    status = "failed"
+    try:
+        yield
+        status = "ok"
+    finally:
+        audit.append(s, key=cli_key(), role=CLI_ROLE, action=action, customers=customers, status=status)

@@ -28,6 +28,7 @@ from typing import Any
 from c360.core.settings import Settings
 
 GENESIS = "0" * 64
+ALL = "*"  # `customers` of a batch command that reads every customer (`c360 score`)
 _tail: dict[Path, tuple[tuple[int, int, int], int, str]] = {}  # file -> (inode, size, mtime), seq, hash last seen
 _lock = threading.Lock()
 
@@ -103,11 +104,12 @@ def _lines(s: Settings) -> Iterator[tuple[int, bytes]]:
 
 def records(s: Settings, *, customer: str | None = None, key: str | None = None,
             since: datetime | None = None) -> list[dict[str, Any]]:
-    """The records about `customer`, by `key`, at or after `since` (all of them by default), oldest first."""
+    """The records about `customer` (batch reads of every customer included), by `key`, at or after `since` (all
+    of them by default), oldest first."""
     out = []
     for _, line in _lines(s):
         record = json.loads(line)
-        if customer is not None and customer not in record["customers"]:
+        if customer is not None and customer not in record["customers"] and ALL not in record["customers"]:
             continue
         if key is not None and record["key"] != key:
             continue

@@ -12,6 +12,10 @@ from c360.core import connections, locks
 from c360.core.contract import TABLES
 from c360.core.settings import Settings
 
+# What a customer id may look like (identity mints C00000001...; a company's own ids may differ): checked before an
+# id reaches a query, an answer or the audit trail.
+CUSTOMER_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
 
 @contextmanager
 def connect(s: Settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -114,6 +114,20 @@ def test_features_commands_and_profile(home: Path, resolved: tuple[Path, Path]) 
         assert heading in page
     unknown = runner.invoke(app, ["profile", "C99999999"])
     assert unknown.exit_code == 1 and "unknown customer" in unknown.output
+    trail = c360_json("audit", "--customer", customer)["records"]
+    assert [(r["action"], r["status"], r["key"].startswith("cli:")) for r in trail] == [("c360 profile", "ok", True)]
+    assert c360_json("audit", "--customer", "C99999999")["records"][0]["status"] == "failed"
+    _no_personal_values(home)
+
+
+def _no_personal_values(home: Path) -> None:
+    """The run log and the audit trail name no customer's e-mail, phone or name."""
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        values = {v for (v,) in con.execute(
+            "SELECT DISTINCT unnest([email, phone, first_name || ' ' || last_name]) FROM crm_contacts").fetchall()
+            if v}
+    logs = (home / "runs.jsonl").read_text() + (home / "audit" / "audit.jsonl").read_text()
+    assert values and not [v for v in values if v in logs]
 
 
 def test_readme_documents_every_feature() -> None:
