@@ -39,7 +39,7 @@ PHONE_COLUMNS = ("phone", "requester_phone")
 
 
 class UnknownPerson(LookupError):
-    """No record of c360 carries the address, or no customer has the id."""
+    """The warehouse has no identity tables to resolve a person with."""
 
 
 # ---------------------------------------------------------------- resolving
@@ -47,13 +47,12 @@ class UnknownPerson(LookupError):
 
 def resolve(con: duckdb.DuckDBPyConnection, *, email: str | None = None, customer_id: str | None = None,
             threshold: float = 0.95) -> Person:
-    """The person behind an e-mail address, or everyone of an account; UnknownPerson when there is nothing."""
+    """The person behind an e-mail address, or everyone of an account (`Person.found` False when c360 holds
+    nothing on them: an erasure then only records the suppression again)."""
     if not warehouse.has_table(con, "identity_crosswalk"):
         raise UnknownPerson("no identity tables in the warehouse: run `c360 resolve` first")
     if customer_id is not None:
         records = _ids(con, "SELECT record_id FROM identity_crosswalk WHERE customer_id = ?", [customer_id])
-        if not records:
-            raise UnknownPerson(f"no customer {customer_id}")
         address = None
     else:
         address = normalise_email(email) or str(email).strip().lower()
@@ -68,11 +67,8 @@ def resolve(con: duckdb.DuckDBPyConnection, *, email: str | None = None, custome
                        "NULL", [records]) | ({address} if address else set())
     phones = _ids(con, "SELECT phone FROM identity_records WHERE record_id IN (SELECT unnest(?)) AND phone IS NOT "
                        "NULL", [records])
-    person = Person("customer_id" if customer_id else "email", tuple(sorted(customers)), tuple(sorted(whole)),
-                    {t: tuple(sorted(k)) for t, k in keys.items() if k}, tuple(sorted(emails)), tuple(sorted(phones)))
-    if person.empty or not (person.records or customers):
-        raise UnknownPerson("no record carries this e-mail address")
-    return person
+    return Person("customer_id" if customer_id else "email", tuple(sorted(customers)), tuple(sorted(whole)),
+                  {t: tuple(sorted(k)) for t, k in keys.items() if k}, tuple(sorted(emails)), tuple(sorted(phones)))
 
 
 def _ids(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | dict[str, Any]) -> set[str]:

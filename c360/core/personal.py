@@ -50,8 +50,9 @@ class Person:
         return [*self.emails, *self.phones, *self.whole, *(k for keys in self.records.values() for k in keys)]
 
     @property
-    def empty(self) -> bool:
-        return not (self.customers or self.emails or any(self.records.values()))
+    def found(self) -> bool:
+        """Whether c360 holds any record of them."""
+        return bool(self.customers or self.records)
 
 
 @dataclass
