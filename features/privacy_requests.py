@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import threading
+from dataclasses import asdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,7 +90,7 @@ def carry_out(s: Settings, request: dict[str, Any]) -> dict[str, Any]:
     """Erase the person of one request; the request file records the outcome (the lock's wait raises)."""
     try:
         person = _person(s, request)
-        report = privacy.erase(s, person) if person is not None else {}
+        report = {name: asdict(e) for name, e in privacy.erase(s, person).items()} if person is not None else {}
     except privacy.UnknownPerson:
         report = {}
     except (OSError, ValueError, RuntimeError) as err:  # the request stays on record, with why it failed
