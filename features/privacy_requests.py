@@ -14,8 +14,8 @@ import json
 import os
 import secrets
 import threading
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any

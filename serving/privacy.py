@@ -19,6 +19,7 @@ from c360.core.settings import Settings
 from c360.features import privacy, privacy_requests
 from c360.serving.errors import Invalid, NotFound
 from c360.serving.online import warehouse
+from c360.serving.profile import json_value
 from c360.serving.schemas import PrivacyAsk
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def export(s: Settings, ask: PrivacyAsk) -> dict[str, Any]:
     found = person(s, ask)
     if not found.found:
         raise NotFound("c360 holds no record of this person")
-    return privacy.export(s, found)
+    return json_value(privacy.export(s, found))
 
 
 def request_erasure(s: Settings, ask: PrivacyAsk) -> dict[str, Any]:
