@@ -1,7 +1,9 @@
 """Load source CSV exports into the DuckDB warehouse, quarantining every row that breaks the contract.
 
 Each row read is either accepted into its table or written to `quarantine` with its reason and the raw row,
-so per file read = accepted + quarantined. A file loads in one transaction, or not at all when it is broken
+or, when it belongs to an erased person (the `suppress` function, `c360.features.privacy.Suppressed.mask`),
+dropped before anything of it is stored; so per file read = accepted + quarantined + suppressed. A file loads
+in one transaction, or not at all when it is broken
 as a whole (`IngestError`). A file whose content (sha256) is already in `ingest_log` is skipped, so running
 `ingest` again over the same directory only loads the new batches.
 
@@ -48,6 +50,7 @@ CREATE TABLE IF NOT EXISTS ingest_log (
     rows_read BIGINT, rows_accepted BIGINT, rows_quarantined BIGINT, ingested_at TIMESTAMP
 )"""
 _MAX_HEADER_BYTES = 1 << 20
+Suppress = Callable[[Table, pd.DataFrame], np.ndarray]  # rows (as text) of a table -> which belong to erased people
 
 
 class IngestError(Exception):
@@ -66,6 +69,7 @@ class FileReport:
     accepted: int
     quarantined: int
     skipped: bool = False
+    suppressed: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class _Load:
     positions: tuple[int | None, ...]
     ingest_id: int
     max_line: int
+    suppress: Suppress | None = None
 
     @property
     def file(self) -> str:
@@ -170,6 +175,7 @@ def ingest(
     *,
     chunk_rows: int = CHUNK_ROWS,
     max_line: int = MAX_LINE,
+    suppress: Suppress | None = None,
 ) -> list[FileReport]:
     """Load every source file under `source` (see `discover`) into the warehouse behind `con`.
 
@@ -177,11 +183,12 @@ def ingest(
     IngestError: the files before it stay loaded, it loads nothing and the files after it are not tried.
     Fix it and run again; files already loaded are skipped by their hash. `on_file` gets each file's report
     as soon as the file is done (for progress bars). A file with a line longer than `max_line` bytes is broken.
+    Rows `suppress` selects are dropped unread.
     """
     ensure_schema(con)
     reports = []
     for table, path in discover(source):
-        report = ingest_file(con, table, path, chunk_rows=chunk_rows, max_line=max_line)
+        report = ingest_file(con, table, path, chunk_rows=chunk_rows, max_line=max_line, suppress=suppress)
         reports.append(report)
         if on_file is not None:
             on_file(report)
@@ -190,7 +197,7 @@ def ingest(
 
 def ingest_file(
     con: duckdb.DuckDBPyConnection, table: Table, path: Path, *, chunk_rows: int = CHUNK_ROWS,
-    max_line: int = MAX_LINE,
+    max_line: int = MAX_LINE, suppress: Suppress | None = None,
 ) -> FileReport:
     """Load one file of `table` in one transaction (the schema must exist, see `ensure_schema`)."""
     path = Path(path)
@@ -205,7 +212,7 @@ def ingest_file(
     con.begin()
     try:
         ingest_id = _scalar(con, "SELECT coalesce(max(ingest_id), 0) + 1 FROM ingest_log")
-        load = _Load(table, path, len(header), positions, ingest_id, max_line)
+        load = _Load(table, path, len(header), positions, ingest_id, max_line, suppress)
         report = _load(con, load, chunk_rows)
         con.execute(
             "INSERT INTO ingest_log "
@@ -516,10 +523,15 @@ def _load(con: duckdb.DuckDBPyConnection, load: _Load, chunk_rows: int) -> FileR
     # transaction keeps its data alive until the commit, which grows memory with the file.
     columns = ", ".join(f"{q(c.name)} {SQL_TYPES[c.kind]}" for c in load.table.columns)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _ingest_stage (_row BIGINT, {columns})")
-    read = 0
+    read = suppressed = 0
     for raw in _raw_batches(con, load, chunk_rows):
         read += raw.num_rows
-        typed, failures = parse(_raw_frame(raw), load.table)
+        frame = _raw_frame(raw)
+        if load.suppress is not None:
+            dropped = load.suppress(load.table, frame)
+            suppressed += int(dropped.sum())
+            raw, frame = raw.filter(pyarrow.array(~dropped)), frame[~dropped]
+        typed, failures = parse(frame, load.table)
         if len(failures):
             _quarantine(con, load, con.from_arrow(pyarrow.Table.from_pandas(failures)), raw)
         good = typed[~typed.index.isin(failures["row"])].reset_index()
@@ -534,9 +546,10 @@ def _load(con: duckdb.DuckDBPyConnection, load: _Load, chunk_rows: int) -> FileR
     con.execute("DROP TABLE _ingest_stage; DROP TABLE _ingest_bad")
     quarantined = _scalar(con, "SELECT count(DISTINCT row_number) FROM quarantine WHERE ingest_id = $id",
                           {"id": load.ingest_id})
-    if read != accepted + quarantined:
-        raise RuntimeError(f"{load.path}: read {read} rows, accepted {accepted} + quarantined {quarantined}")
-    return FileReport(load.table.id, load.path, read, accepted, quarantined)
+    if read != accepted + quarantined + suppressed:
+        raise RuntimeError(f"{load.path}: read {read} rows, accepted {accepted} + quarantined {quarantined} "
+                           f"+ suppressed {suppressed}")
+    return FileReport(load.table.id, load.path, read, accepted, quarantined, suppressed=suppressed)
 
 
 def _lit(text: str) -> str:

@@ -92,8 +92,8 @@ def profile(ctx: Context, customer_id: str, details: bool = False) -> dict[str, 
     row = one(ctx, customer_id)
     scored_at = now()
     sections = assemble({}, row.features)
-    out: dict[str, Any] = {"customer_id": customer_id, "past": _json_value(sections["past"]),
-                           "present": _json_value(sections["present"]), "future": future(ctx, row, scored_at)}
+    out: dict[str, Any] = {"customer_id": customer_id, "past": json_value(sections["past"]),
+                           "present": json_value(sections["present"]), "future": future(ctx, row, scored_at)}
     if details:
         out |= profile_details(ctx.settings, customer_id, row.as_of)
     out["freshness"] = {"features_as_of": iso_day(row.as_of), "predictions_as_of": iso_day(row.predictions_as_of),
@@ -112,23 +112,23 @@ def profile_details(s: Settings, customer_id: str, as_of: pd.Timestamp) -> dict[
             raise NotFound(f"unknown customer {echo(customer_id)!r}: not in the warehouse")
         lists = details(con, customer_id, as_of)
     lists["red_flags_since"] = flags_since(feature_stores.history(s, customer_id))
-    who = {k: _json_value(identity.get(k)) for k in ("customer_id", "display_name", "company", "segment", "region",
+    who = {k: json_value(identity.get(k)) for k in ("customer_id", "display_name", "company", "segment", "region",
                                                      "emails", "phones", "sources", "records", "unlinked")}
     who["evidence"] = f"c360 resolve explain SOURCE KEY (records: {who.get('records')})"
     return {"identity": who, "details": {name: _records(frame) for name, frame in lists.items()}}
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{str(k): _json_value(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+    return [{str(k): json_value(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
 
-def _json_value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _json_value(v) for k, v in value.items()}
+        return {k: json_value(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):
-        return [_json_value(v) for v in value.tolist()]
+        return [json_value(v) for v in value.tolist()]
     if isinstance(value, list | tuple):
-        return [_json_value(v) for v in value]
+        return [json_value(v) for v in value]
     if isinstance(value, pd.Timestamp | datetime):
         return None if pd.isna(value) else value.isoformat()
     if value is None or value is pd.NA or value is pd.NaT:

@@ -252,3 +252,21 @@ class Error(BaseModel):
 class CustomerMatches(BaseModel):
     email: str = Field(description="the address as identity resolution normalises it (lowercase, no +tag)")
     customer_ids: list[str] = Field(description="customers with this address among their records, sorted")
+
+
+class PrivacyAsk(BaseModel):
+    """A person: `email` (that contact) or `customer_id` (the whole account), not both."""
+
+    model_config = ConfigDict(extra="forbid")
+    email: str | None = Field(None, max_length=254, description="e-mail address of the person")
+    customer_id: str | None = Field(None, pattern=CUSTOMER_ID, description="c360 customer id of an account")
+
+
+class ErasureRequest(BaseModel):
+    request_id: str
+    state: str = Field(description="pending, done or failed")
+    customers: list[str] = Field(description="customer ids hidden by the request")
+    created: str
+    finished: str | None = None
+    report: dict[str, Any] | None = Field(None, description="per store: rows removed, files rewritten, recall, kept")
+    error: str | None = None

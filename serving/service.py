@@ -11,6 +11,10 @@ Thin by design — every answer comes from plain functions: `serving.profile` (p
 * `GET /ui` — the profile page for customer-success managers (`serving.ui`: one static page over this API);
 * `POST /admin/reload` — reload the champions whose `@champion` alias moved (the service also polls every
   `C360_RELOAD_SECONDS`, default 30); `GET /status` — what is loaded, and why the service is not ready;
+* `POST /admin/privacy/export` — everything held on a person (`{"email"}` or `{"customer_id"}`);
+  `POST /admin/privacy/erase` — records an erasure request (202), hides the person from every answer at once,
+  and carries it out when the warehouse is free (else `c360 privacy run` does); `GET /admin/privacy/requests/{id}`
+  — its state (`serving.privacy`);
 * `GET /metrics` — Prometheus request counts and durations by route template (`serving.metrics`);
 * the same profile and predictions as BentoML APIs for BentoML's clients (`bentoml.SyncHTTPClient`): `POST
   /profile`, `/predict_churn`, `/predict_clv`, `/predict_nba` (JSON arguments `customer_ids` or `rows`);
@@ -40,10 +44,12 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from c360.core.settings import Settings
+from c360.features.privacy_requests import Hidden
 from c360.serving import errors, online, predictions, ui
+from c360.serving import privacy as privacy_routes
 from c360.serving import profile as profiles
 from c360.serving.champions import Champions, RegistryUnavailable
-from c360.serving.errors import Invalid, Unavailable
+from c360.serving.errors import Invalid, NotFound, Unavailable
 from c360.serving.limits import BodyLimit
 from c360.serving.lookup import EMAIL, customers_by_email
 from c360.serving.metrics import RouteMetrics, exposition
@@ -60,10 +66,12 @@ from c360.serving.schemas import (
     ClvRows,
     CustomerIds,
     CustomerMatches,
+    ErasureRequest,
     Error,
     NbaPredictions,
     NbaRow,
     NbaRows,
+    PrivacyAsk,
     Profile,
     Reloaded,
     Status,
@@ -115,6 +123,7 @@ class C360:
         self.settings = Settings()
         self.problem: str | None = None
         self.ctx: Context | None = None
+        self.hidden = Hidden(self.settings)  # people with an erasure request: unknown to every answer
         self._stop = threading.Event()
         self._load()
         seconds = float(os.environ.get("C360_RELOAD_SECONDS", "30"))
@@ -184,7 +193,13 @@ class C360:
     ) -> Response:
         return _json(await self._profile(customer_id, details))
 
+    def _unhidden(self, customer_ids: list[str]) -> None:
+        hidden = [c for c in customer_ids if self.hidden.customer(c)]
+        if hidden:
+            raise NotFound(f"unknown customers: {', '.join(hidden[:20])}")
+
     async def _profile(self, customer_id: str, details: bool) -> dict[str, Any]:
+        self._unhidden([customer_id])
         ctx = self.context()
         if details:
             return await anyio.to_thread.run_sync(profiles.profile, ctx, customer_id, True)
@@ -196,6 +211,7 @@ class C360:
 
     async def _predictions(self, kind: str, customer_ids: list[str] | None,
                            rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        self._unhidden(customer_ids or [])
         ctx = self.context()
         if customer_ids is not None and rows is None:
             return await anyio.to_thread.run_sync(predictions.predict_customers, ctx, kind, customer_ids)
@@ -274,7 +290,28 @@ class C360:
         self, email: Annotated[str, Query(pattern=EMAIL, max_length=254,
                                           description="e-mail address, e.g. jane.doe@example.com")],
     ) -> Response:
-        return _json(await anyio.to_thread.run_sync(customers_by_email, self.settings, email))
+        if self.hidden.email(email):
+            raise NotFound("no customer with this e-mail")
+        found = await anyio.to_thread.run_sync(customers_by_email, self.settings, email)
+        self._unhidden(found["customer_ids"])
+        return _json(found)
+
+    @app.post("/admin/privacy/export", responses={404: ERRORS[404], 503: ERRORS[503]},
+              summary="Everything c360 holds on a person (by e-mail, or a whole account by customer id)")
+    async def privacy_export(self, ask: PrivacyAsk) -> Response:
+        return _json(await anyio.to_thread.run_sync(privacy_routes.export, self.settings, ask))
+
+    @app.post("/admin/privacy/erase", status_code=202, response_model=ErasureRequest,
+              responses={503: ERRORS[503]}, summary="Request the erasure of a person: hidden at once, erased soon")
+    async def privacy_erase(self, ask: PrivacyAsk) -> Response:
+        request = await anyio.to_thread.run_sync(privacy_routes.request_erasure, self.settings, ask)
+        return Response(profiles.dumps(request), status_code=202, media_type="application/json")
+
+    @app.get("/admin/privacy/requests/{request_id}", response_model=ErasureRequest,
+             responses={404: {"model": Error, "description": "unknown request"}},
+             summary="State of an erasure request: pending, done (with the per-store report) or failed")
+    async def privacy_request(self, request_id: Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]) -> Response:
+        return _json(privacy_routes.state(self.settings, request_id))
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(self) -> Response:

@@ -19,6 +19,7 @@ from c360.cli import evaluate  # noqa: F401  (registers `c360 eval cdnow` / `eva
 from c360.cli.audit import audit_app
 from c360.cli.features import apply, build, features_app, materialize, profile
 from c360.cli.identity import eval_app, resolve_app, run_resolve
+from c360.cli.privacy import privacy_app
 from c360.cli.review import mlflow_ui
 from c360.cli.serve import score, serve
 from c360.cli.train import champions, promote, train_all, train_app
@@ -46,6 +47,7 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(features_app, name="features")
 app.command()(profile)
 app.add_typer(train_app, name="train")
+app.add_typer(privacy_app, name="privacy")
 app.command()(promote)
 app.command()(champions)
 app.command("mlflow-ui")(mlflow_ui)
@@ -92,6 +94,7 @@ def ingest(
     """
     from c360.features.ingest import IngestError, IngestWarning, discover
     from c360.features.ingest import ingest as run
+    from c360.features.privacy import Suppressed
 
     s, started = settings(), time.time()
     with warnings.catch_warnings(record=True) as caught:
@@ -99,17 +102,20 @@ def ingest(
         try:
             files = discover(source)
             with warehouse.connect(s) as con, progress("ingesting files", len(files)) as advance:
-                reports = run(con, source, on_file=lambda _: advance(1), max_line=s.csv_max_line)
+                suppressed = Suppressed.load(s)
+                reports = run(con, source, on_file=lambda _: advance(1), max_line=s.csv_max_line,
+                              suppress=suppressed.mask if suppressed else None)
         except IngestError as e:
             raise fail(str(e)) from None
     notes = list(dict.fromkeys(str(w.message) for w in caught))
     for message in notes:
         stderr.print(f"[yellow]note:[/] {message}")
-    loaded = Table("table", "file", "read", "accepted", "quarantined", title=f"ingest {source}")
+    loaded = Table("table", "file", "read", "accepted", "quarantined", "suppressed", title=f"ingest {source}")
     for r in reports:
         note = " (already loaded)" if r.skipped else ""
-        loaded.add_row(r.table_id, Path(r.file).name + note, f"{r.read:,}", f"{r.accepted:,}", f"{r.quarantined:,}")
-    totals = {k: sum(getattr(r, k) for r in reports) for k in ("read", "accepted", "quarantined")}
+        loaded.add_row(r.table_id, Path(r.file).name + note, f"{r.read:,}", f"{r.accepted:,}", f"{r.quarantined:,}",
+                       f"{r.suppressed:,}")
+    totals = {k: sum(getattr(r, k) for r in reports) for k in ("read", "accepted", "quarantined", "suppressed")}
     record_run(s, "ingest", started, source=source, **totals)
     return emit({"source": source, "files": reports, **totals, "notes": notes}, as_json, loaded,
                 "total: " + ", ".join(f"{k} {v:,}" for k, v in totals.items()))

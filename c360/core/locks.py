@@ -9,6 +9,7 @@ or a process that is not c360 may hold: a writer waits for that one too, and bot
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -87,7 +88,9 @@ def _flock(fd: int) -> bool | None:
 
 
 def _me() -> dict[str, object]:
-    return {"command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]), "pid": os.getpid(),
+    # the command without its options: their values may be personal (`c360 privacy erase --email ...`)
+    words = [Path(sys.argv[0]).name, *itertools.takewhile(lambda a: not a.startswith("-"), sys.argv[1:])]
+    return {"command": shlex.join(words), "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

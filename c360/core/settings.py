@@ -28,6 +28,10 @@ class Settings(BaseSettings):
                                                            "a file with a longer one is refused")
     lock_timeout: float = Field(30, ge=0, description="seconds a second writer of the warehouse (ingest, resolve) "
                                                       "waits for the first to finish before giving up")
+    quarantine_retention_days: int = Field(90, ge=1, description="days quarantined rows (with their raw text) are "
+                                                                 "kept; `c360 privacy purge-expired` drops older ones")
+    audit_retention_days: int = Field(730, ge=1, description="days audit records are kept; `c360 privacy "
+                                                             "purge-expired` drops older ones")
     public_data: Path = Field(default_factory=lambda data: _public_data(data["home"]), validate_default=True,
                               description="folder of the public data sets (CDNOW, Hillstrom, FEBRL)")
 
