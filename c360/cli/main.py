@@ -16,6 +16,7 @@ from typer._click import Context as ClickContext
 from typer.core import TyperGroup
 
 from c360.cli import evaluate  # noqa: F401  (registers `c360 eval cdnow` / `eval hillstrom`)
+from c360.cli.consent import opt_out
 from c360.cli.features import apply, build, features_app, materialize, profile
 from c360.cli.identity import eval_app, resolve_app, run_resolve
 from c360.cli.review import mlflow_ui
@@ -50,6 +51,7 @@ app.command()(champions)
 app.command("mlflow-ui")(mlflow_ui)
 app.command()(score)
 app.command()(serve)
+app.command("opt-out")(opt_out)  # moves under `c360 privacy` with the privacy commands
 
 
 def settings() -> Settings:
