@@ -227,7 +227,7 @@ def choose(net: pd.DataFrame, control: Hashable, allowed: pd.DataFrame | None = 
     explained = best
     if len(order) > 1:
         others = np.where(permitted[:, 1:], ranked[:, 1:], -np.inf)
-        explained = np.where(first == 0, names[1 + np.argmax(others, axis=1)], best)
+        explained = np.where((first == 0) & permitted[:, 1:].any(axis=1), names[1 + np.argmax(others, axis=1)], best)
     uplift = net.sub(net[control], axis=0)
     score = np.take_along_axis(uplift[order].to_numpy(dtype="float64"), first[:, None], axis=1)[:, 0]
     beaten = ranked > np.take_along_axis(ranked, first[:, None], axis=1)
