@@ -296,6 +296,11 @@ class Scorer(Protocol):
     @property
     def inputs(self) -> list[str]: ...
 
+    @property
+    def reads(self) -> list[str]:
+        """The columns `score` reads: the inputs, and what restricts the choice (the next best action's opt-outs)."""
+        ...
+
     def score(self, X: pd.DataFrame, k: int = K) -> ModelScores: ...
 
     def present(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -316,6 +321,10 @@ class _Scorer:
     @property
     def inputs(self) -> list[str]:
         return list(self.model.spec.columns)
+
+    @property
+    def reads(self) -> list[str]:
+        return self.inputs
 
     def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
         raise NotImplementedError
@@ -369,6 +378,10 @@ class NbaScorer(_Scorer):
     @property
     def inputs(self) -> list[str]:
         return list(self.model.inputs)
+
+    @property
+    def reads(self) -> list[str]:
+        return [*self.inputs, *consent.FEATURES]
 
     def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
         return score_nba(self.model, self.version, X, k)
