@@ -31,6 +31,8 @@ FIELDS = {
     "nba_uplift": (Float64, "expected net uplift of the recommended action over no action, 91 days"),
     "nba_alternatives": (String, "the other actions ranked, JSON list of {action, uplift}"),
     "nba_reasons": (String, "top reasons of the action's uplift, JSON list of {feature, value, contribution}"),
+    "nba_withheld": (String, "better actions not proposed because the customer opted out of their purpose, JSON "
+                             "list of action names"),
     "next_feature": (String, "product feature most likely adopted next (empty: none)"),
     "next_feature_score": (Float64, "share of similar users who use it (co-occurrence) or its adoption rate"),
     "next_feature_method": (String, "co-occurrence or popularity"),

@@ -5,6 +5,8 @@ A model version reads exactly its service; changing a model's features means a n
 
 from feast import FeatureService, FeatureView
 
+# Sections absent from MODELS (consent) are the profile's only: an opt-out restricts what is proposed, it does not
+# change what a model predicts.
 # Descriptive labels (stage, band) and the health components' weighted total are for people, not models.
 NOT_FOR_MODELS = {"lifecycle_stage", "health_band", "health_score"}
 MODELS = {

@@ -15,6 +15,7 @@ SECTIONS = {
     "support": "present: support and sentiment",
     "status": "present: stage, contacts and red flags",
     "health": "present: health score and its components",
+    "consent": "present: opt-outs per purpose (profile only, never a model input)",
 }
 TTL = timedelta(days=400)  # a snapshot older than this says nothing about now
 

@@ -2,8 +2,9 @@
 
 Every feature of an as-of snapshot uses only what happened strictly before it: events are filtered on their own
 timestamps, and state that changes (a ticket's status, a subscription's plan) is rebuilt from the timestamps of
-its changes, not read from the row's current value. Each feature has a plain-words description in FEATURES,
-used by the Feast definitions and to turn model explanations into reasons.
+its changes, not read from the row's current value (a contact's consent too: its latest change before T). Each
+feature has a plain-words description in FEATURES, used by the Feast definitions and to turn model explanations
+into reasons.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from datetime import date
 
 import pandas as pd
 
-from c360.core.contract import PLANS
+from c360.core.consent import feature
+from c360.core.contract import PLANS, PURPOSES
 from c360.core.definitions import BY_NAME
 
 CHANNELS = ("email", "phone", "chat", "in_app", "meeting", "social")
@@ -149,7 +151,19 @@ people AS (
     SELECT x.customer_id, count(*) AS contacts, count(*) FILTER (WHERE c.role = 'admin') AS admin_contacts,
         bool_or(c.role = 'executive_sponsor') AS has_executive_sponsor
     FROM crm_contacts c JOIN identity_crosswalk x ON x.record_id = 'crm/contacts:' || c.contact_id
-    WHERE c.created_at < $as_of GROUP BY ALL)
+    WHERE c.created_at < $as_of GROUP BY ALL),
+listed AS (
+    SELECT x.customer_id, c.mkt_contact_id
+    FROM marketing_contacts c JOIN identity_crosswalk x ON x.record_id = 'marketing/contacts:' || c.mkt_contact_id
+    WHERE c.subscribed_at < $as_of),
+consent_state AS (  -- each contact's latest change per purpose
+    SELECT mkt_contact_id, purpose, arg_max(status, changed_at) AS status
+    FROM marketing_consents WHERE changed_at < $as_of GROUP BY ALL),
+consent AS (
+    SELECT l.customer_id, count(DISTINCT l.mkt_contact_id) AS listed,
+        {", ".join(f"count(DISTINCT l.mkt_contact_id) FILTER (WHERE s.purpose = '{p}' AND s.status = 'withdrawn') "
+                   f"AS withdrawn_{p}" for p in PURPOSES)}
+    FROM listed l LEFT JOIN consent_state s USING (mkt_contact_id) GROUP BY ALL)
 SELECT b.customer_id, $as_of AS as_of, b.segment, b.region,
     coalesce(a.active_days_7d, 0) AS active_days_7d, coalesce(a.active_days_30d, 0) AS active_days_30d,
     coalesce(a.active_days_90d, 0) AS active_days_90d, coalesce(a.active_days_prev_30d, 0) AS active_days_prev_30d,
@@ -181,7 +195,8 @@ SELECT b.customer_id, $as_of AS as_of, b.segment, b.region,
     date_diff('day', t.last_ticket, $as_of) AS days_since_last_ticket,
     n.nps_last::DOUBLE AS nps_last, n.nps_avg_12m,
     coalesce(pe.contacts, 0) AS contacts, coalesce(pe.admin_contacts, 0) AS admin_contacts,
-    coalesce(pe.has_executive_sponsor, false) AS has_executive_sponsor
+    coalesce(pe.has_executive_sponsor, false) AS has_executive_sponsor,
+    {", ".join(f"coalesce(co.withdrawn_{p} = co.listed, false) AS {feature(p)}" for p in PURPOSES)}
 FROM base b
 LEFT JOIN activity a USING (customer_id) LEFT JOIN users u USING (customer_id)
 LEFT JOIN history h USING (customer_id)
@@ -190,6 +205,7 @@ LEFT JOIN requests r USING (customer_id) LEFT JOIN subscription s USING (custome
 LEFT JOIN changes ch USING (customer_id) LEFT JOIN invoices v USING (customer_id)
 LEFT JOIN payments p USING (customer_id) LEFT JOIN support t USING (customer_id)
 LEFT JOIN nps n USING (customer_id) LEFT JOIN people pe USING (customer_id)
+LEFT JOIN consent co USING (customer_id)
 ORDER BY b.customer_id
 """
 

@@ -1,7 +1,9 @@
 """`c360 generate`: six silos of a synthetic SaaS company, with the ground truth kept beside them.
 
 Accounts are generated in chunks, each from its own seeded stream, so memory stays flat at any size and the
-output depends only on (customers, seed, corrupt_rate, chunk_size).
+output depends only on (customers, seed, corrupt_rate, chunk_size). The marketing silo's consent log
+(`synth.consent`) is drawn from a second stream per chunk, after the rest, and gets no injected faults: adding it
+left every other file of a seed as it was (with `consent=False` it is not written at all).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from c360.core.contract import CONTENT_TOPICS, TABLES
+from c360.features.synth import consent as consent_log
 from c360.features.synth import faults, people, world
 from c360.features.synth.silos import Builder, Ids, campaigns
 
@@ -63,7 +66,7 @@ class TextSink:
 
 
 def generate(out: Path, customers: int, seed: int = 0, corrupt_rate: float = 0.0, chunk_size: int = CHUNK,
-             on_chunk: Callable[[int], None] | None = None) -> GenerateReport:
+             on_chunk: Callable[[int], None] | None = None, consent: bool = True) -> GenerateReport:
     out.mkdir(parents=True, exist_ok=True)
     sink, ids = TextSink(), Ids()
     first_person = 0
@@ -73,8 +76,12 @@ def generate(out: Path, customers: int, seed: int = 0, corrupt_rate: float = 0.0
         for k, first in enumerate(range(0, customers, chunk_size)):
             n = min(chunk_size, customers - first)
             rng = np.random.default_rng([seed, k])
-            silos, truth, first_person = _chunk(rng, first, n, first_person, ids)
+            silos, truth, first_person, builder = _chunk(rng, first, n, first_person, ids)
             n_faults += _write_silos(sink, out, rng, silos.tables, corrupt_rate)
+            if consent:
+                own = np.random.default_rng([seed, k, consent_log.STREAM])
+                log, truth["consent"] = consent_log.consents(own, builder, ids)
+                _write_silos(sink, out, own, {"marketing/consents": log}, 0.0)
             for name, df in truth.items():
                 sink.write(out / TRUTH / f"{name}.parquet", df)
             if on_chunk:
@@ -101,7 +108,7 @@ def _chunk(rng: np.random.Generator, first: int, n: int, first_person: int, ids:
         "churn_risk": _churn_risk(w),
         "treatment_effects": _effects(w),
     }
-    return silos, truth, first_person + len(persons)
+    return silos, truth, first_person + len(persons), builder
 
 
 def _write_silos(sink: TextSink, out: Path, rng: np.random.Generator, tables: dict[str, pd.DataFrame],

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from c360.core import audit, contract, warehouse
+from c360.core import audit, consent, contract, warehouse
 from c360.core.personal import Erased, Person, Work, sqlite_delete
 from c360.features.ingest import IngestWarning, discover, file_sha256, q
 
@@ -71,6 +71,18 @@ _QUARANTINED = """FROM quarantine WHERE (table_id || ':' || key) IN (SELECT unne
 
 def _quarantine_params(person: Person) -> dict[str, Any]:
     return {"records": person.record_ids, "values": [v.lower() for v in person.values()]}
+
+
+class ConsentOverrides:
+    """Opt-outs are the whole customer's: they go when the customer goes."""
+
+    @staticmethod
+    def export(work: Work, person: Person) -> list[dict[str, Any]]:
+        return consent.export(work.con, person.customers)
+
+    @staticmethod
+    def erase(work: Work, person: Person) -> Erased:
+        return Erased(rows=consent.erase(work.con, person.whole))
 
 
 class Quarantine:

@@ -12,6 +12,7 @@ from typing import Any, TypeAlias
 
 import pandas as pd
 
+from c360.core.consent import FEATURES as CONSENT
 from c360.core.definitions import BY_NAME
 from c360.features.details import LISTS, red_flag
 
@@ -35,6 +36,7 @@ PRESENT = {
                 "csat_180d", "nps_last", "nps_avg_12m"),
     "health": ("health_score", "health_band", "health_usage", "health_engagement", "health_support",
                "health_sentiment", "health_billing"),
+    "consent": CONSENT,
 }
 IDENTITY = ("customer_id", "display_name", "company", "segment", "region", "emails", "phones", "records")
 
@@ -46,6 +48,7 @@ LABELS = {
     "billing": "purchases and billing",
     "standing": "where the customer stands",
     "support": "support and sentiment",
+    "consent": "consent: opted out of",
     "emails": "e-mails",
     "records": "source records",
 }

@@ -1,7 +1,7 @@
 """Batch scoring (`c360 score`): every customer × every champion, with reasons, into Parquet and the online store.
 
 One run scores the latest feature snapshot with the versions that are `@champion` when it starts. It writes, under
-`C360_HOME/scores/as_of=<snapshot date>/run=churn-v<a>.clv-v<b>.nba-v<c>[.subset-<hash>]/`:
+`C360_HOME/scores/as_of=<snapshot date>/run=churn-v<a>.clv-v<b>.nba-v<c>[.subset-<hash>][.optouts-<hash>]/`:
 
 * `part-<n>.parquet` — long format, one row per customer and model: customer_id, model, version, score, label
   (churn band or action), reasons (JSON list of feature, value, contribution), detail (JSON: CLV range, NBA
@@ -12,7 +12,9 @@ One run scores the latest feature snapshot with the versions that are `@champion
 Chunks of `chunk_size` customers are written atomically (temporary file, then rename) and pushed into the online
 store right after. Re-running the same run resumes: chunks already on disk are not scored again, only pushed again
 (an idempotent upsert) — after a crash, the next run picks up where it stopped; after success, nothing changes.
-A new snapshot or a new champion is a new run folder.
+A new snapshot or a new champion is a new run folder, and so is a new opt-out recorded by `c360 privacy opt-out`:
+the run applies the recorded opt-outs to the snapshot's consent features, so the next best action it stores never
+proposes an action the customer opted out of (`c360.core.consent`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from c360.core import consent
 from c360.core.settings import Settings
 from c360.feature_repo.predictions import FIELDS, PREDICTIONS
 from c360.features import store
@@ -115,11 +118,18 @@ def _atomic_write(table: pa.Table, path: Path) -> None:
     tmp.replace(path)
 
 
-def run_folder(s: Settings, as_of: pd.Timestamp, versions: dict[str, int], subset: list[str] | None) -> Path:
+def run_folder(s: Settings, as_of: pd.Timestamp, versions: dict[str, int], subset: list[str] | None,
+               opt_outs: consent.Overrides | None = None) -> Path:
     name = ".".join(f"{kind}-v{v}" for kind, v in versions.items())
     if subset is not None:
-        name += ".subset-" + hashlib.sha256("\n".join(sorted(subset)).encode()).hexdigest()[:10]
+        name += ".subset-" + _digest(sorted(subset))
+    if opt_outs:
+        name += ".optouts-" + _digest(sorted(f"{c}:{p}" for c, purposes in opt_outs.items() for p in purposes))
     return s.scores / f"as_of={as_of:%Y-%m-%d}" / f"run={name}"
+
+
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:10]
 
 
 def read_customers(path: Path) -> list[str]:
@@ -153,6 +163,11 @@ def _predictions_view(s: Settings) -> Any:
     return fs
 
 
+def _warehouse_inputs(con: Any, as_of: pd.Timestamp) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """What a run reads from the warehouse: the recorded opt-outs, product usage and campaign engagement."""
+    return consent.overrides(con), signals.usage(con, as_of), signals.topics(con, as_of)
+
+
 def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHUNK,
           on_start: Callable[[int], None] | None = None, on_chunk: Callable[[int], None] | None = None,
           warehouse_con: Any = None) -> ScoreReport:
@@ -174,7 +189,13 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
             raise LookupError(f"{len(missing):,} customers not in the snapshot of {as_of:%Y-%m-%d}, e.g. "
                               + ", ".join(missing[:5]))
         snapshot = pd.DataFrame({"customer_id": wanted}).merge(snapshot, on="customer_id", validate="one_to_one")
-    folder = run_folder(s, as_of, champions.versions(), customers)
+    if warehouse_con is not None:
+        opt_outs, used, engagement = _warehouse_inputs(warehouse_con, as_of)
+    else:
+        with warehouse(s) as con:
+            opt_outs, used, engagement = _warehouse_inputs(con, as_of)
+    snapshot = consent.apply_overrides(snapshot, opt_outs)
+    folder = run_folder(s, as_of, champions.versions(), customers, opt_outs)
     manifest = folder / "_run.json"
     if manifest.exists():
         scored_at = pd.Timestamp(json.loads(manifest.read_text())["scored_at"])
@@ -184,11 +205,6 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
         manifest.write_text(json.dumps({"scored_at": scored_at.isoformat(), "as_of": f"{as_of:%Y-%m-%d}",
                                         "versions": champions.versions(), "chunk_size": chunk_size}))
     chunk_size = int(json.loads(manifest.read_text()).get("chunk_size", chunk_size))
-    if warehouse_con is not None:
-        used, engagement = signals.usage(warehouse_con, as_of), signals.topics(warehouse_con, as_of)
-    else:
-        with warehouse(s) as con:
-            used, engagement = signals.usage(con, as_of), signals.topics(con, as_of)
     fs = _predictions_view(s)
     chunks = max(1, -(-len(snapshot) // chunk_size))
     if on_start:

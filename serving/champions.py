@@ -49,7 +49,7 @@ class Champion:
     def score(self, frame: pd.DataFrame, k: int = K) -> ModelScores:
         """The model's scores with top-k reasons of `frame` (raw features, one row per customer; a column it lacks
         is an unknown value)."""
-        return self.scorer.score(frame.reindex(columns=self.inputs), k)
+        return self.scorer.score(frame.reindex(columns=self.scorer.reads), k)
 
 
 def _load(home: Path, kind: str, reference: pd.DataFrame | None) -> Champion:

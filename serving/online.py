@@ -1,6 +1,9 @@
 """What the service reads a customer from: its `Context` (settings, Feast, the champions), the customer's row of
 the online store — every feature and the batch predictions in one read, refused (503) when the store cannot answer
-or holds two snapshots of the customer — and the warehouse, opened read-only per use (503 when it cannot be)."""
+or holds two snapshots of the customer — and the warehouse, opened read-only per use (503 when it cannot be).
+
+The opt-outs recorded by `c360 privacy opt-out` are applied to the row's features as it is read, from the set the
+context keeps in memory (`c360.core.consent.OptOuts`: no warehouse query per request)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from c360.core import consent
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 from c360.feature_repo.predictions import FIELDS, PREDICTIONS
@@ -37,6 +41,13 @@ class Context:
     reader: OnlineReader | None = None
     _population: dict[pd.Timestamp, tuple[pd.DataFrame, pd.Series, pd.Series]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _opt_outs: consent.OptOuts | None = None
+
+    def opt_outs(self, customer_id: str) -> dict[str, pd.Timestamp]:
+        """The customer's opt-outs recorded by c360 (purpose → when), kept in memory."""
+        if self._opt_outs is None:
+            self._opt_outs = consent.OptOuts(self.settings)
+        return self._opt_outs.of(customer_id)
 
     def online(self) -> OnlineReader:
         """Every customer feature and every predictions field, in one online read for a profile; `reader = None`
@@ -79,6 +90,7 @@ class OnlineRow:
     as_of: pd.Timestamp
     predictions: dict[str, Any] | None
     predictions_as_of: pd.Timestamp | None
+    opted_out_at: pd.Timestamp | None = None  # the latest opt-out recorded by c360, applied to `features`
 
 
 def read_online(ctx: Context, customer_ids: list[str]) -> list[OnlineRow | None]:
@@ -99,11 +111,12 @@ def read_online(ctx: Context, customer_ids: list[str]) -> list[OnlineRow | None]
         if not any(seconds):
             out.append(None)
             continue
-        features = {n: data[n][i] for n in BY_NAME if n in data}
+        recorded = ctx.opt_outs(customer)
+        features = consent.with_overrides({n: data[n][i] for n in BY_NAME if n in data}, recorded)
         predicted = data.get("scored_at__ts", [0] * len(customer_ids))[i]
         predictions = {n: data[n][i] for n in FIELDS if n in data} if predicted else None
         out.append(OnlineRow(customer, features, _day(seconds.pop()), predictions,
-                             _day(predicted) if predicted else None))
+                             _day(predicted) if predicted else None, max(recorded.values(), default=None)))
     return out
 
 

@@ -14,7 +14,10 @@ What each model scores (`ModelScores.score`):
 * nba — the expected net uplift (dollars over 91 days, after the action's cost) of the recommended action over no
   action; 0 when no action pays. Reasons explain the uplift of the recommended action — or, when it is no action,
   of the best alternative (why it does not pay) — as the difference of the two T-learner arms' contributions,
-  times the uplift calibration slope and the customer's MRR.
+  times the uplift calibration slope and the customer's MRR. The action is chosen among those the customer's
+  consent allows (`c360.core.consent`: an opt-out of the purpose an action needs withholds it, when the frame holds
+  the opt-out columns); the better actions withheld are kept (`nba_withheld`) and shown with why
+  (`not_proposed`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from c360.core import consent
 
 K = 3
 # Probability thresholds of the churn risk bands (90 days): below 10 % low, below 25 % medium, else high.
@@ -238,14 +243,15 @@ def score_nba(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelSco
     """`training.nba_pipeline.NbaModel`: recommended action, its expected net uplift over no action, every action's
     net uplift (`extra`, one array per action), reasons of the explained action's uplift in dollars. The choice is
     the model's own (`NbaModel.choose`)."""
-    choice = model.choose(X)
+    choice = model.choose(X, consent.allowed(X, consent.ACTION_PURPOSE))
     contributions = model.uplift_contributions(X, pd.Series(choice.explained, index=X.index))
     raw = transform_features_raw(X[model.features], model.spec)
     reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), raw, k)
     extra = {str(a): choice.uplift[a].to_numpy(dtype="float64") for a in choice.uplift.columns}
     alternatives = alternatives_json(choice.best, dict(extra))
     extra["explained"] = choice.explained
-    columns = {"nba_action": choice.best, "nba_uplift": choice.score, "nba_alternatives": alternatives}
+    columns = {"nba_action": choice.best, "nba_uplift": choice.score, "nba_alternatives": alternatives,
+               "nba_withheld": withheld_json(choice.withheld)}
     return ModelScores("nba", version, choice.score, reasons, choice.best, extra, columns,
                        detail=pc.binary_join_element_wise('{"alternatives":', alternatives, "}", ""))
 
@@ -266,6 +272,20 @@ def alternatives_json(best: np.ndarray, uplifts: dict[str, np.ndarray]) -> pa.Ar
     return json_list(parts)
 
 
+def withheld_json(withheld: pd.DataFrame) -> pa.Array:
+    """Per row, the actions withheld for consent, in the frame's column order: `["discount", ...]`."""
+    parts = [pa.array(np.where(withheld[a].to_numpy(dtype=bool), f'"{a}"', None), type=pa.string())
+             for a in withheld.columns]
+    return json_list(parts) if parts else pa.array(["[]"] * len(withheld))
+
+
+def not_proposed(stored: Any) -> list[dict[str, str]]:
+    """The withheld actions of a stored `nba_withheld`, each with the purpose it needs and why, in words."""
+    names: list[Any] = json.loads(stored) if isinstance(stored, str) and stored else []
+    return [{"action": a, "purpose": consent.ACTION_PURPOSE[a], "reason": consent.not_proposed(a)}
+            for a in names if a in consent.ACTION_PURPOSE]
+
+
 # ---------------------------------------------------------------- what serving needs of a champion
 
 
@@ -275,6 +295,11 @@ class Scorer(Protocol):
 
     @property
     def inputs(self) -> list[str]: ...
+
+    @property
+    def reads(self) -> list[str]:
+        """The columns `score` reads: the inputs, and what restricts the choice (the next best action's opt-outs)."""
+        ...
 
     def score(self, X: pd.DataFrame, k: int = K) -> ModelScores: ...
 
@@ -296,6 +321,10 @@ class _Scorer:
     @property
     def inputs(self) -> list[str]:
         return list(self.model.spec.columns)
+
+    @property
+    def reads(self) -> list[str]:
+        return self.inputs
 
     def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
         raise NotImplementedError
@@ -350,12 +379,17 @@ class NbaScorer(_Scorer):
     def inputs(self) -> list[str]:
         return list(self.model.inputs)
 
+    @property
+    def reads(self) -> list[str]:
+        return [*self.inputs, *consent.FEATURES]
+
     def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
         return score_nba(self.model, self.version, X, k)
 
     def present(self, values: dict[str, Any]) -> dict[str, Any]:
         return {"action": values.get("nba_action"), "uplift": scalar(values.get("nba_uplift")),
-                "alternatives": parse_json(values.get("nba_alternatives"))}
+                "alternatives": parse_json(values.get("nba_alternatives")),
+                "not_proposed": not_proposed(values.get("nba_withheld"))}
 
 
 SCORERS: dict[str, type[_Scorer]] = {

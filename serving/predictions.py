@@ -21,9 +21,20 @@ MODEL_FIELDS = {kind: [f for f in FIELDS if f.startswith(f"{kind}_")] for kind i
 
 
 def fresh(kind: str, row: OnlineRow, version: int) -> bool:
+    """The batch score is the answer: same champion, same features, and no opt-out recorded since it was made."""
     p = row.predictions
     return (p is not None and row.predictions_as_of == row.as_of and p.get(f"{kind}_version") == version
-            and p.get(f"{kind}_reasons") is not None)
+            and p.get(f"{kind}_reasons") is not None
+            and (row.opted_out_at is None or _scored(p.get("scored_at")) >= row.opted_out_at))
+
+
+def _scored(at: Any) -> pd.Timestamp:
+    """When a batch score was made (naive UTC); the earliest time when unknown."""
+    try:
+        stamp = pd.Timestamp(at) if at else pd.Timestamp.min
+    except ValueError:
+        return pd.Timestamp.min
+    return stamp.tz_convert(None) if stamp.tzinfo else stamp
 
 
 def live_wide(ctx: Context, kind: str, frame: pd.DataFrame) -> dict[str, Any]:

@@ -58,10 +58,20 @@ class Alternative(BaseModel):
     uplift: float | None = Field(description="expected net uplift over no action (after the action's cost)")
 
 
+class NotProposed(BaseModel):
+    action: str
+    purpose: str = Field(description="the consent purpose the action needs (c360.core.consent.ACTION_PURPOSE)")
+    reason: str = Field(description="why it was not proposed, e.g. \"discount not proposed: opted out of "
+                                    "marketing e-mail\"")
+
+
 class NextBestAction(BaseModel):
-    action: str | None = Field(description="recommended action; no_action when nothing pays for its cost")
+    action: str | None = Field(description="recommended action among those the customer's consent allows; "
+                                            "no_action when nothing allowed pays for its cost")
     uplift: float | None = Field(description="expected net uplift of the action over no action, in dollars")
     alternatives: list[Alternative] = Field(description="the other actions, best first")
+    not_proposed: list[NotProposed] = Field(default_factory=list, description="better actions withheld because "
+                                            "the customer opted out of the purpose they need")
     horizon_days: int
     reasons: list[Reason] = Field(description="why the action's uplift is what it is (for no_action: the best "
                                               "alternative's)")

@@ -234,10 +234,11 @@ class NbaModel:
         """The raw columns the model reads: its features and the scale."""
         return list(dict.fromkeys([*self.features, *([self.scale] if self.scale else [])]))
 
-    def choose(self, X: pd.DataFrame) -> Choice:
-        """The recommended action of each row, each action's net uplift over no action, the action the reasons
-        explain (``training.uplift.choose``: the one place the choice is made)."""
-        return choose(self.expected_net(X), self.control)
+    def choose(self, X: pd.DataFrame, allowed: pd.DataFrame | None = None) -> Choice:
+        """The recommended action of each row among the ``allowed`` ones (all when None), each action's net uplift
+        over no action, the action the reasons explain, the better actions withheld (``training.uplift.choose``:
+        the one place the choice is made)."""
+        return choose(self.expected_net(X), self.control, allowed)
 
     def recommend(self, X: pd.DataFrame) -> pd.Series:
         return pd.Series(self.choose(X).best, index=X.index, dtype=object, name="arm")

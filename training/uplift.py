@@ -198,31 +198,41 @@ class Choice:
     """Each row's best arm by expected outcome net of cost — the one place the next best action is chosen.
 
     ``uplift`` is every arm's net outcome minus the control's (columns in the outcomes' order); ``best`` the arm
-    with the highest net outcome, the control winning ties (nothing pays) and an undefined outcome (NaN) losing;
-    ``explained`` is ``best``, or where that is the control the best other arm (whose uplift says why it does not
-    pay); ``score`` is ``best``'s uplift over the control (0 for the control)."""
+    with the highest net outcome among the arms allowed for the row, the control winning ties (nothing pays) and an
+    undefined outcome (NaN) losing; ``explained`` is ``best``, or where that is the control the best other allowed
+    arm (whose uplift says why it does not pay); ``score`` is ``best``'s uplift over the control (0 for the
+    control); ``withheld`` marks the arms that were not allowed and would have beaten ``best`` (all False when
+    every arm is allowed)."""
 
     uplift: pd.DataFrame
     best: np.ndarray  # (n,) object
     explained: np.ndarray  # (n,) object
     score: np.ndarray  # (n,) float64
+    withheld: pd.DataFrame  # (n, arms) bool
 
 
-def choose(net: pd.DataFrame, control: Hashable) -> Choice:
-    """The best arm of each row of ``net`` (expected outcome net of cost, one column per arm); see ``Choice``."""
+def choose(net: pd.DataFrame, control: Hashable, allowed: pd.DataFrame | None = None) -> Choice:
+    """The best arm of each row of ``net`` (expected outcome net of cost, one column per arm) among the arms
+    ``allowed`` (a boolean frame like ``net``; missing: all; the control is always allowed); see ``Choice``."""
     order = [control, *[a for a in net.columns if a != control]]
     values = net[order].to_numpy(dtype="float64")
     ranked = np.where(np.isnan(values), -np.inf, values)
+    permitted = np.ones(values.shape, dtype=bool)
+    if allowed is not None:
+        permitted[:, 1:] = allowed.reindex(columns=order[1:], fill_value=True).to_numpy(dtype=bool)
     names = np.empty(len(order), dtype=object)
     names[:] = order
-    first = np.argmax(ranked, axis=1)
+    first = np.argmax(np.where(permitted, ranked, -np.inf), axis=1)
     best = names[first]
     explained = best
     if len(order) > 1:
-        explained = np.where(first == 0, names[1 + np.argmax(ranked[:, 1:], axis=1)], best)
+        others = np.where(permitted[:, 1:], ranked[:, 1:], -np.inf)
+        explained = np.where((first == 0) & permitted[:, 1:].any(axis=1), names[1 + np.argmax(others, axis=1)], best)
     uplift = net.sub(net[control], axis=0)
     score = np.take_along_axis(uplift[order].to_numpy(dtype="float64"), first[:, None], axis=1)[:, 0]
-    return Choice(uplift, best, explained, score)
+    beaten = ranked > np.take_along_axis(ranked, first[:, None], axis=1)
+    withheld = pd.DataFrame(~permitted & beaten, index=net.index, columns=order)[list(net.columns)]
+    return Choice(uplift, best, explained, score, withheld)
 
 
 def recommend_from_outcomes(

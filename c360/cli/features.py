@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from c360.cli.ui import Json, audited, emit, fail, progress, record_run, stderr, table
-from c360.core import warehouse
+from c360.core import consent, warehouse
 from c360.core.settings import Settings
 from c360.features.profile import label
 
@@ -110,6 +110,8 @@ def profile(customer_id: Annotated[str, typer.Argument(help="customer id, e.g. C
         if identity is None:
             raise fail(f"unknown customer {customer_id!r}")
         online = store.online_features(store.feature_store(s), [customer_id]).iloc[0]
+        opted_out = consent.overrides(con, [customer_id]).get(customer_id)
+        online = pd.Series(consent.with_overrides(online.to_dict(), opted_out))
         as_of = store.snapshot_dates(s)[-1]
         lists = details(con, customer_id, as_of)
     lists["red_flags_since"] = flags_since(store.history(s, customer_id))

@@ -7,7 +7,6 @@ A person is `--email ADDRESS` (that contact: the records carrying the address an
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 from pathlib import Path
@@ -15,19 +14,21 @@ from typing import Annotated, Any
 
 import typer
 
-from c360.cli.ui import Json, emit, fail, plain, progress, record_run, stderr
+from c360.cli.consent import opt_out
+from c360.cli.ui import CLI_ROLE, Json, cli_key, emit, fail, plain, progress, record_run, stderr
 from c360.core import audit, warehouse
 from c360.core.personal import STORES, Person
 from c360.core.settings import Settings
 
 privacy_app = typer.Typer(help="Privacy rights: export or erase a person, erasure requests, retention.",
                           no_args_is_help=True)
+privacy_app.command("opt-out")(opt_out)
 Email = Annotated[str | None, typer.Option("--email", help="a person, by e-mail address (that contact only)")]
 CustomerId = Annotated[str | None, typer.Option("--customer-id", help="a whole account, by c360 customer id")]
 
 
 def _audit(s: Settings, command: str, customers: list[str] | tuple[str, ...], status: str = "ok") -> None:
-    audit.append(s, key=f"cli:{getpass.getuser()}", role="admin", action=f"c360 privacy {command}",
+    audit.append(s, key=cli_key(), role=CLI_ROLE, action=f"c360 privacy {command}",
                  customers=list(customers), status=status)
 
 

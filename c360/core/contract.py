@@ -35,6 +35,12 @@ ACTIONS = ("no_action", "discount", "training_invite", "csm_call")
 SEND_STATUSES = ("sent", "holdout", "bounced")
 REQUEST_TOPICS = ("reporting", "integrations", "mobile", "api", "permissions", "automation", "ui")
 REQUEST_STATUSES = ("open", "planned", "shipped", "declined")
+# What a person consents to, and its words (c360.core.consent)
+PURPOSE_WORDS = {"marketing_email": "marketing e-mail", "other_channels": "contact by phone and other channels",
+                 "analytics": "analytics"}
+PURPOSES = tuple(PURPOSE_WORDS)
+CONSENT_STATUSES = ("granted", "withdrawn")
+CONSENT_SOURCES = ("signup_form", "unsubscribe_link", "preference_center", "support_request", "import")
 
 KINDS = ("str", "int", "float", "datetime")
 
@@ -230,6 +236,18 @@ TABLES: tuple[Table, ...] = (
     ), refs=(Ref("campaign_id", "marketing/campaigns", "campaign_id"),
              Ref("mkt_contact_id", "marketing/contacts", "mkt_contact_id")),
         ordered=(("sent_at", "opened_at"), ("sent_at", "clicked_at"), ("sent_at", "responded_at"))),
+    Table("marketing", "consents", "consent_id", (
+        _key("consent_id", "consent change id"),
+        Col("mkt_contact_id", required=True),
+        _enum("purpose", PURPOSES, doc="marketing_email: marketing e-mail; other_channels: phone, SMS, in-app and "
+                                       "other direct contact; analytics: profiling for analytics"),
+        _enum("status", CONSENT_STATUSES, doc="granted, or withdrawn (an opt-out or unsubscribe)"),
+        _ts("changed_at", doc="when the contact granted or withdrew it"),
+        _enum("source", CONSENT_SOURCES, required=False, doc="where the change came from"),
+    ), refs=(Ref("mkt_contact_id", "marketing/contacts", "mkt_contact_id"),),
+        doc="Consent per contact and purpose, one row per change (granted at sign-up, withdrawn by an "
+            "unsubscribe, ...): the latest row before a date is the contact's state then. A contact with no row "
+            "for a purpose has not opted out of it."),
     Table("feedback", "nps", "response_id", (
         _key("response_id", "survey response id"),
         Col("email"), Col("name"),

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from c360.core.contract import PURPOSE_WORDS
+
 
 @dataclass(frozen=True)
 class Feature:
     name: str
-    section: str  # profile section / Feast feature view: activity, interactions, campaigns, billing, support, status
+    section: str  # profile section / Feast feature view (activity, interactions, ..., health, consent)
     dtype: str  # int, float, str, bool
     description: str
 
@@ -104,5 +106,8 @@ FEATURES: tuple[Feature, ...] = tuple([
         ("health_sentiment", "health component 0-100 from NPS and satisfaction"),
         ("health_billing", "health component 0-100: payment failures and downgrades lower it")),
     *_f("health", "str", ("health_band", "health band: good (70+), fair (40-70) or poor (below 40)")),
+    # For the profile only (feature_repo.services keeps them out of the models): see c360.core.consent.
+    *_f("consent", "bool", *((f"opted_out_{p}", f"opted out of {words}: every marketing contact withdrew it, or "
+                                                "c360 privacy opt-out") for p, words in PURPOSE_WORDS.items())),
 ])
 BY_NAME = {f.name: f for f in FEATURES}

@@ -92,6 +92,8 @@ _STORES = "c360.features.privacy_stores"
 STORES: tuple[Store, ...] = (
     Store("warehouse_sources", "the source rows of every silo (contract tables), and the rows that reference them",
           f"{_STORES}.Sources", ("warehouse.duckdb", "warehouse.duckdb.wal")),
+    Store("consent_overrides", "opt-outs recorded with `c360 privacy opt-out` (customer id, purpose, when)",
+          f"{_STORES}.ConsentOverrides", ()),
     Store("quarantine", "rows that broke the contract, with their raw text", f"{_STORES}.Quarantine", ()),
     Store("identity", "crosswalk, golden records, normalised records and links, merge/split events",
           f"{_STORES}.Identity", ()),

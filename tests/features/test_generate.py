@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from c360.core.contract import ACTIONS, TABLES
 from c360.features.generate import generate
-from c360.features.synth.world import START
+from c360.features.synth.world import END, START
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -88,3 +89,31 @@ def test_future_value_truth_matches_its_expectation(clean_company: Path) -> None
     realized, expected = alive["future_value_12m"].sum(), alive["expected_value_12m"].sum()
     assert realized == pytest.approx(expected, rel=0.05)
     assert customers.loc[~customers["alive_at_end"], "future_value_12m"].eq(0).all()
+
+
+def test_consent_comes_from_its_own_stream_and_changes_no_other_file(tmp_path: Path) -> None:
+    generate(tmp_path / "with", 300, seed=3, corrupt_rate=0.01, chunk_size=120)
+    generate(tmp_path / "without", 300, seed=3, corrupt_rate=0.01, chunk_size=120, consent=False)
+    with_, without = digests(tmp_path / "with"), digests(tmp_path / "without")
+    added = {"marketing/consents.csv", "ground_truth/consent.parquet"}
+    assert set(with_) - set(without) == added
+    changed = {name for name in without if with_[name] != without[name]}
+    assert changed == {"ground_truth/manifest.json"}, "only the manifest's list of files may change"
+    rows = {name: json.loads((tmp_path / name / "ground_truth" / "manifest.json").read_text())["rows"]
+            for name in ("with", "without")}
+    assert {k: v for k, v in rows["with"].items() if k not in added} == rows["without"]
+
+
+def test_most_grant_consent_and_unhappy_customers_opt_out_more(clean_company: Path) -> None:
+    truth = pd.read_parquet(clean_company / "ground_truth" / "consent.parquet")
+    customers = pd.read_parquet(clean_company / "ground_truth" / "customers.parquet").set_index("account")
+    log = pd.read_csv(clean_company / "marketing" / "consents.csv", parse_dates=["changed_at"])
+    assert (truth.groupby("purpose")["granted_at_end"].mean() > 0.6).all()
+    withdrawn = log[(log["status"] == "withdrawn") & (log["source"] != "signup_form")]
+    assert withdrawn["changed_at"].dt.year.nunique() >= 2, "opt-outs happen over time"
+    assert log["changed_at"].max() < pd.Timestamp(END)
+    email = truth[truth["purpose"] == "marketing_email"]
+    opted_out = ~email.groupby("account")["granted_at_end"].any()
+    health = customers.loc[opted_out.index, "base_health"]
+    unhappy = health < health.quantile(0.25)
+    assert opted_out[unhappy].mean() > 1.5 * opted_out[~unhappy].mean()

@@ -458,3 +458,25 @@ def test_every_reference_points_at_its_parents_key() -> None:
         for r in t.refs:
             assert BY_ID[r.table].key == r.parent_column, (t.id, r)
             assert TABLES.index(BY_ID[r.table]) < TABLES.index(t), "parents are listed first"
+
+
+def test_bad_consent_rows_are_quarantined_with_their_reason(con, tmp_path: Path) -> None:
+    contacts, consents = BY_ID["marketing/contacts"], BY_ID["marketing/consents"]
+    write(tmp_path, contacts, [valid_row(contacts, 1)])
+    write(tmp_path, consents, [
+        valid_row(consents, 1, purpose="marketing_email", status="withdrawn"),
+        valid_row(consents, 2, purpose="newsletter"),
+        valid_row(consents, 3, status="maybe"),
+        valid_row(consents, 4, changed_at="yesterday"),
+        valid_row(consents, 5, mkt_contact_id="MC-ghost"),
+        valid_row(consents, 6, source=""),
+    ])
+    ingest(con, tmp_path)
+    assert quarantine(con, consents.id) == [
+        (2, "purpose", "newsletter", "enum", "not one of marketing_email, other_channels, analytics"),
+        (3, "status", "maybe", "enum", "not one of granted, withdrawn"),
+        (4, "changed_at", "yesterday", "datetime", "not a valid datetime"),
+        (5, "mkt_contact_id", "MC-ghost", "reference", "unknown mkt_contact_id 'MC-ghost'"),
+    ]
+    assert con.execute("SELECT consent_id, purpose, status FROM marketing_consents ORDER BY 1").fetchall() == [
+        ("consents-1", "marketing_email", "withdrawn"), ("consents-6", "analytics", "withdrawn")]

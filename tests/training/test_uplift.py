@@ -304,3 +304,18 @@ def test_sample_weights_weigh_the_average_effect_and_default_to_unweighted():
     assert plain.predict_uplift(X)["arm"].mean() == pytest.approx(-0.6, abs=0.1)
     assert weighted.predict_uplift(X)["arm"].mean() == pytest.approx(0.4, abs=0.1)
     pd.testing.assert_frame_equal(plain.predict_outcomes(X), ones.predict_outcomes(X))
+
+
+def test_choose_picks_the_best_allowed_arm_and_marks_the_better_ones_withheld() -> None:
+    from c360.training.uplift import choose
+
+    net = pd.DataFrame({"none": [0.0, 0.0, 0.0], "mail": [5.0, 5.0, -1.0], "call": [3.0, -2.0, 1.0]})
+    allowed = pd.DataFrame({"mail": [False, False, False], "call": [True, True, False]})
+    free = choose(net, "none")
+    assert list(free.best) == ["mail", "mail", "call"] and not free.withheld.to_numpy().any()
+    held = choose(net, "none", allowed)
+    assert list(held.best) == ["call", "none", "none"]
+    assert list(held.score) == [3.0, 0.0, 0.0]
+    assert held.withheld.to_dict("list") == {"none": [False] * 3, "mail": [True, True, False],
+                                             "call": [False, False, True]}
+    assert list(held.explained) == ["call", "call", "none"], "reasons explain an allowed arm, or none"
