@@ -40,8 +40,9 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from c360.core.settings import Settings
-from c360.serving import errors, online, predictions, ui
+from c360.serving import errors, masking, online, predictions, ui
 from c360.serving import profile as profiles
+from c360.serving.auth import Auth, principal, touched
 from c360.serving.champions import Champions, RegistryUnavailable
 from c360.serving.errors import Invalid, Unavailable
 from c360.serving.limits import BodyLimit
@@ -185,10 +186,14 @@ class C360:
         return _json(await self._profile(customer_id, details))
 
     async def _profile(self, customer_id: str, details: bool) -> dict[str, Any]:
+        touched([customer_id])
+        view = principal().view
         ctx = self.context()
-        if details:
-            return await anyio.to_thread.run_sync(profiles.profile, ctx, customer_id, True)
-        return profiles.profile(ctx, customer_id)
+        if details and view != "anonymous":
+            out = await anyio.to_thread.run_sync(profiles.profile, ctx, customer_id, True)
+        else:
+            out = profiles.profile(ctx, customer_id)
+        return masking.profile(out, view)
 
     async def _predict(self, kind: str, request: Any) -> Response:
         ids, rows = (request.customer_ids, None) if isinstance(request, ByIds) else (None, _plain(request.rows))
@@ -196,6 +201,7 @@ class C360:
 
     async def _predictions(self, kind: str, customer_ids: list[str] | None,
                            rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        touched(customer_ids or [])
         ctx = self.context()
         if customer_ids is not None and rows is None:
             return await anyio.to_thread.run_sync(predictions.predict_customers, ctx, kind, customer_ids)
@@ -274,7 +280,9 @@ class C360:
         self, email: Annotated[str, Query(pattern=EMAIL, max_length=254,
                                           description="e-mail address, e.g. jane.doe@example.com")],
     ) -> Response:
-        return _json(await anyio.to_thread.run_sync(customers_by_email, self.settings, email))
+        found = await anyio.to_thread.run_sync(customers_by_email, self.settings, email)
+        touched(found["customer_ids"])
+        return _json(found)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(self) -> Response:
@@ -290,3 +298,4 @@ class C360:
 
 # On the whole service, so BentoML's APIs are bounded as the REST routes are.
 C360.add_asgi_middleware(BodyLimit)  # type: ignore[attr-defined]  # the decorator made C360 a bentoml Service
+C360.add_asgi_middleware(Auth)  # type: ignore[attr-defined]  # keys and roles by route (serving.access), audit

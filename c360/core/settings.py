@@ -28,6 +28,10 @@ class Settings(BaseSettings):
                                                            "a file with a longer one is refused")
     lock_timeout: float = Field(30, ge=0, description="seconds a second writer of the warehouse (ingest, resolve) "
                                                       "waits for the first to finish before giving up")
+    auth: Literal["on", "off"] = Field("on", description="API keys on the service; off: every request is a local "
+                                                          "admin, and the service answers on loopback only")
+    public_docs: bool = Field(True, description="the OpenAPI document and Swagger UI need no key")
+    public_metrics: bool = Field(False, description="/metrics needs no key (else an admin or service key)")
     public_data: Path = Field(default_factory=lambda data: _public_data(data["home"]), validate_default=True,
                               description="folder of the public data sets (CDNOW, Hillstrom, FEBRL)")
 
@@ -72,6 +76,11 @@ class Settings(BaseSettings):
     def truth(self) -> Path:
         """Ground truth of the generated demo data."""
         return self.generated / "ground_truth"
+
+    @property
+    def keys(self) -> Path:
+        """The service's API keys (their SHA-256 only), `c360 keys`."""
+        return self.home / "security" / "keys.json"
 
     @property
     def runs(self) -> Path:
