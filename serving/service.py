@@ -17,9 +17,13 @@ Thin by design — every answer comes from plain functions: `serving.profile` (p
 * BentoML's own `GET /healthz` / `/livez` (process up) and `GET /readyz` (`__is_ready__`: online store readable
   and all three champions loaded); the OpenAPI document at `/docs.json`, Swagger UI at `/`.
 
-Errors are JSON `{"detail": ...}` (`serving.errors`): 404 unknown customer, 413 body over `C360_MAX_BODY_BYTES`
-(`serving.limits`), 422 malformed request, 503 naming the component that cannot answer and what to do, never a
-partial profile.
+Every route is a row of `serving.access.ROUTES` (the roles it admits); `serving.auth` checks the API key, hands
+the caller to the handlers (`principal()`, whose role says how much of a profile `serving.masking` shows) and
+audits the requests about customers (handlers note the ids they touch with `touched`).
+
+Errors are JSON `{"detail": ...}` (`serving.errors`): 401 no valid key, 403 a role without the right, 404 unknown
+customer, 413 body over `C360_MAX_BODY_BYTES` (`serving.limits`), 422 malformed request, 503 naming the component
+that cannot answer and what to do, never a partial profile.
 
 Run: `c360 serve` (or `bentoml serve serving.service:C360`); `C360_HOME` says which home it serves,
 `C360_SERVE_WORKERS` how many worker processes (default 1).
