@@ -124,8 +124,9 @@ def checked(port: int, requests: list[bytes], clients: int, seconds: float) -> d
     return result
 
 
-def get(path: str, host: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+def get(path: str, host: str, key: str) -> bytes:
+    """A GET request's bytes, with the API key `key` as Bearer."""
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
 
 
 def post(path: str, host: str, body: dict) -> bytes:
@@ -179,6 +180,7 @@ def main() -> None:
     parser.add_argument("--page-seconds", type=float, default=30.0, help="per path of the profile page's load")
     args = parser.parse_args()
 
+    from c360.core import keys
     from c360.features import store
     from c360.serving.server import serve_command, start, stop, wait_ready
 
@@ -187,6 +189,7 @@ def main() -> None:
     from c360.core.settings import Settings
 
     s = Settings(home=home)
+    key = keys.create(s, "bench", "csm", replace_active=True)  # the profile page's calls, with auth and audit on
     customers = store.read_snapshot(s, store.snapshot_dates(s)[-1])["customer_id"].sample(
         2000, random_state=0, replace=True).tolist()
     results = {}
@@ -200,8 +203,8 @@ def main() -> None:
             wait_ready(f"http://127.0.0.1:{ours_port}/readyz", ours)
             host = f"127.0.0.1:{ours_port}"
             results["ours"] = measure("c360 profile", ours, ours_port,
-                                      [get(f"/customers/{c}/profile", host) for c in customers], args.seconds)
-            concurrent = page_load(ours_port, host, customers, args.page_seconds)
+                                      [get(f"/customers/{c}/profile", host, key) for c in customers], args.seconds)
+            concurrent = page_load(ours_port, host, key, customers, args.page_seconds)
         finally:
             stop(ours)
         repo = store.write_yaml(s)  # what `c360 features apply` writes
@@ -257,11 +260,11 @@ PAGE_PATHS = {"`GET /customers/{id}/profile?details=true` (what the profile page
               "baseline: `GET /customers/{id}/profile`": ""}
 
 
-def page_load(port: int, host: str, customers: list[str], seconds: float) -> dict[str, dict[str, Any]]:
+def page_load(port: int, host: str, key: str, customers: list[str], seconds: float) -> dict[str, dict[str, Any]]:
     """8 clients for `seconds` on each path the profile page calls, errors counted rather than fatal."""
     out = {}
     for label, query in PAGE_PATHS.items():
-        out[label] = load(port, [get(f"/customers/{c}/profile{query}", host) for c in customers], 8, seconds)
+        out[label] = load(port, [get(f"/customers/{c}/profile{query}", host, key) for c in customers], 8, seconds)
         print(f"{label}: {len(out[label]['errors'])} errors, p50 {out[label]['p50']:.1f} ms, p99 "
               f"{out[label]['p99']:.1f} ms", flush=True)
     return out

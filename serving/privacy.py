@@ -17,6 +17,7 @@ from c360.core.locks import WarehouseBusy
 from c360.core.personal import Person
 from c360.core.settings import Settings
 from c360.features import privacy, privacy_requests
+from c360.serving.auth import touched
 from c360.serving.errors import Invalid, NotFound
 from c360.serving.online import warehouse
 from c360.serving.profile import json_value
@@ -30,9 +31,11 @@ def person(s: Settings, ask: PrivacyAsk) -> Person:
         raise Invalid("send either email or customer_id")
     with warehouse(s) as con:
         try:
-            return privacy.resolve(con, email=ask.email, customer_id=ask.customer_id, threshold=s.match_threshold)
+            found = privacy.resolve(con, email=ask.email, customer_id=ask.customer_id, threshold=s.match_threshold)
         except privacy.UnknownPerson as e:
             raise NotFound(str(e)) from None
+    touched(found.customers)  # the audit record names the customers, never the e-mail asked
+    return found
 
 
 def export(s: Settings, ask: PrivacyAsk) -> dict[str, Any]:

@@ -14,12 +14,16 @@ from typing import IO
 import httpx
 
 from c360.core.settings import Settings
+from c360.serving.auth import loopback
 
 
 def serve_command(port: int, host: str = "127.0.0.1", workers: int = 1,
                   s: Settings | None = None) -> tuple[list[str], dict[str, str]]:
-    """The `bentoml serve` command line and environment of the service for `s` (default: the current settings)."""
+    """The `bentoml serve` command line and environment of the service for `s` (default: the current settings).
+    ValueError for `C360_AUTH=off` on an address beyond loopback: keyless service is for this machine only."""
     s = s or Settings()
+    if s.auth == "off" and not loopback(host):
+        raise ValueError(f"C360_AUTH=off serves this machine only: bind 127.0.0.1, not {host}, or turn keys on")
     env = {**os.environ, "C360_HOME": str(s.home.resolve()), "C360_SERVE_WORKERS": str(workers),
            "BENTOML_HOME": os.environ.get("BENTOML_HOME", str((s.home / "bentoml").resolve())),
            "BENTOML_DO_NOT_TRACK": "True"}

@@ -21,9 +21,13 @@ Thin by design — every answer comes from plain functions: `serving.profile` (p
 * BentoML's own `GET /healthz` / `/livez` (process up) and `GET /readyz` (`__is_ready__`: online store readable
   and all three champions loaded); the OpenAPI document at `/docs.json`, Swagger UI at `/`.
 
-Errors are JSON `{"detail": ...}` (`serving.errors`): 404 unknown customer, 413 body over `C360_MAX_BODY_BYTES`
-(`serving.limits`), 422 malformed request, 503 naming the component that cannot answer and what to do, never a
-partial profile.
+Every route is a row of `serving.access.ROUTES` (the roles it admits); `serving.auth` checks the API key, hands
+the caller to the handlers (`principal()`, whose role says how much of a profile `serving.masking` shows) and
+audits the requests about customers (handlers note the ids they touch with `touched`).
+
+Errors are JSON `{"detail": ...}` (`serving.errors`): 401 no valid key, 403 a role without the right, 404 unknown
+customer, 413 body over `C360_MAX_BODY_BYTES` (`serving.limits`), 422 malformed request, 503 naming the component
+that cannot answer and what to do, never a partial profile.
 
 Run: `c360 serve` (or `bentoml serve serving.service:C360`); `C360_HOME` says which home it serves,
 `C360_SERVE_WORKERS` how many worker processes (default 1).
@@ -45,9 +49,10 @@ from pydantic import BaseModel, Field
 
 from c360.core.settings import Settings
 from c360.features.privacy_requests import Hidden
-from c360.serving import errors, online, predictions, ui
+from c360.serving import errors, masking, online, predictions, ui
 from c360.serving import privacy as privacy_routes
 from c360.serving import profile as profiles
+from c360.serving.auth import Auth, principal, touched
 from c360.serving.champions import Champions, RegistryUnavailable
 from c360.serving.errors import Invalid, NotFound, Unavailable
 from c360.serving.limits import BodyLimit
@@ -199,11 +204,15 @@ class C360:
             raise NotFound(f"unknown customers: {', '.join(hidden[:20])}")
 
     async def _profile(self, customer_id: str, details: bool) -> dict[str, Any]:
+        touched([customer_id])
         self._unhidden([customer_id])
+        view = principal().view
         ctx = self.context()
-        if details:
-            return await anyio.to_thread.run_sync(profiles.profile, ctx, customer_id, True)
-        return profiles.profile(ctx, customer_id)
+        if details and view != "anonymous":
+            out = await anyio.to_thread.run_sync(profiles.profile, ctx, customer_id, True)
+        else:
+            out = profiles.profile(ctx, customer_id)
+        return masking.profile(out, view)
 
     async def _predict(self, kind: str, request: Any) -> Response:
         ids, rows = (request.customer_ids, None) if isinstance(request, ByIds) else (None, _plain(request.rows))
@@ -211,6 +220,7 @@ class C360:
 
     async def _predictions(self, kind: str, customer_ids: list[str] | None,
                            rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        touched(customer_ids or [])
         self._unhidden(customer_ids or [])
         ctx = self.context()
         if customer_ids is not None and rows is None:
@@ -293,6 +303,7 @@ class C360:
         if self.hidden.email(email):
             raise NotFound("no customer with this e-mail")
         found = await anyio.to_thread.run_sync(customers_by_email, self.settings, email)
+        touched(found["customer_ids"])
         self._unhidden(found["customer_ids"])
         return _json(found)
 
@@ -327,3 +338,4 @@ class C360:
 
 # On the whole service, so BentoML's APIs are bounded as the REST routes are.
 C360.add_asgi_middleware(BodyLimit)  # type: ignore[attr-defined]  # the decorator made C360 a bentoml Service
+C360.add_asgi_middleware(Auth)  # type: ignore[attr-defined]  # keys and roles by route (serving.access), audit

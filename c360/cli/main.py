@@ -19,12 +19,13 @@ from c360.cli import evaluate  # noqa: F401  (registers `c360 eval cdnow` / `eva
 from c360.cli.audit import audit_app
 from c360.cli.features import apply, build, features_app, materialize, profile
 from c360.cli.identity import eval_app, resolve_app, run_resolve
+from c360.cli.keys import keys_app
 from c360.cli.privacy import privacy_app
 from c360.cli.review import mlflow_ui
 from c360.cli.serve import score, serve
 from c360.cli.train import champions, promote, train_all, train_app
 from c360.cli.ui import Json, console, emit, fail, progress, record_run, stderr, table
-from c360.core import warehouse
+from c360.core import keys, warehouse
 from c360.core.locks import WarehouseBusy
 from c360.core.settings import Settings
 from c360.training.specs import KINDS
@@ -54,6 +55,7 @@ app.command("mlflow-ui")(mlflow_ui)
 app.command()(score)
 app.command()(serve)
 app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
 
 
 def settings() -> Settings:
@@ -192,19 +194,26 @@ def demo(
     steps |= {"profile": profile(example), "champions": champions(), "score": score()}
     where = {"warehouse": s.warehouse, "snapshots": s.snapshots, "feast_registry": s.feast, "ground_truth": s.truth,
              "run_log": s.runs}
-    emit({"home": s.home, "example_customer": example, "steps": steps, "where": where}, as_json,
+    key = {"name": DEMO_KEY, "role": "admin", "key": keys.create(s, DEMO_KEY, "admin", replace_active=True)}
+    emit({"home": s.home, "example_customer": example, "steps": steps, "where": where, "api_key": key}, as_json,
          f"\n[bold]Where to look[/]: warehouse {s.warehouse} (duckdb) — tables `quarantine`, "
          f"`identity_crosswalk`, `identity_customers`; feature snapshots {s.snapshots}; Feast registry "
          f"{s.feast}; ground truth {s.truth}; run log {s.runs}; MLflow runs, plots and model cards: "
          "`c360 mlflow-ui`.\n"
-         f"Try: `c360 profile {example}`, `c360 eval identity`, `c360 resolve explain support/tickets T-000000005`.")
+         f"Try: `c360 profile {example}`, `c360 eval identity`, `c360 resolve explain support/tickets T-000000005`.\n"
+         f"[bold]The service's admin key[/] `{DEMO_KEY}` (a new one on every demo, shown once; `c360 keys create` "
+         f"makes others):\n  {key['key']}")
     if serve_after:
-        url = "http://127.0.0.1:3000"
+        url, bearer = "http://127.0.0.1:3000", f"-H 'Authorization: Bearer {key['key']}'"
         console.print(f"\n[bold]The service[/] is starting on {url} (docs: {url}/; Ctrl-C stops it). Try:\n"
-                      f"  curl -s {url}/customers/{example}/profile | python -m json.tool\n"
-                      f"  curl -s {url}/predict/nba -H 'content-type: application/json' "
-                      f"-d '{{\"customer_ids\": [\"{example}\"]}}'")
+                      f"  curl -s {url}/customers/{example}/profile {bearer} | python -m json.tool\n"
+                      f"  curl -s {url}/predict/nba {bearer} -H 'content-type: application/json' "
+                      f"-d '{{\"customer_ids\": [\"{example}\"]}}'\n"
+                      f"  the profile page: {url}/ui (it asks for the key)", soft_wrap=True)
         serve()
+
+
+DEMO_KEY = "demo-admin"
 
 
 def _example_customer(s: Settings) -> str:

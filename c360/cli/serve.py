@@ -74,6 +74,7 @@ def serve(
 
     Endpoints: GET /customers/{id}/profile, POST /predict/churn|clv|nba, POST /admin/reload, GET /status,
     /healthz, /readyz, /metrics (Prometheus, by route), /ui (profile page); OpenAPI at /docs.json, Swagger UI at /.
+    Requests carry `Authorization: Bearer KEY` (`c360 keys create`); C360_AUTH=off (no keys) binds loopback only.
     C360_RELOAD_SECONDS sets how often the champions are polled (default 30); C360_TRACING=1 keeps BentoML's
     OpenTelemetry middleware (off: at BentoML's default sample rate it records nothing).
     """
@@ -81,7 +82,10 @@ def serve(
 
     from c360.serving.server import serve_command, start, stop
 
-    command, env = serve_command(port, host, workers)
+    try:
+        command, env = serve_command(port, host, workers)
+    except ValueError as e:
+        raise fail(str(e)) from None
     console.print(f"serving {Settings().home} on http://{host}:{port} ({workers} worker(s)); docs at "
                   f"http://{host}:{port}/")
 

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
                                                                  "kept; `c360 privacy purge-expired` drops older ones")
     audit_retention_days: int = Field(730, ge=1, description="days audit records are kept; `c360 privacy "
                                                              "purge-expired` drops older ones")
+    auth: Literal["on", "off"] = Field("on", description="API keys on the service; off: every request is a local "
+                                                          "admin, and the service answers on loopback only")
+    public_docs: bool = Field(True, description="the OpenAPI document and Swagger UI need no key")
+    public_metrics: bool = Field(False, description="/metrics needs no key (else an admin or service key)")
     public_data: Path = Field(default_factory=lambda data: _public_data(data["home"]), validate_default=True,
                               description="folder of the public data sets (CDNOW, Hillstrom, FEBRL)")
 
@@ -76,6 +80,11 @@ class Settings(BaseSettings):
     def truth(self) -> Path:
         """Ground truth of the generated demo data."""
         return self.generated / "ground_truth"
+
+    @property
+    def keys(self) -> Path:
+        """The service's API keys (their SHA-256 only), `c360 keys`."""
+        return self.home / "security" / "keys.json"
 
     @property
     def runs(self) -> Path:

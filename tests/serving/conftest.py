@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
-from c360.core import warehouse
+from c360.core import keys, warehouse
 from c360.core.settings import Settings
 from c360.features import compute, store
 from c360.serving.server import serve_command, start, stop, wait_ready
@@ -65,6 +65,22 @@ def served(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
+def api_keys(served: Settings) -> dict[str, str]:
+    """A key of each role in the served home, named `test-ROLE`: role → key."""
+    return {role: keys.create(served, f"test-{role}", role, replace_active=True) for role in keys.ROLES}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="session")
+def admin(api_keys: dict[str, str]) -> dict[str, str]:
+    """The headers of the admin key, which the tests send unless they test a role."""
+    return bearer(api_keys["admin"])
+
+
+@pytest.fixture(scope="session")
 def asgi_app() -> Any:
     """The service's ASGI app, built once per process: a second `C360.to_asgi()` registers BentoML's Prometheus
     metrics again and fails ("Duplicated timeseries"), so two test modules in one worker share this one."""
@@ -74,13 +90,15 @@ def asgi_app() -> Any:
 
 
 @pytest.fixture(scope="module")
-def client(served: Settings, asgi_app: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """The service in process through its ASGI app (BentoML's lifespan creates the service instance)."""
+def client(served: Settings, asgi_app: Any, admin: dict[str, str],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The service in process through its ASGI app (BentoML's lifespan creates the service instance), sending the
+    admin key."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("C360_HOME", str(served.home))
         patch.setenv("C360_RELOAD_SECONDS", "0")
         patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml")))
-        with TestClient(asgi_app, raise_server_exceptions=False) as test_client:
+        with TestClient(asgi_app, raise_server_exceptions=False, headers=admin) as test_client:
             yield test_client
 
 
@@ -91,9 +109,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(served: Settings, api_keys: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `bentoml serve` over the served home on a free port (what `c360 serve` runs), polling the registry
-    every second; yields its URL."""
+    every second, with a key of each role in its home (`api_keys`); yields its URL."""
     port = free_port()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml_home")))

@@ -30,27 +30,28 @@ def stamped_off(value: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def client(server: str) -> Any:
-    with bentoml.SyncHTTPClient(server, timeout=60) as bento:
+def client(server: str, api_keys: dict[str, str]) -> Any:
+    with bentoml.SyncHTTPClient(server, timeout=60, token=api_keys["admin"]) as bento:
         yield bento
 
 
-def test_bentoml_client_sees_the_apis_and_gets_the_rest_answers(client: Any, server: str, served: Settings) -> None:
+def test_bentoml_client_sees_the_apis_and_gets_the_rest_answers(client: Any, server: str, served: Settings,
+                                                                 admin: dict) -> None:
     ids = store.read_snapshot(served, store.snapshot_dates(served)[-1])["customer_id"].head(3).tolist()
     assert set(APIS) <= set(client.endpoints)
     churn = client.predict_churn(customer_ids=ids)
-    rest = httpx.post(f"{server}/predict/churn", json={"customer_ids": ids}, timeout=60).json()
+    rest = httpx.post(f"{server}/predict/churn", json={"customer_ids": ids}, headers=admin, timeout=60).json()
     assert stamped_off(churn) == stamped_off(rest) and [p["customer_id"] for p in churn["predictions"]] == ids
     ClvPredictions.model_validate(client.predict_clv(customer_ids=ids))
     NbaPredictions.model_validate(client.predict_nba(customer_ids=ids))
     profile = client.profile(customer_id=ids[0])
-    rest = httpx.get(f"{server}/customers/{ids[0]}/profile", timeout=60).json()
+    rest = httpx.get(f"{server}/customers/{ids[0]}/profile", headers=admin, timeout=60).json()
     Profile.model_validate(profile)
     assert stamped_off({k: v for k, v in profile.items() if v is not None}) == stamped_off(rest)  # no details
     assert client.profile(customer_id=ids[0], details=True)["identity"]["customer_id"] == ids[0]
 
 
-def test_bentoml_api_errors_are_4xx(client: Any, server: str) -> None:
+def test_bentoml_api_errors_are_4xx(client: Any, server: str, admin: dict) -> None:
     with pytest.raises(NotFound, match="unknown customer"):
         client.profile(customer_id="C99999999")
     with pytest.raises(NotFound, match="C99999999"):
@@ -61,10 +62,10 @@ def test_bentoml_api_errors_are_4xx(client: Any, server: str) -> None:
         client.profile(customer_id="not an id")
     with pytest.raises(UnprocessableEntity, match="either customer_ids or rows"):
         client.predict_nba()
-    assert httpx.post(f"{server}/predict_clv", content=b"{not json", timeout=60).status_code == 400
+    assert httpx.post(f"{server}/predict_clv", content=b"{not json", headers=admin, timeout=60).status_code == 400
 
 
-def test_bentoml_apis_answer_no_5xx(server: str) -> None:
+def test_bentoml_apis_answer_no_5xx(server: str, admin: dict) -> None:
     """Generated valid and invalid requests to each API: never a 5xx. (BentoML documents its error bodies as
     objects but sends a list: the bodies are not checked against its document.)"""
     api = schemathesis.openapi.from_url(f"{server}/docs.json").include(path_regex=f"^/({'|'.join(APIS)})$")
@@ -74,16 +75,16 @@ def test_bentoml_apis_answer_no_5xx(server: str) -> None:
         @given(case=operation.as_strategy())
         @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case) -> None:
-            case.call_and_validate(checks=[not_a_server_error], timeout=60)
+            case.call_and_validate(checks=[not_a_server_error], headers=admin, timeout=60)
 
         check()
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_bentoml_apis_refuse_a_body_over_the_limit(server: str, chunked: bool) -> None:
+def test_bentoml_apis_refuse_a_body_over_the_limit(server: str, chunked: bool, admin: dict) -> None:
     """The body limit bounds BentoML's APIs as it bounds the REST routes: a 413 before the body is read whole."""
     big = b'{"customer_ids": ["' + b"C" * 2_000_000 + b'"]}'
     content = iter([big[:600_000], big[600_000:]]) if chunked else big
     response = httpx.post(f"{server}/predict_churn", content=content, timeout=60,
-                          headers={"content-type": "application/json"})
+                          headers={"content-type": "application/json", **admin})
     assert response.status_code == 413 and "C360_MAX_BODY_BYTES" in response.json()["detail"]

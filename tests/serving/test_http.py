@@ -51,9 +51,9 @@ def test_asgi_profile_and_errors(client: TestClient, served: Settings) -> None:
 # ---------------------------------------------------------------- a real server
 
 
-def test_real_server_serves_a_profile_and_polls_the_registry(server: str, served: Settings) -> None:
+def test_real_server_serves_a_profile_and_polls_the_registry(server: str, served: Settings, admin: dict) -> None:
     customer = a_customer(served)
-    response = httpx.get(f"{server}/customers/{customer}/profile", timeout=30)
+    response = httpx.get(f"{server}/customers/{customer}/profile", headers=admin, timeout=30)
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     assert response.json()["future"]["next_best_action"]["model"]["name"] == "c360-nba"
     client = tracking.configure(served.home)
@@ -64,46 +64,48 @@ def test_real_server_serves_a_profile_and_polls_the_registry(server: str, served
         deadline, version = time.time() + 60, None
         while version != int(copy.version) and time.time() < deadline:
             time.sleep(1)
-            version = httpx.get(f"{server}/status", timeout=30).json()["models"]["clv"]
+            version = httpx.get(f"{server}/status", headers=admin, timeout=30).json()["models"]["clv"]
         assert version == int(copy.version), "the poll did not pick up the new @champion"
-        clv = httpx.get(f"{server}/customers/{customer}/profile", timeout=30).json()["future"]["clv"]
+        clv = httpx.get(f"{server}/customers/{customer}/profile", headers=admin, timeout=30).json()["future"]["clv"]
         assert clv["model"]["version"] == int(copy.version) and clv["model"]["source"] == "live"
     finally:
         client.set_registered_model_alias("c360-clv", CHAMPION, current.version)
 
 
 @pytest.mark.parametrize("query", ["?details=true", ""], ids=["details", "plain"])
-def test_real_server_holds_eight_clients(server: str, served: Settings, query: str) -> None:
-    """The profile page's calls under a bounded loopback load, 8 clients for 30 s: every answer a 200 (with
-    `?details=true` about half failed when the worker's threads shared DuckDB's default connection)."""
+def test_real_server_holds_eight_clients(server: str, served: Settings, query: str, api_keys: dict) -> None:
+    """The profile page's calls under a bounded loopback load, 8 clients with a csm's key for 30 s: every answer a
+    200 (with `?details=true` about half failed when the worker's threads shared DuckDB's default connection)."""
     port = int(server.rsplit(":", 1)[1])
     ids = store.read_snapshot(served, store.snapshot_dates(served)[-1])["customer_id"].sample(
         500, random_state=1).tolist()
-    result = load(port, [get(f"/customers/{c}/profile{query}", f"127.0.0.1:{port}") for c in ids], 8, 30.0)
+    requests = [get(f"/customers/{c}/profile{query}", f"127.0.0.1:{port}", api_keys["csm"]) for c in ids]
+    result = load(port, requests, 8, 30.0)
     assert result["requests"] > 8 and not result["errors"], result["errors"][:5]
 
 
-def profile_requests(server: str) -> dict[str, float]:
+def profile_requests(server: str, admin: dict) -> dict[str, float]:
     """`c360_requests_total` of the profile route by status, as `/metrics` reports it."""
-    text = httpx.get(f"{server}/metrics", timeout=30).text
+    text = httpx.get(f"{server}/metrics", headers=admin, timeout=30).text
     return {sample.labels["status"]: sample.value for family in text_string_to_metric_families(text)
             for sample in family.samples if sample.name == "c360_requests_total"
             and sample.labels["route"] == "/customers/{customer_id}/profile"}
 
 
-def test_real_server_metrics_count_requests_by_route(server: str, served: Settings) -> None:
+def test_real_server_metrics_count_requests_by_route(server: str, served: Settings, admin: dict) -> None:
     """One series per route and status, whatever the customer ids (BentoML's own metrics, switched off, open
     series per raw path: one per customer)."""
     ids = store.read_snapshot(served, store.snapshot_dates(served)[-1])["customer_id"].iloc[:3].tolist()
-    before = profile_requests(server)
+    before = profile_requests(server, admin)
     for customer in [*ids, "C99999999"]:
-        httpx.get(f"{server}/customers/{customer}/profile", timeout=30)
-    after = profile_requests(server)
+        httpx.get(f"{server}/customers/{customer}/profile", headers=admin, timeout=30)
+    after = profile_requests(server, admin)
     assert after.get("200", 0) - before.get("200", 0) == 3 and after.get("404", 0) - before.get("404", 0) == 1
-    assert not any(customer in httpx.get(f"{server}/metrics", timeout=30).text for customer in [*ids, "C99999999"])
+    text = httpx.get(f"{server}/metrics", headers=admin, timeout=30).text
+    assert not any(customer in text for customer in [*ids, "C99999999"])
 
 
-def test_openapi_contract_holds(server: str) -> None:
+def test_openapi_contract_holds(server: str, admin: dict) -> None:
     """Every operation of the service's own OpenAPI document, with generated valid and invalid requests: no 5xx,
     status codes, content types and bodies as documented. (schemathesis' pytest plugin does not load under this
     pytest, so the operations are driven through Hypothesis here.)"""
@@ -115,7 +117,7 @@ def test_openapi_contract_holds(server: str) -> None:
         @given(case=operation.as_strategy())
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case) -> None:
-            case.call_and_validate(timeout=60)
+            case.call_and_validate(headers=admin, timeout=60)
 
         check()
 
@@ -131,7 +133,7 @@ HOSTILE_BODIES = {
 
 
 @pytest.mark.parametrize("body", HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
-def test_openapi_contract_holds_for_hostile_bodies(server: str, body: dict) -> None:
+def test_openapi_contract_holds_for_hostile_bodies(server: str, body: dict, admin: dict) -> None:
     """NaN, Infinity (which Python's JSON writer emits and its parser accepts), overflowing numbers and oversized
     bodies, sent to every POST operation: no 5xx, answers as documented, and no answer repeats more than a short
     prefix of what it was sent."""
@@ -141,7 +143,7 @@ def test_openapi_contract_holds_for_hostile_bodies(server: str, body: dict) -> N
     for operation in operations:
         case = operation.Case()
         # As raw bytes: the client libraries refuse to write NaN and Infinity, Python's json module does not.
-        response = case.call(data=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
+        response = case.call(data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **admin},
                              timeout=60)
         case.validate_response(response)
         assert response.status_code in (413, 422) and "C" * (ECHO + 1) not in response.text

@@ -13,8 +13,9 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from c360.cli.main import app
-from c360.core import locks
+from c360.core import audit, keys, locks
 from c360.core.settings import Settings
+from tests.serving.conftest import bearer
 
 runner = CliRunner()
 
@@ -35,7 +36,8 @@ def http(small: Settings, asgi_app: Any, tmp_path_factory: pytest.TempPathFactor
         patch.setenv("C360_HOME", str(small.home))
         patch.setenv("C360_RELOAD_SECONDS", "0")
         patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml")))
-        with TestClient(asgi_app, raise_server_exceptions=False) as client:
+        admin = bearer(keys.create(small, "privacy-admin", "admin", replace_active=True))
+        with TestClient(asgi_app, raise_server_exceptions=False, headers=admin) as client:
             yield client
 
 
@@ -73,3 +75,6 @@ def test_erasure_request_hides_at_once_and_runs_later(http: TestClient, small: S
     assert email.encode() not in (small.home / "privacy" / "requests" / f"{request_id}.json").read_bytes()
     assert http.get(f"/customers/{customer}/profile").status_code == 404
     assert http.get("/admin/privacy/requests/0123456789abcdef").status_code == 404
+    erased = [r for r in audit.records(small, customer=customer) if r["action"] == "POST /admin/privacy/erase"]
+    assert [(r["key"], r["status"]) for r in erased] == [("privacy-admin", 202)]
+    assert email not in audit.path(small).read_text()

@@ -88,15 +88,22 @@ def test_email_lookup_route(client: TestClient, served: Settings) -> None:
 
 
 def test_profile_page_shows_past_present_future_and_its_error_states(
-        server: str, served: Settings, page, tmp_path: Path, docs_images: Path | None) -> None:
+        server: str, served: Settings, api_keys: dict[str, str], admin: dict[str, str], page, tmp_path: Path,
+        docs_images: Path | None) -> None:
     customer, email = flagged_customer(served)
-    expected = httpx.get(f"{server}/customers/{customer}/profile", params={"details": "true"}, timeout=60).json()
+    expected = httpx.get(f"{server}/customers/{customer}/profile", params={"details": "true"}, headers=admin,
+                         timeout=60).json()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
 
     page.goto(f"{server}/ui")
+    page.get_by_label("API key").fill("c360_not-a-key")  # the page asks for a key first
+    page.get_by_role("button", name="Use key").click()
     page.get_by_label("Customer id or e-mail address").fill(email)  # found by e-mail, through the search box
     page.get_by_role("button", name="Find").click()
+    page.get_by_role("alert").get_by_text("The service refused the key: unknown API key").wait_for(timeout=30_000)
+    page.get_by_label("API key").fill(api_keys["csm"])  # a 401 asks again, then the search runs
+    page.get_by_role("button", name="Use key").click()
     choice = page.locator(f"button.choice[data-id='{customer}']")  # an address several customers share: choose
     page.locator("#profile:not([hidden]), button.choice").first.wait_for(timeout=60_000)
     if choice.count():
