@@ -22,6 +22,9 @@ from c360.cli.main import app
 from c360.core import personal
 from c360.core.settings import Settings
 
+# The tests build on each other (export, erase, then a later export): one worker runs them, in order.
+pytestmark = pytest.mark.xdist_group("privacy")
+
 runner = CliRunner()
 
 
