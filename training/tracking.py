@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -174,7 +175,9 @@ def _log_model(model: Any, flavor: Flavor, example: pd.DataFrame, requirements: 
     if flavor == "pyfunc":
         with tempfile.TemporaryDirectory() as folder:
             artifacts = {"model": str(saved.save(model, Path(folder) / "model"))}
-            return mlflow.pyfunc.log_model(python_model=str(_PYFUNC_CODE), artifacts=artifacts, **common)
+            # MLflow copies the code file with its mode (0644 in the package): a copy made here has the umask's.
+            code = shutil.copyfile(_PYFUNC_CODE, Path(folder) / _PYFUNC_CODE.name)
+            return mlflow.pyfunc.log_model(python_model=str(code), artifacts=artifacts, **common)
     raise ValueError(f"unknown flavor {flavor!r}: use lightgbm, sklearn or pyfunc")
 
 

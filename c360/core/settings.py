@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -28,6 +28,9 @@ class Settings(BaseSettings):
                                                            "a file with a longer one is refused")
     lock_timeout: float = Field(30, ge=0, description="seconds a second writer of the warehouse (ingest, resolve) "
                                                       "waits for the first to finish before giving up")
+    encryption_key: SecretStr | None = Field(
+        None, description="key of the encrypted warehouse (DuckDB encryption); unset: personal data is stored in "
+                          "plain text. Keep it out of the YAML file; losing it loses the warehouse")
     public_data: Path = Field(default_factory=lambda data: _public_data(data["home"]), validate_default=True,
                               description="folder of the public data sets (CDNOW, Hillstrom, FEBRL)")
 

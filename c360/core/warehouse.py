@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
 
 from c360.core import connections, locks
+from c360.core.at_rest import EncryptionError
 from c360.core.contract import TABLES
 from c360.core.settings import Settings
 
@@ -16,15 +20,71 @@ from c360.core.settings import Settings
 @contextmanager
 def connect(s: Settings, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """The warehouse; a writer first takes the writer lock of `s.home` (see c360.locks), a reader does not."""
-    s.home.mkdir(parents=True, exist_ok=True)
+    s.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     with nullcontext() if read_only else locks.writer(s) as deadline:
         # A bounded memory limit makes DuckDB spill big ingests to disk instead of growing with the file.
-        con = locks.when_free(s, lambda: connections.open_file(s.warehouse, read_only=read_only,
+        con = locks.when_free(s, lambda: connections.open_file(s.warehouse, read_only=read_only, key=s.encryption_key,
                                                                memory_limit=s.duckdb_memory), deadline)
         try:
             yield con
         finally:
             con.close()
+
+
+def encrypt(s: Settings) -> dict[str, Any]:
+    """Rewrite the plaintext warehouse as one encrypted with `s.encryption_key`, under the writer lock.
+
+    `COPY FROM DATABASE` copies every table and view into a new encrypted file, which then replaces the old one;
+    each table's rows are counted in both before. A warehouse already encrypted with the key is left as it is.
+    The old file's blocks are freed, not overwritten: on a disk without encryption of its own they stay readable.
+    """
+    if s.encryption_key is None:
+        raise EncryptionError("set C360_ENCRYPTION_KEY to the key to encrypt the warehouse with")
+    if not s.warehouse.exists():
+        raise EncryptionError(f"no warehouse in {s.home} yet: with C360_ENCRYPTION_KEY set, `c360 ingest` creates "
+                              "an encrypted one")
+    fresh = s.warehouse.with_name(s.warehouse.name + ".encrypting")
+    with locks.writer(s) as deadline:
+        try:
+            con = locks.when_free(s, lambda: connections.open_file(s.warehouse, memory_limit=s.duckdb_memory),
+                                  deadline)
+        except EncryptionError:  # encrypted already: it must open with this key
+            with connect(s, read_only=True) as con:
+                return {"warehouse": s.warehouse, "already_encrypted": True, "tables": _rows(con, _current(con))}
+        try:
+            fresh.unlink(missing_ok=True)
+            tables = _copy(con, fresh, s)
+        except BaseException:
+            fresh.unlink(missing_ok=True)
+            raise
+        finally:
+            con.close()
+        os.replace(fresh, s.warehouse)
+    return {"warehouse": s.warehouse, "already_encrypted": False, "tables": tables}
+
+
+def _copy(con: duckdb.DuckDBPyConnection, fresh: Path, s: Settings) -> dict[str, int]:
+    """Copy `con`'s database into the new encrypted file `fresh`; the rows of each table, the same in both."""
+    source = _current(con)
+    connections.attach(con, fresh, "encrypted", s.encryption_key)
+    con.execute(f'COPY FROM DATABASE "{source}" TO encrypted')
+    tables = _rows(con, source)
+    if _rows(con, "encrypted") != tables:
+        raise EncryptionError("the encrypted copy of the warehouse does not hold the same rows: left unchanged")
+    con.execute("DETACH encrypted")  # checkpoints it: the copy is whole in one file
+    return tables
+
+
+def _current(con: duckdb.DuckDBPyConnection) -> str:
+    return con.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+
+
+def _rows(con: duckdb.DuckDBPyConnection, database: str) -> dict[str, int]:
+    """Rows of each table of `database`."""
+    names = con.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? "
+                        "ORDER BY ALL", [database]).fetchall()
+    return {f"{schema}.{table}": con.execute(f'SELECT count(*) FROM "{database}"."{schema}"."{table}"')
+            .fetchone()[0] for schema, table in names}  # type: ignore[index]
 
 
 def table_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
