@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -48,6 +47,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from c360.core.at_rest import owner_only_tree
 from c360.core.settings import Settings
 from c360.training import saved
 
@@ -175,9 +175,7 @@ def _log_model(model: Any, flavor: Flavor, example: pd.DataFrame, requirements: 
     if flavor == "pyfunc":
         with tempfile.TemporaryDirectory() as folder:
             artifacts = {"model": str(saved.save(model, Path(folder) / "model"))}
-            # MLflow copies the code file with its mode (0644 in the package): a copy made here has the umask's.
-            code = shutil.copyfile(_PYFUNC_CODE, Path(folder) / _PYFUNC_CODE.name)
-            return mlflow.pyfunc.log_model(python_model=str(code), artifacts=artifacts, **common)
+            return mlflow.pyfunc.log_model(python_model=str(_PYFUNC_CODE), artifacts=artifacts, **common)
     raise ValueError(f"unknown flavor {flavor!r}: use lightgbm, sklearn or pyfunc")
 
 
@@ -269,6 +267,8 @@ def log_training_run(
         for name, table in tables.items():
             _log_table(name, table)
         mlflow.log_text(model_card, "model_card.md")
+    if artifact_root(home).is_dir():  # the model's files under C360_HOME, not a tracking server's
+        owner_only_tree(artifact_root(home))
     return _register(client, info, registered_name, run_tags, model_card)
 
 

@@ -3,7 +3,8 @@
 * **Owner-only.** `owner_only()` sets the umask to 0o077, so every file and folder a c360 process creates from then
   on, its own and those of MLflow, Feast, splink and BentoML, is its owner's alone (0600 / 0700). It is called
   where a c360 process starts (the command line, the service), not on import: importing c360 in a notebook does not
-  change that notebook's umask. The processes c360 starts (`bentoml serve`, `mlflow ui`) inherit it.
+  change that notebook's umask. The processes c360 starts (`bentoml serve`, `mlflow ui`) inherit it. A copy that
+  keeps its source's mode escapes the umask: `owner_only_tree` corrects those (MLflow's model folders).
 * **Encryption.** With `C360_ENCRYPTION_KEY` set, the warehouse is one of DuckDB's encrypted databases (AES-GCM;
   `c360.core.connections` attaches it with the key). DuckDB's built-in crypto only reads them: writing takes
   OpenSSL from its httpfs extension, which cannot be downloaded here, so it comes from PyPI's
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import stat
 from pathlib import Path
 
 import duckdb
@@ -45,6 +47,14 @@ class EncryptionError(Exception):
 def owner_only() -> None:
     """Files and folders created from now on by this process (and the ones it starts) are owner-only."""
     os.umask(UMASK)
+
+
+def owner_only_tree(root: Path) -> None:
+    """Take group's and others' rights away from `root` and everything under it: for the files a library copies
+    with their source's mode (shutil.copy2: MLflow's copies of uv.lock and pyproject.toml), which the umask misses."""
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(stat.S_IMODE(path.stat().st_mode) & ~UMASK)
 
 
 def httpfs_extension() -> Path | None:
