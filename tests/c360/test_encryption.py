@@ -24,6 +24,8 @@ from c360.cli.main import app
 from c360.core import at_rest, warehouse
 from c360.core.contract import TABLES
 from c360.core.settings import Settings
+from c360.serving import online
+from c360.serving.errors import Unavailable
 
 pytestmark = pytest.mark.skipif(
     at_rest.httpfs_extension() is None,
@@ -104,6 +106,9 @@ def test_encrypted_warehouse_holds_no_email_and_needs_its_key(home: Path, compan
         duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     monkeypatch.setenv("C360_ENCRYPTION_KEY", "another key")
     assert one_line_error("status").endswith("it was encrypted with another key")
+    with pytest.raises(Unavailable, match="does not open with the server's C360_ENCRYPTION_KEY"), \
+            online.warehouse(Settings()):
+        pass
 
 
 def test_a_plaintext_warehouse_holds_the_emails(home: Path, company: Path) -> None:
