@@ -7,8 +7,9 @@
   keeps its source's mode escapes the umask: `owner_only_tree` corrects those (MLflow's model folders).
 * **Encryption.** With `C360_ENCRYPTION_KEY` set, the warehouse is one of DuckDB's encrypted databases (AES-GCM;
   `c360.core.connections` attaches it with the key). DuckDB's built-in crypto only reads them: writing takes
-  OpenSSL from its httpfs extension, which cannot be downloaded here, so it comes from PyPI's
-  `duckdb-extension-httpfs` wheel, built for one exact duckdb version (both are pinned in pyproject.toml).
+  OpenSSL from its httpfs extension. DuckDB would download that at first use, which fails offline, so it comes
+  from PyPI's `duckdb-extension-httpfs` wheel instead, built for one exact duckdb version (both are pinned in
+  pyproject.toml) and loaded from its file.
 """
 
 from __future__ import annotations
