@@ -26,6 +26,7 @@ from splink.blocking_rule_library import CustomRule
 from splink.clustering import cluster_pairwise_predictions_at_threshold
 
 from c360.core import connections
+from c360.core.settings import Settings
 
 if TYPE_CHECKING:
     from splink.internals.blocking_rule_creator import BlockingRuleCreator
@@ -463,9 +464,11 @@ def build_settings(columns: Iterable[str], link_type: LinkType) -> SettingsCreat
 
 def database(memory_limit: str = "3GB") -> DuckDBAPI:
     """splink's DuckDB, bounded: unbounded, it holds every blocked pair in memory (17 GB at 1M records) rather
-    than spilling to its temporary directory."""
+    than spilling to its temporary directory. The records are personal data: with C360_ENCRYPTION_KEY set, the
+    spilled blocks are encrypted as the warehouse is."""
     spill = Path(tempfile.gettempdir()) / "c360-splink"  # in-memory DuckDB would spill into the working directory
-    return DuckDBAPI(connection=connections.open_file(memory_limit=memory_limit, temp_directory=str(spill)))
+    return DuckDBAPI(connection=connections.open_file(key=Settings().encryption_key, memory_limit=memory_limit,
+                                                      temp_directory=str(spill)))
 
 
 def _register(db_api: DuckDBAPI, prepared: pd.DataFrame, link_type: LinkType) -> list:

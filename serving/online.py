@@ -154,6 +154,7 @@ def iso_day(day: pd.Timestamp | None) -> str | None:
 def warehouse(s: Settings) -> Iterator[Any]:
     """A read-only warehouse connection, opened per use (a connection held open would lock out writers)."""
     from c360.core import warehouse as wh
+    from c360.core.at_rest import EncryptionError
     from c360.core.locks import WarehouseBusy
 
     if not s.warehouse.exists():
@@ -164,6 +165,9 @@ def warehouse(s: Settings) -> Iterator[Any]:
         con = connection.__enter__()
     except WarehouseBusy as e:
         raise Unavailable("warehouse", "in use by a writer (`c360 ingest` or `resolve`): retry when it ends", e) from e
+    except EncryptionError as e:  # the server's setting to fix; its log says how (the answer names no file)
+        raise Unavailable("warehouse", "does not open with the server's C360_ENCRYPTION_KEY: see the server log",
+                          e) from e
     except Exception as e:  # unreadable: a 503
         raise Unavailable("warehouse", "cannot be opened: see the server log", e) from e
     try:

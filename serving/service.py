@@ -47,6 +47,7 @@ from fastapi import FastAPI, Path, Query
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
+from c360.core.at_rest import owner_only
 from c360.core.settings import Settings
 from c360.features.privacy_requests import Hidden
 from c360.serving import errors, masking, online, predictions, ui
@@ -125,6 +126,7 @@ class C360:
     """c360 profile and prediction service."""
 
     def __init__(self) -> None:
+        owner_only()  # what the service writes under C360_HOME (its log of reads, later ones) is the owner's alone
         self.settings = Settings()
         self.problem: str | None = None
         self.ctx: Context | None = None

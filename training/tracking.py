@@ -47,6 +47,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from c360.core.at_rest import owner_only_tree
 from c360.core.settings import Settings
 from c360.training import saved
 
@@ -266,6 +267,8 @@ def log_training_run(
         for name, table in tables.items():
             _log_table(name, table)
         mlflow.log_text(model_card, "model_card.md")
+    if artifact_root(home).is_dir():  # the model's files under C360_HOME, not a tracking server's
+        owner_only_tree(artifact_root(home))
     return _register(client, info, registered_name, run_tags, model_card)
 
 

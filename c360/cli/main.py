@@ -26,18 +26,21 @@ from c360.cli.serve import score, serve
 from c360.cli.train import champions, promote, train_all, train_app
 from c360.cli.ui import Json, console, emit, fail, progress, record_run, stderr, table
 from c360.core import keys, warehouse
+from c360.core.at_rest import EncryptionError, owner_only
 from c360.core.locks import WarehouseBusy
 from c360.core.settings import Settings
 from c360.training.specs import KINDS
 
 
 class _Commands(TyperGroup):
-    """Every command: a warehouse another process holds is a one-line error, wherever the command opens it."""
+    """Every command: creates owner-only files (see c360.core.at_rest), and a warehouse another process holds or a
+    key that does not open it is a one-line error, wherever the command opens it."""
 
     def invoke(self, ctx: ClickContext) -> Any:
+        owner_only()
         try:
             return super().invoke(ctx)
-        except WarehouseBusy as e:
+        except (WarehouseBusy, EncryptionError) as e:
             raise fail(str(e)) from None
 
 
@@ -110,8 +113,11 @@ def ingest(
         except IngestError as e:
             raise fail(str(e)) from None
     notes = list(dict.fromkeys(str(w.message) for w in caught))
+    if s.encryption_key is None:
+        notes.append(f"personal data is stored unencrypted in {s.warehouse}: set C360_ENCRYPTION_KEY, then run "
+                     "`c360 encrypt`")
     for message in notes:
-        stderr.print(f"[yellow]note:[/] {message}")
+        stderr.print(f"[yellow]note:[/] {message}", soft_wrap=True)  # one line each, whatever the width
     loaded = Table("table", "file", "read", "accepted", "quarantined", "suppressed", title=f"ingest {source}")
     for r in reports:
         note = " (already loaded)" if r.skipped else ""
@@ -150,6 +156,21 @@ def status(as_json: Json = False) -> dict:
             last.add_row(r["at"], r["command"], str(r["seconds"]), json.dumps(summary))
         shown.append(last)
     return emit(result, as_json, *shown)
+
+
+@app.command()
+def encrypt(as_json: Json = False) -> dict:
+    """Encrypt the warehouse with C360_ENCRYPTION_KEY (DuckDB's encryption), keeping every table and row.
+
+    The warehouse is copied into a new encrypted file (COPY FROM DATABASE) under the writer lock, each table's rows
+    are counted in both, and the new file replaces the old one. A warehouse already encrypted with the key is left
+    as it is. From then on, every command and the service need the key to open it."""
+    s, started = settings(), time.time()
+    result = warehouse.encrypt(s)
+    record_run(s, "encrypt", started, already_encrypted=result["already_encrypted"], tables=len(result["tables"]))
+    rows = pd.DataFrame(result["tables"].items(), columns=["table", "rows"])
+    done = "was already encrypted with C360_ENCRYPTION_KEY" if result["already_encrypted"] else "is now encrypted"
+    return emit(result, as_json, table("tables", rows), f"the warehouse {s.warehouse} {done}")
 
 
 @app.command()

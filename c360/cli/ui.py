@@ -140,7 +140,7 @@ def fail(message: str) -> typer.Exit:
 
 
 def record_run(s: Settings, command: str, started: float, **summary: object) -> None:
-    s.home.mkdir(parents=True, exist_ok=True)
+    s.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     entry = {"command": command, "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
              "seconds": round(time.time() - started, 1), **summary}
     with s.runs.open("a") as f:

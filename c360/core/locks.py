@@ -38,7 +38,7 @@ def writer(s: Settings) -> Iterator[float]:
     """Hold the writer lock of `s.home`, waiting up to `s.lock_timeout` seconds; yields the wait's deadline."""
     path = s.home / "warehouse.lock"
     deadline = time.monotonic() + s.lock_timeout
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         _wait(lambda: _flock(fd), deadline, s, lambda: _holder(path) or "another c360 process")
         os.ftruncate(fd, 0)

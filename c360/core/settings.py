@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -36,6 +36,9 @@ class Settings(BaseSettings):
                                                           "admin, and the service answers on loopback only")
     public_docs: bool = Field(True, description="the OpenAPI document and Swagger UI need no key")
     public_metrics: bool = Field(False, description="/metrics needs no key (else an admin or service key)")
+    encryption_key: SecretStr | None = Field(
+        None, description="key of the encrypted warehouse (DuckDB encryption); unset: personal data is stored in "
+                          "plain text. Keep it out of the YAML file; losing it loses the warehouse")
     public_data: Path = Field(default_factory=lambda data: _public_data(data["home"]), validate_default=True,
                               description="folder of the public data sets (CDNOW, Hillstrom, FEBRL)")
 

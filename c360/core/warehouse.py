@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
 
 from c360.core import connections, locks
+from c360.core.at_rest import EncryptionError
 from c360.core.contract import TABLES
 from c360.core.settings import Settings
 
@@ -29,10 +30,10 @@ def connect(s: Settings, read_only: bool = False, rewrite_after: bool = False) -
     """The warehouse; a writer first takes the writer lock of `s.home` (see c360.locks), a reader does not.
 
     `rewrite_after`: on a clean exit, once the connection is closed and while the lock is still held, `rewrite(s)`."""
-    s.home.mkdir(parents=True, exist_ok=True)
+    s.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     with nullcontext() if read_only else locks.writer(s) as deadline:
         # A bounded memory limit makes DuckDB spill big ingests to disk instead of growing with the file.
-        con = locks.when_free(s, lambda: connections.open_file(s.warehouse, read_only=read_only,
+        con = locks.when_free(s, lambda: connections.open_file(s.warehouse, read_only=read_only, key=s.encryption_key,
                                                                memory_limit=s.duckdb_memory), deadline)
         try:
             yield con
@@ -42,18 +43,49 @@ def connect(s: Settings, read_only: bool = False, rewrite_after: bool = False) -
             rewrite(s)
 
 
-def rewrite(s: Settings) -> None:
-    """Copy the warehouse into a new file and swap it in: the bytes of deleted rows are not carried over. The
-    caller holds the writer lock and no connection to the file."""
+def rewrite(s: Settings) -> dict[str, int]:
+    """Copy the warehouse into a new file and swap it in: the bytes of deleted rows are not carried over (DELETE,
+    CHECKPOINT and VACUUM all leave them in the file). The caller holds the writer lock and no connection to it."""
+    return _swap(s, connections.open_file(s.warehouse, read_only=True, key=s.encryption_key))
+
+
+def encrypt(s: Settings) -> dict[str, Any]:
+    """Rewrite the plaintext warehouse as one encrypted with `s.encryption_key`, under the writer lock.
+
+    A warehouse already encrypted with the key is left as it is. The old file's blocks are freed, not overwritten:
+    on a disk without encryption of its own they stay readable.
+    """
+    if s.encryption_key is None:
+        raise EncryptionError("set C360_ENCRYPTION_KEY to the key to encrypt the warehouse with")
+    if not s.warehouse.exists():
+        raise EncryptionError(f"no warehouse in {s.home} yet: with C360_ENCRYPTION_KEY set, `c360 ingest` creates "
+                              "an encrypted one")
+    with locks.writer(s) as deadline:
+        try:
+            con = locks.when_free(s, lambda: connections.open_file(s.warehouse, memory_limit=s.duckdb_memory),
+                                  deadline)
+        except EncryptionError:  # encrypted already: it must open with this key
+            with connect(s, read_only=True) as con:
+                return {"warehouse": s.warehouse, "already_encrypted": True, "tables": _rows(con, _current(con))}
+        return {"warehouse": s.warehouse, "already_encrypted": False, "tables": _swap(s, con)}
+
+
+def _swap(s: Settings, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """`COPY FROM DATABASE` of `con`'s warehouse into a new file (encrypted when `s.encryption_key` is set), each
+    table's rows counted in both, then the new file replaces the old one; `con` is closed. The rows per table."""
     fresh = s.warehouse.with_name(s.warehouse.name + ".rewrite")
-    fresh.unlink(missing_ok=True)
-    con = connections.open_file(None)
     try:
-        con.execute(f"ATTACH {_literal(s.warehouse)} AS old (READ_ONLY)")
-        con.execute(f"ATTACH {_literal(fresh)} AS fresh")
-        con.execute("COPY FROM DATABASE old TO fresh")
-        con.execute("DETACH fresh")
-        con.execute("DETACH old")
+        fresh.unlink(missing_ok=True)
+        source = _current(con)
+        connections.attach(con, fresh, "fresh", s.encryption_key)
+        con.execute(f'COPY FROM DATABASE "{source}" TO fresh')
+        tables = _rows(con, source)
+        if _rows(con, "fresh") != tables:
+            raise EncryptionError("the copy of the warehouse does not hold the same rows: left unchanged")
+        con.execute("DETACH fresh")  # checkpoints it: the copy is whole in one file
+    except BaseException:
+        fresh.unlink(missing_ok=True)
+        raise
     finally:
         con.close()
     fd = os.open(fresh, os.O_RDONLY)
@@ -63,10 +95,19 @@ def rewrite(s: Settings) -> None:
         os.close(fd)
     os.replace(fresh, s.warehouse)
     s.warehouse.with_name(s.warehouse.name + ".wal").unlink(missing_ok=True)
+    return tables
 
 
-def _literal(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
+def _current(con: duckdb.DuckDBPyConnection) -> str:
+    return con.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+
+
+def _rows(con: duckdb.DuckDBPyConnection, database: str) -> dict[str, int]:
+    """Rows of each table of `database`."""
+    names = con.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? "
+                        "ORDER BY ALL", [database]).fetchall()
+    return {f"{schema}.{table}": con.execute(f'SELECT count(*) FROM "{database}"."{schema}"."{table}"')
+            .fetchone()[0] for schema, table in names}  # type: ignore[index]
 
 
 def table_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

@@ -6,6 +6,7 @@ its own registered model name instead of its own database.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,19 @@ def test_a_python_object_round_trips_through_pyfunc(mlflow_home: Path, data):
     model, _ = tracking.load_model("nba", "challenger", "pyfunc", home=mlflow_home)
     assert isinstance(model, TwoBoosters)
     pd.testing.assert_frame_equal(model.predict(data["test"]), both.predict(data["test"]))
+
+
+def test_a_logged_model_is_owner_only_under_an_owner_only_umask(mlflow_home: Path, data):
+    """MLflow copies some files with their source's mode (a pyfunc's code, uv.lock from a clone): 0644 in spite of
+    the umask, unless c360 corrects them."""
+    before = os.umask(0o077)
+    try:
+        log(mlflow_home, data, "nba-modes", GOOD, model=TwoBoosters(data["booster"], data["booster"]), flavor="pyfunc")
+    finally:
+        os.umask(before)
+    files = list((mlflow_home / "mlartifacts").rglob("*"))
+    assert any(f.name == "pyfunc_model.py" for f in files)
+    assert not [str(f) for f in files if f.stat().st_mode & 0o077]
 
 
 def test_gate_promotes_the_first_then_only_a_better_challenger(mlflow_home: Path, client: MlflowClient, data):
