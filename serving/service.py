@@ -49,6 +49,7 @@ from pydantic import BaseModel, Field
 
 from c360.core.at_rest import owner_only
 from c360.core.settings import Settings
+from c360.core.warehouse import CUSTOMER_ID
 from c360.features.privacy_requests import Hidden
 from c360.serving import errors, masking, online, predictions, ui
 from c360.serving import privacy as privacy_routes
@@ -61,7 +62,6 @@ from c360.serving.lookup import EMAIL, customers_by_email
 from c360.serving.metrics import RouteMetrics, exposition
 from c360.serving.online import Context
 from c360.serving.schemas import (
-    CUSTOMER_ID,
     Batch,
     ByIds,
     ChurnPredictions,
