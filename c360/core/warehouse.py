@@ -46,7 +46,8 @@ def connect(s: Settings, read_only: bool = False, rewrite_after: bool = False) -
 def rewrite(s: Settings) -> dict[str, int]:
     """Copy the warehouse into a new file and swap it in: the bytes of deleted rows are not carried over (DELETE,
     CHECKPOINT and VACUUM all leave them in the file). The caller holds the writer lock and no connection to it."""
-    return _swap(s, connections.open_file(s.warehouse, read_only=True, key=s.encryption_key))
+    # not read-only: that would attach the new file read-only too
+    return _swap(s, connections.open_file(s.warehouse, key=s.encryption_key))
 
 
 def encrypt(s: Settings) -> dict[str, Any]:

@@ -22,9 +22,6 @@ from c360.cli.main import app
 from c360.core import personal
 from c360.core.settings import Settings
 
-# The tests build on each other (export, erase, then a later export): one worker runs them, in order.
-pytestmark = pytest.mark.xdist_group("privacy")
-
 runner = CliRunner()
 
 
@@ -123,10 +120,23 @@ def test_every_file_with_personal_data_belongs_to_a_registered_store(demo: Setti
         shutil.rmtree(stray.parent)
 
 
-def test_export_by_email_holds_the_persons_source_rows(demo: Settings, person: dict, tmp_path: Path) -> None:
-    out = tmp_path / "export.json"
+@pytest.fixture(scope="module")
+def exported(demo: Settings, person: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The person's export, made before the erasure (`erased` asks for it first)."""
+    out = tmp_path_factory.mktemp("export") / "export.json"
     invoke(demo, "privacy", "export", "--email", person["email"], "--out", str(out))
-    document = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def erased(demo: Settings, person: dict, exported: dict) -> dict:
+    """The erasure of the person by e-mail: its report."""
+    assert hits(demo.home, [person["email"]]), "the person is not in the home before erasure"
+    return invoke(demo, "privacy", "erase", "--email", person["email"])
+
+
+def test_export_by_email_holds_the_persons_source_rows(demo: Settings, person: dict, exported: dict) -> None:
+    document = exported
     truth = pd.read_parquet(demo.truth / "records.parquet")
     account = truth.loc[truth["key"].astype(str).isin(person["keys"]), "account"].iloc[0]
     expected = set(zip(*truth.loc[truth["account"] == account, ["table_id", "key"]].astype(str).T.values,
@@ -148,23 +158,23 @@ def personal_key(table_id: str) -> str:
     return table(table_id).key
 
 
-def test_erase_leaves_no_byte_of_the_person(demo: Settings, person: dict) -> None:
-    assert hits(demo.home, [person["email"]]), "the person is not in the home before erasure"
-    report = invoke(demo, "privacy", "erase", "--email", person["email"])
+def test_erase_leaves_no_byte_of_the_person(demo: Settings, person: dict, erased: dict) -> None:
+    report = erased
     assert report["whole"] == [person["customer"]]
     assert report["stores"]["warehouse_sources"]["rows"] > 0 and report["recall"]
     left = {f: n for f, n in hits(demo.home, needles(person)).items()}
     assert left == {}
 
 
-def test_erase_is_idempotent(demo: Settings, person: dict) -> None:
+def test_erase_is_idempotent(demo: Settings, person: dict, erased: dict) -> None:
     before = {p: p.stat().st_mtime_ns for p in demo.snapshots.glob("*.parquet")}
     report = invoke(demo, "privacy", "erase", "--email", person["email"])
-    assert all(store["rows"] == 0 for store in report["stores"].values())
+    assert {name: store["rows"] for name, store in report["stores"].items() if store["rows"]} == {}
     assert before == {p: p.stat().st_mtime_ns for p in demo.snapshots.glob("*.parquet")}
 
 
-def test_a_later_export_of_the_erased_person_is_suppressed(demo: Settings, person: dict, tmp_path: Path) -> None:
+def test_a_later_export_of_the_erased_person_is_suppressed(demo: Settings, person: dict, erased: dict,
+                                                          tmp_path: Path) -> None:
     later = tmp_path / "later"
     for path in (demo.generated).glob("*/*.csv"):
         if path.parent.name == "ground_truth":
