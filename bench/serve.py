@@ -5,7 +5,8 @@ logs off, on loopback:
 
 * ours: `c360 serve` (BentoML), `GET /customers/{id}/profile` — the whole profile: every feature of `profile_v1`
   plus the `predictions` view in one online read, three models' scores and reasons from the batch run (fresh),
-  the derived signals, JSON;
+  the derived signals, JSON — as a `csm` key (`bench`, made here) asks for it: the key checked and
+  an audit record appended for every request, as in production;
 * baseline: `feast serve --max-requests 0` (workers are otherwise recycled every 1,000 requests), `POST
   /get-online-features` of the features of service `profile_v1`, listed by name, for one customer — Feast's own
   feature read. Listed rather than named by service: `feast serve` resolves a named service from its registry on
@@ -180,7 +181,7 @@ def main() -> None:
     parser.add_argument("--page-seconds", type=float, default=30.0, help="per path of the profile page's load")
     args = parser.parse_args()
 
-    from c360.core import keys
+    from c360.core import audit, keys
     from c360.features import store
     from c360.serving.server import serve_command, start, stop, wait_ready
 
@@ -224,13 +225,16 @@ def main() -> None:
     load_after, speed_after = os.getloadavg()[0], speed()
     customers_stored = len(store.read_snapshot(s, store.snapshot_dates(s)[-1]))
     mine, theirs = results["ours"], results["feast"]
-    verdict_p99 = "meets" if mine["eight"]["p99"] <= theirs["eight"]["p99"] else "misses"
-    verdict_rps = "meets" if mine["eight"]["rps"] >= 500 else "misses"
+    p99_ratio = mine["eight"]["p99"] / theirs["eight"]["p99"]
+    rps_ratio = mine["eight"]["rps"] / theirs["eight"]["rps"]
+    verdict_p99 = "meets" if p99_ratio <= 0.6 else "misses"
+    verdict_rps = "meets" if rps_ratio >= 1.5 else "misses"
+    trail = audit.verify(s)
     rows = "\n".join(
         f"| {label} | {r['one']['p50']:.2f} / {r['one']['p99']:.2f} ms | {r['eight']['p50']:.2f} / "
         f"{r['eight']['p99']:.2f} ms | {r['eight']['rps']:,.0f} | {r['eight']['cpu_ms']:.2f} ms |"
         for label, r in (("ours: `GET /customers/{id}/profile` (features + 3 models' batch scores + reasons + "
-                          "signals)", mine),
+                          "signals), a `csm` key checked and an audit record appended per request", mine),
                          ("baseline: `feast serve --max-requests 0`, the features of `profile_v1` for one entity",
                           theirs)))
     record("serving", f"""
@@ -249,8 +253,11 @@ computing them.
 |---|---|---|---|---|
 {rows}
 
-Target: p99 no slower than Feast's own read at 8 clients — {verdict_p99} ({mine['eight']['p99']:.2f} vs
-{theirs['eight']['p99']:.2f} ms); ≥ 500 req/s — {verdict_rps} ({mine['eight']['rps']:,.0f}).
+Targets, with API keys and the audit trail on (issue 20): p99 at 8 clients ≤ 0.6× Feast's — {verdict_p99}
+({mine['eight']['p99']:.2f} vs {theirs['eight']['p99']:.2f} ms, {p99_ratio:.2f}×); throughput ≥ 1.5× Feast's —
+{verdict_rps} ({mine['eight']['rps']:,.0f} vs {theirs['eight']['rps']:,.0f} req/s, {rps_ratio:.2f}×). The audit
+trail held {trail.records:,} chained records after the run (`c360 audit verify`: {"intact" if trail.ok else
+trail.problem}).
 """)
 
     record_page_load(concurrent, customers_stored, args.workers, args.page_seconds)

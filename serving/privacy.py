@@ -13,6 +13,7 @@ from typing import Any
 
 import duckdb
 
+from c360.core import locks
 from c360.core.locks import WarehouseBusy
 from c360.core.personal import Person
 from c360.core.settings import Settings
@@ -51,7 +52,8 @@ def request_erasure(s: Settings, ask: PrivacyAsk) -> dict[str, Any]:
     found = person(s, ask)
     request = privacy_requests.create(s, email=ask.email, customer_id=ask.customer_id,
                                       customers=list(found.customers))
-    threading.Thread(target=_try, args=(s, request), daemon=True, name="c360-erasure").start()
+    if not locks.busy(s):  # a writer holds it now: `c360 privacy run` carries the request out
+        threading.Thread(target=_try, args=(s, request), daemon=True, name="c360-erasure").start()
     return answer(request)
 
 

@@ -48,6 +48,18 @@ def writer(s: Settings) -> Iterator[float]:
         os.close(fd)  # closing releases the flock
 
 
+def busy(s: Settings) -> bool:
+    """Whether a writer holds the warehouse now: a look, not a wait."""
+    path = s.home / "warehouse.lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _flock(fd) is None
+    finally:
+        os.close(fd)
+
+
 def when_free(s: Settings, connect: Callable[[], duckdb.DuckDBPyConnection],
               deadline: float | None) -> duckdb.DuckDBPyConnection:
     """`connect()`, tried again until `deadline` (monotonic; None: once) while DuckDB's file lock is held."""

@@ -201,6 +201,13 @@ def test_keys_created_and_revoked_on_a_running_server(server: str, served: Setti
     assert httpx.get(url, headers=bearer(key), timeout=30).json() == {"detail": f"key {name!r} was revoked"}
 
 
+def settled(s: Settings, since: int, records: int) -> None:
+    """Wait (up to 5 s) until the audit trail holds `records` records after seq `since`."""
+    deadline = time.monotonic() + 5
+    while sum(r["seq"] > since for r in audit.records(s)) < records and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_reads_are_audited_with_the_key_and_no_personal_value(server: str, served: Settings,
                                                               api_keys: dict[str, str], customer: str,
                                                               an_email: str, personal: dict[str, set[str]]) -> None:
@@ -212,6 +219,7 @@ def test_reads_are_audited_with_the_key_and_no_personal_value(server: str, serve
     httpx.get(f"{server}/customers/{customer}/profile", timeout=60)  # refused: no key
     httpx.post(f"{server}/predict/clv", json={"rows": [{"mrr": 10.0}]}, headers=bearer(api_keys["analyst"]),
                timeout=60)
+    settled(served, since, 5)  # the server appends a record once its answer is sent
     mine = [r for r in audit.records(served, customer=customer) if r["seq"] > since]
     assert [(r["key"], r["role"], r["action"], r["status"]) for r in mine] == [
         ("test-csm", "csm", "GET /customers/{customer_id}/profile", 200),
