@@ -268,6 +268,45 @@ TABLES: tuple[Table, ...] = (
 BY_ID = {t.id: t for t in TABLES}
 
 
+@dataclass(frozen=True)
+class EventKind:
+    """A kind of live event (`POST /events`, `c360 events push`): the contract table whose row it carries, the
+    column its time `at` fills, and the columns the kind sets itself. The row is checked by the table's contract,
+    as a file's row is. `update`: the event changes a row already there (same key) instead of adding one."""
+
+    name: str
+    table: str
+    at: str | None
+    fixed: tuple[tuple[str, str], ...] = ()
+    update: bool = False
+    doc: str = ""
+
+
+EVENT_KINDS: tuple[EventKind, ...] = (
+    EventKind("login", "product/events", "event_time", (("event_type", "login"),), doc="a user logged in"),
+    EventKind("feature_used", "product/events", "event_time", (("event_type", "feature_used"),),
+              doc="a user used a product feature (`feature`)"),
+    EventKind("ticket_opened", "support/tickets", "opened_at", doc="a support ticket was opened"),
+    EventKind("ticket_updated", "support/tickets", None, update=True,
+              doc="a ticket changed (status, severity, ...): the ticket's columns as they are now"),
+    EventKind("ticket_closed", "support/tickets", "closed_at", (("status", "closed"),), update=True,
+              doc="a ticket was closed"),
+    EventKind("payment_succeeded", "billing/payments", "attempted_at", (("status", "succeeded"),)),
+    EventKind("payment_failed", "billing/payments", "attempted_at", (("status", "failed"),)),
+    EventKind("payment_refunded", "billing/payments", "attempted_at", (("status", "refunded"),)),
+    EventKind("plan_changed", "billing/plan_changes", "changed_at", doc="seats or plan changed"),
+    EventKind("nps_answered", "feedback/nps", "responded_at", doc="an NPS survey answer"),
+    EventKind("feature_requested", "feedback/feature_requests", "created_at"),
+    EventKind("campaign_opened", "marketing/sends", "opened_at", update=True, doc="a campaign send was opened"),
+    EventKind("campaign_clicked", "marketing/sends", "clicked_at", update=True),
+    EventKind("campaign_responded", "marketing/sends", "responded_at", update=True),
+    EventKind("unsubscribed", "marketing/consents", "changed_at",
+              (("purpose", "marketing_email"), ("status", "withdrawn"), ("source", "unsubscribe_link")),
+              doc="a contact unsubscribed from marketing e-mail"),
+)
+EVENTS_BY_KIND = {k.name: k for k in EVENT_KINDS}
+
+
 def table(table_id: str) -> Table:
     try:
         return BY_ID[table_id]
