@@ -447,7 +447,7 @@ def _to_float(text: pd.Series) -> pd.Series:
     return pd.Series(np.where(np.isfinite(value), value, np.nan), index=text.index)
 
 
-def _to_datetime(text: pd.Series) -> pd.Series:
+def to_datetime(text: pd.Series) -> pd.Series:
     # ISO 8601 only (dates, date-times, with or without an offset): "03/04/2025" is ambiguous, so rejected.
     # Offsets are converted, then dropped: the warehouse holds naive UTC.
     return pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True).dt.tz_convert(None)
@@ -456,7 +456,7 @@ def _to_datetime(text: pd.Series) -> pd.Series:
 _PARSERS: dict[str, tuple[Callable[[pd.Series], pd.Series], str]] = {
     "int": (_to_int, "not a valid integer"),
     "float": (_to_float, "not a valid number"),
-    "datetime": (_to_datetime, "not a valid datetime"),
+    "datetime": (to_datetime, "not a valid datetime"),
 }
 
 

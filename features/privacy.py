@@ -209,19 +209,25 @@ class Suppressed:
     def mask(self, table: contract.Table, raw: pd.DataFrame) -> np.ndarray:
         """Which rows of `raw` (a file's contract columns as text) belong to an erased person: by their key, a
         key they reference, an e-mail or a phone."""
-        found: list[list[str | None]] = [[f"key:{table.id}:{v}" for v in raw[table.key]]]
-        found += [[f"key:{r.table}:{v}" for v in raw[r.column]] for r in table.refs]
-        found += [[_tag("email", normalise_email(v)) for v in raw[c]] for c in EMAIL_COLUMNS if c in raw]
-        regions = raw["country"].map(_region) if "country" in raw else pd.Series("US", index=raw.index)
-        found += [[_tag("phone", normalise_phone(v, r)) for v, r in zip(raw[c], regions, strict=True)]
-                  for c in PHONE_COLUMNS if c in raw]
         hit = np.zeros(len(raw), dtype=bool)
-        for identifiers_of_rows in found:
+        for identifiers_of_rows in row_identifiers(table, raw):
             hit |= np.array([self._has(i) for i in identifiers_of_rows], dtype=bool)
         return hit
 
     def _has(self, identifier: str | None) -> bool:
         return identifier is not None and _hash(self.salt, identifier) in self.hashes
+
+
+def row_identifiers(table: contract.Table, raw: pd.DataFrame) -> list[list[str | None]]:
+    """The identifiers (as `identifiers` names them) of the rows of `raw`, a table's contract columns as text: one
+    list per kind of identifier (the row's key, each key it references, each e-mail, each phone), a value per row."""
+    found: list[list[str | None]] = [[f"key:{table.id}:{v}" for v in raw[table.key]]]
+    found += [[f"key:{r.table}:{v}" for v in raw[r.column]] for r in table.refs]
+    found += [[_tag("email", normalise_email(v)) for v in raw[c]] for c in EMAIL_COLUMNS if c in raw]
+    regions = raw["country"].map(_region) if "country" in raw else pd.Series("US", index=raw.index)
+    found += [[_tag("phone", normalise_phone(v, r)) for v, r in zip(raw[c], regions, strict=True)]
+              for c in PHONE_COLUMNS if c in raw]
+    return found
 
 
 def _tag(kind: str, value: str | None) -> str | None:

@@ -71,6 +71,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/admin/privacy/export", ADMIN, "export everything held on a person", customers=True),
     Route("POST", "/admin/privacy/erase", ADMIN, "erase a person (202 with a request id)", customers=True),
     Route("GET", "/admin/privacy/requests/{request_id}", ADMIN, "state of an erasure request", customers=True),
+    Route("POST", "/events", frozenset({"admin", "service"}), "live events in (a batch of up to 1,000)",
+          customers=True),
     Route("GET", "/status", EVERYONE, "loaded champions, online store, why not ready"),
     Route("GET", "/metrics", frozenset({"admin", "service"}), "Prometheus metrics by route",
           open_when="public_metrics"),

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from c360.core.definitions import BY_NAME, FEATURES
 from c360.core.warehouse import CUSTOMER_ID
 from c360.features.details import LISTS
+from c360.features.event_log import MAX_BATCH as MAX_EVENTS
 from c360.features.profile import PAST, PRESENT, label
 from c360.training.specs import MODELS
 
@@ -280,3 +281,26 @@ class ErasureRequest(BaseModel):
     finished: str | None = None
     report: dict[str, Any] | None = Field(None, description="per store: rows removed, files rewritten, recall, kept")
     error: str | None = None
+
+
+class EventBatch(BaseModel):
+    """A batch of live events (`c360.features.event_log`): each an object `{"event_id", "kind", "at",
+    "customer_id"?, ...the columns of its kind's contract table}`; each is checked on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+    events: list[Any] = Field(max_length=MAX_EVENTS, description=f"up to {MAX_EVENTS:,} events (docs/CONTRACT.md, "
+                                                                 "Live events)")
+
+
+class EventRejected(BaseModel):
+    index: int = Field(description="position of the event in the batch")
+    event_id: str | None = Field(description="its event_id, when it has one")
+    reason: str = Field(description="why it was rejected: `column: reason`, several joined by `; `")
+
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="new events, written to the event log (on disk) before this answer")
+    duplicates: int = Field(description="events whose event_id the log already holds: acknowledged, ignored")
+    suppressed: int = Field(description="events of people erased before: acknowledged, not stored")
+    rejected: list[EventRejected] = Field(description="events refused, with their reason; kept in the rejects log "
+                                                      "and, after `c360 ingest`, in the warehouse's `quarantine`")

@@ -15,6 +15,9 @@ Thin by design — every answer comes from plain functions: `serving.profile` (p
   `POST /admin/privacy/erase` — records an erasure request (202), hides the person from every answer at once,
   and carries it out when the warehouse is free (else `c360 privacy run` does); `GET /admin/privacy/requests/{id}`
   — its state (`serving.privacy`);
+* `POST /events` — a batch of live events (`features.event_log.accept`): each checked by the data contract, the new
+  ones appended to the event log and fsynced before the answer (accepted, duplicates, suppressed, and the rejected
+  with their reasons: a 200 even when some are rejected); `c360 ingest` folds the log into the warehouse;
 * `GET /metrics` — Prometheus request counts and durations by route template (`serving.metrics`);
 * the same profile and predictions as BentoML APIs for BentoML's clients (`bentoml.SyncHTTPClient`): `POST
   /profile`, `/predict_churn`, `/predict_clv`, `/predict_nba` (JSON arguments `customer_ids` or `rows`);
@@ -50,6 +53,7 @@ from pydantic import BaseModel, Field
 from c360.core.at_rest import owner_only
 from c360.core.settings import Settings
 from c360.core.warehouse import CUSTOMER_ID
+from c360.features import event_log
 from c360.features.privacy_requests import Hidden
 from c360.serving import errors, masking, online, predictions, ui
 from c360.serving import privacy as privacy_routes
@@ -74,6 +78,8 @@ from c360.serving.schemas import (
     CustomerMatches,
     ErasureRequest,
     Error,
+    EventBatch,
+    EventsAccepted,
     NbaPredictions,
     NbaRow,
     NbaRows,
@@ -325,6 +331,16 @@ class C360:
              summary="State of an erasure request: pending, done (with the per-store report) or failed")
     async def privacy_request(self, request_id: Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]) -> Response:
         return _json(privacy_routes.state(self.settings, request_id))
+
+    @app.post("/events", response_model=EventsAccepted, responses={413: ERRORS[413]},
+              summary="Live events in: checked, made durable, acknowledged (rejected ones with their reason)")
+    async def events(self, batch: EventBatch) -> Response:
+        touched(event_log.customers_named(batch.events))
+        try:
+            answer = await anyio.to_thread.run_sync(event_log.accept, self.settings, batch.events)
+        except OSError as e:  # a full or read-only disk: nothing was acknowledged, the sender may retry
+            raise Unavailable("event log", "cannot write the event log: see the server log", e) from None
+        return _json(answer)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(self) -> Response:

@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 from c360.cli import evaluate  # noqa: F401  (registers `c360 eval cdnow` / `eval hillstrom`)
 from c360.cli.audit import audit_app
+from c360.cli.events import events_app
 from c360.cli.features import apply, build, features_app, materialize, profile
 from c360.cli.identity import eval_app, resolve_app, run_resolve
 from c360.cli.keys import keys_app
@@ -59,6 +60,7 @@ app.command()(score)
 app.command()(serve)
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(events_app, name="events")
 
 
 def settings() -> Settings:
@@ -90,13 +92,16 @@ def generate(
 
 @app.command()
 def ingest(
-    source: Annotated[Path, typer.Option(help="folder of silo exports (<silo>/<table>*.csv), or one file")],
+    source: Annotated[Path | None, typer.Option(help="folder of silo exports (<silo>/<table>*.csv), or one file; "
+                                                     "without it, only the event log is folded")] = None,
     as_json: Json = False,
 ) -> dict:
-    """Check source files against the data contract and load them into the warehouse.
+    """Check source files against the data contract and load them into the warehouse, then fold in the live events
+    logged since the last time (`POST /events`, `c360 events push`).
 
-    Rows that break the contract go to the quarantine table with their reason; files already loaded are skipped.
-    """
+    Rows that break the contract go to the quarantine table with their reason, as do rejected events; files already
+    loaded are skipped, events already folded too."""
+    from c360.features.event_log import fold
     from c360.features.ingest import IngestError, IngestWarning, discover
     from c360.features.ingest import ingest as run
     from c360.features.privacy import Suppressed
@@ -105,11 +110,14 @@ def ingest(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", IngestWarning)
         try:
-            files = discover(source)
-            with warehouse.connect(s) as con, progress("ingesting files", len(files)) as advance:
+            files = discover(source) if source else []
+            with warehouse.connect(s) as con, progress("ingesting files", len(files) + 1) as advance:
                 suppressed = Suppressed.load(s)
-                reports = run(con, source, on_file=lambda _: advance(1), max_line=s.csv_max_line,
-                              suppress=suppressed.mask if suppressed else None)
+                reports = [] if source is None else run(
+                    con, source, on_file=lambda _: advance(1), max_line=s.csv_max_line,
+                    suppress=suppressed.mask if suppressed else None)
+                folded = fold(s, con)
+                advance(1)
         except IngestError as e:
             raise fail(str(e)) from None
     notes = list(dict.fromkeys(str(w.message) for w in caught))
@@ -118,15 +126,20 @@ def ingest(
                      "`c360 encrypt`")
     for message in notes:
         stderr.print(f"[yellow]note:[/] {message}", soft_wrap=True)  # one line each, whatever the width
-    loaded = Table("table", "file", "read", "accepted", "quarantined", "suppressed", title=f"ingest {source}")
+    loaded = Table("table", "file", "read", "accepted", "quarantined", "suppressed",
+                   title=f"ingest {source or 'the event log'}")
     for r in reports:
         note = " (already loaded)" if r.skipped else ""
         loaded.add_row(r.table_id, Path(r.file).name + note, f"{r.read:,}", f"{r.accepted:,}", f"{r.quarantined:,}",
                        f"{r.suppressed:,}")
+    for f in folded:
+        loaded.add_row(f.table_id, "events (log)", f"{f.read:,}", f"{f.accepted:,}", f"{f.quarantined:,}", "0")
     totals = {k: sum(getattr(r, k) for r in reports) for k in ("read", "accepted", "quarantined", "suppressed")}
-    record_run(s, "ingest", started, source=source, **totals)
-    return emit({"source": source, "files": reports, **totals, "notes": notes}, as_json, loaded,
-                "total: " + ", ".join(f"{k} {v:,}" for k, v in totals.items()))
+    events = {k: sum(getattr(f, k) for f in folded) for k in ("read", "accepted", "replaced", "quarantined")}
+    record_run(s, "ingest", started, source=source, **totals, events=events)
+    return emit({"source": source, "files": reports, **totals, "events": events, "folded": folded, "notes": notes},
+                as_json, loaded, "total: " + ", ".join(f"{k} {v:,}" for k, v in totals.items())
+                + "; events: " + ", ".join(f"{k} {v:,}" for k, v in events.items()))
 
 
 @app.command()

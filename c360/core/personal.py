@@ -95,6 +95,8 @@ STORES: tuple[Store, ...] = (
     Store("consent_overrides", "opt-outs recorded with `c360 privacy opt-out` (customer id, purpose, when)",
           f"{_STORES}.ConsentOverrides", ()),
     Store("quarantine", "rows that broke the contract, with their raw text", f"{_STORES}.Quarantine", ()),
+    Store("event_log", "live events as received (`POST /events`, `c360 events push`), and the rejected ones with "
+          "their reasons", "c360.features.event_log.EventLogs", ("events/*",)),
     Store("identity", "crosswalk, golden records, normalised records and links, merge/split events",
           f"{_STORES}.Identity", ()),
     Store("identity_model", "splink's trained model (parameters; no term frequencies are saved)",

@@ -32,7 +32,8 @@ from tests.serving.conftest import bearer
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = {"customer_id": "{customer}", "request_id": "0123456789abcdef", "file": "swagger-ui.css"}
 BODIES = {"/profile": {"customer_id": "{customer}", "details": True}, "/admin/reload": None,
-          "/admin/privacy/export": {"customer_id": "{customer}"}, "/admin/privacy/erase": {"customer_id": "{customer}"}}
+          "/events": {"events": []}, "/admin/privacy/export": {"customer_id": "{customer}"},
+          "/admin/privacy/erase": {"customer_id": "{customer}"}}
 NOT_CALLED_WITH_A_ROLE_THAT_MAY = {"POST /admin/privacy/erase"}  # it would erase the shared home's customer
 UNKNOWN_TO_A_ROLE_THAT_MAY = {"GET /admin/privacy/requests/{request_id}"}  # no such request: 404, not 401/403
 

@@ -1,0 +1,502 @@
+"""Live events in, durably: the event log, the one handler that fills it, and its fold into the warehouse.
+
+An event is one JSON object `{"event_id", "kind", "at", "customer_id"?, ...}` carrying the row of its kind's
+contract table (`c360.core.contract.EVENT_KINDS`): the kind sets its fixed columns, `at` fills its time column, and
+the row is checked by the same contract as a file's row (`ingest.parse`), a batch's rows of one table together.
+
+* `accept(s, events)` — the handler of `POST /events` and `c360 events push`. Under the log's lock (`events.lock`,
+  so the service's workers and the commands append one at a time) the new events are appended to `events.jsonl`
+  and fsynced once per batch before the answer: an acknowledged event is on disk. An `event_id` already in the log
+  is acknowledged and ignored; each process keeps the ids it has seen and reads only what others appended since
+  (the tail trick of `c360.core.audit`). A rejected event goes, with its reasons, to `rejects.jsonl`; an event of
+  an erased person (`c360.features.privacy.Suppressed`) is acknowledged and dropped unstored.
+* `fold(s, con)` — `c360 ingest` folds both logs into the warehouse, one transaction: each new event's row into
+  its table (an `update` kind replaces the row with the same key, the last event wins), each reject into
+  `quarantine` like a bad row, and the ids folded into `events_folded`, so a second fold adds nothing. References
+  are not checked: an event may name a parent (a new user, a new contact) that the next batch brings.
+* `EventLogs` — the logs as a personal-data store (`c360.core.personal.STORES`): erasure rewrites both without the
+  person's events (the lock held, the new file swapped in whole).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow
+
+from c360.core import contract
+from c360.core.contract import EVENTS_BY_KIND, EventKind, Table
+from c360.core.personal import Erased, Person, Work
+from c360.core.settings import Settings
+from c360.core.warehouse import CUSTOMER_ID
+from c360.features.ingest import TEXT, ensure_schema, parse, q, to_datetime
+from c360.features.privacy import Suppressed, identifiers, row_identifiers
+
+MAX_BATCH = 1000  # events per request or per call of `accept`
+MAX_ID = 128  # characters of an event_id
+ENVELOPE = ("event_id", "kind", "at", "customer_id")
+FOLDED_DDL = """
+CREATE TABLE IF NOT EXISTS events_folded (log VARCHAR, id VARCHAR, ingest_id BIGINT, folded_at TIMESTAMP)"""
+NO_TABLE = "events"  # quarantine's table_id of a reject whose kind is unknown
+Failure = tuple[str, Any, str, str]  # column, value, reason, rule (as ingest.parse's failures)
+
+
+def folder(s: Settings) -> Path:
+    return s.home / "events"
+
+
+def log_path(s: Settings) -> Path:
+    return folder(s) / "events.jsonl"
+
+
+def rejects_path(s: Settings) -> Path:
+    return folder(s) / "rejects.jsonl"
+
+
+# ---------------------------------------------------------------- checking a batch
+
+
+def _kind(event: dict[str, Any]) -> EventKind:
+    return EVENTS_BY_KIND[event["kind"]]
+
+
+class Unreadable(str):
+    """A line of an events file that is not JSON (`c360 events push`): rejected as such, its text kept."""
+
+
+def _envelope(event: Any) -> list[Failure]:
+    """What is wrong with an event before its row is looked at."""
+    if isinstance(event, Unreadable):
+        return [("event", None, "not valid JSON", "format")]
+    if not isinstance(event, dict):
+        return [("event", None, "not a JSON object", "format")]
+    out: list[Failure] = []
+    event_id = event.get("event_id")
+    if not isinstance(event_id, str) or not event_id.strip():
+        out.append(("event_id", event_id, "required (a non-empty string)", "required"))
+    elif len(event_id) > MAX_ID:
+        out.append(("event_id", event_id[:MAX_ID], f"longer than {MAX_ID} characters", "range"))
+    if event.get("kind") not in EVENTS_BY_KIND:
+        out.append(("kind", event.get("kind"), f"not one of {', '.join(EVENTS_BY_KIND)}", "enum"))
+    if not isinstance(event.get("at"), str):
+        out.append(("at", event.get("at"), "required, an ISO 8601 datetime", "required"))
+    customer = event.get("customer_id")
+    if customer is not None and not (isinstance(customer, str) and re.match(CUSTOMER_ID, customer)):
+        out.append(("customer_id", customer, "not a customer id", "contract"))
+    out += [(k, None, "not a single value", "format") for k, v in event.items() if isinstance(v, dict | list)]
+    return out
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _row(event: dict[str, Any]) -> dict[str, Any]:
+    """The contract row an event carries: its fields of the table, the kind's fixed columns, `at` in its column."""
+    kind = _kind(event)
+    row = {c: event.get(c) for c in contract.table(kind.table).column_names} | dict(kind.fixed)
+    if kind.at is not None:
+        row[kind.at] = event["at"]
+    return row
+
+
+def _raw(table: Table, events: Sequence[dict[str, Any]], index: Sequence[int]) -> pd.DataFrame:
+    """The events' rows as `ingest.parse` takes them: the table's columns as text, indexed by `index`."""
+    rows = [{c: _text(v) for c, v in _row(e).items()} for e in events]
+    return pd.DataFrame(rows, columns=table.column_names, index=pd.Index(index, dtype="int64"), dtype=TEXT)
+
+
+def _by_table(events: Sequence[Any], among: Sequence[int]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i in among:
+        out.setdefault(_kind(events[i]).table, []).append(i)
+    return out
+
+
+def _check(events: Sequence[Any], suppressed: Suppressed | None) -> tuple[dict[int, list[Failure]], set[int]]:
+    """Per event of the batch: its failures (none: valid), and which belong to erased people."""
+    failures = {i: f for i, e in enumerate(events) if (f := _envelope(e))}
+    timed = [i for i in range(len(events)) if i not in failures]
+    at = to_datetime(pd.Series([events[i]["at"] for i in timed], index=timed, dtype=TEXT))
+    for i in at.index[at.isna()]:
+        failures[i] = [("at", events[i]["at"], "not a valid datetime (ISO 8601)", "datetime")]
+    dropped: set[int] = set()
+    valid = [i for i in range(len(events)) if i not in failures]
+    for table_id, positions in _by_table(events, valid).items():
+        table = contract.table(table_id)
+        raw = _raw(table, [events[i] for i in positions], positions)
+        if suppressed is not None:
+            dropped |= set(raw.index[suppressed.mask(table, raw)])
+        for row in parse(raw, table)[1].itertuples():
+            failures.setdefault(int(row.row), []).append((row.column, row.value, row.reason, row.rule))
+    return failures, dropped - set(failures)
+
+
+def reason(failures: list[Failure]) -> str:
+    return "; ".join(f"{column}: {why}" for column, _, why, _ in failures)
+
+
+def customers_named(events: Sequence[Any]) -> list[str]:
+    """The customer ids a batch names (for the audit trail), valid ones only."""
+    named = (e.get("customer_id") for e in events if isinstance(e, dict))
+    return list(dict.fromkeys(c for c in named if isinstance(c, str) and re.match(CUSTOMER_ID, c)))
+
+
+# ---------------------------------------------------------------- the logs
+
+
+@dataclass
+class _Tail:
+    """What this process has read of a log: the file's (inode, size, mtime) then, the bytes read, the ids."""
+
+    stamp: tuple[int, int, int]
+    offset: int
+    ids: set[str] = field(default_factory=set)
+
+
+_tails: dict[Path, _Tail] = {}
+_suppressed: dict[Path, tuple[tuple[int, int, int], Suppressed | None]] = {}
+_thread_lock = threading.Lock()
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@contextmanager
+def _locked(s: Settings) -> Iterator[None]:
+    """The logs to this process alone: appends, and an erasure's rewrite, take it."""
+    folder(s).mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _thread_lock:
+        fd = os.open(folder(s) / "events.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _complete_lines(data: bytes) -> tuple[list[bytes], int]:
+    """The whole lines of `data` and the bytes they take; a torn last line (a write cut short) is left out."""
+    end = data.rfind(b"\n") + 1
+    return data[:end].splitlines(), end
+
+
+def _records(lines: list[bytes]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        try:
+            yield json.loads(line)
+        except ValueError:  # the torn end of a write that was never acknowledged
+            continue
+
+
+def _seen(fd: int, path: Path) -> _Tail:
+    """The event ids in the log open as `fd`, read only from where this process last stopped."""
+    st = os.fstat(fd)
+    tail = _tails.get(path)
+    if tail is None or tail.stamp[0] != st.st_ino or st.st_size < tail.offset:  # new, or rewritten by an erasure
+        tail = _tails[path] = _Tail((st.st_ino, 0, 0), 0)
+    if tail.stamp != _stamp(st):
+        lines, used = _complete_lines(os.pread(fd, st.st_size - tail.offset, tail.offset))
+        tail.ids.update(r["event"]["event_id"] for r in _records(lines))
+        tail.offset += used
+        tail.stamp = _stamp(st)
+    return tail
+
+
+def _open(path: Path) -> int:
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    if created:  # the new file's name must survive a crash too
+        _fsync_dir(path.parent)
+    return fd
+
+
+def _write(fd: int, records: list[dict[str, Any]]) -> None:
+    """Append `records` as JSON lines and fsync: on disk when this returns. A torn last line (a write cut short by a
+    crash, never acknowledged) is ended first, so it does not swallow the next record."""
+    if not records:
+        os.fsync(fd)
+        return
+    size = os.fstat(fd).st_size
+    torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+    data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+    os.write(fd, (b"\n" if torn else b"") + data)
+    os.fsync(fd)
+
+
+def _append(path: Path, records: list[dict[str, Any]]) -> None:
+    fd = _open(path)
+    try:
+        _write(fd, records)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _suppression(s: Settings) -> Suppressed | None:
+    """The suppression list, read again only when its file changed."""
+    path = s.home / "privacy" / "suppressed"
+    try:
+        stamp = _stamp(path.stat())
+    except FileNotFoundError:
+        return None
+    cached = _suppressed.get(path)
+    if cached is None or cached[0] != stamp:
+        cached = _suppressed[path] = (stamp, Suppressed.load(s))
+    return cached[1]
+
+
+# ---------------------------------------------------------------- the handler
+
+
+def accept(s: Settings, events: Sequence[Any]) -> dict[str, Any]:
+    """Check a batch, log the new valid events durably, log the rejects; the answer to send back.
+
+    `{"accepted", "duplicates", "suppressed", "rejected": [{"index", "event_id", "reason"}]}`."""
+    if len(events) > MAX_BATCH:
+        raise ValueError(f"at most {MAX_BATCH:,} events per batch, not {len(events):,}")
+    failures, dropped = _check(events, _suppression(s))
+    received = datetime.now(UTC).isoformat(timespec="milliseconds")
+    valid = [i for i in range(len(events)) if i not in failures and i not in dropped]
+    with _locked(s):
+        new = _log_new(log_path(s), [events[i] for i in valid], received)
+        if failures:
+            _append(rejects_path(s), [_reject(events[i], i, f, received) for i, f in sorted(failures.items())])
+    rejected = [{"index": i, "event_id": _event_id(events[i]), "reason": reason(f)} for i, f in failures.items()]
+    return {"accepted": new, "duplicates": len(valid) - new, "suppressed": len(dropped),
+            "rejected": sorted(rejected, key=lambda r: r["index"])}
+
+
+def _log_new(path: Path, events: list[dict[str, Any]], received: str) -> int:
+    """Append the events whose id the log does not hold yet (the first of a batch's repeats); returns how many.
+    The caller holds the lock."""
+    fd = _open(path)
+    try:
+        tail = _seen(fd, path)
+        new: dict[str, dict[str, Any]] = {}
+        for e in events:
+            if e["event_id"] not in tail.ids:
+                new.setdefault(e["event_id"], e)
+        if new:
+            _write(fd, [{"received_at": received, "event": e} for e in new.values()])
+            tail.ids.update(new)
+            st = os.fstat(fd)  # the tail was read up to the end under the lock: what follows is ours
+            tail.stamp, tail.offset = _stamp(st), st.st_size
+    finally:
+        os.close(fd)
+    return len(new)
+
+
+def _event_id(event: Any) -> str | None:
+    found = event.get("event_id") if isinstance(event, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def _reject(event: Any, index: int, failures: list[Failure], received: str) -> dict[str, Any]:
+    return {"reject_id": uuid.uuid4().hex, "received_at": received, "index": index,
+            "failures": [dict(zip(("column", "value", "reason", "rule"), _plain(f), strict=True)) for f in failures],
+            "event": event}
+
+
+def _plain(failure: Failure) -> tuple[Any, ...]:
+    column, value, why, rule = failure
+    return column, None if value is None or pd.isna(value) else str(value), why, rule
+
+
+# ---------------------------------------------------------------- folding into the warehouse
+
+
+@dataclass
+class FoldReport:
+    """What one fold did, per table: events read, rows added or replaced, rows and rejects quarantined."""
+
+    table_id: str
+    read: int = 0
+    accepted: int = 0
+    replaced: int = 0
+    quarantined: int = 0
+
+
+def _read_log(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of a log's whole lines."""
+    if not path.is_file():
+        return []
+    lines, _ = _complete_lines(path.read_bytes())
+    out = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            out.append((number, json.loads(line)))
+        except ValueError:
+            continue
+    return out
+
+
+def fold(s: Settings, con: duckdb.DuckDBPyConnection) -> list[FoldReport]:
+    """Fold the logged events and rejects not folded yet into the warehouse behind `con` (a writer's, not inside a
+    transaction), in one transaction; one `ingest_log` entry per table touched. Returns one report per table."""
+    ensure_schema(con)
+    con.execute(FOLDED_DDL)
+    with _locked(s):
+        events, rejects = _read_log(log_path(s)), _read_log(rejects_path(s))
+    done = {(str(r[0]), str(r[1])) for r in con.execute("SELECT log, id FROM events_folded").fetchall()}
+    events = [(n, r) for n, r in events if ("events", r["event"]["event_id"]) not in done]
+    rejects = [(n, r) for n, r in rejects if ("rejects", r["reject_id"]) not in done]
+    tables = dict.fromkeys([_kind(r["event"]).table for _, r in events] + [_reject_table(r) for _, r in rejects])
+    con.begin()
+    try:
+        reports = [_fold_table(s, con, t, [e for e in events if _kind(e[1]["event"]).table == t],
+                               [r for r in rejects if _reject_table(r[1]) == t]) for t in tables]
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return reports
+
+
+def _reject_table(record: dict[str, Any]) -> str:
+    event = record["event"]
+    kind = EVENTS_BY_KIND.get(str(event.get("kind"))) if isinstance(event, dict) else None
+    return kind.table if kind else NO_TABLE
+
+
+def _fold_table(s: Settings, con: duckdb.DuckDBPyConnection, table_id: str, events: list[tuple[int, dict]],
+                rejects: list[tuple[int, dict]]) -> FoldReport:
+    ingest_id = int(con.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingest_log").fetchone()[0])  # type: ignore[index]
+    report = FoldReport(table_id, read=len(events) + len(rejects))
+    if events:
+        _fold_rows(con, contract.table(table_id), events, ingest_id, str(log_path(s).resolve()), report)
+    if rejects:
+        _quarantine(con, ingest_id, table_id, str(rejects_path(s).resolve()),
+                    [(n, r["event"], [tuple(f.values()) for f in r["failures"]]) for n, r in rejects])
+        report.quarantined += len(rejects)
+    con.execute("INSERT INTO ingest_log VALUES (?, ?, ?, NULL, ?, ?, ?, ?)",
+                [ingest_id, table_id, str(log_path(s).resolve()), report.read, report.accepted, report.quarantined,
+                 datetime.now(UTC).replace(tzinfo=None)])
+    folded = [("events", r["event"]["event_id"]) for _, r in events] + [("rejects", r["reject_id"]) for _, r in rejects]
+    con.executemany("INSERT INTO events_folded VALUES (?, ?, ?, now()::TIMESTAMP)",
+                    [[log, id_, ingest_id] for log, id_ in folded])
+    return report
+
+
+def _fold_rows(con: duckdb.DuckDBPyConnection, table: Table, events: list[tuple[int, dict]], ingest_id: int,
+               file: str, report: FoldReport) -> None:
+    """Add the events' rows to their table: an update kind's row replaces the row with its key (the last event of
+    a key wins); any other kind's row whose key the table or an earlier event has goes to quarantine."""
+    lines = [n for n, _ in events]
+    raw = _raw(table, [r["event"] for _, r in events], lines)
+    typed, failures = parse(raw, table)  # checked at intake: a failure here means the contract changed since
+    typed["_update"] = [_kind(r["event"]).update for _, r in events]
+    key = table.key
+    existing = {r[0] for r in con.execute(f"SELECT {q(key)} FROM {q(table.sql_name)} WHERE {q(key)} IN "
+                                          "(SELECT unnest(?))", [typed[key].dropna().tolist()]).fetchall()}
+    bad = {int(r) for r in failures["row"]}
+    problems = {int(r.row): [(r.column, r.value, r.reason, r.rule)] for r in failures.itertuples()}
+    keys_before: set[str] = set(existing)
+    for line, row in typed.iterrows():
+        if line in bad:
+            continue
+        if not row["_update"] and row[key] in keys_before:
+            problems[int(line)] = [(key, row[key], f"duplicate key '{row[key]}'", "duplicate")]
+        keys_before.add(row[key])
+    if problems:
+        by_line = dict(events)
+        _quarantine(con, ingest_id, table.id, file,
+                    [(n, by_line[n]["event"], f) for n, f in sorted(problems.items())])
+    good = typed.drop(index=list(problems)).drop(columns="_update")
+    good = good[~good[key].duplicated(keep="last")]
+    report.replaced = len(existing & set(good[key]))
+    report.accepted, report.quarantined = len(good), len(problems)
+    con.execute(f"DELETE FROM {q(table.sql_name)} WHERE {q(key)} IN (SELECT unnest(?))", [list(good[key])])
+    frame = good.assign(_file=file, _row=good.index.astype("int64"), _ingest_id=ingest_id)
+    target = con.table(q(table.sql_name))
+    frame = frame.reindex(columns=target.columns)  # its columns' order (an old warehouse has added ones at its end)
+    con.from_arrow(pyarrow.Table.from_pandas(frame, preserve_index=False)).insert_into(q(table.sql_name))
+
+
+def _quarantine(con: duckdb.DuckDBPyConnection, ingest_id: int, table_id: str, file: str,
+                rows: list[tuple[int, Any, list]]) -> None:
+    """One quarantine row per failure of each (line, event, failures), as ingest quarantines a bad value."""
+    key = contract.table(table_id).key if table_id != NO_TABLE else None
+    records = [[ingest_id, table_id, file, line, column, None if value is None else str(value), why, rule,
+                _text(event.get(key)) if key and isinstance(event, dict) else None, json.dumps(event)]
+               for line, event, failures in rows for column, value, why, rule in failures]
+    con.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+
+
+# ---------------------------------------------------------------- the logs as a personal-data store
+
+
+def _names(record: dict[str, Any], person: Person, wanted: set[str]) -> bool:
+    """Whether a log record is the person's: an event of a customer erased whole, or one whose row carries one of
+    their identifiers (key, reference, e-mail, phone); a reject too when it holds one of their values as is."""
+    event = record.get("event")
+    if isinstance(event, dict):
+        if event.get("customer_id") in person.whole:
+            return True
+        if event.get("kind") in EVENTS_BY_KIND and not _envelope(event):
+            table = contract.table(_kind(event).table)
+            if any(i[0] in wanted for i in row_identifiers(table, _raw(table, [event], [0]))):
+                return True
+    text = json.dumps(event).lower()
+    return any(json.dumps(v.lower()) in text for v in person.values())
+
+
+class EventLogs:
+    """`events/events.jsonl` and `events/rejects.jsonl` (`c360.core.personal.STORES`)."""
+
+    @staticmethod
+    def export(work: Work, person: Person) -> dict[str, list[dict[str, Any]]]:
+        wanted = identifiers(person)
+        return {path.name: [r for _, r in _read_log(path) if _names(r, person, wanted)]
+                for path in (log_path(work.s), rejects_path(work.s))}
+
+    @staticmethod
+    def erase(work: Work, person: Person) -> Erased:
+        erased, wanted = Erased(), identifiers(person)
+        with _locked(work.s):
+            for path in (log_path(work.s), rejects_path(work.s)):
+                records = _read_log(path)
+                kept = [r for _, r in records if not _names(r, person, wanted)]
+                if len(kept) < len(records):
+                    _rewrite(path, kept)
+                    erased.rows += len(records) - len(kept)
+                    erased.files.append(str(path.relative_to(work.s.home)))
+        return erased
+
+
+def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:
+    """Swap in a new file holding `records`: the old one's bytes go with its inode (the lock is held; appenders
+    open the log by name after taking it, and `_seen` reads a new inode from its start)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _write(fd, records)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
