@@ -58,7 +58,7 @@ def test_a_malformed_event_is_rejected_with_its_reason_and_the_rest_accepted(s: 
     assert rejected[3]["reason"] == "event: not a JSON object"
     assert "event_id: required" in rejected[4]["reason"] and "at: required" in rejected[4]["reason"]
     assert [r["event"]["event_id"] for r in lines(event_log.log_path(s))] == ["e1", "e3"]
-    assert [r["event"] for r in lines(event_log.rejects_path(s))][0] == bad
+    assert lines(event_log.rejects_path(s))[0]["event"] == bad
     for path in (event_log.log_path(s), event_log.rejects_path(s)):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert personal.owner(s, path) is not None and personal.owner(s, path).name == "event_log"
