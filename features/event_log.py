@@ -342,7 +342,7 @@ class FoldReport:
     quarantined: int = 0
 
 
-def _read_log(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def read_log(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) of a log's whole lines."""
     if not path.is_file():
         return []
@@ -362,7 +362,7 @@ def fold(s: Settings, con: duckdb.DuckDBPyConnection) -> list[FoldReport]:
     ensure_schema(con)
     con.execute(FOLDED_DDL)
     with _locked(s):
-        events, rejects = _read_log(log_path(s)), _read_log(rejects_path(s))
+        events, rejects = read_log(log_path(s)), read_log(rejects_path(s))
     done = {(str(r[0]), str(r[1])) for r in con.execute("SELECT log, id FROM events_folded").fetchall()}
     events = [(n, r) for n, r in events if ("events", r["event"]["event_id"]) not in done]
     rejects = [(n, r) for n, r in rejects if ("rejects", r["reject_id"]) not in done]
@@ -472,7 +472,7 @@ class EventLogs:
     @staticmethod
     def export(work: Work, person: Person) -> dict[str, list[dict[str, Any]]]:
         wanted = identifiers(person)
-        return {path.name: [r for _, r in _read_log(path) if _names(r, person, wanted)]
+        return {path.name: [r for _, r in read_log(path) if _names(r, person, wanted)]
                 for path in (log_path(work.s), rejects_path(work.s))}
 
     @staticmethod
@@ -480,7 +480,7 @@ class EventLogs:
         erased, wanted = Erased(), identifiers(person)
         with _locked(work.s):
             for path in (log_path(work.s), rejects_path(work.s)):
-                records = _read_log(path)
+                records = read_log(path)
                 kept = [r for _, r in records if not _names(r, person, wanted)]
                 if len(kept) < len(records):
                     _rewrite(path, kept)
