@@ -1,8 +1,10 @@
-"""The contract as a page for people loading their own company's exports (`c360 contract`, docs/CONTRACT.md)."""
+"""The contract as a page for people loading their own company's exports and sending live events (`c360 contract`,
+docs/CONTRACT.md)."""
 
 from __future__ import annotations
 
-from c360.core.contract import TABLES, Col, Table
+from c360.core.contract import EVENT_KINDS, TABLES, Col, Table
+from c360.features.event_log import MAX_BATCH
 
 HEADER = """# Data contract
 
@@ -45,5 +47,31 @@ def _section(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+EVENTS = f"""## Live events
+
+`POST /events` (roles `service` and `admin`, a batch `{{"events": [...]}}` of up to {MAX_BATCH:,}) and `c360 events push
+FILE.jsonl` (one event per line) take events: JSON objects
+`{{"event_id": "...", "kind": "...", "at": "<ISO 8601>", "customer_id"?: "...", ...}}` carrying the columns of their
+kind's table above. The kind sets its fixed columns, `at` fills its time column, and the row is checked by that
+table's rules, as a file's row is; the table's key is required (`ticket_id` for a ticket). An event names its
+customer by `customer_id` or by the source keys its row carries (`user_id`, `requester_email`, ...).
+
+Each event is checked on its own: a batch is answered 200 with `accepted`, `duplicates` (an `event_id` already
+logged: acknowledged, ignored), `suppressed` (an erased person's: dropped) and `rejected` (`index`, `event_id`,
+`reason`). Accepted events are on disk (the event log, fsynced) before the answer; `c360 ingest` folds them into
+their tables once, an *update* kind replacing the row with the same key, and puts the rejected ones in
+`quarantine` with their reason. References are not checked for events.
+"""
+
+
+def _events() -> str:
+    lines = ["| kind | table | `at` fills | sets | update | meaning |", "|---|---|---|---|---|---|"]
+    for k in EVENT_KINDS:
+        fixed = ", ".join(f"`{c}` = `{v}`" for c, v in k.fixed)
+        lines.append(f"| `{k.name}` | {k.table} | {f'`{k.at}`' if k.at else '—'} | {fixed} | "
+                     f"{'yes' if k.update else ''} | {k.doc} |")
+    return EVENTS + "\n" + "\n".join(lines) + "\n"
+
+
 def markdown() -> str:
-    return HEADER + "\n" + "\n".join(_section(t) for t in TABLES)
+    return HEADER + "\n" + "\n".join(_section(t) for t in TABLES) + "\n" + _events()

@@ -193,16 +193,17 @@ def contract(
 ) -> None:
     """Print the data contract: every source table, its columns, keys and what makes a row invalid.
 
-    With --json: the contract's tables as data (silo, name, key, columns with their rules, references)."""
-    from c360.core.contract import TABLES
+    With --json: the contract's tables as data (silo, name, key, columns with their rules, references) and the live
+    event kinds (table, time column, fixed columns, update)."""
+    from c360.core.contract import EVENT_KINDS, TABLES
     from c360.features.contract_doc import markdown
 
     text = markdown()
     if out:
         out.write_text(text)
-        emit({"tables": TABLES, "wrote": out}, as_json, f"wrote {out}")
+        emit({"tables": TABLES, "event_kinds": EVENT_KINDS, "wrote": out}, as_json, f"wrote {out}")
     elif as_json:
-        emit({"tables": TABLES}, as_json)
+        emit({"tables": TABLES, "event_kinds": EVENT_KINDS}, as_json)
     else:
         print(text)  # the page as it is: no markup, no wrapping
 
