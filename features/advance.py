@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -138,6 +139,18 @@ def _rng(seed: int, k: int, step: Step) -> np.random.Generator:
     return np.random.default_rng([seed, k, STREAM, step.first])
 
 
+def with_account_ids(con: duckdb.DuckDBPyConnection, actions: pd.DataFrame) -> pd.DataFrame:
+    """Actions naming c360 customers (`customer_id`) named by their CRM account key instead (the crosswalk's)."""
+    found = con.execute("""SELECT customer_id, min(source_key) AS account_id FROM identity_crosswalk
+                           WHERE source = 'crm/accounts' AND customer_id IN (SELECT * FROM unnest($ids))
+                           GROUP BY customer_id""", {"ids": actions["customer_id"].astype(str).tolist()}).df()
+    mapped = actions.merge(found, on="customer_id", how="left")
+    if mapped["account_id"].isna().any():
+        raise AdvanceError(f"{int(mapped['account_id'].isna().sum())} customer id(s) not in the crosswalk "
+                           "(run `c360 resolve` first?)")
+    return mapped.drop(columns="customer_id")
+
+
 def _accounts(actions: pd.DataFrame | None, customers: pd.DataFrame) -> pd.DataFrame:
     """The actions as (account, action), checked: known accounts, known actions, one action an account."""
     if actions is None or actions.empty:
@@ -169,13 +182,13 @@ def write_events(path: Path, tables: list[dict[str, pd.DataFrame]], step: Step) 
     merged = {t.id: pd.concat([c[t.id] for c in tables if t.id in c], ignore_index=True)
               for t in contract.TABLES if any(t.id in c for c in tables)}
     frames = [_events(table_id, column, rows, when, step) for table_id, df in merged.items()
-              for column, rows, when in _stages(table_id, df, merged, step)]
-    events = pd.concat(frames, ignore_index=True).sort_values(["at", "event_id"], ignore_index=True)
+              for column, rows, when in _stages(table_id, df, merged, step) if len(rows)]
+    records = pd.concat(frames, ignore_index=True).sort_values(["at", "event_id"])["record"] if frames else []
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
-        for record in events.pop("record"):
+        for record in records:
             f.write(record + "\n")
-    return len(events)
+    return len(records)
 
 
 def _stages(table_id: str, df: pd.DataFrame, tables: dict[str, pd.DataFrame], step: Step

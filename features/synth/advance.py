@@ -41,8 +41,7 @@ class StepIds(Ids):
     def take(self, prefix: str, n: int, scramble: bool = True) -> np.ndarray:
         start = self.counters.get(prefix, 0)
         self.counters[prefix] = start + n
-        digits = np.char.zfill(np.arange(start, start + n).astype(str), 9)
-        return np.char.add(f"{prefix}{self.first}", digits)
+        return np.asarray([f"{prefix}{self.first}{i:09d}" for i in range(start, start + n)], dtype=str)
 
 
 @dataclass(frozen=True)
