@@ -21,13 +21,11 @@ import pandas as pd
 from c360.core import contract
 from c360.core.contract import PURPOSES
 from c360.features.synth import consent as consent_log
-from c360.features.synth.silos import Builder, Ids, Silos, campaigns, exported_by_end, week_start
+from c360.features.synth.silos import ANSWERED, Builder, Ids, Silos, campaigns, exported_by_end, week_start
 from c360.features.synth.world import ACTIONS, World, act, action_effects, action_lift
 
 STREAM = 0xADA7CE  # the advance's own word in the seed sequence: [seed, chunk, STREAM, first week]
 SOLVED = ("solved", "closed")
-ANSWERED = 0.4  # share of closed tickets whose requester answered the satisfaction survey, as in the export
-OPEN = ("open", "pending")
 
 
 class StepIds(Ids):

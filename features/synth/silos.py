@@ -43,6 +43,7 @@ ACTIVITY_TOPICS = ("onboarding", "quarterly review", "renewal", "check-in", "esc
 CANCEL_REASONS = ("price", "missing_features", "switched_competitor", "no_longer_needed", "payment_failed")
 FAILURE_CODES = ("card_declined", "insufficient_funds", "expired_card")
 NEWSLETTER_EVERY = 13
+ANSWERED = 0.4  # share of closed tickets whose requester answered the satisfaction survey
 NPS_EVERY, NPS_FIRST = 26, 13  # an NPS survey every half year
 ACTION_CHANNEL = {"no_action": "none", "discount": "email", "training_invite": "webinar", "csm_call": "phone"}
 ACTION_TOPIC = {"no_action": "product_tips", "discount": "pricing", "training_invite": "training",
@@ -420,7 +421,7 @@ class Builder:
             "status": np.where(still_open, np.where(self.rng.random(n) < 0.5, "open", "pending"),
                                np.where(self.rng.random(n) < 0.5, "solved", "closed")),
             "opened_at": opened, "closed_at": np.where(still_open, np.datetime64("NaT"), closed),
-            "satisfaction": pd.array(np.where(~still_open & (self.rng.random(n) < 0.4), csat, np.nan),
+            "satisfaction": pd.array(np.where(~still_open & (self.rng.random(n) < ANSWERED), csat, np.nan),
                                      dtype="Int64"),
         }), *self.person_truth(who))
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from c360.cli.main import app
 from c360.core import contract
 from c360.core.contract import EVENT_KINDS, EVENTS_BY_KIND, TABLES
-from c360.features.advance import AdvanceError, advance
+from c360.features.advance import AdvanceError, advance, with_account_ids
 from c360.features.generate import generate
 from c360.features.ingest import ingest
 from c360.features.synth.world import DISCOUNT, EFFECT_WEEKS, END, PRICE
@@ -229,3 +229,15 @@ def test_cli_advances_the_world_again_and_says_so(worlds: dict, home: Path, tmp_
     result = runner.invoke(app, ["advance", "--weeks", "99", "--from", str(world)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "more at most" in result.output.replace("\n", " ")
+
+
+def test_actions_may_name_c360_customers_through_the_crosswalk() -> None:
+    con = duckdb.connect()
+    con.execute("CREATE TABLE identity_crosswalk (source VARCHAR, source_key VARCHAR, customer_id VARCHAR)")
+    con.execute("INSERT INTO identity_crosswalk VALUES ('crm/accounts', 'ACC-2', 'C1'), ('crm/contacts', 'CON-1', "
+                "'C1'), ('crm/accounts', 'ACC-9', 'C2')")
+    mapped = with_account_ids(con, pd.DataFrame({"customer_id": ["C2", "C1"], "action": ["discount", "csm_call"]}))
+    assert mapped.to_dict("records") == [{"action": "discount", "account_id": "ACC-9"},
+                                         {"action": "csm_call", "account_id": "ACC-2"}]
+    with pytest.raises(AdvanceError, match="1 customer id"):
+        with_account_ids(con, pd.DataFrame({"customer_id": ["C3"], "action": ["discount"]}))
