@@ -9,7 +9,7 @@ left every other file of a seed as it was (with `consent=False` it is not writte
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,16 +72,16 @@ def generate(out: Path, customers: int, seed: int = 0, corrupt_rate: float = 0.0
     first_person = 0
     try:
         company_wide = {"marketing/campaigns": campaigns().drop(columns="week")}
-        n_faults = _write_silos(sink, out, np.random.default_rng([seed, 1 << 30]), company_wide, corrupt_rate)
+        n_faults = write_silos(sink, out, np.random.default_rng([seed, 1 << 30]), company_wide, corrupt_rate)
         for k, first in enumerate(range(0, customers, chunk_size)):
             n = min(chunk_size, customers - first)
             rng = np.random.default_rng([seed, k])
             silos, truth, first_person, builder = _chunk(rng, first, n, first_person, ids)
-            n_faults += _write_silos(sink, out, rng, silos.tables, corrupt_rate)
+            n_faults += write_silos(sink, out, rng, silos.tables, corrupt_rate)
             if consent:
                 own = np.random.default_rng([seed, k, consent_log.STREAM])
                 log, truth["consent"] = consent_log.consents(own, builder, ids)
-                _write_silos(sink, out, own, {"marketing/consents": log}, 0.0)
+                write_silos(sink, out, own, {"marketing/consents": log}, 0.0)
             for name, df in truth.items():
                 sink.write(out / TRUTH / f"{name}.parquet", df)
             if on_chunk:
@@ -93,6 +93,32 @@ def generate(out: Path, customers: int, seed: int = 0, corrupt_rate: float = 0.0
                 "start": str(world.START.date()), "end": str(world.END.date()), "rows": rows}
     (out / TRUTH / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return GenerateReport(out, customers, rows, n_faults)
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """One chunk of a generated world rebuilt: its world, its builder (the keys of its accounts and people) and
+    its consent log's truth (None when the world has no consents)."""
+
+    k: int
+    builder: Builder
+    consent: pd.DataFrame | None
+
+
+def replay(out: Path) -> Iterator[Replayed]:
+    """The chunks of the world generated in `out`, rebuilt from its manifest: the same streams drawn in the same
+    order give the same accounts, people and keys. Nothing is written."""
+    manifest = json.loads((out / TRUTH / "manifest.json").read_text())
+    customers, seed, chunk_size = manifest["customers"], manifest["seed"], manifest["chunk_size"]
+    consent = (out / "marketing" / "consents.csv").is_file()
+    ids, first_person = Ids(), 0
+    for k, first in enumerate(range(0, customers, chunk_size)):
+        rng = np.random.default_rng([seed, k])
+        _, _, first_person, builder = _chunk(rng, first, min(chunk_size, customers - first), first_person, ids)
+        log = None
+        if consent:
+            _, log = consent_log.consents(np.random.default_rng([seed, k, consent_log.STREAM]), builder, ids)
+        yield Replayed(k, builder, log)
 
 
 def _chunk(rng: np.random.Generator, first: int, n: int, first_person: int, ids: Ids):
@@ -111,14 +137,15 @@ def _chunk(rng: np.random.Generator, first: int, n: int, first_person: int, ids:
     return silos, truth, first_person + len(persons), builder
 
 
-def _write_silos(sink: TextSink, out: Path, rng: np.random.Generator, tables: dict[str, pd.DataFrame],
-                 corrupt_rate: float) -> int:
+def write_silos(sink: TextSink, out: Path, rng: np.random.Generator, tables: dict[str, pd.DataFrame],
+                corrupt_rate: float, batch: str = "") -> int:
+    """Write each table to `<out>/<silo>/<table><batch>.csv`, with faults at `corrupt_rate`; returns how many."""
     n = 0
     for table in TABLES:
         if table.id not in tables:
             continue
         df = tables[table.id]
-        path = out / table.silo / f"{table.name}.csv"
+        path = out / table.silo / f"{table.name}{batch}.csv"
         text, found = faults.inject(rng, table, df, corrupt_rate)
         offset = sink.write(path, text)
         if len(found):

@@ -558,11 +558,16 @@ def _lit(text: str) -> str:
 
 
 def _move_into_place(con: duckdb.DuckDBPyConnection, load: _Load) -> int:
-    """Append the staged rows that passed the key and reference checks to the table; return how many."""
+    """Append the staged rows that passed the key and reference checks to the table, each replacing the row of
+    its key in a table live events change; return how many."""
     columns = ", ".join(q(name) for name in load.table.column_names)
+    good = 'FROM _ingest_stage s ANTI JOIN _ingest_bad b ON s._row = b."row"'
+    target, key = q(load.table.sql_name), q(load.table.key)
+    if load.table.id in contract.UPDATED:
+        con.execute(f"DELETE FROM {target} WHERE {key} IN (SELECT s.{key} {good})")
     return _scalar(con, f"""
-        INSERT INTO {q(load.table.sql_name)} ({columns}, _file, _row, _ingest_id)
-        SELECT {columns}, $file, _row, $id FROM _ingest_stage s ANTI JOIN _ingest_bad b ON s._row = b."row"
+        INSERT INTO {target} ({columns}, _file, _row, _ingest_id)
+        SELECT {columns}, $file, _row, $id {good}
         """, {"file": load.file, "id": load.ingest_id})
 
 
@@ -587,8 +592,10 @@ def _key_and_ref_failures(con: duckdb.DuckDBPyConnection, load: _Load) -> int:
     `_ingest_bad` has the columns of parse()'s failures: row, column, value, reason, rule.
 
     A key belongs to its first row in the file, whether that row was accepted or quarantined; a key loaded
-    by an earlier file belongs to it for good. References are checked against every key the parent has
-    read, quarantined or not, so that one bad parent row does not take its children down with it.
+    by an earlier file belongs to it for good, but in a table live events change (`contract.UPDATED`), where
+    the later row is the row's new state (`_move_into_place` replaces it). References are checked against
+    every key the parent has read, quarantined or not, so that one bad parent row does not take its children
+    down with it.
     """
     t = load.table
     key, target = q(t.key), q(t.sql_name)
@@ -603,9 +610,10 @@ def _key_and_ref_failures(con: duckdb.DuckDBPyConnection, load: _Load) -> int:
                     SELECT DISTINCT key, row_number FROM quarantine WHERE ingest_id = $id AND key IS NOT NULL)
                 GROUP BY key HAVING count(*) > 1) f ON r.key = f.key
             WHERE r._row > f.first_row""",
-        f"""SELECT r._row, '{t.key}', r.key, 'key already loaded from ' || e._file, 'already_loaded'
-            FROM ({this}) r JOIN {target} e ON e.{key} = r.key""",
     ]
+    if t.id not in contract.UPDATED:
+        checks.append(f"""SELECT r._row, '{t.key}', r.key, 'key already loaded from ' || e._file, 'already_loaded'
+                          FROM ({this}) r JOIN {target} e ON e.{key} = r.key""")
     for ref in t.refs:
         parent = contract.table(ref.table)
         column = q(ref.column)

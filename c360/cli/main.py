@@ -16,6 +16,7 @@ from typer._click import Context as ClickContext
 from typer.core import TyperGroup
 
 from c360.cli import evaluate  # noqa: F401  (registers `c360 eval cdnow` / `eval hillstrom`)
+from c360.cli.advance import advance
 from c360.cli.audit import audit_app
 from c360.cli.events import events_app
 from c360.cli.features import apply, build, features_app, materialize, profile
@@ -88,6 +89,9 @@ def generate(
     files = pd.DataFrame(report.rows.items(), columns=["file", "rows"])
     return emit(result, as_json, table(f"{customers:,} customers → {out}", files),
                 f"{report.faults:,} injected faults listed in {result['faults_file']}")
+
+
+app.command()(advance)
 
 
 @app.command()

@@ -303,8 +303,30 @@ EVENT_KINDS: tuple[EventKind, ...] = (
     EventKind("unsubscribed", "marketing/consents", "changed_at",
               (("purpose", "marketing_email"), ("status", "withdrawn"), ("source", "unsubscribe_link")),
               doc="a contact unsubscribed from marketing e-mail"),
+    # the rest of what a silo's batch carries, so that a stream of events says all a batch of files says
+    EventKind("exported", "product/events", "event_time", (("event_type", "export"),), doc="a user exported data"),
+    EventKind("invited", "product/events", "event_time", (("event_type", "invite"),),
+              doc="a user invited a teammate"),
+    EventKind("activity_logged", "crm/activities", "occurred_at",
+              doc="an account owner logged a meeting, call or e-mail"),
+    EventKind("invoice_issued", "billing/invoices", "issued_at", (("kind", "subscription"),),
+              doc="a subscription invoice was issued"),
+    EventKind("addon_ordered", "billing/invoices", "issued_at", (("kind", "addon"),),
+              doc="an add-on was ordered (its invoice)"),
+    EventKind("subscription_ended", "billing/subscriptions", "ended_at", update=True,
+              doc="a subscription was cancelled (`cancel_reason`)"),
+    EventKind("subscription_changed", "billing/subscriptions", None, update=True,
+              doc="a subscription's plan, seats or price changed: its columns as they are now"),
+    EventKind("campaign_launched", "marketing/campaigns", "launched_at",
+              doc="a campaign was launched (company-wide: it names no customer)"),
+    EventKind("campaign_sent", "marketing/sends", "sent_at",
+              doc="a campaign was sent to a contact, or the contact held out of an experiment arm"),
+    EventKind("consent_changed", "marketing/consents", "changed_at",
+              doc="a contact granted or withdrew a purpose (`unsubscribed` is the common withdrawal)"),
 )
 EVENTS_BY_KIND = {k.name: k for k in EVENT_KINDS}
+# Tables whose rows events may change: a later batch's row with a key already loaded is the row's new state
+UPDATED = frozenset(k.table for k in EVENT_KINDS if k.update)
 
 
 def table(table_id: str) -> Table:

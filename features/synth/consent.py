@@ -18,7 +18,6 @@ import pandas as pd
 from c360.core import contract
 from c360.core.contract import PURPOSES
 from c360.features.synth.silos import Builder, Ids, at, exported_by_end
-from c360.features.synth.world import OBSERVED
 
 STREAM = 0xC045E7  # the consent stream's own word in the seed sequence
 GRANTED = {"marketing_email": 0.9, "other_channels": 0.8, "analytics": 0.95}  # share granting it at sign-up
@@ -41,37 +40,60 @@ def consents(rng: np.random.Generator, builder: Builder, ids: Ids) -> tuple[pd.D
         granted = rng.random(len(rows)) < GRANTED[purpose]
         week = _withdrawal_week(rng, builder, account, purpose)
         withdrawn = granted & (week >= 0)
-        sources, shares = SOURCES[purpose]
         changes += [
             pd.DataFrame({"mkt_contact_id": builder.mkt_id, "purpose": purpose,
                           "status": np.where(granted, "granted", "withdrawn"), "changed_at": signed_up,
                           "source": "signup_form"}),
-            pd.DataFrame({"mkt_contact_id": builder.mkt_id[withdrawn], "purpose": purpose, "status": "withdrawn",
-                          "changed_at": at(week[withdrawn], rng),
-                          "source": rng.choice(sources, int(withdrawn.sum()), p=shares)}),
+            _withdrawn(rng, builder, purpose, withdrawn, week),
         ]
         truth.append(pd.DataFrame({
             "mkt_contact_id": builder.mkt_id, "purpose": purpose, "granted_at_end": granted & ~withdrawn,
             "withdrawn_at": pd.Series(changes[-1]["changed_at"].to_numpy(), index=np.flatnonzero(withdrawn))
             .reindex(range(len(rows))).to_numpy(dtype="datetime64[s]")}))
-    log = pd.concat(changes, ignore_index=True).sort_values("changed_at", kind="stable", ignore_index=True)
-    log.insert(0, "consent_id", ids.take("CNS-", len(log), scramble=False))
     person, acc = builder.person_truth(rows)
     who = pd.DataFrame({"mkt_contact_id": builder.mkt_id, "person": person, "account": acc})
-    return exported_by_end(log, contract.table("marketing/consents")), \
-        pd.concat(truth, ignore_index=True).merge(who, on="mkt_contact_id", how="left")
+    return _log(changes, builder, ids), pd.concat(truth, ignore_index=True).merge(who, on="mkt_contact_id", how="left")
+
+
+def withdrawals(rng: np.random.Generator, builder: Builder, ids: Ids, granted: dict[str, np.ndarray]
+                ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The `marketing/consents` rows of the window of `builder` (`c360.features.synth.advance`): a purpose each
+    contact still grants (`granted`, per purpose, in marketing contact order) is withdrawn with the same hazard as
+    before. Returns the rows and what each contact still grants at the window's end."""
+    account = builder.p["account_row"].to_numpy()[builder.mkt_rows]
+    changes, still = [], {}
+    for purpose in PURPOSES:
+        week = _withdrawal_week(rng, builder, account, purpose)
+        withdrawn = granted[purpose] & (week >= 0)
+        changes.append(_withdrawn(rng, builder, purpose, withdrawn, week))
+        still[purpose] = granted[purpose] & ~withdrawn
+    return _log(changes, builder, ids), still
+
+
+def _withdrawn(rng: np.random.Generator, builder: Builder, purpose: str, withdrawn: np.ndarray, week: np.ndarray
+               ) -> pd.DataFrame:
+    sources, shares = SOURCES[purpose]
+    return pd.DataFrame({"mkt_contact_id": builder.mkt_id[withdrawn], "purpose": purpose, "status": "withdrawn",
+                         "changed_at": at(week[withdrawn], rng),
+                         "source": rng.choice(sources, int(withdrawn.sum()), p=shares)})
+
+
+def _log(changes: list[pd.DataFrame], builder: Builder, ids: Ids) -> pd.DataFrame:
+    log = pd.concat(changes, ignore_index=True).sort_values("changed_at", kind="stable", ignore_index=True)
+    log.insert(0, "consent_id", ids.take("CNS-", len(log), scramble=False))
+    return exported_by_end(log, contract.table("marketing/consents"), builder.end)
 
 
 def _withdrawal_week(rng: np.random.Generator, builder: Builder, account: np.ndarray, purpose: str) -> np.ndarray:
-    """The observed week in which each contact would withdraw `purpose` (-1: not before the data's end): the first
-    week whose cumulative hazard passes an exponential draw."""
+    """The week of the builder's window in which each contact would withdraw `purpose` (-1: not before the window's
+    end): the first week whose cumulative hazard passes an exponential draw."""
     w = builder.w
-    weeks = np.arange(OBSERVED)
+    weeks = np.arange(builder.first, builder.end)
     after_signup = weeks[None, :] > builder.acc["start_week"].to_numpy()[account, None]
     churned = weeks[None, :] >= w.churn_week[account, None]
-    unhappy = np.exp(-UNHAPPY * np.clip(w.health[account, :OBSERVED], -2, 2))  # clipped: no runaway hazard
+    unhappy = np.exp(-UNHAPPY * np.clip(w.health[account, builder.first: builder.end], -2, 2))  # no runaway
     hazard = (WITHDRAW[purpose] * unhappy * np.where(churned, CHURNED, 1.0) * after_signup).astype("float32")
     cumulative = np.cumsum(hazard, axis=1)
     draw = rng.exponential(1.0, len(account)).astype("float32")
     passed = cumulative > draw[:, None]
-    return np.where(passed[:, -1], np.argmax(passed, axis=1), -1)
+    return np.where(passed[:, -1], np.argmax(passed, axis=1) + builder.first, -1)

@@ -24,6 +24,7 @@ from c360.features.synth.world import (
     ADDON_SIZE,
     DISCOUNT,
     EFFECT_WEEKS,
+    HORIZON,
     OBSERVED,
     START,
     WAVES,
@@ -42,7 +43,8 @@ ACTIVITY_TOPICS = ("onboarding", "quarterly review", "renewal", "check-in", "esc
 CANCEL_REASONS = ("price", "missing_features", "switched_competitor", "no_longer_needed", "payment_failed")
 FAILURE_CODES = ("card_declined", "insufficient_funds", "expired_card")
 NEWSLETTER_EVERY = 13
-NPS_WEEKS = (13, 39, 65, 91)
+ANSWERED = 0.4  # share of closed tickets whose requester answered the satisfaction survey
+NPS_EVERY, NPS_FIRST = 26, 13  # an NPS survey every half year
 ACTION_CHANNEL = {"no_action": "none", "discount": "email", "training_invite": "webinar", "csm_call": "phone"}
 ACTION_TOPIC = {"no_action": "product_tips", "discount": "pricing", "training_invite": "training",
                 "csm_call": "case_study"}
@@ -92,9 +94,14 @@ class Ids:
         return np.char.add(prefix, np.char.zfill(idx.astype(str), 9))
 
 
-def exported_by_end(df: pd.DataFrame, table: contract.Table) -> pd.DataFrame:
-    """What the export at END knows: rows dated later (a retry, a refund) not yet, later timestamps not yet."""
-    end = np.datetime64(START + pd.Timedelta(weeks=OBSERVED), "s")
+def week_start(week: int) -> np.datetime64:
+    return np.datetime64(START + pd.Timedelta(weeks=week), "s")
+
+
+def exported_by_end(df: pd.DataFrame, table: contract.Table, end_week: int = OBSERVED) -> pd.DataFrame:
+    """What the export at the start of `end_week` (END by default) knows: rows dated later (a retry, a refund)
+    not yet, later timestamps not yet."""
+    end = week_start(end_week)
     when = [c.name for c in table.columns if c.kind == "datetime"]
     required = [c for c in when if table.col(c).required]
     keep = np.logical_and.reduce([df[c].isna().to_numpy() | (df[c].to_numpy() < end) for c in required]) \
@@ -118,7 +125,10 @@ def full_names(first: list, last: list) -> list:
 
 
 class Builder:
-    """Builds all silos of one chunk of accounts."""
+    """Builds all silos of one chunk of accounts, over the weeks [first, end): the exported window [0, OBSERVED)
+    by default; `c360.features.synth.advance` draws later windows with a copy of a built one."""
+
+    first, end = 0, OBSERVED
 
     def __init__(self, rng: np.random.Generator, world: World, persons: pd.DataFrame, firms: pd.DataFrame,
                  ids: Ids):
@@ -129,23 +139,26 @@ class Builder:
         self.account_id = ids.take("ACC-", self.n)
         self.billing_id = ids.take("BA-", self.n)
         self.subscription_id = ids.take("SUB-", self.n)
-        self.active_weeks = np.minimum(world.churn_week, OBSERVED)
         consumer = (self.acc["segment"] == "consumer").to_numpy()
         self.company = np.where(consumer, None, firms["company"].to_numpy())  # consumers have no company
 
     def build(self) -> Silos:
         for step in (self.crm, self.billing, self.product, self.support, self.marketing, self.feedback):
             step()
-        self.out.tables = {t: exported_by_end(df, contract.table(t)) for t, df in self.out.tables.items()}
+        return self.export()
+
+    def export(self) -> Silos:
+        self.out.tables = {t: exported_by_end(df, contract.table(t), self.end) for t, df in self.out.tables.items()}
         return self.out
 
     # --- helpers -------------------------------------------------------------------------------------
     def account_cells(self, rate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Poisson draws per observed account-week while subscribed: (account rows, weeks), one per event."""
-        counts = self.rng.poisson(np.where(self.w.alive[:, :OBSERVED], rate[:, :OBSERVED], 0.0))
+        """Poisson draws per account-week of the window while subscribed: (account rows, weeks), one per event."""
+        window = slice(self.first, self.end)
+        counts = self.rng.poisson(np.where(self.w.alive[:, window], rate[:, window], 0.0))
         rows, weeks = np.nonzero(counts)
         reps = counts[rows, weeks]
-        return np.repeat(rows, reps), np.repeat(weeks, reps)
+        return np.repeat(rows, reps), np.repeat(weeks + self.first, reps)
 
     def persons_of(self, account_rows: np.ndarray) -> np.ndarray:
         """A random person (row of self.p) of each given account."""
@@ -235,10 +248,10 @@ class Builder:
         }), *self.person_truth(payer))
 
     def subscriptions(self) -> None:
-        last = np.maximum(self.active_weeks - 1, 0)
+        last = np.maximum(np.minimum(self.w.churn_week, self.end) - 1, 0)
         rows = np.arange(self.n)
         plan, seats, mrr = self.w.plan[rows, last], self.w.seats[rows, last], self.w.mrr[rows, last]
-        ended = self.w.churn_week < OBSERVED
+        ended = self.w.churn_week < self.end
         reasons = np.asarray(CANCEL_REASONS)[self.rng.integers(0, len(CANCEL_REASONS), self.n)]
         self.out.add("billing/subscriptions", pd.DataFrame({
             "subscription_id": self.subscription_id, "billing_account_id": self.billing_id,
@@ -251,7 +264,8 @@ class Builder:
         w = self.w
         changed = (np.diff(w.plan, axis=1) != 0) | (np.diff(w.seats, axis=1) != 0)
         changed &= w.alive[:, 1:]
-        changed[:, OBSERVED - 1:] = False
+        changed[:, : max(self.first - 1, 0)] = False
+        changed[:, self.end - 1:] = False
         rows, t = np.nonzero(changed)
         self.out.add("billing/plan_changes", pd.DataFrame({
             "change_id": self.ids.take("PC-", len(rows), scramble=False),
@@ -272,7 +286,8 @@ class Builder:
     def invoices(self) -> None:
         w = self.w
         due = w.invoice_due & w.alive
-        due[:, OBSERVED:] = False
+        due[:, : self.first] = False
+        due[:, self.end:] = False
         rows, weeks = np.nonzero(due)
         amount = (w.mrr[rows, weeks] * (1 - self.discount_share()[rows, weeks])).round(2)
         addon_rows, addon_weeks = self.account_cells(addon_rate(w.health))
@@ -334,6 +349,7 @@ class Builder:
         first, last = scribe.names(sub["first_name"], sub["last_name"])
         acc_rows = sub["account_row"].to_numpy()
         company = self.company[acc_rows]
+        self.users = user_id, sub, is_second
         self.out.add("product/users", pd.DataFrame({
             "user_id": user_id, "workspace_id": workspace[acc_rows],
             "workspace_name": np.where(self.rng.random(len(sub)) < 0.7, company, None),
@@ -345,14 +361,16 @@ class Builder:
 
     def events(self, user_id: np.ndarray, users: pd.DataFrame, is_second: np.ndarray) -> None:
         acc_rows = users["account_row"].to_numpy()
-        h = self.w.health[acc_rows, :OBSERVED]
+        window = slice(self.first, self.end)
+        h = self.w.health[acc_rows, window]
         admin = (users["role"] == "admin").to_numpy()[:, None]
         # A struggling user still logs in now and then: at an intercept of -2.4 an account in health's low tail,
         # where churn happens, logged in about twice a quarter and looked like every other near-idle one.
         q = sigmoid(-1.2 + 1.6 * h + 0.3 * admin) * np.where(is_second, 0.3, 1.0)[:, None]
-        days = self.rng.binomial(3, np.where(self.w.alive[acc_rows, :OBSERVED], q, 0.0))
+        days = self.rng.binomial(3, np.where(self.w.alive[acc_rows, window], q, 0.0))
         u, week = np.nonzero(days)
         reps = days[u, week]
+        week = week + self.first
         u, week = np.repeat(u, reps), np.repeat(week, reps)
         when = at(week, self.rng)
         n = len(u)
@@ -387,11 +405,15 @@ class Builder:
         severity = np.clip((1.2 - 0.6 * h + self.rng.normal(0, 0.8, n)).round(), 0, 3).astype(int)
         opened = at(weeks, self.rng)
         closed = opened + (self.rng.lognormal(3.0, 1.2, n) * 3600).astype("timedelta64[s]")
-        still_open = closed >= np.datetime64(START + pd.Timedelta(weeks=OBSERVED), "s")
+        still_open = closed >= week_start(self.end)
         csat = np.clip((3.5 + 0.8 * h + self.rng.normal(0, 0.8, n)).round(), 1, 5)
         company = np.where(self.rng.random(n) < 0.5, self.company[rows], None)
+        ticket_id = self.ids.take("T-", n, scramble=False)
+        # when the tickets still open will close, and their answer then: what a later window shows of them
+        self.ticket_closes = pd.DataFrame({"ticket_id": ticket_id, "closed_at": closed, "row": rows,
+                                           "satisfaction": csat})[still_open]
         self.out.add("support/tickets", pd.DataFrame({
-            "ticket_id": self.ids.take("T-", n, scramble=False), "requester_name": full_names(first, last),
+            "ticket_id": ticket_id, "requester_name": full_names(first, last),
             "requester_email": scribe.emails(sub), "requester_phone": scribe.phones(sub), "company": company,
             "channel": np.asarray(TICKET_CHANNELS)[self.rng.choice(5, n, p=(0.45, 0.15, 0.25, 0.1, 0.05))],
             "topic": self.ticket_topics(rows, weeks, h),
@@ -399,7 +421,7 @@ class Builder:
             "status": np.where(still_open, np.where(self.rng.random(n) < 0.5, "open", "pending"),
                                np.where(self.rng.random(n) < 0.5, "solved", "closed")),
             "opened_at": opened, "closed_at": np.where(still_open, np.datetime64("NaT"), closed),
-            "satisfaction": pd.array(np.where(~still_open & (self.rng.random(n) < 0.4), csat, np.nan),
+            "satisfaction": pd.array(np.where(~still_open & (self.rng.random(n) < ANSWERED), csat, np.nan),
                                      dtype="Int64"),
         }), *self.person_truth(who))
 
@@ -429,8 +451,9 @@ class Builder:
         self.interest = self.rng.dirichlet(np.ones(len(CONTENT_TOPICS)) * 0.7, self.n)
         self.sends()
 
-    def sends(self) -> None:
-        c = campaigns()
+    def sends(self, c: pd.DataFrame | None = None) -> None:
+        """Sends of the campaigns `c` (the company's, by default)."""
+        c = campaigns() if c is None else c
         news = c[c["action"].isna()]
         parts = [self.newsletter_sends(r.campaign_id, r.week, r.topic) for r in news.itertuples()]
         exp = c[c["action"].notna()]
@@ -484,7 +507,10 @@ class Builder:
     def nps(self) -> None:
         acc_rows = self.p["account_row"].to_numpy()
         parts = []
-        for week in NPS_WEEKS:
+        weeks = [w for w in range(NPS_FIRST, self.end, NPS_EVERY) if w >= self.first]
+        if not weeks:
+            return
+        for week in weeks:
             who = np.flatnonzero(self.w.alive[acc_rows, week] & (self.rng.random(len(self.p)) < 0.25))
             parts.append(pd.DataFrame({"row": who, "week": week}))
         resp = pd.concat(parts, ignore_index=True)
@@ -507,7 +533,7 @@ class Builder:
         rows, weeks = self.account_cells(rate)
         who = self.persons_of(rows)
         topic = np.asarray(REQUEST_TOPICS)[self.rng.integers(0, len(REQUEST_TOPICS), len(rows))]
-        age = OBSERVED - weeks
+        age = self.end - weeks
         status = np.where(age < 8, "open", np.asarray(("open", "planned", "shipped", "declined"))[
             self.rng.integers(0, 4, len(rows))])
         scribe = ppl.Scribe(self.rng, typo_rate=0.05, missing_email=0.02, alt_email=0.1, missing_name=0.2)
@@ -520,17 +546,21 @@ class Builder:
         }), *self.person_truth(who))
 
 
-def campaigns() -> pd.DataFrame:
-    """The company's campaigns: a newsletter every quarter and one campaign per arm of each experiment wave.
+def campaigns(first: int = 0, end: int = OBSERVED, arms: list[tuple[int, str, int]] | None = None, tag: str = ""
+              ) -> pd.DataFrame:
+    """The company's campaigns of the weeks [first, end): a newsletter every quarter and one campaign per arm
+    (week, action, wave number) of each experiment wave (the waves of WAVES by default). `tag` sets the ids of a
+    later window's campaigns apart.
 
     Company-wide, so written once; `week` is the simulation's, not exported.
     """
     news = [(w, CONTENT_TOPICS[i % len(CONTENT_TOPICS)], None, None)
-            for i, w in enumerate(range(4, OBSERVED, NEWSLETTER_EVERY))]
-    experiments = [(wave, ACTION_TOPIC[a], a, k) for k, wave in enumerate(WAVES) for a in ACTIONS]
+            for i, w in enumerate(range(4, HORIZON, NEWSLETTER_EVERY)) if first <= w < end]
+    arms = [(wave, a, k) for k, wave in enumerate(WAVES) for a in ACTIONS] if arms is None else arms
+    experiments = [(wave, ACTION_TOPIC[a], a, k) for wave, a, k in arms]
     rows = news + experiments
     return pd.DataFrame({
-        "campaign_id": [f"CMP-{i:04d}" for i in range(1, len(rows) + 1)],
+        "campaign_id": [f"CMP-{tag}{i:04d}" for i in range(1, len(rows) + 1)],
         "name": [f"{t.replace('_', ' ').title()} " + (f"wave {k} {a}" if a else "newsletter")
                  for _, t, a, k in rows],
         "channel": [ACTION_CHANNEL[a] if a else "email" for _, _, a, _ in rows],

@@ -7,7 +7,7 @@ so the truth is known: the weekly churn hazard, each customer's response to ever
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -247,22 +247,42 @@ def simulate(rng: np.random.Generator, acc: pd.DataFrame) -> World:
     assignments = pd.concat([arm.drop(columns="row") for arm in arms[:-1]], ignore_index=True)
     w = World(acc, health, hazard, alive, churn_week, seats, plan, mrr, due, failed, assignments,
               pd.DataFrame(), mean, bumps, pd.DataFrame())
-    w.effects = pd.concat([_effects(w, arm, lift) for arm in arms if len(arm)], ignore_index=True)
+    w.effects = pd.concat([action_effects(w, arm, lift) for arm in arms if len(arm)], ignore_index=True)
     w.responses = _responses(rng, w, pd.concat(arms[:-1], ignore_index=True))
     return w
 
 
+def act(rng: np.random.Generator, w: World, arm: pd.DataFrame, week: int) -> World:
+    """The world after the actions of `arm` (account, row, action) taken at `week`, as an experiment wave takes
+    them: each bumps its account's health from `week` on; hazard and churn week follow from the same churn draw, so
+    an account without action churns exactly as before, and a treated one's counterfactual is the world before.
+    The expansion orders the actions bring are drawn from `rng`."""
+    rows, a = arm["row"].to_numpy(dtype=int), arm["action"].map(ACTIONS.index).to_numpy(dtype=int)
+    bump = np.zeros_like(w.health)
+    bump[rows] = _bump(action_lift(w.accounts)[rows, a], week)
+    health = w.health + bump
+    hazard = weekly_hazard(health, _recent(w.failed, 4), w.accounts)
+    churn_week = _churn_week(hazard, w.accounts)
+    weeks = np.arange(HORIZON)[None, :]
+    alive = (weeks >= w.accounts["start_week"].to_numpy()[:, None]) & (weeks < churn_week[:, None])
+    assigned = arm.assign(wave=week)
+    after = replace(w, health=health, hazard=hazard, alive=alive, churn_week=churn_week,
+                    assignments=assigned.drop(columns="row"), bumps={**w.bumps, week: bump})
+    after.responses = _responses(rng, after, assigned)
+    return after
+
+
 def _responses(rng: np.random.Generator, world: World, assigned: pd.DataFrame) -> pd.DataFrame:
     """The expansion orders of the assigned accounts that responded and were still subscribed to place them."""
-    rows, wave = assigned["row"].to_numpy(), assigned["wave"].to_numpy()
-    chance = response_chance(world.accounts)[rows, assigned["action"].map(ACTIONS.index).to_numpy()]
+    rows, wave = assigned["row"].to_numpy(dtype=int), assigned["wave"].to_numpy(dtype=int)
+    chance = response_chance(world.accounts)[rows, assigned["action"].map(ACTIONS.index).to_numpy(dtype=int)]
     week = wave + 1 + rng.integers(0, RESPONSE_WEEKS, len(rows))
     placed = (rng.random(len(rows)) < chance) & world.alive[rows, week]
     return pd.DataFrame({"row": rows[placed], "wave": wave[placed], "week": week[placed],
                          "amount": world.mrr[rows[placed], wave[placed]]})
 
 
-def _effects(world: World, arm: pd.DataFrame, lift: np.ndarray) -> pd.DataFrame:
+def action_effects(world: World, arm: pd.DataFrame, lift: np.ndarray) -> pd.DataFrame:
     """True outcome of every action for every assigned account, churn risk and revenue (subscription invoices and
     add-on orders) over EFFECT_WEEKS, as expected from the state at the wave (what a decision then could know at
     best, as in `churn_risk_90d`), not from how the health noise and payment failures turned out afterwards."""
