@@ -265,12 +265,21 @@ class CustomerMatches(BaseModel):
     customer_ids: list[str] = Field(description="customers with this address among their records, sorted")
 
 
-class PrivacyAsk(BaseModel):
-    """A person: `email` (that contact) or `customer_id` (the whole account), not both."""
+class ByEmail(BaseModel):
+    """A person by e-mail: that contact."""
 
     model_config = ConfigDict(extra="forbid")
-    email: str | None = Field(None, max_length=254, description="e-mail address of the person")
-    customer_id: str | None = Field(None, pattern=CUSTOMER_ID, description="c360 customer id of an account")
+    email: str = Field(max_length=254, description="e-mail address of the person")
+
+
+class ByCustomerId(BaseModel):
+    """A whole account by its c360 customer id."""
+
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = Field(pattern=CUSTOMER_ID, description="c360 customer id of an account")
+
+
+PrivacyAsk = ByEmail | ByCustomerId  # one or the other: the schema says so, not a 422 after the fact
 
 
 class ErasureRequest(BaseModel):
