@@ -333,12 +333,14 @@ def _plain(failure: Failure) -> tuple[Any, ...]:
 
 @dataclass
 class FoldReport:
-    """What one fold did, per table: events read, rows added or replaced, rows and rejects quarantined."""
+    """What one fold did, per table: events read = rows accepted (`replaced` of them took an older row's place)
+    + events superseded by a later event of the same row in the fold + quarantined."""
 
     table_id: str
     read: int = 0
     accepted: int = 0
     replaced: int = 0
+    superseded: int = 0
     quarantined: int = 0
 
 
@@ -428,6 +430,7 @@ def _fold_rows(con: duckdb.DuckDBPyConnection, table: Table, events: list[tuple[
         _quarantine(con, ingest_id, table.id, file,
                     [(n, by_line[n]["event"], f) for n, f in sorted(problems.items())])
     good = typed.drop(index=list(problems)).drop(columns="_update")
+    report.superseded = int(good[key].duplicated(keep="last").sum())
     good = good[~good[key].duplicated(keep="last")]
     report.replaced = len(existing & set(good[key]))
     report.accepted, report.quarantined = len(good), len(problems)

@@ -139,7 +139,8 @@ def ingest(
     for f in folded:
         loaded.add_row(f.table_id, "events (log)", f"{f.read:,}", f"{f.accepted:,}", f"{f.quarantined:,}", "0")
     totals = {k: sum(getattr(r, k) for r in reports) for k in ("read", "accepted", "quarantined", "suppressed")}
-    events = {k: sum(getattr(f, k) for f in folded) for k in ("read", "accepted", "replaced", "quarantined")}
+    events = {k: sum(getattr(f, k) for f in folded)
+              for k in ("read", "accepted", "replaced", "superseded", "quarantined")}
     record_run(s, "ingest", started, source=source, **totals, events=events)
     return emit({"source": source, "files": reports, **totals, "events": events, "folded": folded, "notes": notes},
                 as_json, loaded, "total: " + ", ".join(f"{k} {v:,}" for k, v in totals.items())

@@ -34,7 +34,8 @@ def test_push_then_ingest_folds_once(home: Path, tmp_path: Path) -> None:
     first = json.loads(runner.invoke(app, ["ingest", "--json"]).stdout)
     second = json.loads(runner.invoke(app, ["ingest", "--json"]).stdout)
     assert (first["events"]["accepted"], first["events"]["quarantined"]) == (1, 4)
-    assert second["events"] == {"read": 0, "accepted": 0, "replaced": 0, "quarantined": 0}
+    assert second["events"] == {"read": 0, "accepted": 0, "replaced": 0, "superseded": 0,
+                                 "quarantined": 0}
     with warehouse.connect(s, read_only=True) as con:
         assert con.execute("SELECT payment_id, status FROM billing_payments").fetchall() == [("P-1", "failed")]
         assert con.execute("SELECT count(DISTINCT row_number) FROM quarantine").fetchone() == (4,)

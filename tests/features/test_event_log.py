@@ -137,6 +137,16 @@ def test_an_update_kind_replaces_the_row_with_its_key_and_an_insert_kind_does_no
     assert query(s, "SELECT rule, key FROM quarantine") == [("duplicate", "T-1")]
 
 
+def test_a_row_changed_twice_in_one_fold_counts_as_superseded(s: Settings) -> None:
+    # an update event carries the whole row as it is now
+    event_log.accept(s, [ticket("e1"), ticket("e2", kind="ticket_updated", severity="urgent"),
+                         ticket("e3", kind="ticket_closed", at="2025-03-04T00:00:00Z", severity="urgent")])
+    report = folded(s)[0]
+    assert (report.read, report.accepted, report.superseded, report.quarantined) == (3, 1, 2, 0)
+    assert report.read == report.accepted + report.superseded + report.quarantined
+    assert query(s, "SELECT status, severity FROM support_tickets") == [("closed", "urgent")]
+
+
 def test_erasure_removes_the_persons_events_and_suppression_drops_their_later_ones(s: Settings) -> None:
     mine = [ticket("e1"), ticket("e2", "T-2", requester_email="Ann+work@Example.com"), login("e3", "U-9"),
             ticket("e4", "T-4", severity="?")]
