@@ -361,6 +361,8 @@ def read_log(path: Path) -> list[tuple[int, dict[str, Any]]]:
 def fold(s: Settings, con: duckdb.DuckDBPyConnection) -> list[FoldReport]:
     """Fold the logged events and rejects not folded yet into the warehouse behind `con` (a writer's, not inside a
     transaction), in one transaction; one `ingest_log` entry per table touched. Returns one report per table."""
+    if not folder(s).is_dir():  # no event was ever logged: nothing to fold, nothing to create
+        return []
     ensure_schema(con)
     con.execute(FOLDED_DDL)
     with _locked(s):

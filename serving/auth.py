@@ -88,6 +88,7 @@ class Auth:
 
     def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
         self.app = app
+        self.given = settings
         self.settings = settings
         self.keys: Keys | None = None
 
@@ -112,6 +113,8 @@ class Auth:
         return who, None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # the app (re)starts: its settings are read again, as the service's are
+            self.settings, self.keys = self.given, None
         found = match(scope["method"], scope["path"]) if scope["type"] == "http" else None
         if found is None:
             await self.app(scope, receive, send)
