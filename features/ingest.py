@@ -31,7 +31,7 @@ import pandas as pd
 import pandera.pandas as pa
 import pyarrow
 
-from c360.core import contract
+from c360.core import contract, warehouse
 from c360.core.contract import TABLES, Table
 
 CHUNK_ROWS = 500_000
@@ -229,6 +229,8 @@ def ingest_file(
 
 def quarantine_summary(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Quarantined values per table and rule (required, enum, range, int, ...), with one example reason."""
+    if not warehouse.has_table(con, "quarantine"):  # nothing ingested yet
+        return pd.DataFrame(columns=["table_id", "rule", "count", "example"])
     return con.execute(
         "SELECT table_id, rule, count(*) AS count, min(reason) AS example FROM quarantine "
         "GROUP BY ALL ORDER BY table_id, count DESC, rule").df()

@@ -80,6 +80,15 @@ def test_help_on_every_command() -> None:
         assert "--help" in c360(command, "--help")
 
 
+def test_status_of_an_empty_warehouse(home: Path) -> None:
+    from c360.core.settings import Settings
+
+    with warehouse.connect(Settings()):  # created, nothing ingested
+        pass
+    shown = c360_json("status")
+    assert shown["quarantine"] == [] and {row["rows"] for row in shown["sources"]} <= {0}
+
+
 def test_ingest_of_a_missing_folder_fails_clearly(home: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", "--source", str(tmp_path / "nowhere")])
     assert result.exit_code == 1
