@@ -38,6 +38,7 @@ import pandas as pd
 import pyarrow
 
 from c360.core import contract
+from c360.core.at_rest import fsync_dir, write_private
 from c360.core.contract import EVENTS_BY_KIND, EventKind, Table
 from c360.core.personal import Erased, Person, Work
 from c360.core.settings import Settings
@@ -225,7 +226,7 @@ def _open(path: Path) -> int:
     created = not path.exists()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     if created:  # the new file's name must survive a crash too
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return fd
 
 
@@ -237,23 +238,18 @@ def _write(fd: int, records: list[dict[str, Any]]) -> None:
         return
     size = os.fstat(fd).st_size
     torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-    data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
-    os.write(fd, (b"\n" if torn else b"") + data)
+    os.write(fd, (b"\n" if torn else b"") + _lines(records))
     os.fsync(fd)
+
+
+def _lines(records: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
 
 
 def _append(path: Path, records: list[dict[str, Any]]) -> None:
     fd = _open(path)
     try:
         _write(fd, records)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -497,11 +493,4 @@ class EventLogs:
 def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:
     """Swap in a new file holding `records`: the old one's bytes go with its inode (the lock is held; appenders
     open the log by name after taking it, and `_seen` reads a new inode from its start)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        _write(fd, records)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_private(path, _lines(records))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from c360.core import warehouse
+from c360.core.at_rest import write_private
 from c360.core.personal import Person
 from c360.core.settings import Settings
 from c360.features import privacy
@@ -36,20 +37,7 @@ def folder(s: Settings) -> Path:
 def _write(s: Settings, request: dict[str, Any]) -> None:
     target = folder(s)
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = target / f"{request['id']}.json"
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, json.dumps(request, default=str).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
+    write_private(target / f"{request['id']}.json", json.dumps(request, default=str).encode())
 
 
 def create(s: Settings, *, email: str | None = None, customer_id: str | None = None,

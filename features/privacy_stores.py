@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from c360.core import audit, consent, contract, warehouse
+from c360.core.at_rest import write_private
 from c360.core.personal import Erased, Person, Work, sqlite_delete
 from c360.features.ingest import IngestWarning, discover, file_sha256, q
 
@@ -153,14 +154,8 @@ def _drop_csv_rows(path: Path, drop: Any) -> int:
         return 0
     out = io.StringIO()
     csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\n").writerows(kept)
-    _replace(path, out.getvalue().encode())
+    write_private(path, out.getvalue().encode())
     return len(rows) - len(kept)
-
-
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class Generated:
@@ -409,7 +404,7 @@ class Mlflow:
             document = json.loads(path.read_text())
             split = document.get("dataframe_split", document)
             split["data"] = [row for i, row in enumerate(split["data"]) if i not in drop]
-            _replace(path, json.dumps(document, indent=2).encode())
+            write_private(path, json.dumps(document, indent=2).encode())
             erased.rows += len(drop)
             erased.files.append(str(path.relative_to(work.s.home)))
         return erased
@@ -451,7 +446,7 @@ class RunLog:
         lines = _lines(work.s.runs)
         kept = [line for line in lines if not _names(line, person)]
         if len(kept) < len(lines):
-            _replace(work.s.runs, "".join(f"{line}\n" for line in kept).encode())
+            write_private(work.s.runs, "".join(f"{line}\n" for line in kept).encode())
         return Erased(rows=len(lines) - len(kept))
 
 
@@ -467,10 +462,8 @@ def _names(line: str, person: Person) -> bool:
 class Audit:
     @staticmethod
     def export(work: Work, person: Person) -> list[dict[str, Any]]:
-        seen: dict[int, dict[str, Any]] = {}
-        for customer in person.customers:
-            seen |= {r["seq"]: r for r in audit.records(work.s, customer=customer)}
-        return [seen[k] for k in sorted(seen)]
+        customers = set(person.customers)
+        return [r for r in audit.records(work.s) if customers and audit.about(r, customers)]
 
     @staticmethod
     def erase(work: Work, person: Person) -> Erased:

@@ -46,7 +46,7 @@ def advance(
         raise fail(f"{world}: no generated world here (run `c360 generate` first)") from None
     try:
         chosen, named = _actions(s, actions)
-        with audited(s, "advance", named) if named else nullcontext(), \
+        with audited(s, "c360 advance", named) if named else nullcontext(), \
                 progress("advancing customers", customers) as moved:
             report = run(world, weeks, chosen, out=out, events=events, on_chunk=moved)
     except AdvanceError as e:

@@ -13,11 +13,12 @@ from typing import Annotated
 
 import typer
 
-from c360.cli.ui import CLI_ROLE, Json, cli_key, emit, fail, record_run
-from c360.core import audit, consent
+from c360.cli.ui import Json, audit_command, emit, fail, record_run
+from c360.core import consent
 from c360.core.contract import PURPOSE_WORDS
 from c360.core.settings import Settings
 
+ACTION = "c360 privacy opt-out"
 Purpose = Enum("Purpose", {p: p for p in PURPOSE_WORDS}, type=str)  # type: ignore[misc]
 
 
@@ -35,15 +36,11 @@ def opt_out(
     try:
         done = consent.record(s, customer_id, purpose.value)
     except LookupError as e:
-        _audit(s, customer_id, "not found")
+        audit_command(s, ACTION, [customer_id], "not found")
         raise fail(str(e.args[0])) from None
-    _audit(s, customer_id, "ok")
+    audit_command(s, ACTION, [customer_id], "ok")
     record_run(s, "privacy opt-out", started, purpose=purpose.value, new=done["new"])
     words = PURPOSE_WORDS[purpose.value]
     said = "recorded" if done["new"] else "already recorded"
     return emit(done, as_json, f"{customer_id}: opt-out of {words} {said} ({done['at']:%Y-%m-%d %H:%M:%S} UTC)")
 
-
-def _audit(s: Settings, customer_id: str, status: str) -> None:
-    audit.append(s, key=cli_key(), role=CLI_ROLE, action="c360 privacy opt-out", customers=[customer_id],
-                 status=status)

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 import typer
 
 from c360.cli.consent import opt_out
-from c360.cli.ui import CLI_ROLE, Json, cli_key, emit, fail, plain, progress, record_run, stderr
-from c360.core import audit, warehouse
+from c360.cli.ui import Json, audit_command, emit, fail, plain, progress, record_run, stderr
+from c360.core import warehouse
 from c360.core.personal import STORES, Person
 from c360.core.settings import Settings
 
@@ -28,8 +28,7 @@ CustomerId = Annotated[str | None, typer.Option("--customer-id", help="a whole a
 
 
 def _audit(s: Settings, command: str, customers: list[str] | tuple[str, ...], status: str = "ok") -> None:
-    audit.append(s, key=cli_key(), role=CLI_ROLE, action=f"c360 privacy {command}",
-                 customers=list(customers), status=status)
+    audit_command(s, f"c360 privacy {command}", customers, status)
 
 
 def _person(s: Settings, email: str | None, customer_id: str | None) -> Person:

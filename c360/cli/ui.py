@@ -164,4 +164,10 @@ def audited(s: Settings, action: str, customers: Sequence[str]) -> Iterator[None
         yield
         status = "ok"
     finally:
-        audit.append(s, key=cli_key(), role=CLI_ROLE, action=action, customers=customers, status=status)
+        audit_command(s, action, customers, status)
+
+
+def audit_command(s: Settings, action: str, customers: Sequence[str], status: str) -> None:
+    """The audit record of a command: its caller is the operating-system user, with the role of a shell on the
+    home."""
+    audit.append(s, key=cli_key(), role=CLI_ROLE, action=action, customers=customers, status=status)

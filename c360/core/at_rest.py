@@ -50,6 +50,29 @@ def owner_only() -> None:
     os.umask(UMASK)
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`, owner-only and durable: written to a temporary file, fsynced, renamed over it,
+    and the folder fsynced so the rename survives a crash. A reader sees the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of folder `path` (a file created or renamed in it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def owner_only_tree(root: Path) -> None:
     """Take group's and others' rights away from `root` and everything under it: for the files a library copies
     with their source's mode (shutil.copy2: MLflow's copies of uv.lock and pyproject.toml), which the umask misses."""

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from c360.core.at_rest import write_private
 from c360.core.settings import Settings
 
 GENESIS = "0" * 64
@@ -109,7 +110,7 @@ def records(s: Settings, *, customer: str | None = None, key: str | None = None,
     out = []
     for _, line in _lines(s):
         record = json.loads(line)
-        if customer is not None and customer not in record["customers"] and ALL not in record["customers"]:
+        if customer is not None and not about(record, {customer}):
             continue
         if key is not None and record["key"] != key:
             continue
@@ -117,6 +118,11 @@ def records(s: Settings, *, customer: str | None = None, key: str | None = None,
             continue
         out.append(record)
     return out
+
+
+def about(record: dict[str, Any], customers: set[str]) -> bool:
+    """Whether the record touched one of `customers` (a batch over every customer touched them all)."""
+    return ALL in record["customers"] or not customers.isdisjoint(record["customers"])
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,7 @@ def purge(s: Settings, before: datetime) -> int:
         else:
             last = json.loads(old[-1])
             anchor = {"seq": last["seq"] + 1, "prev": last["hash"]}
-        _write_private(_anchor_path(s), json.dumps(anchor).encode())
+        write_private(_anchor_path(s), json.dumps(anchor).encode())
         f.seek(0)
         f.write(b"".join(kept))
         f.truncate()
@@ -173,13 +179,3 @@ def purge(s: Settings, before: datetime) -> int:
         _tail.pop(file, None)
     return len(old)
 
-
-def _write_private(file: Path, data: bytes) -> None:
-    tmp = file.with_suffix(file.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, file)

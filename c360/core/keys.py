@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from c360.core.at_rest import write_private
 from c360.core.settings import Settings
 
 ROLES = ("admin", "csm", "analyst", "service")
@@ -80,13 +81,7 @@ def _read(file: Path) -> list[Key]:
 
 
 def _write(file: Path, keys: list[Key]) -> None:
-    tmp = file.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"keys": [asdict(k) for k in keys]}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, file)
+    write_private(file, json.dumps({"keys": [asdict(k) for k in keys]}, indent=1).encode())
 
 
 @contextmanager
