@@ -103,7 +103,7 @@ OWNERS: dict[str, Owner] = _PEOPLE | {
     "crm/activities": Owner("crm/accounts", "account_id"),
 }  # marketing/campaigns: company-wide, no customer
 # New person records an event may bring: the sources whose record SQL reads the event's own row alone
-MATCHED = frozenset(t for t in ("support/tickets", "feedback/nps", "feedback/feature_requests"))
+MATCHED = frozenset(("support/tickets", "feedback/nps", "feedback/feature_requests"))
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ def test_a_new_person_gets_a_provisional_customer_that_the_next_resolve_keeps(s:
 
 
 def test_a_provisional_customer_merged_by_resolve_redirects_to_the_survivor(s: Settings) -> None:
-    name, email, customer = a_contact(s)
+    _, email, customer = a_contact(s)
     provisional = place(s, [ticket("m1", "T-MERGE", "Zebulon Quixote", NEW_EMAIL)])[0].customer_id
     event_log.accept(s, [ticket("m1", "T-MERGE", "Zebulon Quixote", NEW_EMAIL)])
     with warehouse.connect(s) as con:
