@@ -494,3 +494,8 @@ def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:
     """Swap in a new file holding `records`: the old one's bytes go with its inode (the lock is held; appenders
     open the log by name after taking it, and `_seen` reads a new inode from its start)."""
     write_private(path, _lines(records))
+
+
+def typed_rows(table: Table, events: Sequence[dict[str, Any]], index: Sequence[int]) -> pd.DataFrame:
+    """The contract rows of valid events of one table, typed as ingest types them, indexed by `index`."""
+    return parse(_raw(table, events, index), table)[0]

@@ -9,13 +9,18 @@ recorded with their evidence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from splink import Linker
 
 from c360.features import linkage
+
+if TYPE_CHECKING:
+    from c360.features.live_identity import Ledger
 
 NAME_PARTS = "split_part(trim({0}), ' ', 1) AS first_name, " \
              "nullif(regexp_extract(trim({0}), ' (\\S+)$', 1), '') AS surname"
@@ -28,24 +33,27 @@ def _person_sql(table: str, key: str, first_last: str, email: str, phone: str, c
         {anchor} AS anchor, {seen}::TIMESTAMP AS seen_at FROM {table}"""
 
 
-RECORD_SQL = " UNION ALL ".join([
-    _person_sql("crm_contacts c JOIN crm_accounts a USING (account_id)", "contact_id",
-                "c.first_name, c.last_name AS surname", "c.email", "c.phone", "a.account_name",
-                anchor="'acct:' || c.account_id", seen="c.created_at").replace(
+# The person records of each silo, by source: `c360.features.live_identity` reads an event's row with the same SQL.
+RECORD_SQLS = {
+    "crm/contacts": _person_sql("crm_contacts c JOIN crm_accounts a USING (account_id)", "contact_id",
+                                "c.first_name, c.last_name AS surname", "c.email", "c.phone", "a.account_name",
+                                anchor="'acct:' || c.account_id", seen="c.created_at").replace(
         "'crm/contacts c JOIN crm_accounts a USING (account_id)'", "'crm/contacts'"),
-    _person_sql("billing_customers", "billing_account_id", NAME_PARTS.format("name"), "email", "phone", "company",
-                anchor="'ba:' || billing_account_id", seen="created_at", country="country"),
-    _person_sql("product_users", "user_id", NAME_PARTS.format("display_name"), "email", "NULL", "workspace_name",
-                anchor="'ws:' || workspace_id", seen="signed_up_at"),
-    _person_sql("support_tickets", "ticket_id", NAME_PARTS.format("requester_name"), "requester_email",
-                "requester_phone", "company", seen="opened_at"),
-    _person_sql("marketing_contacts", "mkt_contact_id", "first_name, last_name AS surname", "email", "NULL",
-                "company", seen="subscribed_at"),
-    _person_sql("feedback_nps", "response_id", NAME_PARTS.format("name"), "email", "NULL", "NULL",
-                seen="responded_at"),
-    _person_sql("feedback_feature_requests", "request_id", NAME_PARTS.format("name"), "email", "NULL", "NULL",
-                seen="created_at"),
-])
+    "billing/customers": _person_sql("billing_customers", "billing_account_id", NAME_PARTS.format("name"), "email",
+                                     "phone", "company", anchor="'ba:' || billing_account_id", seen="created_at",
+                                     country="country"),
+    "product/users": _person_sql("product_users", "user_id", NAME_PARTS.format("display_name"), "email", "NULL",
+                                 "workspace_name", anchor="'ws:' || workspace_id", seen="signed_up_at"),
+    "support/tickets": _person_sql("support_tickets", "ticket_id", NAME_PARTS.format("requester_name"),
+                                   "requester_email", "requester_phone", "company", seen="opened_at"),
+    "marketing/contacts": _person_sql("marketing_contacts", "mkt_contact_id", "first_name, last_name AS surname",
+                                      "email", "NULL", "company", seen="subscribed_at"),
+    "feedback/nps": _person_sql("feedback_nps", "response_id", NAME_PARTS.format("name"), "email", "NULL", "NULL",
+                                seen="responded_at"),
+    "feedback/feature_requests": _person_sql("feedback_feature_requests", "request_id", NAME_PARTS.format("name"),
+                                             "email", "NULL", "NULL", seen="created_at"),
+}
+RECORD_SQL = " UNION ALL ".join(RECORD_SQLS.values())
 ACCOUNT_SQL = """SELECT 'crm/accounts' AS source, account_id AS source_key, account_name, segment, region,
     'acct:' || account_id AS anchor, 'ba:' || billing_account_id AS billing_anchor, created_at AS seen_at
     FROM crm_accounts"""
@@ -208,9 +216,10 @@ class Assignment:
     events: pd.DataFrame  # kind (merge/split), customer_id, other_id, records
 
 
-def assign_ids(grouped: pd.DataFrame, previous: pd.DataFrame) -> Assignment:
+def assign_ids(grouped: pd.DataFrame, previous: pd.DataFrame, first_free: int = 1) -> Assignment:
     """Give each group a customer id, keeping previous ids: the majority owner keeps it; merges and splits
-    are returned as events."""
+    are returned as events. New ids are numbered from past every previous one and from `first_free` (ids that
+    were merged away, or are reserved by live identity, are never handed out again)."""
     old = grouped.merge(previous[["record_id", "customer_id"]], on="record_id", how="left")
     counts = old.dropna(subset=["customer_id"]).groupby(["customer_id", "group"]).size().rename("n").reset_index()
     owner = counts.sort_values(["n", "group"], ascending=[False, True]).drop_duplicates("customer_id")
@@ -221,7 +230,7 @@ def assign_ids(grouped: pd.DataFrame, previous: pd.DataFrame) -> Assignment:
                             "other_id": merged["customer_id"], "records": merged["n"]})]
     ids = dict(zip(keep["group"], keep["customer_id"], strict=True))
     new_groups = grouped.loc[~grouped["group"].isin(ids), ["group", "record_id"]].groupby("group")["record_id"].min()
-    start = _next_number(previous["customer_id"])
+    start = max(_next_number(previous["customer_id"]), first_free)
     for offset, group in enumerate(new_groups.sort_values().index):
         ids[group] = f"C{start + offset:08d}"
     split = counts[counts["group"].isin(new_groups.index)].assign(new_id=lambda d: d["group"].map(ids))
@@ -276,6 +285,7 @@ CREATE TABLE IF NOT EXISTS identity_crosswalk (source VARCHAR, source_key VARCHA
     customer_id VARCHAR, method VARCHAR, match_probability DOUBLE, resolved_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS identity_events (recorded_at TIMESTAMP, kind VARCHAR, customer_id VARCHAR, other_id VARCHAR,
     records BIGINT);
+CREATE TABLE IF NOT EXISTS identity_merges (customer_id VARCHAR PRIMARY KEY, merged_into VARCHAR, merged_at TIMESTAMP);
 """
 
 
@@ -288,16 +298,30 @@ class ResolveReport:
     merges: int
     splits: int
     methods: dict[str, int]
+    live: dict[str, int] = field(default_factory=dict)  # live identity's records and customers the warehouse took
 
 
-def resolve(con, model_path, threshold: float = 0.95, seed: int = 42) -> ResolveReport:
-    """Link every source record of the warehouse to a customer and write the identity tables."""
+def resolve(con, model_path, threshold: float = 0.95, seed: int = 42, ledger: Ledger | None = None) -> ResolveReport:
+    """Link every source record of the warehouse to a customer and write the identity tables.
+
+    With live identity's `ledger`, its decisions count as previous ids (a provisional customer keeps its id, or is
+    merged into the customer its records join), its reserved numbers are not handed out, and afterwards what the
+    warehouse now holds leaves it."""
     raw, accounts = read_records(con)
     people, prepared = normalise(raw)
     pairs, linker = score_people(prepared, seed)
     grouped = group_records(people, accounts, pairs, threshold)
     con.execute(DDL)
-    assignment = assign_ids(grouped, con.execute("SELECT record_id, customer_id FROM identity_crosswalk").df())
+    previous = con.execute("SELECT record_id, customer_id FROM identity_crosswalk").df()
+    with ledger.numbering(con) if ledger is not None else nullcontext() as numbering:
+        if numbering is None:
+            first_free = _next_number(con.execute("SELECT customer_id FROM identity_merges").df()["customer_id"])
+        else:
+            live = numbering.previous[~numbering.previous["record_id"].isin(previous["record_id"])]
+            previous, first_free = pd.concat([previous, live], ignore_index=True), numbering.first_free
+        assignment = assign_ids(grouped, previous, first_free)
+        if numbering is not None:
+            numbering.handed_out = _next_number(assignment.crosswalk["customer_id"]) - 1
     golden = golden_records(people, accounts, assignment.crosswalk)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     linker.misc.save_model_to_json(str(model_path), overwrite=True)
@@ -306,7 +330,7 @@ def resolve(con, model_path, threshold: float = 0.95, seed: int = 42) -> Resolve
     return ResolveReport(
         records=len(grouped), customers=len(golden), multi_record_customers=int((golden["records"] > 1).sum()),
         unlinked=int(golden["unlinked"].sum()), merges=int(events.get("merge", 0)), splits=int(events.get("split", 0)),
-        methods=grouped["method"].value_counts().to_dict())
+        methods=grouped["method"].value_counts().to_dict(), live=ledger.settle(con) if ledger is not None else {})
 
 
 def _write(con, assignment: Assignment, golden: pd.DataFrame, prepared: pd.DataFrame, links: pd.DataFrame) -> None:
@@ -323,6 +347,9 @@ def _write(con, assignment: Assignment, golden: pd.DataFrame, prepared: pd.DataF
         con.execute("""INSERT INTO identity_crosswalk SELECT source, source_key, record_id, customer_id, method,
                        match_probability, now() FROM new_crosswalk""")
         con.execute("INSERT INTO identity_events SELECT now(), kind, customer_id, other_id, records FROM new_events")
+        # the merged id answers with the survivor's profile from now on (serving)
+        con.execute("INSERT OR REPLACE INTO identity_merges SELECT other_id, customer_id, now() FROM new_events "
+                    "WHERE kind = 'merge'")
         for name in ("identity_customers", "identity_records", "identity_links"):
             con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM new_{name}")
         con.commit()

@@ -35,6 +35,14 @@ class Invalid(exceptions.UnprocessableEntity, ValueError):
     """A request the models cannot score (missing or mistyped features): a 422."""
 
 
+class Moved(LookupError):
+    """A customer id `c360 resolve` merged into another: a 308 to the same path with the id it lives on as."""
+
+    def __init__(self, old: str, new: str) -> None:
+        super().__init__(f"customer {old} was merged into {new}")
+        self.old, self.new = old, new
+
+
 class Unavailable(exceptions.ServiceUnavailable, RuntimeError):
     """A component cannot answer: a 503 naming it and what to do, never a partial profile."""
 
@@ -74,6 +82,14 @@ def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=404)
 
 
+def _moved(request: Request, exc: Exception) -> JSONResponse:
+    """308 keeps the method and (same origin) the Authorization header: curl -L, fetch and httpx follow it."""
+    assert isinstance(exc, Moved)
+    path = request.url.path.replace(f"/customers/{exc.old}/", f"/customers/{exc.new}/", 1)
+    location = f"{path}?{request.url.query}" if request.url.query else path
+    return JSONResponse({"detail": str(exc), "merged_into": exc.new}, status_code=308, headers={"Location": location})
+
+
 def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Unavailable)
     return JSONResponse({"detail": str(exc), "component": exc.component}, status_code=503)
@@ -84,4 +100,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(Invalid, _invalid)
     app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(Moved, _moved)
     app.add_exception_handler(Unavailable, _unavailable)

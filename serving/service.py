@@ -53,14 +53,14 @@ from pydantic import BaseModel, Field
 from c360.core.at_rest import owner_only
 from c360.core.settings import Settings
 from c360.core.warehouse import CUSTOMER_ID
-from c360.features import event_log
+from c360.features import event_log, live_identity
 from c360.features.privacy_requests import Hidden
 from c360.serving import errors, masking, online, predictions, ui
 from c360.serving import privacy as privacy_routes
 from c360.serving import profile as profiles
 from c360.serving.auth import Auth, principal, touched
 from c360.serving.champions import Champions, RegistryUnavailable
-from c360.serving.errors import Invalid, NotFound, Unavailable
+from c360.serving.errors import Invalid, Moved, NotFound, Unavailable
 from c360.serving.limits import BodyLimit
 from c360.serving.lookup import EMAIL, customers_by_email
 from c360.serving.metrics import RouteMetrics, exposition
@@ -198,12 +198,17 @@ class C360:
 
     # ------------------------------------------------------------------ routes
 
-    @app.get("/customers/{customer_id}/profile", response_model=Profile, responses=ERRORS,
+    @app.get("/customers/{customer_id}/profile", response_model=Profile,
+             responses={**ERRORS, 308: {"model": Error, "description": "merged into another customer (Location)"}},
              summary="A customer's profile: past, present, future")
     async def customer_profile(
         self, customer_id: CustomerId,
         details: Annotated[bool, Query(description="add identity and the warehouse's lists (slower)")] = False,
     ) -> Response:
+        survivor = live_identity.merged_into(self.settings, customer_id)
+        if survivor is not None:
+            touched([customer_id])
+            raise Moved(customer_id, survivor)
         return _json(await self._profile(customer_id, details))
 
     def _unhidden(self, customer_ids: list[str]) -> None:
@@ -228,6 +233,8 @@ class C360:
 
     async def _predictions(self, kind: str, customer_ids: list[str] | None,
                            rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        if customer_ids is not None:  # a merged id is scored as the customer it was merged into
+            customer_ids = [live_identity.merged_into(self.settings, c) or c for c in customer_ids]
         touched(customer_ids or [])
         self._unhidden(customer_ids or [])
         ctx = self.context()
@@ -260,8 +267,10 @@ class C360:
     @bentoml.api
     async def profile(self, customer_id: Annotated[str, Field(pattern=CUSTOMER_ID)],
                       details: bool = False) -> Profile:
-        """A customer's profile: past, present, future (`details`: identity and the warehouse's lists too)."""
-        return Profile.model_validate(await self._profile(customer_id, details))
+        """A customer's profile: past, present, future (`details`: identity and the warehouse's lists too); a merged
+        id's is the profile of the customer it was merged into."""
+        survivor = live_identity.merged_into(self.settings, customer_id) or customer_id
+        return Profile.model_validate(await self._profile(survivor, details))
 
     @bentoml.api
     async def predict_churn(self, customer_ids: CustomerIds | None = None,

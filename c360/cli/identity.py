@@ -32,7 +32,10 @@ def resolve(
     """Resolve identities: writes identity_crosswalk, identity_customers and identity_events to the warehouse.
 
     Customer ids are stable: rerunning, or resolving after a new batch, keeps every existing customer's id
-    unless two are merged (the survivor keeps its id) or one is split; both are recorded in identity_events.
+    unless two are merged (the survivor keeps its id) or one is split; both are recorded in identity_events, and
+    a merged id in identity_merges (its profile answers with the survivor's). Provisional customers that live
+    events created (events/identity.db) keep their ids, or are merged; identity.db then drops what the warehouse
+    holds.
     """
     if not ctx.invoked_subcommand:
         run_resolve(threshold, as_json)
@@ -40,13 +43,14 @@ def resolve(
 
 def run_resolve(threshold: float | None = None, as_json: bool = False) -> dict:
     from c360.features.identity import resolve as run
+    from c360.features.live_identity import Ledger
 
     s, started = Settings(), time.time()
     if not s.warehouse.exists():
         raise fail(f"no warehouse in {s.home}: run `c360 ingest --source DIR` first")
     threshold = threshold or s.match_threshold
     with warehouse.connect(s) as con, stderr.status("linking records (splink) and grouping customers"):
-        report = run(con, s.identity_model, threshold=threshold)
+        report = run(con, s.identity_model, threshold=threshold, ledger=Ledger(s))
     record_run(s, "resolve", started, records=report.records, customers=report.customers, merges=report.merges,
                splits=report.splits)
     methods = pd.DataFrame(report.methods.items(), columns=["method", "records"])

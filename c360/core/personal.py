@@ -96,7 +96,11 @@ STORES: tuple[Store, ...] = (
           f"{_STORES}.ConsentOverrides", ()),
     Store("quarantine", "rows that broke the contract, with their raw text", f"{_STORES}.Quarantine", ()),
     Store("event_log", "live events as received (`POST /events`, `c360 events push`), and the rejected ones with "
-          "their reasons", "c360.features.event_log.EventLogs", ("events/*",)),
+          "their reasons", "c360.features.event_log.EventLogs", ("events/events.jsonl", "events/rejects.jsonl",
+                                                                   "events/events.lock")),
+    Store("live_identity", "person records placed live (e-mail, name, phone) and provisional customers' golden "
+          "records (events/identity.db)", "c360.features.live_identity.LiveIdentity",
+          ("events/identity.db", "events/identity.db-wal", "events/identity.db-shm")),
     Store("identity", "crosswalk, golden records, normalised records and links, merge/split events",
           f"{_STORES}.Identity", ()),
     Store("identity_model", "splink's trained model (parameters; no term frequencies are saved)",

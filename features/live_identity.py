@@ -1,0 +1,692 @@
+"""Identity, incrementally: the customer of each live event, decided when the event arrives.
+
+An event names its customer by `customer_id`, or by the source key of its row. `OWNERS` says, once, which
+identity-bearing record a contract table's row belongs to — the joins of the batch feature SQL (`features.compute`):
+a product event to its user's record, a payment through its invoice to the billing account, a send or a consent to
+its marketing contact, an activity to its CRM account; a ticket, an NPS answer or a feature request is a person
+record itself. Then (`place`):
+
+* a record the crosswalk knows — the warehouse's `identity_crosswalk`, or the live crosswalk below — maps directly;
+* a new person record (a ticket whose id the crosswalk does not know yet) is matched against the people c360 knows
+  by the rules of `c360 resolve`: the same normalised e-mail links (probability 1), else splink scores it against the
+  known records with the model `c360 resolve` saved (`predict_between`: splink 5's form of
+  `find_matches_to_new_records`, the known records on one side, the new ones on the other, resolve's blocking rules)
+  and the best match at or over `C360_MATCH_THRESHOLD` gives its customer. The people placed live count as known;
+* no match: a new *provisional customer*, with an id of the same numbering as resolve's (`C00003001`), reserved in
+  identity.db so that `c360 resolve` never hands it to someone else. The shared-key rules of resolve (an e-mail
+  domain or a company name only one CRM account has) are left to the next resolve: it may merge the provisional
+  customer into that account, which is recorded (`identity_merges`) and redirects the old id.
+
+Decisions live in `C360_HOME/events/identity.db` (SQLite, WAL, owner-only): the live crosswalk (record, customer, how,
+probability, when, and the person record itself for the records matched here) and the provisional customers (the
+`identity_customers` columns, their golden fields from their records). New records are decided inside one write
+transaction (`BEGIN IMMEDIATE`) that first reads what other processes decided: the service's workers and the CLI may
+place at once, and two events of the same new person in two processes still make one customer.
+
+The splink linker over the known records is built once per process and built again when the warehouse's identity
+changes (a new `c360 resolve`); that reload also settles identity.db (below), so a crash between resolve and its own
+settling heals at the next event. Matching one new record against 25,000 known ones takes about 150 ms; a record
+with a known e-mail (most tickets) skips splink.
+
+`c360 resolve` takes the live crosswalk as part of the previous ids and reserves its numbers (`Ledger.numbering`):
+a provisional customer keeps its id, or is merged into the customer its records join. Afterwards `Ledger.settle`
+drops from identity.db what the warehouse now holds. `pending(s)` hands the live rows to the live feature update.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow
+from splink import Linker
+
+from c360.core import connections, contract, warehouse
+from c360.core.contract import EVENTS_BY_KIND
+from c360.core.personal import Erased, Person, Work, sqlite_delete
+from c360.core.settings import Settings
+from c360.features import event_log, identity, linkage
+
+CROSSWALK_COLUMNS = ("source", "source_key", "record_id", "customer_id", "method", "match_probability",
+                     "resolved_at")
+CUSTOMER_COLUMNS = ("customer_id", "display_name", "company", "segment", "region", "emails", "phones", "sources",
+                    "records", "first_seen", "unlinked")
+PERSON_COLUMNS = ("record_id", "source", "source_key", "first_name", "surname", "email", "phone", "company",
+                  "country", "anchor", "seen_at")
+DDL = """
+CREATE TABLE IF NOT EXISTS crosswalk (record_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, method TEXT NOT NULL,
+    probability REAL, at TEXT NOT NULL, email TEXT, phone TEXT, record TEXT);
+CREATE INDEX IF NOT EXISTS crosswalk_customer ON crosswalk (customer_id);
+CREATE TABLE IF NOT EXISTS customers (customer_id TEXT PRIMARY KEY, display_name TEXT, company TEXT, segment TEXT,
+    region TEXT, emails TEXT, phones TEXT, sources TEXT, records INTEGER, first_seen TEXT, unlinked INTEGER,
+    created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS numbering (next INTEGER NOT NULL);
+"""
+
+
+# ---------------------------------------------------------------- which record an event's row belongs to
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The identity-bearing record of a table's row: `source`'s record keyed by the row's `column`, or by the
+    `via[1]` column of the `via[0]` row the row's `column` names (a payment's invoice holds its billing account)."""
+
+    source: str
+    column: str
+    via: tuple[str, str] | None = None
+
+
+_PEOPLE = {t: Owner(t, contract.table(t).key) for t in (*identity.RECORD_SQLS, "crm/accounts")}
+OWNERS: dict[str, Owner] = _PEOPLE | {
+    "product/events": Owner("product/users", "user_id"),
+    "billing/payments": Owner("billing/customers", "invoice_id", via=("billing/invoices", "billing_account_id")),
+    "billing/plan_changes": Owner("billing/customers", "subscription_id",
+                                  via=("billing/subscriptions", "billing_account_id")),
+    "billing/invoices": Owner("billing/customers", "billing_account_id"),
+    "billing/subscriptions": Owner("billing/customers", "billing_account_id"),
+    "marketing/sends": Owner("marketing/contacts", "mkt_contact_id"),
+    "marketing/consents": Owner("marketing/contacts", "mkt_contact_id"),
+    "crm/activities": Owner("crm/accounts", "account_id"),
+}  # marketing/campaigns: company-wide, no customer
+# New person records an event may bring: the sources whose record SQL reads the event's own row alone
+MATCHED = frozenset(("support/tickets", "feedback/nps", "feedback/feature_requests"))
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where an event landed: its customer, and how (`customer_id`, `crosswalk`, `live crosswalk`, `rule: same
+    e-mail`, `model`, `provisional`) — or, with no customer, why not."""
+
+    customer_id: str | None
+    how: str
+    probability: float | None = None
+
+
+def _table(event: dict[str, Any]) -> str:
+    return EVENTS_BY_KIND[event["kind"]].table
+
+
+def _rows(events: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Per contract table, the typed rows of the batch's events of it (indexed by position in the batch)."""
+    out: dict[str, pd.DataFrame] = {}
+    for table_id in dict.fromkeys(_table(e) for e in events):
+        positions = [i for i, e in enumerate(events) if _table(e) == table_id]
+        out[table_id] = event_log.typed_rows(contract.table(table_id), [events[i] for i in positions], positions)
+    return out
+
+
+def _record_ids(con: duckdb.DuckDBPyConnection, events: Sequence[dict[str, Any]],
+                rows: dict[str, pd.DataFrame]) -> list[str | Placed]:
+    """Each event's identity-bearing record id, or why it has none."""
+    out: list[str | Placed] = []
+    for i, event in enumerate(events):
+        owner = OWNERS.get(_table(event))
+        if owner is None:
+            out.append(Placed(None, "company-wide event: no customer"))
+            continue
+        key = rows[_table(event)].at[i, owner.column]
+        if owner.via is not None and not pd.isna(key):
+            key = _parent(con, rows, owner.via, key)
+        if pd.isna(key):
+            parent = owner.via[0] if owner.via else owner.source
+            out.append(Placed(None, f"its {parent} row is not known yet: the next `c360 ingest` and `c360 resolve` "
+                                    "place it"))
+        else:
+            out.append(f"{owner.source}:{key}")
+    return out
+
+
+def _parent(con: duckdb.DuckDBPyConnection, rows: dict[str, pd.DataFrame], via: tuple[str, str], key: Any) -> Any:
+    """The `via` column of the parent row keyed `key`: from the batch (a new invoice before its payment), else the
+    warehouse."""
+    table = contract.table(via[0])
+    batch = rows.get(table.id)
+    if batch is not None and (hit := batch[batch[table.key] == key]).size:
+        return hit[via[1]].iloc[-1]
+    if not warehouse.has_table(con, table.sql_name):
+        return None
+    found = con.execute(f'SELECT "{via[1]}" FROM {table.sql_name} WHERE "{table.key}" = ?', [key]).fetchone()
+    return found[0] if found else None
+
+
+# ---------------------------------------------------------------- identity.db
+
+
+class Ledger:
+    """identity.db: the live crosswalk, the provisional customers and the id numbering."""
+
+    def __init__(self, s: Settings) -> None:
+        self.path = event_log.folder(s) / "identity.db"
+
+    def connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # owner-only from its first byte
+        os.close(fd)
+        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        con.execute("PRAGMA journal_mode = WAL")
+        con.execute("PRAGMA secure_delete = ON")  # an erased person's bytes are overwritten, not just unlinked
+        con.executescript(DDL)
+        return con
+
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """identity.db to this caller alone until the block ends (committed), across processes."""
+        con = self.connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.close()
+
+    def reading(self) -> sqlite3.Connection:
+        return self.connect()
+
+    @contextmanager
+    def numbering(self, con: duckdb.DuckDBPyConnection) -> Iterator[Numbering]:
+        """For `c360 resolve`: the live crosswalk and the numbers taken, identity.db held until the block ends, and
+        the numbering moved past every id resolve handed out."""
+        with self.writing() as db:
+            live = pd.read_sql("SELECT record_id, customer_id FROM crosswalk", db)
+            provisional = [r[0] for r in db.execute("SELECT customer_id FROM customers")]
+            numbering = Numbering(live, _next_free(db, con, provisional))
+            yield numbering
+            _reserve(db, max(numbering.handed_out, numbering.first_free - 1))
+
+    def settle(self, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+        """Drop what the warehouse now holds: crosswalk rows of records it resolved, provisional customers it has
+        (kept or merged). Live rows of a merged customer move to the customer it was merged into."""
+        if not warehouse.has_table(con, "identity_crosswalk") or not self.path.exists():
+            return {"records": 0, "customers": 0}
+        merges = _merges(con)
+        with self.writing() as db:
+            ids = [r[0] for r in db.execute("SELECT record_id FROM crosswalk")]
+            held = _present(con, "SELECT record_id FROM identity_crosswalk WHERE record_id", ids)
+            db.executemany("DELETE FROM crosswalk WHERE record_id = ?", [[r] for r in held])
+            for old, new in merges.items():
+                db.execute("UPDATE crosswalk SET customer_id = ? WHERE customer_id = ?", [new, old])
+            provisional = [r[0] for r in db.execute("SELECT customer_id FROM customers")]
+            known = _present(con, "SELECT customer_id FROM identity_customers WHERE customer_id", provisional)
+            gone = known | (set(provisional) & set(merges))
+            db.executemany("DELETE FROM customers WHERE customer_id = ?", [[c] for c in gone])
+        return {"records": len(held), "customers": len(gone)}
+
+
+def _present(con: duckdb.DuckDBPyConnection, select_where: str, values: list[str]) -> set[str]:
+    """The `values` a warehouse query `SELECT x FROM t WHERE x` finds."""
+    if not values:
+        return set()
+    return {r[0] for r in con.execute(f"{select_where} IN (SELECT unnest(?))", [values]).fetchall()}
+
+
+@dataclass
+class Numbering:
+    """What resolve must keep (`previous`: the live crosswalk) and the first number it may hand out."""
+
+    previous: pd.DataFrame
+    first_free: int
+    handed_out: int = 0  # the highest number resolve used; set by resolve
+
+
+def _number(customer_id: str) -> int | None:
+    found = re.fullmatch(r"C(\d+)", customer_id)
+    return int(found.group(1)) if found else None
+
+
+def _next_free(db: sqlite3.Connection, con: duckdb.DuckDBPyConnection, provisional: list[str]) -> int:
+    """The lowest number no customer id of the warehouse (merged ones included), of identity.db or of the
+    numbering has."""
+    taken = [n for c in provisional if (n := _number(c)) is not None]
+    if warehouse.has_table(con, "identity_customers"):
+        merged = "UNION ALL SELECT customer_id FROM identity_merges" if warehouse.has_table(con, "identity_merges") \
+            else ""
+        row = con.execute(f"""SELECT max(try_cast(regexp_extract(customer_id, '^C(\\d+)$', 1) AS BIGINT)) FROM
+            (SELECT customer_id FROM identity_customers {merged})""").fetchone()
+        taken.append(int(row[0]) if row and row[0] is not None else 0)
+    stored = db.execute("SELECT next FROM numbering").fetchone()
+    return max([*(n + 1 for n in taken), stored[0] if stored else 1])
+
+
+def _reserve(db: sqlite3.Connection, number: int) -> None:
+    db.execute("DELETE FROM numbering")
+    db.execute("INSERT INTO numbering VALUES (?)", [number + 1])
+
+
+def _merges(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """merged id -> the id it lives on as now (chains followed)."""
+    if not warehouse.has_table(con, "identity_merges"):
+        return {}
+    direct = dict(con.execute("SELECT customer_id, merged_into FROM identity_merges ORDER BY merged_at").fetchall())
+    out = {}
+    for old in direct:
+        new, seen = direct[old], {old}
+        while new in direct and new not in seen:
+            seen.add(new)
+            new = direct[new]
+        out[old] = new
+    return out
+
+
+# ---------------------------------------------------------------- the known people, per process
+
+
+@dataclass
+class _Known:
+    """The warehouse's resolved people as splink sees them, and the linker over them."""
+
+    stamp: tuple[Any, ...]
+    prepared: pd.DataFrame
+    linker: Linker
+    emails: dict[str, str]  # normalised e-mail -> its first record (resolve's same-e-mail rule)
+    lock: threading.Lock
+
+
+_known: dict[Path, _Known] = {}
+_load_lock = threading.Lock()
+
+
+def _stamp(con: duckdb.DuckDBPyConnection) -> tuple[Any, ...]:
+    return tuple(con.execute("SELECT max(resolved_at), count(*) FROM identity_crosswalk").fetchone() or ())
+
+
+def _load(s: Settings, con: duckdb.DuckDBPyConnection) -> _Known:
+    """The cached known people of this warehouse, built again (and identity.db settled) after a new resolve."""
+    stamp = _stamp(con)
+    with _load_lock:
+        known = _known.get(s.warehouse)
+        if known is None or known.stamp != stamp:
+            Ledger(s).settle(con)
+            prepared = con.execute("SELECT * FROM identity_records ORDER BY source, record_id").df()
+            linker = linkage.load_linker(prepared, s.identity_model)
+            for column in linker._settings_obj._term_frequency_columns:  # predict_between reads registered TF tables
+                linker.table_management.compute_tf_table(column.name)
+            first = prepared.dropna(subset=["email"]).drop_duplicates("email")
+            known = _known[s.warehouse] = _Known(stamp, prepared, linker, dict(zip(first["email"], first["record_id"],
+                                                                                   strict=True)), threading.Lock())
+        return known
+
+
+# ---------------------------------------------------------------- placing events
+
+
+def place(s: Settings, con: duckdb.DuckDBPyConnection, events: Sequence[dict[str, Any]]) -> list[str | None]:
+    """The customer id of each accepted event (None: a company-wide event, or one c360 cannot place yet — see
+    `placements` for why)."""
+    return [p.customer_id for p in placements(s, con, events)]
+
+
+def placements(s: Settings, con: duckdb.DuckDBPyConnection, events: Sequence[dict[str, Any]]) -> list[Placed]:
+    """Where each accepted event lands, and how; new person records are matched, or made provisional customers."""
+    if not events:
+        return []
+    if not warehouse.has_table(con, "identity_crosswalk"):
+        return [Placed(None, "no resolved identity yet: run `c360 resolve`")] * len(events)
+    rows = _rows(events)
+    records = _record_ids(con, events, rows)
+    ledger = Ledger(s)
+    named = _named(s, con, ledger, [e.get("customer_id") for e in events])
+    wanted = sorted({r for r in records if isinstance(r, str)})
+    mapped = _crosswalk(con, ledger, wanted)
+    new = [r for r in wanted if r not in mapped and r.split(":", 1)[0] in MATCHED]
+    if new:
+        mapped |= _match(s, con, ledger, _people(events, rows, records, new))
+    out = []
+    for event, record in zip(events, records, strict=True):
+        if event.get("customer_id") is not None:
+            out.append(named[event["customer_id"]])
+        elif isinstance(record, Placed):
+            out.append(record)
+        else:
+            out.append(mapped.get(record) or Placed(None, f"its {record.split(':', 1)[0]} record is not known yet: "
+                                                          "the next `c360 ingest` and `c360 resolve` place it"))
+    return out
+
+
+def _named(s: Settings, con: duckdb.DuckDBPyConnection, ledger: Ledger, ids: list[Any]) -> dict[str, Placed]:
+    """The events' own customer ids: known (warehouse or provisional), merged (→ the survivor), or unknown."""
+    asked = sorted({c for c in ids if isinstance(c, str)})
+    if not asked:
+        return {}
+    known = _present(con, "SELECT customer_id FROM identity_customers WHERE customer_id", asked)
+    db = ledger.reading()
+    try:
+        known |= {r[0] for r in db.execute(f"SELECT customer_id FROM customers WHERE customer_id IN "
+                                           f"({','.join('?' * len(asked))})", asked)}
+    finally:
+        db.close()
+    merges = _merges(con)
+    unknown = Placed(None, "unknown customer id: not resolved by `c360 resolve` nor placed live")
+    return {c: Placed(c, "customer_id") if c in known else
+            Placed(merges[c], "customer_id (merged)") if c in merges else unknown for c in asked}
+
+
+def _crosswalk(con: duckdb.DuckDBPyConnection, ledger: Ledger, record_ids: list[str]) -> dict[str, Placed]:
+    """The records the crosswalks know: the warehouse's first, then the live one."""
+    if not record_ids:
+        return {}
+    out = {r: Placed(c, "crosswalk") for r, c in con.execute(
+        "SELECT record_id, customer_id FROM identity_crosswalk WHERE record_id IN (SELECT unnest(?))",
+        [record_ids]).fetchall()}
+    rest = [r for r in record_ids if r not in out]
+    if rest:
+        db = ledger.reading()
+        try:
+            out |= {r: Placed(c, "live crosswalk") for r, c in db.execute(
+                f"SELECT record_id, customer_id FROM crosswalk WHERE record_id IN ({','.join('?' * len(rest))})",
+                rest)}
+        finally:
+            db.close()
+    return out
+
+
+def _people(events: Sequence[dict[str, Any]], rows: dict[str, pd.DataFrame], records: list[str | Placed],
+            new: list[str]) -> pd.DataFrame:
+    """The new person records in resolve's standard columns (`identity.RECORD_SQLS` over the events' rows), the
+    batch's last row of each record."""
+    local = connections.local()
+    frames = []
+    for table_id in dict.fromkeys(r.split(":", 1)[0] for r in new):
+        table = contract.table(table_id)
+        positions = [i for i, r in enumerate(records) if isinstance(r, str) and r in new and r.startswith(table_id)]
+        batch = rows[table_id].loc[positions].drop_duplicates(table.key, keep="last")
+        name = f"{table.sql_name}_{uuid.uuid4().hex}"
+        local.register(name, pyarrow.Table.from_pandas(batch, preserve_index=False))
+        try:
+            sql = identity.RECORD_SQLS[table_id].replace(f"FROM {table.sql_name}", f'FROM "{name}"')
+            frames.append(local.execute(sql).df())
+        finally:
+            local.unregister(name)
+    people = pd.concat(frames, ignore_index=True)
+    people.insert(0, "record_id", people["source"] + ":" + people["source_key"].astype(str))
+    return people[list(PERSON_COLUMNS)]
+
+
+def _match(s: Settings, con: duckdb.DuckDBPyConnection, ledger: Ledger, people: pd.DataFrame) -> dict[str, Placed]:
+    """Decide the new records in one write transaction of identity.db: what another process placed meanwhile
+    stands; each other record goes to its best match (known, live, or an earlier record of this batch), else to a
+    new provisional customer."""
+    known = _load(s, con)
+    with ledger.writing() as db:
+        done = _live_rows(db, list(people["record_id"]))
+        people = people[~people["record_id"].isin(done)].reset_index(drop=True)
+        if people.empty:
+            return done
+        raw, prepared = identity.normalise(people)
+        live = _live_people(db)
+        live_prepared = identity.normalise(live)[1] if len(live) else pd.DataFrame(columns=["record_id", "email"])
+        with known.lock:
+            pairs = _scores(known, prepared, live_prepared)
+        owners = _owners(con, sorted({*pairs["record_id_l"], *_emails_wanted(known, prepared)})) | _live_owners(db)
+        emails = known.emails | dict(zip(live_prepared["email"].dropna(), live_prepared.loc[
+            live_prepared["email"].notna(), "record_id"], strict=True))
+        decided: dict[str, Placed] = {}
+        for i, record in prepared.iterrows():
+            placed = _best(record, pairs, owners, emails, s.match_threshold) or _provisional(db, con)
+            decided[record["record_id"]] = placed
+            owners[record["record_id"]] = placed.customer_id  # type: ignore[assignment]
+            if isinstance(record["email"], str):
+                emails.setdefault(record["email"], record["record_id"])
+            _store(db, raw.iloc[i], placed)
+        _golden(db, {p.customer_id for p in decided.values() if p.customer_id})
+    return done | decided
+
+
+def _emails_wanted(known: _Known, prepared: pd.DataFrame) -> set[str]:
+    """The known records the new records' e-mails point to."""
+    return {known.emails[e] for e in prepared["email"].dropna() if e in known.emails}
+
+
+def _live_rows(db: sqlite3.Connection, record_ids: list[str]) -> dict[str, Placed]:
+    marks = ",".join("?" * len(record_ids))
+    return {r: Placed(c, "live crosswalk") for r, c in db.execute(
+        f"SELECT record_id, customer_id FROM crosswalk WHERE record_id IN ({marks})", record_ids)}
+
+
+def _live_owners(db: sqlite3.Connection) -> dict[str, str]:
+    return dict(db.execute("SELECT record_id, customer_id FROM crosswalk WHERE record IS NOT NULL").fetchall())
+
+
+def _live_people(db: sqlite3.Connection) -> pd.DataFrame:
+    """The person records placed live (their rows as stored)."""
+    rows = [json.loads(r[0]) for r in db.execute("SELECT record FROM crosswalk WHERE record IS NOT NULL")]
+    return pd.DataFrame(rows, columns=list(PERSON_COLUMNS))
+
+
+def _scores(known: _Known, new: pd.DataFrame, live: pd.DataFrame) -> pd.DataFrame:
+    """splink's pairs over 0.01: record_id_l a known, live or new record, record_id_r a new one."""
+    linker = known.linker
+    db_api = linker._db_api
+    columns = [c for c in known.prepared.columns if c in new.columns]
+    registered: list[Any] = []
+
+    def register(frame: pd.DataFrame, source: str) -> Any:
+        table = db_api.register(frame.reindex(columns=columns), table_name=f"c360_live_{uuid.uuid4().hex}",
+                                dataset_display_name=source)
+        registered.append(table)
+        return table
+
+    try:
+        right = [register(f, str(src)) for src, f in new.groupby("source")]
+        live_tables = [register(f, str(src)) for src, f in live.groupby("source")] if len(live) else []
+        left = [*linker._input_tables_dict.values(), *live_tables, *right]
+        scored = linker.inference.predict_between(left, right, threshold_match_probability=0.01,
+                                                  warning_mode="never")
+        try:
+            pairs = scored.as_duckdbpyrelation().select("record_id_l", "record_id_r", "match_probability").df()
+        finally:
+            scored.drop_table_from_database_and_remove_from_cache()
+    finally:
+        for table in registered:
+            table.drop_table_from_database_and_remove_from_cache(force_non_splink_table=True)
+    return pairs[pairs["record_id_l"] != pairs["record_id_r"]]
+
+
+def _owners(con: duckdb.DuckDBPyConnection, record_ids: list[str]) -> dict[str, str]:
+    """record -> customer in the warehouse's crosswalk."""
+    if not record_ids:
+        return {}
+    return dict(con.execute("SELECT record_id, customer_id FROM identity_crosswalk WHERE record_id IN "
+                            "(SELECT unnest(?))", [record_ids]).fetchall())
+
+
+def _best(record: pd.Series, pairs: pd.DataFrame, owners: dict[str, str], emails: dict[str, str],
+          threshold: float) -> Placed | None:
+    """The customer of the record's strongest link at or over the threshold: the same e-mail (resolve's rule,
+    probability 1), else splink's most probable match whose customer is known."""
+    same = emails.get(record["email"]) if isinstance(record["email"], str) else None
+    if same is not None and same in owners:
+        return Placed(owners[same], "rule: same e-mail", 1.0)
+    mine = pairs[(pairs["record_id_r"] == record["record_id"]) & (pairs["match_probability"] >= threshold)]
+    mine = mine.sort_values(["match_probability", "record_id_l"], ascending=[False, True])
+    for left, probability in zip(mine["record_id_l"], mine["match_probability"], strict=True):
+        if left in owners:
+            return Placed(owners[left], "model", float(probability))
+    return None
+
+
+def _provisional(db: sqlite3.Connection, con: duckdb.DuckDBPyConnection) -> Placed:
+    """A new customer id, reserved: `c360 resolve` numbers after it."""
+    provisional = [r[0] for r in db.execute("SELECT customer_id FROM customers")]
+    number = _next_free(db, con, provisional)
+    _reserve(db, number)
+    db.execute("INSERT INTO customers (customer_id, records, unlinked, created_at) VALUES (?, 0, 1, ?)",
+               [f"C{number:08d}", _now()])
+    return Placed(f"C{number:08d}", "unlinked")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _store(db: sqlite3.Connection, person: pd.Series, placed: Placed) -> None:
+    record = {c: _plain(person[c]) for c in PERSON_COLUMNS}
+    db.execute("INSERT INTO crosswalk VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               [person["record_id"], placed.customer_id, placed.how, placed.probability, _now(),
+                _plain(person["email_norm"]), _plain(person["phone_norm"]), json.dumps(record)])
+
+
+def _plain(value: Any) -> Any:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.isoformat() if isinstance(value, pd.Timestamp | datetime) else value
+
+
+def _golden(db: sqlite3.Connection, customers: set[str]) -> None:
+    """The golden fields of the provisional ones of `customers`, from their records (`identity.golden_records`)."""
+    marks = ",".join("?" * len(customers))
+    provisional = [r[0] for r in db.execute(f"SELECT customer_id FROM customers WHERE customer_id IN ({marks})",
+                                            sorted(customers))]
+    if not provisional:
+        return
+    marks = ",".join("?" * len(provisional))
+    stored = db.execute(f"SELECT customer_id, method, record FROM crosswalk WHERE customer_id IN ({marks}) "
+                        "AND record IS NOT NULL", provisional).fetchall()
+    people = pd.DataFrame([json.loads(r[2]) for r in stored], columns=list(PERSON_COLUMNS))
+    people["seen_at"] = pd.to_datetime(people["seen_at"])
+    crosswalk = pd.DataFrame({"record_id": people["record_id"], "customer_id": [r[0] for r in stored],
+                              "method": [r[1] for r in stored]})
+    with warnings.catch_warnings():  # pandas warns about concatenating the empty accounts frame
+        warnings.simplefilter("ignore", FutureWarning)
+        golden = identity.golden_records(identity.normalise(people)[0], _NO_ACCOUNTS, crosswalk)
+    for row in golden.to_dict("records"):
+        db.execute("""UPDATE customers SET display_name = ?, company = ?, segment = ?, region = ?, emails = ?,
+            phones = ?, sources = ?, records = ?, first_seen = ?, unlinked = ? WHERE customer_id = ?""",
+                   [_plain(row["display_name"]), _plain(row["company"]), _plain(row["segment"]),
+                    _plain(row["region"]), json.dumps(row["emails"]), json.dumps(row["phones"]),
+                    json.dumps(row["sources"]), int(row["records"]), _plain(row["first_seen"]),
+                    int(bool(row["unlinked"])), row["customer_id"]])
+
+
+_NO_ACCOUNTS = pd.DataFrame(columns=["record_id", "source", "account_name", "segment", "region", "anchor",
+                                     "billing_anchor", "seen_at"])
+
+
+# ---------------------------------------------------------------- what the live feature update adds
+
+
+def pending(s: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(live crosswalk rows, provisional customers) in the columns and types of the warehouse's
+    `identity_crosswalk` and `identity_customers`, for the batch SQL to see beside them."""
+    ledger = Ledger(s)
+    if not ledger.path.exists():
+        return _crosswalk_frame([]), _customers_frame([])
+    db = ledger.reading()
+    try:
+        crosswalk = db.execute("SELECT record_id, customer_id, method, probability, at FROM crosswalk").fetchall()
+        customers = db.execute(f"SELECT {', '.join(CUSTOMER_COLUMNS)} FROM customers").fetchall()
+    finally:
+        db.close()
+    return _crosswalk_frame(crosswalk), _customers_frame(customers)
+
+
+def _crosswalk_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["record_id", "customer_id", "method", "match_probability", "resolved_at"])
+    split = frame["record_id"].astype(str).str.split(":", n=1)
+    frame["source"], frame["source_key"] = split.str[0], split.str[1]
+    frame["match_probability"] = frame["match_probability"].astype("float64")
+    frame["resolved_at"] = pd.to_datetime(frame["resolved_at"], format="ISO8601").dt.tz_localize(None)
+    return frame[list(CROSSWALK_COLUMNS)]
+
+
+def _customers_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(CUSTOMER_COLUMNS))
+    for column in ("emails", "phones", "sources"):
+        frame[column] = [json.loads(v) if v else [] for v in frame[column]]
+    frame["records"] = frame["records"].astype("int64")
+    frame["first_seen"] = pd.to_datetime(frame["first_seen"], format="ISO8601")
+    frame["unlinked"] = frame["unlinked"].astype(bool)
+    return frame
+
+
+# ---------------------------------------------------------------- identity.db as a personal-data store
+
+
+class LiveIdentity:
+    """identity.db (`c360.core.personal.STORES`): the person records placed live and the provisional customers'
+    golden records hold e-mails, names and phones."""
+
+    @staticmethod
+    def export(work: Work, person: Person) -> dict[str, list[dict[str, Any]]]:
+        ledger = Ledger(work.s)
+        if not ledger.path.exists():
+            return {}
+        db = ledger.reading()
+        try:
+            db.row_factory = sqlite3.Row
+            records = [dict(r) for r in db.execute(f"SELECT * FROM crosswalk WHERE {_THEIRS}", _theirs(person))]
+            customers = sorted({r["customer_id"] for r in records} | set(person.customers))
+            marks = ",".join("?" * len(customers))
+            golden = [dict(r) for r in db.execute(f"SELECT * FROM customers WHERE customer_id IN ({marks})",
+                                                  customers)]
+        finally:
+            db.close()
+        return {"crosswalk": records, "provisional_customers": golden}
+
+    @staticmethod
+    def erase(work: Work, person: Person) -> Erased:
+        ledger = Ledger(work.s)
+        if not ledger.path.exists():
+            return Erased()
+        with ledger.writing() as db:
+            touched = {r[0] for r in db.execute(f"SELECT customer_id FROM crosswalk WHERE {_THEIRS}",
+                                                _theirs(person))}
+        whole = sorted(set(person.whole))
+        marks = ",".join("?" * len(whole))
+        rows = sqlite_delete(ledger.path, [(f"DELETE FROM crosswalk WHERE {_THEIRS}", _theirs(person)),
+                                           (f"DELETE FROM crosswalk WHERE customer_id IN ({marks})", whole),
+                                           (f"DELETE FROM customers WHERE customer_id IN ({marks})", whole)])
+        with ledger.writing() as db:
+            empty = [r[0] for r in db.execute("SELECT customer_id FROM customers WHERE customer_id NOT IN "
+                                              "(SELECT customer_id FROM crosswalk)")]
+            db.executemany("DELETE FROM customers WHERE customer_id = ?", [[c] for c in empty])
+            _golden(db, touched - set(empty))
+        rows += len(empty)
+        return Erased(rows=rows, files=[str(ledger.path.relative_to(work.s.home))] if rows else [])
+
+
+# A live record is the person's by its id (a source key erasure found), its normalised e-mail, or its phone
+_THEIRS = ("(record_id IN (SELECT value FROM json_each(?)) OR email IN (SELECT value FROM json_each(?)) "
+           "OR phone IN (SELECT value FROM json_each(?)))")
+
+
+def _theirs(person: Person) -> list[str]:
+    return [json.dumps(person.record_ids), json.dumps(list(person.emails)), json.dumps(list(person.phones))]
+
+
+# ---------------------------------------------------------------- merged ids, for the service
+
+
+_merged: dict[Path, tuple[tuple[int, int, int], dict[str, str]]] = {}
+
+
+def merged_into(s: Settings, customer_id: str) -> str | None:
+    """The id a merged customer lives on as (`identity_merges`, chains followed), or None; the merges are read
+    again only when the warehouse file changed."""
+    try:
+        st = s.warehouse.stat()
+    except FileNotFoundError:
+        return None
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _merged.get(s.warehouse)
+    if cached is None or cached[0] != stamp:
+        with warehouse.connect(s, read_only=True) as con:
+            cached = _merged[s.warehouse] = (stamp, _merges(con))
+    return cached[1].get(customer_id)
