@@ -1,7 +1,7 @@
 """Live events: intake and event → profile latency over HTTP, and the online write alone against Feast's `push`.
 
-Both on a copy of a scored home (default: $C360_HOME, as `make demo` builds it; `--build N` makes one of N
-customers with `c360 demo` first), so the bench's events never reach the demo's own event log.
+Both on a scored home of the bench's own: a copy of $C360_HOME (or `--home`) as `make demo` builds it, so the
+bench's events never reach the demo's event log, or one of N customers built with `c360 demo` (`--build N`).
 
 1. **Intake and live update over HTTP.** A real `bentoml serve` of c360 (`--workers` processes) on the copy, a
    `service` key. The events are the generated world's next weeks (`features.advance`, `--weeks`): logins, feature
@@ -63,16 +63,16 @@ CALLS = {1: 300, 8: 200, 64: 100}  # write calls per batch size (`--quick`: a te
 
 
 def bench_home(args: argparse.Namespace, work: Path) -> Path:
-    """A scored home to measure on: built with `c360 demo` (`--build`) or `--home`, copied into `work`."""
-    source = args.home.resolve()
+    """A scored home in `work` to measure on: built there with `c360 demo` (`--build`), or a copy of `--home`."""
+    home = work / "home"
     if args.build:
-        source = work / "built"
         subprocess.run([str(Path(sys.executable).with_name("c360")), "demo", "--customers", str(args.build),
-                        "--no-serve", "--json"], env={**os.environ, "C360_HOME": str(source)}, check=True,
+                        "--no-serve", "--json"], env={**os.environ, "C360_HOME": str(home)}, check=True,
                        stdout=subprocess.DEVNULL)
+        return home
+    source = args.home.resolve()
     if not (source / "scores").is_dir():
         raise SystemExit(f"{source} is not a scored home: run `make demo` first, or pass --build N")
-    home = work / "home"
     shutil.copytree(source, home, symlinks=True)
     return home
 
@@ -358,11 +358,8 @@ def online_writes(home: Path, work: Path, scale: float) -> dict[int, dict[str, f
     from c360.features.online_store import STORE_TYPE, C360OnlineStore
 
     sources, views = push_views()
-    stores = {"feast": feast_repo(work / "feast_sqlite", {"type": "sqlite", "path": str(work / "feast.db")},
-                                  [*sources, *views]),
-              "ours_push": feast_repo(work / "feast_ours", {"type": STORE_TYPE, "path": str(work / "ours_push.db")},
-                                      [*sources, *views])}
-    ours_config = repo_config(work / "ours", {"type": STORE_TYPE, "path": str(work / "ours.db")})
+    stores = {name: feast_repo(work / name, {"type": kind, "path": str(work / f"{name}.db")}, [*sources, *views])
+              for name, kind in (("feast", "sqlite"), ("ours_push", STORE_TYPE), ("ours", STORE_TYPE))}
     online = C360OnlineStore()
     rows = sample_rows(home)
     out: dict[int, dict[str, float]] = {}
@@ -375,10 +372,22 @@ def online_writes(home: Path, work: Path, scale: float) -> dict[int, dict[str, f
 
         out[size] = {"feast": timed(push(stores["feast"]), frames),
                      "ours_push": timed(push(stores["ours_push"]), frames),
-                     "ours": timed(lambda b: LIVE_WRITE(online, ours_config, views, b), batches)}
+                     "ours": timed(lambda b: LIVE_WRITE(online, stores["ours"].config, views, b), batches)}
+        same_values(stores, views, batches[-1]["customer_features"]["customer_id"].to_pylist())
         print(f"{size} rows per call: Feast push → Feast SQLite {out[size]['feast']:.2f} ms, Feast push → ours "
               f"{out[size]['ours_push']:.2f} ms, ours {out[size]['ours']:.2f} ms", flush=True)
     return out
+
+
+def same_values(stores: dict[str, Any], views: Sequence[Any], customers: list[str]) -> None:
+    """Stop unless every store holds the same values of the last call's customers: the same rows were written."""
+    refs = [f"{v.name}:{f.name}" for v in views for f in v.features]
+    rows = [{"customer_id": c} for c in customers]
+    read = {name: store.get_online_features(features=refs, entity_rows=rows).to_dict()
+            for name, store in stores.items()}
+    differ = [name for name, values in read.items() if values != read["feast"]]
+    if differ:
+        raise SystemExit(f"{', '.join(differ)}: other values than Feast's push wrote for {len(customers)} customers")
 
 
 # ---------------------------------------------------------------- the report
@@ -399,8 +408,8 @@ def report(args: argparse.Namespace, customers: int, http: list[dict[str, Any]],
         for size, w in writes.items())
     per_row = all(w["ours"] <= w["feast"] for w in writes.values())
     return f"""
-{customers:,} customers ({"a home built with `c360 demo --customers " + str(args.build) + "`" if args.build
-else "the demo home"}, copied), the world's next {args.weeks} weeks as the event stream ({http[0]['stream']:,}
+{customers:,} customers ({f"a home built by `c360 demo --customers {args.build}`" if args.build
+else "a copy of the demo home"}), the world's next {args.weeks} weeks as the event stream ({http[0]['stream']:,}
 events: logins, feature use, invoices, payments, tickets, plan changes, ... by source key); a real `bentoml serve`
 with {args.workers} worker processes, a `service` key; {args.clients} keep-alive clients posting for
 {args.seconds:.0f} s per batch size, and one more client probing event → profile: a high-severity `ticket_opened`
