@@ -19,8 +19,9 @@ bench's events never reach the demo's event log, or one of N customers built wit
    the latest batch scores of real customers) into the same nine views (the eight profile sections and
    `predictions`), 1, 8 and 64 rows per call, each call's rows dated later than the last. Feast's views live in a
    bench-only repo under the work folder, over two `PushSource`s (c360's feature repo is not changed): `push` of
-   both sources per call, into Feast's SQLite store (the baseline) and into ours; our write is `LIVE_WRITE` (all
-   views in one transaction, as the live update must write them). ms per call is the median of the calls.
+   both sources per call, into Feast's SQLite store (the baseline) and into ours; our write is `live_write` (all
+   views in one transaction, as the live update must write them). ms per call is the median of the calls; then
+   all three stores must hold the same values of the last call's customers (read back through Feast).
 
 Run from the repo root: `python -m bench.events [--home DIR | --build N] [--quick]`.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -270,15 +272,21 @@ def seen_text(r: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- 2. the online write alone
 
 
-def our_write(online: Any, config: Any, views: Sequence[Any], tables: dict[str, pa.Table]) -> None:
-    """Our online store's write today: every view's rows in one transaction, as the live update must write them."""
-    with online.transaction(config):
-        for view in views:
-            online.write_arrow(config, view, tables[view.batch_source.name])
+@functools.cache
+def _our_store() -> Any:
+    from c360.features.online_store import C360OnlineStore
+
+    return C360OnlineStore()
 
 
-# The live update's own write, once c360.features.live / c360.serving.live expose it: point this at it.
-LIVE_WRITE: Callable[[Any, Any, Sequence[Any], dict[str, pa.Table]], None] = our_write
+def live_write(store: Any, tables: dict[str, pa.Table]) -> None:
+    """The live update's online write, measured as ours: rows of several views (view name → Arrow table) in one
+    transaction of our store, as the live update must write a customer's views (the same as the live-update
+    branch's `features.store.write_online(store, tables)`; once that is here, this body becomes that one line)."""
+    online = _our_store()
+    with online.transaction(store.config):
+        for name, table in tables.items():
+            online.write_arrow(store.config, store.get_feature_view(name), table)
 
 
 def push_views() -> tuple[list[Any], list[Any]]:
@@ -355,24 +363,24 @@ def timed(write: Callable[[dict[str, Any]], None], batches: list[dict[str, Any]]
 
 
 def online_writes(home: Path, work: Path, scale: float) -> dict[int, dict[str, float]]:
-    from c360.features.online_store import STORE_TYPE, C360OnlineStore
+    from c360.features.online_store import STORE_TYPE
 
     sources, views = push_views()
     stores = {name: feast_repo(work / name, {"type": kind, "path": str(work / f"{name}.db")}, [*sources, *views])
               for name, kind in (("feast", "sqlite"), ("ours_push", STORE_TYPE), ("ours", STORE_TYPE))}
-    online = C360OnlineStore()
     rows = sample_rows(home)
     out: dict[int, dict[str, float]] = {}
     for size in BATCHES:
         batches = calls(rows, size, max(10, int(CALLS[size] * scale)) + 5)
         frames = [{name: t.to_pandas() for name, t in b.items()} for b in batches]
+        by_view = [{v.name: b[v.batch_source.name] for v in views} for b in batches]
 
         def push(store: Any) -> Callable[[dict[str, Any]], None]:
             return lambda frame: [store.push(name, df) for name, df in frame.items()]
 
         out[size] = {"feast": timed(push(stores["feast"]), frames),
                      "ours_push": timed(push(stores["ours_push"]), frames),
-                     "ours": timed(lambda b: LIVE_WRITE(online, stores["ours"].config, views, b), batches)}
+                     "ours": timed(lambda b: live_write(stores["ours"], b), by_view)}
         same_values(stores, views, batches[-1]["customer_features"]["customer_id"].to_pylist())
         print(f"{size} rows per call: Feast push → Feast SQLite {out[size]['feast']:.2f} ms, Feast push → ours "
               f"{out[size]['ours_push']:.2f} ms, ours {out[size]['ours']:.2f} ms", flush=True)
@@ -430,7 +438,7 @@ The online write alone, the same rows into the same 9 views ({features} features
 Feast's views over two `PushSource`s in a bench-only repo; its `push` is two calls (one per source).
 
 | rows per call | baseline: Feast `push` → Feast SQLite | Feast `push` → our store \
-| ours: `LIVE_WRITE` (`write_arrow`, 9 views, one transaction) | ours / Feast, per row |
+| ours: `live_write` (`write_arrow`, 9 views, one transaction) | ours / Feast, per row |
 |---|---|---|---|---|
 {writes_rows}
 
