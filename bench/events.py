@@ -52,7 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench.common import record
-from bench.serve import exchange, free_port, get, post
+from bench.serve import exchange, free_port, get, post, speed
 
 BATCHES = (1, 8, 64)
 POLL = 0.01  # seconds between two reads of a probed profile
@@ -402,7 +402,7 @@ def same_values(stores: dict[str, Any], views: Sequence[Any], customers: list[st
 
 
 def report(args: argparse.Namespace, customers: int, http: list[dict[str, Any]],
-           writes: dict[int, dict[str, float]], features: int, load: tuple[float, float]) -> str:
+           writes: dict[int, dict[str, float]], features: int, machine: dict[str, tuple[float, float]]) -> str:
     rows = "\n".join(
         f"| {r['size']} | {r['events_per_s']:,.0f} | {r['p50']:.1f} / {r['p99']:.1f} ms | {seen_text(r)} "
         f"| {r['rejected']:,} |" for r in http)
@@ -423,8 +423,10 @@ with {args.workers} worker processes, a `service` key; {args.clients} keep-alive
 {args.seconds:.0f} s per batch size, and one more client probing event → profile: a high-severity `ticket_opened`
 for a customer (by `customer_id`) first in its batch, then the profile read every {POLL * 1000:.0f} ms until its
 open tickets or features' as-of change (timeout {args.timeout:.0f} s; "not live": {MISSES} probes, none changed).
-Every answer 200 and every event acknowledged; rejected events (the contract's checks) are counted. 1-minute load
-average {load[0]:.1f} at the start, {load[1]:.1f} at the end.
+Every answer 200 and every event acknowledged; rejected events (the contract's checks) are counted. The code
+measured: commit {commit()}. 1-minute load average {machine['load'][0]:.1f} at the start, {machine['load'][1]:.1f} at
+the end; a pure-Python loop of 20M additions took {machine['speed'][0]:.2f} s before and {machine['speed'][1]:.2f} s
+after (the machine is shared: compare the rows of one run, not runs).
 
 | events per request | events/s sustained | request p50 / p99 | event → profile p50 / p99 | events rejected |
 |---|---|---|---|---|
@@ -446,6 +448,11 @@ Goal: our write no slower per row than Feast's `push` at each batch size — {"m
 """
 
 
+def commit() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    return head.stdout.strip() or "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("C360_HOME", ".c360")))
@@ -460,7 +467,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seconds = min(args.seconds, 3.0)
-    load_before = os.getloadavg()[0]
+    load_before, speed_before = os.getloadavg()[0], speed()
     with tempfile.TemporaryDirectory(prefix="c360-bench-events-") as tmp:
         work = Path(tmp)
         home = bench_home(args, work)
@@ -473,7 +480,8 @@ def main() -> None:
         s = Settings(home=home)
         customers = len(store.read_snapshot(s, store.snapshot_dates(s)[-1]))
         features = sum(len(v.features) for v in push_views()[1])
-    body = report(args, customers, http, writes, features, (load_before, os.getloadavg()[0]))
+    machine = {"load": (load_before, os.getloadavg()[0]), "speed": (speed_before, speed())}
+    body = report(args, customers, http, writes, features, machine)
     print(body)
     if not args.quick:
         record("live events", body)
