@@ -13,8 +13,9 @@ bench's events never reach the demo's event log, or one of N customers built wit
    latency: it reads a customer's profile, posts a batch whose first event is a high-severity `ticket_opened` for
    that customer (`customer_id`, dated after every event of the stream), then reads the profile every
    `POLL` seconds until its open tickets or its features' as-of change; the latency runs from sending the POST to
-   the answer that shows the change. A probe that sees nothing within `--timeout` counts as unchanged; after
-   `MISSES` unchanged probes and none changed the batch size reports "not live".
+   the answer that shows the change (the POST's own time is reported beside it). A probe that sees nothing within
+   `--timeout` counts as unchanged; after `MISSES` unchanged probes and none changed the batch size reports "not
+   live".
 2. **The online write alone** against **Feast's own `push`**, the same rows (the latest snapshot's features and
    the latest batch scores of real customers) into the same nine views (the eight profile sections and
    `predictions`), 1, 8 and 64 rows per call, each call's rows dated later than the last. Feast's views live in a
@@ -120,6 +121,7 @@ class Phase:
         self.errors: list[str] = []
         self.acknowledged = self.rejected = 0
         self.probes: list[tuple[float | None, bool]] = []  # (seconds to the change or None, churn scored live)
+        self.answered: list[float] = []  # seconds from sending a probe's POST to its answer
 
     def take(self, n: int) -> list[dict[str, Any]]:
         """The next `n` events; past the stream's end the same events again with `~<round>` on their ids."""
@@ -171,6 +173,7 @@ class Phase:
                 before = _state(await self.profile(reader, writer, event["customer_id"]))
                 sent = time.perf_counter()
                 await self.send(reader, writer, [event, *self.take(self.size - 1)])
+                self.answered.append(time.perf_counter() - sent)
                 self.probes.append(await self.seen(reader, writer, event["customer_id"], before, sent, timeout))
                 await asyncio.sleep(PROBE_GAP)
         finally:
@@ -203,7 +206,8 @@ class Phase:
                 "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
                 "errors": self.errors, "rejected": self.rejected, "end": self.position,
                 "probes": len(self.probes), "changed": len(seen), "live_scores": sum(p[1] for p in seen),
-                "seen_p50": float(np.percentile(delays, 50)), "seen_p99": float(np.percentile(delays, 99))}
+                "seen_p50": float(np.percentile(delays, 50)), "seen_p99": float(np.percentile(delays, 99)),
+                "answered_p50": float(np.median(self.answered or [np.nan])) * 1000}
 
 
 def _phase(out: multiprocessing.Queue, phase: Phase, *args: Any) -> None:
@@ -265,7 +269,8 @@ def over_http(args: argparse.Namespace, home: Path, work: Path) -> list[dict[str
 def seen_text(r: dict[str, Any]) -> str:
     if not r["changed"]:
         return f"not live ({r['probes']} probes, none changed)"
-    return (f"{r['seen_p50']:,.0f} / {r['seen_p99']:,.0f} ms ({r['changed']} of {r['probes']} probes changed, "
+    return (f"{r['seen_p50']:,.0f} / {r['seen_p99']:,.0f} ms, the POST answered in {r['answered_p50']:,.0f} ms at "
+            f"p50 ({r['changed']} of {r['probes']} probes changed, "
             f"{r['live_scores']} with churn scored live)")
 
 
