@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
-.PHONY: install demo test lint bench bento clean help mlflow-ui screenshots
+.PHONY: install demo test lint bench bench-events-quick bento clean help mlflow-ui screenshots
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -48,8 +48,12 @@ bench: install  ## benchmarks at 1M customers (about an hour on 2 cores); figure
 	$(RUN) python -m bench.online_store
 	@test -d $${C360_HOME:-.c360}/scores || { echo "bench.serve and bench.score need a scored demo home: run make demo first"; exit 1; }
 	$(RUN) python -m bench.serve
+	$(RUN) python -m bench.events
 	$(RUN) python -m bench.score
 	$(RUN) python -m bench.models
+
+bench-events-quick: install  ## try the live-events benchmark: a 2,000-customer home of its own, 3 s per batch size, not recorded
+	$(RUN) python -m bench.events --build 2000 --quick
 
 clean:  ## remove run state (C360_HOME default) and caches
 	rm -rf .c360 .pytest_cache .mypy_cache .ruff_cache build dist

@@ -75,13 +75,18 @@ async def _client(port: int, requests: list[bytes], until: float, latencies: lis
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
     """Send one request, read its whole answer; its status code."""
+    return (await exchange(reader, writer, request))[0]
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[bytes, bytes]:
+    """Send one request, read its whole answer; its status code and body."""
     writer.write(request)
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                   if line.lower().startswith(b"content-length:"))
-    await reader.readexactly(length)
-    return head.split(b" ", 2)[1]
+    body = await reader.readexactly(length)
+    return head.split(b" ", 2)[1], body
 
 
 CONNECT_GAP = 0.03  # seconds between two clients' connects
@@ -130,9 +135,11 @@ def get(path: str, host: str, key: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
 
 
-def post(path: str, host: str, body: dict) -> bytes:
+def post(path: str, host: str, body: dict, key: str | None = None) -> bytes:
+    """A POST request's bytes with a JSON body, and the API key `key` as Bearer if given."""
     data = json.dumps(body).encode()
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}"
             f"Content-Length: {len(data)}\r\n\r\n").encode() + data
 
 
