@@ -27,7 +27,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -274,6 +274,11 @@ def accept(s: Settings, events: Sequence[Any]) -> dict[str, Any]:
     """Check a batch, log the new valid events durably, log the rejects; the answer to send back.
 
     `{"accepted", "duplicates", "suppressed", "rejected": [{"index", "event_id", "reason"}]}`."""
+    return receive(s, events)[0]
+
+
+def receive(s: Settings, events: Sequence[Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`accept`'s answer, and the events it logged now (the live update's input: neither duplicates nor rejects)."""
     if len(events) > MAX_BATCH:
         raise ValueError(f"at most {MAX_BATCH:,} events per batch, not {len(events):,}")
     failures, dropped = _check(events, _suppression(s))
@@ -284,13 +289,13 @@ def accept(s: Settings, events: Sequence[Any]) -> dict[str, Any]:
         if failures:
             _append(rejects_path(s), [_reject(events[i], i, f, received) for i, f in sorted(failures.items())])
     rejected = [{"index": i, "event_id": _event_id(events[i]), "reason": reason(f)} for i, f in failures.items()]
-    return {"accepted": new, "duplicates": len(valid) - new, "suppressed": len(dropped),
-            "rejected": sorted(rejected, key=lambda r: r["index"])}
+    return {"accepted": len(new), "duplicates": len(valid) - len(new), "suppressed": len(dropped),
+            "rejected": sorted(rejected, key=lambda r: r["index"])}, new
 
 
-def _log_new(path: Path, events: list[dict[str, Any]], received: str) -> int:
-    """Append the events whose id the log does not hold yet (the first of a batch's repeats); returns how many.
-    The caller holds the lock."""
+def _log_new(path: Path, events: list[dict[str, Any]], received: str) -> list[dict[str, Any]]:
+    """Append the events whose id the log does not hold yet (the first of a batch's repeats); returns them. The
+    caller holds the lock."""
     fd = _open(path)
     try:
         tail = _seen(fd, path)
@@ -305,7 +310,7 @@ def _log_new(path: Path, events: list[dict[str, Any]], received: str) -> int:
             tail.stamp, tail.offset = _stamp(st), st.st_size
     finally:
         os.close(fd)
-    return len(new)
+    return list(new.values())
 
 
 def _event_id(event: Any) -> str | None:
@@ -378,19 +383,24 @@ def read_log(path: Path) -> list[tuple[int, dict[str, Any]]]:
         return list(read.records)
 
 
-def unfolded(s: Settings, con: duckdb.DuckDBPyConnection) -> list[tuple[int, dict[str, Any]]]:
-    """The logged events not folded yet into the warehouse behind `con` (a reader's), in log order."""
-    done = _folded_ids(s, con)
-    return [(n, r) for n, r in read_log(log_path(s)) if r["event"]["event_id"] not in done]
+Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
 
-def _folded_ids(s: Settings, con: duckdb.DuckDBPyConnection) -> frozenset[str]:
-    """The ids in `events_folded`, read again only when the warehouse file changed."""
+def unfolded(s: Settings, connect: Connect) -> list[tuple[int, dict[str, Any]]]:
+    """The logged events not folded yet into the warehouse, in log order; `connect()` opens it for reading, only
+    when it changed since this process last read which events it folded."""
+    logged = read_log(log_path(s))
+    done = _folded_ids(s, connect) if logged else frozenset()
+    return [(n, r) for n, r in logged if r["event"]["event_id"] not in done]
+
+
+def _folded_ids(s: Settings, connect: Connect) -> frozenset[str]:
     stamp = _stamp(s.warehouse.stat())
     cached = _folded.get(s.warehouse)
     if cached is None or cached[0] != stamp:
-        ids = con.execute("SELECT id FROM events_folded WHERE log = 'events'").fetchall() \
-            if has_table(con, "events_folded") else []
+        with connect() as con:
+            ids = con.execute("SELECT id FROM events_folded WHERE log = 'events'").fetchall() \
+                if has_table(con, "events_folded") else []
         cached = _folded[s.warehouse] = (stamp, frozenset(r[0] for r in ids))
     return cached[1]
 

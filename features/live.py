@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,13 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from c360.core import connections, contract
 from c360.core.settings import Settings
-from c360.features import compute, event_log, live_identity
+from c360.features import compute, event_log, live_identity, store
 from c360.features.event_log import Folded
-from c360.features.ingest import q
+from c360.features.ingest import TEXT, q, to_datetime
 
 # How compute.SQL reaches a table's rows from a customer: through the crosswalk records of a source (record_id
 # '<source>:<value of the column>'), or through the rows reached of a parent table (the column is its key).
@@ -58,6 +60,7 @@ LIVE_GLOB = "live-*.parquet"
 
 _lock = threading.Lock()
 _pending: dict[Path, tuple[Any, dict[str, Folded]]] = {}
+_placed: dict[str, str | None] = {}  # event id → customer id, as placed by this process
 _known: dict[tuple[Path, str], tuple[Any, set[str], set[str]]] = {}  # (warehouse, table) → stamp, checked, held
 
 
@@ -140,7 +143,7 @@ def _table(mem: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, added: pd.
         mem.execute(f"DELETE FROM temp.main.{q(name)} WHERE {q(key)} IN (SELECT unnest(?))",
                     [gone[key].astype(str).tolist()])
     if added is not None and len(added):
-        mem.register("_c360_added", added.reset_index(drop=True))
+        mem.register("_c360_added", pa.Table.from_pandas(added, preserve_index=False))
         try:
             mem.execute(f"INSERT INTO temp.main.{q(name)} BY NAME SELECT * FROM _c360_added")
         finally:
@@ -153,7 +156,7 @@ def _table(mem: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, added: pd.
 def _pending_rows(s: Settings, con: duckdb.DuckDBPyConnection) -> dict[str, Folded]:
     """Per table, the rows the fold will write for the unfolded events (`event_log.folded`), parsed again only when
     the unfolded events or the warehouse changed."""
-    events = event_log.unfolded(s, con)
+    events = event_log.unfolded(s, lambda: nullcontext(con))
     signature = (_stamp(s.warehouse), tuple(r["event"]["event_id"] for _, r in events))
     with _lock:
         cached = _pending.get(s.warehouse)
@@ -191,6 +194,30 @@ def _stamp(path: Path) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
+# ---------------------------------------------------------------- a customer's live events
+
+
+def events_of(s: Settings, customer_id: str, connect: event_log.Connect, limit: int = 20) -> list[dict[str, Any]]:
+    """The customer's logged events not folded yet, newest first, at most `limit`: event_id, kind and at only (no
+    personal value). Each event is placed once per process (`live_identity.place`; `connect()` opens the warehouse
+    for it, and only then)."""
+    events = [r["event"] for _, r in event_log.unfolded(s, connect)]
+    unknown = [e for e in events if e["event_id"] not in _placed]
+    if unknown:
+        with connect() as con:
+            remember(unknown, live_identity.place(s, con, unknown))
+    mine = [e for e in events if _placed.get(e["event_id"]) == customer_id]
+    at = to_datetime(pd.Series([e["at"] for e in mine], dtype=TEXT))
+    return [{"event_id": mine[i]["event_id"], "kind": mine[i]["kind"], "at": mine[i]["at"]}
+            for i in at.sort_values(ascending=False, kind="stable").index[:limit]]
+
+
+def remember(events: Iterable[dict[str, Any]], customers: Iterable[str | None]) -> None:
+    """Where the live identity placed these events (`events_of` reads it)."""
+    with _lock:
+        _placed.update(zip((e["event_id"] for e in events), customers, strict=True))
+
+
 # ---------------------------------------------------------------- the offline store
 
 
@@ -202,6 +229,16 @@ def write_history(s: Settings, features: pd.DataFrame) -> Path | None:
     stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%f")
     path = s.snapshots / f"live-{stamp}-{os.getpid()}.parquet"
     tmp = path.with_name(f".{path.name}.tmp")  # a reader's glob never sees half a file
-    features.to_parquet(tmp, index=False)
+    pq.write_table(_like_snapshots(s, pa.Table.from_pandas(features, preserve_index=False)), tmp)
     tmp.replace(path)
     return path
+
+
+def _like_snapshots(s: Settings, table: pa.Table) -> pa.Table:
+    """`table` with the latest snapshot's column types (a few customers' all-missing column has no type of its
+    own), so the files read as one."""
+    dates = store.snapshot_dates(s)
+    if not dates:
+        return table
+    schema = pq.read_schema(s.snapshots / f"as_of={dates[-1]:%Y-%m-%d}.parquet").remove_metadata()
+    return table.select(schema.names).cast(schema)

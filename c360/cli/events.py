@@ -2,13 +2,17 @@
 
 The file holds one event per line (the format of `POST /events`, docs/CONTRACT.md "Live events"); it is sent in
 batches of `c360.features.event_log.MAX_BATCH`, each checked, appended to the event log and fsynced like a request.
-A line that is not JSON is rejected with that reason. `c360 ingest` then folds the log into the warehouse.
+A line that is not JSON is rejected with that reason. After each batch its customers are updated live as by the
+service (`c360.serving.live`: features, history, predictions), with the champions loaded once by the command.
+`c360 ingest` then folds the log into the warehouse.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +22,10 @@ import typer
 from c360.cli.ui import Json, audited, emit, fail, progress, record_run, table
 from c360.core.settings import Settings
 from c360.features import event_log
+from c360.serving import online
+from c360.serving.champions import Champions
+from c360.serving.live import live_update
+from c360.serving.online import Context
 
 events_app = typer.Typer(help="Live events: push a file of events into the event log (`c360 ingest` folds it into "
                               "the warehouse).", no_args_is_help=True)
@@ -55,18 +63,30 @@ def push(
     totals = {"accepted": 0, "duplicates": 0, "suppressed": 0}
     rejected: list[dict[str, Any]] = []
     batch = event_log.MAX_BATCH
-    with audited(s, "c360 events push", event_log.customers_named(events)), \
-            progress("pushing events", len(events)) as advance:
+    customers = event_log.customers_named(events)  # the audit record, written at the end, adds those updated live
+    updated, context = {"updated": 0}, _context(s)
+    with audited(s, "c360 events push", customers), progress("pushing events", len(events)) as advance:
         for first in range(0, len(events), batch):
-            answer = event_log.accept(s, events[first:first + batch])
+            answer, new = event_log.receive(s, events[first:first + batch])
             totals = {k: totals[k] + answer[k] for k in totals}
             rejected += [{"line": r.pop("index") + first + 1, **r} for r in answer["rejected"]]
+            done = live_update(s, context, new)
+            customers += [c for c in done.pop("customers", []) if c not in customers]
+            updated = {**done, "updated": updated["updated"] + done["updated"]}
             advance(len(events[first:first + batch]))
     record_run(s, "events push", started, events=len(events), rejected=len(rejected), **totals)
-    result = {"file": file, "events": len(events), **totals, "rejected": rejected, "log": event_log.log_path(s)}
+    result = {"file": file, "events": len(events), **totals, "rejected": rejected, "live": updated,
+              "log": event_log.log_path(s)}
     shown = pd.DataFrame(rejected[:SHOWN], columns=["line", "event_id", "reason"])
     more = f" (the first {SHOWN}; all of them with --json)" if len(rejected) > SHOWN else ""
     return emit(result, as_json, table(f"rejected events{more}", shown),
                 f"{len(events):,} events: {totals['accepted']:,} accepted, {totals['duplicates']:,} duplicates, "
                 f"{totals['suppressed']:,} of erased people dropped, {len(rejected):,} rejected → "
-                f"{event_log.log_path(s)} (`c360 ingest` folds it into the warehouse)")
+                f"{event_log.log_path(s)} (`c360 ingest` folds it into the warehouse); "
+                + (f"live update failed: {updated['error']}" if "error" in updated
+                   else f"{updated['updated']:,} customers updated live"))
+
+
+def _context(s: Settings) -> Callable[[], Context]:
+    """The feature store and champions the live update scores with, loaded once per command when first needed."""
+    return cache(lambda: Context(s, online.feature_store(s), Champions.load(s.home, online.latest_snapshot(s))))
