@@ -59,7 +59,7 @@ BY_PARENT = {"billing/plan_changes": "billing/subscriptions", "billing/payments"
 LIVE_GLOB = "live-*.parquet"
 
 _lock = threading.Lock()
-_pending: dict[Path, tuple[Any, dict[str, Folded]]] = {}
+_pending: dict[tuple[Path, str], tuple[Any, tuple[str, ...], Folded]] = {}  # (warehouse, table) → stamp, ids, rows
 _placed: dict[str, str | None] = {}  # event id → customer id, as placed by this process
 _known: dict[tuple[Path, str], tuple[Any, set[str], set[str]]] = {}  # (warehouse, table) → stamp, checked, held
 
@@ -154,23 +154,35 @@ def _table(mem: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, added: pd.
 
 
 def _pending_rows(s: Settings, con: duckdb.DuckDBPyConnection) -> dict[str, Folded]:
-    """Per table, the rows the fold will write for the unfolded events (`event_log.folded`), parsed again only when
-    the unfolded events or the warehouse changed."""
-    events = event_log.unfolded(s, lambda: nullcontext(con))
-    signature = (_stamp(s.warehouse), tuple(r["event"]["event_id"] for _, r in events))
-    with _lock:
-        cached = _pending.get(s.warehouse)
-        if cached is not None and cached[0] == signature:
-            return cached[1]
+    """Per table, the rows the fold will write for the unfolded events (`event_log.folded`)."""
     by_table: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-    for line, record in events:
+    for line, record in event_log.unfolded(s, lambda: nullcontext(con)):
         by_table.setdefault(contract.EVENTS_BY_KIND[record["event"]["kind"]].table, []).append((line, record))
-    tables = {table_id: contract.table(table_id) for table_id in by_table}
-    rows = {table_id: event_log.folded(tables[table_id], found, partial(_held, s, con, tables[table_id]))
-            for table_id, found in by_table.items()}
+    return {table_id: _table_rows(s, con, contract.table(table_id), found) for table_id, found in by_table.items()}
+
+
+def _table_rows(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Table,
+                events: list[tuple[int, dict[str, Any]]]) -> Folded:
+    """`event_log.folded` of a table's unfolded events, parsing only those logged since the last call when the
+    warehouse is the same: the fold reads the new events after the old ones, an old row's key counting as held."""
+    stamp, ids = _stamp(s.warehouse), tuple(r["event"]["event_id"] for _, r in events)
     with _lock:
-        _pending[s.warehouse] = (signature, rows)
-    return rows
+        cached = _pending.get((s.warehouse, table.id))
+    if cached is not None and cached[0] == stamp and ids[:len(cached[1])] == cached[1]:
+        old = cached[2]
+        if len(ids) == len(cached[1]):
+            return old
+        before = set(old.rows[table.key])
+        more = event_log.folded(table, events[len(cached[1]):],
+                                lambda keys: _held(s, con, table, keys) | (before & set(keys)))
+        kept = old.rows[~old.rows[table.key].isin(more.rows[table.key])]
+        result = Folded(pd.concat([kept, more.rows]), old.problems | more.problems,
+                        old.superseded + more.superseded + len(old.rows) - len(kept), old.existing | more.existing)
+    else:
+        result = event_log.folded(table, events, partial(_held, s, con, table))
+    with _lock:
+        _pending[(s.warehouse, table.id)] = (stamp, ids, result)
+    return result
 
 
 def _held(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Table, keys: list[str]) -> set[str]:

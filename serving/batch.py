@@ -146,7 +146,7 @@ def read_customers(path: Path) -> list[str]:
 
 def push(s: Settings, fs: Any, table: pa.Table) -> None:
     """Upsert wide score rows into the `predictions` view of the online store."""
-    store.write_online(fs, {PREDICTIONS: table})
+    store.write_online(fs, [(fs.get_feature_view(PREDICTIONS), table)])
 
 
 def _predictions_view(s: Settings) -> Any:

@@ -91,7 +91,9 @@ def write(ctx: Context, features: pd.DataFrame, previous: list[OnlineRow | None]
     carried = pd.DataFrame([{n: (row.predictions or {}).get(n) if row else None for n in SIGNAL_FIELDS}
                             for row in previous], columns=SIGNAL_FIELDS)
     table = pa.Table.from_pandas(features, preserve_index=False)
-    tables = {view.name: table.select(["customer_id", "as_of", *(f.name for f in view.features)])
-              for view in feature_stores.snapshot_views(ctx.store)}
-    tables[PREDICTIONS] = batch.wide_table(features["customer_id"], scores, carried, as_of, scored_at, "live")
-    feature_stores.write_online(ctx.store, tables)
+    views = [view for view, _ in ctx.online().views]  # the registry's views, parsed once by the context
+    rows = [(view, table.select(["customer_id", "as_of", *(f.name for f in view.features)]))
+            for view in feature_stores.snapshot_views(views)]
+    rows += [(view, batch.wide_table(features["customer_id"], scores, carried, as_of, scored_at, "live"))
+             for view in views if view.name == PREDICTIONS]
+    feature_stores.write_online(ctx.store, rows)
