@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 
 from c360.core import warehouse
+from c360.core.personal import Person, Work
 from c360.core.settings import Settings
 from c360.features import compute, event_log, live, live_identity, store
+from c360.features.privacy_stores import Snapshots
 
 
 def _plain(value: Any) -> Any:
@@ -126,3 +128,14 @@ def test_live_rows_join_the_history_not_the_snapshot_dates(s: Settings) -> None:
     assert path is not None and path.name.startswith("live-")
     assert store.snapshot_dates(s) == [at - pd.Timedelta(days=7)]
     assert store.history(s, customer)["as_of"].tolist() == [at - pd.Timedelta(days=7), at]
+
+
+def test_erasure_covers_the_live_rows(s: Settings) -> None:
+    with warehouse.connect(s, read_only=True) as con:
+        at = warehouse.data_end(con)
+        customer = con.execute("SELECT min(customer_id) FROM identity_customers").fetchone()[0]  # type: ignore[index]
+        path = live.write_history(s, live.recompute(s, con, [customer], at))
+        person = Person("customer_id", (customer,), (customer,), {}, (), ())
+        assert path is not None and len(Snapshots.export(Work(s, con), person)) == 1
+        erased = Snapshots.erase(Work(s, con), person)
+    assert erased.rows == 1 and store.history(s, customer).empty
