@@ -390,11 +390,12 @@ def unfolded(s: Settings, connect: Connect) -> list[tuple[int, dict[str, Any]]]:
     """The logged events not folded yet into the warehouse, in log order; `connect()` opens it for reading, only
     when it changed since this process last read which events it folded."""
     logged = read_log(log_path(s))
-    done = _folded_ids(s, connect) if logged else frozenset()
+    done = folded_ids(s, connect) if logged else frozenset()
     return [(n, r) for n, r in logged if r["event"]["event_id"] not in done]
 
 
-def _folded_ids(s: Settings, connect: Connect) -> frozenset[str]:
+def folded_ids(s: Settings, connect: Connect) -> frozenset[str]:
+    """The ids of the events folded into the warehouse, read again (`connect()`) only when its file changed."""
     stamp = _stamp(s.warehouse.stat())
     cached = _folded.get(s.warehouse)
     if cached is None or cached[0] != stamp:

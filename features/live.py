@@ -61,6 +61,9 @@ LIVE_GLOB = "live-*.parquet"
 _lock = threading.Lock()
 _pending: dict[tuple[Path, str], tuple[Any, tuple[str, ...], Folded]] = {}  # (warehouse, table) → stamp, ids, rows
 _placed: dict[str, str | None] = {}  # event id → customer id, as placed by this process
+# log → records indexed, the first one's event id, the events by customer
+_indexes: dict[Path, tuple[int, str | None, dict[str, list[dict[str, Any]]]]] = {}
+_index_lock = threading.Lock()
 _known: dict[tuple[Path, str], tuple[Any, set[str], set[str]]] = {}  # (warehouse, table) → stamp, checked, held
 
 
@@ -211,17 +214,36 @@ def _stamp(path: Path) -> tuple[int, int, int]:
 
 def events_of(s: Settings, customer_id: str, connect: event_log.Connect, limit: int = 20) -> list[dict[str, Any]]:
     """The customer's logged events not folded yet, newest first, at most `limit`: event_id, kind and at only (no
-    personal value). Each event is placed once per process (`live_identity.place`; `connect()` opens the warehouse
-    for it, and only then)."""
-    events = [r["event"] for _, r in event_log.unfolded(s, connect)]
-    unknown = [e for e in events if e["event_id"] not in _placed]
-    if unknown:
-        with connect() as con:
-            remember(unknown, live_identity.place(s, con, unknown))
-    mine = [e for e in events if _placed.get(e["event_id"]) == customer_id]
+    personal value). The process indexes the log's events by customer as it grows, placing each once
+    (`live_identity.place`; `connect()` opens the warehouse for that, and only then): a profile reads its
+    customer's few events, not the whole log."""
+    theirs = _indexed(s, connect).get(customer_id, [])
+    done = event_log.folded_ids(s, connect) if theirs else frozenset()
+    mine = [e for e in theirs if e["event_id"] not in done]
     at = to_datetime(pd.Series([e["at"] for e in mine], dtype=TEXT))
     return [{"event_id": mine[i]["event_id"], "kind": mine[i]["kind"], "at": mine[i]["at"]}
             for i in at.sort_values(ascending=False, kind="stable").index[:limit]]
+
+
+def _indexed(s: Settings, connect: event_log.Connect) -> dict[str, list[dict[str, Any]]]:
+    """The log's events by customer, brought up to date with what was appended since (a log rewritten by an
+    erasure is indexed again)."""
+    records = event_log.read_log(event_log.log_path(s))
+    first = records[0][1]["event"]["event_id"] if records else None
+    with _index_lock:
+        scanned, known_first, index = _indexes.get(event_log.log_path(s), (0, first, {}))
+        if known_first != first or len(records) < scanned:
+            scanned, index = 0, {}
+        new = [r["event"] for _, r in records[scanned:]]
+        unknown = [e for e in new if e["event_id"] not in _placed]
+        if unknown:
+            with connect() as con:
+                remember(unknown, live_identity.place(s, con, unknown))
+        for e in new:
+            if customer := _placed.get(e["event_id"]):
+                index.setdefault(customer, []).append(e)
+        _indexes[event_log.log_path(s)] = (len(records), first, index)
+        return index
 
 
 def remember(events: Iterable[dict[str, Any]], customers: Iterable[str | None]) -> None:
