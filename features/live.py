@@ -12,6 +12,9 @@ replacing the row with its key), so the live features of a moment are what the b
 the tables once for all of them. The process keeps what it parsed of the unfolded events (`event_log.read_log`
 reads only the log's tail) and which of their keys the warehouse holds, until the log or the warehouse changes.
 
+`events_of(s, customer_id, connect)` is the profile's `past.live_events`: the customer's unfolded events, newest
+first, from a per-process index of the log by customer (`remember` records where the live update placed events).
+
 `write_history(s, features)` adds recomputed rows to the offline store: one Parquet file per applied batch beside
 the snapshots (`live-<UTC time>-<pid>.parquet`), which Feast's source (`snapshots/*.parquet`) and
 `store.history` read, and the batch's snapshot list (`as_of=*.parquet`) does not.
