@@ -17,6 +17,7 @@ from c360.feature_repo.entities import customer
 PREDICTIONS = "predictions"
 FIELDS = {
     "scored_at": (String, "when the scores were computed (ISO 8601, UTC)"),
+    "source": (String, "who scored: batch (`c360 score`) or live (the live update of `POST /events`)"),
     "churn_version": (Int64, "c360-churn model version that scored"),
     "churn_probability": (Float64, "probability of churning within 90 days"),
     "churn_band": (String, "churn risk band: low, medium or high"),

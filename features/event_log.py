@@ -26,8 +26,8 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +42,7 @@ from c360.core.at_rest import fsync_dir, write_private
 from c360.core.contract import EVENTS_BY_KIND, EventKind, Table
 from c360.core.personal import Erased, Person, Work
 from c360.core.settings import Settings
-from c360.core.warehouse import CUSTOMER_ID
+from c360.core.warehouse import CUSTOMER_ID, has_table
 from c360.features.ingest import TEXT, ensure_schema, parse, q, to_datetime
 from c360.features.privacy import Suppressed, identifiers, row_identifiers
 
@@ -274,6 +274,11 @@ def accept(s: Settings, events: Sequence[Any]) -> dict[str, Any]:
     """Check a batch, log the new valid events durably, log the rejects; the answer to send back.
 
     `{"accepted", "duplicates", "suppressed", "rejected": [{"index", "event_id", "reason"}]}`."""
+    return receive(s, events)[0]
+
+
+def receive(s: Settings, events: Sequence[Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`accept`'s answer, and the events it logged now (the live update's input: neither duplicates nor rejects)."""
     if len(events) > MAX_BATCH:
         raise ValueError(f"at most {MAX_BATCH:,} events per batch, not {len(events):,}")
     failures, dropped = _check(events, _suppression(s))
@@ -284,13 +289,13 @@ def accept(s: Settings, events: Sequence[Any]) -> dict[str, Any]:
         if failures:
             _append(rejects_path(s), [_reject(events[i], i, f, received) for i, f in sorted(failures.items())])
     rejected = [{"index": i, "event_id": _event_id(events[i]), "reason": reason(f)} for i, f in failures.items()]
-    return {"accepted": new, "duplicates": len(valid) - new, "suppressed": len(dropped),
-            "rejected": sorted(rejected, key=lambda r: r["index"])}
+    return {"accepted": len(new), "duplicates": len(valid) - len(new), "suppressed": len(dropped),
+            "rejected": sorted(rejected, key=lambda r: r["index"])}, new
 
 
-def _log_new(path: Path, events: list[dict[str, Any]], received: str) -> int:
-    """Append the events whose id the log does not hold yet (the first of a batch's repeats); returns how many.
-    The caller holds the lock."""
+def _log_new(path: Path, events: list[dict[str, Any]], received: str) -> list[dict[str, Any]]:
+    """Append the events whose id the log does not hold yet (the first of a batch's repeats); returns them. The
+    caller holds the lock."""
     fd = _open(path)
     try:
         tail = _seen(fd, path)
@@ -305,7 +310,7 @@ def _log_new(path: Path, events: list[dict[str, Any]], received: str) -> int:
             tail.stamp, tail.offset = _stamp(st), st.st_size
     finally:
         os.close(fd)
-    return len(new)
+    return list(new.values())
 
 
 def _event_id(event: Any) -> str | None:
@@ -340,18 +345,65 @@ class FoldReport:
     quarantined: int = 0
 
 
+@dataclass
+class _Read:
+    """What this process has parsed of a log: the file's (inode, size, mtime) then, bytes and lines read, records."""
+
+    stamp: tuple[int, int, int]
+    offset: int = 0
+    lines: int = 0
+    records: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
+_reads: dict[Path, _Read] = {}
+_folded: dict[Path, tuple[tuple[int, int, int], frozenset[str]]] = {}
+_read_lock = threading.Lock()
+
+
 def read_log(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) of a log's whole lines."""
-    if not path.is_file():
-        return []
-    lines, _ = _complete_lines(path.read_bytes())
-    out = []
-    for number, line in enumerate(lines, start=1):
+    """(line number, record) of a log's whole lines. Each process parses only what was appended since it last
+    read (a log rewritten by an erasure from its start): the live update reads the log on every request."""
+    with _read_lock:
         try:
-            out.append((number, json.loads(line)))
-        except ValueError:
-            continue
-    return out
+            st = path.stat()
+        except FileNotFoundError:
+            return []
+        read = _reads.get(path)
+        if read is None or read.stamp[0] != st.st_ino or st.st_size < read.offset:
+            read = _reads[path] = _Read((st.st_ino, 0, 0))
+        if read.stamp != _stamp(st):
+            with path.open("rb") as f:
+                f.seek(read.offset)
+                lines, used = _complete_lines(f.read(st.st_size - read.offset))
+            for line in lines:
+                read.lines += 1
+                read.records += [(read.lines, r) for r in _records([line])]
+            read.offset += used
+            read.stamp = _stamp(st)
+        return list(read.records)
+
+
+Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
+
+
+def unfolded(s: Settings, connect: Connect) -> list[tuple[int, dict[str, Any]]]:
+    """The logged events not folded yet into the warehouse, in log order; `connect()` opens it for reading, only
+    when it changed since this process last read which events it folded."""
+    logged = read_log(log_path(s))
+    done = folded_ids(s, connect) if logged else frozenset()
+    return [(n, r) for n, r in logged if r["event"]["event_id"] not in done]
+
+
+def folded_ids(s: Settings, connect: Connect) -> frozenset[str]:
+    """The ids of the events folded into the warehouse, read again (`connect()`) only when its file changed."""
+    stamp = _stamp(s.warehouse.stat())
+    cached = _folded.get(s.warehouse)
+    if cached is None or cached[0] != stamp:
+        with connect() as con:
+            ids = con.execute("SELECT id FROM events_folded WHERE log = 'events'").fetchall() \
+                if has_table(con, "events_folded") else []
+        cached = _folded[s.warehouse] = (stamp, frozenset(r[0] for r in ids))
+    return cached[1]
 
 
 def fold(s: Settings, con: duckdb.DuckDBPyConnection) -> list[FoldReport]:
@@ -405,38 +457,62 @@ def _fold_table(s: Settings, con: duckdb.DuckDBPyConnection, table_id: str, even
 
 def _fold_rows(con: duckdb.DuckDBPyConnection, table: Table, events: list[tuple[int, dict]], ingest_id: int,
                file: str, report: FoldReport) -> None:
-    """Add the events' rows to their table: an update kind's row replaces the row with its key (the last event of
-    a key wins); any other kind's row whose key the table or an earlier event has goes to quarantine."""
-    lines = [n for n, _ in events]
-    raw = _raw(table, [r["event"] for _, r in events], lines)
-    typed, failures = parse(raw, table)  # checked at intake: a failure here means the contract changed since
-    typed["_update"] = [_kind(r["event"]).update for _, r in events]
-    key = table.key
-    existing = {r[0] for r in con.execute(f"SELECT {q(key)} FROM {q(table.sql_name)} WHERE {q(key)} IN "
-                                          "(SELECT unnest(?))", [typed[key].dropna().tolist()]).fetchall()}
-    bad = {int(r) for r in failures["row"]}
-    problems = {int(r.row): [(r.column, r.value, r.reason, r.rule)] for r in failures.itertuples()}
-    keys_before: set[str] = set(existing)
-    for line, row in typed.iterrows():
-        if line in bad:
-            continue
-        if not row["_update"] and row[key] in keys_before:
-            problems[int(line)] = [(key, row[key], f"duplicate key '{row[key]}'", "duplicate")]
-        keys_before.add(row[key])
-    if problems:
+    """Add the events' rows to their table (`folded`), their problems to the quarantine."""
+    result = folded(table, events, lambda keys: existing_keys(con, table, keys))
+    if result.problems:
         by_line = dict(events)
         _quarantine(con, ingest_id, table.id, file,
-                    [(n, by_line[n]["event"], f) for n, f in sorted(problems.items())])
-    good = typed.drop(index=list(problems)).drop(columns="_update")
-    report.superseded = int(good[key].duplicated(keep="last").sum())
-    good = good[~good[key].duplicated(keep="last")]
-    report.replaced = len(existing & set(good[key]))
-    report.accepted, report.quarantined = len(good), len(problems)
+                    [(n, by_line[n]["event"], f) for n, f in sorted(result.problems.items())])
+    good, key = result.rows, table.key
+    report.superseded, report.replaced = result.superseded, len(result.existing & set(good[key]))
+    report.accepted, report.quarantined = len(good), len(result.problems)
     con.execute(f"DELETE FROM {q(table.sql_name)} WHERE {q(key)} IN (SELECT unnest(?))", [list(good[key])])
     frame = good.assign(_file=file, _row=good.index.astype("int64"), _ingest_id=ingest_id)
     target = con.table(q(table.sql_name))
     frame = frame.reindex(columns=target.columns)  # its columns' order (an old warehouse has added ones at its end)
     con.from_arrow(pyarrow.Table.from_pandas(frame, preserve_index=False)).insert_into(q(table.sql_name))
+
+
+def existing_keys(con: duckdb.DuckDBPyConnection, table: Table, keys: list[str]) -> set[str]:
+    """Which of `keys` the warehouse table behind `con` holds."""
+    return {r[0] for r in con.execute(f"SELECT {q(table.key)} FROM {q(table.sql_name)} WHERE {q(table.key)} IN "
+                                      "(SELECT unnest(?))", [keys]).fetchall()}
+
+
+@dataclass
+class Folded:
+    """What folding a table's events makes of them: the rows written (typed, indexed by log line), the problems
+    of the others by line (quarantined), how many a later event of the same row superseded, and the events' keys
+    that the table held already (their rows are replaced)."""
+
+    rows: pd.DataFrame
+    problems: dict[int, list[Failure]]
+    superseded: int
+    existing: set[str]
+
+
+def folded(table: Table, events: list[tuple[int, dict]], existing_of: Callable[[list[str]], set[str]]) -> Folded:
+    """The rows `fold` writes for `events` ((line, record), in log order) of `table`, `existing_of(keys)` saying
+    which of their keys the table holds already: an update kind's row replaces the row with its key (the last event
+    of a key wins); any other kind's row whose key the table or an earlier event has goes to quarantine. `fold` and
+    the live update (`c360.features.live`) both read events through this: a live feature is what the fold gives."""
+    raw = _raw(table, [r["event"] for _, r in events], [n for n, _ in events])
+    typed, failures = parse(raw, table)  # checked at intake: a failure here means the contract changed since
+    update = dict(zip(typed.index, (_kind(r["event"]).update for _, r in events), strict=True))
+    key = table.key
+    bad = {int(r) for r in failures["row"]}
+    problems = {int(r.row): [(r.column, r.value, r.reason, r.rule)] for r in failures.itertuples()}
+    existing = existing_of(typed[key].dropna().tolist())
+    keys_before = set(existing)
+    for line, value in typed[key].items():
+        if line in bad:
+            continue
+        if not update[line] and value in keys_before:
+            problems[int(line)] = [(key, value, f"duplicate key '{value}'", "duplicate")]
+        keys_before.add(value)
+    good = typed.drop(index=list(problems))
+    last = ~good[key].duplicated(keep="last")
+    return Folded(good[last], problems, int((~last).sum()), existing)
 
 
 def _quarantine(con: duckdb.DuckDBPyConnection, ingest_id: int, table_id: str, file: str,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -119,9 +119,7 @@ def materialize(s: Settings, as_of: pd.Timestamp | None = None) -> int:
     if not dates:
         raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
     as_of = as_of or dates[-1]
-    # The snapshot's views only: `predictions` is filled by `c360 score` (serving.batch).
-    views = [v for v in store.list_feature_views()
-             if v.batch_source is not None and v.batch_source.name == "customer_features"]
+    views = snapshot_views(store.list_feature_views())
     if s.online_store != "c360":
         store.materialize(start_date=datetime(1970, 1, 1), end_date=as_of.to_pydatetime(),
                           feature_views=[v.name for v in views])
@@ -133,6 +131,26 @@ def materialize(s: Settings, as_of: pd.Timestamp | None = None) -> int:
             columns = ["customer_id", "as_of", *(f.name for f in view.features)]
             online.write_arrow(store.config, view, table.select(columns))
     return table.num_rows
+
+
+def snapshot_views(views: Iterable[FeatureView]) -> list[FeatureView]:
+    """Those of `views` that hold the snapshots' features; `predictions` is filled by `c360 score`
+    (serving.batch)."""
+    return [v for v in views if v.batch_source is not None and v.batch_source.name == "customer_features"]
+
+
+def write_online(store: FeatureStore, rows: list[tuple[FeatureView, Any]]) -> None:
+    """Rows of several views (each an Arrow table: customer_id, the view's timestamp and features): in our store one
+    transaction, readers see all of them or none, and a row older than the stored one is ignored; in Feast's
+    stores `write_to_online_store` view by view."""
+    writer = bulk_writer(store.config)
+    if writer is None:
+        for view, table in rows:
+            store.write_to_online_store(view.name, table.to_pandas())
+        return
+    with writer.transaction(store.config):
+        for view, table in rows:
+            writer.write_arrow(store.config, view, table)
 
 
 def online_features(store: FeatureStore, customer_ids: list[str], service: str = "profile_v1") -> pd.DataFrame:

@@ -65,13 +65,15 @@ def score_chunk(champions: Champions, X: pd.DataFrame, k: int = predict.K) -> li
 
 
 def wide_table(customers: pd.Series, scores: list[predict.ModelScores], signal_frame: pd.DataFrame,
-               as_of: pd.Timestamp, scored_at: pd.Timestamp) -> pa.Table:
-    """The `predictions` view's rows: customer_id, as_of, scored_ts and every field of FIELDS."""
+               as_of: pd.Timestamp, scored_at: pd.Timestamp, source: str = "batch") -> pa.Table:
+    """The `predictions` view's rows: customer_id, as_of, scored_ts and every field of FIELDS (`source`: who
+    scored, `c360 score` or the live update)."""
     n = len(customers)
     columns: dict[str, Any] = {"customer_id": pa.array(customers.to_numpy(dtype=object), type=pa.string()),
                                "as_of": pa.array(np.full(n, as_of.to_datetime64()), type=pa.timestamp("us")),
                                "scored_ts": pa.array(np.full(n, scored_at.to_datetime64()), type=pa.timestamp("us")),
-                               "scored_at": pa.array(np.full(n, scored_at.isoformat()), type=pa.string())}
+                               "scored_at": pa.array(np.full(n, scored_at.isoformat()), type=pa.string()),
+                               "source": pa.array(np.full(n, source), type=pa.string())}
     for s in scores:
         columns |= predict.wide(s)
     for name in ("next_feature", "next_feature_score", "next_feature_method", "content_topics"):
@@ -144,14 +146,7 @@ def read_customers(path: Path) -> list[str]:
 
 def push(s: Settings, fs: Any, table: pa.Table) -> None:
     """Upsert wide score rows into the `predictions` view of the online store."""
-    from c360.features.online_store import bulk_writer
-
-    view = fs.get_feature_view(PREDICTIONS)
-    writer = bulk_writer(fs.config)
-    if writer is not None:
-        writer.write_arrow(fs.config, view, table)
-    else:
-        fs.write_to_online_store(PREDICTIONS, table.to_pandas())
+    store.write_online(fs, [(fs.get_feature_view(PREDICTIONS), table)])
 
 
 def _predictions_view(s: Settings) -> Any:

@@ -1,5 +1,6 @@
-"""One model's predictions as the API shows them: the batch score when it is fresh (same champion version, same
-features as-of date), else the champion scoring the online features live; and predictions for raw rows."""
+"""One model's predictions as the API shows them: the stored score when it is fresh (same champion version, same
+features as-of date; scored by `c360 score` or by the live update of `POST /events`, its `source`), else the
+champion scoring the online features live; and predictions for raw rows."""
 
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ def model_prediction(ctx: Context, kind: str, row: OnlineRow, scored_at: str) ->
     champion = ctx.champions[kind]
     if fresh(kind, row, champion.version):
         assert row.predictions is not None
-        values, source, when = {k: row.predictions.get(k) for k in MODEL_FIELDS[kind]}, "batch", \
-            row.predictions.get("scored_at")
+        values, when = {k: row.predictions.get(k) for k in MODEL_FIELDS[kind]}, row.predictions.get("scored_at")
+        source = row.predictions.get("source") or "batch"  # scored by `c360 score`, or by the live update
     else:
         values = _first(live_wide(ctx, kind, pd.DataFrame([row.features])))
         source, when = "live", scored_at

@@ -28,7 +28,7 @@ import pandas as pd
 from c360.core.settings import Settings
 from c360.features import store as feature_stores
 from c360.serving import predict, signals
-from c360.serving.errors import NotFound, echo
+from c360.serving.errors import NotFound, Unavailable, echo
 from c360.serving.online import Context, OnlineRow, iso_day, now, one, warehouse
 from c360.serving.predictions import model_prediction
 
@@ -92,13 +92,25 @@ def profile(ctx: Context, customer_id: str, details: bool = False) -> dict[str, 
     row = one(ctx, customer_id)
     scored_at = now()
     sections = assemble({}, row.features)
-    out: dict[str, Any] = {"customer_id": customer_id, "past": json_value(sections["past"]),
+    past = json_value(sections["past"]) | {"live_events": live_events(ctx.settings, customer_id)}
+    out: dict[str, Any] = {"customer_id": customer_id, "past": past,
                            "present": json_value(sections["present"]), "future": future(ctx, row, scored_at)}
     if details:
         out |= profile_details(ctx.settings, customer_id, row.as_of)
     out["freshness"] = {"features_as_of": iso_day(row.as_of), "predictions_as_of": iso_day(row.predictions_as_of),
                         "served_at": scored_at}
     return out
+
+
+def live_events(s: Settings, customer_id: str) -> list[dict[str, Any]]:
+    """The customer's events not folded yet (`features.live.events_of`); none shown while a writer holds the
+    warehouse (an ingest, which is folding them): the profile does not wait for it."""
+    from c360.features import live
+
+    try:
+        return live.events_of(s, customer_id, lambda: warehouse(s))
+    except Unavailable:
+        return []
 
 
 def profile_details(s: Settings, customer_id: str, as_of: pd.Timestamp) -> dict[str, Any]:

@@ -20,8 +20,9 @@ MAX_BATCH = 100
 class ModelInfo(BaseModel):
     name: str = Field(description="registered model name, e.g. c360-churn")
     version: int = Field(description="registered model version that answered")
-    source: Literal["batch", "live"] = Field(description="batch: read from the latest `c360 score` run; live: "
-                                                         "computed for this request")
+    source: Literal["batch", "live"] = Field(description="batch: scored by the latest `c360 score` run; live: "
+                                                         "by the live update of the customer's latest events, or "
+                                                         "for this request")
     scored_at: str | None = Field(description="when the prediction was computed (ISO 8601, UTC)")
     features_as_of: str | None = Field(description="as-of date of the features the model read")
 
@@ -156,7 +157,15 @@ class RedFlag(BaseModel):
     description: str
 
 
-Past = _section("past", PAST)
+class LiveEvent(BaseModel):
+    event_id: str
+    kind: str = Field(description="the event's kind (docs/CONTRACT.md, Live events)")
+    at: str = Field(description="when it happened, as sent")
+
+
+Past = _section("past", PAST, live_events=(list[LiveEvent], Field(
+    title="Live events", description="the customer's events logged since the last `c360 ingest`, newest first, at "
+                                     "most 20")))
 Present = _section("present", PRESENT, red_flags=(list[RedFlag], Field(title=label("red_flags"),
                                                                        description="the red flags raised")))
 Details = create_model("Details", __config__=STRICT, **{
@@ -307,9 +316,17 @@ class EventRejected(BaseModel):
     reason: str = Field(description="why it was rejected: `column: reason`, several joined by `; `")
 
 
+class LiveUpdate(BaseModel):
+    updated: int = Field(description="customers whose features and predictions were updated (a late event updates "
+                                     "history only)")
+    error: str | None = Field(None, description="why the live update could not be done (the events are logged "
+                                                "all the same; `c360 ingest` folds them)")
+
+
 class EventsAccepted(BaseModel):
     accepted: int = Field(description="new events, written to the event log (on disk) before this answer")
     duplicates: int = Field(description="events whose event_id the log already holds: acknowledged, ignored")
     suppressed: int = Field(description="events of people erased before: acknowledged, not stored")
     rejected: list[EventRejected] = Field(description="events refused, with their reason; kept in the rejects log "
                                                       "and, after `c360 ingest`, in the warehouse's `quarantine`")
+    live: LiveUpdate = Field(description="the accepted events' customers updated live (features and predictions)")

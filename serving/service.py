@@ -17,7 +17,8 @@ Thin by design — every answer comes from plain functions: `serving.profile` (p
   — its state (`serving.privacy`);
 * `POST /events` — a batch of live events (`features.event_log.accept`): each checked by the data contract, the new
   ones appended to the event log and fsynced before the answer (accepted, duplicates, suppressed, and the rejected
-  with their reasons: a 200 even when some are rejected); `c360 ingest` folds the log into the warehouse;
+  with their reasons: a 200 even when some are rejected), then their customers' features and predictions updated
+  (`serving.live`, `live` in the answer); `c360 ingest` folds the log into the warehouse;
 * `GET /metrics` — Prometheus request counts and durations by route template (`serving.metrics`);
 * the same profile and predictions as BentoML APIs for BentoML's clients (`bentoml.SyncHTTPClient`): `POST
   /profile`, `/predict_churn`, `/predict_clv`, `/predict_nba` (JSON arguments `customer_ids` or `rows`);
@@ -62,6 +63,7 @@ from c360.serving.auth import Auth, principal, touched
 from c360.serving.champions import Champions, RegistryUnavailable
 from c360.serving.errors import Invalid, Moved, NotFound, Unavailable
 from c360.serving.limits import BodyLimit
+from c360.serving.live import live_update
 from c360.serving.lookup import EMAIL, customers_by_email
 from c360.serving.metrics import RouteMetrics, exposition
 from c360.serving.online import Context
@@ -346,10 +348,12 @@ class C360:
     async def events(self, batch: EventBatch) -> Response:
         touched(event_log.customers_named(batch.events))
         try:
-            answer = await anyio.to_thread.run_sync(event_log.accept, self.settings, batch.events)
+            answer, new = await anyio.to_thread.run_sync(event_log.receive, self.settings, batch.events)
         except OSError as e:  # a full or read-only disk: nothing was acknowledged, the sender may retry
             raise Unavailable("event log", "cannot write the event log: see the server log", e) from None
-        return _json(answer)
+        done = await anyio.to_thread.run_sync(live_update, self.settings, self.context, new)
+        touched(done.pop("customers", []))
+        return _json(answer | {"live": done})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(self) -> Response:

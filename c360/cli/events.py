@@ -5,7 +5,9 @@ same handler as `POST /events`.
 with one audit record naming the batch's customers (what the service's middleware writes for a request). The file
 holds one event per line (the format of `POST /events`, docs/CONTRACT.md "Live events"), sent in batches of
 `c360.features.event_log.MAX_BATCH`; a line that is not JSON is rejected with that reason. The topic is read by
-`c360.features.event_stream` (batches, commit after the batch is durable, clean stop on Ctrl+C or SIGTERM).
+`c360.features.event_stream` (batches, commit after the batch is durable, clean stop on Ctrl+C or SIGTERM). After each batch its customers are
+updated live as by the service (`c360.serving.live`: features, history, predictions), with the champions loaded
+once by the command.
 `c360 ingest` then folds the log into the warehouse.
 """
 
@@ -17,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,16 +30,26 @@ from rich.markup import escape
 from c360.cli.ui import Json, audited, emit, fail, progress, record_run, stderr, table
 from c360.core.settings import Settings
 from c360.features import event_log, event_stream
+from c360.serving import online
+from c360.serving.champions import Champions
+from c360.serving.live import live_update
+from c360.serving.online import Context
 
 events_app = typer.Typer(help="Live events: push a file of events, or consume a Kafka topic, into the event log "
                               "(`c360 ingest` folds it into the warehouse).", no_args_is_help=True)
 SHOWN = 20  # rejected lines listed for people (all of them with --json)
 
 
-def handle(s: Settings, action: str, events: Sequence[Any]) -> dict[str, Any]:
-    """The handler of `POST /events` for a command's batch, audited as `action`: `event_log.accept`'s answer."""
-    with audited(s, action, event_log.customers_named(events)):
-        return event_log.accept(s, events)
+def handle(s: Settings, action: str, events: Sequence[Any], context: Callable[[], Context]) -> dict[str, Any]:
+    """The handler of `POST /events` for a command's batch, audited as `action`: `event_log.accept`'s answer and
+    the live update of its customers (`live`); the audit record names the customers the events name and those
+    updated live."""
+    customers = event_log.customers_named(events)
+    with audited(s, action, customers):  # reads `customers` when the batch is done
+        answer, new = event_log.receive(s, events)
+        live = live_update(s, context, new)
+        customers += [c for c in live.pop("customers", []) if c not in customers]
+    return {**answer, "live": live}
 
 
 def _read(path: Path) -> list[Any]:
@@ -70,20 +83,31 @@ def push(
     totals = {"accepted": 0, "duplicates": 0, "suppressed": 0}
     rejected: list[dict[str, Any]] = []
     batch = event_log.MAX_BATCH
+    updated, context = {"updated": 0}, _context(s)
     with progress("pushing events", len(events)) as advance:
         for first in range(0, len(events), batch):
-            answer = handle(s, "c360 events push", events[first:first + batch])
+            answer = handle(s, "c360 events push", events[first:first + batch], context)
+            done = answer.pop("live")
+            updated = {**done, "updated": updated["updated"] + done["updated"]}
             totals = {k: totals[k] + answer[k] for k in totals}
             rejected += [{"line": r.pop("index") + first + 1, **r} for r in answer["rejected"]]
             advance(len(events[first:first + batch]))
     record_run(s, "events push", started, events=len(events), rejected=len(rejected), **totals)
-    result = {"file": file, "events": len(events), **totals, "rejected": rejected, "log": event_log.log_path(s)}
+    result = {"file": file, "events": len(events), **totals, "rejected": rejected, "live": updated,
+              "log": event_log.log_path(s)}
     shown = pd.DataFrame(rejected[:SHOWN], columns=["line", "event_id", "reason"])
     more = f" (the first {SHOWN}; all of them with --json)" if len(rejected) > SHOWN else ""
     return emit(result, as_json, table(f"rejected events{more}", shown),
                 f"{len(events):,} events: {totals['accepted']:,} accepted, {totals['duplicates']:,} duplicates, "
                 f"{totals['suppressed']:,} of erased people dropped, {len(rejected):,} rejected → "
-                f"{event_log.log_path(s)} (`c360 ingest` folds it into the warehouse)")
+                f"{event_log.log_path(s)} (`c360 ingest` folds it into the warehouse); "
+                + (f"live update failed: {updated['error']}" if "error" in updated
+                   else f"{updated['updated']:,} customers updated live"))
+
+
+def _context(s: Settings) -> Callable[[], Context]:
+    """The feature store and champions the live update scores with, loaded once per command when first needed."""
+    return cache(lambda: Context(s, online.feature_store(s), Champions.load(s.home, online.latest_snapshot(s))))
 
 
 @contextmanager
@@ -142,7 +166,9 @@ def consume(
     try:
         with _stop_on_signals() as stop, progress(f"consuming {topic}", max_messages) as advance:
             messages = _counted(event_stream.kafka_messages(consumer, stop.is_set, _warn), advance)
-            totals = event_stream.consume(messages, lambda events: handle(s, "c360 events consume", events),
+            context = _context(s)
+            totals = event_stream.consume(messages,
+                                          lambda events: handle(s, "c360 events consume", events, context),
                                           event_stream.kafka_commit(consumer), batch=batch,
                                           max_messages=max_messages, stopping=stop.is_set)
     except (RuntimeError, OSError) as e:

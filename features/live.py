@@ -1,0 +1,281 @@
+"""Live features: a few customers' features recomputed from the events just logged, by the batch's own definitions.
+
+`recompute(s, con, customer_ids, as_of)` is `compute.build` restricted to those customers, over the warehouse
+behind `con` (a reader's), the events logged but not folded yet and the live identity's records
+(`live_identity.pending`). It gathers the rows that reach these customers — their crosswalk records, then each
+table's rows through them, as `compute.SQL` joins them — into tables named like the warehouse's in the thread's
+in-memory DuckDB connection, and runs `compute.build` there: every feature is defined once, in `compute.SQL`. The
+unfolded events' rows are the ones `c360 ingest` will write (`event_log.folded`: the same parsing, an update kind
+replacing the row with its key), so the live features of a moment are what the batch computes after the fold.
+
+`recompute_each` takes one as-of per customer (the live clock: just after the customer's newest event) and builds
+the tables once for all of them. The process keeps what it parsed of the unfolded events (`event_log.read_log`
+reads only the log's tail) and which of their keys the warehouse holds, until the log or the warehouse changes.
+
+`events_of(s, customer_id, connect)` is the profile's `past.live_events`: the customer's unfolded events, newest
+first, from a per-process index of the log by customer (`remember` records where the live update placed events).
+
+`write_history(s, features)` adds recomputed rows to the offline store: one Parquet file per applied batch beside
+the snapshots (`live-<UTC time>-<pid>.parquet`), which Feast's source (`snapshots/*.parquet`) and
+`store.history` read, and the batch's snapshot list (`as_of=*.parquet`) does not.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from c360.core import connections, contract
+from c360.core.settings import Settings
+from c360.features import compute, event_log, live_identity, store
+from c360.features.event_log import Folded
+from c360.features.ingest import TEXT, q, to_datetime
+
+# How compute.SQL reaches a table's rows from a customer: through the crosswalk records of a source (record_id
+# '<source>:<value of the column>'), or through the rows reached of a parent table (the column is its key).
+BY_RECORD = {
+    "product/users": ("user_id", "product/users"),
+    "product/events": ("user_id", "product/users"),
+    "support/tickets": ("ticket_id", "support/tickets"),
+    "crm/contacts": ("contact_id", "crm/contacts"),
+    "crm/activities": ("account_id", "crm/accounts"),
+    "marketing/contacts": ("mkt_contact_id", "marketing/contacts"),
+    "marketing/sends": ("mkt_contact_id", "marketing/contacts"),
+    "marketing/consents": ("mkt_contact_id", "marketing/contacts"),
+    "feedback/nps": ("response_id", "feedback/nps"),
+    "feedback/feature_requests": ("request_id", "feedback/feature_requests"),
+    "billing/customers": ("billing_account_id", "billing/customers"),
+    "billing/subscriptions": ("billing_account_id", "billing/customers"),
+    "billing/invoices": ("billing_account_id", "billing/customers"),
+}
+BY_PARENT = {"billing/plan_changes": "billing/subscriptions", "billing/payments": "billing/invoices"}
+LIVE_GLOB = "live-*.parquet"
+
+_lock = threading.Lock()
+_pending: dict[tuple[Path, str], tuple[Any, tuple[str, ...], Folded]] = {}  # (warehouse, table) → stamp, ids, rows
+_placed: dict[str, str | None] = {}  # event id → customer id, as placed by this process
+# log → records indexed, the first one's event id, the events by customer
+_indexes: dict[Path, tuple[int, str | None, dict[str, list[dict[str, Any]]]]] = {}
+_index_lock = threading.Lock()
+_known: dict[tuple[Path, str], tuple[Any, set[str], set[str]]] = {}  # (warehouse, table) → stamp, checked, held
+
+
+def recompute(s: Settings, con: duckdb.DuckDBPyConnection, customer_ids: Iterable[str],
+              as_of: pd.Timestamp) -> pd.DataFrame:
+    """`compute.build(…, as_of)` of `customer_ids` alone, over the warehouse, the unfolded events and the live
+    identity; a customer not known before `as_of` has no row."""
+    return recompute_each(s, con, dict.fromkeys(customer_ids, pd.Timestamp(as_of)))
+
+
+def recompute_each(s: Settings, con: duckdb.DuckDBPyConnection, as_of: Mapping[str, pd.Timestamp]) -> pd.DataFrame:
+    """`recompute` with each customer at its own as-of; the rows gathered once for all."""
+    mem = connections.local()
+    names = _gather(s, con, mem, list(as_of))
+    try:
+        at = pd.Series(as_of, dtype="datetime64[us]")
+        frames = [_of(compute.build(mem, t), group.index) for t, group in at.groupby(at)]
+        return pd.concat(frames, ignore_index=True) if frames else compute.build(mem, pd.Timestamp.now()).iloc[:0]
+    finally:
+        for name in names:
+            mem.execute(f"DROP TABLE IF EXISTS temp.main.{q(name)}")
+
+
+def _of(features: pd.DataFrame, customers: pd.Index) -> pd.DataFrame:
+    return features[features["customer_id"].isin(customers)]
+
+
+# ---------------------------------------------------------------- gathering the rows
+
+
+def _gather(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection,
+            customers: list[str]) -> list[str]:
+    """Temporary tables in `mem` named like the warehouse's, holding the rows that reach `customers`."""
+    live_crosswalk, provisional = live_identity.pending(s)
+    live_crosswalk = live_crosswalk[live_crosswalk["customer_id"].isin(customers)]
+    crosswalk = _rows(con, "identity_crosswalk", "customer_id", customers, ["record_id", "customer_id"])
+    _table(mem, "identity_crosswalk", crosswalk, live_crosswalk, "record_id")
+    golden = _rows(con, "identity_customers", "customer_id", customers, None)
+    _table(mem, "identity_customers", golden, provisional[provisional["customer_id"].isin(customers)], "customer_id")
+    records = [r[0] for r in mem.execute("SELECT record_id FROM identity_crosswalk").fetchall()]
+    pending = _pending_rows(s, con)
+    names = ["identity_crosswalk", "identity_customers"]
+    for table_id, (column, source) in BY_RECORD.items():
+        values = [r[len(source) + 1:] for r in records if r.startswith(source + ":")]
+        names.append(_reach(con, mem, contract.table(table_id), column, values, pending.get(table_id)))
+    for table_id, parent_id in BY_PARENT.items():
+        parent = contract.table(parent_id)
+        values = [r[0] for r in mem.execute(f"SELECT {q(parent.key)} FROM {q(parent.sql_name)}").fetchall()]
+        names.append(_reach(con, mem, contract.table(table_id), parent.key, values, pending.get(table_id)))
+    return names
+
+
+def _rows(con: duckdb.DuckDBPyConnection, name: str, column: str, values: list[str],
+          columns: list[str] | None) -> pa.Table:
+    selected = "*" if columns is None else ", ".join(map(q, columns))
+    return con.execute(f"SELECT {selected} FROM {q(name)} WHERE {q(column)} IN (SELECT unnest(?))",
+                       [values]).to_arrow_table()
+
+
+def _reach(con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table, column: str,
+           values: list[str], pending: Folded | None) -> str:
+    """The table's rows whose `column` is one of `values`: the warehouse's, with the unfolded events' in place."""
+    found = _rows(con, table.sql_name, column, values, table.column_names)
+    events = None if pending is None else pending.rows[pending.rows[column].isin(values)]
+    _table(mem, table.sql_name, found, events, table.key, replaced=None if pending is None else pending.rows)
+    return table.sql_name
+
+
+def _table(mem: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, added: pd.DataFrame | None, key: str,
+           replaced: pd.DataFrame | None = None) -> None:
+    """Temporary table `name` of `rows`, less those whose key `replaced` (default `added`) holds, plus `added`
+    (cast to the warehouse's types, as the fold inserts them)."""
+    mem.register("_c360_rows", rows)
+    try:
+        mem.execute(f"CREATE OR REPLACE TEMP TABLE {q(name)} AS SELECT * FROM _c360_rows")
+    finally:
+        mem.unregister("_c360_rows")
+    gone = added if replaced is None else replaced
+    if gone is not None and len(gone):
+        mem.execute(f"DELETE FROM temp.main.{q(name)} WHERE {q(key)} IN (SELECT unnest(?))",
+                    [gone[key].astype(str).tolist()])
+    if added is not None and len(added):
+        mem.register("_c360_added", pa.Table.from_pandas(added, preserve_index=False))
+        try:
+            mem.execute(f"INSERT INTO temp.main.{q(name)} BY NAME SELECT * FROM _c360_added")
+        finally:
+            mem.unregister("_c360_added")
+
+
+# ---------------------------------------------------------------- the unfolded events, kept per process
+
+
+def _pending_rows(s: Settings, con: duckdb.DuckDBPyConnection) -> dict[str, Folded]:
+    """Per table, the rows the fold will write for the unfolded events (`event_log.folded`)."""
+    by_table: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for line, record in event_log.unfolded(s, lambda: nullcontext(con)):
+        by_table.setdefault(contract.EVENTS_BY_KIND[record["event"]["kind"]].table, []).append((line, record))
+    return {table_id: _table_rows(s, con, contract.table(table_id), found) for table_id, found in by_table.items()}
+
+
+def _table_rows(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Table,
+                events: list[tuple[int, dict[str, Any]]]) -> Folded:
+    """`event_log.folded` of a table's unfolded events, parsing only those logged since the last call when the
+    warehouse is the same: the fold reads the new events after the old ones, an old row's key counting as held."""
+    stamp, ids = _stamp(s.warehouse), tuple(r["event"]["event_id"] for _, r in events)
+    with _lock:
+        cached = _pending.get((s.warehouse, table.id))
+    if cached is not None and cached[0] == stamp and ids[:len(cached[1])] == cached[1]:
+        old = cached[2]
+        if len(ids) == len(cached[1]):
+            return old
+        before = set(old.rows[table.key])
+        more = event_log.folded(table, events[len(cached[1]):],
+                                lambda keys: _held(s, con, table, keys) | (before & set(keys)))
+        kept = old.rows[~old.rows[table.key].isin(more.rows[table.key])]
+        result = Folded(pd.concat([kept, more.rows]), old.problems | more.problems,
+                        old.superseded + more.superseded + len(old.rows) - len(kept), old.existing | more.existing)
+    else:
+        result = event_log.folded(table, events, partial(_held, s, con, table))
+    with _lock:
+        _pending[(s.warehouse, table.id)] = (stamp, ids, result)
+    return result
+
+
+def _held(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Table, keys: list[str]) -> set[str]:
+    """Which of `keys` the warehouse table holds; each key looked up once until the warehouse changes."""
+    stamp = _stamp(s.warehouse)
+    with _lock:
+        cached = _known.get((s.warehouse, table.id))
+        if cached is None or cached[0] != stamp:
+            cached = _known[(s.warehouse, table.id)] = (stamp, set(), set())
+        _, checked, held = cached
+        new = [k for k in keys if k not in checked]
+    found = event_log.existing_keys(con, table, new) if new else set()
+    with _lock:
+        checked.update(new)
+        held.update(found)
+        return held & set(keys)
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+# ---------------------------------------------------------------- a customer's live events
+
+
+def events_of(s: Settings, customer_id: str, connect: event_log.Connect, limit: int = 20) -> list[dict[str, Any]]:
+    """The customer's logged events not folded yet, newest first, at most `limit`: event_id, kind and at only (no
+    personal value). The process indexes the log's events by customer as it grows, placing each once
+    (`live_identity.place`; `connect()` opens the warehouse for that, and only then): a profile reads its
+    customer's few events, not the whole log."""
+    theirs = _indexed(s, connect).get(customer_id, [])
+    done = event_log.folded_ids(s, connect) if theirs else frozenset()
+    mine = [e for e in theirs if e["event_id"] not in done]
+    at = to_datetime(pd.Series([e["at"] for e in mine], dtype=TEXT))
+    return [{"event_id": mine[i]["event_id"], "kind": mine[i]["kind"], "at": mine[i]["at"]}
+            for i in at.sort_values(ascending=False, kind="stable").index[:limit]]
+
+
+def _indexed(s: Settings, connect: event_log.Connect) -> dict[str, list[dict[str, Any]]]:
+    """The log's events by customer, brought up to date with what was appended since (a log rewritten by an
+    erasure is indexed again)."""
+    records = event_log.read_log(event_log.log_path(s))
+    first = records[0][1]["event"]["event_id"] if records else None
+    with _index_lock:
+        scanned, known_first, index = _indexes.get(event_log.log_path(s), (0, first, {}))
+        if known_first != first or len(records) < scanned:
+            scanned, index = 0, {}
+        new = [r["event"] for _, r in records[scanned:]]
+        unknown = [e for e in new if e["event_id"] not in _placed]
+        if unknown:
+            with connect() as con:
+                remember(unknown, live_identity.place(s, con, unknown))
+        for e in new:
+            if customer := _placed.get(e["event_id"]):
+                index.setdefault(customer, []).append(e)
+        _indexes[event_log.log_path(s)] = (len(records), first, index)
+        return index
+
+
+def remember(events: Iterable[dict[str, Any]], customers: Iterable[str | None]) -> None:
+    """Where the live identity placed these events (`events_of` reads it)."""
+    with _lock:
+        _placed.update(zip((e["event_id"] for e in events), customers, strict=True))
+
+
+# ---------------------------------------------------------------- the offline store
+
+
+def write_history(s: Settings, features: pd.DataFrame) -> Path | None:
+    """Add recomputed rows to the offline store (one file per call, see the module docstring); None when empty."""
+    if features.empty:
+        return None
+    s.snapshots.mkdir(parents=True, exist_ok=True)
+    stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%f")
+    path = s.snapshots / f"live-{stamp}-{os.getpid()}.parquet"
+    tmp = path.with_name(f".{path.name}.tmp")  # a reader's glob never sees half a file
+    pq.write_table(_like_snapshots(s, pa.Table.from_pandas(features, preserve_index=False)), tmp)
+    tmp.replace(path)
+    return path
+
+
+def _like_snapshots(s: Settings, table: pa.Table) -> pa.Table:
+    """`table` with the latest snapshot's column types (a few customers' all-missing column has no type of its
+    own), so the files read as one."""
+    dates = store.snapshot_dates(s)
+    if not dates:
+        return table
+    schema = pq.read_schema(s.snapshots / f"as_of={dates[-1]:%Y-%m-%d}.parquet").remove_metadata()
+    return table.select(schema.names).cast(schema)

@@ -1,0 +1,141 @@
+"""Live features (`c360.features.live`): for customers touched by events of several kinds, the features recomputed
+from the warehouse and the unfolded events equal the batch's (`compute.build`) on the warehouse after the fold, at
+the same as-of; and the live rows join the offline store without becoming a snapshot date."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pytest
+
+from c360.core import warehouse
+from c360.core.personal import Person, Work
+from c360.core.settings import Settings
+from c360.features import compute, event_log, live, live_identity, store
+from c360.features.privacy_stores import Snapshots
+
+
+def _plain(value: Any) -> Any:
+    """A warehouse value as an event carries it (JSON)."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "isoformat"):
+        return pd.Timestamp(value).isoformat()
+    return value.item() if hasattr(value, "item") else value
+
+
+def not_in(ids: list[str]) -> str:
+    return "(" + ", ".join(f"'{i}'" for i in ids) + ")"
+
+
+def row(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, Any]:
+    found = con.execute(sql).df()
+    if found.empty:
+        pytest.skip(f"the test company has no row for: {sql}")
+    return {k: _plain(v) for k, v in found.iloc[0].to_dict().items()}
+
+
+def event(kind: str, event_id: str, at: pd.Timestamp, values: dict[str, Any], **more: Any) -> dict[str, Any]:
+    fields = {k: v for k, v in (values | more).items() if v is not None and not k.startswith("_")}
+    return {**fields, "event_id": event_id, "kind": kind, "at": at.isoformat()}
+
+
+TICKET = "support_tickets t JOIN identity_crosswalk x ON x.record_id = 'support/tickets:' || t.ticket_id"
+
+
+def sample_events(con: duckdb.DuckDBPyConnection, at: pd.Timestamp) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Events of several kinds for five different customers of the warehouse: (events, kind → customer)."""
+    open_ticket = row(con, f"SELECT x.customer_id AS _customer, t.* FROM {TICKET} WHERE t.closed_at IS NULL "
+                           "ORDER BY t.ticket_id LIMIT 1")
+    taken = [open_ticket["_customer"]]
+    payment = row(con, "SELECT x.customer_id AS _customer, p.* FROM billing_payments p JOIN billing_invoices i "
+                       "USING (invoice_id) JOIN identity_crosswalk x ON x.record_id = 'billing/customers:' || "
+                       f"i.billing_account_id WHERE x.customer_id NOT IN {not_in(taken)} ORDER BY p.payment_id "
+                       "LIMIT 1")
+    taken.append(payment["_customer"])
+    user = row(con, "SELECT x.customer_id AS _customer, u.user_id FROM product_users u JOIN identity_crosswalk x ON "
+                    f"x.record_id = 'product/users:' || u.user_id WHERE x.customer_id NOT IN {not_in(taken)} "
+                    "ORDER BY u.user_id LIMIT 1")
+    taken.append(user["_customer"])
+    others = [r[0] for r in con.execute(f"SELECT customer_id FROM identity_customers WHERE customer_id NOT IN "
+                                        f"{not_in(taken)} ORDER BY customer_id LIMIT 2").fetchall()]
+    nps = row(con, "SELECT * FROM feedback_nps ORDER BY response_id LIMIT 1")
+    events = [
+        event("ticket_opened", "live-1", at - pd.Timedelta(hours=5), open_ticket, _customer=None,
+              ticket_id="LIVE-T1", severity="high", status="open", closed_at=None, satisfaction=None,
+              opened_at=None, requester_name=None, requester_email=None, requester_phone=None, company=None,
+              customer_id=others[0]),
+        event("ticket_closed", "live-2", at - pd.Timedelta(hours=4), open_ticket, satisfaction=2, closed_at=None),
+        event("payment_failed", "live-3", at - pd.Timedelta(hours=3), payment, payment_id="LIVE-P1",
+              failure_code=None),
+        event("login", "live-4", at - pd.Timedelta(hours=2), {"user_id": user["user_id"]}),
+        event("nps_answered", "live-5", at - pd.Timedelta(hours=1), nps, response_id="LIVE-N1", score=2,
+              responded_at=None, customer_id=others[1]),
+    ]
+    for e in events:
+        e.pop("_customer", None)
+    return events, {"ticket_opened": others[0], "ticket_closed": open_ticket["_customer"],
+                    "payment_failed": payment["_customer"], "login": user["_customer"], "nps_answered": others[1]}
+
+
+@pytest.fixture
+def s(home_over_resolved) -> Settings:
+    return home_over_resolved("live")
+
+
+def features(frame: pd.DataFrame, customers: list[str]) -> pd.DataFrame:
+    return frame[frame["customer_id"].isin(customers)].sort_values("customer_id").reset_index(drop=True)
+
+
+def test_live_features_equal_the_batch_after_the_fold(s: Settings) -> None:
+    with warehouse.connect(s, read_only=True) as con:
+        at = warehouse.data_end(con)
+        events, by_kind = sample_events(con, at)
+        customers = sorted(set(by_kind.values()))
+        before = features(compute.build(con, at), customers)
+    with warehouse.connect(s, read_only=True) as con:  # in two batches: the second parsed after the first's rows
+        for part in (events[::2], events[1::2]):
+            answer = event_log.accept(s, part)
+            assert answer["accepted"] == len(part), answer["rejected"]
+            recomputed = features(live.recompute(s, con, customers, at), customers)
+    with warehouse.connect(s) as con:
+        event_log.fold(s, con)
+        # what `c360 resolve` would link: the new ticket and NPS answer to the customers the events named
+        con.register("crosswalk", live_identity.pending(s)[0])
+        con.execute("INSERT INTO identity_crosswalk (record_id, customer_id) SELECT record_id, customer_id "
+                    "FROM crosswalk")
+        batch = features(compute.build(con, at), customers)
+    pd.testing.assert_frame_equal(recomputed, batch, check_dtype=False)
+    changed = {kind: before.set_index("customer_id").loc[c].compare(recomputed.set_index("customer_id").loc[c])
+               for kind, c in by_kind.items()}
+    assert changed["ticket_opened"].loc["open_high_severity_tickets"].tolist() == [0, 1]
+    assert "flag_open_high_severity" in changed["ticket_opened"].index
+    assert "open_tickets" in changed["ticket_closed"].index
+    assert {"payment_failures_90d", "flag_payment_failed"} <= set(changed["payment_failed"].index)
+    assert "days_since_last_activity" in changed["login"].index or "sessions_30d" in changed["login"].index
+    assert changed["nps_answered"].loc["nps_last"].tolist()[1] == 2
+
+
+def test_live_rows_join_the_history_not_the_snapshot_dates(s: Settings) -> None:
+    with warehouse.connect(s, read_only=True) as con:
+        at = warehouse.data_end(con)
+        store.write_snapshot(s, compute.build(con, at - pd.Timedelta(days=7)))
+        customer = con.execute("SELECT min(customer_id) FROM identity_customers").fetchone()[0]  # type: ignore[index]
+        path = live.write_history(s, live.recompute(s, con, [customer], at))
+    assert path is not None and path.name.startswith("live-")
+    assert store.snapshot_dates(s) == [at - pd.Timedelta(days=7)]
+    assert store.history(s, customer)["as_of"].tolist() == [at - pd.Timedelta(days=7), at]
+
+
+def test_erasure_covers_the_live_rows(s: Settings) -> None:
+    with warehouse.connect(s, read_only=True) as con:
+        at = warehouse.data_end(con)
+        customer = con.execute("SELECT min(customer_id) FROM identity_customers").fetchone()[0]  # type: ignore[index]
+        path = live.write_history(s, live.recompute(s, con, [customer], at))
+        person = Person("customer_id", (customer,), (customer,), {}, (), ())
+        assert path is not None and len(Snapshots.export(Work(s, con), person)) == 1
+        erased = Snapshots.erase(Work(s, con), person)
+    assert erased.rows == 1 and store.history(s, customer).empty

@@ -1,0 +1,160 @@
+"""The live update against a real `bentoml serve` (two workers) over a copy of the served home: an event's effect
+is in the profile when `POST /events` answers (features, flags, health, predictions scored live), a repeated event
+changes nothing, a late event changes history and not the online value, a malformed event is rejected beside the
+accepted ones and lands in the quarantine at the fold, and concurrent writers and readers get no error."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from c360.core import audit, warehouse
+from c360.core.settings import Settings
+from c360.features import event_log, store
+from c360.serving.server import serve_command, start, stop, wait_ready
+from tests.serving.conftest import free_port
+
+
+class Live:
+    def __init__(self, s: Settings, url: str, headers: dict[str, str], now: pd.Timestamp) -> None:
+        self.s, self.url, self.headers, self.now = s, url, headers, now
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=60)
+
+    def post(self, *events: dict[str, Any]) -> dict[str, Any]:
+        answer = self.http.post("/events", json={"events": list(events)})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def profile(self, customer: str) -> dict[str, Any]:
+        answer = self.http.get(f"/customers/{customer}/profile")
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+
+@pytest.fixture(scope="module")
+def live(served: Settings, admin: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """A copy of the served home (its registry applied again to point at the copy) served by `bentoml serve`."""
+    root = tmp_path_factory.mktemp("live")
+    s = Settings(home=root / "home")
+    shutil.copytree(served.home, s.home, symlinks=True)
+    store.apply(s)
+    with warehouse.connect(s, read_only=True) as con:
+        now = warehouse.data_end(con)
+    port = free_port()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENTOML_HOME", str(root / "bentoml"))
+        patch.setenv("C360_RELOAD_SECONDS", "0")
+        command, env = serve_command(port, "127.0.0.1", 2, s)
+    log = root / "serve.log"
+    with log.open("w") as out:
+        process = start(command, env, out)
+    try:
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/readyz", process)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n{log.read_text()[-3000:]}") from None
+        yield Live(s, f"http://127.0.0.1:{port}", admin, now)
+    finally:
+        stop(process)
+
+
+def customers(live: Live, n: int, skip: int = 0) -> list[str]:
+    """`n` customers of the online store without an open high-severity ticket."""
+    with warehouse.connect(live.s, read_only=True) as con:
+        ids = [r[0] for r in con.execute("SELECT customer_id FROM identity_customers ORDER BY customer_id "
+                                         "LIMIT 400 OFFSET ?", [skip]).fetchall()]
+    calm = [c for c in ids if live.profile(c)["present"]["support"]["open_high_severity_tickets"] == 0]
+    if len(calm) < n:
+        pytest.skip("the served company has too few customers without an open high-severity ticket")
+    return calm[:n]
+
+
+def ticket(event_id: str, customer: str, at: pd.Timestamp, **more: Any) -> dict[str, Any]:
+    return {"event_id": event_id, "kind": "ticket_opened", "at": at.isoformat(), "customer_id": customer,
+            "ticket_id": f"T-{event_id}", "channel": "email", "topic": "bug", "severity": "high", "status": "open",
+            **more}
+
+
+def test_an_event_is_in_the_profile_when_the_post_answers(live: Live) -> None:
+    warm, customer = customers(live, 2)
+    live.post(ticket("warm-1", warm, live.now + pd.Timedelta(minutes=1)))  # the workers' first reads, not timed
+    before = live.profile(customer)
+    started = time.perf_counter()
+    answer = live.post(ticket("hs-1", customer, live.now + pd.Timedelta(minutes=5)))
+    after = live.profile(customer)
+    elapsed = time.perf_counter() - started
+    assert answer["accepted"] == 1 and answer["live"] == {"updated": 1}
+    assert elapsed < 1.0
+    support = after["present"]["support"]
+    assert support["open_high_severity_tickets"] == before["present"]["support"]["open_high_severity_tickets"] + 1
+    assert "open_high_severity" in [f["code"] for f in after["present"]["red_flags"]]
+    assert "open_high_severity" not in [f["code"] for f in before["present"]["red_flags"]]
+    assert after["present"]["health"]["health_score"] < before["present"]["health"]["health_score"]
+    churn = after["future"]["churn"]["model"]
+    assert churn["source"] == "live" and churn["scored_at"] > before["future"]["churn"]["model"]["scored_at"]
+    assert after["past"]["live_events"][0] == {"event_id": "hs-1", "kind": "ticket_opened",
+                                               "at": (live.now + pd.Timedelta(minutes=5)).isoformat()}
+    assert customer in audit.records(live.s, customer=customer)[-1]["customers"]
+
+    again = live.post(ticket("hs-1", customer, live.now + pd.Timedelta(minutes=5)))
+    assert (again["accepted"], again["duplicates"], again["live"]["updated"]) == (0, 1, 0)
+    unchanged = live.profile(customer)
+    assert {k: unchanged[k] for k in ("past", "present", "future")} == {k: after[k] for k in ("past", "present",
+                                                                                                 "future")}
+
+
+def test_a_late_event_changes_history_not_the_online_value(live: Live) -> None:
+    (customer,) = customers(live, 1, skip=100)
+    live.post(ticket("late-new", customer, live.now + pd.Timedelta(hours=2)))
+    current = live.profile(customer)
+    late_at = live.now + pd.Timedelta(hours=1)
+    answer = live.post(ticket("late-old", customer, late_at))
+    assert answer["accepted"] == 1 and answer["live"]["updated"] == 0
+    assert live.profile(customer)["present"] == current["present"]
+    history = store.history(live.s, customer).set_index("as_of")
+    assert history.loc[late_at + pd.Timedelta(microseconds=1), "open_high_severity_tickets"] >= 1
+
+
+def test_a_malformed_event_is_rejected_and_the_rest_applied(live: Live) -> None:
+    (customer,) = customers(live, 1, skip=200)
+    bad = ticket("bad-1", customer, live.now + pd.Timedelta(minutes=9), severity="catastrophic")
+    answer = live.post(bad, ticket("good-1", customer, live.now + pd.Timedelta(minutes=10)))
+    assert answer["accepted"] == 1 and answer["live"]["updated"] == 1
+    assert [(r["index"], r["event_id"]) for r in answer["rejected"]] == [(0, "bad-1")]
+    assert answer["rejected"][0]["reason"].startswith("severity: not one of")
+    assert live.profile(customer)["present"]["support"]["open_high_severity_tickets"] == 1
+    with warehouse.connect(live.s) as con:
+        event_log.fold(s=live.s, con=con)
+        quarantined = con.execute('SELECT "column", reason FROM quarantine WHERE key = ?', ["T-bad-1"]).fetchall()
+    assert quarantined and quarantined[0][0] == "severity"
+
+
+def test_concurrent_writers_and_readers_get_no_error(live: Live) -> None:
+    chosen = customers(live, 8, skip=300)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def client(i: int, customer: str) -> None:
+        with httpx.Client(base_url=live.url, headers=live.headers, timeout=60) as http:
+            for k in range(4):
+                at = live.now + pd.Timedelta(minutes=20 + k)
+                posted = http.post("/events", json={"events": [ticket(f"c{i}-{k}", customer, at)]})
+                read = http.get(f"/customers/{customer}/profile")
+                with lock:
+                    statuses.extend([posted.status_code, read.status_code])
+                    if posted.status_code == 200 and posted.json()["live"].get("error"):
+                        statuses.append(599)  # an update that failed is an error here too
+
+    threads = [threading.Thread(target=client, args=(i, c)) for i, c in enumerate(chosen)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(set(statuses)) == [200], statuses
