@@ -295,21 +295,17 @@ def seen_text(r: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- 2. the online write alone
 
 
-@functools.cache
-def _our_store() -> Any:
-    from c360.features.online_store import C360OnlineStore
-
-    return C360OnlineStore()
-
-
 def live_write(store: Any, tables: dict[str, pa.Table]) -> None:
-    """The live update's online write, measured as ours: rows of several views (view name → Arrow table) in one
-    transaction of our store, as the live update must write a customer's views (the same as the live-update
-    branch's `features.store.write_online(store, tables)`; once that is here, this body becomes that one line)."""
-    online = _our_store()
-    with online.transaction(store.config):
-        for name, table in tables.items():
-            online.write_arrow(store.config, store.get_feature_view(name), table)
+    """The live update's online write, measured as ours: `features.store.write_online`, a customer's rows of all
+    views (view name → Arrow table) in one transaction, the views looked up once as the service does."""
+    from c360.features.store import write_online
+
+    write_online(store, [(_view(store, name), table) for name, table in tables.items()])
+
+
+@functools.cache
+def _view(store: Any, name: str) -> Any:
+    return store.get_feature_view(name)
 
 
 def push_views() -> tuple[list[Any], list[Any]]:

@@ -101,8 +101,9 @@ def _gather(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyCon
             customers: list[str]) -> list[str]:
     """Temporary tables in `mem` named like the warehouse's, holding the rows that reach `customers`."""
     live_crosswalk, provisional = live_identity.pending(s)
-    live_crosswalk = live_crosswalk[live_crosswalk["customer_id"].isin(customers)]
-    crosswalk = _rows(con, "identity_crosswalk", "customer_id", customers, ["record_id", "customer_id"])
+    linked = ["record_id", "customer_id"]  # what the feature SQL reads of the crosswalk
+    live_crosswalk = live_crosswalk.loc[live_crosswalk["customer_id"].isin(customers), linked]
+    crosswalk = _rows(con, "identity_crosswalk", "customer_id", customers, linked)
     _table(mem, "identity_crosswalk", crosswalk, live_crosswalk, "record_id")
     golden = _rows(con, "identity_customers", "customer_id", customers, None)
     _table(mem, "identity_customers", golden, provisional[provisional["customer_id"].isin(customers)], "customer_id")

@@ -345,9 +345,13 @@ def placements(s: Settings, con: duckdb.DuckDBPyConnection, events: Sequence[dic
     named = _named(s, con, ledger, [e.get("customer_id") for e in events])
     wanted = sorted({r for r in records if isinstance(r, str)})
     mapped = _crosswalk(con, ledger, wanted)
+    given = {r: named[e["customer_id"]] for e, r in zip(events, records, strict=True)
+             if e.get("customer_id") is not None and isinstance(r, str)}
     new = [r for r in wanted if r not in mapped and r.split(":", 1)[0] in MATCHED]
-    if new:
-        mapped |= _match(s, con, ledger, _people(events, rows, records, new))
+    if kept := [r for r in new if r in given and given[r].customer_id]:
+        _keep(ledger, _people(events, rows, records, kept), given)
+    if unnamed := [r for r in new if r not in given]:
+        mapped |= _match(s, con, ledger, _people(events, rows, records, unnamed))
     out = []
     for event, record in zip(events, records, strict=True):
         if event.get("customer_id") is not None:
@@ -447,6 +451,17 @@ def _match(s: Settings, con: duckdb.DuckDBPyConnection, ledger: Ledger, people: 
             _store(db, raw.iloc[i], placed)
         _golden(db, {p.customer_id for p in decided.values() if p.customer_id})
     return done | decided
+
+
+def _keep(ledger: Ledger, people: pd.DataFrame, given: dict[str, Placed]) -> None:
+    """New person records whose events name their customer: kept in the live crosswalk as that customer's, so the
+    live features count them and the next `c360 resolve` starts from them (a record already placed stands)."""
+    raw = identity.normalise(people)[0]
+    with ledger.writing() as db:
+        done = _live_rows(db, list(people["record_id"]))
+        for i, record_id in enumerate(people["record_id"]):
+            if record_id not in done:
+                _store(db, raw.iloc[i], given[record_id])
 
 
 def _emails_wanted(known: _Known, prepared: pd.DataFrame) -> set[str]:

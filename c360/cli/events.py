@@ -2,12 +2,12 @@
 same handler as `POST /events`.
 
 `handle` is the one call site of both: a batch is checked, appended to the event log and fsynced like a request,
-with one audit record naming the batch's customers (what the service's middleware writes for a request). The file
-holds one event per line (the format of `POST /events`, docs/CONTRACT.md "Live events"), sent in batches of
-`c360.features.event_log.MAX_BATCH`; a line that is not JSON is rejected with that reason. The topic is read by
-`c360.features.event_stream` (batches, commit after the batch is durable, clean stop on Ctrl+C or SIGTERM). After each batch its customers are
-updated live as by the service (`c360.serving.live`: features, history, predictions), with the champions loaded
-once by the command.
+its customers are updated live as by the service (`c360.serving.live`: features, history, predictions, with the
+champions loaded once by the command), and one audit record names the batch's customers (what the service's
+middleware writes for a request). The file holds one event per line (the format of `POST /events`,
+docs/CONTRACT.md "Live events"), sent in batches of `c360.features.event_log.MAX_BATCH`; a line that is not JSON is
+rejected with that reason. The topic is read by `c360.features.event_stream` (batches, commit after the batch is
+durable, clean stop on Ctrl+C or SIGTERM).
 `c360 ingest` then folds the log into the warehouse.
 """
 

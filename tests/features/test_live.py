@@ -100,6 +100,7 @@ def test_live_features_equal_the_batch_after_the_fold(s: Settings) -> None:
         for part in (events[::2], events[1::2]):
             answer = event_log.accept(s, part)
             assert answer["accepted"] == len(part), answer["rejected"]
+            live_identity.place(s, con, part)  # as the live update does: a new ticket joins the customer it names
             recomputed = features(live.recompute(s, con, customers, at), customers)
     with warehouse.connect(s) as con:
         event_log.fold(s, con)
