@@ -41,24 +41,11 @@ from c360.features import compute, event_log, live_identity, store
 from c360.features.event_log import Folded
 from c360.features.ingest import TEXT, q, to_datetime
 
-# How compute.SQL reaches a table's rows from a customer: through the crosswalk records of a source (record_id
-# '<source>:<value of the column>'), or through the rows reached of a parent table (the column is its key).
-BY_RECORD = {
-    "product/users": ("user_id", "product/users"),
-    "product/events": ("user_id", "product/users"),
-    "support/tickets": ("ticket_id", "support/tickets"),
-    "crm/contacts": ("contact_id", "crm/contacts"),
-    "crm/activities": ("account_id", "crm/accounts"),
-    "marketing/contacts": ("mkt_contact_id", "marketing/contacts"),
-    "marketing/sends": ("mkt_contact_id", "marketing/contacts"),
-    "marketing/consents": ("mkt_contact_id", "marketing/contacts"),
-    "feedback/nps": ("response_id", "feedback/nps"),
-    "feedback/feature_requests": ("request_id", "feedback/feature_requests"),
-    "billing/customers": ("billing_account_id", "billing/customers"),
-    "billing/subscriptions": ("billing_account_id", "billing/customers"),
-    "billing/invoices": ("billing_account_id", "billing/customers"),
-}
-BY_PARENT = {"billing/plan_changes": "billing/subscriptions", "billing/payments": "billing/invoices"}
+# How compute.SQL reaches a table's rows from a customer (the owners of live identity, defined once): through the
+# crosswalk records of a source (record_id '<source>:<value of the column>'), or through the rows reached of a
+# parent table (the column is its key).
+BY_RECORD = {t: (o.column, o.source) for t, o in live_identity.OWNERS.items() if o.via is None}
+BY_PARENT = {t: o.via[0] for t, o in live_identity.OWNERS.items() if o.via is not None}
 LIVE_GLOB = "live-*.parquet"
 
 _lock = threading.Lock()

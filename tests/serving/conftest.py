@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,16 +109,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(served: Settings, api_keys: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `bentoml serve` over the served home on a free port (what `c360 serve` runs), polling the registry
-    every second, with a key of each role in its home (`api_keys`); yields its URL."""
+@contextmanager
+def running(s: Settings, workers: int, reload_seconds: int, root: Path) -> Iterator[str]:
+    """A real `bentoml serve` over `s`'s home on a free port (what `c360 serve` runs), its BentoML home and log
+    under `root`; yields its URL."""
     port = free_port()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml_home")))
-        patch.setenv("C360_RELOAD_SECONDS", "1")
-        command, env = serve_command(port, "127.0.0.1", 1, served)
-    log = Path(tmp_path_factory.mktemp("server_log")) / "serve.log"
+        patch.setenv("BENTOML_HOME", str(root / "bentoml"))
+        patch.setenv("C360_RELOAD_SECONDS", str(reload_seconds))
+        command, env = serve_command(port, "127.0.0.1", workers, s)
+    log = root / "serve.log"
     url = f"http://127.0.0.1:{port}"
     with log.open("w") as out:
         process = start(command, env, out)
@@ -129,3 +130,11 @@ def server(served: Settings, api_keys: dict[str, str], tmp_path_factory: pytest.
         yield url
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def server(served: Settings, api_keys: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `bentoml serve` over the served home, polling the registry every second, with a key of each role in
+    its home (`api_keys`); yields its URL."""
+    with running(served, 1, 1, tmp_path_factory.mktemp("server")) as url:
+        yield url

@@ -18,8 +18,7 @@ import pytest
 from c360.core import audit, warehouse
 from c360.core.settings import Settings
 from c360.features import event_log, store
-from c360.serving.server import serve_command, start, stop, wait_ready
-from tests.serving.conftest import free_port
+from tests.serving.conftest import running
 
 
 class Live:
@@ -47,22 +46,8 @@ def live(served: Settings, admin: dict[str, str], tmp_path_factory: pytest.TempP
     store.apply(s)
     with warehouse.connect(s, read_only=True) as con:
         now = warehouse.data_end(con)
-    port = free_port()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BENTOML_HOME", str(root / "bentoml"))
-        patch.setenv("C360_RELOAD_SECONDS", "0")
-        command, env = serve_command(port, "127.0.0.1", 2, s)
-    log = root / "serve.log"
-    with log.open("w") as out:
-        process = start(command, env, out)
-    try:
-        try:
-            wait_ready(f"http://127.0.0.1:{port}/readyz", process)
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}\n{log.read_text()[-3000:]}") from None
-        yield Live(s, f"http://127.0.0.1:{port}", admin, now)
-    finally:
-        stop(process)
+    with running(s, 2, 0, root) as url:
+        yield Live(s, url, admin, now)
 
 
 def customers(live: Live, n: int, skip: int = 0) -> list[str]:
