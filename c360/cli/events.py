@@ -40,14 +40,15 @@ events_app = typer.Typer(help="Live events: push a file of events, or consume a 
 SHOWN = 20  # rejected lines listed for people (all of them with --json)
 
 
-def handle(s: Settings, action: str, events: Sequence[Any], context: Callable[[], Context]) -> dict[str, Any]:
+def handle(s: Settings, action: str, events: Sequence[Any], context: Callable[[], Context] | None = None
+           ) -> dict[str, Any]:
     """The handler of `POST /events` for a command's batch, audited as `action`: `event_log.accept`'s answer and
     the live update of its customers (`live`); the audit record names the customers the events name and those
-    updated live."""
+    updated live. A command handing over many batches passes one `context` (the champions loaded once)."""
     customers = event_log.customers_named(events)
     with audited(s, action, customers):  # reads `customers` when the batch is done
         answer, new = event_log.receive(s, events)
-        live = live_update(s, context, new)
+        live = live_update(s, context or _context(s), new)
         customers += [c for c in live.pop("customers", []) if c not in customers]
     return {**answer, "live": live}
 

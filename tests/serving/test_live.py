@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 from c360.core import audit, warehouse
 from c360.core.settings import Settings
 from c360.features import event_log, store
-from tests.serving.conftest import running
+from tests.serving.conftest import promote_all, running
 
 
 class Live:
@@ -43,6 +44,7 @@ def live(served: Settings, admin: dict[str, str], tmp_path_factory: pytest.TempP
     root = tmp_path_factory.mktemp("live")
     s = Settings(home=root / "home")
     shutil.copytree(served.home, s.home, symlinks=True)
+    promote_all(s.home)  # whatever a test before this one left as @champion
     store.apply(s)
     with warehouse.connect(s, read_only=True) as con:
         now = warehouse.data_end(con)
@@ -143,3 +145,20 @@ def test_concurrent_writers_and_readers_get_no_error(live: Live) -> None:
     for t in threads:
         t.join()
     assert sorted(set(statuses)) == [200], statuses
+
+
+def test_the_page_lists_the_live_events_and_marks_the_new_ones(live: Live, api_keys: dict[str, str], page) -> None:
+    """The page of a customer open while an event arrives lists it as new, without a reload."""
+    (customer,) = customers(live, 1, skip=1000)
+    page.goto(f"{live.url}/ui?customer={customer}")
+    page.get_by_label("API key").fill(api_keys["csm"])
+    page.get_by_role("button", name="Use key").click()
+    page.locator("#profile:not([hidden])").wait_for(timeout=60_000)
+    event_id = f"ui-{uuid.uuid4().hex}"
+    sent = live.post({"event_id": event_id, "kind": "login", "at": (live.now + pd.Timedelta(hours=1)).isoformat(),
+                      "customer_id": customer, "user_id": f"U-{customer}"})
+    assert sent["accepted"] == 1, sent
+    new = page.locator(f"#live-events li.changed[data-event='{event_id}']")
+    new.wait_for(timeout=15_000)
+    assert "login" in new.inner_text() and new.get_attribute("title") == "new since the page opened"
+    assert page.locator("#changes li").filter(has_text="1 new live event").count() == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from pathlib import Path
 
 import httpx
@@ -210,24 +209,3 @@ def test_the_page_marks_what_changed_since_it_opened_without_a_reload(
     changed.wait_for(state="detached", timeout=15_000)  # back to the opening value: no longer marked
     assert page.locator("#changes li").count() == 0 and page.evaluate("window.opened")
     assert not errors, errors
-
-
-def test_the_page_lists_the_live_events_and_marks_the_new_ones(
-        server: str, served: Settings, api_keys: dict[str, str], admin: dict[str, str], page) -> None:
-    customer = store.read_snapshot(served, store.snapshot_dates(served)[-1])["customer_id"].sort_values().iloc[2]
-    profile = httpx.get(f"{server}/customers/{customer}/profile", headers=admin, timeout=60).json()
-    if "live_events" not in profile["past"]:
-        pytest.skip("the profile has no past.live_events (the live-update part of issue 21 adds it)")
-    page.goto(f"{server}/ui?customer={customer}")
-    page.get_by_label("API key").fill(api_keys["csm"])
-    page.get_by_role("button", name="Use key").click()
-    page.locator("#profile:not([hidden])").wait_for(timeout=60_000)
-    event_id = f"ui-{uuid.uuid4().hex}"
-    sent = httpx.post(f"{server}/events", headers=admin, timeout=60, json={"events": [
-        {"event_id": event_id, "kind": "login", "at": "2030-01-01T00:00:00Z", "customer_id": customer,
-         "user_id": f"U-{customer}"}]})
-    assert sent.status_code == 200 and sent.json()["accepted"] == 1, sent.text
-    new = page.locator(f"#live-events li.changed[data-event='{event_id}']")
-    new.wait_for(timeout=15_000)
-    assert "login" in new.inner_text() and new.get_attribute("title") == "new since the page opened"
-    assert page.locator("#changes li").filter(has_text="1 new live event").count() == 1
