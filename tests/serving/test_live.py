@@ -123,9 +123,10 @@ def test_a_malformed_event_is_rejected_and_the_rest_applied(live: Live) -> None:
     assert quarantined and quarantined[0][0] == "severity"
 
 
-def test_concurrent_writers_and_readers_get_no_error(live: Live) -> None:
+def test_concurrent_writers_and_readers_get_no_error_and_each_its_own_update(live: Live) -> None:
     chosen = customers(live, 8, skip=300)
     statuses: list[int] = []
+    firsts: list[int] = []  # what each client's first answer says it updated (rounds share an update)
     lock = threading.Lock()
 
     def client(i: int, customer: str) -> None:
@@ -138,6 +139,8 @@ def test_concurrent_writers_and_readers_get_no_error(live: Live) -> None:
                     statuses.extend([posted.status_code, read.status_code])
                     if posted.status_code == 200 and posted.json()["live"].get("error"):
                         statuses.append(599)  # an update that failed is an error here too
+                    if k == 0 and posted.status_code == 200:  # the first event of each: its own customer, updated
+                        firsts.append(posted.json()["live"]["updated"])
 
     threads = [threading.Thread(target=client, args=(i, c)) for i, c in enumerate(chosen)]
     for t in threads:
@@ -145,6 +148,7 @@ def test_concurrent_writers_and_readers_get_no_error(live: Live) -> None:
     for t in threads:
         t.join()
     assert sorted(set(statuses)) == [200], statuses
+    assert firsts == [1] * len(chosen), firsts
 
 
 def test_the_page_lists_the_live_events_and_marks_the_new_ones(live: Live, api_keys: dict[str, str], page) -> None:
