@@ -144,6 +144,12 @@ def read_customers(path: Path) -> list[str]:
     return lines
 
 
+def _reusable(long_path: Path, wide_path: Path) -> bool:
+    """A part an earlier run of the same champions wrote, with every field of today's `predictions` view (a part
+    written by an older c360 is scored again rather than pushed short of a field)."""
+    return long_path.exists() and wide_path.exists() and set(FIELDS) <= set(pq.read_schema(wide_path).names)
+
+
 def push(s: Settings, fs: Any, table: pa.Table) -> None:
     """Upsert wide score rows into the `predictions` view of the online store."""
     store.write_online(fs, [(fs.get_feature_view(PREDICTIONS), table)])
@@ -208,7 +214,7 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
     for i in range(chunks):
         part = snapshot.iloc[i * chunk_size:(i + 1) * chunk_size]
         long_path, wide_path = folder / f"part-{i:05d}.parquet", folder / "wide" / f"part-{i:05d}.parquet"
-        if long_path.exists() and wide_path.exists():
+        if _reusable(long_path, wide_path):
             table = pq.read_table(wide_path)
         else:
             ids = part["customer_id"].reset_index(drop=True)

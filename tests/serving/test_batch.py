@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from c360.core.settings import Settings
@@ -48,6 +49,14 @@ def test_rerun_is_idempotent_and_resumes_after_a_crash(served: Settings) -> None
     resumed = batch.score(served, chunk_size=1000)
     assert resumed.scored_chunks == 1
     pd.testing.assert_frame_equal(pd.read_parquet(victim), before)
+
+
+def test_a_part_of_an_older_c360_is_scored_again(served: Settings) -> None:
+    """A run folder left by a c360 whose `predictions` had fewer fields (no `source`) is not pushed short of one."""
+    wide = _run(served) / "wide" / "part-00000.parquet"
+    pq.write_table(pq.read_table(wide).drop_columns(["source"]), wide)
+    assert batch.score(served, chunk_size=1000).scored_chunks == 1
+    assert "source" in pq.read_schema(wide).names
 
 
 def test_online_store_holds_the_latest_scores(served: Settings) -> None:
