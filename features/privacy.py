@@ -45,10 +45,13 @@ class UnknownPerson(LookupError):
 # ---------------------------------------------------------------- resolving
 
 
-def resolve(con: duckdb.DuckDBPyConnection, *, email: str | None = None, customer_id: str | None = None,
-            threshold: float = 0.95) -> Person:
+def resolve(s: Settings, con: duckdb.DuckDBPyConnection, *, email: str | None = None,
+            customer_id: str | None = None) -> Person:
     """The person behind an e-mail address, or everyone of an account (`Person.found` False when c360 holds
-    nothing on them: an erasure then only records the suppression again)."""
+    nothing on them: an erasure then only records the suppression again). A customer placed live and not resolved
+    yet (a provisional customer of `live_identity`) is found by its id; records linked at or over
+    `C360_MATCH_THRESHOLD` count as the e-mail's person."""
+    threshold = s.match_threshold
     if not warehouse.has_table(con, "identity_crosswalk"):
         raise UnknownPerson("no identity tables in the warehouse: run `c360 resolve` first")
     if customer_id is not None:
@@ -60,6 +63,8 @@ def resolve(con: duckdb.DuckDBPyConnection, *, email: str | None = None, custome
                           threshold)
     customers = _ids(con, "SELECT DISTINCT customer_id FROM identity_crosswalk WHERE record_id IN "
                           "(SELECT unnest(?))", [records])
+    if customer_id is not None and customer_id in _provisional(s):
+        customers.add(customer_id)
     whole = customers if customer_id is not None else _only_person(con, records, customers)
     records |= _ids(con, "SELECT record_id FROM identity_crosswalk WHERE customer_id IN (SELECT unnest(?))", [whole])
     keys = _with_children(con, _by_table(records), whole)
@@ -69,6 +74,12 @@ def resolve(con: duckdb.DuckDBPyConnection, *, email: str | None = None, custome
                        "NULL", [records])
     return Person("customer_id" if customer_id else "email", tuple(sorted(customers)), tuple(sorted(whole)),
                   {t: tuple(sorted(k)) for t, k in keys.items() if k}, tuple(sorted(emails)), tuple(sorted(phones)))
+
+
+def _provisional(s: Settings) -> set[str]:
+    from c360.features import live_identity  # at call time: it imports this module (through the event log)
+
+    return set(live_identity.pending(s)[1]["customer_id"])
 
 
 def _ids(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | dict[str, Any]) -> set[str]:

@@ -94,8 +94,7 @@ def carry_out(s: Settings, request: dict[str, Any]) -> dict[str, Any]:
 
 def _person(s: Settings, request: dict[str, Any]) -> Person | None:
     with warehouse.connect(s, read_only=True) as con:
-        return privacy.resolve(con, email=request["email"], customer_id=request["customer_id"],
-                               threshold=s.match_threshold)
+        return privacy.resolve(s, con, email=request["email"], customer_id=request["customer_id"])
 
 
 def _now() -> str:

@@ -37,7 +37,7 @@ def person(s: Settings, ask: PrivacyAsk) -> Person:
     email, customer_id = asked(ask)
     with warehouse(s) as con:
         try:
-            found = privacy.resolve(con, email=email, customer_id=customer_id, threshold=s.match_threshold)
+            found = privacy.resolve(s, con, email=email, customer_id=customer_id)
         except privacy.UnknownPerson as e:
             raise NotFound(str(e)) from None
     touched(found.customers)  # the audit record names the customers, never the e-mail asked

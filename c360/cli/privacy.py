@@ -40,7 +40,7 @@ def _person(s: Settings, email: str | None, customer_id: str | None) -> Person:
         raise fail(f"no warehouse in {s.home}: run `c360 ingest` and `c360 resolve` first")
     with warehouse.connect(s, read_only=True) as con:
         try:
-            return resolve(con, email=email, customer_id=customer_id, threshold=s.match_threshold)
+            return resolve(s, con, email=email, customer_id=customer_id)
         except UnknownPerson as e:
             raise fail(str(e)) from None
 

@@ -187,14 +187,19 @@ def test_erasure_removes_the_person_from_identity_db(s: Settings) -> None:
     assert personal.owner(s, path).name == "live_identity"
     assert NEW_EMAIL.encode() in path.read_bytes() + _wal(path)
     with warehouse.connect(s, read_only=True) as con:
-        person = privacy.resolve(con, email=NEW_EMAIL)
+        person = privacy.resolve(s, con, email=NEW_EMAIL)
         exported = live_identity.LiveIdentity.export(personal.Work(s, con), person)
     assert [r["record_id"] for r in exported["crosswalk"]] == ["support/tickets:T-ERASE"]
     report = privacy.erase(s, person)
     assert report["live_identity"].rows == 2  # the record, and the provisional customer left without records
     assert NEW_EMAIL.encode() not in path.read_bytes() + _wal(path)
     assert b"ottilie@elsewhere-unknown.test" in path.read_bytes() + _wal(path)
-    assert len(live_identity.pending(s)[1]) == 1
+    (kept,) = live_identity.pending(s)[1]["customer_id"]
+    with warehouse.connect(s, read_only=True) as con:  # a provisional customer is found by its id too
+        by_id = privacy.resolve(s, con, customer_id=kept)
+    assert by_id.found and privacy.erase(s, by_id)["live_identity"].rows >= 1
+    assert b"ottilie@elsewhere-unknown.test" not in path.read_bytes() + _wal(path)
+    assert live_identity.pending(s)[1].empty
 
 
 def _wal(path: Path) -> bytes:
