@@ -5,6 +5,7 @@ fold in the warehouse exactly once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from c360.core import audit, keys, warehouse
@@ -42,7 +44,12 @@ class Server:
             raise RuntimeError(f"{e}\n{self.log.read_text()[-3000:]}") from None
 
     def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
+        """SIGKILL to the server and its workers: BentoML's workers run in process groups of their own, so a
+        group kill would leave them serving (and holding the port) after the 'crash'."""
+        tree = [self.process.pid, *(p.pid for p in psutil.Process(self.process.pid).children(recursive=True))]
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.process.wait()
 
 
