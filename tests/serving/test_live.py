@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -73,12 +72,9 @@ def test_an_event_is_in_the_profile_when_the_post_answers(live: Live) -> None:
     warm, customer = customers(live, 2)
     live.post(ticket("warm-1", warm, live.now + pd.Timedelta(minutes=1)))  # the workers' first reads, not timed
     before = live.profile(customer)
-    started = time.perf_counter()
     answer = live.post(ticket("hs-1", customer, live.now + pd.Timedelta(minutes=5)))
-    after = live.profile(customer)
-    elapsed = time.perf_counter() - started
+    after = live.profile(customer)  # read once, right after the answer: how long it takes is bench/events.py's
     assert answer["accepted"] == 1 and answer["live"] == {"updated": 1}
-    assert elapsed < 1.0
     support = after["present"]["support"]
     assert support["open_high_severity_tickets"] == before["present"]["support"]["open_high_severity_tickets"] + 1
     assert "open_high_severity" in [f["code"] for f in after["present"]["red_flags"]]
