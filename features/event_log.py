@@ -163,16 +163,6 @@ def customers_named(events: Sequence[Any]) -> list[str]:
 # ---------------------------------------------------------------- the logs
 
 
-@dataclass
-class _Tail:
-    """What this process has read of a log: the file's (inode, size, mtime) then, the bytes read, the ids."""
-
-    stamp: tuple[int, int, int]
-    offset: int
-    ids: set[str] = field(default_factory=set)
-
-
-_tails: dict[Path, _Tail] = {}
 _suppressed: dict[Path, tuple[tuple[int, int, int], Suppressed | None]] = {}
 _thread_lock = threading.Lock()
 
@@ -206,20 +196,6 @@ def _records(lines: list[bytes]) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
         except ValueError:  # the torn end of a write that was never acknowledged
             continue
-
-
-def _seen(fd: int, path: Path) -> _Tail:
-    """The event ids in the log open as `fd`, read only from where this process last stopped."""
-    st = os.fstat(fd)
-    tail = _tails.get(path)
-    if tail is None or tail.stamp[0] != st.st_ino or st.st_size < tail.offset:  # new, or rewritten by an erasure
-        tail = _tails[path] = _Tail((st.st_ino, 0, 0), 0)
-    if tail.stamp != _stamp(st):
-        lines, used = _complete_lines(os.pread(fd, st.st_size - tail.offset, tail.offset))
-        tail.ids.update(r["event"]["event_id"] for r in _records(lines))
-        tail.offset += used
-        tail.stamp = _stamp(st)
-    return tail
 
 
 def _open(path: Path) -> int:
@@ -298,16 +274,14 @@ def _log_new(path: Path, events: list[dict[str, Any]], received: str) -> list[di
     caller holds the lock."""
     fd = _open(path)
     try:
-        tail = _seen(fd, path)
         new: dict[str, dict[str, Any]] = {}
-        for e in events:
-            if e["event_id"] not in tail.ids:
-                new.setdefault(e["event_id"], e)
+        with _read_lock:
+            held = _read(path).ids
+            for e in events:
+                if e["event_id"] not in held:
+                    new.setdefault(e["event_id"], e)
         if new:
             _write(fd, [{"received_at": received, "event": e} for e in new.values()])
-            tail.ids.update(new)
-            st = os.fstat(fd)  # the tail was read up to the end under the lock: what follows is ours
-            tail.stamp, tail.offset = _stamp(st), st.st_size
     finally:
         os.close(fd)
     return list(new.values())
@@ -347,12 +321,14 @@ class FoldReport:
 
 @dataclass
 class _Read:
-    """What this process has parsed of a log: the file's (inode, size, mtime) then, bytes and lines read, records."""
+    """What this process has parsed of a log: the file's (inode, size, mtime) then, bytes and lines read, records
+    and the event ids among them (what `accept` checks a batch against)."""
 
     stamp: tuple[int, int, int]
     offset: int = 0
     lines: int = 0
     records: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
 
 
 _reads: dict[Path, _Read] = {}
@@ -361,26 +337,36 @@ _read_lock = threading.Lock()
 
 
 def read_log(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) of a log's whole lines. Each process parses only what was appended since it last
-    read (a log rewritten by an erasure from its start): the live update reads the log on every request."""
+    """(line number, record) of a log's whole lines (see `_read`): the live update reads the log on every
+    request."""
     with _read_lock:
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return []
-        read = _reads.get(path)
-        if read is None or read.stamp[0] != st.st_ino or st.st_size < read.offset:
-            read = _reads[path] = _Read((st.st_ino, 0, 0))
-        if read.stamp != _stamp(st):
-            with path.open("rb") as f:
-                f.seek(read.offset)
-                lines, used = _complete_lines(f.read(st.st_size - read.offset))
-            for line in lines:
-                read.lines += 1
-                read.records += [(read.lines, r) for r in _records([line])]
-            read.offset += used
-            read.stamp = _stamp(st)
-        return list(read.records)
+        return list(_read(path).records)
+
+
+def _read(path: Path) -> _Read:
+    """This process's parse of a log, brought up to date: only what was appended since it last read is parsed (a
+    log rewritten by an erasure, a new inode, from its start); a torn last line waits for its end. The caller holds
+    `_read_lock`."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return _Read((0, 0, 0))
+    read = _reads.get(path)
+    if read is None or read.stamp[0] != st.st_ino or st.st_size < read.offset:
+        read = _reads[path] = _Read((st.st_ino, 0, 0))
+    if read.stamp != _stamp(st):
+        with path.open("rb") as f:
+            f.seek(read.offset)
+            lines, used = _complete_lines(f.read(st.st_size - read.offset))
+        for line in lines:
+            read.lines += 1
+            for record in _records([line]):
+                read.records.append((read.lines, record))
+                if isinstance(event := record.get("event"), dict) and isinstance(event.get("event_id"), str):
+                    read.ids.add(event["event_id"])
+        read.offset += used
+        read.stamp = _stamp(st)
+    return read
 
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
@@ -568,7 +554,7 @@ class EventLogs:
 
 def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:
     """Swap in a new file holding `records`: the old one's bytes go with its inode (the lock is held; appenders
-    open the log by name after taking it, and `_seen` reads a new inode from its start)."""
+    open the log by name after taking it, and `_read` reads a new inode from its start)."""
     write_private(path, _lines(records))
 
 

@@ -99,7 +99,7 @@ def test_a_torn_last_line_neither_breaks_the_log_nor_swallows_the_next_event(s: 
     event_log.accept(s, [login("e1")])
     with event_log.log_path(s).open("ab") as f:
         f.write(b'{"received_at": "2025-01-01", "event": {"event_id": "e9"')  # a write cut short: never acknowledged
-    event_log._tails.clear()  # as a process started after the crash
+    event_log._reads.clear()  # as a process started after the crash
     assert event_log.accept(s, [login("e2")])["accepted"] == 1
     assert event_log.accept(s, [login("e2")])["duplicates"] == 1
     assert [r[0] for r in query_after_fold(s, "SELECT event_id FROM product_events ORDER BY 1")] == ["e1", "e2"]
