@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow
 
 from c360.core import contract
-from c360.core.at_rest import fsync_dir, write_private
+from c360.core.at_rest import file_stamp, fsync_dir, write_private
 from c360.core.contract import EVENTS_BY_KIND, EventKind, Table
 from c360.core.personal import Erased, Person, Work
 from c360.core.settings import Settings
@@ -167,10 +167,6 @@ _suppressed: dict[Path, tuple[tuple[int, int, int], Suppressed | None]] = {}
 _thread_lock = threading.Lock()
 
 
-def _stamp(st: os.stat_result) -> tuple[int, int, int]:
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
 @contextmanager
 def _locked(s: Settings) -> Iterator[None]:
     """The logs to this process alone: appends, and an erasure's rewrite, take it."""
@@ -234,7 +230,7 @@ def _suppression(s: Settings) -> Suppressed | None:
     """The suppression list, read again only when its file changed."""
     path = s.home / "privacy" / "suppressed"
     try:
-        stamp = _stamp(path.stat())
+        stamp = file_stamp(path.stat())
     except FileNotFoundError:
         return None
     cached = _suppressed.get(path)
@@ -354,7 +350,7 @@ def _read(path: Path) -> _Read:
     read = _reads.get(path)
     if read is None or read.stamp[0] != st.st_ino or st.st_size < read.offset:
         read = _reads[path] = _Read((st.st_ino, 0, 0))
-    if read.stamp != _stamp(st):
+    if read.stamp != file_stamp(st):
         with path.open("rb") as f:
             f.seek(read.offset)
             lines, used = _complete_lines(f.read(st.st_size - read.offset))
@@ -365,7 +361,7 @@ def _read(path: Path) -> _Read:
                 if isinstance(event := record.get("event"), dict) and isinstance(event.get("event_id"), str):
                     read.ids.add(event["event_id"])
         read.offset += used
-        read.stamp = _stamp(st)
+        read.stamp = file_stamp(st)
     return read
 
 
@@ -382,7 +378,7 @@ def unfolded(s: Settings, connect: Connect) -> list[tuple[int, dict[str, Any]]]:
 
 def folded_ids(s: Settings, connect: Connect) -> frozenset[str]:
     """The ids of the events folded into the warehouse, read again (`connect()`) only when its file changed."""
-    stamp = _stamp(s.warehouse.stat())
+    stamp = file_stamp(s.warehouse.stat())
     cached = _folded.get(s.warehouse)
     if cached is None or cached[0] != stamp:
         with connect() as con:

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from c360.core import connections, contract
+from c360.core.at_rest import file_stamp
 from c360.core.settings import Settings
 from c360.features import compute, event_log, live_identity, store
 from c360.features.event_log import Folded
@@ -159,7 +160,7 @@ def _table_rows(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Tab
                 events: list[tuple[int, dict[str, Any]]]) -> Folded:
     """`event_log.folded` of a table's unfolded events, parsing only those logged since the last call when the
     warehouse is the same: the fold reads the new events after the old ones, an old row's key counting as held."""
-    stamp, ids = _stamp(s.warehouse), tuple(r["event"]["event_id"] for _, r in events)
+    stamp, ids = file_stamp(s.warehouse.stat()), tuple(r["event"]["event_id"] for _, r in events)
     with _lock:
         cached = _pending.get((s.warehouse, table.id))
     if cached is not None and cached[0] == stamp and ids[:len(cached[1])] == cached[1]:
@@ -181,7 +182,7 @@ def _table_rows(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Tab
 
 def _held(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Table, keys: list[str]) -> set[str]:
     """Which of `keys` the warehouse table holds; each key looked up once until the warehouse changes."""
-    stamp = _stamp(s.warehouse)
+    stamp = file_stamp(s.warehouse.stat())
     with _lock:
         cached = _known.get((s.warehouse, table.id))
         if cached is None or cached[0] != stamp:
@@ -193,11 +194,6 @@ def _held(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Table, ke
         checked.update(new)
         held.update(found)
         return held & set(keys)
-
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    st = path.stat()
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 # ---------------------------------------------------------------- a customer's live events

@@ -55,6 +55,7 @@ import pyarrow
 from splink import Linker
 
 from c360.core import connections, contract, warehouse
+from c360.core.at_rest import file_stamp
 from c360.core.contract import EVENTS_BY_KIND
 from c360.core.personal import Erased, Person, Work, sqlite_delete
 from c360.core.settings import Settings
@@ -696,12 +697,11 @@ def merged_into(s: Settings, customer_id: str) -> str | None:
     """The id a merged customer lives on as (`identity_merges`, chains followed), or None; the merges are read
     again only when the warehouse file changed."""
     try:
-        st = s.warehouse.stat()
+        now = file_stamp(s.warehouse.stat())
     except FileNotFoundError:
         return None
-    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
     cached = _merged.get(s.warehouse)
-    if cached is None or cached[0] != stamp:
+    if cached is None or cached[0] != now:
         with warehouse.connect(s, read_only=True) as con:
-            cached = _merged[s.warehouse] = (stamp, _merges(con))
+            cached = _merged[s.warehouse] = (now, _merges(con))
     return cached[1].get(customer_id)

@@ -64,6 +64,11 @@ def write_private(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def file_stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """A file's inode, size and modification time: a reader that keeps what it parsed reads again when it changes."""
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def fsync_dir(path: Path) -> None:
     """Make the entries of folder `path` (a file created or renamed in it) durable."""
     fd = os.open(path, os.O_RDONLY)

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from c360.core.at_rest import write_private
+from c360.core.at_rest import file_stamp, write_private
 from c360.core.settings import Settings
 
 GENESIS = "0" * 64
@@ -47,10 +47,6 @@ def _digest(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _stamp(st: os.stat_result) -> tuple[int, int, int]:
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
 def _last(fd: int, size: int) -> tuple[int, str]:
     """The last record's seq and hash, read from the file's tail."""
     start = max(0, size - 65536)
@@ -70,7 +66,7 @@ def append(s: Settings, *, key: str, role: str, action: str, customers: Sequence
             fcntl.flock(fd, fcntl.LOCK_EX)
             st = os.fstat(fd)
             seen = _tail.get(file)
-            if seen and seen[0] == _stamp(st):
+            if seen and seen[0] == file_stamp(st):
                 seq, prev = seen[1], seen[2]
             else:
                 seq, prev = _last(fd, st.st_size) if st.st_size else _anchor(s)
@@ -80,7 +76,7 @@ def append(s: Settings, *, key: str, role: str, action: str, customers: Sequence
             record["hash"] = _digest(record)
             line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
             os.write(fd, line)
-            _tail[file] = (_stamp(os.fstat(fd)), record["seq"], record["hash"])
+            _tail[file] = (file_stamp(os.fstat(fd)), record["seq"], record["hash"])
         finally:
             os.close(fd)  # closing releases the lock
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from c360.core.at_rest import write_private
+from c360.core.at_rest import file_stamp, write_private
 from c360.core.settings import Settings
 
 ROLES = ("admin", "csm", "analyst", "service")
@@ -153,7 +153,7 @@ class Keys:
     def _fresh(self) -> list[Key]:
         try:
             st = os.stat(self.file)
-            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            stamp = file_stamp(st)
         except FileNotFoundError:
             stamp = None
         if stamp != self.stamp:
