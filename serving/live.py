@@ -98,8 +98,6 @@ def live_update(s: Settings, context: Callable[[], Context], events: Sequence[di
 def guarded(s: Settings, context: Callable[[], Context], events: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """`update`, or `{"updated": 0, "error": "<component> unavailable: ..."}` when it cannot be done: never an
     error to the sender of events that are durable already."""
-    if not events:
-        return {"updated": 0, "customers": [], "placed": []}
     try:
         return update(s, context, events)
     except Unavailable as e:
