@@ -9,7 +9,9 @@ as a whole (`IngestError`). A file whose content (sha256) is already in `ingest_
 
 Per file, in one transaction: stream chunks out of DuckDB's CSV reader -> parse and check each chunk's rows
 (pandas, pandera) -> quarantine the bad rows, append the good ones -> check keys and references in SQL over
-the whole file -> move the rows failing those from the table to quarantine -> log.
+the whole file -> move the rows failing those from the table to quarantine -> log. Exports loaded through a
+mapping (`c360.features.mapping`) take the same path from the second step on: `ingest_rows` streams the rows a
+mapping's query gives in place of the CSV reader's.
 """
 
 from __future__ import annotations
