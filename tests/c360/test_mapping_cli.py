@@ -52,7 +52,7 @@ def test_check_names_missing_and_unknown_and_ingest_loads_nothing(home: Path, tm
     assert human.exit_code == 1 and "missing (required)" in human.stdout and "favourite_colour" in human.stdout
     refused = runner.invoke(app, ["ingest", "--mapping", "hubspot", "--source", str(export)])
     assert refused.exit_code == 1 and "account_name" in refused.stderr
-    assert [line for line in refused.stderr.splitlines() if "account_name" in line][0].startswith("error: ")
+    assert next(line for line in refused.stderr.splitlines() if "account_name" in line).startswith("error: ")
     if (home / "warehouse.duckdb").exists():
         with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
             tables = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
