@@ -9,7 +9,9 @@ as a whole (`IngestError`). A file whose content (sha256) is already in `ingest_
 
 Per file, in one transaction: stream chunks out of DuckDB's CSV reader -> parse and check each chunk's rows
 (pandas, pandera) -> quarantine the bad rows, append the good ones -> check keys and references in SQL over
-the whole file -> move the rows failing those from the table to quarantine -> log.
+the whole file -> move the rows failing those from the table to quarantine -> log. Exports loaded through a
+mapping (`c360.features.mapping`) take the same path from the second step on: `ingest_rows` streams the rows a
+mapping's query gives in place of the CSV reader's.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
@@ -51,6 +53,17 @@ CREATE TABLE IF NOT EXISTS ingest_log (
 )"""
 _MAX_HEADER_BYTES = 1 << 20
 Suppress = Callable[[Table, pd.DataFrame], np.ndarray]  # rows (as text) of a table -> which belong to erased people
+
+
+class Rows(Protocol):
+    """Rows that reach a table through a mapping (`c360.features.mapping`) instead of a contract-shaped CSV file."""
+
+    @property
+    def file(self) -> str:
+        """The `_file` of the rows: the input file or URL they come from."""
+
+    def batches(self, cursor: duckdb.DuckDBPyConnection, chunk_rows: int) -> Iterator[pyarrow.Table]:
+        """The rows as text: `_row` (the row in the input, 1-based) and the table's columns, in that order."""
 
 
 class IngestError(Exception):
@@ -83,10 +96,11 @@ class _Load:
     ingest_id: int
     max_line: int
     suppress: Suppress | None = None
+    rows: Rows | None = None  # a mapped input's rows, read in place of the CSV file at `path`
 
     @property
     def file(self) -> str:
-        return str(self.path.resolve())
+        return self.rows.file if self.rows is not None else str(self.path.resolve())
 
 
 def q(name: str) -> str:
@@ -202,22 +216,48 @@ def ingest_file(
     """Load one file of `table` in one transaction (the schema must exist, see `ensure_schema`)."""
     path = Path(path)
     digest, longest = file_sha256(path)
-    seen = "SELECT 1 FROM ingest_log WHERE table_id = ? AND sha256 = ?"
-    if con.execute(seen, [table.id, digest]).fetchone():
+    if _seen(con, table, digest):
         return FileReport(table.id, path, 0, 0, 0, skipped=True)
     if longest > max_line:  # DuckDB's parallel reader can drop such a line, at the end of a file, without a word
         raise IngestError(f"{path}: {_long_line_problem(path, max_line)}")
     header = read_header(path)
     positions = _column_positions(header, table, path)
+    return _logged(con, digest, chunk_rows,
+                   lambda ingest_id: _Load(table, path, len(header), positions, ingest_id, max_line, suppress))
+
+
+def ingest_rows(
+    con: duckdb.DuckDBPyConnection, table: Table, path: Path, rows: Rows, digest: str, *,
+    chunk_rows: int = CHUNK_ROWS, suppress: Suppress | None = None,
+) -> FileReport:
+    """Load mapped `rows` of `table` (from the input at `path`) like a file: the same checks, quarantine and log.
+
+    `digest` stands for the file's sha256: rows with a digest already logged for the table are skipped.
+    """
+    if _seen(con, table, digest):
+        return FileReport(table.id, path, 0, 0, 0, skipped=True)
+    return _logged(con, digest, chunk_rows,
+                   lambda ingest_id: _Load(table, path, 0, (), ingest_id, MAX_LINE, suppress, rows))
+
+
+def _seen(con: duckdb.DuckDBPyConnection, table: Table, digest: str) -> bool:
+    seen = "SELECT 1 FROM ingest_log WHERE table_id = ? AND sha256 = ?"
+    return con.execute(seen, [table.id, digest]).fetchone() is not None
+
+
+def _logged(
+    con: duckdb.DuckDBPyConnection, digest: str, chunk_rows: int, make_load: Callable[[int], _Load]
+) -> FileReport:
+    """Load in one transaction, and log the load with its digest."""
     con.begin()
     try:
         ingest_id = _scalar(con, "SELECT coalesce(max(ingest_id), 0) + 1 FROM ingest_log")
-        load = _Load(table, path, len(header), positions, ingest_id, max_line, suppress)
+        load = make_load(ingest_id)
         report = _load(con, load, chunk_rows)
         con.execute(
             "INSERT INTO ingest_log "
             "VALUES ($id, $table_id, $file, $sha, $read, $accepted, $quarantined, $at)",
-            {"id": ingest_id, "table_id": table.id, "file": load.file, "sha": digest, "read": report.read,
+            {"id": ingest_id, "table_id": load.table.id, "file": load.file, "sha": digest, "read": report.read,
              "accepted": report.accepted, "quarantined": report.quarantined,
              "at": datetime.now(UTC).replace(tzinfo=None)})
         con.commit()
@@ -314,6 +354,9 @@ def _raw_batches(con: duckdb.DuckDBPyConnection, load: _Load, chunk_rows: int) -
     cursor = con.cursor()  # a second connection: the CSV streams while `con` writes in its transaction
     try:
         cursor.execute("SET SESSION preserve_insertion_order = true")
+        if load.rows is not None:
+            yield from load.rows.batches(cursor, chunk_rows)
+            return
         first = 1
         for batch in _csv_batches(cursor, load, chunk_rows):
             n = batch.num_rows

@@ -22,6 +22,7 @@ def test_the_wheel_holds_c360_alone(tmp_path: Path) -> None:
     for layer in ("core", "features", "feature_repo", "training", "serving", "cli"):
         assert f"c360/{layer}/__init__.py" in names
     assert "c360/serving/static/profile.html" in names
+    assert {"c360/mappings/stripe.yaml", "c360/mappings/hubspot.yaml"} <= set(names)
 
 
 @pytest.mark.parametrize(("statement", "works"), [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,7 @@ from c360.cli.events import events_app
 from c360.cli.features import apply, build, features_app, materialize, profile
 from c360.cli.identity import eval_app, resolve_app, run_resolve
 from c360.cli.keys import keys_app
+from c360.cli.mapping import mapping_app
 from c360.cli.privacy import privacy_app
 from c360.cli.review import mlflow_ui
 from c360.cli.serve import score, serve
@@ -62,6 +64,7 @@ app.command()(serve)
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(events_app, name="events")
+app.add_typer(mapping_app, name="mapping")
 
 
 def settings() -> Settings:
@@ -97,29 +100,30 @@ app.command()(advance)
 @app.command()
 def ingest(
     source: Annotated[Path | None, typer.Option(help="folder of silo exports (<silo>/<table>*.csv), or one file; "
-                                                     "without it, only the event log is folded")] = None,
+                                                     "with --mapping, the folder its inputs are in; without it, "
+                                                     "only the event log is folded")] = None,
+    mapping: Annotated[str | None, typer.Option(help="a mapping file (YAML) of your own exports onto the contract, "
+                                                     "or a shipped one's name (`c360 mapping list`)")] = None,
     as_json: Json = False,
 ) -> dict:
     """Check source files against the data contract and load them into the warehouse, then fold in the live events
     logged since the last time (`POST /events`, `c360 events push`).
 
     Rows that break the contract go to the quarantine table with their reason, as do rejected events; files already
-    loaded are skipped, events already folded too."""
+    loaded are skipped, events already folded too. With --mapping, the mapping's inputs are loaded through it
+    (`c360 mapping check` first)."""
     from c360.features.event_log import fold
-    from c360.features.ingest import IngestError, IngestWarning, discover
-    from c360.features.ingest import ingest as run
+    from c360.features.ingest import IngestError, IngestWarning
     from c360.features.privacy import Suppressed
 
     s, started = settings(), time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", IngestWarning)
         try:
-            files = discover(source) if source else []
-            with warehouse.connect(s) as con, progress("ingesting files", len(files) + 1) as advance:
+            files, run = _ingest_run(source, mapping, s)
+            with warehouse.connect(s) as con, progress("ingesting files", files + 1) as advance:
                 suppressed = Suppressed.load(s)
-                reports = [] if source is None else run(
-                    con, source, on_file=lambda _: advance(1), max_line=s.csv_max_line,
-                    suppress=suppressed.mask if suppressed else None)
+                reports = run(con, lambda _: advance(1), suppressed.mask if suppressed else None)
                 folded = fold(s, con)
                 advance(1)
         except IngestError as e:
@@ -131,7 +135,7 @@ def ingest(
     for message in notes:
         stderr.print(f"[yellow]note:[/] {message}", soft_wrap=True)  # one line each, whatever the width
     loaded = Table("table", "file", "read", "accepted", "quarantined", "suppressed",
-                   title=f"ingest {source or 'the event log'}")
+                   title=f"ingest {mapping or source or 'the event log'}")
     for r in reports:
         note = " (already loaded)" if r.skipped else ""
         loaded.add_row(r.table_id, Path(r.file).name + note, f"{r.read:,}", f"{r.accepted:,}", f"{r.quarantined:,}",
@@ -141,10 +145,27 @@ def ingest(
     totals = {k: sum(getattr(r, k) for r in reports) for k in ("read", "accepted", "quarantined", "suppressed")}
     events = {k: sum(getattr(f, k) for f in folded)
               for k in ("read", "accepted", "replaced", "superseded", "quarantined")}
-    record_run(s, "ingest", started, source=source, **totals, events=events)
-    return emit({"source": source, "files": reports, **totals, "events": events, "folded": folded, "notes": notes},
+    record_run(s, "ingest", started, source=source, mapping=mapping, **totals, events=events)
+    return emit({"source": source, "mapping": mapping, "files": reports, **totals, "events": events,
+                 "folded": folded, "notes": notes},
                 as_json, loaded, "total: " + ", ".join(f"{k} {v:,}" for k, v in totals.items())
                 + "; events: " + ", ".join(f"{k} {v:,}" for k, v in events.items()))
+
+
+def _ingest_run(source: Path | None, mapping: str | None, s: Settings) -> tuple[int, Callable[..., list]]:
+    """How many files `c360 ingest` loads, and the function loading them: (con, on_file, suppress) -> reports."""
+    from c360.cli.mapping import load
+    from c360.features.ingest import discover, ingest
+    from c360.features.mapping import ingest_mapping, rows_of
+
+    if mapping is not None:
+        mapped = load(mapping, source)
+        return len(rows_of(mapped)), lambda con, on_file, suppress: ingest_mapping(con, mapped, on_file,
+                                                                                   suppress=suppress)
+    if source is None:
+        return 0, lambda con, on_file, suppress: []
+    return len(discover(source)), lambda con, on_file, suppress: ingest(
+        con, source, on_file, max_line=s.csv_max_line, suppress=suppress)
 
 
 @app.command()
