@@ -57,9 +57,9 @@ def train_clv(
         help="with --transactions: the amount column (text like '$1,234.50' is read; negative = a return)")] = None,
     calibration_end: Annotated[str | None, typer.Option(
         help="with --transactions: last day of calibration, YYYY-MM-DD; the holdout runs from the next day to the "
-             "log's end [default: the log's middle day]")] = None,
+             "log's end (default: the log's middle day)")] = None,
     date_format: Annotated[str | None, typer.Option(
-        help="with --transactions: the dates' strftime format, e.g. %d/%m/%Y [default: ISO 8601 or YYYYMMDD]")] = None,
+        help="with --transactions: the dates' strftime format, e.g. %d/%m/%Y (default: ISO 8601 or YYYYMMDD)")] = None,
     as_json: Json = False,
 ) -> dict:
     """12-month net revenue: LightGBM (Tweedie) on clv_v1 against BG/NBD x Gamma-Gamma; registered as c360-clv.
