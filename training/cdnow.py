@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from c360.core.settings import Settings
-from c360.training import clv
+from c360.training import clv, clv_holdout
 
 COLUMNS = ("customer_id", "date", "dollars")
 
@@ -97,11 +96,6 @@ def available(data_dir: Path | None = None) -> bool:
     return all((_folder(data_dir) / name).is_file() for name in ("CDNOW_master.txt", "CDNOW_sample.txt"))
 
 
-def _bgnbd_params(fitted: Any) -> dict[str, float]:
-    params = {name: float(fitted.params_[name]) for name in ("r", "alpha", "a", "b")}
-    return {**params, "log_likelihood": clv.bgnbd_log_likelihood(fitted)}
-
-
 def _train_ours(
     master: pd.DataFrame, at_cut: pd.DataFrame, in_sample: np.ndarray, split: Split
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -124,53 +118,39 @@ def _reference(split: Split) -> tuple[pd.Series, dict[str, float]]:
     return row, {"total": total, "total_error": total - PUBLISHED_TOTALS["actual"], "bin_mae": bin_mae}
 
 
-def _compare(
-    split: Split, actual: pd.Series, frequency: pd.Series, predictions: dict[str, pd.Series]
-) -> dict[str, Any]:
+def _compare(split: Split, holdout: clv_holdout.Holdout, predictions: dict[str, pd.Series]) -> dict[str, Any]:
     """Holdout table (rows: customers, actual, BG/NBD (published), ours...) and metrics per model."""
     reference_row, reference_metrics = _reference(split)
-    table = clv.holdout_table(frequency, {"actual": actual, **predictions})
+    compared = clv_holdout.compare(holdout, predictions)
+    table, metrics = compared["table"], compared["metrics"]
     table.loc["BG/NBD (published)"] = reference_row
-    table = table.loc[["customers", "actual", "BG/NBD (published)", *predictions]]
-    metrics = pd.DataFrame({name: clv.holdout_metrics(actual, p, frequency) for name, p in predictions.items()}).T
     metrics.loc["BG/NBD (published)"] = pd.Series(reference_metrics)
-    metrics.loc["actual", "total"] = actual.sum()
-    return {"table": table, "metrics": metrics.loc[["actual", "BG/NBD (published)", *predictions]]}
+    return {"table": table.loc[["customers", "actual", "BG/NBD (published)", *predictions]],
+            "metrics": metrics.loc[["actual", "BG/NBD (published)", *predictions]]}
 
 
 def evaluate_split(master: pd.DataFrame, sample: pd.DataFrame, split: Split) -> dict[str, Any]:
     """Holdout table, metrics, our BG/NBD parameters and the spend comparison for one split.
 
-    Our BG/NBD and Gamma-Gamma are fitted on the sample's calibration data, as published; ours (LightGBM) on the
-    rows described by split.trained_on, with the stacked BG/NBD feature fitted on all master customers at the cut-off.
+    Our BG/NBD and Gamma-Gamma are fitted on the sample's calibration data, as published (training.clv_holdout);
+    ours (LightGBM) on the rows described by split.trained_on, with the stacked BG/NBD feature fitted on all master
+    customers at the cut-off.
     """
     cut, horizon = split.calibration_end, split.horizon_weeks
-    sample_rfm = clv.rfm(sample, *COLUMNS, cut)
-    window = clv.purchases_in_window(sample, *COLUMNS, cut, horizon).reindex(sample_rfm.index, fill_value=0.0)
+    holdout = clv_holdout.split(sample, COLUMNS, cut, horizon)
     at_cut = clv.model_features(master, *COLUMNS, cut, horizon)
-    in_sample = at_cut.index.isin(sample_rfm.index)
+    in_sample = at_cut.index.isin(holdout.calibration.index)
     train_x, train_y = _train_ours(master, at_cut, in_sample, split)
-    apply_x = at_cut[in_sample].reindex(sample_rfm.index)
+    apply_x = at_cut[in_sample].reindex(holdout.calibration.index)
     counts = clv.fit_boosted(train_x, train_y["purchases"], horizon, trained_on={"description": split.trained_on})
     spend = clv.fit_boosted(train_x, train_y["value"], horizon, params=clv.VALUE_PARAMS)
-    bgnbd = clv.fit_bgnbd(sample_rfm)
-    predictions = {"BG/NBD (ours)": clv.bgnbd_expected(bgnbd, sample_rfm, horizon),
-                   "LightGBM (ours)": clv.predict_boosted(counts, apply_x)}
-    gamma_gamma = clv.gamma_gamma_value(bgnbd, clv.fit_gamma_gamma(sample_rfm), sample_rfm, horizon)
-    value = _value_summary(window["value"], {"BG/NBD × Gamma-Gamma (ours)": gamma_gamma,
-                                             "LightGBM Tweedie (ours)": clv.predict_boosted(spend, apply_x)})
-    return {**_compare(split, window["purchases"], sample_rfm["frequency"], predictions),
-            "bgnbd_params": _bgnbd_params(bgnbd), "value": value, "trained_on": split.trained_on,
-            "training_rows": len(train_x), "boosting_rounds": counts.booster.num_trees()}
-
-
-def _value_summary(actual: pd.Series, predictions: dict[str, pd.Series]) -> pd.DataFrame:
-    """Spend in the horizon: total, and per-customer MAE and RMSE (dollars)."""
-    rows = {"actual": {"total": actual.sum(), "mae": 0.0, "rmse": 0.0}}
-    for name, predicted in predictions.items():
-        error = predicted.reindex(actual.index).to_numpy() - actual.to_numpy()
-        rows[name] = {"total": predicted.sum(), "mae": np.abs(error).mean(), "rmse": np.sqrt((error**2).mean())}
-    return pd.DataFrame(rows).T
+    classic = clv_holdout.fit_classic(holdout)
+    predictions = {"BG/NBD (ours)": classic.purchases, "LightGBM (ours)": clv.predict_boosted(counts, apply_x)}
+    value = clv_holdout.value_summary(holdout.actual["value"], {
+        "BG/NBD × Gamma-Gamma (ours)": classic.value, "LightGBM Tweedie (ours)": clv.predict_boosted(spend, apply_x)})
+    return {**_compare(split, holdout, predictions), "bgnbd_params": classic.params(), "value": value,
+            "trained_on": split.trained_on, "training_rows": len(train_x),
+            "boosting_rounds": counts.booster.num_trees()}
 
 
 def evaluate_cdnow(data_dir: Path | None = None) -> dict[str, Any]:
@@ -180,22 +160,3 @@ def evaluate_cdnow(data_dir: Path | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {split.name: evaluate_split(master, sample, split) for split in SPLITS}
     result["seconds"] = time.perf_counter() - started
     return result
-
-
-def holdout_chart(table: pd.DataFrame) -> Figure:
-    """Grouped bars: mean holdout repeat purchases per calibration repeat bin for each row of the table."""
-    rows = [name for name in table.index if name != "customers" and table.loc[name].notna().any()]
-    figure = Figure(figsize=(9, 4.5))
-    axes = figure.subplots()
-    width = 0.8 / len(rows)
-    positions = np.arange(len(table.columns))
-    for i, name in enumerate(rows):
-        offset = (i - (len(rows) - 1) / 2) * width
-        color = "0.25" if name == "actual" else None
-        axes.bar(positions + offset, table.loc[name].to_numpy(dtype=float), width, label=name, color=color)
-    axes.set_xticks(positions, [str(c) for c in table.columns])
-    axes.set_xlabel("repeat purchases in calibration")
-    axes.set_ylabel("mean repeat purchases in holdout")
-    axes.legend(frameon=False)
-    figure.tight_layout()
-    return figure

@@ -237,6 +237,7 @@ class BoostedModel:
     horizon_weeks: float
     stack_bgnbd: bool
     trained_on: dict[str, Any] = field(default_factory=dict)
+    offset: str | None = None  # a feature column the prediction multiplies (see fit_boosted)
 
 
 def model_features(
@@ -289,18 +290,20 @@ def training_frame(
 
 
 def _boost(
-    features: pd.DataFrame, label: pd.Series, params: Mapping[str, Any], max_rounds: int, seed: int
+    features: pd.DataFrame, label: pd.Series, params: Mapping[str, Any], max_rounds: int, seed: int,
+    init_score: np.ndarray | None = None,
 ) -> lgb.Booster:
     """Choose the number of rounds by early stopping on a random 20 % of the training customers, then refit all."""
     rng = np.random.default_rng(seed)
     valid = rng.random(len(features)) < 0.2
-    train_set = lgb.Dataset(features[~valid], label[~valid], free_raw_data=False)
-    valid_set = lgb.Dataset(features[valid], label[valid], reference=train_set)
+    score = np.zeros(len(features)) if init_score is None else init_score
+    train_set = lgb.Dataset(features[~valid], label[~valid], init_score=score[~valid], free_raw_data=False)
+    valid_set = lgb.Dataset(features[valid], label[valid], init_score=score[valid], reference=train_set)
     probe = lgb.train(
         dict(params), train_set, max_rounds, valid_sets=[valid_set], callbacks=[lgb.early_stopping(50, verbose=False)]
     )
     rounds = max(probe.best_iteration, 20)
-    return lgb.train(dict(params), lgb.Dataset(features, label), rounds)
+    return lgb.train(dict(params), lgb.Dataset(features, label, init_score=score), rounds)
 
 
 def fit_boosted(
@@ -312,15 +315,25 @@ def fit_boosted(
     seed: int = 7,
     exclude: Sequence[str] = (),
     trained_on: Mapping[str, Any] | None = None,
+    offset: str | None = None,
 ) -> BoostedModel:
-    """LightGBM on the feature frame (Poisson on purchase counts by default; pass VALUE_PARAMS for spend)."""
-    columns = [c for c in features.columns if c not in exclude]
-    booster = _boost(features[columns], label.astype(float), params or COUNT_PARAMS, max_rounds, seed)
-    return BoostedModel(booster, columns, horizon_weeks, "bgnbd" in columns, dict(trained_on or {}))
+    """LightGBM on the feature frame (Poisson on purchase counts by default; pass VALUE_PARAMS for spend).
+
+    With `offset`, that column (positive, e.g. the BG/NBD expectation for the label window) is no feature but the
+    starting point: the trees learn a multiplicative correction of it (log link), and predict_boosted multiplies the
+    column's value at prediction time — which may be the expectation for another horizon than the label window's.
+    """
+    columns = [c for c in features.columns if c not in exclude and c != offset]
+    init_score = None if offset is None else np.log(features[offset].to_numpy(dtype=float).clip(1e-6))
+    booster = _boost(features[columns], label.astype(float), params or COUNT_PARAMS, max_rounds, seed, init_score)
+    return BoostedModel(booster, columns, horizon_weeks, "bgnbd" in columns, dict(trained_on or {}), offset)
 
 
 def predict_boosted(model: BoostedModel, features: pd.DataFrame) -> pd.Series:
-    return pd.Series(model.booster.predict(features[model.features]), index=features.index, name="lightgbm")
+    predicted = model.booster.predict(features[model.features])
+    if model.offset is not None:
+        predicted = predicted * features[model.offset].to_numpy(dtype=float).clip(1e-6)
+    return pd.Series(predicted, index=features.index, name="lightgbm")
 
 
 def fit_time_split(

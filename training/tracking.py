@@ -263,13 +263,48 @@ def log_training_run(
             inputs = _log_datasets(dataset, dataset_name, target)
             info = _log_model(model, flavor, input_example, pip_requirements)
         mlflow.log_metrics(_all_metrics(metrics, baselines), model_id=info.model_id, dataset=inputs.get("test"))
-        _log_figures(figures)
-        for name, table in tables.items():
-            _log_table(name, table)
-        mlflow.log_text(model_card, "model_card.md")
-    if artifact_root(home).is_dir():  # the model's files under C360_HOME, not a tracking server's
-        owner_only_tree(artifact_root(home))
+        _log_report(figures, tables, model_card)
+    _protect(home)
     return _register(client, info, registered_name, run_tags, model_card)
+
+
+def log_evaluation_run(
+    *,
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    figures: Mapping[str, Figure],
+    tables: Mapping[str, pd.DataFrame | Mapping[str, Any]],
+    model_card: str,
+    tags: Mapping[str, Any],
+    home: Path | None = None,
+) -> str:
+    """Logs a run that compares models without keeping one (no model, no dataset): params, metrics, plots, tables
+    and the card, as log_training_run lays them out. Returns the run id."""
+    home = _home(home)
+    client = configure(home)
+    run_tags = {key: str(value) for key, value in tags.items()}
+    with mlflow.start_run(experiment_id=experiment_id(client, home, experiment), run_name=run_name,
+                          tags=run_tags) as run:
+        mlflow.log_params(dict(params))
+        mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+        _log_report(figures, tables, model_card)
+    _protect(home)
+    return str(run.info.run_id)
+
+
+def _log_report(figures: Mapping[str, Figure], tables: Mapping[str, pd.DataFrame | Mapping[str, Any]],
+                model_card: str) -> None:
+    _log_figures(figures)
+    for name, table in tables.items():
+        _log_table(name, table)
+    mlflow.log_text(model_card, "model_card.md")
+
+
+def _protect(home: Path) -> None:
+    if artifact_root(home).is_dir():  # the run's files under C360_HOME, not a tracking server's
+        owner_only_tree(artifact_root(home))
 
 
 # ---------------------------------------------------------------- reading the registry

@@ -24,7 +24,8 @@ def eval_cdnow(
     as_json: Json = False,
 ) -> None:
     """CLV: BG/NBD (lifetimes) and our LightGBM on CDNOW — the published 39-week table and a forward-honest split."""
-    from c360.training.cdnow import available, default_dir, evaluate_cdnow, holdout_chart
+    from c360.training.cdnow import available, default_dir, evaluate_cdnow
+    from c360.training.clv_holdout import holdout_chart
 
     folder = data / "cdnow" if data else default_dir()
     if not available(folder):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from c360.training import cdnow, clv
+from c360.training import cdnow, clv, clv_holdout
 
 CUT = pd.Timestamp("2024-02-01")  # exclusive: the last calibration day is 2024-01-31
 
@@ -155,6 +155,6 @@ def test_gamma_gamma_reproduces_published_parameters() -> None:
 
 @needs_cdnow
 def test_holdout_chart(result: dict[str, Any]) -> None:
-    figure = cdnow.holdout_chart(result["forward"]["table"])
+    figure = clv_holdout.holdout_chart(result["forward"]["table"])
     assert isinstance(figure, Figure)
     assert len(figure.axes[0].patches) == 3 * 8  # actual, our BG/NBD, ours; the forward split has no published row
