@@ -55,12 +55,13 @@ def run_resolve(threshold: float | None = None, as_json: bool = False) -> dict:
     with warehouse.connect(s) as con, stderr.status("linking records (splink) and grouping customers"):
         report = run(con, s.identity_model, threshold=threshold, ledger=Ledger(s))
     record_run(s, "resolve", started, records=report.records, customers=report.customers, merges=report.merges,
-               splits=report.splits)
+               splits=report.splits, decisions=report.decisions, unheld=report.unheld)
     methods = pd.DataFrame(report.methods.items(), columns=["method", "records"])
     return emit({"threshold": threshold, **asdict(report)}, as_json, table("how records were linked", methods),
                 f"{report.records:,} records → {report.customers:,} customers "
                 f"({report.multi_record_customers:,} from several records, {report.unlinked:,} unlinked); "
-                f"{report.merges} merges, {report.splits} splits recorded")
+                f"{report.merges} merges, {report.splits} splits recorded; {report.decisions} steward decisions "
+                f"followed, {report.unheld} not")
 
 
 @resolve_app.command()
@@ -94,7 +95,8 @@ def _show(result: Explanation, as_json: bool, png: Path | None) -> None:
                      table(f"merges and splits of the customer ({len(result.events)})", result.events)]
     if result.pair is None:
         emit({"records": result.records, "pair": None, **history}, as_json, records,
-             "No person link: the record is tied to its customer by a shared key only (see method).", *shown_history)
+             "No person link: the record is tied to its customer by a shared key or a steward's link only "
+             "(see method).", *shown_history)
         return
     weights = result.weights[["column_name", "value_l", "value_r", "level", "match_weight"]]
     final = result.weights["match_weight"].iloc[-1]
@@ -178,8 +180,10 @@ def review(
         pairs = run(con, s.identity_model, threshold, limit)
     customers = sorted(set(pairs["customer_id_l"]) | set(pairs["customer_id_r"]))
     with audited(s, "c360 resolve review", customers):
+        # for people, the levels that weighed (a missing field weighs nothing)
         shown = pairs.assign(levels=[", ".join(f"{lv['column_name']}: {lv['level']} ({lv['match_weight']:+.1f})"
-                                               for lv in levels) for levels in pairs["levels"]])
+                                               for lv in levels if round(lv["match_weight"], 1))
+                                     for levels in pairs["levels"]])
         emit({"threshold": threshold, "pairs": pairs}, as_json,
              table(f"{len(pairs)} links closest to {threshold}", shown),
              "Answer with `c360 resolve link SOURCE KEY SOURCE KEY --why TEXT` (same customer) or "
