@@ -63,6 +63,8 @@ def decide(con, decision: Decision, a: str, b: str, who: str, why: str, threshol
     if len(broken):
         raise ValueError("the decision cannot hold: " + "; ".join(_describe(broken)))
     assignment = identity.settle_ids(con, people, accounts, grouped, ledger, "steward", {}, row)
+    if ledger is not None:  # live rows of a customer merged away move to the survivor
+        ledger.settle(con)
     events = assignment.events["kind"].value_counts()
     return Decided(decision, (left, right), True, before, _customers(con, [left, right]),
                    int(events.get("merge", 0)), int(events.get("split", 0)))

@@ -169,13 +169,12 @@ def review(
     """The model's links closest to the threshold, for a steward to confirm (`c360 resolve link`) or reject
     (`c360 resolve unlink`): both record ids, their customers, the probability and the comparison levels that
     scored it. `c360 resolve explain A B` shows the values compared."""
-    from c360.core.warehouse import has_table
     from c360.features.stewardship import review as run
 
     s = Settings()
     threshold = threshold or s.match_threshold
     with warehouse.connect(s, read_only=True) as con:
-        if not all(has_table(con, t) for t in ("identity_links", "identity_decisions")):
+        if not all(warehouse.has_table(con, t) for t in ("identity_links", "identity_decisions")):
             raise fail("no links to review: run `c360 resolve` first")
         pairs = run(con, s.identity_model, threshold, limit)
     customers = sorted(set(pairs["customer_id_l"]) | set(pairs["customer_id_r"]))
