@@ -4,7 +4,8 @@ People are linked across silos by splink (features.linkage: no labels, EM on the
 deterministic rules; records are then grouped into customers by the keys systems share (a contact's CRM account,
 the billing key the CRM knows, a product workspace) and by the person links, strongest first, never joining two
 CRM accounts. Customer ids are stable across runs: a customer keeps its id unless merged or split, and both are
-recorded with their evidence.
+recorded with their evidence. Stewards' decisions (`c360.features.stewardship`) override the model: a link is a
+forced edge, an unlink a cut that no chain of links may cross, and the links are labels the model learns from.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def resolve(
     unless two are merged (the survivor keeps its id) or one is split; both are recorded in identity_events, and
     a merged id in identity_merges (its profile answers with the survivor's). Provisional customers that live
     events created (events/identity.db) keep their ids, or are merged; identity.db then drops what the warehouse
-    holds.
+    holds. The stewards' decisions (`c360 resolve link`, `unlink`) override the model, and their links train it.
     """
     if not ctx.invoked_subcommand:
         run_resolve(threshold, as_json)
