@@ -230,8 +230,8 @@ def group_records(people: pd.DataFrame, accounts: pd.DataFrame, pairs: pd.DataFr
 
 
 def unheld(grouped: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
-    """The decisions the grouping could not follow: a link across two CRM accounts or across an unlink, an
-    unlink of records that shared keys tie together."""
+    """The decisions the grouping could not follow: a link across two CRM accounts or across an unlink (the
+    cuts hold by construction, `Groups`)."""
     group = grouped.set_index("record_id")["group"]
     together = decisions["record_id_l"].map(group) == decisions["record_id_r"].map(group)
     return decisions[together != (decisions["decision"] == "link")]

@@ -7,9 +7,10 @@ it takes effect at once: the last resolve's records and scored pairs are grouped
 part and a link merges into the larger, recorded in `identity_events` with the cause `steward`. Every later
 `c360 resolve` follows the decisions the same way, and learns from the links (`identity.labels`).
 
-A decision the grouping cannot follow (a link across two CRM accounts, across an earlier unlink, or an unlink of
-records that shared keys tie together) is refused, and nothing is recorded. Repeating the decision in force records
-nothing either.
+An unlink always holds: every edge respects the cuts, the shared keys' too (of two contacts of one CRM account
+that a steward unlinked, the one whose key would close the path stays out of the account). A link may not: one
+across two CRM accounts, or across an unlink (a new unlink that would break an earlier link); such a decision is
+refused, and nothing is recorded. Repeating the decision in force records nothing either.
 
 `review` lists the model's links closest to the threshold, with the comparison levels that scored them: the pairs
 where a steward's answer (link or unlink) changes most.
@@ -82,9 +83,8 @@ def _customers(con, record_ids: list[str]) -> tuple[str, ...]:
 
 
 def _describe(broken: pd.DataFrame) -> list[str]:
-    why = {"link": "stay apart (two CRM accounts, or an unlink between them)",
-           "unlink": "stay together (shared keys or steward links tie them)"}
-    return [f"{d.decision} {d.record_id_l} {d.record_id_r} would {why[d.decision]}"
+    """The links that would no longer hold (an unlink always does)."""
+    return [f"link {d.record_id_l} {d.record_id_r} would not hold (two CRM accounts, or an unlink between them)"
             for d in broken.itertuples(index=False)]
 
 
