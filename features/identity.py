@@ -4,11 +4,13 @@ People are linked across silos by splink (features.linkage: no labels, EM on the
 deterministic rules; records are then grouped into customers by the keys systems share (a contact's CRM account,
 the billing key the CRM knows, a product workspace) and by the person links, strongest first, never joining two
 CRM accounts. Customer ids are stable across runs: a customer keeps its id unless merged or split, and both are
-recorded with their evidence.
+recorded with their evidence. Stewards' decisions (`c360.features.stewardship`) override the model: a link is a
+forced edge, an unlink a cut that no chain of links may cross, and the links are labels the model learns from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 from splink import Linker
 
+from c360.core import warehouse
 from c360.features import linkage
 
 if TYPE_CHECKING:
@@ -66,8 +69,13 @@ def normalise(people: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The records for splink (linkage.prepare_records), and the raw records with their normalised e-mail,
     phone, e-mail domain and company beside them."""
     prepared = linkage.prepare_records(people)
+    return _with_normal(people, prepared), prepared
+
+
+def _with_normal(people: pd.DataFrame, prepared: pd.DataFrame) -> pd.DataFrame:
+    """`people` with the normalised values of `prepared` (its rows in the same order) beside them."""
     normal = {"email_norm": "email", "phone_norm": "phone", "email_domain": "email_domain", "company_norm": "company"}
-    return people.assign(**{k: prepared[v].to_numpy() for k, v in normal.items()}), prepared
+    return people.assign(**{k: prepared[v].to_numpy() for k, v in normal.items()})
 
 
 def read_records(con) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -83,12 +91,23 @@ def read_records(con) -> tuple[pd.DataFrame, pd.DataFrame]:
 # ---------------------------------------------------------------- linking people
 
 
-def score_people(prepared: pd.DataFrame, seed: int = 42) -> tuple[pd.DataFrame, Linker]:
+def score_people(prepared: pd.DataFrame, seed: int = 42,
+                 labels: pd.DataFrame | None = None) -> tuple[pd.DataFrame, Linker]:
     """Splink pairs plus same-e-mail pairs of prepared (normalised) records; returns (pairs, trained linker)."""
-    linker = linkage.train_linker(prepared, link_type="link_and_dedupe", seed=seed)
+    linker = linkage.train_linker(prepared, link_type="link_and_dedupe", seed=seed, labels=labels)
     pairs = linkage.predict_pairs(linker, min_probability=0.1).assign(method="model")
     same_email = _same_value_pairs(prepared, "email").assign(match_probability=1.0, method="rule: same e-mail")
     return pd.concat([same_email, pairs], ignore_index=True), linker
+
+
+def labels(decided: pd.DataFrame, prepared: pd.DataFrame) -> pd.DataFrame:
+    """The stewards' links between two person records, as splink's pairwise labels (each a match). Unlinks are no
+    labels: splink learns m from matches only (u comes from random pairs, nearly all non-matches anyway)."""
+    source = prepared.set_index("record_id")["source"]
+    links = decided[(decided["decision"] == "link") & decided["record_id_l"].isin(source.index)
+                    & decided["record_id_r"].isin(source.index)]
+    return pd.DataFrame({"source_dataset_l": links["record_id_l"].map(source), "record_id_l": links["record_id_l"],
+                         "source_dataset_r": links["record_id_r"].map(source), "record_id_r": links["record_id_r"]})
 
 
 def _same_value_pairs(prepared: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -103,11 +122,16 @@ def _same_value_pairs(prepared: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 class Groups:
-    """Union-find over records and key nodes; a group never holds two CRM accounts."""
+    """Union-find over records and key nodes; a group never holds two CRM accounts, nor two records a steward
+    unlinked (`cuts`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cuts: Iterable[tuple[str, str]] = ()) -> None:
         self.parent: dict[str, str] = {}
         self.account: dict[str, str | None] = {}
+        self.apart: dict[str, set[str]] = {}  # per root: the records its group must never hold
+        for a, b in cuts:
+            self.apart.setdefault(a, set()).add(b)
+            self.apart.setdefault(b, set()).add(a)
 
     def find(self, node: str) -> str:
         self.parent.setdefault(node, node)
@@ -126,8 +150,12 @@ class Groups:
         acc_a, acc_b = self.account[ra], self.account[rb]
         if acc_a and acc_b and acc_a != acc_b:
             return False  # one person link must not fuse two CRM accounts
+        if any(self.find(x) == rb for x in self.apart.get(ra, ())):
+            return False  # a steward unlinked a record of one group from a record of the other
         self.parent[rb] = ra
         self.account[ra] = acc_a or acc_b
+        if rb in self.apart:
+            self.apart.setdefault(ra, set()).update(self.apart.pop(rb))
         return True
 
 
@@ -165,14 +193,26 @@ def _owned_by(people, values: pd.Series, owners: pd.DataFrame, method: str) -> p
     return pd.DataFrame({"record_id": people.loc[hit, "record_id"], "node": node[hit], "method": method})
 
 
-def group_records(people: pd.DataFrame, accounts: pd.DataFrame, pairs: pd.DataFrame,
-                  threshold: float) -> pd.DataFrame:
-    """record_id → group root, with how each record was attached (method) and the evidence's probability."""
-    groups = Groups()
+def group_records(people: pd.DataFrame, accounts: pd.DataFrame, pairs: pd.DataFrame, threshold: float,
+                  decisions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """record_id → group root, with how each record was attached (method) and the evidence's probability.
+
+    A steward's `decisions` (decision, record_id_l, record_id_r) override the model: a link is an edge applied
+    right after the shared keys, an unlink a cut no edge may cross. Edges are applied strongest first, so where
+    other records still connect two unlinked ones, the edge skipped is the weakest of the path, the one that
+    would have closed it."""
+    decisions = NO_DECISIONS if decisions is None else decisions
+    unlinks = decisions[decisions["decision"] == "unlink"]
+    groups = Groups(zip(unlinks["record_id_l"], unlinks["record_id_r"], strict=True))
     how: dict[str, tuple[str, float]] = {}
     for rid, node, method in account_keys(people, accounts).itertuples(index=False):
         if groups.union(node, rid):
             how.setdefault(rid, (method, 1.0))
+    links = decisions[decisions["decision"] == "link"].sort_values(["record_id_l", "record_id_r"])
+    for left, right in links[["record_id_l", "record_id_r"]].itertuples(index=False):
+        if groups.union(left, right):
+            for rid in (left, right):
+                how.setdefault(rid, ("steward: link", 1.0))
     # A total order, so equal-probability links are applied the same way on every run.
     ranked = pairs.sort_values(["match_probability", "record_id_l", "record_id_r"], ascending=[False, True, True])
     strong = ranked[ranked["match_probability"] >= threshold]
@@ -187,6 +227,14 @@ def group_records(people: pd.DataFrame, accounts: pd.DataFrame, pairs: pd.DataFr
     out["method"] = [how.get(r, ("unlinked", np.nan))[0] for r in ids]
     out["match_probability"] = [how.get(r, ("unlinked", np.nan))[1] for r in ids]
     return out
+
+
+def unheld(grouped: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
+    """The decisions the grouping could not follow: a link across two CRM accounts or across an unlink (the
+    cuts hold by construction, `Groups`)."""
+    group = grouped.set_index("record_id")["group"]
+    together = decisions["record_id_l"].map(group) == decisions["record_id_r"].map(group)
+    return decisions[together != (decisions["decision"] == "link")]
 
 
 def _attach_only_candidates(groups: Groups, how: dict[str, tuple[str, float]], weak: pd.DataFrame) -> None:
@@ -285,8 +333,20 @@ CREATE TABLE IF NOT EXISTS identity_crosswalk (source VARCHAR, source_key VARCHA
     customer_id VARCHAR, method VARCHAR, match_probability DOUBLE, resolved_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS identity_events (recorded_at TIMESTAMP, kind VARCHAR, customer_id VARCHAR, other_id VARCHAR,
     records BIGINT);
+ALTER TABLE identity_events ADD COLUMN IF NOT EXISTS cause VARCHAR;
 CREATE TABLE IF NOT EXISTS identity_merges (customer_id VARCHAR PRIMARY KEY, merged_into VARCHAR, merged_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS identity_decisions (decided_at TIMESTAMP, decision VARCHAR, record_id_l VARCHAR,
+    record_id_r VARCHAR, who VARCHAR, why VARCHAR);
 """
+NO_DECISIONS = pd.DataFrame(columns=["decision", "record_id_l", "record_id_r"])
+
+
+def decisions(con) -> pd.DataFrame:
+    """The stewards' decisions in force: the latest per pair of records (record_id_l < record_id_r)."""
+    con.execute(DDL)
+    return con.execute("""SELECT * FROM identity_decisions
+        QUALIFY row_number() OVER (PARTITION BY record_id_l, record_id_r ORDER BY decided_at DESC) = 1
+        ORDER BY record_id_l, record_id_r""").df()
 
 
 @dataclass(frozen=True)
@@ -299,6 +359,8 @@ class ResolveReport:
     splits: int
     methods: dict[str, int]
     live: dict[str, int] = field(default_factory=dict)  # live identity's records and customers the warehouse took
+    decisions: int = 0  # stewards' decisions in force
+    unheld: int = 0  # of them, the ones the grouping could not follow (see `unheld`)
 
 
 def resolve(con, model_path, threshold: float = 0.95, seed: int = 42, ledger: Ledger | None = None) -> ResolveReport:
@@ -306,11 +368,41 @@ def resolve(con, model_path, threshold: float = 0.95, seed: int = 42, ledger: Le
 
     With live identity's `ledger`, its decisions count as previous ids (a provisional customer keeps its id, or is
     merged into the customer its records join), its reserved numbers are not handed out, and afterwards what the
-    warehouse now holds leaves it."""
+    warehouse now holds leaves it. The stewards' links are labels the model learns from, and their decisions
+    override it (`group_records`)."""
     raw, accounts = read_records(con)
     people, prepared = normalise(raw)
-    pairs, linker = score_people(prepared, seed)
-    grouped = group_records(people, accounts, pairs, threshold)
+    decided = decisions(con)
+    pairs, linker = score_people(prepared, seed, labels(decided, prepared))
+    grouped = group_records(people, accounts, pairs, threshold, decided)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    linker.misc.save_model_to_json(str(model_path), overwrite=True)
+    assignment = settle_ids(con, people, accounts, grouped, ledger, "resolve",
+                            {"identity_records": prepared, "identity_links": pairs})
+    events = assignment.events["kind"].value_counts()
+    golden = con.execute("SELECT records, unlinked FROM identity_customers").df()
+    return ResolveReport(
+        records=len(grouped), customers=len(golden), multi_record_customers=int((golden["records"] > 1).sum()),
+        unlinked=int(golden["unlinked"].sum()), merges=int(events.get("merge", 0)), splits=int(events.get("split", 0)),
+        methods=grouped["method"].value_counts().to_dict(), live=ledger.settle(con) if ledger is not None else {},
+        decisions=len(decided), unheld=len(unheld(grouped, decided)))
+
+
+def stored_inputs(con) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """People, accounts and scored pairs of the last `resolve`, as it grouped them: its normalised records and
+    links, and the records' source rows (records ingested since wait for the next resolve)."""
+    raw, accounts = read_records(con)
+    prepared = con.execute("SELECT * FROM identity_records").df().set_index("record_id")
+    raw = raw[raw["record_id"].isin(prepared.index)].reset_index(drop=True)
+    known = con.execute("SELECT record_id FROM identity_crosswalk WHERE source = 'crm/accounts'").df()["record_id"]
+    pairs = con.execute("SELECT * FROM identity_links").df()
+    return _with_normal(raw, prepared.loc[raw["record_id"]]), accounts[accounts["record_id"].isin(known)], pairs
+
+
+def settle_ids(con, people: pd.DataFrame, accounts: pd.DataFrame, grouped: pd.DataFrame, ledger: Ledger | None,
+               cause: str, tables: dict[str, pd.DataFrame], decision: pd.DataFrame | None = None) -> Assignment:
+    """Give the groups their stable ids and write the identity tables (and `tables`, replaced, and a steward's
+    `decision`, appended) in one transaction; merges and splits are recorded with their `cause`."""
     con.execute(DDL)
     previous = con.execute("SELECT record_id, customer_id FROM identity_crosswalk").df()
     with ledger.numbering(con) if ledger is not None else nullcontext() as numbering:
@@ -323,22 +415,17 @@ def resolve(con, model_path, threshold: float = 0.95, seed: int = 42, ledger: Le
         if numbering is not None:
             numbering.handed_out = _next_number(assignment.crosswalk["customer_id"]) - 1
     golden = golden_records(people, accounts, assignment.crosswalk)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    linker.misc.save_model_to_json(str(model_path), overwrite=True)
-    _write(con, assignment, golden, prepared, pairs[pairs["match_probability"] >= 0.5])
-    events = assignment.events["kind"].value_counts()
-    return ResolveReport(
-        records=len(grouped), customers=len(golden), multi_record_customers=int((golden["records"] > 1).sum()),
-        unlinked=int(golden["unlinked"].sum()), merges=int(events.get("merge", 0)), splits=int(events.get("split", 0)),
-        methods=grouped["method"].value_counts().to_dict(), live=ledger.settle(con) if ledger is not None else {})
+    _write(con, assignment, cause, {"identity_customers": golden, **tables},
+           NO_DECISIONS.head(0) if decision is None else decision)
+    return assignment
 
 
-def _write(con, assignment: Assignment, golden: pd.DataFrame, prepared: pd.DataFrame, links: pd.DataFrame) -> None:
+def _write(con, assignment: Assignment, cause: str, tables: dict[str, pd.DataFrame], decision: pd.DataFrame) -> None:
     crosswalk = assignment.crosswalk
     crosswalk = crosswalk.assign(source=crosswalk["record_id"].str.split(":", n=1).str[0],
                                  source_key=crosswalk["record_id"].str.split(":", n=1).str[1])
-    frames = {"crosswalk": crosswalk, "events": assignment.events, "identity_customers": golden,
-              "identity_records": prepared, "identity_links": links}
+    frames = {"crosswalk": crosswalk, "events": assignment.events.assign(cause=cause), "decision": decision,
+              **tables}
     for name, frame in frames.items():
         con.register(f"new_{name}", frame)
     con.begin()
@@ -346,12 +433,14 @@ def _write(con, assignment: Assignment, golden: pd.DataFrame, prepared: pd.DataF
         con.execute("DELETE FROM identity_crosswalk")
         con.execute("""INSERT INTO identity_crosswalk SELECT source, source_key, record_id, customer_id, method,
                        match_probability, now() FROM new_crosswalk""")
-        con.execute("INSERT INTO identity_events SELECT now(), kind, customer_id, other_id, records FROM new_events")
+        con.execute("""INSERT INTO identity_events (recorded_at, kind, customer_id, other_id, records, cause)
+                       SELECT now(), kind, customer_id, other_id, records, cause FROM new_events""")
         # the merged id answers with the survivor's profile from now on (serving)
         con.execute("INSERT OR REPLACE INTO identity_merges SELECT other_id, customer_id, now() FROM new_events "
                     "WHERE kind = 'merge'")
-        for name in ("identity_customers", "identity_records", "identity_links"):
+        for name in tables:
             con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM new_{name}")
+        con.execute("INSERT INTO identity_decisions BY NAME SELECT now() AS decided_at, * FROM new_decision")
         con.commit()
     except BaseException:
         con.rollback()
@@ -366,22 +455,38 @@ class Explanation:
     records: pd.DataFrame  # the asked records: record_id, customer_id, method, match_probability
     pair: tuple[str, str] | None  # the pair whose match weights follow
     weights: pd.DataFrame  # splink waterfall: column_name, value_l, value_r, level, bayes_factor, match_weight
+    decisions: pd.DataFrame  # stewards' decisions on the records or their customers' records: who, why, when
+    events: pd.DataFrame  # the customers' merges and splits, with their cause (resolve or steward)
 
 
 def explain(con, model_path, record_ids: list[str]) -> Explanation:
     """Why records belong to their customer: how each was attached, and the match weights of a pair — the two
-    records asked for, or one record and its strongest link within its customer."""
+    records asked for, or one record and its strongest link within its customer — with the stewards' decisions
+    and the merges and splits that concern them."""
     asked = con.execute("SELECT record_id, customer_id, method, match_probability FROM identity_crosswalk "
                         "WHERE record_id IN (SELECT unnest($ids))", {"ids": record_ids}).df()
     missing = sorted(set(record_ids) - set(asked["record_id"]))
     if missing:
         raise KeyError(f"not in the crosswalk (run `c360 resolve` first?): {', '.join(missing)}")
+    history = _history(con, record_ids, sorted(set(asked["customer_id"])))
     pair = (record_ids[0], record_ids[1]) if len(record_ids) == 2 else _strongest_link(con, record_ids[0])
     if pair is None:
-        return Explanation(asked, None, pd.DataFrame())
+        return Explanation(asked, None, pd.DataFrame(), *history)
     prepared = con.execute("SELECT * FROM identity_records").df()
     linker = linkage.load_linker(prepared, model_path)
-    return Explanation(asked, pair, linkage.explain_pair(linker, prepared, *pair))
+    return Explanation(asked, pair, linkage.explain_pair(linker, prepared, *pair), *history)
+
+
+def _history(con, record_ids: list[str], customers: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The decisions touching the records or their customers' records, and the customers' identity events."""
+    params = {"ids": record_ids, "customers": customers}
+    decided = con.execute("""SELECT decided_at, decision, record_id_l, record_id_r, who, why FROM identity_decisions
+        WHERE list_has_any([record_id_l, record_id_r], list_concat($ids, (SELECT list(record_id) FROM
+              identity_crosswalk WHERE customer_id IN (SELECT unnest($customers)))))
+        ORDER BY decided_at""", params).df() if warehouse.has_table(con, "identity_decisions") else pd.DataFrame()
+    events = con.execute("""SELECT * FROM identity_events WHERE customer_id IN (SELECT unnest($customers))
+        OR other_id IN (SELECT unnest($customers)) ORDER BY recorded_at""", {"customers": customers}).df()
+    return decided, events
 
 
 def _strongest_link(con, record_id: str) -> tuple[str, str] | None:

@@ -495,12 +495,15 @@ def train_linker(
     seed: int = 42,
     u_max_pairs: float = 2e6,
     recall_of_exact_rules: float = 0.7,
+    labels: pd.DataFrame | None = None,
 ) -> Linker:
-    """A splink Linker with u from random sampling and m from EM; no labels are used.
+    """A splink Linker with u from random sampling and m from EM, and from ``labels`` when given.
 
     ``prepared`` comes from ``prepare_records``. ``link_type`` is "dedupe_only" (one table),
     "link_only" (only pairs across sources) or "link_and_dedupe"; with a single source the
-    linking types fall back to "dedupe_only".
+    linking types fall back to "dedupe_only". ``labels`` are pairs known to match (source_dataset_l,
+    record_id_l, source_dataset_r, record_id_r): their m estimate is one more training session, and
+    splink takes each m as the median of its sessions, so a few labels nudge the model, never swamp it.
     """
     if link_type != "dedupe_only" and prepared["source"].nunique() < 2:
         link_type = "dedupe_only"
@@ -518,6 +521,9 @@ def train_linker(
         linker.training.estimate_parameters_using_expectation_maximisation(
             rule, estimate_without_term_frequencies=True
         )
+    if labels is not None and len(labels):
+        linker.table_management.register_table(labels, "c360_labels", overwrite=True)
+        linker.training.estimate_m_from_pairwise_labels("c360_labels")
     return linker
 
 

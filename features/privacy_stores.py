@@ -31,7 +31,8 @@ from c360.core.personal import Erased, Person, Work, sqlite_delete
 from c360.features.ingest import IngestWarning, discover, file_sha256, q
 
 IDENTITY_BY_RECORD = (("identity_crosswalk", "record_id"), ("identity_records", "record_id"),
-                      ("identity_links", "record_id_l"), ("identity_links", "record_id_r"))
+                      ("identity_links", "record_id_l"), ("identity_links", "record_id_r"),
+                      ("identity_decisions", "record_id_l"), ("identity_decisions", "record_id_r"))
 
 
 def count(con: duckdb.DuckDBPyConnection, sql: str, params: Any) -> int:
@@ -111,6 +112,9 @@ class Identity:
             "crosswalk": _rows(con, "SELECT * FROM identity_crosswalk WHERE record_id IN (SELECT unnest(?))", [ids]),
             "golden_records": _rows(con, "SELECT * FROM identity_customers WHERE customer_id IN (SELECT unnest(?))",
                                     [list(person.customers)]),
+            "steward_decisions": _rows(con, "SELECT * FROM identity_decisions WHERE list_has_any("
+                                            "[record_id_l, record_id_r], ?)", [ids])
+            if warehouse.has_table(con, "identity_decisions") else [],
         }
 
     @staticmethod
@@ -119,7 +123,7 @@ class Identity:
         if not warehouse.has_table(con, "identity_crosswalk"):
             return Erased()
         rows = sum(count(con, f"DELETE FROM {table} WHERE {column} IN (SELECT unnest(?))", [person.record_ids])
-                   for table, column in IDENTITY_BY_RECORD)
+                   for table, column in IDENTITY_BY_RECORD if warehouse.has_table(con, table))
         whole = list(person.whole)
         rows += count(con, "DELETE FROM identity_customers WHERE customer_id IN (SELECT unnest(?))", [whole])
         rows += count(con, "DELETE FROM identity_events WHERE customer_id IN (SELECT unnest($c)) "

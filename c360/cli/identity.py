@@ -1,4 +1,5 @@
-"""`c360 resolve` (and `resolve explain`), `c360 eval identity`, `c360 eval febrl`."""
+"""`c360 resolve` (and `resolve explain`, the stewards' `resolve link`, `unlink` and `review`), `c360 eval identity`,
+`c360 eval febrl`."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import pandas as pd
 import typer
 from rich.console import RenderableType
 
-from c360.cli.ui import Json, audited, emit, fail, record_run, stderr, table
+from c360.cli.ui import Json, audit_command, audited, cli_key, emit, fail, record_run, stderr, table
 from c360.core import warehouse
 from c360.core.settings import Settings
 
 if TYPE_CHECKING:
     from c360.features.identity import Explanation
+    from c360.features.stewardship import Decision
 
+Threshold = Annotated[float | None, typer.Option(help="match probability that links two people "
+                                                    "[default: C360_MATCH_THRESHOLD, 0.95]")]
 resolve_app = typer.Typer(help="Link every source record to one customer (splink + shared keys).")
 eval_app = typer.Typer(help="Measure a stage against ground truth or a published data set.", no_args_is_help=True)
 
@@ -25,8 +29,7 @@ eval_app = typer.Typer(help="Measure a stage against ground truth or a published
 @resolve_app.callback(invoke_without_command=True)
 def resolve(
     ctx: typer.Context,
-    threshold: Annotated[float | None, typer.Option(help="match probability that links two people "
-                                                         "[default: C360_MATCH_THRESHOLD, 0.95]")] = None,
+    threshold: Threshold = None,
     as_json: Json = False,
 ) -> None:
     """Resolve identities: writes identity_crosswalk, identity_customers and identity_events to the warehouse.
@@ -35,7 +38,7 @@ def resolve(
     unless two are merged (the survivor keeps its id) or one is split; both are recorded in identity_events, and
     a merged id in identity_merges (its profile answers with the survivor's). Provisional customers that live
     events created (events/identity.db) keep their ids, or are merged; identity.db then drops what the warehouse
-    holds.
+    holds. The stewards' decisions (`c360 resolve link`, `unlink`) override the model, and their links train it.
     """
     if not ctx.invoked_subcommand:
         run_resolve(threshold, as_json)
@@ -52,12 +55,13 @@ def run_resolve(threshold: float | None = None, as_json: bool = False) -> dict:
     with warehouse.connect(s) as con, stderr.status("linking records (splink) and grouping customers"):
         report = run(con, s.identity_model, threshold=threshold, ledger=Ledger(s))
     record_run(s, "resolve", started, records=report.records, customers=report.customers, merges=report.merges,
-               splits=report.splits)
+               splits=report.splits, decisions=report.decisions, unheld=report.unheld)
     methods = pd.DataFrame(report.methods.items(), columns=["method", "records"])
     return emit({"threshold": threshold, **asdict(report)}, as_json, table("how records were linked", methods),
                 f"{report.records:,} records → {report.customers:,} customers "
                 f"({report.multi_record_customers:,} from several records, {report.unlinked:,} unlinked); "
-                f"{report.merges} merges, {report.splits} splits recorded")
+                f"{report.merges} merges, {report.splits} splits recorded; {report.decisions} steward decisions "
+                f"followed, {report.unheld} not")
 
 
 @resolve_app.command()
@@ -86,9 +90,13 @@ def explain(
 
 def _show(result: Explanation, as_json: bool, png: Path | None) -> None:
     records = table("records", result.records)
+    history = {"decisions": result.decisions, "events": result.events}
+    shown_history = [table(f"stewards' decisions ({len(result.decisions)})", result.decisions),
+                     table(f"merges and splits of the customer ({len(result.events)})", result.events)]
     if result.pair is None:
-        emit({"records": result.records, "pair": None}, as_json, records,
-             "No person link: the record is tied to its customer by a shared key only (see method).")
+        emit({"records": result.records, "pair": None, **history}, as_json, records,
+             "No person link: the record is tied to its customer by a shared key or a steward's link only "
+             "(see method).", *shown_history)
         return
     weights = result.weights[["column_name", "value_l", "value_r", "level", "match_weight"]]
     final = result.weights["match_weight"].iloc[-1]
@@ -99,7 +107,86 @@ def _show(result: Explanation, as_json: bool, png: Path | None) -> None:
         _waterfall_png(weights, png)
         shown.append(f"wrote {png}")
     emit({"records": result.records, "pair": result.pair, "match_weights": weights, "final_match_weight": final,
-          "probability": probability, "png": png}, as_json, *shown)
+          "probability": probability, "png": png, **history}, as_json, *shown, *shown_history)
+
+
+Why = Annotated[str, typer.Option("--why", help="the reason, for whoever reads the decision later (kept in the "
+                                                 "warehouse, erased with the records)")]
+SourceArg = Annotated[str, typer.Argument(help="the first record's source table, e.g. crm/contacts")]
+KeyArg = Annotated[str, typer.Argument(help="the first record's key in that table")]
+OtherSourceArg = Annotated[str, typer.Argument(help="the second record's source table")]
+OtherKeyArg = Annotated[str, typer.Argument(help="the second record's key")]
+
+
+@resolve_app.command()
+def link(source: SourceArg, key: KeyArg, other_source: OtherSourceArg, other_key: OtherKeyArg, why: Why,
+         threshold: Threshold = None, as_json: Json = False) -> None:
+    """A steward's decision: these two records are one customer. Their customers merge now (the larger keeps its
+    id) and stay merged at every later `c360 resolve`, which also learns from the pair."""
+    _decide("link", f"{source}:{key}", f"{other_source}:{other_key}", why, threshold, as_json)
+
+
+@resolve_app.command()
+def unlink(source: SourceArg, key: KeyArg, other_source: OtherSourceArg, other_key: OtherKeyArg, why: Why,
+           threshold: Threshold = None, as_json: Json = False) -> None:
+    """A steward's decision: these two records are not one customer. The smaller part splits off now with a new
+    id, and no later `c360 resolve` puts them together again, through any chain of links."""
+    _decide("unlink", f"{source}:{key}", f"{other_source}:{other_key}", why, threshold, as_json)
+
+
+def _decide(decision: Decision, a: str, b: str, why: str, threshold: float | None, as_json: bool) -> None:
+    from c360.features.live_identity import Ledger
+    from c360.features.stewardship import decide
+
+    s, started = Settings(), time.time()
+    if not s.warehouse.exists():
+        raise fail(f"no warehouse in {s.home}: run `c360 ingest --source DIR` and `c360 resolve` first")
+    if not why.strip():
+        raise fail("--why needs a reason")
+    with warehouse.connect(s) as con:
+        try:
+            done = decide(con, decision, a, b, cli_key(), why, threshold or s.match_threshold, Ledger(s))
+        except (KeyError, ValueError) as e:
+            audit_command(s, f"c360 resolve {decision}", [], "failed")
+            raise fail(str(e.args[0])) from None
+    audit_command(s, f"c360 resolve {decision}", sorted(set(done.customers_before + done.customers_after)), "ok")
+    record_run(s, f"resolve {decision}", started, recorded=done.recorded, merges=done.merges, splits=done.splits)
+    pair = " and ".join(done.records)
+    if not done.recorded:
+        line = f"{pair}: already {decision}ed, nothing changed"
+    else:
+        line = (f"{decision}ed {pair} ({done.merges} merges, {done.splits} splits): customers "
+                f"{' + '.join(done.customers_before)} → {' + '.join(done.customers_after)}")
+    emit(done, as_json, line)
+
+
+@resolve_app.command()
+def review(
+    limit: Annotated[int, typer.Option(min=1, help="how many pairs to list")] = 20,
+    threshold: Threshold = None,
+    as_json: Json = False,
+) -> None:
+    """The model's links closest to the threshold, for a steward to confirm (`c360 resolve link`) or reject
+    (`c360 resolve unlink`): both record ids, their customers, the probability and the comparison levels that
+    scored it. `c360 resolve explain A B` shows the values compared."""
+    from c360.features.stewardship import review as run
+
+    s = Settings()
+    threshold = threshold or s.match_threshold
+    with warehouse.connect(s, read_only=True) as con:
+        if not all(warehouse.has_table(con, t) for t in ("identity_links", "identity_decisions")):
+            raise fail("no links to review: run `c360 resolve` first")
+        pairs = run(con, s.identity_model, threshold, limit)
+    customers = sorted(set(pairs["customer_id_l"]) | set(pairs["customer_id_r"]))
+    with audited(s, "c360 resolve review", customers):
+        # for people, the levels that weighed (a missing field weighs nothing)
+        shown = pairs.assign(levels=[", ".join(f"{lv['column_name']}: {lv['level']} ({lv['match_weight']:+.1f})"
+                                               for lv in levels if round(lv["match_weight"], 1))
+                                     for levels in pairs["levels"]])
+        emit({"threshold": threshold, "pairs": pairs}, as_json,
+             table(f"{len(pairs)} links closest to {threshold}", shown),
+             "Answer with `c360 resolve link SOURCE KEY SOURCE KEY --why TEXT` (same customer) or "
+             "`c360 resolve unlink ...` (not).")
 
 
 def _waterfall_png(weights: pd.DataFrame, path: Path) -> None:

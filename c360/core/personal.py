@@ -101,7 +101,8 @@ STORES: tuple[Store, ...] = (
     Store("live_identity", "person records placed live (e-mail, name, phone) and provisional customers' golden "
           "records (events/identity.db)", "c360.features.live_identity.LiveIdentity",
           ("events/identity.db", "events/identity.db-wal", "events/identity.db-shm")),
-    Store("identity", "crosswalk, golden records, normalised records and links, merge/split events",
+    Store("identity", "crosswalk, golden records, normalised records and links, merge/split events, stewards' "
+          "link/unlink decisions (record ids, who, why)",
           f"{_STORES}.Identity", ()),
     Store("identity_model", "splink's trained model (parameters; no term frequencies are saved)",
           f"{_STORES}.IdentityModel", ("identity/*",)),

@@ -260,3 +260,25 @@ def test_febrl_all_fields_f1_at_least_0999():
 def test_febrl_without_soc_sec_id_f1_at_least_0995():
     result = evaluate_febrl(DATA, drop_columns=["soc_sec_id"], threshold=0.95, thresholds=(0.95,))
     assert result["f1"] >= 0.995, {k: v for k, v in result.items() if k != "curve"}
+
+
+def _m_probabilities(linker) -> dict[tuple[str, str], float]:
+    return {(c.output_column_name, level.label_for_charts): level.m_probability
+            for c in linker._settings_obj.comparisons for level in c._comparison_levels_excluding_null}
+
+
+def test_labelled_pairs_move_the_m_probabilities_they_show(synthetic_model):
+    records, prepared, unlabelled, _ = synthetic_model
+    # pairs of one person whose e-mails differ: the labels show the e-mail disagreeing among matches
+    twins = records.dropna(subset=["email"]).groupby("entity_id").filter(
+        lambda g: g["source"].nunique() > 1).groupby("entity_id").head(2)
+    pairs = twins.groupby("entity_id")["record_id"].apply(list).head(5).tolist()
+    source = records.set_index("record_id")["source"]
+    labels = pd.DataFrame([{"source_dataset_l": source[a], "record_id_l": a, "source_dataset_r": source[b],
+                            "record_id_r": b} for a, b in pairs])
+    labelled = linkage.train_linker(prepared, link_type="link_and_dedupe", labels=labels)
+    before, after = _m_probabilities(unlabelled), _m_probabilities(labelled)
+    moved = {k for k in before if before[k] != pytest.approx(after[k])}
+    assert moved, "the labels changed no m probability"
+    no_labels = linkage.train_linker(prepared, link_type="link_and_dedupe", labels=labels.head(0))
+    assert _m_probabilities(no_labels) == before
