@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from c360.core import audit, consent, contract, warehouse
 from c360.core.at_rest import write_private
 from c360.core.personal import Erased, Person, Work, sqlite_delete
+from c360.features import versions
 from c360.features.ingest import IngestWarning, discover, file_sha256, q
 
 IDENTITY_BY_RECORD = (("identity_crosswalk", "record_id"), ("identity_records", "record_id"),
@@ -44,24 +45,27 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: Any) -> list[dict[st
     return con.execute(sql, params).df().to_dict("records")
 
 
-def _tables(person: Person, con: duckdb.DuckDBPyConnection) -> Iterator[tuple[contract.Table, list[str]]]:
+def _tables(person: Person, con: duckdb.DuckDBPyConnection) -> Iterator[tuple[str, str, str, list[str]]]:
+    """(label, name, key column, keys) of each warehouse table holding the person's rows: the source tables
+    (labelled by their id) and their histories (`versions`, '<id> history'), whose old versions carry the keys."""
     for table_id, keys in person.records.items():
         table = contract.table(table_id)
-        if warehouse.has_table(con, table.sql_name):
-            yield table, list(keys)
+        for label, name in ((table_id, table.sql_name), (f"{table_id} history", versions.history(table))):
+            if warehouse.has_table(con, name):
+                yield label, name, table.key, list(keys)
 
 
 class Sources:
     @staticmethod
     def export(work: Work, person: Person) -> dict[str, list[dict[str, Any]]]:
-        return {t.id: _rows(work.con, f"SELECT * EXCLUDE (_file, _row, _ingest_id) FROM {q(t.sql_name)} "
-                                      f"WHERE {q(t.key)} IN (SELECT unnest(?))", [keys])
-                for t, keys in _tables(person, work.con)}
+        return {label: _rows(work.con, f"SELECT * EXCLUDE (_file, _row, _ingest_id) FROM {q(name)} "
+                                       f"WHERE {q(key)} IN (SELECT unnest(?))", [keys])
+                for label, name, key, keys in _tables(person, work.con)}
 
     @staticmethod
     def erase(work: Work, person: Person) -> Erased:
-        rows = sum(count(work.con, f"DELETE FROM {q(t.sql_name)} WHERE {q(t.key)} IN (SELECT unnest(?))", [keys])
-                   for t, keys in _tables(person, work.con))
+        rows = sum(count(work.con, f"DELETE FROM {q(name)} WHERE {q(key)} IN (SELECT unnest(?))", [keys])
+                   for _, name, key, keys in _tables(person, work.con))
         return Erased(rows=rows)
 
 

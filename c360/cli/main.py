@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +30,7 @@ from c360.cli.train import champions, promote, train_all, train_app
 from c360.cli.ui import Json, console, emit, fail, progress, record_run, stderr, table
 from c360.core import keys, warehouse
 from c360.core.at_rest import EncryptionError, owner_only
+from c360.core.contract import ARRIVALS
 from c360.core.locks import WarehouseBusy
 from c360.core.settings import Settings
 from c360.training.specs import KINDS
@@ -98,6 +100,13 @@ app.command()(advance)
 def ingest(
     source: Annotated[Path | None, typer.Option(help="folder of silo exports (<silo>/<table>*.csv), or one file; "
                                                      "without it, only the event log is folded")] = None,
+    mode: Annotated[str | None, typer.Option(help="how the files arrive: snapshot (each file is the whole table: "
+                                                  "a key it lacks was deleted at the source) or increment (new "
+                                                  "and changed rows); default each table's, see `c360 contract`")
+                    ] = None,
+    exported_at: Annotated[datetime | None, typer.Option(
+        help="when the export was taken (UTC): changed rows are new versions from then; default each file's "
+             "modification time")] = None,
     as_json: Json = False,
 ) -> dict:
     """Check source files against the data contract and load them into the warehouse, then fold in the live events
@@ -110,6 +119,8 @@ def ingest(
     from c360.features.ingest import ingest as run
     from c360.features.privacy import Suppressed
 
+    if mode is not None and mode not in ARRIVALS:
+        raise fail(f"--mode must be one of {', '.join(ARRIVALS)}, not {mode!r}")
     s, started = settings(), time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", IngestWarning)
@@ -119,7 +130,7 @@ def ingest(
                 suppressed = Suppressed.load(s)
                 reports = [] if source is None else run(
                     con, source, on_file=lambda _: advance(1), max_line=s.csv_max_line,
-                    suppress=suppressed.mask if suppressed else None)
+                    suppress=suppressed.mask if suppressed else None, mode=mode, exported_at=exported_at)
                 folded = fold(s, con)
                 advance(1)
         except IngestError as e:
@@ -130,15 +141,16 @@ def ingest(
                      "`c360 encrypt`")
     for message in notes:
         stderr.print(f"[yellow]note:[/] {message}", soft_wrap=True)  # one line each, whatever the width
-    loaded = Table("table", "file", "read", "accepted", "quarantined", "suppressed",
+    loaded = Table("table", "file", "read", "accepted", "quarantined", "suppressed", "deleted",
                    title=f"ingest {source or 'the event log'}")
     for r in reports:
         note = " (already loaded)" if r.skipped else ""
         loaded.add_row(r.table_id, Path(r.file).name + note, f"{r.read:,}", f"{r.accepted:,}", f"{r.quarantined:,}",
-                       f"{r.suppressed:,}")
+                       f"{r.suppressed:,}", f"{r.closed:,}")
     for f in folded:
-        loaded.add_row(f.table_id, "events (log)", f"{f.read:,}", f"{f.accepted:,}", f"{f.quarantined:,}", "0")
-    totals = {k: sum(getattr(r, k) for r in reports) for k in ("read", "accepted", "quarantined", "suppressed")}
+        loaded.add_row(f.table_id, "events (log)", f"{f.read:,}", f"{f.accepted:,}", f"{f.quarantined:,}", "0", "0")
+    totals = {k: sum(getattr(r, k) for r in reports)
+              for k in ("read", "accepted", "quarantined", "suppressed", "closed")}
     events = {k: sum(getattr(f, k) for f in folded)
               for k in ("read", "accepted", "replaced", "superseded", "quarantined")}
     record_run(s, "ingest", started, source=source, **totals, events=events)
