@@ -450,12 +450,12 @@ def _fold_rows(con: duckdb.DuckDBPyConnection, table: Table, events: list[tuple[
     good, key = result.rows, table.key
     report.superseded, report.replaced = result.superseded, len(result.existing & set(good[key]))
     report.accepted, report.quarantined = len(good), len(result.problems)
-    # an update's new version is valid from the event's time
+    # an event's row is valid from the event's time
     at = to_datetime(pd.Series({n: r["event"]["at"] for n, r in events}, dtype=TEXT)).reindex(good.index)
     frame = good.assign(_file=file, _row=good.index.astype("int64"), _ingest_id=ingest_id, _at=at)
     con.register("_fold_rows", pyarrow.Table.from_pandas(frame, preserve_index=False))
     try:
-        versions.place(con, table, "SELECT * FROM _fold_rows")
+        versions.place(con, table, "SELECT * FROM _fold_rows", since_always=False)
     finally:
         con.unregister("_fold_rows")
 

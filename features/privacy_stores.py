@@ -45,27 +45,28 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: Any) -> list[dict[st
     return con.execute(sql, params).df().to_dict("records")
 
 
-def _tables(person: Person, con: duckdb.DuckDBPyConnection) -> Iterator[tuple[str, str, str, list[str]]]:
-    """(label, name, key column, keys) of each warehouse table holding the person's rows: the source tables
-    (labelled by their id) and their histories (`versions`, '<id> history'), whose old versions carry the keys."""
+def _tables(person: Person, con: duckdb.DuckDBPyConnection) -> Iterator[tuple[contract.Table, list[str]]]:
     for table_id, keys in person.records.items():
         table = contract.table(table_id)
-        for label, name in ((table_id, table.sql_name), (f"{table_id} history", versions.history(table))):
-            if warehouse.has_table(con, name):
-                yield label, name, table.key, list(keys)
+        if warehouse.has_table(con, table.sql_name) and warehouse.has_table(con, versions.history(table)):
+            yield table, list(keys)
 
 
 class Sources:
+    """The source tables and their histories (`versions`): a row's old versions carry its key."""
+
     @staticmethod
     def export(work: Work, person: Person) -> dict[str, list[dict[str, Any]]]:
-        return {label: _rows(work.con, f"SELECT * EXCLUDE (_file, _row, _ingest_id) FROM {q(name)} "
-                                       f"WHERE {q(key)} IN (SELECT unnest(?))", [keys])
-                for label, name, key, keys in _tables(person, work.con)}
+        return {t.id: _rows(work.con, f"""
+                    SELECT * EXCLUDE (_file, _row, _ingest_id)
+                    FROM (FROM {q(t.sql_name)} UNION ALL BY NAME FROM {q(versions.history(t))})
+                    WHERE {q(t.key)} IN (SELECT unnest(?)) ORDER BY {q(t.key)}, _valid_to NULLS LAST""", [keys])
+                for t, keys in _tables(person, work.con)}
 
     @staticmethod
     def erase(work: Work, person: Person) -> Erased:
-        rows = sum(count(work.con, f"DELETE FROM {q(name)} WHERE {q(key)} IN (SELECT unnest(?))", [keys])
-                   for _, name, key, keys in _tables(person, work.con))
+        rows = sum(count(work.con, f"DELETE FROM {q(name)} WHERE {q(t.key)} IN (SELECT unnest(?))", [keys])
+                   for t, keys in _tables(person, work.con) for name in (t.sql_name, versions.history(t)))
         return Erased(rows=rows)
 
 

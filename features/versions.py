@@ -1,11 +1,12 @@
 """Versions of the source tables' rows: each table holds the current row of each key, `<table>__history` the
 versions it holds no longer, each with the moments it was valid between.
 
-A row is valid from `_valid_from` (NULL: since always, for a key first seen, whose own timestamps say when things
-happened) until `_valid_to` (in the history only). `place` puts rows in place at a moment, each its own (the moment
-its export was taken, or its event's time): a row whose key the table holds with other values replaces it, the old
-version moving to the history, valid until that moment; an identical row changes nothing. `close` ends, at a
-snapshot's moment, the keys it no longer holds: deleted at the source, they are kept in the history only.
+A row is valid from `_valid_from` (NULL: since always, for a file's key first seen, whose own timestamps say when
+things happened) until `_valid_to` (in the history only). `place` puts rows in place at a moment, each its own (the
+moment its export was taken, or its event's time): a row whose key the table holds with other values replaces it,
+the old version moving to the history, valid until that moment; an identical row changes nothing. `close` ends, at
+a snapshot's moment, the keys it no longer holds: deleted at the source, they are kept in the history only. A
+version that began after the snapshot's moment (a row a live event added since) is not the snapshot's to end.
 
 `as_of` is a table as it was at `$as_of`: its versions valid then. An export taken at T says what was true as of T,
 as a feature as of T does (made of what happened strictly before T), so a version valid from T is seen as of T and
@@ -33,10 +34,11 @@ def history(table: Table) -> str:
     return table.sql_name + HISTORY
 
 
-def place(con: duckdb.DuckDBPyConnection, table: Table, incoming: str, params: object = None) -> int:
+def place(con: duckdb.DuckDBPyConnection, table: Table, incoming: str, params: object = None, *,
+          since_always: bool = True) -> int:
     """Put in place the rows of the query `incoming` (with `params`: the table's columns, `_file`, `_row`,
-    `_ingest_id`, and `_at`, the moment each is valid from when its key is not new); return how many changed or
-    added a row."""
+    `_ingest_id`, and `_at`, the moment each is valid from when its key is not new, or always unless
+    `since_always`); return how many changed or added a row."""
     key, target, old = q(table.key), q(table.sql_name), q(history(table))
     mine, theirs = (", ".join(f"{side}.{q(c)}" for c in table.column_names) for side in "ie")
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _versions_in AS SELECT i.* FROM ({incoming}) i
@@ -46,20 +48,20 @@ def place(con: duckdb.DuckDBPyConnection, table: Table, incoming: str, params: o
                     FROM {target} e JOIN _versions_in i ON e.{key} = i.{key}""")
     con.execute(f"DELETE FROM {target} WHERE {key} IN (SELECT {key} FROM _versions_in)")
     changed = con.execute(f"""INSERT INTO {target} BY NAME
-                              SELECT i.* EXCLUDE (_at), CASE WHEN i.{key} IN (SELECT {key} FROM {old}) THEN i._at
-                                                        END AS {VALID_FROM}
-                              FROM _versions_in i""").fetchone()
+                              SELECT i.* EXCLUDE (_at), CASE WHEN NOT $always OR i.{key} IN (SELECT {key} FROM {old})
+                                                        THEN i._at END AS {VALID_FROM}
+                              FROM _versions_in i""", {"always": since_always}).fetchone()
     con.execute("DROP TABLE _versions_in")
     return int(changed[0]) if changed else 0
 
 
 def close(con: duckdb.DuckDBPyConnection, table: Table, kept: str, at: object) -> int:
-    """End, at `at`, the current rows whose key the query `kept` (one column of keys) does not hold; return how
-    many."""
+    """End, at `at`, the current rows whose key the query `kept` (one column of keys) does not hold, but those
+    valid from after `at`; return how many."""
     key, target = q(table.key), q(table.sql_name)
-    gone = f"FROM {target} e ANTI JOIN ({kept}) k (key) ON e.{key} = k.key"
+    gone = f"FROM {target} e ANTI JOIN ({kept}) k (key) ON e.{key} = k.key WHERE coalesce(e.{VALID_FROM} <= $at, true)"
     con.execute(f"INSERT INTO {q(history(table))} BY NAME SELECT e.*, $at AS {VALID_TO} {gone}", {"at": at})
-    closed = con.execute(f"DELETE FROM {target} WHERE {key} IN (SELECT e.{key} {gone})").fetchone()
+    closed = con.execute(f"DELETE FROM {target} WHERE {key} IN (SELECT e.{key} {gone})", {"at": at}).fetchone()
     return int(closed[0]) if closed else 0
 
 

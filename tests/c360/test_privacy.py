@@ -170,8 +170,9 @@ def test_export_by_email_holds_the_persons_source_rows(demo: Settings, person: d
 
 def test_export_and_erasure_cover_the_old_versions(demo: Settings, exported: dict, versioned: str,
                                                    erased: dict) -> None:
-    old = exported["warehouse_sources"]["crm/contacts history"]
-    assert [row["contact_id"] for row in old] == [versioned] and old[0]["title"] != "Head of Everything"
+    rows = [row for row in exported["warehouse_sources"]["crm/contacts"] if row["contact_id"] == versioned]
+    assert [row["title"] == "Head of Everything" for row in rows] == [False, True]  # the old version, then now
+    assert rows[0]["_valid_to"] == rows[1]["_valid_from"]
     with duckdb.connect(str(demo.warehouse), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM crm_contacts__history WHERE contact_id = ?",
                            [versioned]).fetchone()[0] == 0
