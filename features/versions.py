@@ -35,10 +35,10 @@ def history(table: Table) -> str:
 
 
 def place(con: duckdb.DuckDBPyConnection, table: Table, incoming: str, params: object = None, *,
-          since_always: bool = True) -> int:
+          since_always: bool = True) -> None:
     """Put in place the rows of the query `incoming` (with `params`: the table's columns, `_file`, `_row`,
     `_ingest_id`, and `_at`, the moment each is valid from when its key is not new, or always unless
-    `since_always`); return how many changed or added a row."""
+    `since_always`)."""
     key, target, old = q(table.key), q(table.sql_name), q(history(table))
     mine, theirs = (", ".join(f"{side}.{q(c)}" for c in table.column_names) for side in "ie")
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _versions_in AS SELECT i.* FROM ({incoming}) i
@@ -47,12 +47,11 @@ def place(con: duckdb.DuckDBPyConnection, table: Table, incoming: str, params: o
     con.execute(f"""INSERT INTO {old} BY NAME SELECT e.*, i._at AS {VALID_TO}
                     FROM {target} e JOIN _versions_in i ON e.{key} = i.{key}""")
     con.execute(f"DELETE FROM {target} WHERE {key} IN (SELECT {key} FROM _versions_in)")
-    changed = con.execute(f"""INSERT INTO {target} BY NAME
-                              SELECT i.* EXCLUDE (_at), CASE WHEN NOT $always OR i.{key} IN (SELECT {key} FROM {old})
-                                                        THEN i._at END AS {VALID_FROM}
-                              FROM _versions_in i""", {"always": since_always}).fetchone()
+    con.execute(f"""INSERT INTO {target} BY NAME
+                    SELECT i.* EXCLUDE (_at), CASE WHEN NOT $always OR i.{key} IN (SELECT {key} FROM {old})
+                                              THEN i._at END AS {VALID_FROM}
+                    FROM _versions_in i""", {"always": since_always})
     con.execute("DROP TABLE _versions_in")
-    return int(changed[0]) if changed else 0
 
 
 def close(con: duckdb.DuckDBPyConnection, table: Table, kept: str, at: object) -> int:
