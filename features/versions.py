@@ -34,24 +34,27 @@ def history(table: Table) -> str:
     return table.sql_name + HISTORY
 
 
-def place(con: duckdb.DuckDBPyConnection, table: Table, incoming: str, params: object = None, *,
+def place(con: duckdb.DuckDBPyConnection, table: Table, incoming: str, params: dict[str, object] | None = None, *,
           since_always: bool = True) -> None:
     """Put in place the rows of the query `incoming` (with `params`: the table's columns, `_file`, `_row`,
     `_ingest_id`, and `_at`, the moment each is valid from when its key is not new, or always unless
     `since_always`)."""
     key, target, old = q(table.key), q(table.sql_name), q(history(table))
     mine, theirs = (", ".join(f"{side}.{q(c)}" for c in table.column_names) for side in "ie")
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE _versions_in AS SELECT i.* FROM ({incoming}) i
-                    ANTI JOIN {target} e ON e.{key} = i.{key} AND ({theirs}) IS NOT DISTINCT FROM ({mine})""",
-                params)
-    con.execute(f"""INSERT INTO {old} BY NAME SELECT e.*, i._at AS {VALID_TO}
-                    FROM {target} e JOIN _versions_in i ON e.{key} = i.{key}""")
-    con.execute(f"DELETE FROM {target} WHERE {key} IN (SELECT {key} FROM _versions_in)")
+    # only the keys the table holds already: few, in an increment
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _versions_seen AS
+                    SELECT i.{key} AS key, ({theirs}) IS DISTINCT FROM ({mine}) AS changed, i._at
+                    FROM ({incoming}) i JOIN {target} e ON e.{key} = i.{key}""", params)
+    changed = "SELECT key FROM _versions_seen WHERE changed"
+    con.execute(f"""INSERT INTO {old} BY NAME SELECT e.*, s._at AS {VALID_TO}
+                    FROM {target} e JOIN _versions_seen s ON e.{key} = s.key WHERE s.changed""")
+    con.execute(f"DELETE FROM {target} WHERE {key} IN ({changed})")
     con.execute(f"""INSERT INTO {target} BY NAME
                     SELECT i.* EXCLUDE (_at), CASE WHEN NOT $always OR i.{key} IN (SELECT {key} FROM {old})
                                               THEN i._at END AS {VALID_FROM}
-                    FROM _versions_in i""", {"always": since_always})
-    con.execute("DROP TABLE _versions_in")
+                    FROM ({incoming}) i ANTI JOIN (SELECT key FROM _versions_seen WHERE NOT changed) u
+                         ON i.{key} = u.key""", (params or {}) | {"always": since_always})
+    con.execute("DROP TABLE _versions_seen")
 
 
 def close(con: duckdb.DuckDBPyConnection, table: Table, kept: str, at: object) -> int:
