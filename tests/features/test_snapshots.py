@@ -112,3 +112,13 @@ def test_features_as_of_the_second_export_see_the_changes(company: dict) -> None
                            {"at": at.to_pydatetime()}).df().set_index("customer_id")["n"]
     expected = open_now.reindex(closed, fill_value=0).to_numpy()
     assert (after.loc[closed, "open_tickets"].to_numpy() == expected).all()
+    # a customer whose one subscription was cancelled since is subscribed no more
+    cancelled = con.execute("""
+        SELECT x.customer_id FROM billing_subscriptions s JOIN billing_subscriptions__history h USING (subscription_id)
+        JOIN identity_crosswalk x ON x.record_id = 'billing/customers:' || s.billing_account_id
+        WHERE h.ended_at IS NULL AND s.ended_at < $at
+          AND s.billing_account_id NOT IN (SELECT billing_account_id FROM billing_subscriptions
+                                           GROUP BY ALL HAVING count(*) > 1)""",
+                            {"at": at.to_pydatetime()}).df()["customer_id"]
+    assert len(cancelled)
+    assert before.loc[cancelled, "subscribed"].all() and not after.loc[cancelled, "subscribed"].any()
