@@ -113,7 +113,8 @@ def ingest(
     logged since the last time (`POST /events`, `c360 events push`).
 
     Rows that break the contract go to the quarantine table with their reason, as do rejected events; files already
-    loaded are skipped, events already folded too."""
+    loaded are skipped, events already folded too. A row whose key was loaded before is its new version (the old one
+    kept in the table's history), and a snapshot records the keys it no longer holds as deleted at the source."""
     from c360.features.event_log import fold
     from c360.features.ingest import IngestError, IngestWarning, discover
     from c360.features.ingest import ingest as run
