@@ -8,9 +8,11 @@ own (`StepIds`): the world's files and every figure of a seed stay as they were,
 actions give the same output. Nothing already written changes.
 
 Two shapes of the same step:
-- a batch of source files, `<silo>/<table>_<date>.csv` (the step's first day), only the new and changed rows: the
-  world's folder by default, so `c360 ingest --source` over it loads the new batch alone. A changed row (a ticket
-  closed, a cancelled subscription) repeats its key: ingest takes it as the row's new state (`contract.UPDATED`).
+- a batch of source files, `<silo>/<table>_<date>.csv` (the step's first day), as each table's exports arrive
+  (`contract.Table.arrives`): an increment table's new and changed rows, a snapshot table whole (the last export's
+  rows with the step's changes; the CRM archives the contacts of the accounts lost in the step): the world's folder
+  by default, so `c360 ingest --source` over it loads the new batch alone. A changed row (a ticket closed, a
+  cancelled subscription) repeats its key: ingest takes it as the row's new version (`c360.features.versions`).
 - a stream of events, one JSON object a line, ordered by time: `{"event_id", "kind", "at", ...}` with the columns of
   the kind's contract table (`contract.EVENT_KINDS`) but the one `at` fills and the ones the kind fixes. A row
   changed within the step is one event per change (a ticket opened, then closed); the last state of each key is the
@@ -90,7 +92,7 @@ def advance(world: Path, weeks: int, actions: pd.DataFrame | None = None, out: P
     customers = pd.read_parquet(world / TRUTH / "customers.parquet", columns=["account", "account_id"])
     step = Step(first, weeks, _accounts(actions, customers))
     seed = json.loads((world / TRUTH / "manifest.json").read_text())["seed"]
-    sink, tables, n = TextSink(), [], {"treated": 0, "subscribed": 0, "churned": 0}
+    sink, tables, n, lost = TextSink(), [], {"treated": 0, "subscribed": 0, "churned": 0}, []
     batch = f"_{label(first)}"
     try:
         for chunk, rng, silos in _stepped(world, done, step, seed, customers):
@@ -107,6 +109,7 @@ def advance(world: Path, weeks: int, actions: pd.DataFrame | None = None, out: P
             n["treated"] += int(o["action"].notna().sum())
             n["subscribed"] += len(o)
             n["churned"] += int(o["churned"].sum())
+            lost.extend(o.loc[o["churned"], "account"])
             if on_chunk:
                 on_chunk(len(chunk.builder.acc))
     finally:
@@ -116,6 +119,9 @@ def advance(world: Path, weeks: int, actions: pd.DataFrame | None = None, out: P
                 "actions": step.actions.to_numpy().tolist()}
     (world / TRUTH / f"advance_{label(first)}.json").write_text(json.dumps(manifest, indent=2))
     rows = {str(p.relative_to(out)): r for p, r in sink.rows.items() if p.suffix == ".csv"} if out else {}
+    if out is not None:
+        gone = customers.set_index("account")["account_id"].reindex(lost)
+        rows |= {str(p.relative_to(out)): r for p, r in _snapshots(out, batch, set(gone)).items()}
     return AdvanceReport(world, label(first), label(step.end), weeks, rows, n_events, **n)
 
 
@@ -133,6 +139,32 @@ def _stepped(world: Path, done: list[Step], step: Step, seed: int, customers: pd
             draw(chunk, s, _rng(seed, rep.k, s), ids[s.first])
         rng = _rng(seed, rep.k, step)
         yield chunk, rng, draw(chunk, step, rng, ids[step.first])
+
+
+def _snapshots(out: Path, batch: str, lost: set[str]) -> dict[Path, int]:
+    """Make the step's file of each snapshot table (`Table.arrives`) the whole table at the step's end: the last
+    export's rows, changed or added to by the step's; the CRM archives the contacts of the accounts lost in the
+    step. Returns the rows of each file written."""
+    written = {}
+    for table in contract.TABLES:
+        path = out / table.silo / f"{table.name}{batch}.csv"
+        earlier = sorted(p for p in path.parent.glob(f"{table.name}*.csv") if p.name < path.name
+                         and p.stem[len(table.name):][:1] in ("", "_"))
+        if table.arrives != "snapshot" or not earlier:
+            continue
+        parts = [_text(earlier[-1])] + ([_text(path)] if path.is_file() else [])
+        whole = pd.concat(parts, ignore_index=True)
+        key = whole[table.key]
+        whole = whole[~key.duplicated(keep="last") | key.eq("")]  # a row changed in the step: its new state
+        if table.id == "crm/contacts":
+            whole = whole[~whole["account_id"].isin(lost)]
+        whole.to_csv(path, index=False)
+        written[path] = len(whole)
+    return written
+
+
+def _text(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 def _rng(seed: int, k: int, step: Step) -> np.random.Generator:

@@ -3,19 +3,23 @@
 Every feature of an as-of snapshot uses only what happened strictly before it: events are filtered on their own
 timestamps, and state that changes (a ticket's status, a subscription's plan) is rebuilt from the timestamps of
 its changes, not read from the row's current value (a contact's consent too: its latest change before T). Each
+source table is read as it was at T (`versions.as_of`): the versions of its rows valid then, so a row changed or
+deleted at the source since is seen as it was. Each
 feature has a plain-words description in FEATURES, used by the Feast definitions and to turn model explanations
 into reasons.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import date
 
 import pandas as pd
 
 from c360.core.consent import feature
-from c360.core.contract import PLANS, PURPOSES
+from c360.core.contract import PLANS, PURPOSES, TABLES
 from c360.core.definitions import BY_NAME
+from c360.features import versions
 
 CHANNELS = ("email", "phone", "chat", "in_app", "meeting", "social")
 HEALTH_WEIGHTS = {"usage": 0.35, "engagement": 0.15, "support": 0.15, "sentiment": 0.15, "billing": 0.2}
@@ -27,9 +31,14 @@ def _rank(column: str) -> str:
     return f"list_position({list(PLANS)}, {column})"
 
 
+def _as_of_tables(body: str) -> str:
+    """`body` (the CTEs after WITH, then the query) reading each contract table it names as it was at $as_of."""
+    named = [t for t in TABLES if re.search(rf"\b{t.sql_name}\b", body)]
+    return "WITH\n" + ",\n".join(versions.as_of(t) for t in named) + ",\n" + body
+
+
 # Every source row reaches its customer through the crosswalk record of its identity-bearing row.
-SQL = f"""
-WITH
+SQL = _as_of_tables(f"""
 base AS (SELECT customer_id, segment, region FROM identity_customers WHERE first_seen < $as_of),
 events AS (
     SELECT x.customer_id, e.user_id, e.event_time, e.event_type, e.feature
@@ -207,7 +216,7 @@ LEFT JOIN payments p USING (customer_id) LEFT JOIN support t USING (customer_id)
 LEFT JOIN nps n USING (customer_id) LEFT JOIN people pe USING (customer_id)
 LEFT JOIN consent co USING (customer_id)
 ORDER BY b.customer_id
-"""
+""")
 
 
 def experiment_dates(con) -> list[pd.Timestamp]:

@@ -3,10 +3,10 @@ docs/CONTRACT.md)."""
 
 from __future__ import annotations
 
-from c360.core.contract import EVENT_KINDS, TABLES, UPDATED, Col, Table
+from c360.core.contract import EVENT_KINDS, TABLES, Col, Table
 from c360.features.event_log import MAX_BATCH
 
-HEADER = f"""# Data contract
+HEADER = """# Data contract
 
 Generated from `c360/core/contract.py` by `c360 contract --out docs/CONTRACT.md`; a test keeps the two equal.
 
@@ -20,11 +20,13 @@ UTC.
 
 **A row is quarantined** — kept in the `quarantine` table with file, row number, column, value, reason and the raw
 row, never dropped — when a required value is missing, a value does not parse as its type, is outside its allowed
-values or range, two timestamps of the row are out of order, its key repeats an earlier row or batch, or a
-reference names a key its parent table never had. In the tables live events change ({", ".join(sorted(UPDATED))}),
-a key a later batch repeats is the row's new state: it replaces the row. References are checked against every
-parent row read, accepted or quarantined, so one bad parent row does not take its children with it. For every
-file: read = accepted + quarantined.
+values or range, two timestamps of the row are out of order, its key repeats an earlier row of the file, or a
+reference names a key its parent table never had. A key a later batch repeats is the row's new version: it replaces
+the row, the old version kept in the table's history (an identical row changes nothing). A table's exports arrive
+as a **snapshot** (each file is the whole table at the moment it was exported: a key it no longer holds is recorded
+as deleted at the source then) or as an **increment** (new and changed rows); `c360 ingest --mode` overrides it.
+References are checked against every parent row read, accepted, quarantined or deleted since, so one bad parent row
+does not take its children with it. For every file: read = accepted + quarantined.
 """
 
 
@@ -40,8 +42,8 @@ def _rule(c: Col) -> str:
 
 
 def _section(t: Table) -> str:
-    lines = [f"## {t.id}", "", t.doc or "", "", f"Key: `{t.key}` (unique across all batches"
-                                                 + ("; a later batch's row replaces it)." if t.id in UPDATED else ").")]
+    lines = [f"## {t.id}", "", t.doc or "", "",
+             f"Key: `{t.key}` (unique in a file; a later batch's row is its new version). Arrives as: {t.arrives}."]
     lines += [f"References: `{r.column}` → `{r.table}.{r.parent_column}`." for r in t.refs]
     lines += [f"Order: `{a}` ≤ `{b}` when both are present." for a, b in t.ordered]
     lines += ["", "| column | type | rule | meaning |", "|---|---|---|---|"]

@@ -11,7 +11,8 @@ the row is checked by the same contract as a file's row (`ingest.parse`), a batc
   (the tail trick of `c360.core.audit`). A rejected event goes, with its reasons, to `rejects.jsonl`; an event of
   an erased person (`c360.features.privacy.Suppressed`) is acknowledged and dropped unstored.
 * `fold(s, con)` — `c360 ingest` folds both logs into the warehouse, one transaction: each new event's row into
-  its table (an `update` kind replaces the row with the same key, the last event wins), each reject into
+  its table (an `update` kind replaces the row with the same key, the last event wins; the old version goes to the
+  history, until the event's time: `c360.features.versions`), each reject into
   `quarantine` like a bad row, and the ids folded into `events_folded`, so a second fold adds nothing. References
   are not checked: an event may name a parent (a new user, a new contact) that the next batch brings.
 * `EventLogs` — the logs as a personal-data store (`c360.core.personal.STORES`): erasure rewrites both without the
@@ -43,6 +44,7 @@ from c360.core.contract import EVENTS_BY_KIND, EventKind, Table
 from c360.core.personal import Erased, Person, Work
 from c360.core.settings import Settings
 from c360.core.warehouse import CUSTOMER_ID, has_table
+from c360.features import versions
 from c360.features.ingest import TEXT, ensure_schema, parse, q, to_datetime
 from c360.features.privacy import Suppressed, identifiers, row_identifiers
 
@@ -448,11 +450,14 @@ def _fold_rows(con: duckdb.DuckDBPyConnection, table: Table, events: list[tuple[
     good, key = result.rows, table.key
     report.superseded, report.replaced = result.superseded, len(result.existing & set(good[key]))
     report.accepted, report.quarantined = len(good), len(result.problems)
-    con.execute(f"DELETE FROM {q(table.sql_name)} WHERE {q(key)} IN (SELECT unnest(?))", [list(good[key])])
-    frame = good.assign(_file=file, _row=good.index.astype("int64"), _ingest_id=ingest_id)
-    target = con.table(q(table.sql_name))
-    frame = frame.reindex(columns=target.columns)  # its columns' order (an old warehouse has added ones at its end)
-    con.from_arrow(pyarrow.Table.from_pandas(frame, preserve_index=False)).insert_into(q(table.sql_name))
+    # an event's row is valid from the event's time
+    at = to_datetime(pd.Series({n: r["event"]["at"] for n, r in events}, dtype=TEXT)).reindex(good.index)
+    frame = good.assign(_file=file, _row=good.index.astype("int64"), _ingest_id=ingest_id, _at=at)
+    con.register("_fold_rows", pyarrow.Table.from_pandas(frame, preserve_index=False))
+    try:
+        versions.place(con, table, "SELECT * FROM _fold_rows", since_always=False)
+    finally:
+        con.unregister("_fold_rows")
 
 
 def existing_keys(con: duckdb.DuckDBPyConnection, table: Table, keys: list[str]) -> set[str]:

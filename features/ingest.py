@@ -7,11 +7,15 @@ in one transaction, or not at all when it is broken
 as a whole (`IngestError`). A file whose content (sha256) is already in `ingest_log` is skipped, so running
 `ingest` again over the same directory only loads the new batches.
 
+A row whose key the table holds already is its new version, the old one kept in the table's history; a file
+that is a snapshot of its table (`Table.arrives`, or the `mode` given) also ends the keys it does not hold, as
+deleted at the source (`c360.features.versions`).
+
 Per file, in one transaction: stream chunks out of DuckDB's CSV reader -> parse and check each chunk's rows
 (pandas, pandera) -> quarantine the bad rows, append the good ones -> check keys and references in SQL over
-the whole file -> move the rows failing those from the table to quarantine -> log. Exports loaded through a
-mapping (`c360.features.mapping`) take the same path from the second step on: `ingest_rows` streams the rows a
-mapping's query gives in place of the CSV reader's.
+the whole file -> quarantine the rows failing those, put the others in place as versions -> log. Exports loaded
+through a mapping (`c360.features.mapping`) take the same path from the second step on: `ingest_rows` streams
+the rows a mapping's query gives in place of the CSV reader's.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ import pandera.pandas as pa
 import pyarrow
 
 from c360.core import contract, warehouse
-from c360.core.contract import TABLES, Table
+from c360.core.contract import ARRIVALS, TABLES, Table
+from c360.features import versions
+from c360.features.versions import q
 
 CHUNK_ROWS = 500_000
 MAX_LINE = 2_000_000  # bytes of one CSV line (a record, with its quoted line breaks): DuckDB's default
@@ -83,6 +89,7 @@ class FileReport:
     quarantined: int
     skipped: bool = False
     suppressed: int = 0
+    closed: int = 0  # keys a snapshot no longer holds: deleted at the source
 
 
 @dataclass(frozen=True)
@@ -96,16 +103,13 @@ class _Load:
     ingest_id: int
     max_line: int
     suppress: Suppress | None = None
+    mode: str = "increment"
+    at: datetime | None = None  # the moment the export was taken
     rows: Rows | None = None  # a mapped input's rows, read in place of the CSV file at `path`
 
     @property
     def file(self) -> str:
         return self.rows.file if self.rows is not None else str(self.path.resolve())
-
-
-def q(name: str) -> str:
-    """SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> Any:
@@ -117,18 +121,26 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> 
 # --- warehouse schema ------------------------------------------------------------------------------------
 
 
+LINEAGE = {"_file": "VARCHAR", "_row": "BIGINT", "_ingest_id": "BIGINT", versions.VALID_FROM: "TIMESTAMP"}
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the source tables, `quarantine` and `ingest_log`; add contract columns that old tables lack."""
+    """Create the source tables and their histories (`versions`), `quarantine` and `ingest_log`; add the contract
+    and lineage columns that old tables lack."""
     for t in TABLES:
-        columns = [f"{q(c.name)} {SQL_TYPES[c.kind]}" for c in t.columns]
-        lineage = ["_file VARCHAR", "_row BIGINT", "_ingest_id BIGINT"]
-        con.execute(f"CREATE TABLE IF NOT EXISTS {q(t.sql_name)} ({', '.join(columns + lineage)})")
-        existing = _columns_of(con, t.sql_name)
-        for c in t.columns:
-            if c.name not in existing:
-                con.execute(f"ALTER TABLE {q(t.sql_name)} ADD COLUMN {q(c.name)} {SQL_TYPES[c.kind]}")
+        columns = {c.name: SQL_TYPES[c.kind] for c in t.columns} | LINEAGE
+        _ensure_table(con, t.sql_name, columns)
+        _ensure_table(con, versions.history(t), columns | {versions.VALID_TO: "TIMESTAMP"})
     con.execute(QUARANTINE_DDL)
     con.execute(LOG_DDL)
+
+
+def _ensure_table(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, str]) -> None:
+    con.execute(f"CREATE TABLE IF NOT EXISTS {q(name)} ({', '.join(f'{q(c)} {k}' for c, k in columns.items())})")
+    existing = _columns_of(con, name)
+    for column, kind in columns.items():
+        if column not in existing:
+            con.execute(f"ALTER TABLE {q(name)} ADD COLUMN {q(column)} {kind}")
 
 
 def _columns_of(con: duckdb.DuckDBPyConnection, table_name: str) -> tuple[str, ...]:
@@ -190,6 +202,8 @@ def ingest(
     chunk_rows: int = CHUNK_ROWS,
     max_line: int = MAX_LINE,
     suppress: Suppress | None = None,
+    mode: str | None = None,
+    exported_at: datetime | None = None,
 ) -> list[FileReport]:
     """Load every source file under `source` (see `discover`) into the warehouse behind `con`.
 
@@ -197,12 +211,13 @@ def ingest(
     IngestError: the files before it stay loaded, it loads nothing and the files after it are not tried.
     Fix it and run again; files already loaded are skipped by their hash. `on_file` gets each file's report
     as soon as the file is done (for progress bars). A file with a line longer than `max_line` bytes is broken.
-    Rows `suppress` selects are dropped unread.
+    Rows `suppress` selects are dropped unread. `mode` and `exported_at`: see `ingest_file`.
     """
     ensure_schema(con)
     reports = []
     for table, path in discover(source):
-        report = ingest_file(con, table, path, chunk_rows=chunk_rows, max_line=max_line, suppress=suppress)
+        report = ingest_file(con, table, path, chunk_rows=chunk_rows, max_line=max_line, suppress=suppress,
+                             mode=mode, exported_at=exported_at)
         reports.append(report)
         if on_file is not None:
             on_file(report)
@@ -211,10 +226,17 @@ def ingest(
 
 def ingest_file(
     con: duckdb.DuckDBPyConnection, table: Table, path: Path, *, chunk_rows: int = CHUNK_ROWS,
-    max_line: int = MAX_LINE, suppress: Suppress | None = None,
+    max_line: int = MAX_LINE, suppress: Suppress | None = None, mode: str | None = None,
+    exported_at: datetime | None = None,
 ) -> FileReport:
-    """Load one file of `table` in one transaction (the schema must exist, see `ensure_schema`)."""
+    """Load one file of `table` in one transaction (the schema must exist, see `ensure_schema`).
+
+    `mode` says how the file arrives (`contract.ARRIVALS`; default the table's `arrives`): a snapshot ends the
+    keys it does not hold. `exported_at` is the moment the export was taken (naive UTC; default the file's
+    modification time): a changed row's new version is valid from it (see `versions`).
+    """
     path = Path(path)
+    mode = _mode(table, mode)
     digest, longest = file_sha256(path)
     if _seen(con, table, digest):
         return FileReport(table.id, path, 0, 0, 0, skipped=True)
@@ -222,22 +244,35 @@ def ingest_file(
         raise IngestError(f"{path}: {_long_line_problem(path, max_line)}")
     header = read_header(path)
     positions = _column_positions(header, table, path)
-    return _logged(con, digest, chunk_rows,
-                   lambda ingest_id: _Load(table, path, len(header), positions, ingest_id, max_line, suppress))
+    at = exported_at or _modified(path)
+    return _logged(con, digest, chunk_rows, lambda ingest_id: _Load(
+        table, path, len(header), positions, ingest_id, max_line, suppress, mode, at))
 
 
 def ingest_rows(
     con: duckdb.DuckDBPyConnection, table: Table, path: Path, rows: Rows, digest: str, *,
-    chunk_rows: int = CHUNK_ROWS, suppress: Suppress | None = None,
+    chunk_rows: int = CHUNK_ROWS, suppress: Suppress | None = None, mode: str | None = None,
+    exported_at: datetime | None = None,
 ) -> FileReport:
     """Load mapped `rows` of `table` (from the input at `path`) like a file: the same checks, quarantine and log.
 
-    `digest` stands for the file's sha256: rows with a digest already logged for the table are skipped.
+    `digest` stands for the file's sha256: rows with a digest already logged for the table are skipped. `mode` and
+    `exported_at`: see `ingest_file`.
     """
+    mode = _mode(table, mode)
     if _seen(con, table, digest):
         return FileReport(table.id, path, 0, 0, 0, skipped=True)
-    return _logged(con, digest, chunk_rows,
-                   lambda ingest_id: _Load(table, path, 0, (), ingest_id, MAX_LINE, suppress, rows))
+    at = exported_at or _modified(path)
+    return _logged(con, digest, chunk_rows, lambda ingest_id: _Load(
+        table, path, 0, (), ingest_id, MAX_LINE, suppress, mode, at, rows))
+
+
+def _mode(table: Table, mode: str | None) -> str:
+    """How a file of `table` arrives: `mode`, or the table's own."""
+    mode = mode or table.arrives
+    if mode not in ARRIVALS:
+        raise IngestError(f"unknown mode {mode!r}: one of {', '.join(ARRIVALS)}")
+    return mode
 
 
 def _seen(con: duckdb.DuckDBPyConnection, table: Table, digest: str) -> bool:
@@ -265,6 +300,10 @@ def _logged(
         con.rollback()
         raise
     return report
+
+
+def _modified(path: Path) -> datetime:
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(tzinfo=None)
 
 
 def quarantine_summary(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
@@ -588,13 +627,14 @@ def _load(con: duckdb.DuckDBPyConnection, load: _Load, chunk_rows: int) -> FileR
                 break
             _quarantine(con, load, con.table("_ingest_bad"), raw)
     accepted = _move_into_place(con, load)
+    closed = _close_missing(con, load) if load.mode == "snapshot" else 0
     con.execute("DROP TABLE _ingest_stage; DROP TABLE _ingest_bad")
     quarantined = _scalar(con, "SELECT count(DISTINCT row_number) FROM quarantine WHERE ingest_id = $id",
                           {"id": load.ingest_id})
     if read != accepted + quarantined + suppressed:
         raise RuntimeError(f"{load.path}: read {read} rows, accepted {accepted} + quarantined {quarantined} "
                            f"+ suppressed {suppressed}")
-    return FileReport(load.table.id, load.path, read, accepted, quarantined, suppressed=suppressed)
+    return FileReport(load.table.id, load.path, read, accepted, quarantined, suppressed=suppressed, closed=closed)
 
 
 def _lit(text: str) -> str:
@@ -603,17 +643,20 @@ def _lit(text: str) -> str:
 
 
 def _move_into_place(con: duckdb.DuckDBPyConnection, load: _Load) -> int:
-    """Append the staged rows that passed the key and reference checks to the table, each replacing the row of
-    its key in a table live events change; return how many."""
-    columns = ", ".join(q(name) for name in load.table.column_names)
+    """Put the staged rows that passed the key and reference checks in place, as versions from the export's
+    moment (`versions.place`); return how many."""
     good = 'FROM _ingest_stage s ANTI JOIN _ingest_bad b ON s._row = b."row"'
-    target, key = q(load.table.sql_name), q(load.table.key)
-    if load.table.id in contract.UPDATED:
-        con.execute(f"DELETE FROM {target} WHERE {key} IN (SELECT s.{key} {good})")
-    return _scalar(con, f"""
-        INSERT INTO {target} ({columns}, _file, _row, _ingest_id)
-        SELECT {columns}, $file, _row, $id {good}
-        """, {"file": load.file, "id": load.ingest_id})
+    versions.place(con, load.table, f"""SELECT s.* EXCLUDE (_row), {_lit(load.file)} AS _file, s._row,
+                                               {load.ingest_id} AS _ingest_id, $at::TIMESTAMP AS _at {good}""",
+                   {"at": load.at})
+    return _scalar(con, f"SELECT count(*) {good}")
+
+
+def _close_missing(con: duckdb.DuckDBPyConnection, load: _Load) -> int:
+    """End the rows whose key a snapshot does not hold, accepted or quarantined; return how many."""
+    held = f"""SELECT {q(load.table.key)} FROM _ingest_stage
+               UNION SELECT key FROM quarantine WHERE ingest_id = {load.ingest_id} AND key IS NOT NULL"""
+    return versions.close(con, load.table, held, load.at)
 
 
 def _quarantine(
@@ -637,13 +680,12 @@ def _key_and_ref_failures(con: duckdb.DuckDBPyConnection, load: _Load) -> int:
     `_ingest_bad` has the columns of parse()'s failures: row, column, value, reason, rule.
 
     A key belongs to its first row in the file, whether that row was accepted or quarantined; a key loaded
-    by an earlier file belongs to it for good, but in a table live events change (`contract.UPDATED`), where
-    the later row is the row's new state (`_move_into_place` replaces it). References are checked against
-    every key the parent has read, quarantined or not, so that one bad parent row does not take its children
-    down with it.
+    by an earlier file is not a failure: the row is its new version (`_move_into_place`). References are
+    checked against every key the parent has read, quarantined or deleted at the source since, so that one bad
+    parent row does not take its children down with it.
     """
     t = load.table
-    key, target = q(t.key), q(t.sql_name)
+    key = q(t.key)
     this = f"SELECT {key} AS key, _row FROM _ingest_stage"
     checks = [
         f"""SELECT r._row, '{t.key}', r.key,
@@ -656,14 +698,12 @@ def _key_and_ref_failures(con: duckdb.DuckDBPyConnection, load: _Load) -> int:
                 GROUP BY key HAVING count(*) > 1) f ON r.key = f.key
             WHERE r._row > f.first_row""",
     ]
-    if t.id not in contract.UPDATED:
-        checks.append(f"""SELECT r._row, '{t.key}', r.key, 'key already loaded from ' || e._file, 'already_loaded'
-                          FROM ({this}) r JOIN {target} e ON e.{key} = r.key""")
     for ref in t.refs:
         parent = contract.table(ref.table)
         column = q(ref.column)
         # refs point at the parent's key, which is what quarantine keeps of a quarantined row
         parent_keys = f"""SELECT {q(parent.key)} AS key FROM {q(parent.sql_name)}
+                          UNION ALL SELECT {q(parent.key)} FROM {q(versions.history(parent))}
                           UNION ALL SELECT key FROM quarantine WHERE table_id = '{parent.id}'"""
         if parent.id == t.id:
             parent_keys += f" UNION ALL SELECT {key} FROM _ingest_stage"

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from c360.core import connections, contract
 from c360.core.at_rest import file_stamp
 from c360.core.settings import Settings
-from c360.features import compute, event_log, live_identity, store
+from c360.features import compute, event_log, live_identity, store, versions
 from c360.features.event_log import Folded
 from c360.features.ingest import TEXT, q, to_datetime
 
@@ -76,6 +76,7 @@ def recompute_each(s: Settings, con: duckdb.DuckDBPyConnection, as_of: Mapping[s
     finally:
         for name in names:
             mem.execute(f"DROP TABLE IF EXISTS temp.main.{q(name)}")
+            mem.execute(f"DROP TABLE IF EXISTS temp.main.{q(name + versions.HISTORY)}")
 
 
 def _of(features: pd.DataFrame, customers: pd.Index) -> pd.DataFrame:
@@ -118,10 +119,19 @@ def _rows(con: duckdb.DuckDBPyConnection, name: str, column: str, values: list[s
 def _reach(con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table, column: str,
            values: list[str], pending: Folded | None) -> str:
     """The table's rows whose `column` is one of `values`: the warehouse's, with the unfolded events' in place."""
-    found = _rows(con, table.sql_name, column, values, table.column_names)
+    found = _rows(con, table.sql_name, column, values, [*table.column_names, versions.VALID_FROM])
     events = None if pending is None else pending.rows[pending.rows[column].isin(values)]
     _table(mem, table.sql_name, found, events, table.key, replaced=None if pending is None else pending.rows)
+    _history(con, mem, table, column, values)
     return table.sql_name
+
+
+def _history(con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table, column: str,
+             values: list[str]) -> None:
+    """The old versions of the rows whose `column` is one of `values`, as `compute.SQL` reads them (`versions.as_of`);
+    dropped with the table (`recompute_each` drops its name and this one)."""
+    wanted = [*table.column_names, versions.VALID_FROM, versions.VALID_TO]
+    _table(mem, versions.history(table), _rows(con, versions.history(table), column, values, wanted), None, table.key)
 
 
 def _table(mem: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, added: pd.DataFrame | None, key: str,

@@ -25,6 +25,7 @@ import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -49,7 +50,6 @@ from c360.features.ingest import (
     q,
 )
 
-MODES = ("snapshot", "increment")
 EPOCHS = {"epoch": 1_000_000, "epoch_ms": 1_000}  # microseconds per unit
 FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
            ".json": "json", ".jsonl": "json", ".ndjson": "json"}
@@ -436,11 +436,14 @@ def ingest_mapping(
     *,
     chunk_rows: int = CHUNK_ROWS,
     suppress: Suppress | None = None,
+    mode: str | None = None,
+    exported_at: datetime | None = None,
 ) -> list[FileReport]:
     """Load every input of `mapping` into the warehouse behind `con`, table by table (parents first).
 
     Checked first (`check`): a required contract column that nothing maps, or a mapped field that an input lacks,
     loads nothing. Then each input file of each table is its own transaction, as files are in `ingest.ingest`.
+    A table arrives as `mode` says, else as its mapping's `mode:` says, else as the contract's table does.
     """
     problems = [p for c in check(mapping) for p in c.problems]
     if problems:
@@ -450,7 +453,8 @@ def ingest_mapping(
     reports = []
     for rows in rows_of(mapping):
         report = ingest_rows(con, rows.mapped.table, rows.source.path, rows, rows.digest,
-                             chunk_rows=chunk_rows, suppress=suppress)
+                             chunk_rows=chunk_rows, suppress=suppress, mode=mode or rows.mapped.mode,
+                             exported_at=exported_at)
         reports.append(report)
         if on_file is not None:
             on_file(report)

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from c360.core import audit, consent, contract, warehouse
 from c360.core.at_rest import write_private
 from c360.core.personal import Erased, Person, Work, sqlite_delete
+from c360.features import versions
 from c360.features.ingest import IngestWarning, discover, file_sha256, q
 
 IDENTITY_BY_RECORD = (("identity_crosswalk", "record_id"), ("identity_records", "record_id"),
@@ -48,21 +49,25 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: Any) -> list[dict[st
 def _tables(person: Person, con: duckdb.DuckDBPyConnection) -> Iterator[tuple[contract.Table, list[str]]]:
     for table_id, keys in person.records.items():
         table = contract.table(table_id)
-        if warehouse.has_table(con, table.sql_name):
+        if warehouse.has_table(con, table.sql_name) and warehouse.has_table(con, versions.history(table)):
             yield table, list(keys)
 
 
 class Sources:
+    """The source tables and their histories (`versions`): a row's old versions carry its key."""
+
     @staticmethod
     def export(work: Work, person: Person) -> dict[str, list[dict[str, Any]]]:
-        return {t.id: _rows(work.con, f"SELECT * EXCLUDE (_file, _row, _ingest_id) FROM {q(t.sql_name)} "
-                                      f"WHERE {q(t.key)} IN (SELECT unnest(?))", [keys])
+        return {t.id: _rows(work.con, f"""
+                    SELECT * EXCLUDE (_file, _row, _ingest_id)
+                    FROM (FROM {q(t.sql_name)} UNION ALL BY NAME FROM {q(versions.history(t))})
+                    WHERE {q(t.key)} IN (SELECT unnest(?)) ORDER BY {q(t.key)}, _valid_to NULLS LAST""", [keys])
                 for t, keys in _tables(person, work.con)}
 
     @staticmethod
     def erase(work: Work, person: Person) -> Erased:
-        rows = sum(count(work.con, f"DELETE FROM {q(t.sql_name)} WHERE {q(t.key)} IN (SELECT unnest(?))", [keys])
-                   for t, keys in _tables(person, work.con))
+        rows = sum(count(work.con, f"DELETE FROM {q(name)} WHERE {q(t.key)} IN (SELECT unnest(?))", [keys])
+                   for t, keys in _tables(person, work.con) for name in (t.sql_name, versions.history(t)))
         return Erased(rows=rows)
 
 

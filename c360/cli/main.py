@@ -6,6 +6,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,6 +32,7 @@ from c360.cli.train import champions, promote, train_all, train_app
 from c360.cli.ui import Json, console, emit, fail, progress, record_run, stderr, table
 from c360.core import keys, warehouse
 from c360.core.at_rest import EncryptionError, owner_only
+from c360.core.contract import ARRIVALS
 from c360.core.locks import WarehouseBusy
 from c360.core.settings import Settings
 from c360.training.specs import KINDS
@@ -104,23 +106,33 @@ def ingest(
                                                      "only the event log is folded")] = None,
     mapping: Annotated[str | None, typer.Option(help="a mapping file (YAML) of your own exports onto the contract, "
                                                      "or a shipped one's name (`c360 mapping list`)")] = None,
+    mode: Annotated[str | None, typer.Option(help="how the files arrive: snapshot (each file is the whole table: "
+                                                  "a key it lacks was deleted at the source) or increment (new "
+                                                  "and changed rows); default each table's, see `c360 contract`")
+                    ] = None,
+    exported_at: Annotated[datetime | None, typer.Option(
+        help="when the export was taken (UTC): changed rows are new versions from then; default each file's "
+             "modification time")] = None,
     as_json: Json = False,
 ) -> dict:
     """Check source files against the data contract and load them into the warehouse, then fold in the live events
     logged since the last time (`POST /events`, `c360 events push`).
 
     Rows that break the contract go to the quarantine table with their reason, as do rejected events; files already
-    loaded are skipped, events already folded too. With --mapping, the mapping's inputs are loaded through it
-    (`c360 mapping check` first)."""
+    loaded are skipped, events already folded too. A row whose key was loaded before is its new version (the old one
+    kept in the table's history), and a snapshot records the keys it no longer holds as deleted at the source. With
+    --mapping, the mapping's inputs are loaded through it (`c360 mapping check` first)."""
     from c360.features.event_log import fold
     from c360.features.ingest import IngestError, IngestWarning
     from c360.features.privacy import Suppressed
 
+    if mode is not None and mode not in ARRIVALS:
+        raise fail(f"--mode must be one of {', '.join(ARRIVALS)}, not {mode!r}")
     s, started = settings(), time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", IngestWarning)
         try:
-            files, run = _ingest_run(source, mapping, s)
+            files, run = _ingest_run(source, mapping, s, mode=mode, exported_at=exported_at)
             with warehouse.connect(s) as con, progress("ingesting files", files + 1) as advance:
                 suppressed = Suppressed.load(s)
                 reports = run(con, lambda _: advance(1), suppressed.mask if suppressed else None)
@@ -134,15 +146,16 @@ def ingest(
                      "`c360 encrypt`")
     for message in notes:
         stderr.print(f"[yellow]note:[/] {message}", soft_wrap=True)  # one line each, whatever the width
-    loaded = Table("table", "file", "read", "accepted", "quarantined", "suppressed",
+    loaded = Table("table", "file", "read", "accepted", "quarantined", "suppressed", "deleted",
                    title=f"ingest {mapping or source or 'the event log'}")
     for r in reports:
         note = " (already loaded)" if r.skipped else ""
         loaded.add_row(r.table_id, Path(r.file).name + note, f"{r.read:,}", f"{r.accepted:,}", f"{r.quarantined:,}",
-                       f"{r.suppressed:,}")
+                       f"{r.suppressed:,}", f"{r.closed:,}")
     for f in folded:
-        loaded.add_row(f.table_id, "events (log)", f"{f.read:,}", f"{f.accepted:,}", f"{f.quarantined:,}", "0")
-    totals = {k: sum(getattr(r, k) for r in reports) for k in ("read", "accepted", "quarantined", "suppressed")}
+        loaded.add_row(f.table_id, "events (log)", f"{f.read:,}", f"{f.accepted:,}", f"{f.quarantined:,}", "0", "0")
+    totals = {k: sum(getattr(r, k) for r in reports)
+              for k in ("read", "accepted", "quarantined", "suppressed", "closed")}
     events = {k: sum(getattr(f, k) for f in folded)
               for k in ("read", "accepted", "replaced", "superseded", "quarantined")}
     record_run(s, "ingest", started, source=source, mapping=mapping, **totals, events=events)
@@ -152,20 +165,22 @@ def ingest(
                 + "; events: " + ", ".join(f"{k} {v:,}" for k, v in events.items()))
 
 
-def _ingest_run(source: Path | None, mapping: str | None, s: Settings) -> tuple[int, Callable[..., list]]:
-    """How many files `c360 ingest` loads, and the function loading them: (con, on_file, suppress) -> reports."""
+def _ingest_run(source: Path | None, mapping: str | None, s: Settings, **arrival: Any
+                ) -> tuple[int, Callable[..., list]]:
+    """How many files `c360 ingest` loads, and the function loading them: (con, on_file, suppress) -> reports.
+    `arrival`: the files' `mode` and `exported_at` (see `ingest.ingest_file`)."""
     from c360.cli.mapping import load
     from c360.features.ingest import discover, ingest
     from c360.features.mapping import ingest_mapping, rows_of
 
     if mapping is not None:
         mapped = load(mapping, source)
-        return len(rows_of(mapped)), lambda con, on_file, suppress: ingest_mapping(con, mapped, on_file,
-                                                                                   suppress=suppress)
+        return len(rows_of(mapped)), lambda con, on_file, suppress: ingest_mapping(
+            con, mapped, on_file, suppress=suppress, **arrival)
     if source is None:
         return 0, lambda con, on_file, suppress: []
     return len(discover(source)), lambda con, on_file, suppress: ingest(
-        con, source, on_file, max_line=s.csv_max_line, suppress=suppress)
+        con, source, on_file, max_line=s.csv_max_line, suppress=suppress, **arrival)
 
 
 @app.command()

@@ -43,6 +43,9 @@ CONSENT_STATUSES = ("granted", "withdrawn")
 CONSENT_SOURCES = ("signup_form", "unsubscribe_link", "preference_center", "support_request", "import")
 
 KINDS = ("str", "int", "float", "datetime")
+# How a table's exports arrive: `snapshot`, each file is the whole table at its moment (a key missing from it was
+# deleted at the source); `increment`, each file holds new and changed rows only
+ARRIVALS = ("snapshot", "increment")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class Table:
     ordered: tuple[tuple[str, str], ...] = ()  # (earlier, later) datetime columns of one row
     doc: str = ""
     pii: tuple[str, ...] = field(default=())
+    arrives: str = "increment"  # how its exports arrive: one of ARRIVALS
 
     @property
     def id(self) -> str:
@@ -116,7 +120,7 @@ TABLES: tuple[Table, ...] = (
         Col("owner", doc="account owner (sales / success rep)"),
         Col("billing_account_id", doc="key of the account in billing, when the CRM knows it"),
         _ts("created_at"),
-    ), doc="One row per customer account (a company, or a person for consumer accounts)."),
+    ), doc="One row per customer account (a company, or a person for consumer accounts).", arrives="snapshot"),
     Table("crm", "contacts", "contact_id", (
         _key("contact_id", "CRM contact id"),
         Col("account_id", required=True),
@@ -126,7 +130,7 @@ TABLES: tuple[Table, ...] = (
         _ts("created_at"),
     ), refs=(Ref("account_id", "crm/accounts", "account_id"),),
         doc="People at an account and their role. The same person may appear twice.",
-        pii=("first_name", "last_name", "email", "phone")),
+        pii=("first_name", "last_name", "email", "phone"), arrives="snapshot"),
     Table("crm", "activities", "activity_id", (
         _key("activity_id", "CRM activity id"),
         Col("account_id", required=True),
@@ -142,7 +146,7 @@ TABLES: tuple[Table, ...] = (
         Col("company"),
         Col("country"),
         _ts("created_at"),
-    ), doc="The billing system's customer records.", pii=("name", "email", "phone")),
+    ), doc="The billing system's customer records.", pii=("name", "email", "phone"), arrives="snapshot"),
     Table("billing", "subscriptions", "subscription_id", (
         _key("subscription_id", "subscription id"),
         Col("billing_account_id", required=True),
@@ -153,7 +157,7 @@ TABLES: tuple[Table, ...] = (
         _ts("ended_at", required=False, doc="cancellation date; empty while active"),
         Col("cancel_reason"),
     ), refs=(Ref("billing_account_id", "billing/customers", "billing_account_id"),),
-        ordered=(("started_at", "ended_at"),)),
+        ordered=(("started_at", "ended_at"),), arrives="snapshot"),
     Table("billing", "plan_changes", "change_id", (
         _key("change_id", "plan change id"),
         Col("subscription_id", required=True),
@@ -209,7 +213,7 @@ TABLES: tuple[Table, ...] = (
         _ts("closed_at", required=False),
         Col("satisfaction", "int", min=1, max=5, doc="CSAT 1-5, when the requester answered"),
     ), ordered=(("opened_at", "closed_at"),),
-        pii=("requester_name", "requester_email", "requester_phone")),
+        pii=("requester_name", "requester_email", "requester_phone"), arrives="snapshot"),
     Table("marketing", "contacts", "mkt_contact_id", (
         _key("mkt_contact_id", "marketing platform contact id"),
         Col("email", required=True),
@@ -325,8 +329,6 @@ EVENT_KINDS: tuple[EventKind, ...] = (
               doc="a contact granted or withdrew a purpose (`unsubscribed` is the common withdrawal)"),
 )
 EVENTS_BY_KIND = {k.name: k for k in EVENT_KINDS}
-# Tables whose rows events may change: a later batch's row with a key already loaded is the row's new state
-UPDATED = frozenset(k.table for k in EVENT_KINDS if k.update)
 
 
 def table(table_id: str) -> Table:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,22 @@ def test_ingest_of_a_missing_folder_fails_clearly(home: Path, tmp_path: Path) ->
     scripted = runner.invoke(app, ["ingest", "--source", str(tmp_path / "nowhere"), "--json"])
     assert scripted.exit_code == 1 and "nowhere" in scripted.stderr
     assert json.loads(scripted.stdout) == {"error": scripted.stderr.removeprefix("error: ").strip()}
+
+
+def test_ingest_takes_a_mode_and_the_moment_of_the_export(home: Path, tmp_path: Path) -> None:
+    source = tmp_path / "crm" / "accounts.csv"
+    source.parent.mkdir()
+    source.write_text("account_id,account_name,segment,region,created_at\nA-1,Acme,smb,NA,2025-01-01\n")
+    bad = runner.invoke(app, ["ingest", "--source", str(source), "--mode", "full"])
+    assert bad.exit_code == 1 and "--mode must be one of snapshot, increment" in bad.stderr and not bad.stdout
+    report = c360_json("ingest", "--source", str(source), "--mode", "increment", "--exported-at", "2026-01-02")
+    assert (report["accepted"], report["closed"]) == (1, 0)
+    source.write_text("account_id,account_name,segment,region,created_at\nA-2,Bcme,smb,NA,2025-01-01\n")
+    report = c360_json("ingest", "--source", str(source), "--exported-at", "2026-02-01")  # accounts: snapshots
+    assert (report["accepted"], report["closed"]) == (1, 1)
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT account_id, _valid_to FROM crm_accounts__history").fetchall() == [
+            ("A-1", datetime(2026, 2, 1))]
 
 
 def test_contract_page_is_up_to_date() -> None:

@@ -121,7 +121,23 @@ def test_every_file_with_personal_data_belongs_to_a_registered_store(demo: Setti
 
 
 @pytest.fixture(scope="module")
-def exported(demo: Settings, person: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def versioned(demo: Settings, person: dict, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A later export changed the person's CRM contact: its old version is in the history. Returns its key."""
+    key = next((k for s, k in person["records"] if s == "crm/contacts"), None)
+    if key is None:
+        pytest.skip("the person has no CRM contact")
+    with duckdb.connect(str(demo.warehouse), read_only=True) as con:
+        row = con.execute("SELECT * EXCLUDE (_file, _row, _ingest_id, _valid_from) FROM crm_contacts "
+                          "WHERE contact_id = ?", [key]).df()
+    folder = tmp_path_factory.mktemp("later") / "crm"
+    folder.mkdir()
+    row.assign(title="Head of Everything").to_csv(folder / "contacts_later.csv", index=False)
+    invoke(demo, "ingest", "--source", str(folder.parent), "--mode", "increment", "--exported-at", "2030-01-01")
+    return key
+
+
+@pytest.fixture(scope="module")
+def exported(demo: Settings, person: dict, versioned: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The person's export, made before the erasure (`erased` asks for it first)."""
     out = tmp_path_factory.mktemp("export") / "export.json"
     invoke(demo, "privacy", "export", "--email", person["email"], "--out", str(out))
@@ -150,6 +166,16 @@ def test_export_by_email_holds_the_persons_source_rows(demo: Settings, person: d
     assert {(s, k) for s, k in person["records"]} <= exported
     assert document["identity"]["golden_records"][0]["customer_id"] == person["customer"]
     assert document["feature_snapshots"] and document["batch_scores"][0]["reasons"]
+
+
+def test_export_and_erasure_cover_the_old_versions(demo: Settings, exported: dict, versioned: str,
+                                                   erased: dict) -> None:
+    rows = [row for row in exported["warehouse_sources"]["crm/contacts"] if row["contact_id"] == versioned]
+    assert [row["title"] == "Head of Everything" for row in rows] == [False, True]  # the old version, then now
+    assert rows[0]["_valid_to"] == rows[1]["_valid_from"]
+    with duckdb.connect(str(demo.warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM crm_contacts__history WHERE contact_id = ?",
+                           [versioned]).fetchone()[0] == 0
 
 
 def personal_key(table_id: str) -> str:

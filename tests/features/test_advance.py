@@ -123,9 +123,13 @@ def test_the_events_fold_into_the_batch_rows(worlds: dict) -> None:
     world = worlds["root"] / "a"
     batch = {t.id: pd.read_csv(world / t.silo / f"{t.name}{BATCH}.csv", dtype=str) for t in TABLES
              if (world / t.silo / f"{t.name}{BATCH}.csv").is_file()}
-    assert rows.keys() == batch.keys()
+    assert {t for t in batch if contract.table(t).arrives == "increment"} <= rows.keys() <= batch.keys()
     for table_id, df in batch.items():
         table = contract.table(table_id)
+        if table.arrives == "snapshot":  # the whole table: the rows the step changed are the events' rows
+            df = df[df[table.key].isin(list(rows.get(table_id, {})))]
+            if df.empty:
+                continue
         folded = pd.DataFrame(list(rows[table_id].values())).astype({table.key: str})
         pd.testing.assert_frame_equal(_typed(folded, table), _typed(df, table), obj=table_id)
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import multiprocessing
 import stat
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from c360.core import personal, warehouse
+from c360.core import contract, personal, warehouse
 from c360.core.personal import Person, Work
 from c360.core.settings import Settings
 from c360.features import event_log
+from c360.features.ingest import ingest_file
 from c360.features.privacy import suppress
 
 
@@ -135,6 +137,24 @@ def test_an_update_kind_replaces_the_row_with_its_key_and_an_insert_kind_does_no
     assert query(s, "SELECT status, closed_at::VARCHAR, severity FROM support_tickets") == \
         [("closed", "2025-03-04 00:00:00", "high")]
     assert query(s, "SELECT rule, key FROM quarantine") == [("duplicate", "T-1")]
+    # each version valid from its event's time, the open one until the ticket closed
+    assert query(s, "SELECT _valid_from::VARCHAR FROM support_tickets") == [("2025-03-04 00:00:00",)]
+    assert query(s, "SELECT status, _valid_from::VARCHAR, _valid_to::VARCHAR FROM support_tickets__history") == \
+        [("open", "2025-03-01 10:00:00", "2025-03-04 00:00:00")]
+
+
+def test_a_snapshot_ends_a_row_a_live_event_added_only_when_taken_after_the_event(s: Settings, tmp_path: Path
+                                                                                   ) -> None:
+    event_log.accept(s, [ticket("e1")])  # at 2025-03-01 10:00
+    folded(s)
+    snapshot = tmp_path / "support" / "tickets.csv"  # a help desk export without T-1
+    snapshot.parent.mkdir()
+    snapshot.write_text("ticket_id,channel,topic,severity,status,opened_at\nT-2,email,bug,low,open,2025-01-01\n")
+    for exported, left in ((datetime(2025, 2, 1), ["T-1", "T-2"]), (datetime(2025, 4, 1), ["T-2"])):
+        with warehouse.connect(s) as con:
+            ingest_file(con, contract.table("support/tickets"), snapshot, exported_at=exported)
+            con.execute("DELETE FROM ingest_log WHERE table_id = 'support/tickets' AND sha256 IS NOT NULL")
+        assert [r[0] for r in query(s, "SELECT ticket_id FROM support_tickets ORDER BY 1")] == left
 
 
 def test_a_row_changed_twice_in_one_fold_counts_as_superseded(s: Settings) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -187,19 +188,43 @@ def test_duplicate_key_in_a_file_keeps_the_first_row(con, tmp_path: Path) -> Non
     assert raw == valid_row(ACCOUNTS, 1)  # the row as the file had it, not as parsed
 
 
-def test_key_loaded_by_an_earlier_batch_is_quarantined_but_a_quarantined_one_can_be_resent(
+def test_a_key_loaded_by_an_earlier_batch_is_updated_and_its_old_version_kept_in_the_history(
         con, tmp_path: Path) -> None:
-    first = write(tmp_path, ACCOUNTS, [valid_row(ACCOUNTS, 1), valid_row(ACCOUNTS, 2, region="Mars")])
-    write(tmp_path, ACCOUNTS, [valid_row(ACCOUNTS, 1), valid_row(ACCOUNTS, 2), valid_row(ACCOUNTS, 3)],
+    write(tmp_path, ACCOUNTS, [valid_row(ACCOUNTS, 1), valid_row(ACCOUNTS, 2, region="Mars")])
+    write(tmp_path, ACCOUNTS, [valid_row(ACCOUNTS, 1), valid_row(ACCOUNTS, 2), valid_row(ACCOUNTS, 3, owner="Ann")],
           name="accounts_2026-11")
-    reports = ingest(con, tmp_path)
-    assert [(r.file.name, r.accepted, r.quarantined) for r in reports] == [
-        ("accounts.csv", 1, 1), ("accounts_2026-11.csv", 2, 1)]
-    assert con.execute("SELECT file, row_number, reason FROM quarantine WHERE rule = 'already_loaded'"
-                       ).fetchall() == [(str((tmp_path / "crm" / "accounts_2026-11.csv").resolve()), 1,
-                                         f"key already loaded from {first.resolve()}")]
-    assert con.execute("SELECT account_id, _row, _file LIKE '%_2026-11.csv' FROM crm_accounts ORDER BY 1"
-                       ).fetchall() == [("accounts-1", 1, False), ("accounts-2", 2, True), ("accounts-3", 3, True)]
+    ingest(con, tmp_path, mode="increment", exported_at=datetime(2026, 11, 1))
+    write(tmp_path, ACCOUNTS, [valid_row(ACCOUNTS, 3, owner="Bob")], name="accounts_2026-12")
+    reports = ingest(con, tmp_path, mode="increment", exported_at=datetime(2026, 12, 1))
+    assert [(r.file.name, r.accepted, r.quarantined, r.skipped) for r in reports] == [
+        ("accounts.csv", 0, 0, True), ("accounts_2026-11.csv", 0, 0, True), ("accounts_2026-12.csv", 1, 0, False)]
+    assert con.execute("SELECT count(*) FROM quarantine WHERE rule <> 'enum'").fetchone()[0] == 0
+    # row 1 repeated unchanged: no new version; row 2 quarantined first, then loaded as new; row 3 changed
+    assert con.execute("SELECT account_id, owner, _valid_from FROM crm_accounts ORDER BY 1").fetchall() == [
+        ("accounts-1", "owner 1", None), ("accounts-2", "owner 2", None),
+        ("accounts-3", "Bob", datetime(2026, 12, 1))]
+    assert con.execute("SELECT account_id, owner, _valid_from, _valid_to FROM crm_accounts__history").fetchall() == [
+        ("accounts-3", "Ann", None, datetime(2026, 12, 1))]
+
+
+def test_a_snapshot_ends_the_keys_it_no_longer_holds_and_an_increment_does_not(con, tmp_path: Path) -> None:
+    write(tmp_path, ACCOUNTS, [valid_row(ACCOUNTS, n) for n in (1, 2, 3)])
+    ingest(con, tmp_path, exported_at=datetime(2026, 1, 1))
+    later = tmp_path / "later"
+    write(later, ACCOUNTS, [valid_row(ACCOUNTS, 1), valid_row(ACCOUNTS, 2, segment="bogus")])
+    increment = ingest(con, later, mode="increment", exported_at=datetime(2026, 2, 1))
+    assert [(r.accepted, r.quarantined, r.closed) for r in increment] == [(1, 1, 0)]
+    assert ACCOUNTS.arrives == "snapshot"
+    con.execute("DELETE FROM ingest_log WHERE ingest_id = 2")  # the same file again, as a snapshot this time
+    snapshot = ingest(con, later, exported_at=datetime(2026, 2, 1))
+    # account 2 is in the file (quarantined), so still there; account 3 is not: deleted at the source
+    assert [(r.accepted, r.quarantined, r.closed) for r in snapshot] == [(1, 1, 1)]
+    assert [r[0] for r in con.execute("SELECT account_id FROM crm_accounts ORDER BY 1").fetchall()] == [
+        "accounts-1", "accounts-2"]
+    assert con.execute("SELECT account_id, _valid_to FROM crm_accounts__history").fetchall() == [
+        ("accounts-3", datetime(2026, 2, 1))]
+    with pytest.raises(IngestError, match="unknown mode"):
+        ingest(con, tmp_path / "crm" / "accounts.csv", mode="full")
 
 
 def test_unknown_reference_is_quarantined_and_an_empty_optional_one_is_fine(con, tmp_path: Path) -> None:
@@ -255,7 +280,7 @@ def test_ingesting_the_same_files_again_adds_nothing_and_a_new_batch_appends(con
     assert counts() == before == (1, 1, 1, 2)
 
     write(tmp_path, ACCOUNTS, [valid_row(ACCOUNTS, 3)], name="accounts_2026-11")
-    third = ingest(con, tmp_path)
+    third = ingest(con, tmp_path, mode="increment")  # accounts arrive as snapshots by default
     assert [(r.file.name, r.skipped, r.accepted) for r in third] == [
         ("accounts.csv", True, 0), ("accounts_2026-11.csv", False, 1), ("contacts.csv", True, 0)]
     assert counts() == (2, 1, 1, 3)
