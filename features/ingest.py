@@ -106,6 +106,7 @@ class _Load:
     mode: str = "increment"
     at: datetime | None = None  # the moment the export was taken
     rows: Rows | None = None  # a mapped input's rows, read in place of the CSV file at `path`
+    also_held: str | None = None  # a query of the keys the other files of a snapshot in several files hold
 
     @property
     def file(self) -> str:
@@ -252,19 +253,20 @@ def ingest_file(
 def ingest_rows(
     con: duckdb.DuckDBPyConnection, table: Table, path: Path, rows: Rows, digest: str, *,
     chunk_rows: int = CHUNK_ROWS, suppress: Suppress | None = None, mode: str | None = None,
-    exported_at: datetime | None = None,
+    exported_at: datetime | None = None, also_held: str | None = None,
 ) -> FileReport:
     """Load mapped `rows` of `table` (from the input at `path`) like a file: the same checks, quarantine and log.
 
     `digest` stands for the file's sha256: rows with a digest already logged for the table are skipped. `mode` and
-    `exported_at`: see `ingest_file`.
+    `exported_at`: see `ingest_file`. `also_held`: for the last file of a snapshot in several files, a query of the
+    keys the others hold, which the snapshot does not end.
     """
     mode = _mode(table, mode)
     if _seen(con, table, digest):
         return FileReport(table.id, path, 0, 0, 0, skipped=True)
     at = exported_at or _modified(path)
     return _logged(con, digest, chunk_rows, lambda ingest_id: _Load(
-        table, path, 0, (), ingest_id, MAX_LINE, suppress, mode, at, rows))
+        table, path, 0, (), ingest_id, MAX_LINE, suppress, mode, at, rows, also_held))
 
 
 def _mode(table: Table, mode: str | None) -> str:
@@ -656,6 +658,8 @@ def _close_missing(con: duckdb.DuckDBPyConnection, load: _Load) -> int:
     """End the rows whose key a snapshot does not hold, accepted or quarantined; return how many."""
     held = f"""SELECT {q(load.table.key)} FROM _ingest_stage
                UNION SELECT key FROM quarantine WHERE ingest_id = {load.ingest_id} AND key IS NOT NULL"""
+    if load.also_held is not None:
+        held += f" UNION SELECT key FROM ({load.also_held})"
     return versions.close(con, load.table, held, load.at)
 
 

@@ -451,14 +451,33 @@ def ingest_mapping(
                                                                "check`)" if len(problems) > 1 else ""))
     ensure_schema(con)
     reports = []
-    for rows in rows_of(mapping):
-        report = ingest_rows(con, rows.mapped.table, rows.source.path, rows, rows.digest,
-                             chunk_rows=chunk_rows, suppress=suppress, mode=mode or rows.mapped.mode,
-                             exported_at=exported_at)
-        reports.append(report)
-        if on_file is not None:
-            on_file(report)
+    for mapped in mapping.tables:
+        parts = [MappedRows(mapped, s) for s in mapped.sources]
+        snapshot = (mode or mapped.mode or mapped.table.arrives) == "snapshot"
+        for i, rows in enumerate(parts):
+            last = i == len(parts) - 1
+            also_held = _keys_of(con, parts[:-1], chunk_rows) if snapshot and last and len(parts) > 1 else None
+            report = ingest_rows(con, mapped.table, rows.source.path, rows, rows.digest, chunk_rows=chunk_rows,
+                                 suppress=suppress, mode="snapshot" if snapshot and last else "increment",
+                                 exported_at=exported_at, also_held=also_held)
+            reports.append(report)
+            if on_file is not None:
+                on_file(report)
     return reports
+
+
+def _keys_of(con: duckdb.DuckDBPyConnection, parts: list[MappedRows], chunk_rows: int) -> str:
+    """A query of the keys `parts` hold: a table's snapshot merged from several files is one snapshot, so its last
+    file ends only the keys none of them holds."""
+    key = parts[0].mapped.table.key
+    cursor = con.cursor()
+    try:
+        keys = [b.select([key]).rename_columns(["key"]) for p in parts for b in p.batches(cursor, chunk_rows)]
+    finally:
+        cursor.close()
+    schema = pyarrow.schema([("key", pyarrow.string())])
+    con.register("_snapshot_parts", pyarrow.concat_tables(keys) if keys else schema.empty_table())
+    return "SELECT key FROM _snapshot_parts"
 
 
 @dataclass(frozen=True)

@@ -338,3 +338,28 @@ def test_odd_exports_load_through_a_mapping(tmp_path: Path) -> None:
              f"sqlite:///{tmp_path / 'desk.db'}?table=Tickets")]
         assert con.execute("SELECT ticket_id, status, opened_at FROM support_tickets").fetchall() == [
             ("7", "solved", datetime(2025, 1, 1))]
+
+
+def test_a_snapshot_merged_from_several_files_is_one_snapshot(tmp_path: Path) -> None:
+    """Accounts come from two files: each lacks the other's keys, and neither ends them; a key that no file of the
+    next export holds is deleted at the source."""
+    header = [" Contact ID ", "Company ID", "COMPANY", "E-Mail", "Signed Up", "Is Primary"]
+    people = {"people1.csv": [["c1", "a1", "Acme", "ann@example.com", "03/04/2025", "yes"]],
+              "people2.csv": [["c3", "a2", "Beta", "cy@example.com", "12/31/2024", "yes"]]}
+    with sqlite3.connect(tmp_path / "desk.db") as db:
+        db.execute("CREATE TABLE Tickets (id INTEGER, email TEXT, state INTEGER, opened INTEGER)")
+    (tmp_path / "odd.yaml").write_text(ODD)
+
+    def export(day: int) -> list[str]:
+        for name, rows in people.items():
+            write_csv(tmp_path / name, [dict(zip(header, r, strict=True)) for r in rows])
+        with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+            ingest_mapping(con, load(tmp_path / "odd.yaml"), exported_at=datetime(2025, 6, day))
+            return [r[0] for r in con.execute("SELECT account_id FROM crm_accounts ORDER BY 1").fetchall()]
+
+    assert export(1) == ["a1", "a2"]
+    people["people2.csv"] = [["c4", "a1", "Acme", "dee@example.com", "01/02/2025", "no"]]
+    assert export(2) == ["a1"]
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        assert con.execute("SELECT account_id, _valid_to FROM crm_accounts__history").fetchall() == [
+            ("a2", datetime(2025, 6, 2))]
