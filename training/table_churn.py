@@ -61,8 +61,8 @@ def _summary(per_fold: pd.DataFrame) -> pd.DataFrame:
     names = ["roc_auc", "pr_auc", "brier", "ece", "lift_at_10"]
     grouped = per_fold.groupby("model", sort=False)[names]
     summary = grouped.mean().join(grouped.std(ddof=1).add_suffix("_sd"))
-    summary["chosen_in_folds"] = [int((per_fold.query("model == 'chosen'")["candidate"] == m).sum())
-                                  for m in summary.index]
+    picks = per_fold.query("model == 'chosen'")["candidate"]
+    summary["chosen_in_folds"] = [len(picks) if m == "chosen" else int((picks == m).sum()) for m in summary.index]
     return summary[[c for name in names for c in (name, f"{name}_sd")] + ["chosen_in_folds"]]
 
 

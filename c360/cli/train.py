@@ -66,8 +66,9 @@ def train_nba(
     outcome: Annotated[str | None, typer.Option(help="with --table: the column measured after the action")] = None,
     id_column: Annotated[str | None, typer.Option("--id", help="the customer id column")] = None,
     cost: Annotated[list[str] | None, typer.Option(
-        help="ARM=VALUE: what sending ARM to one customer costs, in the units of --value (repeatable; arms without "
-             "one cost 0). Without it every action is free and the policy sends whichever arm is expected to do best",
+        help="ARM=VALUE: what sending ARM to one customer costs, in the same money as --value (repeatable; arms "
+             "without one cost 0). Without it every action is free and the policy sends whichever arm is expected to "
+             "do best",
     )] = None,
     value: Annotated[float, typer.Option(
         help="what one unit of --outcome is worth, in the currency of --cost (e.g. 40 when a conversion brings 40 "
