@@ -289,6 +289,7 @@ def train_nba_table(
     warnings = _warnings(dropped, balance, leaks, control, outcome, bool(any(cost_map.values())))
     card = _nba_card(
         X, t, outcome, control, dropped, arm_table, values, balance, leaks, final, folds, net_note, left_out,
+        candidates,
     )
     return TableResult.of(
         TableNbaModel(final, cost_map), X, [t.rename(treatment), y.rename(outcome)], single,
@@ -333,6 +334,7 @@ def _nba_card(
     folds: int,
     net_note: str,
     left_out: int,
+    candidates: Mapping[str, Mapping[str, float]],
 ) -> str:
     arm_table = pd.DataFrame({
         "rows": [f"{int(n):,}" for n in arms["rows"]],
@@ -394,7 +396,10 @@ def _nba_card(
             "average effect by how well it ranks on held-out rows; recommends the arm with the highest expected "
             "outcome net of its cost (the control when nothing pays). Leaves of at least "
             f"{model.options['min_child_samples']} rows (scaled to the smallest arm); the final model was fitted on "
-            "all rows."],
+            "all rows.",
+            "Qini AUC averaged over the arms, mean ± sd over the folds: " + "; ".join(
+                f"{name.replace('_', ' ')} {c['qini']:.3f} ± {c['qini_sd']:.3f}" for name, c in candidates.items())
+            + " (t learner linear: one logistic or ridge regression per arm, on the same folds)."],
         f"Policy value ({outcome} per customer{net_note}, inverse propensity, {folds}-fold cross-fitted)": [
             "95 % paired-bootstrap CIs; *gain* = learned policy − row.", value_table],
         "Caveats": [caveats],

@@ -251,7 +251,8 @@ def test_nba_end_to_end_on_a_three_arm_test(nba_result: TableResult, folder: Pat
 
     card = r.model_card
     for text in ("## Data", "control arm `No offer`", "10% discount", "net of costs", "paired-bootstrap",
-                 "assigned at random", "`Spend next 30d` (excluded)", "`Customer ID` (id column)"):
+                 "assigned at random", "`Spend next 30d` (excluded)", "`Customer ID` (id column)",
+                 f"t learner linear {r.baselines['t_learner_linear']['qini']:.3f} ±"):
         assert text in card, text
     assert "Imbalance" not in card and "Possible leakage" not in card
 
