@@ -1,8 +1,11 @@
 """Churn on a data scientist's own table: `c360 train churn --table FILE.csv --label COLUMN`.
 
-``churn.cross_validate`` (stratified k-fold, calibrated ``ChurnModel``) against the logistic baseline on the same
-folds, then a final model on all rows (trees on 75 %, Platt calibration on a held-out 25 %), with figures, a model
-card and an input example in a ``TableResult``.
+Nested cross-validation, so no model is judged on rows that chose it: on each of ``folds`` stratified outer
+folds, ``table_candidates.choose`` runs an inner cross-validation on the training part only and picks a regularised
+logistic regression, a default LightGBM or a tuned LightGBM; every candidate and the chosen one are then scored on
+the outer test fold. The figures of the chosen column are those of the whole procedure; the final model is the
+same procedure on all rows. Warnings (identifier-like columns dropped, many-level categories, likely leaks) go to
+the result's ``warnings`` for the console and to the model card.
 """
 
 from __future__ import annotations
@@ -12,45 +15,68 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedKFold
 
 from c360.training import churn, explain, tables
 from c360.training.cards import model_card
-from c360.training.churn import ChurnModel
+from c360.training.table_candidates import (
+    CANDIDATES,
+    INNER_FOLDS,
+    MIN_LEVEL_ROWS,
+    TRIALS,
+    Candidate,
+    choose,
+    many_levels,
+)
 from c360.training.table_models import TableChurnModel, TableResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-CALIBRATION_SHARE = 0.25  # as churn.cross_validate: the final model is calibrated the way it was evaluated
 MIN_CLASS_ROWS_PER_FOLD = 5  # each label value needs this many rows per fold
 SHAP_SAMPLE = 2000
+TITLES = {"chosen": "chosen", "logistic": "logistic regression", "lightgbm": "LightGBM (defaults)",
+          "lightgbm_tuned": "LightGBM (tuned)"}
 
 
-def _oof_predictions(X: pd.DataFrame, y: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold probabilities of the calibrated model and of the logistic baseline, for the charts.
-
-    Same folds as ``churn.cross_validate`` (stratified, shuffled with ``seed``); the model's part refits what
-    cross_validate fitted, since it reports metrics only.
-    """
-    model_p, base_p = np.empty(len(y)), np.empty(len(y))
+def _outer(X: pd.DataFrame, y: np.ndarray, folds: int, seed: int, trials: int
+           ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Per outer fold and model (each candidate and ``chosen``): test metrics and the inner-CV AUC; and each
+    model's out-of-fold probabilities."""
+    rows, oof = [], {name: np.empty(len(y)) for name in ("chosen", *CANDIDATES)}
     for fold, (train, test) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y)):
-        fit_rows, calib_rows = train_test_split(
-            train, test_size=CALIBRATION_SHARE, stratify=y[train], random_state=seed + fold
-        )
-        model = ChurnModel(seed=seed).fit(X.iloc[fit_rows], y[fit_rows], X.iloc[calib_rows], y[calib_rows])
-        model_p[test] = model.predict_proba(X.iloc[test])
-        base_p[test] = churn.fit_baseline(X.iloc[train], y[train]).predict_proba(X.iloc[test])[:, 1]
-    return model_p, base_p
+        choice = choose(X.iloc[train], y[train], seed + fold, trials)
+        for name, model in choice.models.items():
+            oof[name][test] = model.predict_proba(X.iloc[test])
+        oof["chosen"][test] = oof[choice.chosen][test]
+        for name in ("chosen", *CANDIDATES):
+            inner = choice.inner_auc[choice.chosen if name == "chosen" else name]
+            rows.append({"fold": fold, "model": name, "candidate": choice.chosen if name == "chosen" else name,
+                         "rows": len(test), "inner_roc_auc": inner, **churn.metrics(y[test], oof[name][test])})
+    return pd.DataFrame(rows), oof
 
 
-def _per_fold_baseline(y: np.ndarray, p: np.ndarray, folds: int, seed: int) -> pd.DataFrame:
-    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
-    return pd.DataFrame([churn.metrics(y[test], p[test]) for _, test in splits])
+def _summary(per_fold: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sd over the outer folds of each metric, one row per model."""
+    names = ["roc_auc", "pr_auc", "brier", "ece", "lift_at_10"]
+    grouped = per_fold.groupby("model", sort=False)[names]
+    summary = grouped.mean().join(grouped.std(ddof=1).add_suffix("_sd"))
+    picks = per_fold.query("model == 'chosen'")["candidate"]
+    summary["chosen_in_folds"] = [len(picks) if m == "chosen" else int((picks == m).sum()) for m in summary.index]
+    return summary[[c for name in names for c in (name, f"{name}_sd")] + ["chosen_in_folds"]]
 
 
+def _warnings(X: pd.DataFrame, dropped: Mapping[str, str], leaks: pd.Series) -> list[str]:
+    lines = [f"dropped column {column!r}: {reason}" for column, reason in dropped.items()
+             if reason.startswith("identifier")]
+    lines += [f"column {column!r} has {n} categories: levels with fewer than {MIN_LEVEL_ROWS} rows are pooled with "
+              "missing values" for column, n in many_levels(X).items()]
+    lines += [f"possible leakage: {column!r} alone separates the label with ROC AUC {auc:.3f}; if it is known only "
+              "after the churn, pass --exclude" for column, auc in leaks.items()]
+    return lines
 
-def _importance(model: ChurnModel, X: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, Figure]:
+
+def _importance(model: Candidate, X: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, Figure]:
     """Mean |SHAP| per column and the beeswarm, both on a sample of up to ``SHAP_SAMPLE`` rows."""
     sample = X.sample(SHAP_SAMPLE, random_state=seed) if len(X) > SHAP_SAMPLE else X
     contributions = model.contributions(sample)
@@ -78,13 +104,14 @@ def train_churn_table(
     seed: int = 0,
     *,
     exclude: Sequence[str] = (),
+    trials: int = TRIALS,
 ) -> TableResult:
-    """Churn model on a table with a binary ``label`` column: k-fold metrics vs a logistic baseline, then a final
-    calibrated model on all rows, with figures, a model card and an input example.
+    """Churn model on a table with a binary ``label`` column: nested cross-validation of the candidates (see the
+    module), then the chosen candidate on all rows, with figures, a model card and an input example.
 
     Rows without a label are left out. Neither ``id_column`` nor the ``exclude`` columns (e.g. a churn date or
-    reason, known only after the fact) are features; constant columns are dropped, and so are identifier-like
-    ones (every value distinct) when no id column is named.
+    reason, known only after the fact) are features; constant and identifier-like columns (``tables.id_like``) are
+    dropped. ``trials`` is the tuned LightGBM's budget per fit.
     """
     tables.check_folds(folds)
     tables.check_columns(df, {"label": label, "id": id_column}, exclude)
@@ -93,42 +120,31 @@ def train_churn_table(
     known = y_all.notna().to_numpy()
     frame, y = frame.loc[known].reset_index(drop=True), y_all[known].to_numpy(dtype=int)
     smallest = int(min(y.sum(), len(y) - y.sum()))
-    if smallest < MIN_CLASS_ROWS_PER_FOLD * folds:
+    # every outer test fold and every inner test fold (a third of an outer training part) needs its share
+    needed = MIN_CLASS_ROWS_PER_FOLD * max(folds, -(-INNER_FOLDS * folds // (folds - 1)))
+    if smallest < needed:
         raise ValueError(
-            f"label column {label!r}: only {smallest} rows of its rarer value; {folds}-fold validation needs at "
-            f"least {MIN_CLASS_ROWS_PER_FOLD * folds} ({MIN_CLASS_ROWS_PER_FOLD} per fold)"
+            f"label column {label!r}: only {smallest} rows of its rarer value; {folds}-fold validation, with "
+            f"{INNER_FOLDS}-fold model selection inside, needs at least {needed}"
         )
     X, dropped = tables.feature_columns(frame, [label], id_column, exclude)
 
-    per_fold = churn.cross_validate(X, y, folds=folds, seed=seed, calibration_share=CALIBRATION_SHARE)
-    model_p, base_p = _oof_predictions(X, y, folds, seed)
-    base_folds = _per_fold_baseline(y, base_p, folds, seed)
-    per_fold["baseline_roc_auc"] = base_folds["roc_auc"].to_numpy()
+    per_fold, oof = _outer(X, y, folds, seed, trials)
+    summary = _summary(per_fold)
+    chosen = summary.loc["chosen"]
+    metrics = {name: float(value) for name, value in chosen.drop("chosen_in_folds").items()}
+    candidates = {m: {k: float(v) for k, v in summary.loc[m].items()} for m in CANDIDATES}
+    metrics["roc_auc_gain_vs_baseline"] = metrics["roc_auc"] - candidates["logistic"]["roc_auc"]
+    metrics["roc_auc_gain_vs_lightgbm"] = metrics["roc_auc"] - candidates["lightgbm"]["roc_auc"]
 
-    names = list(churn.metrics(y, model_p))
-    summary = pd.DataFrame(
-        {
-            "model_mean": per_fold[names].mean(),
-            "model_sd": per_fold[names].std(ddof=1),
-            "baseline_mean": base_folds[names].mean(),
-            "baseline_sd": base_folds[names].std(ddof=1),
-        }
-    ).rename_axis("metric")
-    metrics = {m: float(summary.at[m, "model_mean"]) for m in names}
-    metrics |= {f"{m}_sd": float(summary.at[m, "model_sd"]) for m in names}
-    metrics["roc_auc_gain_vs_baseline"] = metrics["roc_auc"] - float(summary.at["roc_auc", "baseline_mean"])
-    metrics["n_trees_mean"] = float(per_fold["n_trees"].mean())
-    baselines = {"logistic": {m: float(summary.at[m, "baseline_mean"]) for m in names}}
-
-    fit_rows, calib_rows = train_test_split(
-        np.arange(len(y)), test_size=CALIBRATION_SHARE, stratify=y, random_state=seed
-    )
-    final = ChurnModel(seed=seed).fit(X.iloc[fit_rows], y[fit_rows], X.iloc[calib_rows], y[calib_rows])
-    importance, shap_figure = _importance(final, X, seed)
+    final = choose(X, y, seed, trials)
+    model = final.models[final.chosen]
+    importance, shap_figure = _importance(model, X, seed)
     single = tables.single_column_auc(X, y)
     leaks = single[single >= tables.LEAK_AUC]
+    warnings = _warnings(X, dropped, leaks)
 
-    scores = {f"LightGBM, calibrated ({folds}-fold)": model_p, f"logistic baseline ({folds}-fold)": base_p}
+    scores = {f"{TITLES[m]} ({folds}-fold)": oof[m] for m in ("chosen", "logistic", "lightgbm")}
     figures = {
         "roc": churn.roc_figure(y, scores, title=f"ROC, out-of-fold ({len(y):,} rows)"),
         "calibration": churn.calibration_curve_figure(y, scores, title="Calibration, out-of-fold"),
@@ -140,23 +156,25 @@ def train_churn_table(
         "label": label,
         "id_column": id_column or "",
         "folds": folds,
+        "inner_folds": INNER_FOLDS,
+        "tuning_trials": trials,
         "seed": seed,
         "rows": len(y),
         "rows_without_label": int((~known).sum()),
         "label_rate": round(float(y.mean()), 6),
         "n_features": X.shape[1],
         "dropped_columns": ", ".join(dropped) or "none",
-        "calibration": f"platt on a random {CALIBRATION_SHARE:.0%} of rows",
+        "chosen_model": final.chosen,
+        "calibration": "platt on the chosen model's inner out-of-fold scores",
         "table_digest": tables.digest(df),
-        **{f"lgbm.{k}": v for k, v in final.params.items()},
+        **{f"model.{k}": v for k, v in model.params.items()},
     }
-    card = _churn_card(
-        frame, X, y, label, dropped, summary, per_fold, importance, leaks, ids, final, folds, int((~known).sum())
-    )
+    card = _churn_card(frame, X, y, label, dropped, summary, per_fold, importance, ids, final.chosen, model,
+                       folds, int((~known).sum()), warnings)
     return TableResult.of(
-        TableChurnModel(final, id_column), X, [pd.Series(y, name=label)], single,
+        TableChurnModel(model, id_column), X, [pd.Series(y, name=label)], single,
         tables={"folds": per_fold, "summary": summary.reset_index(), "importance": importance},
-        metrics=metrics, figures=figures, model_card=card, params=params, baselines=baselines,
+        metrics=metrics, figures=figures, model_card=card, params=params, baselines=candidates, warnings=warnings,
     )
 
 
@@ -169,20 +187,21 @@ def _churn_card(
     summary: pd.DataFrame,
     per_fold: pd.DataFrame,
     importance: pd.DataFrame,
-    leaks: pd.Series,
     ids: pd.Series | None,
-    model: ChurnModel,
+    chosen: str,
+    model: Candidate,
     folds: int,
     unlabelled: int,
+    warnings: Sequence[str],
 ) -> str:
     spec = model.spec
     assert spec is not None
-    gain = summary.at["roc_auc", "model_mean"] - summary.at["roc_auc", "baseline_mean"]
-    noise = float(np.hypot(summary.at["roc_auc", "model_sd"], summary.at["roc_auc", "baseline_sd"]) / np.sqrt(folds))
-    metric_table = pd.DataFrame({
-        "LightGBM": [f"{r.model_mean:.3f} ± {r.model_sd:.3f}" for r in summary.itertuples()],
-        "logistic baseline": [f"{r.baseline_mean:.3f} ± {r.baseline_sd:.3f}" for r in summary.itertuples()],
-    }, index=summary.index.rename("metric"))
+    metric_table = pd.DataFrame(
+        {TITLES[m]: [f"{summary.at[m, k]:.3f} ± {summary.at[m, f'{k}_sd']:.3f}"
+                     for k in ("roc_auc", "pr_auc", "brier", "ece", "lift_at_10")] for m in summary.index},
+        index=pd.Index(["roc_auc", "pr_auc", "brier", "ece", "lift_at_10"], name="metric"),
+    )
+    picks = per_fold.query("model == 'chosen'")["candidate"].map(TITLES)
     kinds = dict(zip(spec.columns, spec.kinds, strict=True))
     feature_table = pd.DataFrame({
         "column": importance["feature"],
@@ -194,29 +213,21 @@ def _churn_card(
         f"{folds}-fold cross-validation on one table, no time split: metrics may be optimistic if rows are not "
         "independent (several rows per customer, rows from different dates) or if the future differs from "
         "the past. Validate on a later period before relying on the probabilities.",
-        "Calibration (Platt) was fitted on a random slice of the same table; a shift in the churn rate "
+        "Calibration (Platt) was fitted on out-of-fold scores of the same table; a shift in the churn rate "
         "later will bias the probabilities, not the ranking.",
+        *warnings,
     ]
     if ids is not None and ids.duplicated().any():
         caveats.append(
             f"{int(ids.duplicated().sum())} rows repeat an id already seen: the same customer can sit in a training "
             "and a test fold, which inflates the metrics."
         )
-    if gain < max(0.005, 2 * noise):
-        caveats.append(
-            f"The LightGBM model does not clearly beat the logistic baseline (ROC AUC {gain:+.3f}): prefer the "
-            "simpler model, or add features."
-        )
-    for column, auc in leaks.items():
-        caveats.append(
-            f"Possible leakage: {column!r} alone separates the label with AUC {auc:.3f}. Check it is known "
-            "before the churn happens (e.g. not a churn reason, score or date)."
-        )
     if len(y) < 1000:
         caveats.append(f"Only {len(y):,} labelled rows: the fold metrics are noisy (see the ± spread).")
     return model_card("Churn model on a customer table", (
-        "Churn probability for each row of one customer table (`c360 train churn --table`): k-fold cross-validation "
-        "against a logistic baseline on the same folds, then a final model on all rows."), {
+        "Churn probability for each row of one customer table (`c360 train churn --table`): nested cross-validation "
+        "chooses between a logistic regression, a default LightGBM and a tuned LightGBM, then the chosen model is "
+        "fitted on all rows."), {
         "Data": [[
             f"{len(frame) + unlabelled:,} rows, {frame.shape[1]} columns; {len(y):,} with a label"
             + (f" ({unlabelled:,} without, left out)" if unlabelled else ""),
@@ -224,11 +235,11 @@ def _churn_card(
             tables.features_line(X, dropped),
         ]],
         "Model": [
-            "LightGBM (shallow trees, early stopping) on the raw columns — numbers, Yes/No, dates and categories, "
-            f"missing values kept — with Platt calibration on a held-out {CALIBRATION_SHARE:.0%}; the final model "
-            f"has {model.n_trees} trees and was fitted on all {len(y):,} rows."],
-        f"Metrics ({folds}-fold, mean ± sd over folds)": [
-            metric_table, f"Mean trees per fold: {per_fold['n_trees'].mean():.0f}."],
-        "Features (by mean |SHAP| on a sample)": [feature_table],
+            f"Chosen: {TITLES[chosen]}, by {INNER_FOLDS}-fold cross-validation on all {len(y):,} rows, with Platt "
+            "calibration on its out-of-fold scores. In the outer folds the choice fell on: "
+            f"{', '.join(picks)}. Category levels with fewer than {MIN_LEVEL_ROWS} rows are pooled with missing."],
+        f"Metrics ({folds}-fold, mean ± sd over the outer folds; each model chosen or fitted on training folds only)": [
+            metric_table],
+        "Features (by mean |contribution| on a sample)": [feature_table],
         "Caveats": [caveats],
     })

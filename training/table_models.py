@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow.entities.model_registry import ModelVersion
 
+    from c360.training.table_candidates import LinearChurn
+
 Kind = Literal["churn", "nba"]
 NAMES: dict[str, str] = {"churn": "c360-table-churn", "nba": "c360-table-nba"}  # experiment = registered model
 
@@ -43,6 +45,7 @@ class TableResult:
     params: dict[str, Any]
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # logged as baseline.<name>.<metric>
     data: pd.DataFrame | None = field(default=None, repr=False)  # the rows used, logged as the MLflow dataset
+    warnings: list[str] = field(default_factory=list)  # one line each, for the console (and already in the card)
 
     @classmethod
     def of(cls, model: Any, X: pd.DataFrame, targets: list[pd.Series], single: pd.Series, *,
@@ -63,12 +66,13 @@ class TableResult:
 
 
 class TableChurnModel:
-    """A calibrated ``ChurnModel`` with ``predict``, as MLflow's pyfunc needs: one churn probability per row.
+    """The chosen calibrated churn model (a ``ChurnModel`` or a ``LinearChurn``) with ``predict``, as MLflow's
+    pyfunc needs: one churn probability per row.
 
     Extra columns in the input (the id, the label) are ignored; the id is echoed when present.
     """
 
-    def __init__(self, model: ChurnModel, id_column: str | None = None) -> None:
+    def __init__(self, model: ChurnModel | LinearChurn, id_column: str | None = None) -> None:
         self.churn = model
         self.id_column = id_column
 

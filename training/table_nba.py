@@ -1,21 +1,25 @@
 """Next best action on a data scientist's own experiment table: `c360 train nba --table FILE.csv`.
 
-Cross-fitted ``MultiArmUplift`` (any number of arms), Qini AUC per arm vs the control and the inverse-propensity
-value of the learned policy against every single arm and random, with paired bootstrap CIs; then a final model on
-all rows, with figures, a model card and an input example in a ``TableResult``.
+Cross-fitted ``MultiArmUplift`` (any number of arms) on ``folds`` folds, Qini AUC per arm vs the control with its
+spread over the folds, beside a regularised T-learner (one logistic or ridge regression per arm,
+``LinearTLearner``) on the same folds; the inverse-propensity value of the learned policy against every single arm
+and random, with paired bootstrap CIs; then a final model on all rows, with figures, a model card and an input
+example in a ``TableResult``. Post-treatment columns (imbalanced between arms), likely leaks and what the policy
+does without costs go to the result's ``warnings`` for the console.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 
 from c360.training import tables
 from c360.training.cards import model_card
+from c360.training.table_candidates import linear_design, linear_matrix, table_spec
 from c360.training.table_models import TableNbaModel, TableResult
 from c360.training.uplift import (
     MultiArmUplift,
@@ -54,6 +58,44 @@ def _qini(
     return pd.DataFrame(rows), curves
 
 
+class LinearTLearner:
+    """The regularised T-learner baseline: per arm, a logistic regression (C=1) for a 0/1 outcome or a ridge
+    regression for an amount, on one-hot categories and scaled numbers; ``cross_fit`` fits it like
+    ``MultiArmUplift``."""
+
+    def fit(self, X: pd.DataFrame, treatment: pd.Series, outcome: pd.Series, control: Hashable,
+            sample_weight: Any = None) -> LinearTLearner:
+        from sklearn.linear_model import LogisticRegression, Ridge
+
+        self.spec = table_spec(X)
+        matrix = linear_matrix(X, self.spec)
+        self.design = linear_design(self.spec).fit(matrix)
+        Z, y = self.design.transform(matrix), outcome.to_numpy(dtype=float)
+        self.binary = bool(np.isin(y, [0.0, 1.0]).all())
+        self.models = {}
+        for arm in sorted(set(treatment), key=str):
+            rows = (treatment == arm).to_numpy()
+            model = LogisticRegression(max_iter=2000) if self.binary else Ridge(alpha=1.0)
+            self.models[arm] = model.fit(Z[rows], y[rows]) if np.unique(y[rows]).size > 1 else float(y[rows].mean())
+        return self
+
+    def predict_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
+        Z = self.design.transform(linear_matrix(X, self.spec))
+        out = {}
+        for arm, model in self.models.items():
+            if isinstance(model, float):
+                out[arm] = np.full(len(X), model)
+            else:
+                out[arm] = model.predict_proba(Z)[:, 1] if self.binary else model.predict(Z)
+        return pd.DataFrame(out, index=X.index)
+
+
+def _qini_summary(qini_folds: pd.DataFrame) -> tuple[float, float]:
+    """Mean over the folds of the Qini AUC averaged over the arms, and its sd over the folds."""
+    per_fold = qini_folds.groupby("fold")["qini_auc"].mean()
+    return float(per_fold.mean()), float(per_fold.std(ddof=1))
+
+
 def _policy_figure(table: pd.DataFrame, measure: str) -> Figure:
     from matplotlib.figure import Figure
 
@@ -90,12 +132,12 @@ def _balance(X: pd.DataFrame, t: pd.Series, control: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["arm", "column", "smd", "limit"])
 
 
-def _min_leaf(smallest_arm: int) -> int:
+def _min_leaf(smallest_arm: int, folds: int) -> int:
     """LightGBM's min_child_samples: ``MultiArmUplift``'s 200 (made for tens of thousands of rows per arm) down to
-    a 20th of the smallest arm, at least 20. With 2-fold cross-fitting and the 2-fold uplift calibration inside,
-    an arm's trees see a quarter of its rows: at 200 a table of a few thousand rows could not split at all. The
-    calibration still shrinks whatever the smaller leaves learn from noise."""
-    return int(np.clip(smallest_arm // 20, 20, 200))
+    a 10th of the rows of the smallest arm its trees see, at least 20. With k-fold cross-fitting and the 2-fold
+    uplift calibration inside, an arm's trees see (k-1)/2k of its rows: at 200 a table of a few thousand rows
+    could not split at all. The calibration still shrinks whatever the smaller leaves learn from noise."""
+    return int(np.clip(smallest_arm * (folds - 1) / folds / 2 // 10, 20, 200))
 
 
 def _metric_key(name: Any) -> str:
@@ -111,7 +153,7 @@ def train_nba_table(
     outcome: str,
     id_column: str | None = None,
     costs: dict[str, float] | None = None,
-    folds: int = 2,
+    folds: int = 5,
     seed: int = 0,
     *,
     exclude: Sequence[str] = (),
@@ -153,7 +195,7 @@ def train_nba_table(
     arms = [control, *[a for a in arms_seen if a != control]]
     X, dropped = tables.feature_columns(frame, [treatment, outcome], id_column, exclude)
 
-    leaf = _min_leaf(int(counts.min()))
+    leaf = _min_leaf(int(counts.min()), folds)
 
     def factory() -> MultiArmUplift:
         return MultiArmUplift(min_child_samples=leaf, seed=seed)
@@ -168,8 +210,12 @@ def train_nba_table(
     values[["diff", "diff_low", "diff_high"]] = values[["diff", "diff_low", "diff_high"]].mask(
         values[["diff", "diff_low", "diff_high"]].abs() < 1e-9, 0.0
     )  # identical policies: floating-point dust, not a difference
-    qini_folds, curves = _qini(oof, t, y, control, fold_ids(t, folds, seed))
+    ids = fold_ids(t, folds, seed)
+    qini_folds, curves = _qini(oof, t, y, control, ids)
     qini = qini_folds.groupby("arm", sort=False)["qini_auc"].agg(["mean", "std"]).rename_axis("arm")
+    linear = cast("Callable[[], MultiArmUplift]", LinearTLearner)  # duck-typed: fit and predict_outcomes
+    linear_oof = cross_fit(linear, X, t, y, folds=folds, seed=seed, control=control)[arms]
+    linear_folds, _ = _qini(linear_oof, t, y, control, ids)
     balance = _balance(X, t, control)
     single = tables.single_column_auc(X, y)
     final = factory().fit(X, t, y, control=control)
@@ -205,7 +251,13 @@ def train_nba_table(
     metrics |= {f"policy_share.{_metric_key(arm)}": float(v) for arm, v in share.items()}
     if len(qini):
         metrics["qini_auc_mean"] = float(qini["mean"].mean())
+    metrics["qini"], metrics["qini_sd"] = _qini_summary(qini_folds)
     metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
+    linear_qini, linear_sd = _qini_summary(linear_folds)
+    candidates = {
+        "t_learner_lightgbm": {"qini": metrics.get("qini", np.nan), "qini_sd": metrics.get("qini_sd", np.nan)},
+        "t_learner_linear": {"qini": linear_qini, "qini_sd": linear_sd},
+    }
 
     net_note = " net of costs" if any(cost_map.values()) else ""
     figures = {
@@ -229,12 +281,15 @@ def train_nba_table(
         "n_features": X.shape[1],
         "dropped_columns": ", ".join(dropped) or "none",
         "learner": final.learner,
+        "chosen_model": "t_learner_lightgbm",
         "table_digest": tables.digest(df),
         **{f"lgbm.{k}": v for k, v in final.options.items()},
     }
+    leaks = single[single >= tables.LEAK_AUC]
+    warnings = _warnings(dropped, balance, leaks, control, outcome, bool(any(cost_map.values())))
     card = _nba_card(
-        X, t, outcome, control, dropped, arm_table, values, balance, single[single >= tables.LEAK_AUC], final, folds,
-        net_note, left_out,
+        X, t, outcome, control, dropped, arm_table, values, balance, leaks, final, folds, net_note, left_out,
+        candidates,
     )
     return TableResult.of(
         TableNbaModel(final, cost_map), X, [t.rename(treatment), y.rename(outcome)], single,
@@ -242,10 +297,27 @@ def train_nba_table(
             "arms": arm_table.reset_index(),
             "policy_values": values.rename_axis("policy").reset_index(),
             "qini_folds": qini_folds,
+            "baseline_qini_folds": linear_folds,
             "balance": balance,
         },
-        metrics=metrics, figures=figures, model_card=card, params=params,
+        metrics=metrics, figures=figures, model_card=card, params=params, baselines=candidates, warnings=warnings,
     )
+
+
+def _warnings(dropped: Mapping[str, str], balance: pd.DataFrame, leaks: pd.Series, control: str, outcome: str,
+              costed: bool) -> list[str]:
+    lines = [f"dropped column {column!r}: {reason}" for column, reason in dropped.items()
+             if reason.startswith("identifier")]
+    moved = balance[balance["smd"].abs() > balance["limit"]].groupby("column", sort=False)["smd"]
+    lines += [f"possible post-treatment column {column!r}: it differs between arms by up to {smd.abs().max():.2f} "
+              "sd, more than random assignment explains; if it was recorded after the assignment, pass --exclude"
+              for column, smd in moved]
+    lines += [f"possible leakage: {column!r} alone predicts {outcome!r} with AUC {auc:.3f}; if it was recorded "
+              "after the assignment, pass --exclude" for column, auc in leaks.items()]
+    if not costed:
+        lines.append(f"no --cost given: every action counts as free, so the policy sends each customer the arm with "
+                     f"the highest expected {outcome!r}, and {control!r} only where no arm is expected to do better")
+    return lines
 
 
 def _nba_card(
@@ -262,6 +334,7 @@ def _nba_card(
     folds: int,
     net_note: str,
     left_out: int,
+    candidates: Mapping[str, Mapping[str, float]],
 ) -> str:
     arm_table = pd.DataFrame({
         "rows": [f"{int(n):,}" for n in arms["rows"]],
@@ -323,7 +396,10 @@ def _nba_card(
             "average effect by how well it ranks on held-out rows; recommends the arm with the highest expected "
             "outcome net of its cost (the control when nothing pays). Leaves of at least "
             f"{model.options['min_child_samples']} rows (scaled to the smallest arm); the final model was fitted on "
-            "all rows."],
+            "all rows.",
+            "Qini AUC averaged over the arms, mean ± sd over the folds: " + "; ".join(
+                f"{name.replace('_', ' ')} {c['qini']:.3f} ± {c['qini_sd']:.3f}" for name, c in candidates.items())
+            + " (t learner linear: one logistic or ridge regression per arm, on the same folds)."],
         f"Policy value ({outcome} per customer{net_note}, inverse propensity, {folds}-fold cross-fitted)": [
             "95 % paired-bootstrap CIs; *gain* = learned policy − row.", value_table],
         "Caveats": [caveats],

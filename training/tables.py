@@ -78,22 +78,33 @@ def value_list(s: pd.Series, limit: int = 10) -> str:
     return shown + (f", … {len(counts) - limit} more" if len(counts) > limit else "")
 
 
-def _looks_like_id(name: str, s: pd.Series) -> bool:
-    """Every value distinct, and text (e.g. "7590-VHVEG") or integers under an id-like name."""
+ID_NAME = re.compile(r"^id|id$|number$|^(row)?(names?|index)$|^unnamed", flags=re.IGNORECASE)
+
+
+def id_like(name: str, s: pd.Series) -> str | None:
+    """Why a column is an identifier rather than a feature, or None: every value distinct, and text (e.g.
+    "7590-VHVEG"), integers under an id-like name (``ID_NAME``: "CustomerId", "rownames", "Unnamed: 0") or row
+    numbers (integers filling a run with few gaps)."""
     present = s.dropna()
     if len(present) < 20 or present.nunique() != len(s):
-        return False
+        return None
     if pd.api.types.is_integer_dtype(s):
-        return bool(re.search(r"^id|id$|number$", name, flags=re.IGNORECASE))
+        if ID_NAME.search(name.strip()):
+            return "identifier-like (distinct integers under an id name)"
+        if int(present.max()) - int(present.min()) + 1 <= 1.1 * len(present):
+            return "identifier-like (row numbers)"
+        return None
     textual = pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)
-    return textual and bool(pd.to_numeric(present, errors="coerce").isna().any())
+    if textual and bool(pd.to_numeric(present, errors="coerce").isna().any()):
+        return "identifier-like (distinct text)"
+    return None
 
 
 def feature_columns(
     frame: pd.DataFrame, targets: Sequence[str], id_column: str | None, exclude: Sequence[str]
 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Feature columns: all but the ``targets``, the id and ``exclude``; constant and (without an id column)
-    identifier-like columns are dropped too. Returns the features and {dropped column: why}."""
+    """Feature columns: all but the ``targets``, the id and ``exclude``; constant and identifier-like columns
+    (``id_like``) are dropped too. Returns the features and {dropped column: why}."""
     dropped: dict[str, str] = {}
     if id_column is not None:
         dropped[id_column] = "id column"
@@ -106,8 +117,8 @@ def feature_columns(
         s = frame[col]
         if s.nunique(dropna=False) <= 1:
             dropped[name] = "constant"
-        elif id_column is None and _looks_like_id(name, s):
-            dropped[name] = "identifier-like (every value distinct)"
+        elif why := id_like(name, s):
+            dropped[name] = why
         else:
             keep.append(col)
     if not keep:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 import pandas as pd
 import typer
+from rich.markup import escape
 
 from c360.cli.ui import Json, audited, emit, fail, record_run, stderr, table
 from c360.core.settings import Settings
@@ -22,6 +23,7 @@ train_app = typer.Typer(help="Train models on the feature store (or on your own 
 
 TableOption = Annotated[Path | None, typer.Option("--table", help="your own CSV or Parquet table (no feature store)")]
 Excluded = Annotated[list[str] | None, typer.Option("--exclude", help="columns that are not features (repeatable)")]
+Folds = Annotated[int, typer.Option(min=2, help="with --table: outer cross-validation folds")]
 
 
 @train_app.command("churn")
@@ -30,11 +32,12 @@ def train_churn(
     label: Annotated[str | None, typer.Option(help="with --table: the churn column (Yes/No, 1/0, True/False)")] = None,
     id_column: Annotated[str | None, typer.Option("--id", help="with --table: the customer id column")] = None,
     exclude: Excluded = None,
-    folds: Annotated[int, typer.Option(min=2, help="with --table: cross-validation folds")] = 5,
+    folds: Folds = 5,
     as_json: Json = False,
 ) -> dict:
     """Churn within 90 days: LightGBM (calibrated) vs logistic regression, time split over the feature snapshots,
-    logged to MLflow and registered as c360-churn@challenger. With --table: k-fold on your table instead."""
+    logged to MLflow and registered as c360-churn@challenger. With --table: nested k-fold on your table, where an
+    inner cross-validation chooses between logistic regression, default LightGBM and tuned LightGBM."""
     if table_path:
         if not label:
             raise fail("--table needs --label: the column saying whether the customer churned")
@@ -111,8 +114,17 @@ def train_nba(
     control: Annotated[str | None, typer.Option(help="with --table: the arm that means no action")] = None,
     outcome: Annotated[str | None, typer.Option(help="with --table: the column measured after the action")] = None,
     id_column: Annotated[str | None, typer.Option("--id", help="the customer id column")] = None,
-    cost: Annotated[list[str] | None, typer.Option(help="ARM=COST, the cost of one action (repeatable)")] = None,
+    cost: Annotated[list[str] | None, typer.Option(
+        help="ARM=VALUE: what sending ARM to one customer costs, in the same money as --value (repeatable; arms "
+             "without one cost 0). Without it every action is free and the policy sends whichever arm is expected to "
+             "do best",
+    )] = None,
+    value: Annotated[float, typer.Option(
+        help="what one unit of --outcome is worth, in the currency of --cost (e.g. 40 when a conversion brings 40 "
+             "and --cost is in the same money); default 1: costs are in the outcome's own units",
+    )] = 1.0,
     exclude: Excluded = None,
+    folds: Folds = 5,
     as_json: Json = False,
 ) -> dict:
     """Next best action: multi-arm uplift (LightGBM) from the company's randomized campaign waves (train on the
@@ -121,11 +133,13 @@ def train_nba(
         return _train_nba_pipeline(as_json)
     if not (treatment and control and outcome):
         raise fail("--table needs --treatment, --control and --outcome")
-    costs = dict(_cost(c) for c in cost or [])
+    if not value > 0:
+        raise fail(f"--value must be positive: what one unit of the outcome is worth, got {value}")
+    costs = {arm: amount / value for arm, amount in (_cost(c) for c in cost or [])}  # in outcome units
     from c360.training.table_nba import train_nba_table
 
     return _train_table("nba", table_path, as_json, lambda df: train_nba_table(
-        df, treatment, control, outcome, id_column, costs=costs or None, exclude=exclude or []))
+        df, treatment, control, outcome, id_column, costs=costs or None, folds=folds, exclude=exclude or []))
 
 
 def _train_nba_pipeline(as_json: bool = False) -> dict:
@@ -173,11 +187,16 @@ def _train_table(kind: Literal["churn", "nba"], path: Path, as_json: bool,
             result = train(frame)
     except ValueError as e:
         raise fail(str(e)) from None
+    for line in result.warnings:
+        stderr.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
     version = log_table_result(result, kind=kind, table_name=path.name, home=s.home)
     record_run(s, f"train {kind} --table", started, table=path, version=version.version)
     shown = {name: frame for name, frame in result.tables.items() if name in ("summary", "arms", "policy_values")}
-    return emit({"model": NAMES[kind], "version": int(version.version), "run_id": version.run_id,
-                 "table": path, "metrics": result.metrics, **shown}, as_json,
+    headline = ("roc_auc", "roc_auc_sd") if kind == "churn" else ("qini", "qini_sd")
+    return emit({"model": NAMES[kind], "version": int(version.version), "run_id": version.run_id, "table": path,
+                 **{k: result.metrics.get(k) for k in headline}, "chosen": result.params.get("chosen_model"),
+                 "candidates": result.baselines, "warnings": result.warnings, "metrics": result.metrics, **shown},
+                as_json,
                 *(table(name, frame) for name, frame in shown.items()),
                 f"registered {NAMES[kind]} v{version.version} @challenger (run {version.run_id})")
 

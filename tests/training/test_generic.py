@@ -85,9 +85,12 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+TRIALS = 3  # the tuned LightGBM's budget: small, to keep the tests fast
+
+
 @pytest.fixture(scope="module")
 def churn_result(folder: Path) -> TableResult:
-    return train_churn_table(read_table(folder / "telco.csv"), "Churn", id_column="customerID")
+    return train_churn_table(read_table(folder / "telco.csv"), "Churn", id_column="customerID", trials=TRIALS)
 
 
 @pytest.fixture(scope="module")
@@ -132,22 +135,28 @@ def test_churn_end_to_end_on_a_telco_export(churn_result: TableResult, folder: P
     r = churn_result
     assert r.metrics["roc_auc"] > 0.72 and r.metrics["roc_auc_sd"] < 0.06, r.metrics
     assert 0 < r.metrics["ece"] < 0.08 and 0 < r.metrics["brier"] < 0.2
+    assert set(r.baselines) == {"logistic", "lightgbm", "lightgbm_tuned"}
     assert r.baselines["logistic"]["roc_auc"] > 0.7
     assert r.metrics["roc_auc_gain_vs_baseline"] == pytest.approx(
         r.metrics["roc_auc"] - r.baselines["logistic"]["roc_auc"])
     assert all(isinstance(v, float) and np.isfinite(v) for v in r.metrics.values())
 
     folds = r.tables["folds"]
-    assert len(folds) == 5 and folds["rows"].sum() == 2000
-    assert {"roc_auc", "pr_auc", "brier", "ece", "lift_at_10", "baseline_roc_auc", "n_trees"} <= set(folds.columns)
-    assert folds["roc_auc"].mean() == pytest.approx(r.metrics["roc_auc"])
-    assert set(r.tables["summary"]["metric"]) == {"roc_auc", "pr_auc", "brier", "ece", "lift_at_10"}
+    chosen = folds.query("model == 'chosen'")
+    assert len(folds) == 5 * 4 and chosen["rows"].sum() == 2000
+    assert set(chosen["candidate"]) <= {"logistic", "lightgbm", "lightgbm_tuned"}
+    assert {"roc_auc", "pr_auc", "brier", "ece", "lift_at_10", "inner_roc_auc"} <= set(folds.columns)
+    assert chosen["roc_auc"].mean() == pytest.approx(r.metrics["roc_auc"])
+    for fold in chosen.itertuples():  # the chosen model's outer figures are its candidate's on that fold
+        same = folds.query(f"fold == {fold.fold} and model == '{fold.candidate}'")
+        assert same["roc_auc"].item() == pytest.approx(fold.roc_auc)
+    assert list(r.tables["summary"]["model"]) == ["chosen", "logistic", "lightgbm", "lightgbm_tuned"]
     assert r.tables["importance"]["feature"].iloc[0] in {"tenure", "Contract"}
 
     assert set(r.figures) == {"roc", "calibration", "shap_summary"}
     assert all(isinstance(f, Figure) for f in r.figures.values())
     legend = [t.get_text() for t in r.figures["roc"].axes[0].get_legend().get_texts()]
-    assert any("LightGBM" in t for t in legend) and any("logistic" in t for t in legend)
+    assert any("chosen" in t for t in legend) and any("logistic" in t for t in legend)
 
     # id, label and the constant column are no features; blank totals parse as numbers
     assert list(r.input_example.columns) == [
@@ -156,12 +165,13 @@ def test_churn_end_to_end_on_a_telco_export(churn_result: TableResult, folder: P
     spec = r.model.churn.spec
     assert dict(zip(spec.columns, spec.kinds, strict=True))["Total Charges"] == "numeric"
     assert r.params["dropped_columns"] == "customerID, Country" and r.params["rows"] == 2000
+    assert r.params["chosen_model"] in r.baselines
 
     card = r.model_card
-    for text in ("## Data", "2,000 rows", "churn rate", "## Metrics (5-fold", "logistic baseline", "## Features",
-                 "Monthly Charges ($)", "no time split", "optimistic"):
+    for text in ("## Data", "2,000 rows", "churn rate", "## Metrics (5-fold", "logistic regression", "## Features",
+                 "Monthly Charges ($)", "no time split", "optimistic", "Chosen:"):
         assert text in card, text
-    assert "Possible leakage" not in card
+    assert "leakage" not in card and not r.warnings
 
     scored = r.model.predict(read_table(folder / "telco.csv").head(20))
     assert list(scored.columns) == ["customerID", "churn_probability"]
@@ -169,19 +179,22 @@ def test_churn_end_to_end_on_a_telco_export(churn_result: TableResult, folder: P
 
 
 def test_a_shuffled_label_scores_near_chance():
-    r = train_churn_table(telco(2000, 2, shuffled=True), "Churn")
+    r = train_churn_table(telco(2000, 2, shuffled=True), "Churn", trials=TRIALS)
     assert abs(r.metrics["roc_auc"] - 0.5) < 0.06, r.metrics
-    assert abs(r.baselines["logistic"]["roc_auc"] - 0.5) < 0.06
+    assert all(abs(c["roc_auc"] - 0.5) < 0.06 for c in r.baselines.values()), r.baselines
     assert "customerID (identifier-like" in r.model_card.replace("`", "")  # no id named: detected and dropped
+    assert "dropped column 'customerID': identifier-like (distinct text)" in r.warnings
 
 
 def test_a_leaking_column_is_called_out_in_the_card():
     table = telco(1000, 3)
     table["Churn Reason"] = np.where(table["Churn"] == "Yes", "Competitor offer", None)
-    r = train_churn_table(table, "Churn", id_column="customerID", folds=3)
-    assert "Possible leakage: 'Churn Reason'" in r.model_card
-    clean = train_churn_table(table, "Churn", id_column="customerID", folds=3, exclude=["Churn Reason"])
-    assert "Possible leakage" not in clean.model_card and "`Churn Reason` (excluded)" in clean.model_card
+    r = train_churn_table(table, "Churn", id_column="customerID", folds=3, trials=TRIALS)
+    assert "possible leakage: 'Churn Reason' alone separates the label" in r.model_card
+    assert [w for w in r.warnings if w.startswith("possible leakage: 'Churn Reason'")]
+    clean = train_churn_table(table, "Churn", id_column="customerID", folds=3, exclude=["Churn Reason"], trials=1)
+    assert "leakage" not in clean.model_card and "`Churn Reason` (excluded)" in clean.model_card
+    assert not clean.warnings
 
 
 def test_churn_rejects_bad_inputs_with_clear_errors():
@@ -198,7 +211,8 @@ def test_churn_rejects_bad_inputs_with_clear_errors():
         train_churn_table(table.assign(Churn=[0, 1, 2] * 100), "Churn")
     with pytest.raises(ValueError, match="single value"):
         train_churn_table(table.assign(Churn="No"), "Churn")
-    with pytest.raises(ValueError, match=r"only 3 rows of its rarer value; 5-fold validation needs at least 25"):
+    with pytest.raises(ValueError, match=r"only 3 rows of its rarer value; 5-fold validation, with 3-fold model "
+                                         r"selection inside, needs at least 25"):
         train_churn_table(table.assign(Churn=["Yes"] * 3 + ["No"] * 297), "Churn")
     with pytest.raises(ValueError, match="columns must all differ"):
         train_churn_table(table, "Churn", id_column="Churn")
@@ -226,13 +240,19 @@ def test_nba_end_to_end_on_a_three_arm_test(nba_result: TableResult, folder: Pat
     arms = r.tables["arms"].set_index("arm")
     assert arms["rows"].sum() == 4500 and arms.at["Free month", "cost"] == 0.05
     assert arms["policy_share"].sum() == pytest.approx(1.0)
-    assert len(r.tables["qini_folds"]) == 2 * 2  # two arms vs control, two folds
+    assert len(r.tables["qini_folds"]) == 2 * 5  # two arms vs control, five folds
+    per_fold = r.tables["qini_folds"].groupby("fold")["qini_auc"].mean()
+    assert r.metrics["qini"] == pytest.approx(per_fold.mean()) and r.metrics["qini_sd"] == pytest.approx(per_fold.std())
+    assert set(r.baselines) == {"t_learner_lightgbm", "t_learner_linear"}
+    assert r.baselines["t_learner_linear"]["qini_sd"] > 0 and len(r.tables["baseline_qini_folds"]) == 2 * 5
+    assert not r.warnings  # a cost given, no post-treatment column, no leak
     assert set(r.figures) == {"qini_curves", "policy_values"}
     assert list(r.input_example.columns) == ["Tenure (months)", "Monthly Spend", "Plan"]
 
     card = r.model_card
     for text in ("## Data", "control arm `No offer`", "10% discount", "net of costs", "paired-bootstrap",
-                 "assigned at random", "`Spend next 30d` (excluded)", "`Customer ID` (id column)"):
+                 "assigned at random", "`Spend next 30d` (excluded)", "`Customer ID` (id column)",
+                 f"t learner linear {r.baselines['t_learner_linear']['qini']:.3f} ±"):
         assert text in card, text
     assert "Imbalance" not in card and "Possible leakage" not in card
 
@@ -251,6 +271,18 @@ def test_nba_on_an_amount_with_numeric_arms_and_a_post_treatment_column():
     assert "Possible leakage: 'Renewed'" in r.model_card
     balance = r.tables["balance"].set_index(["arm", "column"])["smd"]
     assert balance.abs().idxmax()[1] == "Renewed"
+    heads = [w.partition(":")[0] for w in r.warnings]
+    assert heads == ["dropped column 'Customer ID'", "possible leakage", "no --cost given"], r.warnings
+    assert r.warnings[1].startswith("possible leakage: 'Renewed'")
+
+
+def test_a_column_set_by_the_arm_is_called_post_treatment_on_the_console():
+    table = offers(1500, 7)
+    opened = (table["Offer"] != "No offer") & (np.random.default_rng(7).random(len(table)) < 0.7)
+    table["E-mails opened"] = opened.astype(int)  # recorded after the assignment: only the offers send e-mails
+    r = train_nba_table(table, "Offer", "No offer", "Renewed", id_column="Customer ID", exclude=["Spend next 30d"])
+    assert [w for w in r.warnings if w.startswith("possible post-treatment column 'E-mails opened'")], r.warnings
+    assert not [w for w in r.warnings if "'Tenure (months)'" in w or "'Monthly Spend'" in w]
 
 
 def test_nba_rejects_bad_inputs_with_clear_errors():
