@@ -3,8 +3,9 @@
 `recompute(s, con, customer_ids, as_of)` is `compute.build` restricted to those customers, over the warehouse
 behind `con` (a reader's), the events logged but not folded yet and the live identity's records
 (`live_identity.pending`). It gathers the rows that reach these customers — their crosswalk records, then each
-table's rows through them, as `compute.SQL` joins them — into tables named like the warehouse's in the thread's
-in-memory DuckDB connection, and runs `compute.build` there: every feature is defined once, in `compute.SQL`. The
+table's rows through them, as `compute.SQL` joins them, and only the columns it names — into Arrow tables registered
+under the warehouse's names in the thread's in-memory DuckDB connection, and runs `compute.build` there: every
+feature is defined once, in `compute.SQL`. The
 unfolded events' rows are the ones `c360 ingest` will write (`event_log.folded`: the same parsing, an update kind
 replacing the row with its key), so the live features of a moment are what the batch computes after the fold.
 
@@ -23,16 +24,18 @@ the snapshots (`live-<UTC time>-<pid>.parquet`), which Feast's source (`snapshot
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from c360.core import connections, contract
@@ -75,7 +78,7 @@ def recompute_each(s: Settings, con: duckdb.DuckDBPyConnection, as_of: Mapping[s
         return pd.concat(frames, ignore_index=True) if frames else compute.build(mem, pd.Timestamp.now()).iloc[:0]
     finally:
         for name in names:
-            mem.execute(f"DROP TABLE IF EXISTS temp.main.{q(name)}")
+            mem.unregister(name)
 
 
 def _of(features: pd.DataFrame, customers: pd.Index) -> pd.DataFrame:
@@ -87,7 +90,7 @@ def _of(features: pd.DataFrame, customers: pd.Index) -> pd.DataFrame:
 
 def _gather(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection,
             customers: list[str]) -> list[str]:
-    """Temporary tables in `mem` named like the warehouse's, holding the rows that reach `customers`."""
+    """Tables in `mem` named like the warehouse's, holding the rows that reach `customers` (the names to drop)."""
     live_crosswalk, provisional = live_identity.pending(s)
     linked = ["record_id", "customer_id"]  # what the feature SQL reads of the crosswalk
     live_crosswalk = live_crosswalk.loc[live_crosswalk["customer_id"].isin(customers), linked]
@@ -118,31 +121,39 @@ def _rows(con: duckdb.DuckDBPyConnection, name: str, column: str, values: list[s
 def _reach(con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table, column: str,
            values: list[str], pending: Folded | None) -> str:
     """The table's rows whose `column` is one of `values`: the warehouse's, with the unfolded events' in place."""
-    found = _rows(con, table.sql_name, column, values, table.column_names)
-    events = None if pending is None else pending.rows[pending.rows[column].isin(values)]
+    columns = _read(table, column)
+    found = _rows(con, table.sql_name, column, values, columns)
+    events = None if pending is None else pending.rows.loc[pending.rows[column].isin(values), columns]
     _table(mem, table.sql_name, found, events, table.key, replaced=None if pending is None else pending.rows)
     return table.sql_name
 
 
+@cache
+def _read(table: contract.Table, column: str) -> list[str]:
+    """The table's columns the feature SQL names, its key and `column` (how it is reached): a scan reads only those
+    (the product events' other columns would double its time)."""
+    named = {c for c in table.column_names if re.search(rf"\b{re.escape(c)}\b", compute.SQL)}
+    return [c for c in table.column_names if c in named | {table.key, column}]
+
+
 def _table(mem: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, added: pd.DataFrame | None, key: str,
            replaced: pd.DataFrame | None = None) -> None:
-    """Temporary table `name` of `rows`, less those whose key `replaced` (default `added`) holds, plus `added`
-    (cast to the warehouse's types, as the fold inserts them)."""
-    mem.register("_c360_rows", rows)
-    try:
-        mem.execute(f"CREATE OR REPLACE TEMP TABLE {q(name)} AS SELECT * FROM _c360_rows")
-    finally:
-        mem.unregister("_c360_rows")
+    """`name` in `mem`, an Arrow table registered (not copied): `rows`, less those whose key `replaced` (default
+    `added`) holds, plus `added` (cast to the warehouse's types, as the fold inserts them)."""
     gone = added if replaced is None else replaced
     if gone is not None and len(gone):
-        mem.execute(f"DELETE FROM temp.main.{q(name)} WHERE {q(key)} IN (SELECT unnest(?))",
-                    [gone[key].astype(str).tolist()])
+        held = pc.is_in(rows[key].cast(pa.string()), value_set=pa.array(gone[key].astype(str).tolist(), pa.string()))
+        rows = rows.filter(pc.invert(held))
     if added is not None and len(added):
-        mem.register("_c360_added", pa.Table.from_pandas(added, preserve_index=False))
-        try:
-            mem.execute(f"INSERT INTO temp.main.{q(name)} BY NAME SELECT * FROM _c360_added")
-        finally:
-            mem.unregister("_c360_added")
+        rows = pa.concat_tables([rows, _typed_as(rows.schema, added)])
+    mem.register(name, rows)
+
+
+def _typed_as(schema: pa.Schema, frame: pd.DataFrame) -> pa.Table:
+    """`frame` in `schema`'s columns and types (a column it lacks is missing), as `INSERT ... BY NAME` casts."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return pa.table([table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(frame), f.type)
+                     for f in schema], schema=schema)
 
 
 # ---------------------------------------------------------------- the unfolded events, kept per process
