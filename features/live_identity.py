@@ -134,15 +134,18 @@ def _rows(events: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
 def _record_ids(con: duckdb.DuckDBPyConnection, events: Sequence[dict[str, Any]],
                 rows: dict[str, pd.DataFrame]) -> list[str | Placed]:
     """Each event's identity-bearing record id, or why it has none."""
+    owners = [OWNERS.get(_table(event)) for event in events]
+    keys = [None if owner is None else rows[_table(event)].at[i, owner.column]
+            for i, (event, owner) in enumerate(zip(events, owners, strict=True))]
+    parents = _parents(con, rows, {(owner.via, key) for owner, key in zip(owners, keys, strict=True)
+                                   if owner is not None and owner.via is not None and not pd.isna(key)})
     out: list[str | Placed] = []
-    for i, event in enumerate(events):
-        owner = OWNERS.get(_table(event))
+    for owner, key in zip(owners, keys, strict=True):
         if owner is None:
             out.append(Placed(None, "company-wide event: no customer"))
             continue
-        key = rows[_table(event)].at[i, owner.column]
         if owner.via is not None and not pd.isna(key):
-            key = _parent(con, rows, owner.via, key)
+            key = parents.get((owner.via, key))
         if pd.isna(key):
             parent = owner.via[0] if owner.via else owner.source
             out.append(Placed(None, f"its {parent} row is not known yet: the next `c360 ingest` and `c360 resolve` "
@@ -152,17 +155,24 @@ def _record_ids(con: duckdb.DuckDBPyConnection, events: Sequence[dict[str, Any]]
     return out
 
 
-def _parent(con: duckdb.DuckDBPyConnection, rows: dict[str, pd.DataFrame], via: tuple[str, str], key: Any) -> Any:
-    """The `via` column of the parent row keyed `key`: from the batch (a new invoice before its payment), else the
-    warehouse."""
-    table = contract.table(via[0])
-    batch = rows.get(table.id)
-    if batch is not None and (hit := batch[batch[table.key] == key]).size:
-        return hit[via[1]].iloc[-1]
-    if not warehouse.has_table(con, table.sql_name):
-        return None
-    found = con.execute(f'SELECT "{via[1]}" FROM {table.sql_name} WHERE "{table.key}" = ?', [key]).fetchone()
-    return found[0] if found else None
+def _parents(con: duckdb.DuckDBPyConnection, rows: dict[str, pd.DataFrame],
+             wanted: set[tuple[tuple[str, str], Any]]) -> dict[tuple[tuple[str, str], Any], Any]:
+    """For each (via, key) of `wanted`, the `via` column of the parent row keyed `key`: from the batch (a new
+    invoice before its payment; its last event), else the warehouse, in one query per parent table."""
+    out: dict[tuple[tuple[str, str], Any], Any] = {}
+    for via in {v for v, _ in wanted}:
+        table = contract.table(via[0])
+        keys = [k for v, k in wanted if v == via]
+        batch = rows.get(table.id)
+        if batch is not None:
+            last = batch.drop_duplicates(table.key, keep="last").set_index(table.key)[via[1]]
+            out |= {(via, k): last[k] for k in keys if k in last.index}
+        missing = [k for k in keys if (via, k) not in out]
+        if missing and warehouse.has_table(con, table.sql_name):
+            out |= {(via, k): v for k, v in con.execute(
+                f'SELECT "{table.key}", "{via[1]}" FROM {table.sql_name} WHERE "{table.key}" IN (SELECT unnest(?))',
+                [missing]).fetchall()}
+    return out
 
 
 # ---------------------------------------------------------------- identity.db
