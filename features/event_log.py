@@ -390,6 +390,14 @@ def read_log(path: Path) -> list[tuple[int, dict[str, Any]]]:
         return list(_read(path).records)
 
 
+def read_log_from(path: Path, start: int, inode: int | None) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
+    """The log file's inode and its records from the `start`th on: all of them when the file is not `inode` any
+    more (an erasure rewrote it). A reader that keeps what it took reads only the tail."""
+    with _read_lock:
+        read = _read(path)
+        return read.stamp[0], read.records[start if read.stamp[0] == inode else 0:]
+
+
 def _read(path: Path) -> _Read:
     """This process's parse of a log, brought up to date: only what was appended since it last read is parsed (a
     log rewritten by an erasure, a new inode, from its start); a torn last line waits for its end. The caller holds

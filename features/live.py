@@ -10,8 +10,9 @@ unfolded events' rows are the ones `c360 ingest` will write (`event_log.folded`:
 replacing the row with its key), so the live features of a moment are what the batch computes after the fold.
 
 `recompute_each` takes one as-of per customer (the live clock: just after the customer's newest event) and builds
-the tables once for all of them. The process keeps what it parsed of the unfolded events (`event_log.read_log`
-reads only the log's tail) and which of their keys the warehouse holds, until the log or the warehouse changes.
+the tables once for all of them. The process keeps what the fold will write for the unfolded events, taking only
+the records appended since (`event_log.read_log_from`), and which of their keys the warehouse holds, until an
+erasure rewrites the log or a fold changes the warehouse.
 
 `events_of(s, customer_id, connect)` is the profile's `past.live_events`: the customer's unfolded events, newest
 first, from a per-process index of the log by customer (`remember` records where the live update placed events).
@@ -28,6 +29,7 @@ import re
 import threading
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
@@ -51,9 +53,11 @@ from c360.features.ingest import TEXT, q, to_datetime
 BY_RECORD = {t: (o.column, o.source) for t, o in live_identity.OWNERS.items() if o.via is None}
 BY_PARENT = {t: o.via[0] for t, o in live_identity.OWNERS.items() if o.via is not None}
 LIVE_GLOB = "live-*.parquet"
+CLOCK = "c360_clock"  # the customers' as-ofs, a table in the in-memory connection
 
 _lock = threading.Lock()
-_pending: dict[tuple[Path, str], tuple[Any, tuple[str, ...], Folded]] = {}  # (warehouse, table) → stamp, ids, rows
+_unfolded: dict[Path, _Unfolded] = {}  # by log
+_unfolded_lock = threading.Lock()
 _placed: dict[str, str | None] = {}  # event id → customer id, as placed by this process
 # log → records indexed, the first one's event id, the events by customer
 _indexes: dict[Path, tuple[int, str | None, dict[str, list[dict[str, Any]]]]] = {}
@@ -72,17 +76,17 @@ def recompute_each(s: Settings, con: duckdb.DuckDBPyConnection, as_of: Mapping[s
     """`recompute` with each customer at its own as-of; the rows gathered once for all."""
     mem = connections.local()
     names = _gather(s, con, mem, list(as_of))
+    at = pd.Series(as_of, dtype="datetime64[us]")
     try:
-        at = pd.Series(as_of, dtype="datetime64[us]")
-        frames = [_of(compute.build(mem, t), group.index) for t, group in at.groupby(at)]
-        return pd.concat(frames, ignore_index=True) if frames else compute.build(mem, pd.Timestamp.now()).iloc[:0]
+        if at.nunique() <= 1:  # one run at one as-of costs half of one at several
+            built = compute.build(mem, at.iloc[0] if len(at) else pd.Timestamp.now())
+            return built[built["customer_id"].isin(at.index)].reset_index(drop=True)
+        mem.register(CLOCK, at.rename_axis("customer_id").rename("as_of").reset_index())
+        names.append(CLOCK)
+        return compute.build_each(mem, CLOCK)
     finally:
         for name in names:
             mem.unregister(name)
-
-
-def _of(features: pd.DataFrame, customers: pd.Index) -> pd.DataFrame:
-    return features[features["customer_id"].isin(customers)]
 
 
 # ---------------------------------------------------------------- gathering the rows
@@ -159,36 +163,51 @@ def _typed_as(schema: pa.Schema, frame: pd.DataFrame) -> pa.Table:
 # ---------------------------------------------------------------- the unfolded events, kept per process
 
 
+@dataclass
+class _Unfolded:
+    """What the fold will write for one log's unfolded events, by table, as of the warehouse file `stamp` (a new
+    fold changes which events are folded) and the log's first `read` records of file `inode`."""
+
+    stamp: Any
+    inode: int | None = None
+    read: int = 0
+    rows: dict[str, Folded] = field(default_factory=dict)
+
+
 def _pending_rows(s: Settings, con: duckdb.DuckDBPyConnection) -> dict[str, Folded]:
-    """Per table, the rows the fold will write for the unfolded events (`event_log.folded`)."""
-    by_table: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-    for line, record in event_log.unfolded(s, lambda: nullcontext(con)):
-        by_table.setdefault(contract.EVENTS_BY_KIND[record["event"]["kind"]].table, []).append((line, record))
-    return {table_id: _table_rows(s, con, contract.table(table_id), found) for table_id, found in by_table.items()}
+    """Per table, the rows the fold will write for the unfolded events (`event_log.folded`), brought up to date
+    with the log's tail: a round's cost does not grow with the unfolded log."""
+    path, stamp = event_log.log_path(s), file_stamp(s.warehouse.stat())
+    with _unfolded_lock:
+        state = _unfolded.get(path)
+        if state is None or state.stamp != stamp:
+            state = _Unfolded(stamp)
+        inode, records = event_log.read_log_from(path, state.read, state.inode)
+        if inode != state.inode:
+            state = _Unfolded(stamp, inode)
+        done = event_log.folded_ids(s, lambda: nullcontext(con)) if records else frozenset()
+        by_table: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for line, record in records:
+            if record["event"]["event_id"] not in done:
+                by_table.setdefault(contract.EVENTS_BY_KIND[record["event"]["kind"]].table, []).append((line, record))
+        for table_id, events in by_table.items():
+            state.rows[table_id] = _more_rows(s, con, contract.table(table_id), state.rows.get(table_id), events)
+        state.read += len(records)
+        _unfolded[path] = state
+        return dict(state.rows)
 
 
-def _table_rows(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Table,
-                events: list[tuple[int, dict[str, Any]]]) -> Folded:
-    """`event_log.folded` of a table's unfolded events, parsing only those logged since the last call when the
-    warehouse is the same: the fold reads the new events after the old ones, an old row's key counting as held."""
-    stamp, ids = file_stamp(s.warehouse.stat()), tuple(r["event"]["event_id"] for _, r in events)
-    with _lock:
-        cached = _pending.get((s.warehouse, table.id))
-    if cached is not None and cached[0] == stamp and ids[:len(cached[1])] == cached[1]:
-        old = cached[2]
-        if len(ids) == len(cached[1]):
-            return old
-        before = set(old.rows[table.key])
-        more = event_log.folded(table, events[len(cached[1]):],
-                                lambda keys: _held(s, con, table, keys) | (before & set(keys)))
-        kept = old.rows[~old.rows[table.key].isin(more.rows[table.key])]
-        result = Folded(pd.concat([kept, more.rows]), old.problems | more.problems,
-                        old.superseded + more.superseded + len(old.rows) - len(kept), old.existing | more.existing)
-    else:
-        result = event_log.folded(table, events, partial(_held, s, con, table))
-    with _lock:
-        _pending[(s.warehouse, table.id)] = (stamp, ids, result)
-    return result
+def _more_rows(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Table, old: Folded | None,
+               events: list[tuple[int, dict[str, Any]]]) -> Folded:
+    """`event_log.folded` of a table's unfolded events, `old` being what the earlier ones gave: the fold reads the
+    new events after the old ones, an old row's key counting as held."""
+    if old is None:
+        return event_log.folded(table, events, partial(_held, s, con, table))
+    before = set(old.rows[table.key])
+    more = event_log.folded(table, events, lambda keys: _held(s, con, table, keys) | (before & set(keys)))
+    kept = old.rows[~old.rows[table.key].isin(more.rows[table.key])]
+    return Folded(pd.concat([kept, more.rows]), old.problems | more.problems,
+                  old.superseded + more.superseded + len(old.rows) - len(kept), old.existing | more.existing)
 
 
 def _held(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Table, keys: list[str]) -> set[str]:
