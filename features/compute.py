@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from functools import cache
 
 import pandas as pd
 
@@ -242,6 +243,24 @@ def build(con, as_of: pd.Timestamp) -> pd.DataFrame:
     """One row per customer known before `as_of`: every feature of FEATURES, from data strictly before it."""
     raw = con.execute(SQL, {"as_of": pd.Timestamp(as_of).to_pydatetime()}).df()
     return derive(raw)[["customer_id", "as_of", *BY_NAME]]
+
+
+def build_each(con, clock: str) -> pd.DataFrame:
+    """`build` with each customer at its own as-of: `clock` names a table (customer_id, as_of) in `con`; one row
+    per customer of it known before its as-of. One run of SQL for all (a lateral join), not one per as-of."""
+    raw = con.execute(_each_sql(clock)).df()
+    return derive(raw)[["customer_id", "as_of", *BY_NAME]]
+
+
+@cache
+def _each_sql(clock: str) -> str:
+    body = SQL.replace("$as_of", f"{clock}.as_of")
+    # Each customer's own crosswalk records and golden record (every row reaches its customer through them), so
+    # the lateral join pairs a customer's rows with its own as-of only, not everyone's rows with every as-of.
+    for table in ("identity_crosswalk", "identity_customers"):
+        body = re.sub(rf"\b{table}\b", f"(SELECT * FROM {table} WHERE customer_id = {clock}.customer_id)", body)
+    return (f"SELECT f.* FROM {clock}, LATERAL ({body}) f WHERE f.customer_id = {clock}.customer_id "
+            "ORDER BY f.customer_id")
 
 
 def derive(df: pd.DataFrame) -> pd.DataFrame:

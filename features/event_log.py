@@ -55,6 +55,7 @@ FOLDED_DDL = """
 CREATE TABLE IF NOT EXISTS events_folded (log VARCHAR, id VARCHAR, ingest_id BIGINT, folded_at TIMESTAMP)"""
 NO_TABLE = "events"  # quarantine's table_id of a reject whose kind is unknown
 Failure = tuple[str, Any, str, str]  # column, value, reason, rule (as ingest.parse's failures)
+FAILURE_COLUMNS = ("column", "value", "reason", "rule")  # ingest.parse's failures: row, then these
 
 
 def folder(s: Settings) -> Path:
@@ -126,6 +127,56 @@ def _raw(table: Table, events: Sequence[dict[str, Any]], index: Sequence[int]) -
     return pd.DataFrame(rows, columns=table.column_names, index=pd.Index(index, dtype="int64"), dtype=TEXT)
 
 
+class _Parsed:
+    """`ingest.parse` of event rows, remembered per process by table and row text. The contract's checks are row
+    by row, so a row's text decides its typed row: intake parses each event once, and the live update (placing
+    the events, gathering the unfolded ones) takes the typed rows from here, parsing only what another process
+    logged. Only rows without failures are kept; past `LIMIT` rows all are forgotten."""
+
+    LIMIT = 200_000
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[Any, ...], tuple[pd.DataFrame, int]] = {}  # (table, *text) → typed frame, position
+        self._lock = threading.Lock()
+
+    def parse(self, raw: pd.DataFrame, table: Table) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """`ingest.parse(raw, table)`: (typed rows indexed as `raw`, failures)."""
+        keys = [(table.id, *row) for row in raw.astype(object).where(raw.notna(), None).itertuples(index=False)]
+        with self._lock:
+            found = {i: hit for i, k in enumerate(keys) if (hit := self._rows.get(k)) is not None}
+        missing = [i for i in range(len(keys)) if i not in found]
+        if len(found) == 0:
+            typed, failures = parse(raw, table)
+            self._keep(keys, typed, failures)
+            return typed, failures
+        failures = pd.DataFrame({"row": pd.Series(dtype="int64"), **{c: [] for c in FAILURE_COLUMNS}})
+        if missing:
+            typed, failures = parse(raw.iloc[missing], table)
+            self._keep([keys[i] for i in missing], typed, failures)
+            found |= {i: (typed, n) for n, i in enumerate(missing)}
+        return _assemble([found[i] for i in range(len(keys))]).set_axis(raw.index), failures
+
+    def _keep(self, keys: list[tuple[Any, ...]], typed: pd.DataFrame, failures: pd.DataFrame) -> None:
+        good = ~typed.index.isin(failures["row"])
+        with self._lock:
+            if len(self._rows) + len(keys) > self.LIMIT:
+                self._rows.clear()
+            self._rows.update((k, (typed, i)) for i, k in enumerate(keys) if good[i])
+
+
+def _assemble(found: Sequence[tuple[pd.DataFrame, int]]) -> pd.DataFrame:
+    """The typed rows at `found`'s (frame, position)s, in order: each run from one frame taken at once."""
+    pieces, start = [], 0
+    for end in range(1, len(found) + 1):
+        if end == len(found) or found[end][0] is not found[start][0]:
+            pieces.append(found[start][0].take([position for _, position in found[start:end]]))
+            start = end
+    return pd.concat(pieces) if len(pieces) > 1 else pieces[0]
+
+
+_parsed = _Parsed()
+
+
 def _by_table(events: Sequence[Any], among: Sequence[int]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for i in among:
@@ -147,7 +198,7 @@ def _check(events: Sequence[Any], suppressed: Suppressed | None) -> tuple[dict[i
         raw = _raw(table, [events[i] for i in positions], positions)
         if suppressed is not None:
             dropped |= set(raw.index[suppressed.mask(table, raw)])
-        for row in parse(raw, table)[1].itertuples():
+        for row in _parsed.parse(raw, table)[1].itertuples():
             failures.setdefault(int(row.row), []).append((row.column, row.value, row.reason, row.rule))
     return failures, dropped - set(failures)
 
@@ -341,6 +392,14 @@ def read_log(path: Path) -> list[tuple[int, dict[str, Any]]]:
         return list(_read(path).records)
 
 
+def read_log_from(path: Path, start: int, inode: int | None) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
+    """The log file's inode and its records from the `start`th on: all of them when the file is not `inode` any
+    more (an erasure rewrote it). A reader that keeps what it took reads only the tail."""
+    with _read_lock:
+        read = _read(path)
+        return read.stamp[0], read.records[start if read.stamp[0] == inode else 0:]
+
+
 def _read(path: Path) -> _Read:
     """This process's parse of a log, brought up to date: only what was appended since it last read is parsed (a
     log rewritten by an erasure, a new inode, from its start); a torn last line waits for its end. The caller holds
@@ -484,7 +543,7 @@ def folded(table: Table, events: list[tuple[int, dict]], existing_of: Callable[[
     of a key wins); any other kind's row whose key the table or an earlier event has goes to quarantine. `fold` and
     the live update (`c360.features.live`) both read events through this: a live feature is what the fold gives."""
     raw = _raw(table, [r["event"] for _, r in events], [n for n, _ in events])
-    typed, failures = parse(raw, table)  # checked at intake: a failure here means the contract changed since
+    typed, failures = _parsed.parse(raw, table)  # checked at intake: a failure here means the contract changed since
     update = dict(zip(typed.index, (_kind(r["event"]).update for _, r in events), strict=True))
     key = table.key
     bad = {int(r) for r in failures["row"]}
@@ -561,4 +620,4 @@ def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:
 
 def typed_rows(table: Table, events: Sequence[dict[str, Any]], index: Sequence[int]) -> pd.DataFrame:
     """The contract rows of valid events of one table, typed as ingest types them, indexed by `index`."""
-    return parse(_raw(table, events, index), table)[0]
+    return _parsed.parse(_raw(table, events, index), table)[0]

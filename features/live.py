@@ -3,14 +3,16 @@
 `recompute(s, con, customer_ids, as_of)` is `compute.build` restricted to those customers, over the warehouse
 behind `con` (a reader's), the events logged but not folded yet and the live identity's records
 (`live_identity.pending`). It gathers the rows that reach these customers — their crosswalk records, then each
-table's rows through them, as `compute.SQL` joins them — into tables named like the warehouse's in the thread's
-in-memory DuckDB connection, and runs `compute.build` there: every feature is defined once, in `compute.SQL`. The
+table's rows through them, as `compute.SQL` joins them, and only the columns it names — into Arrow tables registered
+under the warehouse's names in the thread's in-memory DuckDB connection, and runs `compute.build` there: every
+feature is defined once, in `compute.SQL`. The
 unfolded events' rows are the ones `c360 ingest` will write (`event_log.folded`: the same parsing, an update kind
 replacing the row with its key), so the live features of a moment are what the batch computes after the fold.
 
 `recompute_each` takes one as-of per customer (the live clock: just after the customer's newest event) and builds
-the tables once for all of them. The process keeps what it parsed of the unfolded events (`event_log.read_log`
-reads only the log's tail) and which of their keys the warehouse holds, until the log or the warehouse changes.
+the tables once for all of them. The process keeps what the fold will write for the unfolded events, taking only
+the records appended since (`event_log.read_log_from`), and which of their keys the warehouse holds, until an
+erasure rewrites the log or a fold changes the warehouse.
 
 `events_of(s, customer_id, connect)` is the profile's `past.live_events`: the customer's unfolded events, newest
 first, from a per-process index of the log by customer (`remember` records where the live update placed events).
@@ -23,16 +25,19 @@ the snapshots (`live-<UTC time>-<pid>.parquet`), which Feast's source (`snapshot
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
-from functools import partial
+from dataclasses import dataclass, field
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from c360.core import connections, contract
@@ -48,9 +53,11 @@ from c360.features.ingest import TEXT, q, to_datetime
 BY_RECORD = {t: (o.column, o.source) for t, o in live_identity.OWNERS.items() if o.via is None}
 BY_PARENT = {t: o.via[0] for t, o in live_identity.OWNERS.items() if o.via is not None}
 LIVE_GLOB = "live-*.parquet"
+CLOCK = "c360_clock"  # the customers' as-ofs, a table in the in-memory connection
 
 _lock = threading.Lock()
-_pending: dict[tuple[Path, str], tuple[Any, tuple[str, ...], Folded]] = {}  # (warehouse, table) → stamp, ids, rows
+_unfolded: dict[Path, _Unfolded] = {}  # by log
+_unfolded_lock = threading.Lock()
 _placed: dict[str, str | None] = {}  # event id → customer id, as placed by this process
 # log → records indexed, the first one's event id, the events by customer
 _indexes: dict[Path, tuple[int, str | None, dict[str, list[dict[str, Any]]]]] = {}
@@ -69,18 +76,17 @@ def recompute_each(s: Settings, con: duckdb.DuckDBPyConnection, as_of: Mapping[s
     """`recompute` with each customer at its own as-of; the rows gathered once for all."""
     mem = connections.local()
     names = _gather(s, con, mem, list(as_of))
+    at = pd.Series(as_of, dtype="datetime64[us]")
     try:
-        at = pd.Series(as_of, dtype="datetime64[us]")
-        frames = [_of(compute.build(mem, t), group.index) for t, group in at.groupby(at)]
-        return pd.concat(frames, ignore_index=True) if frames else compute.build(mem, pd.Timestamp.now()).iloc[:0]
+        if at.nunique() <= 1:  # one run at one as-of costs half of one at several
+            built = compute.build(mem, at.iloc[0] if len(at) else pd.Timestamp.now())
+            return built[built["customer_id"].isin(at.index)].reset_index(drop=True)
+        mem.register(CLOCK, at.rename_axis("customer_id").rename("as_of").reset_index())
+        names.append(CLOCK)
+        return compute.build_each(mem, CLOCK)
     finally:
         for name in names:
-            mem.execute(f"DROP TABLE IF EXISTS temp.main.{q(name)}")
-            mem.execute(f"DROP TABLE IF EXISTS temp.main.{q(name + versions.HISTORY)}")
-
-
-def _of(features: pd.DataFrame, customers: pd.Index) -> pd.DataFrame:
-    return features[features["customer_id"].isin(customers)]
+            mem.unregister(name)
 
 
 # ---------------------------------------------------------------- gathering the rows
@@ -88,7 +94,7 @@ def _of(features: pd.DataFrame, customers: pd.Index) -> pd.DataFrame:
 
 def _gather(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection,
             customers: list[str]) -> list[str]:
-    """Temporary tables in `mem` named like the warehouse's, holding the rows that reach `customers`."""
+    """Tables in `mem` named like the warehouse's, holding the rows that reach `customers` (the names to drop)."""
     live_crosswalk, provisional = live_identity.pending(s)
     linked = ["record_id", "customer_id"]  # what the feature SQL reads of the crosswalk
     live_crosswalk = live_crosswalk.loc[live_crosswalk["customer_id"].isin(customers), linked]
@@ -101,11 +107,11 @@ def _gather(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyCon
     names = ["identity_crosswalk", "identity_customers"]
     for table_id, (column, source) in BY_RECORD.items():
         values = [r[len(source) + 1:] for r in records if r.startswith(source + ":")]
-        names.append(_reach(con, mem, contract.table(table_id), column, values, pending.get(table_id)))
+        names.extend(_reach(con, mem, contract.table(table_id), column, values, pending.get(table_id)))
     for table_id, parent_id in BY_PARENT.items():
         parent = contract.table(parent_id)
         values = [r[0] for r in mem.execute(f"SELECT {q(parent.key)} FROM {q(parent.sql_name)}").fetchall()]
-        names.append(_reach(con, mem, contract.table(table_id), parent.key, values, pending.get(table_id)))
+        names.extend(_reach(con, mem, contract.table(table_id), parent.key, values, pending.get(table_id)))
     return names
 
 
@@ -117,77 +123,102 @@ def _rows(con: duckdb.DuckDBPyConnection, name: str, column: str, values: list[s
 
 
 def _reach(con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table, column: str,
-           values: list[str], pending: Folded | None) -> str:
-    """The table's rows whose `column` is one of `values`: the warehouse's, with the unfolded events' in place."""
-    found = _rows(con, table.sql_name, column, values, [*table.column_names, versions.VALID_FROM])
-    events = None if pending is None else pending.rows[pending.rows[column].isin(values)]
+           values: list[str], pending: Folded | None) -> list[str]:
+    """The table's rows whose `column` is one of `values`: the warehouse's, with the unfolded events' in place, and
+    their old versions; the names of both in `mem`."""
+    columns = _read(table, column)
+    found = _rows(con, table.sql_name, column, values, [*columns, versions.VALID_FROM])
+    events = None if pending is None else pending.rows.loc[pending.rows[column].isin(values), columns]
     _table(mem, table.sql_name, found, events, table.key, replaced=None if pending is None else pending.rows)
-    _history(con, mem, table, column, values)
-    return table.sql_name
+    return [table.sql_name, _history(con, mem, table, column, values)]
 
 
 def _history(con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table, column: str,
-             values: list[str]) -> None:
-    """The old versions of the rows whose `column` is one of `values`, as `compute.SQL` reads them (`versions.as_of`);
-    dropped with the table (`recompute_each` drops its name and this one)."""
-    wanted = [*table.column_names, versions.VALID_FROM, versions.VALID_TO]
-    _table(mem, versions.history(table), _rows(con, versions.history(table), column, values, wanted), None, table.key)
+             values: list[str]) -> str:
+    """The old versions of the rows whose `column` is one of `values`, as `compute.SQL` reads them
+    (`versions.as_of`), in `mem` under the history's name (returned)."""
+    wanted = [*_read(table, column), versions.VALID_FROM, versions.VALID_TO]
+    name = versions.history(table)
+    _table(mem, name, _rows(con, name, column, values, wanted), None, table.key)
+    return name
+
+
+@cache
+def _read(table: contract.Table, column: str) -> list[str]:
+    """The table's columns the feature SQL names, its key and `column` (how it is reached): a scan reads only those
+    (the product events' other columns would double its time)."""
+    named = {c for c in table.column_names if re.search(rf"\b{re.escape(c)}\b", compute.SQL)}
+    return [c for c in table.column_names if c in named | {table.key, column}]
 
 
 def _table(mem: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, added: pd.DataFrame | None, key: str,
            replaced: pd.DataFrame | None = None) -> None:
-    """Temporary table `name` of `rows`, less those whose key `replaced` (default `added`) holds, plus `added`
-    (cast to the warehouse's types, as the fold inserts them)."""
-    mem.register("_c360_rows", rows)
-    try:
-        mem.execute(f"CREATE OR REPLACE TEMP TABLE {q(name)} AS SELECT * FROM _c360_rows")
-    finally:
-        mem.unregister("_c360_rows")
+    """`name` in `mem`, an Arrow table registered (not copied): `rows`, less those whose key `replaced` (default
+    `added`) holds, plus `added` (cast to the warehouse's types, as the fold inserts them)."""
     gone = added if replaced is None else replaced
     if gone is not None and len(gone):
-        mem.execute(f"DELETE FROM temp.main.{q(name)} WHERE {q(key)} IN (SELECT unnest(?))",
-                    [gone[key].astype(str).tolist()])
+        held = pc.is_in(rows[key].cast(pa.string()), value_set=pa.array(gone[key].astype(str).tolist(), pa.string()))
+        rows = rows.filter(pc.invert(held))
     if added is not None and len(added):
-        mem.register("_c360_added", pa.Table.from_pandas(added, preserve_index=False))
-        try:
-            mem.execute(f"INSERT INTO temp.main.{q(name)} BY NAME SELECT * FROM _c360_added")
-        finally:
-            mem.unregister("_c360_added")
+        rows = pa.concat_tables([rows, _typed_as(rows.schema, added)])
+    mem.register(name, rows)
+
+
+def _typed_as(schema: pa.Schema, frame: pd.DataFrame) -> pa.Table:
+    """`frame` in `schema`'s columns and types (a column it lacks is missing), as `INSERT ... BY NAME` casts."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return pa.table([table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(frame), f.type)
+                     for f in schema], schema=schema)
 
 
 # ---------------------------------------------------------------- the unfolded events, kept per process
 
 
+@dataclass
+class _Unfolded:
+    """What the fold will write for one log's unfolded events, by table, as of the warehouse file `stamp` (a new
+    fold changes which events are folded) and the log's first `read` records of file `inode`."""
+
+    stamp: Any
+    inode: int | None = None
+    read: int = 0
+    rows: dict[str, Folded] = field(default_factory=dict)
+
+
 def _pending_rows(s: Settings, con: duckdb.DuckDBPyConnection) -> dict[str, Folded]:
-    """Per table, the rows the fold will write for the unfolded events (`event_log.folded`)."""
-    by_table: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-    for line, record in event_log.unfolded(s, lambda: nullcontext(con)):
-        by_table.setdefault(contract.EVENTS_BY_KIND[record["event"]["kind"]].table, []).append((line, record))
-    return {table_id: _table_rows(s, con, contract.table(table_id), found) for table_id, found in by_table.items()}
+    """Per table, the rows the fold will write for the unfolded events (`event_log.folded`), brought up to date
+    with the log's tail: a round's cost does not grow with the unfolded log."""
+    path, stamp = event_log.log_path(s), file_stamp(s.warehouse.stat())
+    with _unfolded_lock:
+        state = _unfolded.get(path)
+        if state is None or state.stamp != stamp:
+            state = _Unfolded(stamp)
+        inode, records = event_log.read_log_from(path, state.read, state.inode)
+        if inode != state.inode:
+            state = _Unfolded(stamp, inode)
+        done = event_log.folded_ids(s, lambda: nullcontext(con)) if records else frozenset()
+        by_table: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for line, record in records:
+            if record["event"]["event_id"] not in done:
+                by_table.setdefault(contract.EVENTS_BY_KIND[record["event"]["kind"]].table, []).append((line, record))
+        for table_id, events in by_table.items():
+            state.rows[table_id] = _more_rows(s, con, contract.table(table_id), state.rows.get(table_id), events)
+        state.read += len(records)
+        _unfolded[path] = state
+        return dict(state.rows)
 
 
-def _table_rows(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Table,
-                events: list[tuple[int, dict[str, Any]]]) -> Folded:
-    """`event_log.folded` of a table's unfolded events, parsing only those logged since the last call when the
-    warehouse is the same: the fold reads the new events after the old ones, an old row's key counting as held."""
-    stamp, ids = file_stamp(s.warehouse.stat()), tuple(r["event"]["event_id"] for _, r in events)
-    with _lock:
-        cached = _pending.get((s.warehouse, table.id))
-    if cached is not None and cached[0] == stamp and ids[:len(cached[1])] == cached[1]:
-        old = cached[2]
-        if len(ids) == len(cached[1]):
-            return old
-        before = set(old.rows[table.key])
-        more = event_log.folded(table, events[len(cached[1]):],
-                                lambda keys: _held(s, con, table, keys) | (before & set(keys)))
-        kept = old.rows[~old.rows[table.key].isin(more.rows[table.key])]
-        result = Folded(pd.concat([kept, more.rows]), old.problems | more.problems,
-                        old.superseded + more.superseded + len(old.rows) - len(kept), old.existing | more.existing)
-    else:
-        result = event_log.folded(table, events, partial(_held, s, con, table))
-    with _lock:
-        _pending[(s.warehouse, table.id)] = (stamp, ids, result)
-    return result
+def _more_rows(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Table, old: Folded | None,
+               events: list[tuple[int, dict[str, Any]]]) -> Folded:
+    """`event_log.folded` of a table's unfolded events, `old` being what the earlier ones gave: the fold reads the
+    new events after the old ones, an old row's key counting as held."""
+    if old is None:
+        return event_log.folded(table, events, partial(_held, s, con, table))
+    before = set(old.rows[table.key])
+    more = event_log.folded(table, events, lambda keys: _held(s, con, table, keys) | (before & set(keys)))
+    kept = old.rows[~old.rows[table.key].isin(more.rows[table.key])]
+    return Folded(pd.concat([kept, more.rows]), old.problems | more.problems,
+                  old.superseded + more.superseded + len(old.rows) - len(kept), old.existing | more.existing)
 
 
 def _held(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Table, keys: list[str]) -> set[str]:

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow
 from splink import Linker
@@ -133,15 +134,18 @@ def _rows(events: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
 def _record_ids(con: duckdb.DuckDBPyConnection, events: Sequence[dict[str, Any]],
                 rows: dict[str, pd.DataFrame]) -> list[str | Placed]:
     """Each event's identity-bearing record id, or why it has none."""
+    owners = [OWNERS.get(_table(event)) for event in events]
+    keys = [None if owner is None else rows[_table(event)].at[i, owner.column]
+            for i, (event, owner) in enumerate(zip(events, owners, strict=True))]
+    parents = _parents(con, rows, {(owner.via, key) for owner, key in zip(owners, keys, strict=True)
+                                   if owner is not None and owner.via is not None and not pd.isna(key)})
     out: list[str | Placed] = []
-    for i, event in enumerate(events):
-        owner = OWNERS.get(_table(event))
+    for owner, key in zip(owners, keys, strict=True):
         if owner is None:
             out.append(Placed(None, "company-wide event: no customer"))
             continue
-        key = rows[_table(event)].at[i, owner.column]
         if owner.via is not None and not pd.isna(key):
-            key = _parent(con, rows, owner.via, key)
+            key = parents.get((owner.via, key))
         if pd.isna(key):
             parent = owner.via[0] if owner.via else owner.source
             out.append(Placed(None, f"its {parent} row is not known yet: the next `c360 ingest` and `c360 resolve` "
@@ -151,17 +155,24 @@ def _record_ids(con: duckdb.DuckDBPyConnection, events: Sequence[dict[str, Any]]
     return out
 
 
-def _parent(con: duckdb.DuckDBPyConnection, rows: dict[str, pd.DataFrame], via: tuple[str, str], key: Any) -> Any:
-    """The `via` column of the parent row keyed `key`: from the batch (a new invoice before its payment), else the
-    warehouse."""
-    table = contract.table(via[0])
-    batch = rows.get(table.id)
-    if batch is not None and (hit := batch[batch[table.key] == key]).size:
-        return hit[via[1]].iloc[-1]
-    if not warehouse.has_table(con, table.sql_name):
-        return None
-    found = con.execute(f'SELECT "{via[1]}" FROM {table.sql_name} WHERE "{table.key}" = ?', [key]).fetchone()
-    return found[0] if found else None
+def _parents(con: duckdb.DuckDBPyConnection, rows: dict[str, pd.DataFrame],
+             wanted: set[tuple[tuple[str, str], Any]]) -> dict[tuple[tuple[str, str], Any], Any]:
+    """For each (via, key) of `wanted`, the `via` column of the parent row keyed `key`: from the batch (a new
+    invoice before its payment; its last event), else the warehouse, in one query per parent table."""
+    out: dict[tuple[tuple[str, str], Any], Any] = {}
+    for via in {v for v, _ in wanted}:
+        table = contract.table(via[0])
+        keys = [k for v, k in wanted if v == via]
+        batch = rows.get(table.id)
+        if batch is not None:
+            last = batch.drop_duplicates(table.key, keep="last").set_index(table.key)[via[1]]
+            out |= {(via, k): last[k] for k in keys if k in last.index}
+        missing = [k for k in keys if (via, k) not in out]
+        if missing and warehouse.has_table(con, table.sql_name):
+            out |= {(via, k): v for k, v in con.execute(
+                f'SELECT "{table.key}", "{via[1]}" FROM {table.sql_name} WHERE "{table.key}" IN (SELECT unnest(?))',
+                [missing]).fetchall()}
+    return out
 
 
 # ---------------------------------------------------------------- identity.db
@@ -298,6 +309,62 @@ class _Known:
     linker: Linker
     emails: dict[str, str]  # normalised e-mail -> its first record (resolve's same-e-mail rule)
     lock: threading.Lock
+    blocks: _Blocks | None  # None: a blocking rule of another form than `linkage` writes
+
+
+# One equality of a blocking rule as `linkage` writes them: two columns, or two columns' first n characters
+_TERM = re.compile(r'l\."(\w+)" = r\."(\w+)"|substr\(l\."(\w+)", 1, (\d+)\) = substr\(r\."\3", 1, \4\)')
+Terms = list[tuple[str, str, int | None]]  # (left column, right column, characters compared or None: all)
+
+
+def _terms(sql: str) -> Terms | None:
+    found = [_TERM.fullmatch(part.strip()) for part in sql.split(" AND ")]
+    if not all(found):
+        return None
+    return [(m[1], m[2], None) if m[1] else (m[3], m[3], int(m[4])) for m in found if m]
+
+
+def _hashes(frame: pd.DataFrame, columns: list[tuple[str, int | None]]) -> tuple[np.ndarray, np.ndarray]:
+    """A hash per row of these columns' values (each cut to its width), and which rows have them all."""
+    values = pd.DataFrame({str(i): (frame[c].str[:width] if width else frame[c]).astype(object)
+                           for i, (c, width) in enumerate(columns)})
+    return pd.util.hash_pandas_object(values, index=False).to_numpy(), values.notna().all(axis=1).to_numpy()
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """Per blocking rule, the known records' hashed left-hand values, sorted. The known records a new one can be
+    blocked with are found by binary search, and splink's predict_between reads those few instead of every known
+    record, which it would concatenate with their term frequencies on each call. The pairs and probabilities are
+    the same: a hash collision only adds a record blocking then drops, and the term frequencies are the registered
+    tables'."""
+
+    rules: list[tuple[Terms, np.ndarray, np.ndarray]]  # terms, sorted hashes, their records' positions
+
+    @classmethod
+    def of(cls, linker: Linker, known: pd.DataFrame) -> _Blocks | None:
+        rules = []
+        for rule in linker._settings_obj._blocking_rules_to_generate_predictions:
+            terms = _terms(rule.blocking_rule_sql)
+            if terms is None or any(left not in known.columns for left, _, _ in terms):
+                return None
+            hashes, present = _hashes(known, [(left, width) for left, _, width in terms])
+            positions = np.flatnonzero(present)
+            order = np.argsort(hashes[positions], kind="stable")
+            rules.append((terms, hashes[positions][order], positions[order]))
+        return cls(rules)
+
+    def candidates(self, new: pd.DataFrame) -> np.ndarray | None:
+        """Positions of the known records some rule could pair with one of `new` (None: `new` lacks a column)."""
+        found = [np.empty(0, dtype=np.int64)]
+        for terms, hashes, positions in self.rules:
+            if any(right not in new.columns for _, right, _ in terms):
+                return None
+            wanted, present = _hashes(new, [(right, width) for _, right, width in terms])
+            wanted = wanted[present]
+            low, high = np.searchsorted(hashes, wanted, "left"), np.searchsorted(hashes, wanted, "right")
+            found += [positions[a:b] for a, b in zip(low, high, strict=True)]
+        return np.unique(np.concatenate(found))
 
 
 _known: dict[Path, _Known] = {}
@@ -320,8 +387,9 @@ def _load(s: Settings, con: duckdb.DuckDBPyConnection) -> _Known:
             for column in linker._settings_obj._term_frequency_columns:  # predict_between reads registered TF tables
                 linker.table_management.compute_tf_table(column.name)
             first = prepared.dropna(subset=["email"]).drop_duplicates("email")
-            known = _known[s.warehouse] = _Known(stamp, prepared, linker, dict(zip(first["email"], first["record_id"],
-                                                                                   strict=True)), threading.Lock())
+            emails = dict(zip(first["email"], first["record_id"], strict=True))
+            known = _known[s.warehouse] = _Known(stamp, prepared, linker, emails, threading.Lock(),
+                                                 _Blocks.of(linker, prepared))
         return known
 
 
@@ -501,8 +569,12 @@ def _scores(known: _Known, new: pd.DataFrame, live: pd.DataFrame) -> pd.DataFram
 
     try:
         right = [register(f, str(src)) for src, f in new.groupby("source")]
-        live_tables = [register(f, str(src)) for src, f in live.groupby("source")] if len(live) else []
-        left = [*linker._input_tables_dict.values(), *live_tables, *right]
+        live_tables = ([register(f, str(src)) for src, f in _blocked(linker, live, new).groupby("source")]
+                       if len(live) else [])
+        candidates = None if known.blocks is None else known.blocks.candidates(new)
+        known_tables = (list(linker._input_tables_dict.values()) if candidates is None
+                        else [register(f, str(src)) for src, f in known.prepared.iloc[candidates].groupby("source")])
+        left = [*known_tables, *live_tables, *right]
         scored = linker.inference.predict_between(left, right, threshold_match_probability=0.01,
                                                   warning_mode="never")
         try:
@@ -513,6 +585,14 @@ def _scores(known: _Known, new: pd.DataFrame, live: pd.DataFrame) -> pd.DataFram
         for table in registered:
             table.drop_table_from_database_and_remove_from_cache(force_non_splink_table=True)
     return pairs[pairs["record_id_l"] != pairs["record_id_r"]]
+
+
+def _blocked(linker: Linker, records: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """Those of `records` (the live ones: thousands at most, indexed per call) some blocking rule could pair with
+    one of `new`; all of them when a rule is of another form."""
+    blocks = _Blocks.of(linker, records)
+    candidates = None if blocks is None else blocks.candidates(new)
+    return records if candidates is None else records.iloc[candidates]
 
 
 def _owners(con: duckdb.DuckDBPyConnection, record_ids: list[str]) -> dict[str, str]:

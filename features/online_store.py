@@ -13,7 +13,8 @@ features when the row was written. That is the format Feast itself returns value
 protobuf parse per entity and the `ValueProto`s go back to Feast as they are. `write_arrow` produces the very same
 bytes with numpy/Arrow kernels (protobuf's wire format is a public, stable spec); before writing it encodes the
 first 64 rows both ways and hands any column (or the entity key) where it disagrees with Feast's own conversion to
-that conversion, so what it stores is always what Feast's materialize would. The list of feature names a row was
+that conversion, so what it stores is always what Feast's materialize would (compared once per process for each
+column shape: Arrow and value type, nulls, integers beyond float64's range). The list of feature names a row was
 written with (its "layout") lives once in a small side table; each row carries the layout id, so a view whose
 features change stays readable (features the row does not have come back as missing) until it is re-materialized.
 
@@ -55,6 +56,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
@@ -712,13 +714,44 @@ def _verify_fast_paths(batch: pa.RecordBatch, join_keys: dict[str, ValueType], f
     """
     probe = batch.slice(0, rows)
     slow = {name for name, vt in features
-            if not _encode_column(probe.column(name), vt).equals(_encode_like_feast(probe.column(name), vt))}
-    if _entity_keys(probe, join_keys, version).to_pylist() != _entity_keys_like_feast(probe, join_keys, version):
+            if not _agrees(_shape(probe.column(name), vt), partial(_same_encoding, probe.column(name), vt))}
+    key_shape = ("", version, *((k, vt, probe.column(k).type) for k, vt in join_keys.items()))
+    if not _agrees(key_shape, lambda: _entity_keys(probe, join_keys, version).to_pylist()
+                   == _entity_keys_like_feast(probe, join_keys, version)):
         slow.add("")
     if slow:
         log.warning("write_arrow: fast encoding differs from Feast's for %s; using Feast's conversion for them",
                     sorted(n or "<entity key>" for n in slow))
     return slow
+
+
+# A column's shape (`_shape`) → whether its fast encoding is Feast's: compared once per process and shape, as the
+# difference comes from Feast's conversion of a type, not from the values; live writes of a few rows would
+# otherwise spend most of their time in Feast's per-value conversion of the probe.
+_verdicts: dict[tuple[Any, ...], bool] = {}
+_verdicts_lock = threading.Lock()
+
+
+def _agrees(shape: tuple[Any, ...], compare: Callable[[], bool]) -> bool:
+    with _verdicts_lock:
+        known = _verdicts.get(shape)
+    if known is None:
+        known = compare()
+        with _verdicts_lock:
+            _verdicts[shape] = known
+    return known
+
+
+def _same_encoding(column: pa.Array, value_type: ValueType) -> bool:
+    return bool(_encode_column(column, value_type).equals(_encode_like_feast(column, value_type)))
+
+
+def _shape(column: pa.Array, value_type: ValueType) -> tuple[Any, ...]:
+    """What decides whether a column's two encodings agree: its value and Arrow types, whether it has nulls, and
+    for integers with nulls whether a value is beyond float64's exact range (Feast reads them through float64)."""
+    nulls = column.null_count > 0
+    big = nulls and pa.types.is_integer(column.type) and bool(pc.any(pc.greater(pc.abs(column), 2**53)).as_py())
+    return (value_type, column.type, nulls, big)
 
 
 def _timestamps_us(column: pa.Array) -> pa.Array:

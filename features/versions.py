@@ -68,8 +68,9 @@ def close(con: duckdb.DuckDBPyConnection, table: Table, kept: str, at: object) -
 
 
 def as_of(table: Table) -> str:
-    """A CTE named like `table`: its versions valid at `$as_of`, current or old, with the contract's columns."""
-    columns = ", ".join(q(c) for c in table.column_names)
+    """A CTE named like `table`: its versions valid at `$as_of`, current or old, with the columns the table has
+    (the live features read a few of them: `c360.features.live`)."""
     since = f"coalesce({VALID_FROM} <= $as_of, true)"
-    return (f"{table.sql_name} AS (SELECT {columns} FROM {q(table.sql_name)} WHERE {since} UNION ALL "
-            f"SELECT {columns} FROM {q(history(table))} WHERE {since} AND {VALID_TO} > $as_of)")
+    return (f"{table.sql_name} AS (SELECT * EXCLUDE ({VALID_FROM}) FROM {q(table.sql_name)} WHERE {since} "
+            f"UNION ALL BY NAME SELECT * EXCLUDE ({VALID_FROM}, {VALID_TO}) FROM {q(history(table))} "
+            f"WHERE {since} AND {VALID_TO} > $as_of)")

@@ -65,12 +65,13 @@ def score_chunk(champions: Champions, X: pd.DataFrame, k: int = predict.K) -> li
 
 
 def wide_table(customers: pd.Series, scores: list[predict.ModelScores], signal_frame: pd.DataFrame,
-               as_of: pd.Timestamp, scored_at: pd.Timestamp, source: str = "batch") -> pa.Table:
-    """The `predictions` view's rows: customer_id, as_of, scored_ts and every field of FIELDS (`source`: who
-    scored, `c360 score` or the live update)."""
+               as_of: pd.Timestamp | pd.Series, scored_at: pd.Timestamp, source: str = "batch") -> pa.Table:
+    """The `predictions` view's rows: customer_id, as_of (one for all, or each row's), scored_ts and every field
+    of FIELDS (`source`: who scored, `c360 score` or the live update)."""
     n = len(customers)
+    as_ofs = as_of.to_numpy() if isinstance(as_of, pd.Series) else np.full(n, as_of.to_datetime64())
     columns: dict[str, Any] = {"customer_id": pa.array(customers.to_numpy(dtype=object), type=pa.string()),
-                               "as_of": pa.array(np.full(n, as_of.to_datetime64()), type=pa.timestamp("us")),
+                               "as_of": pa.array(as_ofs, type=pa.timestamp("us")),
                                "scored_ts": pa.array(np.full(n, scored_at.to_datetime64()), type=pa.timestamp("us")),
                                "scored_at": pa.array(np.full(n, scored_at.isoformat()), type=pa.string()),
                                "source": pa.array(np.full(n, source), type=pa.string())}

@@ -3,17 +3,18 @@
 `update(ctx, events)` — `POST /events` and `c360 events push` call it with the events `event_log.receive` logged:
 
 1. each event's customer (`features.live_identity.place`); a company-wide event (None) updates no one;
-2. the clock: one as-of for the batch, just after its newest event (`max(at) + 1 µs`; features use what happened
-   strictly before it). One per batch rather than per customer: `compute.SQL` takes one as-of and one run costs
-   tens of milliseconds, so 64 customers at 64 as-ofs would take seconds;
-3. the customers' features (`features.live.recompute`: the batch's definitions over the warehouse and the events
-   not folded yet), added to the offline store at that as-of (`live.write_history`) whatever follows;
-4. the customers whose online row is not newer than the as-of (a late event changes history, not the online
+2. the clock: each customer's as-of is just after its newest event in the round (`max(at) + 1 µs`; features use
+   what happened strictly before it), so a customer is never dated by another's event: a round's clock set by one
+   customer's future event would make the next events of everyone else in the round look late;
+3. the customers' features (`features.live.recompute_each`: the batch's definitions over the warehouse and the
+   events not folded yet, every customer at its as-of in one run), added to the offline store at those as-ofs
+   (`live.write_history`) whatever follows;
+4. the customers whose online row is not newer than their as-of (a late event changes history, not the online
    value) are re-scored in one bulk call of each champion (`batch.score_chunk`, with the recorded opt-outs applied
    as `c360 score` applies them, so the next best action withholds what consent forbids); their next feature and
    content topics are carried over from their previous predictions row;
 5. every feature view and `predictions` of those customers are written in one online transaction
-   (`features.store.write_online`) at the as-of: a reader sees a customer's old row or the new one, never a mix.
+   (`features.store.write_online`) at their as-ofs: a reader sees a customer's old row or the new one, never a mix.
 
 It answers `{"updated": N, "customers": [...]}`; the caller turns a failure into `{"updated": 0, "error": ...}`:
 the events are durable already, and `c360 ingest` folds them whatever happened here.
@@ -116,26 +117,28 @@ def update(s: Settings, context: Callable[[], Context], events: Sequence[dict[st
         placed = [(e, c) for e, c in zip(events, customers, strict=True) if c]
         if not placed:
             return {"updated": 0, "customers": [], "placed": customers}
-        as_of = clock([e for e, _ in placed])
-        features = live.recompute(s, con, sorted({c for _, c in placed}), as_of)
+        features = live.recompute_each(s, con, clock(placed))
         opt_outs = consent.overrides(con, features["customer_id"])
     live.write_history(s, features)
     ctx = context()
     rows = dict(zip(features["customer_id"], read_online(ctx, features["customer_id"].tolist()), strict=True))
-    current = features[[rows[c] is None or rows[c].as_of <= as_of for c in features["customer_id"]]]
+    current = features[[rows[c] is None or rows[c].as_of <= t for c, t in zip(features["customer_id"],
+                                                                             features["as_of"], strict=True)]]
     if len(current):
-        write(ctx, current.reset_index(drop=True), [rows[c] for c in current["customer_id"]], opt_outs, as_of)
+        write(ctx, current.reset_index(drop=True), [rows[c] for c in current["customer_id"]], opt_outs)
     return {"updated": len(current), "customers": current["customer_id"].tolist(), "placed": customers}
 
 
-def clock(events: Sequence[dict[str, Any]]) -> pd.Timestamp:
-    """Just after the newest of `events` (their `at` read as the fold reads it)."""
-    return pd.Timestamp(to_datetime(pd.Series([e["at"] for e in events], dtype=TEXT)).max()) + TICK
+def clock(placed: Sequence[tuple[dict[str, Any], str]]) -> dict[str, pd.Timestamp]:
+    """Each customer's as-of: just after the newest of its events (their `at` read as the fold reads it)."""
+    at = to_datetime(pd.Series([e["at"] for e, _ in placed], dtype=TEXT))
+    newest = at.groupby([c for _, c in placed]).max() + TICK
+    return {str(c): pd.Timestamp(t) for c, t in newest.items()}
 
 
-def write(ctx: Context, features: pd.DataFrame, previous: list[OnlineRow | None], opt_outs: consent.Overrides,
-          as_of: pd.Timestamp) -> None:
-    """Score `features` in bulk and write every view of these customers in one online transaction."""
+def write(ctx: Context, features: pd.DataFrame, previous: list[OnlineRow | None], opt_outs: consent.Overrides) -> None:
+    """Score `features` in bulk and write every view of these customers in one online transaction, each row at its
+    features' as-of."""
     scored_at = pd.Timestamp.now(tz="UTC").tz_convert(None)
     scores = batch.score_chunk(ctx.champions, consent.apply_overrides(features, opt_outs))
     carried = pd.DataFrame([{n: (row.predictions or {}).get(n) if row else None for n in SIGNAL_FIELDS}
@@ -144,6 +147,6 @@ def write(ctx: Context, features: pd.DataFrame, previous: list[OnlineRow | None]
     views = [view for view, _ in ctx.online().views]  # the registry's views, parsed once by the context
     rows = [(view, table.select(["customer_id", "as_of", *(f.name for f in view.features)]))
             for view in feature_stores.snapshot_views(views)]
-    rows += [(view, batch.wide_table(features["customer_id"], scores, carried, as_of, scored_at, "live"))
+    rows += [(view, batch.wide_table(features["customer_id"], scores, carried, features["as_of"], scored_at, "live"))
              for view in views if view.name == PREDICTIONS]
     feature_stores.write_online(ctx.store, rows)

@@ -148,17 +148,26 @@ def _transform_column(s: pd.Series, kind: Kind, levels: tuple[str, ...]) -> pd.S
     return pd.Series(pd.Categorical(text, categories=list(levels)), index=s.index)
 
 
+def _numbers(s: pd.Series, kind: Kind) -> bool:
+    """A numeric or flag column already held as numbers: it converts to float64 as is (one block for all)."""
+    return kind in ("numeric", "flag") and (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s))
+
+
 def transform_features(X: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """Model matrix for ``X`` under ``spec``: same columns, order and category levels as at fit time."""
     frame = X.set_axis([str(c) for c in X.columns], axis=1)
     missing = [c for c in spec.columns if c not in frame.columns]
     if missing:
         raise KeyError(f"feature columns missing at predict time: {missing}")
-    data = {
-        name: _transform_column(frame[col], kind, spec.categories.get(col, ()))
-        for col, name, kind in zip(spec.columns, spec.names, spec.kinds, strict=True)
-    }
-    return pd.DataFrame(data, index=X.index)
+    columns = list(zip(spec.columns, spec.names, spec.kinds, strict=True))
+    # Columns held as numbers convert in one block: per column, pandas' conversions cost more than the scoring
+    # of a live update's few rows.
+    block = [(col, name) for col, name, kind in columns if _numbers(frame[col], kind)]
+    numbers = frame[[col for col, _ in block]].to_numpy(dtype="float64", na_value=np.nan)
+    data: dict[str, Any] = {name: numbers[:, i] for i, (_, name) in enumerate(block)}
+    data |= {name: _transform_column(frame[col], kind, spec.categories.get(col, ()))
+             for col, name, kind in columns if name not in data}
+    return pd.DataFrame({name: data[name] for name in spec.names}, index=X.index)
 
 
 def prepare_features(X: pd.DataFrame, spec: FeatureSpec | None = None) -> tuple[pd.DataFrame, FeatureSpec]:

@@ -120,6 +120,19 @@ def test_live_features_equal_the_batch_after_the_fold(s: Settings) -> None:
     assert changed["nps_answered"].loc["nps_last"].tolist()[1] == 2
 
 
+def test_each_customer_at_its_own_as_of_equals_the_batch_at_it(s: Settings) -> None:
+    with warehouse.connect(s, read_only=True) as con:
+        end = warehouse.data_end(con)
+        customers = [r[0] for r in con.execute("SELECT customer_id FROM identity_customers ORDER BY customer_id "
+                                               "LIMIT 6").fetchall()]
+        # as-ofs hours, days and months apart: windows and day counts cross boundaries between them
+        as_of = {c: end - pd.Timedelta(days=37 * i, hours=5 * i, microseconds=i) for i, c in enumerate(customers)}
+        each = features(live.recompute_each(s, con, as_of), customers)
+        one_by_one = pd.concat([features(compute.build(con, t), [c]) for c, t in as_of.items()])
+    assert len(each) >= 4 and each["as_of"].nunique() == len(each)
+    pd.testing.assert_frame_equal(each, features(one_by_one, customers), check_dtype=False)
+
+
 def test_live_rows_join_the_history_not_the_snapshot_dates(s: Settings) -> None:
     with warehouse.connect(s, read_only=True) as con:
         at = warehouse.data_end(con)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import multiprocessing
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pandas as pd
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -214,3 +216,21 @@ def test_the_known_people_are_reloaded_after_a_resolve(s: Settings) -> None:
         identity.resolve(con, s.identity_model)
     place(s, [ticket("r2", "T-R2", "Zebulon Quixote", NEW_EMAIL)])
     assert live_identity._known[s.warehouse].stamp != before
+
+
+def test_splink_scores_the_same_pairs_from_the_blocked_known_records_as_from_all(s: Settings) -> None:
+    # New records like known people (the same names and companies, other e-mails and phones, some e-mails kept)
+    with warehouse.connect(s, read_only=True) as con:
+        known = live_identity._load(s, con)
+    new = known.prepared.sample(40, random_state=0).reset_index(drop=True)
+    new["record_id"] = [f"support/tickets:T-BLOCK-{i}" for i in range(len(new))]
+    new["source"] = "support/tickets"
+    new.loc[new.index % 2 == 0, ["email", "email_local", "phone"]] = None
+    empty = pd.DataFrame(columns=["record_id", "email"])
+    assert known.blocks is not None
+    assert 0 < len(known.blocks.candidates(new)) < len(known.prepared) / 10  # the blocks do narrow the search
+    blocked = live_identity._scores(known, new, empty)
+    everyone = live_identity._scores(replace(known, blocks=None), new, empty)
+    columns = ["record_id_l", "record_id_r"]
+    assert len(blocked) > len(new) / 2
+    assert blocked.sort_values(columns, ignore_index=True).equals(everyone.sort_values(columns, ignore_index=True))

@@ -241,10 +241,13 @@ def test_teardown_removes_the_data(fresh: FeatureStore, tmp_path: Path) -> None:
 def test_bulk_write_falls_back_to_feasts_conversion_where_it_would_differ(
         fresh: FeatureStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # Feast reads an int64 column with nulls through float64, so 2**60 + 1 comes out as 2**60; the fast encoder
-    # would keep it exact. write_arrow notices on its probe rows and stores what Feast would.
+    # would keep it exact. write_arrow notices on its probe rows and stores what Feast would, also after writing
+    # the column's ordinary values (compared once per shape) in the same process.
     view = fresh.get_feature_view(VIEW)
     ages = [2**60 + 1, None, *NEWER.column("age").to_pylist()[2:]]
     table = NEWER.set_column(NEWER.schema.get_field_index("age"), "age", pa.array(ages, pa.int64()))
+    C360OnlineStore().write_arrow(fresh.config, view, NEWER.set_column(
+        NEWER.schema.get_field_index("age"), "age", pa.array([None, *ages[2:], 5], pa.int64())))
     with caplog.at_level("WARNING", logger="c360.features.online_store"):
         C360OnlineStore().write_arrow(fresh.config, view, table)
     assert "['age']" in caplog.text
