@@ -1,0 +1,83 @@
+"""The audience endpoints' plain functions (`features.audiences`): list, show, create, and export by role.
+
+Errors become the service's: an unknown audience a 404, a bad filter or name a 422 naming the body's field, a name
+taken a 409, no feature snapshot a 503. An export is the CSV of `features.audiences.export_rows`, masked by the
+caller's role (`serving.masking.export_rows`), and recorded as a download (who, when, the ids) so an erasure
+lists it for recall.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from c360.core.settings import Settings
+from c360.features import audiences
+from c360.features.audience_filter import FilterError
+from c360.serving import masking
+from c360.serving.auth import Principal, touched
+from c360.serving.errors import Conflict, Invalid, NotFound, Unavailable
+
+
+class AudienceAsk(BaseModel):
+    """An audience to create: its name and its filter."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=audiences.NAME, description="letters, digits, '_', '.', '-'; at most 64 characters")
+    where: str = Field(max_length=4000, description="the filter, e.g. churn_band = 'high' and clv_12m > 1000")
+
+
+def _members(s: Settings, name: str) -> list[str]:
+    try:
+        ids = audiences.members(s, name)
+    except audiences.UnknownAudience as e:
+        raise NotFound(str(e)) from None
+    touched(ids)
+    return ids
+
+
+def _no_snapshot(e: FileNotFoundError) -> Unavailable:
+    return Unavailable("feature snapshots", "none yet: run `c360 features build` and `c360 score`", e)
+
+
+def listed(s: Settings) -> dict[str, Any]:
+    return {"audiences": audiences.listed(s)}
+
+
+def show(s: Settings, name: str) -> dict[str, Any]:
+    """The audience's size, overlap, distribution and history (not its member ids)."""
+    _members(s, name)
+    try:
+        shown = audiences.show(s, name)
+    except FileNotFoundError as e:
+        raise _no_snapshot(e) from None
+    shown.pop("members")
+    return shown
+
+
+def create(s: Settings, ask: AudienceAsk, who: Principal) -> dict[str, Any]:
+    try:
+        change, ids = audiences.create(s, ask.name, ask.where, f"{who.key} ({who.role})")
+    except FilterError as e:
+        raise Invalid(str(e), "where") from None
+    except audiences.AudienceExists as e:
+        raise Conflict(str(e)) from None
+    except FileNotFoundError as e:
+        raise _no_snapshot(e) from None
+    except ValueError as e:
+        raise Invalid(str(e), "name") from None
+    touched(ids)
+    return {"name": ask.name, "filter": ask.where, "size": change.size}
+
+
+def export_csv(s: Settings, name: str, who: Principal) -> tuple[str, dict[str, int]]:
+    """The export as CSV text, masked for the caller's role, and the counts left out by reason."""
+    _members(s, name)
+    try:
+        result = audiences.export_rows(s, name)
+    except FileNotFoundError as e:
+        raise _no_snapshot(e) from None
+    ids = result.rows["customer_id"].tolist()
+    audiences.record(s, name, f"download by key {who.key} ({who.role}): GET /audiences/{name}/export", who.key, ids)
+    return masking.export_rows(result.rows, who.view).to_csv(index=False), result.left_out
