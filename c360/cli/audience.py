@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import duckdb
 import pandas as pd
 import typer
 from rich.console import RenderableType
@@ -19,7 +20,9 @@ from c360.features.audience_filter import FilterError
 audience_app = typer.Typer(help="Audiences: named filters over the profile (features, predictions, traits), their "
                                 "members, overlap, history and exports.", no_args_is_help=True)
 Name = Annotated[str, typer.Argument(help="the audience's name (letters, digits, '_', '.', '-')")]
-PROBLEMS = (FilterError, audiences.AudienceExists, audiences.UnknownAudience, FileNotFoundError, ValueError)
+# duckdb.Error: a warehouse that cannot be read (the profile's opt-outs and the export's contacts come from it)
+PROBLEMS = (FilterError, audiences.AudienceExists, audiences.UnknownAudience, FileNotFoundError, ValueError,
+            duckdb.Error)
 
 
 @audience_app.command("create")
