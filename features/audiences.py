@@ -215,8 +215,8 @@ def _overlap(con: sqlite3.Connection, name: str, size: int) -> list[dict[str, An
 def _history(con: sqlite3.Connection, name: str) -> list[dict[str, Any]]:
     """Per moment members changed: how many entered and how many left."""
     rows = con.execute("""SELECT at, sum(entered), sum(left_) FROM (
-            SELECT entered_at AS at, 1 AS entered, 0 AS left_ FROM membership WHERE audience = $1
-            UNION ALL SELECT left_at, 0, 1 FROM membership WHERE audience = $1 AND left_at IS NOT NULL)
+            SELECT entered_at AS at, 1 AS entered, 0 AS left_ FROM membership WHERE audience = ?1
+            UNION ALL SELECT left_at, 0, 1 FROM membership WHERE audience = ?1 AND left_at IS NOT NULL)
         GROUP BY at ORDER BY at""", [name]).fetchall()
     return [{"at": at, "entered": int(e), "left": int(gone)} for at, e, gone in rows]
 

@@ -77,7 +77,8 @@ def test_show_gives_size_overlap_and_distribution(home: Settings) -> None:
     assert shown["distribution"]["counts"]["plan"] == inside["plan"].value_counts(dropna=False).to_dict()
     assert shown["distribution"]["quartiles"]["mrr"]["median"] == pytest.approx(inside["mrr"].median(), abs=1e-3)
     shared = len(inside[inside["subscribed"]])
-    assert shown["overlap"] == [{"audience": "subscribed", "shared": shared, "share": pytest.approx(shared / len(inside))}]
+    share = pytest.approx(shared / len(inside))
+    assert shown["overlap"] == [{"audience": "subscribed", "shared": shared, "share": share}]
     assert shown["history"][0]["entered"] == shown["size"]
     listed = {a["name"]: a["size"] for a in invoke("audience", "list")["audiences"]}
     assert listed == {"big_in_region": shown["size"], "subscribed": frame["subscribed"].sum()}
@@ -134,6 +135,8 @@ def test_export_leaves_out_opted_out_customers_and_says_so(home: Settings, tmp_p
     assert list(written.columns) == list(audiences.EXPORT)
     assert written["email"].str.contains("@").mean() > 0.9
     assert audit.records(home)[-1]["action"] == "c360 audience export"
+    logs = home.runs.read_text() + "".join(p.read_text() for p in (home.home / "audit").glob("*.jsonl"))
+    assert not [e for e in written["email"].dropna() if e in logs], "an e-mail in the run log or the audit trail"
 
 
 def test_export_refuses_an_unknown_format(home: Settings, tmp_path: Path) -> None:

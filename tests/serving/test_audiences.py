@@ -32,7 +32,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def home(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def home(served: Settings, api_keys: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A copy of the served home, its keys of each role included."""
     copy = Settings(home=tmp_path_factory.mktemp("audiences") / "home")
     shutil.copytree(served.home, copy.home, symlinks=True)
     with pytest.MonkeyPatch.context() as patch:
