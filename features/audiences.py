@@ -71,9 +71,9 @@ def path(s: Settings) -> Path:
     return s.home / "audiences" / "audiences.db"
 
 
-def exports_folder(s: Settings) -> Path:
-    """Where exports go when no other place is given (a registered personal-data store)."""
-    return s.home / "audiences" / "exports"
+def default_export(s: Settings, name: str) -> Path:
+    """Where an export goes when no other place is given: under C360_HOME (a registered personal-data store)."""
+    return s.home / "audiences" / "exports" / f"{name}-{datetime.now(UTC):%Y%m%dT%H%M%S}.csv"
 
 
 def _now() -> str:
@@ -128,6 +128,7 @@ class Change:
     size: int
     entered: int
     left: int
+    problem: str | None = None  # why its members were not computed again (they stay as they were)
 
 
 def _apply(con: sqlite3.Connection, name: str, members: Sequence[str], at: str) -> Change:
@@ -174,7 +175,8 @@ def refresh(s: Settings) -> list[Change]:
     for name, where in saved:
         try:
             members = select(profile, audience_filter.parse(where, fields))
-        except FilterError:  # a field the profile no longer has: the audience keeps its members until it is back
+        except FilterError as e:  # a field the profile no longer has: the members stay until it is back
+            changes.append(Change(name, len(members_of(s, name)), 0, 0, str(e)))
             continue
         with _db(s) as con:
             changes.append(_apply(con, name, members, at))
@@ -198,6 +200,11 @@ def members(s: Settings, name: str) -> list[str]:
     with _db(s) as con:
         if not con.execute("SELECT 1 FROM audiences WHERE name = ?", [name]).fetchone():
             raise UnknownAudience(f"no audience named {name!r} (`c360 audience list` shows them)")
+    return members_of(s, name)
+
+
+def members_of(s: Settings, name: str) -> list[str]:
+    with _db(s) as con:
         return [r[0] for r in con.execute("SELECT customer_id FROM membership WHERE audience = ? AND left_at IS NULL "
                                           "ORDER BY customer_id", [name])]
 

@@ -8,10 +8,15 @@ lists it for recall.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import duckdb
 from pydantic import BaseModel, ConfigDict, Field
 
+from c360.core.at_rest import EncryptionError
+from c360.core.locks import WarehouseBusy
 from c360.core.settings import Settings
 from c360.features import audiences
 from c360.features.audience_filter import FilterError
@@ -37,8 +42,15 @@ def _members(s: Settings, name: str) -> list[str]:
     return ids
 
 
-def _no_snapshot(e: FileNotFoundError) -> Unavailable:
-    return Unavailable("feature snapshots", "none yet: run `c360 features build` and `c360 score`", e)
+@contextmanager
+def _reading() -> Iterator[None]:
+    """What the profile table and the export read, unavailable: a 503 naming it."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        raise Unavailable("feature snapshots", "none yet: run `c360 features build` and `c360 score`", e) from None
+    except (duckdb.Error, WarehouseBusy, EncryptionError) as e:
+        raise Unavailable("warehouse", "cannot be read for opt-outs and contacts: see the server log", e) from None
 
 
 def listed(s: Settings) -> dict[str, Any]:
@@ -48,23 +60,20 @@ def listed(s: Settings) -> dict[str, Any]:
 def show(s: Settings, name: str) -> dict[str, Any]:
     """The audience's size, overlap, distribution and history (not its member ids)."""
     _members(s, name)
-    try:
+    with _reading():
         shown = audiences.show(s, name)
-    except FileNotFoundError as e:
-        raise _no_snapshot(e) from None
     shown.pop("members")
     return shown
 
 
 def create(s: Settings, ask: AudienceAsk, who: Principal) -> dict[str, Any]:
     try:
-        change, ids = audiences.create(s, ask.name, ask.where, f"{who.key} ({who.role})")
+        with _reading():
+            change, ids = audiences.create(s, ask.name, ask.where, f"{who.key} ({who.role})")
     except FilterError as e:
         raise Invalid(str(e), "where") from None
     except audiences.AudienceExists as e:
         raise Conflict(str(e)) from None
-    except FileNotFoundError as e:
-        raise _no_snapshot(e) from None
     except ValueError as e:
         raise Invalid(str(e), "name") from None
     touched(ids)
@@ -74,10 +83,8 @@ def create(s: Settings, ask: AudienceAsk, who: Principal) -> dict[str, Any]:
 def export_csv(s: Settings, name: str, who: Principal) -> tuple[str, dict[str, int]]:
     """The export as CSV text, masked for the caller's role, and the counts left out by reason."""
     _members(s, name)
-    try:
+    with _reading():
         result = audiences.export_rows(s, name)
-    except FileNotFoundError as e:
-        raise _no_snapshot(e) from None
     ids = result.rows["customer_id"].tolist()
     audiences.record(s, name, f"download by key {who.key} ({who.role}): GET /audiences/{name}/export", who.key, ids)
     return masking.export_rows(result.rows, who.view).to_csv(index=False), result.left_out

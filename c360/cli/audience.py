@@ -88,13 +88,15 @@ def show(name: Name, as_json: Json = False) -> dict:
 @audience_app.command("export")
 def export(
     name: Name,
-    out: Annotated[Path, typer.Option(help="file to write: .csv or .parquet")],
+    out: Annotated[Path | None, typer.Option(help="file to write: .csv or .parquet [default: C360_HOME/audiences/"
+                                                  "exports/NAME-TIME.csv]")] = None,
     as_json: Json = False,
 ) -> dict:
     """Write the audience's members for a CRM or e-mail tool: customer_id, name, email, segment, region, plan,
     churn_band, clv_12m, next_best_action. Leaves out the customers who opted out of marketing e-mail and those
     erased (or asked to be), and says how many. The export is recorded (path, when, who, ids) for erasure."""
     s, started = Settings(), time.time()
+    out = out or audiences.default_export(s, name)
     try:
         ids = audiences.members(s, name)
         with audited(s, "c360 audience export", ids):

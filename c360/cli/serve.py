@@ -63,7 +63,8 @@ def score(
                 f"{report.as_of:%Y-%m-%d}): nothing to score, online store refreshed in {report.seconds:.1f} s")
     result = {**asdict(report), "as_of": report.as_of.date(), "customers_per_second": report.per_second,
               "audiences": [asdict(c) for c in changes]}
-    moved = "".join(f"; audience {c.audience}: {c.size:,} (+{c.entered:,} -{c.left:,})" for c in changes)
+    moved = "".join(f"; audience {c.audience}: {c.size:,} (+{c.entered:,} -{c.left:,})"
+                    + (f", not refreshed: {c.problem}" if c.problem else "") for c in changes)
     return emit(result, as_json, done,
                 f"scores: {report.folder}; online store: feature view `predictions`{moved}")
 

@@ -143,3 +143,26 @@ def test_export_refuses_an_unknown_format(home: Settings, tmp_path: Path) -> Non
     assert ".csv or .parquet" in refused("audience", "export", "big_in_region", "--out", str(tmp_path / "x.xlsx"))
     out = tmp_path / "crm.parquet"
     assert invoke("audience", "export", "big_in_region", "--out", str(out))["rows"] == len(pd.read_parquet(out))
+
+
+def test_an_export_without_out_goes_under_the_home_and_belongs_to_a_store(home: Settings) -> None:
+    from c360.core import personal
+
+    written = Path(invoke("audience", "export", "subscribed")["out"])
+    assert written.parent == home.home / "audiences" / "exports" and written.is_file()
+    assert personal.owner(home, written).name == "audiences"
+    assert personal.owner(home, audiences.path(home)).name == "audiences"
+
+
+def test_a_refresh_keeps_the_members_of_a_filter_whose_field_is_gone(home: Settings) -> None:
+    frame = snapshot(home)
+    later = frame.drop(columns=["mrr"]).assign(as_of=frame["as_of"] + pd.Timedelta(days=1))
+    path = store.write_snapshot(home, later)
+    try:
+        changes = {c.audience: c for c in audiences.refresh(home)}
+    finally:
+        path.unlink()
+    kept = changes["big_in_region"]
+    assert "unknown field 'mrr'" in (kept.problem or "")
+    assert kept.size == len(audiences.members(home, "big_in_region")) > 0 and (kept.entered, kept.left) == (0, 0)
+    assert changes["subscribed"].problem is None

@@ -130,7 +130,7 @@ def test_http_roles(home: Settings, http: TestClient, api_keys: dict[str, str]) 
     assert shown.status_code == 200 and shown.json()["size"] == len(audiences.members(home, "high_risk"))
     assert "members" not in shown.json()
     assert http.get("/audiences/nope", headers=as_["admin"]).status_code == 404
-    record = [r for r in audit.records(home) if r["action"] == "GET /audiences/{name}"][-1]
+    record = [r for r in audit.records(home) if r["action"] == "GET /audiences/{name}" and r["status"] == 200][-1]
     assert set(record["customers"]) == set(audiences.members(home, "high_risk"))
 
 
