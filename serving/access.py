@@ -23,6 +23,7 @@ View = Literal["full", "masked", "anonymous"]
 VIEWS: dict[str, View] = {"admin": "full", "csm": "full", "analyst": "masked", "service": "anonymous"}
 EVERYONE = frozenset(ROLES)
 ADMIN = frozenset({"admin"})
+READERS = frozenset({"admin", "csm", "analyst"})  # of audiences: the analyst's exports are masked
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,12 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/admin/privacy/erase", ADMIN, "erase a person (202 with a request id)", customers=True),
     Route("GET", "/admin/privacy/requests/{request_id}", ADMIN, "state of an erasure request", customers=True),
     Route("POST", "/events", frozenset({"admin", "service"}), "live events in (a batch of up to 1,000)",
+          customers=True),
+    Route("GET", "/audiences", READERS, "the audiences, with their sizes"),
+    Route("GET", "/audiences/{name}", READERS, "an audience: size, overlap, distribution, history", customers=True),
+    Route("POST", "/audiences", frozenset({"admin", "csm"}), "create an audience (409: name taken; 422: bad filter)",
+          customers=True),
+    Route("GET", "/audiences/{name}/export", READERS, "an audience's export, CSV (names and e-mails masked by role)",
           customers=True),
     Route("GET", "/status", EVERYONE, "loaded champions, online store, why not ready"),
     Route("GET", "/metrics", frozenset({"admin", "service"}), "Prometheus metrics by route",

@@ -1,6 +1,6 @@
 """The service's errors and how each becomes a JSON answer: `{"detail": ...}`, never a 500 or a traceback.
 
-* `NotFound` → 404; `Invalid` and malformed requests → 422, shaped as FastAPI's own validation errors;
+* `NotFound` → 404; `Conflict` → 409; `Invalid` and malformed requests → 422, shaped as FastAPI's own validation errors;
 * `Unavailable` → 503 naming the failing component (online store, warehouse, model registry, ...) and what to do.
   The cause — file paths, process ids, the exception's text — goes to the server log, not to the client;
 * a body over the limit → 413 (`serving.limits`).
@@ -32,7 +32,16 @@ class NotFound(exceptions.NotFound, LookupError):
 
 
 class Invalid(exceptions.UnprocessableEntity, ValueError):
-    """A request the models cannot score (missing or mistyped features): a 422."""
+    """A request the models cannot score (missing or mistyped features), or an audience's bad filter: a 422 whose
+    `loc` names the body's field."""
+
+    def __init__(self, message: str, field: str = "rows") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Conflict(ValueError):
+    """A name already taken (an audience's): a 409."""
 
 
 class Moved(LookupError):
@@ -74,8 +83,13 @@ def _validation(_: Request, exc: Exception) -> JSONResponse:
 
 def _invalid(_: Request, exc: Exception) -> JSONResponse:
     """The shape of FastAPI's own validation errors, so every 422 reads the same."""
-    return JSONResponse({"detail": [{"loc": ["body", "rows"], "msg": str(exc), "type": "value_error"}]},
+    assert isinstance(exc, Invalid)
+    return JSONResponse({"detail": [{"loc": ["body", exc.field], "msg": str(exc), "type": "value_error"}]},
                         status_code=422)
+
+
+def _conflict(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409)
 
 
 def _not_found(_: Request, exc: Exception) -> JSONResponse:
@@ -100,5 +114,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(Invalid, _invalid)
     app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(Conflict, _conflict)
     app.add_exception_handler(Moved, _moved)
     app.add_exception_handler(Unavailable, _unavailable)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
 from c360.serving.access import View
 
 MASK = "[masked]"
@@ -33,6 +35,11 @@ DETAILS_NOT_PERSONAL: dict[str, frozenset[str]] = {
     "campaigns_by_channel_and_topic": frozenset({"channel", "topic", "sent", "opened", "clicked", "responded"}),
     "red_flags_since": frozenset({"code", "description", "since"}),
 }
+
+
+# The columns of an audience export (`features.audiences.EXPORT`) that are not personal: names and e-mails are masked.
+AUDIENCE_NOT_PERSONAL = frozenset({"customer_id", "segment", "region", "plan", "churn_band", "clv_12m",
+                                   "next_best_action"})
 
 
 def _mask(value: Any) -> Any:
@@ -58,3 +65,14 @@ def profile(out: dict[str, Any], view: View) -> dict[str, Any]:
         shown["details"] = {name: [_keep(row, DETAILS_NOT_PERSONAL.get(name, frozenset())) for row in rows]
                             for name, rows in shown["details"].items()}
     return shown
+
+
+def export_rows(rows: pd.DataFrame, view: View) -> pd.DataFrame:
+    """An audience export's rows as `view` may see them: masked, the personal columns' values become `MASK`;
+    anonymous, they are left out."""
+    personal = [c for c in rows.columns if c not in AUDIENCE_NOT_PERSONAL]
+    if view == "full" or not personal:
+        return rows
+    if view == "anonymous":
+        return rows.drop(columns=personal)
+    return rows.assign(**{c: rows[c].map(_mask) for c in personal})

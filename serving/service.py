@@ -19,6 +19,9 @@ Thin by design — every answer comes from plain functions: `serving.profile` (p
   ones appended to the event log and fsynced before the answer (accepted, duplicates, suppressed, and the rejected
   with their reasons: a 200 even when some are rejected), then their customers' features and predictions updated
   (`serving.live`, `live` in the answer); `c360 ingest` folds the log into the warehouse;
+* `GET /audiences`, `GET /audiences/{name}`, `POST /audiences`, `GET /audiences/{name}/export` — audiences, named
+  filters over the profile (`serving.audiences`, `features.audiences`): list, show, create, export (CSV, masked
+  by role);
 * `GET /metrics` — Prometheus request counts and durations by route template (`serving.metrics`);
 * the same profile and predictions as BentoML APIs for BentoML's clients (`bentoml.SyncHTTPClient`): `POST
   /profile`, `/predict_churn`, `/predict_clv`, `/predict_nba` (JSON arguments `customer_ids` or `rows`);
@@ -40,6 +43,7 @@ Run: `c360 serve` (or `bentoml serve serving.service:C360`); `C360_HOME` says wh
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import threading
@@ -54,8 +58,9 @@ from pydantic import BaseModel, Field
 from c360.core.at_rest import owner_only
 from c360.core.settings import Settings
 from c360.core.warehouse import CUSTOMER_ID
-from c360.features import event_log, live_identity
+from c360.features import audiences, event_log, live_identity
 from c360.features.privacy_requests import Hidden
+from c360.serving import audiences as audience_routes
 from c360.serving import errors, masking, online, predictions, ui
 from c360.serving import privacy as privacy_routes
 from c360.serving import profile as profiles
@@ -354,6 +359,28 @@ class C360:
         done = await anyio.to_thread.run_sync(live_update, self.settings, self.context, new)
         touched(done.pop("customers", []))
         return _json(answer | {"live": done})
+
+    @app.get("/audiences", summary="The audiences: name, filter, size, who created them and when")
+    async def audience_list(self) -> Response:
+        return _json(await anyio.to_thread.run_sync(audience_routes.listed, self.settings))
+
+    @app.get("/audiences/{name}", responses={404: {"model": Error, "description": "unknown audience"}},
+             summary="An audience: size, overlap with the others, distribution of key fields, history")
+    async def audience_show(self, name: Annotated[str, Path(pattern=audiences.NAME)]) -> Response:
+        return _json(await anyio.to_thread.run_sync(audience_routes.show, self.settings, name))
+
+    @app.post("/audiences", status_code=201, summary="Create an audience (a named filter over the profile)",
+              responses={409: {"model": Error, "description": "an audience has this name"}, 503: ERRORS[503]})
+    async def audience_create(self, ask: audience_routes.AudienceAsk) -> Response:
+        created = await anyio.to_thread.run_sync(audience_routes.create, self.settings, ask, principal())
+        return Response(profiles.dumps(created), status_code=201, media_type="application/json")
+
+    @app.get("/audiences/{name}/export", response_class=Response,
+             responses={200: {"content": {"text/csv": {}}}, 404: {"model": Error, "description": "unknown audience"}},
+             summary="An audience's members for a CRM (CSV; names and e-mails masked for analysts)")
+    async def audience_export(self, name: Annotated[str, Path(pattern=audiences.NAME)]) -> Response:
+        text, left_out = await anyio.to_thread.run_sync(audience_routes.export_csv, self.settings, name, principal())
+        return Response(text, media_type="text/csv", headers={"X-C360-Left-Out": json.dumps(left_out)})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(self) -> Response:

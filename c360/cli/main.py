@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 
 from c360.cli import evaluate  # noqa: F401  (registers `c360 eval cdnow` / `eval hillstrom`)
 from c360.cli.advance import advance
+from c360.cli.audience import audience_app
 from c360.cli.audit import audit_app
 from c360.cli.events import events_app
 from c360.cli.features import apply, build, features_app, materialize, profile
@@ -67,6 +68,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(events_app, name="events")
 app.add_typer(mapping_app, name="mapping")
+app.add_typer(audience_app, name="audience")
 
 
 def settings() -> Settings:

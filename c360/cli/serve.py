@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -50,6 +50,7 @@ def score(
     finally:
         if "bar" in holder:
             holder["bar"].__exit__(None, None, None)
+    changes = refresh_audiences(s)
     record_run(s, "score", started, customers=report.customers, chunks=report.chunks,
                scored_chunks=report.scored_chunks, folder=report.folder, **report.versions)
     versions = ", ".join(f"{kind} v{v}" for kind, v in report.versions.items())
@@ -60,9 +61,22 @@ def score(
     else:
         done = (f"{report.customers:,} customers already scored with {versions} (features as of "
                 f"{report.as_of:%Y-%m-%d}): nothing to score, online store refreshed in {report.seconds:.1f} s")
-    result = {**asdict(report), "as_of": report.as_of.date(), "customers_per_second": report.per_second}
+    result = {**asdict(report), "as_of": report.as_of.date(), "customers_per_second": report.per_second,
+              "audiences": [asdict(c) for c in changes]}
+    moved = "".join(f"; audience {c.audience}: {c.size:,} (+{c.entered:,} -{c.left:,})"
+                    + (f", not refreshed: {c.problem}" if c.problem else "") for c in changes)
     return emit(result, as_json, done,
-                f"scores: {report.folder}; online store: feature view `predictions`")
+                f"scores: {report.folder}; online store: feature view `predictions`{moved}")
+
+
+def refresh_audiences(s: Settings) -> list[Any]:
+    """Recompute the audiences' members over the new scores (`c360.features.audiences`), audited."""
+    from c360.features import audiences
+
+    if not audiences.listed(s):
+        return []
+    with audited(s, "c360 score: audiences refreshed", [audit.ALL]):
+        return audiences.refresh(s)
 
 
 def serve(

@@ -117,6 +117,10 @@ STORES: tuple[Store, ...] = (
           f"{_STORES}.Online", ("feast/*",)),
     Store("batch_scores", "`c360 score` output: scores and reasons per customer (Parquet)", f"{_STORES}.Scores",
           ("scores/*",)),
+    Store("audiences", "audience membership history (customer ids, entered, left) and the record of every audience "
+          "export (path, when, who, customer ids); exports written under audiences/exports/",
+          "c360.features.audiences.Audiences", ("audiences/audiences.db", "audiences/audiences.db-wal",
+                                                "audiences/audiences.db-shm", "audiences/exports/*")),
     Store("run_log", "runs.jsonl: commands and their summaries", f"{_STORES}.RunLog", ("runs.jsonl",)),
     Store("audit", "who touched which customer (ids only): kept on erasure, for accountability",
           f"{_STORES}.Audit", ("audit/*",)),
