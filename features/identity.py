@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from splink import Linker
 
-from c360.core import warehouse
-from c360.features import linkage
+from c360.core import contract, warehouse
+from c360.features import linkage, versions
 
 if TYPE_CHECKING:
     from c360.features.live_identity import Ledger
@@ -79,11 +79,13 @@ def _with_normal(people: pd.DataFrame, prepared: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_records(con) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Person records of every silo in standard columns, and the CRM accounts (thin I/O)."""
+    """Person records of every silo in standard columns, and the CRM accounts (thin I/O): every record the
+    warehouse ever held, those the source deleted since too (`versions.ever`)."""
     # Ordered, so that linking the same data twice gives the same customers.
-    people = con.execute(f"SELECT * FROM ({RECORD_SQL}) ORDER BY source, source_key").df()
+    ever = "WITH " + ", ".join(versions.ever(contract.table(t)) for t in (*RECORD_SQLS, "crm/accounts"))
+    people = con.execute(f"{ever} SELECT * FROM ({RECORD_SQL}) ORDER BY source, source_key").df()
     people.insert(0, "record_id", people["source"] + ":" + people["source_key"])
-    accounts = con.execute(f"{ACCOUNT_SQL} ORDER BY source_key").df()
+    accounts = con.execute(f"{ever} {ACCOUNT_SQL} ORDER BY source_key").df()
     accounts.insert(0, "record_id", accounts["source"] + ":" + accounts["source_key"])
     return people, accounts
 

@@ -74,3 +74,13 @@ def as_of(table: Table) -> str:
     return (f"{table.sql_name} AS (SELECT * EXCLUDE ({VALID_FROM}) FROM {q(table.sql_name)} WHERE {since} "
             f"UNION ALL BY NAME SELECT * EXCLUDE ({VALID_FROM}, {VALID_TO}) FROM {q(history(table))} "
             f"WHERE {since} AND {VALID_TO} > $as_of)")
+
+
+def ever(table: Table) -> str:
+    """A CTE named like `table`: every key it ever held, each in its current version, or its last one when the
+    source deleted it (identity keeps a deleted contact's record, so features of the past still reach it)."""
+    key, name = q(table.key), q(table.sql_name)
+    gone = (f"SELECT * EXCLUDE ({VALID_FROM}, {VALID_TO}) FROM {q(history(table))} WHERE {key} NOT IN "
+            f"(SELECT {key} FROM {name}) QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {VALID_TO} DESC) = 1")
+    return f"{table.sql_name} AS (SELECT * EXCLUDE ({VALID_FROM}) FROM {name} UNION ALL BY NAME {gone})"
+

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::c360.features.ingest.IngestWarn
 
 @pytest.fixture(scope="module")
 def company(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The warehouse after the first export (resolved, features built), then after the second."""
+    """The warehouse after the first export (resolved, features built), then after the second (resolved)."""
     root = tmp_path_factory.mktemp("snapshots")
     world = root / "world"
     generate(world, CUSTOMERS, seed=SEED)
@@ -41,6 +41,7 @@ def company(tmp_path_factory: pytest.TempPathFactory) -> dict:
     batch = f"_{label(OBSERVED)}"
     second_files = {t.id: world / t.silo / f"{t.name}{batch}.csv" for t in TABLES}
     load(con, world, exported_at=second)
+    identity.resolve(con, root / "model.json")  # as a refresh would: the deleted contacts keep their customers
     return {"con": con, "first": first_files, "second": second_files, "at": second, "before": before}
 
 
