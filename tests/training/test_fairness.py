@@ -1,0 +1,78 @@
+"""Fairness: figures per group on the company's own data, and the promotion gate that stops a challenger treating
+one group worse (the acceptance test of issue 25's fairness part)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from c360.core import warehouse
+from c360.core.settings import Settings
+from c360.features import compute, store
+from c360.training import fairness, pipeline, tracking
+from c360.training.registry import Limits, promote
+from c360.training.specs import CHURN
+
+# Only fairness decides: the test's challengers are the champion's equals (or worse) on AUC, ECE and Brier.
+FAIRNESS_ONLY = replace(CHURN.gate, margin=-1.0, guards=())
+UNFAIR_TO = ("region", "EMEA")
+
+
+@pytest.fixture(scope="module")
+def home(home_over_resolved, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    s = home_over_resolved("fair_home")
+    with warehouse.connect(s, read_only=True) as con:
+        for day in compute.as_of_dates(con, warehouse.data_end(con), None, history_days=400, every_days=28):
+            store.write_snapshot(s, compute.build(con, day))
+    store.apply(s)
+    return s
+
+
+def corrupted(examples):
+    """`churn_examples` with the training period's labels of one group half made up: stayers of the group marked
+    as churners, so the trees learn that the group churns far more than it does."""
+    def wrapped(*args, **kwargs) -> pd.DataFrame:
+        frame = examples(*args, **kwargs)
+        dates = sorted(frame["as_of"].unique())
+        column, value = UNFAIR_TO
+        rows = (frame["as_of"] < dates[-2]) & (frame[column] == value)
+        made_up = rows & (np.random.default_rng(0).random(len(frame)) < 0.5)
+        return frame.assign(churned=frame["churned"].where(~made_up, True))
+    return wrapped
+
+
+def test_the_gate_refuses_a_challenger_worse_for_one_group_and_passes_the_normal_one(
+        home: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    client, limits = tracking.configure(home.home), Limits.of(home)
+    normal = pipeline.train_churn(home)
+    first = promote(client, CHURN.name, CHURN.gate, limits)
+    assert first.promoted and "is within the limit" in first.reasons[-1], first
+
+    card = client.get_model_version(CHURN.name, str(normal.version)).description
+    assert "Fairness in the test period" in card and "worst-group gap of `calibration`" in card
+    groups = pd.read_csv(client.download_artifacts(normal.run_id, "tables/fairness.csv", str(tmp_path)),
+                         keep_default_na=False)
+    assert set(groups["attribute"]) == set(fairness.ATTRIBUTES)
+    assert set(groups.loc[groups["attribute"] == "age_band", "group"]) == {"18-29", "30-44", "45-59", "60+"}
+    by_segment = groups[groups["attribute"] == "segment"]
+    assert by_segment["customers"].sum() == normal.rows["test"], "every test customer is in one segment"
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "churn_examples", corrupted(pipeline.churn_examples))
+        unfair = pipeline.train_churn(home)
+    refused = promote(client, CHURN.name, FAIRNESS_ONLY, limits)
+    assert not refused.promoted, refused
+    failed = [r for r in refused.reasons if r.endswith("failed")]
+    assert len(failed) == 1 and failed[0].startswith("fairness: worst-group gap of calibration"), refused
+    assert "region EMEA +" in failed[0], "the refusal names the group treated worse"
+    assert unfair.metrics[fairness.gap_metric("calibration")] > normal.metrics[fairness.gap_metric("calibration")]
+
+    pipeline.train_churn(home)
+    again = promote(client, CHURN.name, FAIRNESS_ONLY, limits)
+    assert again.promoted and again.reasons[-1].endswith("passed"), again
