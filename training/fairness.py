@@ -1,9 +1,9 @@
 """Fairness review: each model's figures per group, and the worst-group gap the promotion gate reads.
 
-Groups are the values of four attributes: segment, region and plan (columns of the training examples) and, for
-consumer accounts, the age band (`customer_groups`: the CRM contacts' optional `age_band` column, a sensitive
-attribute). The age band is read here, beside the examples, and is no feature of any feature service: models never
-see it, they are only judged by it.
+Groups are the values of four attributes: segment, region and plan (columns of the training examples) and the age
+band of the customers whose CRM contacts give one (`customer_groups`: the contacts' optional `age_band` column, a
+sensitive attribute; the generator gives it to consumers). The age band is read here, beside the examples, and is
+no feature of any feature service: models never see it, they are only judged by it.
 
 The figures per group come from fairlearn's `MetricFrame`, one per attribute:
 
@@ -40,6 +40,7 @@ NOT_MEASURED = "not measured"
 MIN_GROUP = 100  # examples; below it a group's rate has a standard error of 4 points or more
 CHURN_ACTION = 0.25  # the lower edge of the high-risk band (serving.predict.CHURN_BANDS)
 Metric = Callable[[np.ndarray, np.ndarray], float]
+
 
 @dataclass(frozen=True)
 class Gap:

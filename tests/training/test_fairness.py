@@ -22,6 +22,36 @@ FAIRNESS_ONLY = replace(CHURN.gate, margin=-1.0, guards=())
 UNFAIR_TO = ("region", "EMEA")
 
 
+def test_figures_per_group_and_the_gap_between_the_two_furthest_big_groups() -> None:
+    rng = np.random.default_rng(0)
+    n = 1200
+    frame = pd.DataFrame({"segment": rng.choice(["smb", "enterprise"], n), "region": rng.choice(["NA", "EMEA"], n),
+                          "age_band": np.where(np.arange(n) < 40, "60+", None)})
+    y = pd.Series(rng.random(n) < 0.2)
+    p = np.where(frame["region"] == "EMEA", 0.4, 0.2)  # over-predicts EMEA by about 0.2
+    p[:40] = 0.9  # a group too small to gate, however far off
+    table = fairness.churn_groups(y, p, frame)
+    assert table.loc[("region", "EMEA"), "customers"] + table.loc[("region", "NA"), "customers"] == n
+    assert table.loc[("region", "EMEA"), "selection_rate"] == pytest.approx(1.0, abs=0.05)
+    assert table.loc[("age_band", "60+"), "customers"] == 40, "shown, though below MIN_GROUP"
+    gap = fairness.gap(table, "calibration")
+    assert gap is not None and (gap.attribute, gap.high, gap.low) == ("region", "EMEA", "NA"), gap
+    assert gap.value == pytest.approx(table.loc[("region", "EMEA"), "calibration"]
+                                      - table.loc[("region", "NA"), "calibration"])
+    metrics, tags = fairness.logged(table, "churn")
+    assert metrics == {"fairness.calibration_gap": gap.value} and tags["fairness.calibration_gap"].startswith(
+        "region EMEA +")
+    small = fairness.churn_groups(y[:150], p[:150], frame[:150])
+    assert fairness.logged(small, "churn") == ({}, {"fairness.calibration_gap": "not measured: no attribute has "
+                                                                              "two groups of 100 examples"})
+
+
+def test_the_action_threshold_is_the_high_risk_band_of_serving() -> None:
+    from c360.serving.predict import CHURN_BANDS
+
+    assert CHURN_BANDS[-1][0] == fairness.CHURN_ACTION
+
+
 @pytest.fixture(scope="module")
 def home(home_over_resolved, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     s = home_over_resolved("fair_home")
