@@ -55,6 +55,8 @@ class Gap:
     low_value: float
 
     def __str__(self) -> str:
+        if self.high == self.low:  # no gap in the worst attribute: none in any
+            return f"every group {self.high_value:+.3f}"
         return (f"{self.attribute} {self.high} {self.high_value:+.3f} vs {self.attribute} {self.low} "
                 f"{self.low_value:+.3f}")
 
