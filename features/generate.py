@@ -3,7 +3,9 @@
 Accounts are generated in chunks, each from its own seeded stream, so memory stays flat at any size and the
 output depends only on (customers, seed, corrupt_rate, chunk_size). The marketing silo's consent log
 (`synth.consent`) is drawn from a second stream per chunk, after the rest, and gets no injected faults: adding it
-left every other file of a seed as it was (with `consent=False` it is not written at all).
+left every other file of a seed as it was (with `consent=False` it is not written at all). The consumers' age bands
+(`people.age_bands`, the CRM contacts' `age_band` column, a sensitive attribute for fairness reviews) come from a
+third stream the same way (`sensitive=False` leaves the column out).
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ class TextSink:
 
 
 def generate(out: Path, customers: int, seed: int = 0, corrupt_rate: float = 0.0, chunk_size: int = CHUNK,
-             on_chunk: Callable[[int], None] | None = None, consent: bool = True) -> GenerateReport:
+             on_chunk: Callable[[int], None] | None = None, consent: bool = True,
+             sensitive: bool = True) -> GenerateReport:
     out.mkdir(parents=True, exist_ok=True)
     sink, ids = TextSink(), Ids()
     first_person = 0
@@ -77,6 +80,8 @@ def generate(out: Path, customers: int, seed: int = 0, corrupt_rate: float = 0.0
             n = min(chunk_size, customers - first)
             rng = np.random.default_rng([seed, k])
             silos, truth, first_person, builder = _chunk(rng, first, n, first_person, ids)
+            if sensitive:
+                _age_bands(np.random.default_rng([seed, k, people.AGE_STREAM]), builder, silos.tables, truth)
             n_faults += write_silos(sink, out, rng, silos.tables, corrupt_rate)
             if consent:
                 own = np.random.default_rng([seed, k, consent_log.STREAM])
@@ -135,6 +140,17 @@ def _chunk(rng: np.random.Generator, first: int, n: int, first_person: int, ids:
         "treatment_effects": _effects(w),
     }
     return silos, truth, first_person + len(persons), builder
+
+
+def _age_bands(rng: np.random.Generator, builder: Builder, tables: dict[str, pd.DataFrame],
+               truth: dict[str, pd.DataFrame]) -> None:
+    """The CRM contacts' `age_band` column (last, so the other columns keep their place) and the truth's."""
+    band = people.age_bands(rng, builder.p, builder.acc)
+    by_key = pd.Series(band[builder.contact_rows], index=builder.contact_id)
+    contacts = tables["crm/contacts"]  # the export's rows: those created by its end
+    tables["crm/contacts"] = contacts.assign(age_band=contacts["contact_id"].map(by_key).to_numpy())
+    admins = builder.p["rank"].to_numpy() == 0  # one per account, in account order; a consumer's only person
+    truth["customers"] = truth["customers"].assign(age_band=band[admins])
 
 
 def write_silos(sink: TextSink, out: Path, rng: np.random.Generator, tables: dict[str, pd.DataFrame],

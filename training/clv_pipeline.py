@@ -21,7 +21,7 @@ from c360.core import warehouse
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 from c360.features import store
-from c360.training import cards, clv, datasets, labels, tracking
+from c360.training import cards, clv, datasets, fairness, labels, tracking
 from c360.training.specs import CLV
 from c360.training.tracking import TrainReport
 from c360.training.uplift import FeatureSpec, prepare_features, transform_features
@@ -140,11 +140,14 @@ def train_clv(s: Settings) -> TrainReport:
         frame = clv_examples(s, con, fs)
         train, test, actual_is = _test_set(s, con, fs, frame)
         baseline = bgnbd_gamma_gamma(con, pd.Timestamp(test["as_of"].iloc[0]), test["customer_id"])
+        bands = fairness.customer_groups(con, test["customer_id"])
     features = [c for c in frame.columns if c in BY_NAME]
     model = fit(train[features], train["value"])
     predictions = {"lightgbm": model.predict(test[features]), "bgnbd_gamma_gamma": baseline}
     results = {name: value_metrics(test["value"], p) for name, p in predictions.items()}
     segments = by_segment(test, predictions)
+    groups = fairness.clv_groups(test["value"], predictions["lightgbm"], fairness.with_groups(test, bands))
+    gap_metrics, gap_tags = fairness.logged(groups, "clv")
     test_period = f"{pd.Timestamp(test['as_of'].iloc[0]):%Y-%m-%d}"
     card = cards.model_card(CLV_MODEL, "Expected net revenue in the 12 months after the as-of date.", {
         "Data": [[
@@ -155,17 +158,19 @@ def train_clv(s: Settings) -> TrainReport:
         ]],
         "Test metrics": [pd.DataFrame(results).T.rename_axis("model").round(2)],
         "By segment in the test period (fairness review)": [segments.round(1)],
+        "Fairness in the test period": fairness.card_section(groups, "clv"),
     })
     version = tracking.log_training_run(
         experiment=CLV_MODEL, run_name=f"clv {test_period}", model=model, flavor="pyfunc",
         params={"horizon_weeks": HORIZON_WEEKS, "objective": "tweedie", "features": len(features)},
-        metrics=results["lightgbm"], baselines={"bgnbd_gamma_gamma": results["bgnbd_gamma_gamma"]},
+        metrics={**results["lightgbm"], **gap_metrics}, baselines={"bgnbd_gamma_gamma": results["bgnbd_gamma_gamma"]},
         dataset={"training": train, "test": test}, dataset_name=SERVICE, target="value",
         input_example=test[features].head(5),
         figures={"holdout": holdout_chart(test["value"], predictions, f"12-month value after {test_period}")},
-        tables={"test_metrics": pd.DataFrame(results).T, "by_segment": segments},
-        model_card=card, registered_name=CLV_MODEL, tags={"test_period": test_period, "feature_service": SERVICE},
+        tables={"test_metrics": pd.DataFrame(results).T, "by_segment": segments, "fairness": groups.reset_index()},
+        model_card=card, registered_name=CLV_MODEL,
+        tags={"test_period": test_period, "feature_service": SERVICE, **gap_tags},
         home=s.home)
     return TrainReport(CLV_MODEL, int(version.version), str(version.run_id), test_period,
-                       {"train": len(train), "test": len(test)}, results["lightgbm"],
+                       {"train": len(train), "test": len(test)}, {**results["lightgbm"], **gap_metrics},
                        {"bgnbd_gamma_gamma": results["bgnbd_gamma_gamma"]})

@@ -54,7 +54,7 @@ from c360.core import warehouse
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 from c360.features import store
-from c360.training import cards, datasets, labels, tracking
+from c360.training import cards, datasets, fairness, labels, tracking
 from c360.training.cards import Block
 from c360.training.specs import NBA
 from c360.training.tracking import TrainReport
@@ -371,7 +371,8 @@ def by_segment(test: pd.DataFrame, policy: pd.Series) -> pd.DataFrame:
     return shares.assign(customers=segment.value_counts()).rename_axis("segment")
 
 
-def model_card(train: pd.DataFrame, test: pd.DataFrame, features: list[str], ev: Evaluation, model: NbaModel) -> str:
+def model_card(train: pd.DataFrame, test: pd.DataFrame, features: list[str], ev: Evaluation, model: NbaModel,
+               groups: pd.DataFrame) -> str:
     ips = pd.DataFrame({
         "value [CI]": [f"{r.value:.1f} [{r.value_low:.1f}, {r.value_high:.1f}]" for r in ev.values.itertuples()],
         "gain [CI]": ["" if name == "policy" else _fmt_ci(r, "diff") for name, r in ev.values.iterrows()],
@@ -420,6 +421,7 @@ training rows; leaves of at least {uplift.options['min_child_samples']} rows{wei
             "Net outcome per customer; gain = learned policy − row.", ips],
         "Exact values on the test wave (ground truth of the generated data)": exact,
         "By segment on the test wave (fairness review: who gets which action)": [by_segment(test, ev.policy)],
+        "Fairness on the test wave": fairness.card_section(groups, "nba"),
         "Caveats": [[
             "The outcome's spread (thousands per customer, driven by account size) dwarfs the effects (tens per "
             "customer): the IPS values and their CIs are too wide to rank policies; on generated data trust the "
@@ -509,16 +511,21 @@ def train_nba(s: Settings, seed: int = 0, scale: str | None = SCALE) -> TrainRep
         train, test = wave_split(frame)
         has_truth = (s.truth / "treatment_effects.parquet").exists()
         truth_net = truth_net_outcomes(con, s.truth, test) if has_truth else None
+        bands = fairness.customer_groups(con, test["customer_id"])
     model = fit_nba(train, features, scale=scale, seed=seed)
     ev = evaluate(model, test, truth_net, seed)
     metrics, baselines = _metrics(ev)
+    groups = fairness.nba_groups(ev.policy, CONTROL, fairness.with_groups(test, bands))
+    gap_metrics, gap_tags = fairness.logged(groups, "nba")
+    metrics |= gap_metrics
     test_period = f"{pd.Timestamp(test['as_of'].iloc[0]):%Y-%m-%d}"
     figures: dict[str, Figure] = {
         "qini_curves": qini_chart(ev.curves, title=f"Qini curves, test wave {test_period} "
                                                    f"(revenue in {HORIZON_DAYS} days, before action costs)"),
     }
     tables: dict[str, pd.DataFrame | Mapping[str, Any]] = {
-        "policy_values_ips": ev.values.rename_axis("policy"), "qini_auc": ev.qini, "policy_share": ev.policy_share}
+        "policy_values_ips": ev.values.rename_axis("policy"), "qini_auc": ev.qini, "policy_share": ev.policy_share,
+        "fairness": groups.reset_index()}
     if ev.exact is not None:
         tables["policy_values_exact"] = ev.exact.rename_axis("policy")
     uplift = model.uplift
@@ -534,8 +541,8 @@ def train_nba(s: Settings, seed: int = 0, scale: str | None = SCALE) -> TrainRep
         metrics=metrics, baselines=baselines,
         dataset={"training": train, "test": test}, dataset_name=SERVICE, target="outcome",
         input_example=test[features].head(5).reset_index(drop=True), figures=figures, tables=tables,
-        model_card=model_card(train, test, features, ev, model), registered_name=NBA_MODEL,
-        tags={"test_period": test_period, "feature_service": SERVICE}, home=s.home)
+        model_card=model_card(train, test, features, ev, model, groups), registered_name=NBA_MODEL,
+        tags={"test_period": test_period, "feature_service": SERVICE, **gap_tags}, home=s.home)
     rows = {"train": len(train), "test": len(test),
             "test_with_truth": int(ev.exact["rows"].iloc[0]) if ev.exact is not None else 0}
     return TrainReport(NBA_MODEL, int(version.version), str(version.run_id), test_period, rows, metrics, baselines,

@@ -13,7 +13,7 @@ from c360.core import warehouse
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 from c360.features import store
-from c360.training import cards, datasets, labels, tracking
+from c360.training import cards, datasets, fairness, labels, tracking
 from c360.training.churn import ChurnModel, calibration_curve_figure, fit_baseline, metrics, roc_figure
 from c360.training.explain import feature_descriptions, shap_summary_figure
 from c360.training.specs import CHURN
@@ -49,7 +49,7 @@ def by_segment(test: pd.DataFrame, p: np.ndarray) -> pd.DataFrame:
 
 
 def model_card(name: str, frame: pd.DataFrame, split: tuple, scores: dict[str, dict[str, float]],
-               segments: pd.DataFrame) -> str:
+               segments: pd.DataFrame, groups: pd.DataFrame) -> str:
     train, calib, test = split
     return cards.model_card(name, (
         f"Churn: cancellation, or no product activity and no paid invoice, within {labels.CHURN_HORIZON_DAYS} days "
@@ -64,6 +64,8 @@ def model_card(name: str, frame: pd.DataFrame, split: tuple, scores: dict[str, d
         "Test metrics": [pd.DataFrame(scores).T.rename_axis("model").map(lambda v: f"{v:.4f}")],
         "By segment in the test period (fairness review: calibration and ranking within each group)": [
             segments.round(4)],
+        f"Fairness in the test period (action threshold: risk {fairness.CHURN_ACTION:.2f})":
+            fairness.card_section(groups, "churn"),
         "Caveats": [[
             "Scores are calibrated (Platt) on the period just before the test period; a drifting churn rate needs "
             "recalibration.",
@@ -78,6 +80,7 @@ def train_churn(s: Settings) -> TrainReport:
     with warehouse.connect(s, read_only=True) as con:
         frame = churn_examples(s, con, fs)
         oracle = datasets.oracle_churn(con, s.truth, frame) if (s.truth / "churn_risk.parquet").exists() else None
+        bands = fairness.customer_groups(con, frame["customer_id"])
     train, calib, test = split = datasets.time_split(frame)
     features = _features(frame)
     model = ChurnModel(monotone=MONOTONE).fit(train[features], train["churned"], calib[features], calib["churned"],
@@ -91,6 +94,8 @@ def train_churn(s: Settings) -> TrainReport:
         results["oracle"] = metrics(test["churned"][known], oracle.loc[test.index][known])
         results["lightgbm_on_oracle_rows"] = metrics(test["churned"][known], scores["lightgbm"][known])
     segments = by_segment(test, scores["lightgbm"])
+    groups = fairness.churn_groups(test["churned"], scores["lightgbm"], fairness.with_groups(test, bands))
+    gap_metrics, gap_tags = fairness.logged(groups, "churn")
     sample = test[features].sample(min(len(test), 3000), random_state=0)
     figures = {
         "roc": roc_figure(test["churned"], scores, title="ROC, test period"),
@@ -103,12 +108,13 @@ def train_churn(s: Settings) -> TrainReport:
         experiment=CHURN_MODEL, run_name=f"churn {test_period}", model=model, flavor="pyfunc",
         params={"horizon_days": labels.CHURN_HORIZON_DAYS, "features": len(features), "trees": model.n_trees,
                 "calibration": "platt", "monotone": ",".join(MONOTONE)},
-        metrics=results["lightgbm"], baselines={k: v for k, v in results.items() if k != "lightgbm"},
+        metrics={**results["lightgbm"], **gap_metrics},
+        baselines={k: v for k, v in results.items() if k != "lightgbm"},
         dataset={"training": train, "test": test}, dataset_name=SERVICE, target="churned",
         input_example=test[features].head(5), figures=figures,
-        tables={"test_metrics": pd.DataFrame(results).T, "by_segment": segments},
-        model_card=model_card(CHURN_MODEL, frame, split, results, segments), registered_name=CHURN_MODEL,
-        tags={"test_period": test_period, "feature_service": SERVICE}, home=s.home)
+        tables={"test_metrics": pd.DataFrame(results).T, "by_segment": segments, "fairness": groups.reset_index()},
+        model_card=model_card(CHURN_MODEL, frame, split, results, segments, groups), registered_name=CHURN_MODEL,
+        tags={"test_period": test_period, "feature_service": SERVICE, **gap_tags}, home=s.home)
     return TrainReport(CHURN_MODEL, int(version.version), str(version.run_id), test_period,
                        {"train": len(train), "calibration": len(calib), "test": len(test)},
-                       results["lightgbm"], {k: v for k, v in results.items() if k != "lightgbm"})
+                       {**results["lightgbm"], **gap_metrics}, {k: v for k, v in results.items() if k != "lightgbm"})

@@ -35,6 +35,7 @@ class Gate:
     margin: float = 0.0
     guards: tuple[Guard, ...] = ()
     relative: bool = False
+    fairness: str | None = None  # the metric whose worst-group gap (training.fairness) the challenger may not widen
 
 
 @dataclass(frozen=True)
@@ -52,17 +53,25 @@ class ModelSpec:
 
 CHURN = ModelSpec(
     "churn", "c360-churn", "churn_v1", 90,
-    Gate("roc_auc", "higher", 0.002, (Guard("ece", 0.01), Guard("brier", 0.002))),
+    Gate("roc_auc", "higher", 0.002, (Guard("ece", 0.01), Guard("brier", 0.002)), fairness="calibration"),
     "churn risk")
+# Fairness (`Gate.fairness`, the worst-group gap the gate reads; `training.fairness` measures it):
+# churn: calibration (mean predicted − observed churn rate). The action follows the risk score, so "a 30 % risk
+#   means 30 %" must hold in every group; then the groups' differences in TPR and selection rate (shown on the card,
+#   not gated) follow real differences in churn: an equal TPR across groups that churn differently would need a
+#   miscalibrated model.
+# clv: relative error of the group's total. Value drives investment: an under-predicted group is under-served.
+# nba: discount rate. The discount is the one action that sets a price: a challenger that gives it to one group
+#   much more often than the champion did is stopped.
 # 1 % lower RMSE of 12-month value, and the total may not drift more than 2 points further from the actual
 CLV = ModelSpec(
     "clv", "c360-clv", "clv_v1", 365,
-    Gate("rmse", "lower", 0.01, (Guard("abs_total_error_pct", 2.0),), relative=True),
+    Gate("rmse", "lower", 0.01, (Guard("abs_total_error_pct", 2.0),), relative=True, fairness="relative_error"),
     "expected value")
 # $0.50 more net revenue per customer (IPS on the test wave), and a lower bound of its CI no worse by more than $2
 NBA = ModelSpec(
     "nba", "c360-nba", "nba_v1", 91,
-    Gate("policy_value", "higher", 0.5, (Guard("policy_value_low", 2.0, "higher"),)),
+    Gate("policy_value", "higher", 0.5, (Guard("policy_value_low", 2.0, "higher"),), fairness="discount_rate"),
     "the action's uplift")
 
 MODELS: dict[str, ModelSpec] = {spec.kind: spec for spec in (CHURN, CLV, NBA)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, fields
@@ -207,18 +209,57 @@ def train_all(as_json: Json = False) -> dict:
     return emit({"churn": train_churn(), "clv": train_clv(), "nba": _train_nba_pipeline()}, as_json)
 
 
-def promote(model: Annotated[Model, typer.Argument(help="which model")], as_json: Json = False) -> dict:
-    """Move @champion to @challenger when it beats the champion on the same test period by the gate's margin and
-    regresses no guard metric; print why otherwise. Gates: `training/specs.py`."""
+def promote(
+    model: Annotated[Model, typer.Argument(help="which model")],
+    rollback: Annotated[bool, typer.Option(
+        "--rollback", help="move @champion back to the champion it took over from (needs --reason)")] = False,
+    reason: Annotated[str | None, typer.Option(
+        help="with --rollback: why, in a few words about the model (no personal data: it goes into the audit "
+             "trail); recorded in MLflow, the audit trail and the run log")] = None,
+    as_json: Json = False,
+) -> dict:
+    """Move @champion to @challenger when it beats the champion on the same test period by the gate's margin,
+    regresses no guard metric and treats groups no more differently than the fairness settings allow; print why
+    otherwise. Gates: `training/specs.py`. With --rollback: back to the previous champion."""
     from c360.training import tracking
     from c360.training.registry import promote as run
 
+    if rollback:
+        return _rollback(model, reason, as_json)
+    if reason is not None:
+        raise fail("--reason goes with --rollback")
     s, spec = Settings(), MODELS[model]
     try:
         decision = run(tracking.configure(s.home), spec.name, spec.gate)
     except LookupError as e:
         raise fail(str(e)) from None
     return emit({"model": spec.name, **asdict(decision)}, as_json, f"{spec.name}: {decision}")
+
+
+MAX_REASON = 200
+PERSONAL = re.compile(r"@|\d{6,}")  # an e-mail address, a phone number or an id: none belongs in a reason
+
+
+def _rollback(model: Model, reason: str | None, as_json: bool) -> dict:
+    """`c360 promote MODEL --rollback --reason TEXT`: MLflow tags, an audit record and a run log entry."""
+    from c360.training import tracking
+    from c360.training.registry import rollback
+
+    if not reason or not reason.strip():
+        raise fail("--rollback needs --reason: why the champion is rolled back")
+    if len(reason) > MAX_REASON or PERSONAL.search(reason):
+        raise fail(f"--reason must be at most {MAX_REASON} characters about the model, without e-mail addresses, "
+                   "phone numbers or ids: it is kept in the audit trail")
+    s, spec, started, reason = Settings(), MODELS[model], time.time(), reason.strip()
+    with audited(s, f"c360 promote {model} --rollback --reason {json.dumps(reason)}", []):
+        try:
+            done = rollback(tracking.configure(s.home), spec.name, reason)
+        except LookupError as e:
+            raise fail(str(e)) from None
+    record_run(s, f"promote {model} --rollback", started, model=spec.name, rolled_back=done.rolled_back,
+               champion=done.champion, reason=done.reason)
+    return emit(asdict(done), as_json, f"{spec.name}: @champion rolled back from v{done.rolled_back} to "
+                                        f"v{done.champion} ({done.reason}); the service follows at its next poll")
 
 
 def champions(as_json: Json = False) -> dict:

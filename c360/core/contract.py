@@ -128,9 +128,11 @@ TABLES: tuple[Table, ...] = (
         _enum("role", ROLES),
         Col("title", doc="job title"),
         _ts("created_at"),
+        Col("age_band", doc="a consumer's age band, in your own banding (e.g. 18-29); sensitive: used only to "
+                            "review models' fairness, never a model input"),
     ), refs=(Ref("account_id", "crm/accounts", "account_id"),),
         doc="People at an account and their role. The same person may appear twice.",
-        pii=("first_name", "last_name", "email", "phone"), arrives="snapshot"),
+        pii=("first_name", "last_name", "email", "phone", "age_band"), arrives="snapshot"),
     Table("crm", "activities", "activity_id", (
         _key("activity_id", "CRM activity id"),
         Col("account_id", required=True),

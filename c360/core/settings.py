@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     encryption_key: SecretStr | None = Field(
         None, description="key of the encrypted warehouse (DuckDB encryption); unset: personal data is stored in "
                           "plain text. Keep it out of the YAML file; losing it loses the warehouse")
+    fairness_max_gap: float = Field(0.15, ge=0, description="largest worst-group gap of a model's fairness metric "
+                                                             "(training/specs.py) the promotion gate accepts")
+    fairness_margin: float = Field(0.03, ge=0, description="how much wider than the champion's a challenger's "
+                                                           "worst-group gap may be")
     public_data: Path = Field(default_factory=lambda data: _public_data(data["home"]), validate_default=True,
                               description="folder of the public data sets (CDNOW, Hillstrom, FEBRL)")
 

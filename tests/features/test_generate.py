@@ -12,6 +12,7 @@ import pytest
 
 from c360.core.contract import ACTIONS, TABLES
 from c360.features.generate import generate
+from c360.features.synth import people
 from c360.features.synth.world import END, START
 
 
@@ -117,3 +118,38 @@ def test_most_grant_consent_and_unhappy_customers_opt_out_more(clean_company: Pa
     health = customers.loc[opted_out.index, "base_health"]
     unhappy = health < health.quantile(0.25)
     assert opted_out[unhappy].mean() > 1.5 * opted_out[~unhappy].mean()
+
+
+def test_age_bands_come_from_their_own_stream_and_change_nothing_else(tmp_path: Path) -> None:
+    generate(tmp_path / "with", 300, seed=3, corrupt_rate=0.02, chunk_size=120)
+    generate(tmp_path / "without", 300, seed=3, corrupt_rate=0.02, chunk_size=120, sensitive=False)
+    with_, without = digests(tmp_path / "with"), digests(tmp_path / "without")
+    assert set(with_) == set(without)
+    changed = {name for name in without if with_[name] != without[name]}
+    assert changed == {"crm/contacts.csv", "ground_truth/customers.parquet"}
+    contacts = {name: pd.read_csv(tmp_path / name / "crm" / "contacts.csv", dtype=str, keep_default_na=False)
+                for name in ("with", "without")}
+    assert list(contacts["with"].columns) == [*contacts["without"].columns, "age_band"]
+    pd.testing.assert_frame_equal(contacts["with"].drop(columns="age_band"), contacts["without"])
+    truth = {name: pd.read_parquet(tmp_path / name / "ground_truth" / "customers.parquet")
+             for name in ("with", "without")}
+    pd.testing.assert_frame_equal(truth["with"].drop(columns="age_band"), truth["without"])
+
+
+def test_only_consumers_have_an_age_band_and_it_follows_their_traits(clean_company: Path) -> None:
+    customers = pd.read_parquet(clean_company / "ground_truth" / "customers.parquet")
+    consumer = customers["segment"] == "consumer"
+    assert customers.loc[consumer, "age_band"].notna().all() and customers.loc[~consumer, "age_band"].isna().all()
+    shares = customers.loc[consumer, "age_band"].value_counts(normalize=True)
+    assert set(shares.index) == set(people.AGE_BANDS) and shares.min() > 0.1
+    adoption = customers[consumer].groupby("age_band")["adoption"].mean()
+    assert adoption["18-29"] > adoption["60+"] + 0.03, "the young use more of the product"
+    churned = customers[consumer].assign(churned=lambda f: ~f["alive_at_end"]).groupby("age_band")["churned"].mean()
+    assert churned.max() - churned.min() < 0.15, "age moves no outcome by itself, only through the traits"
+
+
+def test_the_age_band_is_no_model_input() -> None:
+    """Every feature service serves features of the one table `BY_NAME`: a name missing there is fed to no model."""
+    from c360.core.definitions import BY_NAME
+
+    assert not [name for name in BY_NAME if "age" in name.split("_")], "models are judged by it, never fed it"

@@ -5,19 +5,26 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import anyio
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from c360.cli.main import app
+from c360.core import audit
 from c360.core.settings import Settings
 from c360.features import store
 from c360.serving.errors import NotFound
 from c360.serving.schemas import ByIds, ChurnPredictions, ChurnRows, NbaPredictions, Profile
 from c360.serving.service import C360
-from c360.training import tracking
-from c360.training.tracking import CHAMPION
+from c360.training import registry, tracking
+from c360.training.specs import CHURN
+from c360.training.tracking import CHALLENGER, CHAMPION
+
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +140,41 @@ def test_a_new_champion_is_picked_up_without_restart(service: Any, served: Setti
         anyio.run(service.reload)
     again = body(anyio.run(lambda: service.customer_profile(customer_id=customer, details=False)))["future"]["churn"]
     assert again["model"]["source"] == "batch" and again["probability"] == pytest.approx(churn["probability"])
+
+
+def test_a_rollback_is_followed_by_the_service(service: Any, served: Settings) -> None:
+    """`c360 promote churn --rollback` after a promotion: the service's next poll (`reload`) serves the previous
+    champion again; the reason is in MLflow, the audit trail and the run log."""
+    client, name = tracking.configure(served.home), "c360-churn"
+    current, challenger = (tracking.version_by_alias(client, name, a) for a in (CHAMPION, CHALLENGER))
+    copy = client.create_model_version(name, current.source, current.run_id)
+    customer = customers(served, 1)[0]
+    try:
+        client.set_registered_model_alias(name, CHALLENGER, copy.version)
+        assert registry.promote(client, name, replace(CHURN.gate, margin=-1.0, guards=())).promoted
+        assert body(anyio.run(service.reload))["reloaded"] == {"churn": [int(current.version), int(copy.version)]}
+        reason = "calibration drifted after the price change"
+        result = runner.invoke(app, ["promote", "churn", "--rollback", "--reason", reason, "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == {"model": name, "rolled_back": int(copy.version),
+                                             "champion": int(current.version), "reason": reason}
+        assert body(anyio.run(service.reload))["reloaded"] == {"churn": [int(copy.version), int(current.version)]}
+        churn = body(anyio.run(lambda: service.customer_profile(customer_id=customer, details=False)))["future"]
+        assert churn["churn"]["model"]["version"] == int(current.version)
+        assert client.get_model_version(name, copy.version).tags["rollback.reason"] == reason
+        assert reason in audit.path(served).read_text().splitlines()[-1]
+        assert json.loads(served.runs.read_text().splitlines()[-1])["reason"] == reason
+        refused = runner.invoke(app, ["promote", "churn", "--rollback", "--reason", "again"])
+        assert refused.exit_code == 1 and "no previous champion" in refused.output
+        assert tracking.version_by_alias(client, name, CHAMPION).version == current.version
+    finally:
+        client.set_registered_model_alias(name, CHAMPION, current.version)
+        client.set_registered_model_alias(name, CHALLENGER, challenger.version)
+        anyio.run(service.reload)
+
+
+@pytest.mark.parametrize("arguments", [["--rollback"], ["--rollback", "--reason", "  "], ["--reason", "why"],
+                                       ["--rollback", "--reason", "asked by ann@example.com"]])
+def test_a_rollback_needs_a_plain_reason(arguments: list[str]) -> None:
+    result = runner.invoke(app, ["promote", "churn", *arguments])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "reason" in result.output, result.output

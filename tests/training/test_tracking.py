@@ -20,11 +20,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from c360.training import registry, tracking
-from c360.training.registry import CHURN_GATE, CLV_GATE, Gate, Guard
+from c360.training.fairness import gap_metric
+from c360.training.registry import CHURN_GATE, CLV_GATE, Gate, Guard, Limits
 from c360.training.tracking import ModelNotFound
 
 PERIOD = "2024-01-01/2024-03-31"
 GOOD = {"roc_auc": 0.80, "ece": 0.030, "brier": 0.150}
+FAIR = {gap_metric(m): 0.02 for m in ("calibration", "relative_error")}  # what the pipelines log beside
+CALIBRATION_GAP = gap_metric("calibration")
+LIMITS = Limits(max_gap=0.15, margin=0.03)
 
 
 
@@ -44,15 +48,17 @@ def data() -> dict[str, Any]:
 
 
 def log(mlflow_home: Path, data: dict[str, Any], name: str, metrics: dict[str, float], period: str = PERIOD,
-        **overrides: Any) -> Any:
-    """One training run of the tiny classifier, registered as the new challenger of `name`."""
+        fair: bool = True, **overrides: Any) -> Any:
+    """One training run of the tiny classifier, registered as the new challenger of `name`; with `fair`, it also
+    logs small worst-group gaps as the pipelines do."""
     figure = Figure()
     figure.subplots().plot([0, 1], [0, 1])
     arguments: dict[str, Any] = {
         "experiment": name, "run_name": f"{name}-run", "model": data["booster"], "flavor": "lightgbm",
-        "params": data["params"], "metrics": metrics, "baselines": None, "dataset": None, "dataset_name": name,
+        "params": data["params"], "metrics": (FAIR if fair else {}) | metrics, "baselines": None, "dataset": None,
+        "dataset_name": name,
         "input_example": data["test"].head(5), "figures": {}, "tables": {}, "model_card": f"# {name}",
-        "registered_name": name, "tags": {"test_period": period}, "home": mlflow_home,
+        "registered_name": name, "tags": {"test_period": period, **overrides.pop("tags", {})}, "home": mlflow_home,
     }
     return tracking.log_training_run(**(arguments | overrides))
 
@@ -221,3 +227,60 @@ def test_a_second_home_gets_its_own_registry(tmp_path: Path, monkeypatch: pytest
     assert tracking.configure(tmp_path / "d")._registry_uri == "sqlite:////elsewhere/registry.db"  # and stays
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", second._registry_uri)  # an exported value restored by a test's undo
     assert str(tmp_path / "e") in tracking.configure(tmp_path / "e")._registry_uri
+
+
+def log_fair(mlflow_home: Path, data, name: str, auc: float, gap: float, where: str) -> Any:
+    return log(mlflow_home, data, name, GOOD | {"roc_auc": auc, CALIBRATION_GAP: gap}, tags={CALIBRATION_GAP: where})
+
+
+def test_gate_refuses_a_challenger_that_treats_one_group_worse_and_names_it(mlflow_home: Path,
+                                                                             client: MlflowClient, data):
+    log_fair(mlflow_home, data, "fair", 0.80, 0.30, "region EMEA +0.250 vs region NA -0.050")
+    unfair_first = registry.promote(client, "fair", CHURN_GATE, LIMITS)
+    assert not unfair_first.promoted and unfair_first.reasons == [
+        "fairness: worst-group gap of calibration 0.3000 (region EMEA +0.250 vs region NA -0.050) is beyond the "
+        "limit 0.1500 (fairness_max_gap): failed"], unfair_first
+    with pytest.raises(ModelNotFound):
+        registry.champion_version(client, "fair")
+
+    log_fair(mlflow_home, data, "fair", 0.80, 0.04, "plan basic +0.020 vs plan pro -0.020")
+    assert registry.promote(client, "fair", CHURN_GATE, LIMITS).promoted
+
+    log_fair(mlflow_home, data, "fair", 0.82, 0.09, "age_band 60+ +0.060 vs age_band 18-29 -0.030")
+    wider = registry.promote(client, "fair", CHURN_GATE, LIMITS)  # better AUC, within the limit, but much wider
+    assert not wider.promoted and registry.champion_version(client, "fair").version == 2
+    failed = [r for r in wider.reasons if r.endswith("failed")]
+    assert failed == ["fairness: worst-group gap of calibration 0.0900 (age_band 60+ +0.060 vs age_band 18-29 "
+                      "-0.030) against champion's 0.0400: wider by +0.0500, margin 0.0300 (fairness_margin): failed"]
+
+    log_fair(mlflow_home, data, "fair", 0.82, 0.06, "plan basic +0.030 vs plan pro -0.030")
+    within = registry.promote(client, "fair", CHURN_GATE, LIMITS)
+    assert within.promoted and all(r.endswith("passed") for r in within.reasons), within
+
+
+def test_gate_passes_an_unmeasurable_gap_but_refuses_an_unlogged_one(mlflow_home: Path, client: MlflowClient, data):
+    log(mlflow_home, data, "small", GOOD, fair=False, tags={CALIBRATION_GAP: "not measured: no two groups"})
+    small = registry.promote(client, "small", CHURN_GATE, LIMITS)
+    assert small.promoted and "not measured" in small.reasons[-1], small
+    log(mlflow_home, data, "small", GOOD | {"roc_auc": 0.9}, fair=False)  # no gap at all
+    unlogged = registry.promote(client, "small", CHURN_GATE, LIMITS)
+    assert not unlogged.promoted and unlogged.reasons[-1] == (
+        f"fairness: {CALIBRATION_GAP} not logged by challenger v2: failed"), unlogged
+
+
+def test_rollback_walks_back_the_champions_and_records_why(mlflow_home: Path, client: MlflowClient, data):
+    for auc in (0.80, 0.81, 0.82):
+        log(mlflow_home, data, "roll", GOOD | {"roc_auc": auc})
+        assert registry.promote(client, "roll", CHURN_GATE, LIMITS).promoted
+    first = registry.rollback(client, "roll", "calibration drifted in EMEA")
+    assert (first.rolled_back, first.champion) == (3, 2)
+    assert registry.champion_version(client, "roll").version == 2
+    tags = client.get_model_version("roll", "3").tags
+    assert tags["rollback.reason"] == "calibration drifted in EMEA" and tags["rollback.to"] == "2"
+    assert client.get_model_version("roll", "2").tags["rollback.from"] == "3"
+    assert registry.rollback(client, "roll", "again").champion == 1
+    with pytest.raises(registry.NoPreviousChampion, match="roll v1 is the first champion"):
+        registry.rollback(client, "roll", "once more")
+    assert registry.champion_version(client, "roll").version == 1
+    with pytest.raises(ModelNotFound):
+        registry.rollback(client, "missing", "no such model")
