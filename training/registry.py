@@ -3,7 +3,8 @@
 The gate compares the metrics both runs logged (`training.tracking.log_training_run`) and refuses when the runs'
 `test_period` tags differ, since metrics from different periods are not comparable. There is deliberately no
 `force`: a human who overrides the gate moves the alias in the MLflow UI. Every decision is also written on the
-challenger version as tags (`gate.decision`, `gate.reasons`, `gate.champion`).
+challenger version as tags (`gate.decision`, `gate.reasons`, `gate.champion`). A table model (`c360-NAME`,
+`training.table_models`) has its kind's gate (`table_models.GATES`); its test period is its table and folds.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
+from c360.training import table_models
 from c360.training.specs import CHURN, CLV, NBA, Better, Gate, Guard
 from c360.training.tracking import CHALLENGER, CHAMPION, ModelNotFound, version_by_alias
 
-__all__ = ["Better", "Gate", "Guard", "promote"]
+__all__ = ["Better", "Gate", "Guard", "promote", "promote_table"]
 TEST_PERIOD = "test_period"
 _EPS = 1e-12  # so that a gain of exactly the margin passes despite float rounding
 
@@ -145,3 +147,12 @@ def promote(client: MlflowClient, name: str, gate: Gate) -> Decision:
     if passed:
         client.set_registered_model_alias(name, CHAMPION, str(challenger.version))
     return _record(client, name, Decision(passed, reasons, challenger.version, champion.version))
+
+
+def promote_table(client: MlflowClient, name: str) -> Decision:
+    """`promote` for the table model `name` (`c360-NAME`), with its kind's gate; `ModelNotFound` when `name` is no
+    table model."""
+    kind = table_models.table_models(client).get(name, {}).get("kind")
+    if kind not in table_models.GATES:
+        raise ModelNotFound(f"no table model named {name!r}: `c360 train churn|nba --table FILE --name NAME` makes one")
+    return promote(client, name, table_models.GATES[kind])

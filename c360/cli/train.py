@@ -22,6 +22,9 @@ train_app = typer.Typer(help="Train models on the feature store (or on your own 
 
 TableOption = Annotated[Path | None, typer.Option("--table", help="your own CSV or Parquet table (no feature store)")]
 Excluded = Annotated[list[str] | None, typer.Option("--exclude", help="columns that are not features (repeatable)")]
+NameOption = Annotated[str | None, typer.Option(
+    "--name", help="with --table: the model's name, registered as c360-NAME (lowercase letters, digits, dashes) "
+                   "[default: the file's name]")]
 
 
 @train_app.command("churn")
@@ -31,16 +34,18 @@ def train_churn(
     id_column: Annotated[str | None, typer.Option("--id", help="with --table: the customer id column")] = None,
     exclude: Excluded = None,
     folds: Annotated[int, typer.Option(min=2, help="with --table: cross-validation folds")] = 5,
+    name: NameOption = None,
     as_json: Json = False,
 ) -> dict:
     """Churn within 90 days: LightGBM (calibrated) vs logistic regression, time split over the feature snapshots,
-    logged to MLflow and registered as c360-churn@challenger. With --table: k-fold on your table instead."""
+    logged to MLflow and registered as c360-churn@challenger. With --table: k-fold on your table instead, registered
+    as c360-NAME@challenger."""
     if table_path:
         if not label:
             raise fail("--table needs --label: the column saying whether the customer churned")
         from c360.training.table_churn import train_churn_table
 
-        return _train_table("churn", table_path, as_json, lambda df: train_churn_table(
+        return _train_table("churn", table_path, name, as_json, lambda df: train_churn_table(
             df, label, id_column, folds=folds, exclude=exclude or []))
     from c360.training.pipeline import train_churn as run
 
@@ -113,10 +118,12 @@ def train_nba(
     id_column: Annotated[str | None, typer.Option("--id", help="the customer id column")] = None,
     cost: Annotated[list[str] | None, typer.Option(help="ARM=COST, the cost of one action (repeatable)")] = None,
     exclude: Excluded = None,
+    name: NameOption = None,
     as_json: Json = False,
 ) -> dict:
     """Next best action: multi-arm uplift (LightGBM) from the company's randomized campaign waves (train on the
-    earlier waves, test on the last, registered as c360-nba) — or, with --table, from your own experiment table."""
+    earlier waves, test on the last, registered as c360-nba) — or, with --table, from your own experiment table
+    (registered as c360-NAME)."""
     if not table_path:
         return _train_nba_pipeline(as_json)
     if not (treatment and control and outcome):
@@ -124,7 +131,7 @@ def train_nba(
     costs = dict(_cost(c) for c in cost or [])
     from c360.training.table_nba import train_nba_table
 
-    return _train_table("nba", table_path, as_json, lambda df: train_nba_table(
+    return _train_table("nba", table_path, name, as_json, lambda df: train_nba_table(
         df, treatment, control, outcome, id_column, costs=costs or None, exclude=exclude or []))
 
 
@@ -161,25 +168,29 @@ def _cost(text: str) -> tuple[str, float]:
         raise typer.BadParameter(f"--cost takes ARM=NUMBER, got {text!r}") from None
 
 
-def _train_table(kind: Literal["churn", "nba"], path: Path, as_json: bool,
+def _train_table(kind: Literal["churn", "nba"], path: Path, name: str | None, as_json: bool,
                  train: Callable[[pd.DataFrame], Any]) -> dict:
-    from c360.training.table_models import NAMES, log_table_result
+    from c360.training import tracking
+    from c360.training.table_models import check_table, log_table_result, model_name
     from c360.training.tables import read_table
 
     s, started = Settings(), time.time()
     try:
+        registered = model_name(name, path.name)
         frame = read_table(path)
+        check_table(tracking.configure(s.home), registered, kind, frame)  # before training: refused, nothing done
         with stderr.status(f"training {kind} on {path.name}"):
             result = train(frame)
+        version = log_table_result(result, kind=kind, table_name=path.name, home=s.home, name=name, table=frame)
     except ValueError as e:
         raise fail(str(e)) from None
-    version = log_table_result(result, kind=kind, table_name=path.name, home=s.home)
-    record_run(s, f"train {kind} --table", started, table=path, version=version.version)
-    shown = {name: frame for name, frame in result.tables.items() if name in ("summary", "arms", "policy_values")}
-    return emit({"model": NAMES[kind], "version": int(version.version), "run_id": version.run_id,
+    record_run(s, f"train {kind} --table", started, table=path, model=registered, version=version.version)
+    shown = {key: rows for key, rows in result.tables.items() if key in ("summary", "arms", "policy_values")}
+    return emit({"model": registered, "version": int(version.version), "run_id": version.run_id,
                  "table": path, "metrics": result.metrics, **shown}, as_json,
-                *(table(name, frame) for name, frame in shown.items()),
-                f"registered {NAMES[kind]} v{version.version} @challenger (run {version.run_id})")
+                *(table(key, rows) for key, rows in shown.items()),
+                f"registered {registered} v{version.version} @challenger (run {version.run_id}); "
+                f"`c360 promote {registered.removeprefix('c360-')}` moves @champion if it passes the gate")
 
 
 @train_app.command("all")
@@ -188,26 +199,40 @@ def train_all(as_json: Json = False) -> dict:
     return emit({"churn": train_churn(), "clv": train_clv(), "nba": _train_nba_pipeline()}, as_json)
 
 
-def promote(model: Annotated[Model, typer.Argument(help="which model")], as_json: Json = False) -> dict:
-    """Move @champion to @challenger when it beats the champion on the same test period by the gate's margin and
-    regresses no guard metric; print why otherwise. Gates: `training/specs.py`."""
+ModelName = Annotated[str, typer.Argument(help="churn, clv or nba (feature-store models), or a table model's NAME")]
+
+
+def promote(model: ModelName, as_json: Json = False) -> dict:
+    """Move @champion to @challenger when it beats the champion on the same test period (a table model: the same
+    table and folds) by the gate's margin and regresses no guard metric; print why otherwise. Gates:
+    `training/specs.py`, `training/table_models.py`."""
     from c360.training import tracking
     from c360.training.registry import promote as run
+    from c360.training.registry import promote_table
+    from c360.training.table_models import model_name
 
-    s, spec = Settings(), MODELS[model]
+    s = Settings()
     try:
-        decision = run(tracking.configure(s.home), spec.name, spec.gate)
-    except LookupError as e:
+        client = tracking.configure(s.home)
+        if model in MODELS:
+            name = MODELS[model].name
+            decision = run(client, name, MODELS[model].gate)
+        else:
+            name = model_name(model, model)
+            decision = promote_table(client, name)
+    except (LookupError, ValueError) as e:
         raise fail(str(e)) from None
-    return emit({"model": spec.name, **asdict(decision)}, as_json, f"{spec.name}: {decision}")
+    return emit({"model": name, **asdict(decision)}, as_json, f"{name}: {decision}")
 
 
 def champions(as_json: Json = False) -> dict:
-    """Each model's @champion and @challenger: version and MLflow run id."""
+    """Each model's @champion and @challenger (the feature store's and the table models): version and run id."""
     from c360.training import tracking
+    from c360.training.table_models import table_models
 
     client, rows = tracking.configure(Settings().home), []
-    for name in (spec.name for spec in MODELS.values()):
+    names = [*(spec.name for spec in MODELS.values()), *sorted(table_models(client))]
+    for name in names:
         for alias in (tracking.CHAMPION, tracking.CHALLENGER):
             try:
                 v = tracking.version_by_alias(client, name, alias)
