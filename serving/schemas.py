@@ -268,6 +268,8 @@ class TablePredictions(BaseModel):
 class Status(BaseModel):
     ready: bool
     models: dict[str, int] = Field(description="loaded champion version per model")
+    table_models: dict[str, int] = Field(default_factory=dict, description="loaded @champion version per table "
+                                                                           "model, by NAME")
     online_store: str
     problem: str | None = None
 

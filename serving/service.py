@@ -336,7 +336,8 @@ class C360:
         if problem is None and ctx is not None and not ctx.champions.ready:
             problem = str(RegistryUnavailable(ctx.champions.error or "champion models not loaded"))
         body = {"ready": problem is None, "models": ctx.champions.versions() if ctx else {},
-                "online_store": self.settings.online_store, "problem": problem}
+                "table_models": self.tables.versions(), "online_store": self.settings.online_store,
+                "problem": problem}
         return Response(profiles.dumps(body), status_code=200 if problem is None else 503,
                         media_type="application/json")
 

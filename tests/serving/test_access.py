@@ -30,12 +30,14 @@ from c360.serving.masking import MASK
 from tests.serving.conftest import bearer
 
 ROOT = Path(__file__).resolve().parents[2]
-PARAMS = {"customer_id": "{customer}", "request_id": "0123456789abcdef", "file": "swagger-ui.css"}
+PARAMS = {"customer_id": "{customer}", "request_id": "0123456789abcdef", "file": "swagger-ui.css",
+          "name": "no-such-model"}
 BODIES = {"/profile": {"customer_id": "{customer}", "details": True}, "/admin/reload": None,
           "/events": {"events": []}, "/admin/privacy/export": {"customer_id": "{customer}"},
-          "/admin/privacy/erase": {"customer_id": "{customer}"}}
+          "/admin/privacy/erase": {"customer_id": "{customer}"}, "/models/{name}/predict": {"rows": [{"x": 1}]}}
 NOT_CALLED_WITH_A_ROLE_THAT_MAY = {"POST /admin/privacy/erase"}  # it would erase the shared home's customer
-UNKNOWN_TO_A_ROLE_THAT_MAY = {"GET /admin/privacy/requests/{request_id}"}  # no such request: 404, not 401/403
+# no such request, no such table model: 404, not 401/403
+UNKNOWN_TO_A_ROLE_THAT_MAY = {"GET /admin/privacy/requests/{request_id}", "POST /models/{name}/predict"}
 
 
 # ---------------------------------------------------------------- the customer and what the warehouse holds on them

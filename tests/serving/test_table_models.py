@@ -142,6 +142,8 @@ def test_the_probabilities_are_the_same_everywhere(lifecycle: dict[str, Any],
     np.testing.assert_allclose(served["churn_probability"], batch["churn_probability"].iloc[sample.index],
                                rtol=0, atol=1e-9)
     assert served["customer_ref"].tolist() == sample["customer_ref"].tolist()
+    status = httpx.get(f"{url}/status", headers=bearer(keyring["service"]), timeout=30).json()
+    assert status["table_models"] == {"telco": 1}
     first = body["predictions"][0]["reasons"]
     assert 1 <= len(first) <= 3 and first[0]["feature"] == batch["reason_1"].iloc[sample.index[0]]
     assert abs(first[0]["contribution"]) >= abs(first[-1]["contribution"])
@@ -202,3 +204,15 @@ def test_another_table_under_the_name_is_refused(lifecycle: dict[str, Any]) -> N
                                               "--name", "Telco!")
         client = tracking.configure(lifecycle["settings"].home)
     assert [int(v.version) for v in client.search_model_versions("name = 'c360-telco'")] == [1]
+
+
+def test_the_same_table_again_is_a_new_version_that_the_gate_judges(lifecycle: dict[str, Any]) -> None:
+    """Trained again on the same rows and folds, v2 scores what v1 scored: not measurably better, refused."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("C360_HOME", str(lifecycle["settings"].home))
+        again = ok("train", "churn", "--table", str(lifecycle["table"]), "--label", "Churn", "--id", "customer_ref",
+                   "--folds", "3", "--name", "telco")
+        decision = ok("promote", "telco")
+    assert again["model"] == "c360-telco" and again["version"] == 2
+    assert not decision["promoted"] and (decision["challenger"], decision["champion"]) == (2, 1)
+    assert decision["reasons"][0].startswith("roc_auc (higher is better)")
