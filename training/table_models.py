@@ -105,11 +105,11 @@ def table_schema(frame: pd.DataFrame) -> dict[str, str]:
 
 def schema_difference(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
     """How ``new`` differs from ``old``, one phrase per kind of difference (empty when they are equal)."""
-    gone = [c for c in old if c not in new]
-    added = [c for c in new if c not in old]
+    gone = [repr(c) for c in old if c not in new]
+    added = [repr(c) for c in new if c not in old]
     retyped = [f"{c!r} ({old[c]} → {new[c]})" for c in old if c in new and old[c] != new[c]]
-    return [f"{what}: {', '.join(map(repr, columns)) if what != 'other types' else ', '.join(columns)}"
-            for what, columns in (("missing", gone), ("new", added), ("other types", retyped)) if columns]
+    return [f"{what}: {', '.join(items)}"
+            for what, items in (("missing", gone), ("new", added), ("other types", retyped)) if items]
 
 
 def _kind_of(client: MlflowClient, registered: str) -> str | None:
