@@ -216,3 +216,34 @@ def test_the_same_table_again_is_a_new_version_that_the_gate_judges(lifecycle: d
     assert again["model"] == "c360-telco" and again["version"] == 2
     assert not decision["promoted"] and (decision["challenger"], decision["champion"]) == (2, 1)
     assert decision["reasons"][0].startswith("roc_auc (higher is better)")
+
+
+def test_an_nba_table_model_scores_the_same_in_batch_and_as_rows(lifecycle: dict[str, Any]) -> None:
+    """An experiment table: `c360 score --alias challenger` and the route's answers (in process) agree."""
+    from c360.serving.table_models import Loaded
+    from c360.training.table_models import load
+
+    rng = np.random.default_rng(3)
+    n = 1600
+    spend = rng.uniform(10, 120, n).round(2)
+    offer = rng.choice(["No offer", "Free month"], n)
+    renewed = rng.random(n) < 0.2 + 0.25 * ((offer == "Free month") & (spend > 60))
+    table = lifecycle["root"] / "Offers 2024.csv"
+    pd.DataFrame({"spend": spend, "plan": rng.choice(["Basic", "Pro", None], n), "offer": offer,
+                  "renewed": renewed.astype(int)}).to_csv(table, index=False)
+    s: Settings = lifecycle["settings"]
+    out = lifecycle["root"] / "offers.csv"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("C360_HOME", str(s.home))
+        trained = ok("train", "nba", "--table", str(table), "--treatment", "offer", "--control", "No offer",
+                     "--outcome", "renewed", "--cost", "Free month=0.05")
+        assert trained["model"] == "c360-offers-2024"  # from the file's name
+        ok("score", "--model", "offers-2024", "--table", str(table), "--out", str(out), "--alias", "challenger")
+        model, version = load(s.home, "c360-offers-2024", "challenger")
+    batch = pd.read_csv(out)
+    assert list(batch.columns[:2]) == ["recommended", "expected_gain"]
+    rows = rows_of(pd.read_csv(table).head(40))
+    answers = Loaded("c360-offers-2024", "nba", int(version.version), model).predict(rows)
+    assert [a["recommended"] for a in answers] == batch["recommended"].head(40).tolist()
+    np.testing.assert_allclose([a["expected_gain"] for a in answers], batch["expected_gain"].head(40), atol=1e-9)
+    assert set(answers[0]["expected"]) == {"No offer", "Free month"}
