@@ -1,4 +1,5 @@
-"""`c360 score` (batch scores into Parquet and the online store) and `c360 serve` (the HTTP service)."""
+"""`c360 score` (batch scores into Parquet and the online store; with `--model`, a table model's scores of a table) and
+`c360 serve` (the HTTP service)."""
 
 from __future__ import annotations
 
