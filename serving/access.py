@@ -67,6 +67,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/predict_churn", EVERYONE, "BentoML API: churn predictions", customers=True),
     Route("POST", "/predict_clv", EVERYONE, "BentoML API: 12-month value predictions", customers=True),
     Route("POST", "/predict_nba", EVERYONE, "BentoML API: next best action predictions", customers=True),
+    Route("POST", "/models/{name}/predict", frozenset({"admin", "service"}),
+          "a table model's predictions (rows in its table's own columns)"),
     Route("GET", "/customers", frozenset({"admin", "csm"}), "the customers with an e-mail address", customers=True),
     Route("POST", "/admin/reload", ADMIN, "reload the champions"),
     Route("POST", "/admin/privacy/export", ADMIN, "export everything held on a person", customers=True),

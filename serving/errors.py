@@ -3,7 +3,7 @@
 * `NotFound` → 404; `Conflict` → 409; `Invalid` and malformed requests → 422, shaped as FastAPI's own validation errors;
 * `Unavailable` → 503 naming the failing component (online store, warehouse, model registry, ...) and what to do.
   The cause — file paths, process ids, the exception's text — goes to the server log, not to the client;
-* a body over the limit → 413 (`serving.limits`).
+* a body over the limit → 413 (`serving.limits`), and so is `TooLarge`: too many rows for one request.
 
 Each is also BentoML's exception of its status, so the `@bentoml.api` methods answer the same codes (BentoML's own
 body: `[{"error": ...}]`; a 503's message goes to the log only, BentoML hides any 5xx's).
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from http import HTTPStatus
 from typing import Any
 
 from bentoml import exceptions
@@ -42,6 +43,12 @@ class Invalid(exceptions.UnprocessableEntity, ValueError):
 
 class Conflict(ValueError):
     """A name already taken (an audience's): a 409."""
+
+
+class TooLarge(exceptions.BentoMLException, ValueError):
+    """More rows than one request may carry: a 413."""
+
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
 class Moved(LookupError):
@@ -96,6 +103,10 @@ def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=404)
 
 
+def _too_large(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=413)
+
+
 def _moved(request: Request, exc: Exception) -> JSONResponse:
     """308 keeps the method and (same origin) the Authorization header: curl -L, fetch and httpx follow it."""
     assert isinstance(exc, Moved)
@@ -115,5 +126,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Invalid, _invalid)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
+    app.add_exception_handler(TooLarge, _too_large)
     app.add_exception_handler(Moved, _moved)
     app.add_exception_handler(Unavailable, _unavailable)

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from c360.core import consent
+from c360.training.explain import top_k
 
 K = 3
 # Probability thresholds of the churn risk bands (90 days): below 10 % low, below 25 % medium, else high.
@@ -126,23 +127,6 @@ def _escape(text: pa.Array) -> pa.Array:
         for char in _CONTROL:
             text = pc.replace_substring(text, char, f"\\u{ord(char):04x}")
     return text
-
-
-def top_k(contributions: np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the column indices of the k largest |contributions|, strongest first, and those contributions.
-
-    Index -1 marks a slot without a reason (a contribution of exactly 0: the feature did not move the score)."""
-    n, width = contributions.shape
-    k = min(k, width)
-    if k == 0:
-        return np.full((n, 0), -1), np.zeros((n, 0))
-    size = np.abs(contributions)
-    part = np.argpartition(-size, k - 1, axis=1)[:, :k] if k < width else np.tile(np.arange(width), (n, 1))
-    order = np.argsort(-np.take_along_axis(size, part, axis=1), axis=1, kind="stable")
-    index = np.take_along_axis(part, order, axis=1)
-    chosen = np.take_along_axis(contributions, index, axis=1)
-    index = np.where((chosen == 0) | np.isnan(chosen), -1, index)
-    return index, np.where(index < 0, 0.0, chosen)
 
 
 def value_text(values: np.ndarray) -> np.ndarray:

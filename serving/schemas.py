@@ -251,9 +251,25 @@ class NbaPredictions(BaseModel):
     predictions: list[NbaPrediction]
 
 
+class TableRows(BaseModel):
+    rows: list[dict[str, Any]] = Field(min_length=1, description="rows in the columns of the model's training "
+                                                                 "table, values as JSON numbers, text, true/false "
+                                                                 "or null (up to 1,000 rows)")
+
+
+class TablePredictions(BaseModel):
+    model: str = Field(description="registered model name, c360-NAME")
+    version: int = Field(description="the @champion version that answered")
+    predictions: list[dict[str, Any]] = Field(description="per row: churn_probability and reasons [{feature, "
+                                                          "contribution}], or recommended, expected_gain and "
+                                                          "expected {arm: outcome}; the id column when sent")
+
+
 class Status(BaseModel):
     ready: bool
     models: dict[str, int] = Field(description="loaded champion version per model")
+    table_models: dict[str, int] = Field(default_factory=dict, description="loaded @champion version per table "
+                                                                           "model, by NAME")
     online_store: str
     problem: str | None = None
 

@@ -7,6 +7,8 @@ Thin by design — every answer comes from plain functions: `serving.profile` (p
 * `GET /customers/{customer_id}/profile` — past, present, future and freshness (`?details=true`: identity and
   the warehouse's lists too);
 * `POST /predict/churn`, `/predict/clv`, `/predict/nba` — up to 100 customer ids, or raw feature rows;
+* `POST /models/{name}/predict` — a promoted table model's answers for rows in its table's own columns
+  (`serving.table_models`: every table model's `@champion`, reloaded by the same polling as the champions);
 * `GET /customers?email=` — the customers with that e-mail address (`serving.lookup`);
 * `GET /ui` — the profile page for customer-success managers (`serving.ui`: one static page over this API);
 * `POST /admin/reload` — reload the champions whose `@champion` alias moved (the service also polls every
@@ -94,7 +96,11 @@ from c360.serving.schemas import (
     Profile,
     Reloaded,
     Status,
+    TablePredictions,
+    TableRows,
 )
+from c360.serving.table_models import TableModels
+from c360.training.table_models import NAME as TABLE_MODEL
 
 log = logging.getLogger(__name__)
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -144,8 +150,10 @@ class C360:
         self.problem: str | None = None
         self.ctx: Context | None = None
         self.hidden = Hidden(self.settings)  # people with an erasure request: unknown to every answer
+        self.tables = TableModels(self.settings.home)
         self._stop = threading.Event()
         self._load()
+        self._refresh_tables()
         seconds = float(os.environ.get("C360_RELOAD_SECONDS", "30"))
         if seconds > 0:
             threading.Thread(target=self._poll, args=(seconds,), daemon=True, name="c360-champion-poll").start()
@@ -166,12 +174,20 @@ class C360:
             self.problem = "the service failed to start: see the server log"
             log.exception("c360 service not ready")
 
+    def _refresh_tables(self) -> None:
+        """The table models, apart from the champions: they need no feature store."""
+        try:
+            self.tables.refresh()
+        except Exception as e:  # keep serving the loaded versions
+            log.warning("table models not refreshed: %s", e)
+
     def _poll(self, seconds: float) -> None:
         while not self._stop.wait(seconds):
             try:
                 self.reload_champions()
             except Exception as e:  # keep serving the loaded versions; status says why
                 log.warning("champion poll failed: %s", e)
+            self._refresh_tables()
 
     def reload_champions(self) -> dict[str, tuple[int | None, int]]:
         if self.ctx is None:
@@ -268,6 +284,18 @@ class C360:
     async def rest_predict_nba(self, request: ByIds | NbaRows) -> Response:
         return await self._predict("nba", request)
 
+    @app.post("/models/{name}/predict", response_model=TablePredictions,
+              responses={**ERRORS, 404: {"model": Error, "description": "no promoted table model of this name"},
+                         413: {"model": Error, "description": "over 1,000 rows, or a body over the limit"}},
+              summary="A table model's answers for rows in its table's own columns")
+    async def table_predict(
+        self, name: Annotated[str, Path(pattern=TABLE_MODEL, description="the model's NAME")],
+        request: TableRows,
+    ) -> Response:
+        loaded = self.tables.get(name)
+        predictions = await anyio.to_thread.run_sync(loaded.predict, request.rows)
+        return _json({"model": loaded.name, "version": loaded.version, "predictions": predictions})
+
     # ------------------------------------------------------------------ BentoML APIs (POST /<name>), for
     # BentoML's clients: the REST routes' answers; errors as BentoML answers them (`serving.errors`).
 
@@ -313,7 +341,8 @@ class C360:
         if problem is None and ctx is not None and not ctx.champions.ready:
             problem = str(RegistryUnavailable(ctx.champions.error or "champion models not loaded"))
         body = {"ready": problem is None, "models": ctx.champions.versions() if ctx else {},
-                "online_store": self.settings.online_store, "problem": problem}
+                "table_models": self.tables.versions(), "online_store": self.settings.online_store,
+                "problem": problem}
         return Response(profiles.dumps(body), status_code=200 if problem is None else 503,
                         media_type="application/json")
 

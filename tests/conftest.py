@@ -85,6 +85,25 @@ def home_over_resolved(resolved: tuple[Path, Path], tmp_path_factory: pytest.Tem
     return make
 
 
+@pytest.fixture(scope="session")
+def home_with_snapshots(home_over_resolved):
+    """A function making a fresh C360_HOME over the resolved company with feature snapshots every 4 weeks, going
+    `history_days` back from the data's end, applied to Feast."""
+    from c360.core import warehouse
+    from c360.features import compute, store
+
+    def make(name: str, history_days: int):
+        s = home_over_resolved(name)
+        with warehouse.connect(s, read_only=True) as con:
+            for day in compute.as_of_dates(con, warehouse.data_end(con), None, history_days=history_days,
+                                           every_days=28):
+                store.write_snapshot(s, compute.build(con, day))
+        store.apply(s)
+        return s
+
+    return make
+
+
 # ---------------------------------------------------------------- headless Chromium (Debian package) via Playwright
 
 CHROMIUM = Path("/usr/bin/chromium")

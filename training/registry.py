@@ -11,6 +11,8 @@ names the two groups. The limit holds for a first champion too; the margin needs
 
 Rollback (`rollback`) moves `@champion` back to the version it took over from: the `gate.champion` tag of the
 version promoted over it. The champions' history is that chain of tags, so a second rollback goes one further back.
+A table model (`c360-NAME`, `training.table_models`) has its kind's gate (`table_models.GATES`); its test
+period is its table and folds.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from c360.core.settings import Settings
+from c360.training import table_models
 from c360.training.fairness import NOT_MEASURED, gap_metric
 from c360.training.specs import CHURN, CLV, NBA, Better, Gate, Guard
 from c360.training.tracking import CHALLENGER, CHAMPION, ModelNotFound, version_by_alias
 
-__all__ = ["Better", "Gate", "Guard", "Limits", "promote", "rollback"]
+__all__ = ["Better", "Gate", "Guard", "Limits", "promote", "promote_table", "rollback"]
 TEST_PERIOD = "test_period"
 _EPS = 1e-12  # so that a gain of exactly the margin passes despite float rounding
 
@@ -235,3 +238,12 @@ def rollback(client: MlflowClient, name: str, reason: str) -> Rollback:
         for key, value in tags.items():
             client.set_model_version_tag(name, str(version), key, value)
     return Rollback(name, int(current.version), int(previous), reason)
+
+
+def promote_table(client: MlflowClient, name: str) -> Decision:
+    """`promote` for the table model `name` (`c360-NAME`), with its kind's gate; `ModelNotFound` when `name` is no
+    table model."""
+    kind = table_models.table_models(client).get(name, {}).get("kind")
+    if kind not in table_models.GATES:
+        raise ModelNotFound(f"no table model named {name!r}: `c360 train churn|nba --table FILE --name NAME` makes one")
+    return promote(client, name, table_models.GATES[kind])

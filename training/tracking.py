@@ -53,6 +53,7 @@ from c360.training import saved
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from mlflow.models import ModelSignature
     from mlflow.models.model import ModelInfo
 
 Flavor = Literal["lightgbm", "sklearn", "pyfunc"]
@@ -158,13 +159,15 @@ def _requirements(flavor: Flavor) -> list[str]:
     return list(dict.fromkeys(pinned))
 
 
-def _log_model(model: Any, flavor: Flavor, example: pd.DataFrame, requirements: Sequence[str] | None) -> ModelInfo:
-    """The model under the run's `model`, with a signature of `example`'s column types and the pyfunc's output."""
+def _log_model(model: Any, flavor: Flavor, example: pd.DataFrame, requirements: Sequence[str] | None,
+               signature: ModelSignature | None = None) -> ModelInfo:
+    """The model under the run's `model`, with `signature`, by default one of `example`'s column types and the
+    pyfunc's output."""
     output = model.predict_proba(example) if flavor == "sklearn" and hasattr(model, "predict_proba") else None
     common: dict[str, Any] = {
         "name": "model",  # MLflow 3: `name`, not the deprecated `artifact_path`
         "input_example": example,
-        "signature": infer_signature(example, model.predict(example) if output is None else output),
+        "signature": signature or infer_signature(example, model.predict(example) if output is None else output),
         "pip_requirements": list(requirements) if requirements is not None else _requirements(flavor),
     }
     if flavor == "lightgbm":
@@ -244,6 +247,7 @@ def log_training_run(
     target: str | None = None,
     pip_requirements: Sequence[str] | None = None,
     home: Path | None = None,
+    signature: ModelSignature | None = None,
 ) -> ModelVersion:
     """Logs one training run in experiment `experiment` and registers its model as the new `@challenger`.
 
@@ -251,7 +255,8 @@ def log_training_run(
     `baseline.<name>.<metric>`. `dataset` is one DataFrame (the training set) or a mapping context -> DataFrame
     ("training", "test"); `target` names its label column. `tags` go on the run and on the model version; the
     promotion gate needs `test_period`. Figures land under `plots/` as PNG, DataFrames under `tables/` as CSV
-    (dicts as JSON), the card in `model_card.md` and the version's description. Returns the registered version.
+    (dicts as JSON), the card in `model_card.md` and the version's description. `signature` replaces the one
+    inferred from `input_example`. Returns the registered version.
     """
     home = _home(home)
     client = configure(home)
@@ -261,7 +266,7 @@ def log_training_run(
         with warnings.catch_warnings():  # integers refuse missing values: on purpose (module docstring)
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
             inputs = _log_datasets(dataset, dataset_name, target)
-            info = _log_model(model, flavor, input_example, pip_requirements)
+            info = _log_model(model, flavor, input_example, pip_requirements, signature)
         mlflow.log_metrics(_all_metrics(metrics, baselines), model_id=info.model_id, dataset=inputs.get("test"))
         _log_report(figures, tables, model_card)
     _protect(home)

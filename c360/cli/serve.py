@@ -1,4 +1,5 @@
-"""`c360 score` (batch scores into Parquet and the online store) and `c360 serve` (the HTTP service)."""
+"""`c360 score` (batch scores into Parquet and the online store; with `--model`, a table model's scores of a table) and
+`c360 serve` (the HTTP service)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ def score(
     customers: Annotated[Path | None, typer.Option(help="only these customers: one id per line, or a CSV / Parquet "
                                                         "with a customer_id column [default: every customer]")] = None,
     chunk_size: Annotated[int, typer.Option(min=1, help="customers per resumable chunk")] = 100_000,
+    model: Annotated[str | None, typer.Option(
+        help="a table model's NAME (`c360 train churn|nba --table`): score --table with it instead")] = None,
+    table_path: Annotated[Path | None, typer.Option(
+        "--table", help="with --model: the CSV or Parquet table to score, in the training table's columns")] = None,
+    out: Annotated[Path | None, typer.Option(help="with --model: where the scores go, .csv or .parquet")] = None,
+    alias: Annotated[str, typer.Option(help="with --model: the version to use, by alias")] = "champion",
     as_json: Json = False,
 ) -> dict:
     """Score every customer with the champion churn, CLV and next-best-action models, with top-3 reasons.
@@ -25,7 +32,16 @@ def score(
     Writes dated Parquet under C360_HOME/scores and pushes the latest scores into the online store (feature view
     `predictions`), where the service reads them. Re-running resumes an interrupted run and changes nothing after a
     complete one; a new snapshot or champion makes a new run.
+
+    With --model NAME --table FILE --out FILE: score your own table with a table model instead (churn probability
+    and top-3 reasons, or the recommended action and its expected gain, per row).
     """
+    if model is not None or table_path is not None or out is not None:
+        if model is None or table_path is None or out is None:
+            raise fail("scoring a table needs --model, --table and --out together")
+        if customers is not None:
+            raise fail("--customers scores the feature store's customers: it does not go with --model")
+        return _score_table(model, table_path, out, alias, as_json)
     from c360.serving import batch
     from c360.serving.errors import Unavailable
 
@@ -79,6 +95,28 @@ def refresh_audiences(s: Settings) -> list[Any]:
         return audiences.refresh(s)
 
 
+def _score_table(model: str, path: Path, out: Path, alias: str, as_json: bool) -> dict:
+    """`c360 score --model`: a table model's predictions for a table, written to `out`; an audit record (the
+    table's rows are not c360's customers, so it names none)."""
+    from c360.serving.table_models import score_table, write_scores
+    from c360.training.table_models import SchemaError
+    from c360.training.tables import read_table
+
+    s, started = Settings(), time.time()
+    with audited(s, "c360 score --model", []):
+        try:
+            scores, version = score_table(s.home, model, read_table(path), alias)
+            write_scores(scores, out)
+        except (LookupError, SchemaError) as e:
+            raise fail(f"{path.name}: {e}" if isinstance(e, SchemaError) else str(e)) from None
+        except ValueError as e:
+            raise fail(str(e)) from None
+    name = f"c360-{model.removeprefix('c360-')}"
+    record_run(s, "score --model", started, model=name, version=version, rows=len(scores), out=out)
+    return emit({"model": name, "version": version, "alias": alias, "rows": len(scores), "out": out}, as_json,
+                f"{len(scores):,} rows of {path.name} scored with {name} v{version} (@{alias}): {out}")
+
+
 def serve(
     port: Annotated[int, typer.Option(help="port to listen on")] = 3000,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
@@ -86,7 +124,8 @@ def serve(
 ) -> None:
     """Start the profile and prediction service (BentoML) on C360_HOME; Ctrl-C stops it.
 
-    Endpoints: GET /customers/{id}/profile, POST /predict/churn|clv|nba, POST /admin/reload, GET /status,
+    Endpoints: GET /customers/{id}/profile, POST /predict/churn|clv|nba, POST /models/{name}/predict (every
+    promoted table model), POST /admin/reload, GET /status,
     /healthz, /readyz, /metrics (Prometheus, by route), /ui (profile page); OpenAPI at /docs.json, Swagger UI at /.
     Requests carry `Authorization: Bearer KEY` (`c360 keys create`); C360_AUTH=off (no keys) binds loopback only.
     C360_RELOAD_SECONDS sets how often the champions are polled (default 30); C360_TRACING=1 keeps BentoML's

@@ -26,6 +26,9 @@ train_app = typer.Typer(help="Train models on the feature store (or on your own 
 TableOption = Annotated[Path | None, typer.Option("--table", help="your own CSV or Parquet table (no feature store)")]
 Excluded = Annotated[list[str] | None, typer.Option("--exclude", help="columns that are not features (repeatable)")]
 Folds = Annotated[int, typer.Option(min=2, help="with --table: outer cross-validation folds")]
+NameOption = Annotated[str | None, typer.Option(
+    "--name", help="with --table: the model's name, registered as c360-NAME (lowercase letters, digits, dashes) "
+                   "[default: the file's name]")]
 
 
 @train_app.command("churn")
@@ -35,17 +38,19 @@ def train_churn(
     id_column: Annotated[str | None, typer.Option("--id", help="with --table: the customer id column")] = None,
     exclude: Excluded = None,
     folds: Folds = 5,
+    name: NameOption = None,
     as_json: Json = False,
 ) -> dict:
     """Churn within 90 days: LightGBM (calibrated) vs logistic regression, time split over the feature snapshots,
     logged to MLflow and registered as c360-churn@challenger. With --table: nested k-fold on your table, where an
-    inner cross-validation chooses between logistic regression, default LightGBM and tuned LightGBM."""
+    inner cross-validation chooses between logistic regression, default LightGBM and tuned LightGBM, registered as
+    c360-NAME@challenger."""
     if table_path:
         if not label:
             raise fail("--table needs --label: the column saying whether the customer churned")
         from c360.training.table_churn import train_churn_table
 
-        return _train_table("churn", table_path, as_json, lambda df: train_churn_table(
+        return _train_table("churn", table_path, name, as_json, lambda df: train_churn_table(
             df, label, id_column, folds=folds, exclude=exclude or []))
     from c360.training.pipeline import train_churn as run
 
@@ -127,10 +132,12 @@ def train_nba(
     )] = 1.0,
     exclude: Excluded = None,
     folds: Folds = 5,
+    name: NameOption = None,
     as_json: Json = False,
 ) -> dict:
     """Next best action: multi-arm uplift (LightGBM) from the company's randomized campaign waves (train on the
-    earlier waves, test on the last, registered as c360-nba) — or, with --table, from your own experiment table."""
+    earlier waves, test on the last, registered as c360-nba) — or, with --table, from your own experiment table
+    (registered as c360-NAME)."""
     if not table_path:
         return _train_nba_pipeline(as_json)
     if not (treatment and control and outcome):
@@ -140,7 +147,7 @@ def train_nba(
     costs = {arm: amount / value for arm, amount in (_cost(c) for c in cost or [])}  # in outcome units
     from c360.training.table_nba import train_nba_table
 
-    return _train_table("nba", table_path, as_json, lambda df: train_nba_table(
+    return _train_table("nba", table_path, name, as_json, lambda df: train_nba_table(
         df, treatment, control, outcome, id_column, costs=costs or None, folds=folds, exclude=exclude or []))
 
 
@@ -177,30 +184,34 @@ def _cost(text: str) -> tuple[str, float]:
         raise typer.BadParameter(f"--cost takes ARM=NUMBER, got {text!r}") from None
 
 
-def _train_table(kind: Literal["churn", "nba"], path: Path, as_json: bool,
+def _train_table(kind: Literal["churn", "nba"], path: Path, name: str | None, as_json: bool,
                  train: Callable[[pd.DataFrame], Any]) -> dict:
-    from c360.training.table_models import NAMES, log_table_result
+    from c360.training import tracking
+    from c360.training.table_models import check_table, log_table_result, model_name
     from c360.training.tables import read_table
 
     s, started = Settings(), time.time()
     try:
+        registered = model_name(name, path.name)
         frame = read_table(path)
+        check_table(tracking.configure(s.home), registered, kind, frame)  # before training: refused, nothing done
         with stderr.status(f"training {kind} on {path.name}"):
             result = train(frame)
+        version = log_table_result(result, kind=kind, table_name=path.name, home=s.home, name=name, table=frame)
     except ValueError as e:
         raise fail(str(e)) from None
     for line in result.warnings:
         stderr.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
-    version = log_table_result(result, kind=kind, table_name=path.name, home=s.home)
-    record_run(s, f"train {kind} --table", started, table=path, version=version.version)
-    shown = {name: frame for name, frame in result.tables.items() if name in ("summary", "arms", "policy_values")}
+    record_run(s, f"train {kind} --table", started, table=path, model=registered, version=version.version)
+    shown = {key: rows for key, rows in result.tables.items() if key in ("summary", "arms", "policy_values")}
     headline = ("roc_auc", "roc_auc_sd") if kind == "churn" else ("qini", "qini_sd")
-    return emit({"model": NAMES[kind], "version": int(version.version), "run_id": version.run_id, "table": path,
+    return emit({"model": registered, "version": int(version.version), "run_id": version.run_id, "table": path,
                  **{k: result.metrics.get(k) for k in headline}, "chosen": result.params.get("chosen_model"),
                  "candidates": result.baselines, "warnings": result.warnings, "metrics": result.metrics, **shown},
                 as_json,
-                *(table(name, frame) for name, frame in shown.items()),
-                f"registered {NAMES[kind]} v{version.version} @challenger (run {version.run_id})")
+                *(table(key, rows) for key, rows in shown.items()),
+                f"registered {registered} v{version.version} @challenger (run {version.run_id}); "
+                f"`c360 promote {registered.removeprefix('c360-')}` moves @champion if it passes the gate")
 
 
 @train_app.command("all")
@@ -209,8 +220,11 @@ def train_all(as_json: Json = False) -> dict:
     return emit({"churn": train_churn(), "clv": train_clv(), "nba": _train_nba_pipeline()}, as_json)
 
 
+ModelName = Annotated[str, typer.Argument(help="churn, clv or nba (feature-store models), or a table model's NAME")]
+
+
 def promote(
-    model: Annotated[Model, typer.Argument(help="which model")],
+    model: ModelName,
     rollback: Annotated[bool, typer.Option(
         "--rollback", help="move @champion back to the champion it took over from (needs --reason)")] = False,
     reason: Annotated[str | None, typer.Option(
@@ -218,56 +232,69 @@ def promote(
              "trail); recorded in MLflow, the audit trail and the run log")] = None,
     as_json: Json = False,
 ) -> dict:
-    """Move @champion to @challenger when it beats the champion on the same test period by the gate's margin,
-    regresses no guard metric and treats groups no more differently than the fairness settings allow; print why
-    otherwise. Gates: `training/specs.py`. With --rollback: back to the previous champion."""
+    """Move @champion to @challenger when it beats the champion on the same test period (a table model: the same
+    table and folds) by the gate's margin, regresses no guard metric and treats groups no more differently than the
+    fairness settings allow; print why otherwise. Gates: `training/specs.py`, `training/table_models.py`. With
+    --rollback: back to the previous champion."""
     from c360.training import tracking
     from c360.training.registry import promote as run
+    from c360.training.registry import promote_table
+    from c360.training.table_models import model_name
 
     if rollback:
         return _rollback(model, reason, as_json)
     if reason is not None:
         raise fail("--reason goes with --rollback")
-    s, spec = Settings(), MODELS[model]
+    s = Settings()
     try:
-        decision = run(tracking.configure(s.home), spec.name, spec.gate)
-    except LookupError as e:
+        client = tracking.configure(s.home)
+        if model in MODELS:
+            name = MODELS[model].name
+            decision = run(client, name, MODELS[model].gate)
+        else:
+            name = model_name(model, model)
+            decision = promote_table(client, name)
+    except (LookupError, ValueError) as e:
         raise fail(str(e)) from None
-    return emit({"model": spec.name, **asdict(decision)}, as_json, f"{spec.name}: {decision}")
+    return emit({"model": name, **asdict(decision)}, as_json, f"{name}: {decision}")
 
 
 MAX_REASON = 200
 PERSONAL = re.compile(r"@|\d{6,}")  # an e-mail address, a phone number or an id: none belongs in a reason
 
 
-def _rollback(model: Model, reason: str | None, as_json: bool) -> dict:
+def _rollback(model: str, reason: str | None, as_json: bool) -> dict:
     """`c360 promote MODEL --rollback --reason TEXT`: MLflow tags, an audit record and a run log entry."""
     from c360.training import tracking
     from c360.training.registry import rollback
+    from c360.training.table_models import model_name
 
     if not reason or not reason.strip():
         raise fail("--rollback needs --reason: why the champion is rolled back")
     if len(reason) > MAX_REASON or PERSONAL.search(reason):
         raise fail(f"--reason must be at most {MAX_REASON} characters about the model, without e-mail addresses, "
                    "phone numbers or ids: it is kept in the audit trail")
-    s, spec, started, reason = Settings(), MODELS[model], time.time(), reason.strip()
+    s, started, reason = Settings(), time.time(), reason.strip()
     with audited(s, f"c360 promote {model} --rollback --reason {json.dumps(reason)}", []):
         try:
-            done = rollback(tracking.configure(s.home), spec.name, reason)
-        except LookupError as e:
+            name = MODELS[model].name if model in MODELS else model_name(model, model)
+            done = rollback(tracking.configure(s.home), name, reason)
+        except (LookupError, ValueError) as e:
             raise fail(str(e)) from None
-    record_run(s, f"promote {model} --rollback", started, model=spec.name, rolled_back=done.rolled_back,
+    record_run(s, f"promote {model} --rollback", started, model=name, rolled_back=done.rolled_back,
                champion=done.champion, reason=done.reason)
-    return emit(asdict(done), as_json, f"{spec.name}: @champion rolled back from v{done.rolled_back} to "
+    return emit(asdict(done), as_json, f"{name}: @champion rolled back from v{done.rolled_back} to "
                                         f"v{done.champion} ({done.reason}); the service follows at its next poll")
 
 
 def champions(as_json: Json = False) -> dict:
-    """Each model's @champion and @challenger: version and MLflow run id."""
+    """Each model's @champion and @challenger (the feature store's and the table models): version and run id."""
     from c360.training import tracking
+    from c360.training.table_models import table_models
 
     client, rows = tracking.configure(Settings().home), []
-    for name in (spec.name for spec in MODELS.values()):
+    names = [*(spec.name for spec in MODELS.values()), *sorted(table_models(client))]
+    for name in names:
         for alias in (tracking.CHAMPION, tracking.CHALLENGER):
             try:
                 v = tracking.version_by_alias(client, name, alias)

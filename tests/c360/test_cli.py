@@ -249,7 +249,7 @@ def test_train_on_your_own_tables(home: Path, tmp_path: Path, monkeypatch: pytes
                                                                                      index=False)
     out = c360("train", "churn", "--table", str(tmp_path / "telco.csv"), "--label", "Churn", "--id", "customerID",
                "--folds", "3")
-    assert "registered c360-table-churn v1 @challenger" in out
+    assert "registered c360-telco v1 @challenger" in out
     arm = rng.choice(["No offer", "Free month"], n)
     bought = rng.random(n) < 0.1 + 0.1 * ((arm == "Free month") & (charges > 70))
     pd.DataFrame({"charges": charges, "offer": arm, "renewed": bought.astype(int)}).to_csv(tmp_path / "exp.csv",
@@ -259,9 +259,9 @@ def test_train_on_your_own_tables(home: Path, tmp_path: Path, monkeypatch: pytes
     from c360.training import tracking
 
     client = tracking.configure(home)
-    challenger = tracking.version_by_alias(client, "c360-table-nba", tracking.CHALLENGER)
+    challenger = tracking.version_by_alias(client, "c360-exp", tracking.CHALLENGER)
     assert (trained["model"], trained["version"], trained["run_id"]) == \
-        ("c360-table-nba", int(challenger.version), challenger.run_id)
+        ("c360-exp", int(challenger.version), challenger.run_id)
     logged = client.get_run(challenger.run_id).data.metrics
     assert trained["metrics"] == pytest.approx({k: v for k, v in logged.items() if not k.startswith("baseline.")})
     assert trained["candidates"]["t_learner_linear"]["qini"] == pytest.approx(logged["baseline.t_learner_linear.qini"])

@@ -110,9 +110,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(s: Settings, workers: int, reload_seconds: int, root: Path) -> Iterator[str]:
+def running(s: Settings, workers: int, reload_seconds: int, root: Path, ready: str = "/readyz") -> Iterator[str]:
     """A real `bentoml serve` over `s`'s home on a free port (what `c360 serve` runs), its BentoML home and log
-    under `root`; yields its URL."""
+    under `root`, once `ready` answers (`/healthz` for a home without a feature store); yields its URL."""
     port = free_port()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BENTOML_HOME", str(root / "bentoml"))
@@ -124,7 +124,7 @@ def running(s: Settings, workers: int, reload_seconds: int, root: Path) -> Itera
         process = start(command, env, out)
     try:
         try:
-            wait_ready(f"{url}/readyz", process)
+            wait_ready(f"{url}{ready}", process)
         except RuntimeError as e:
             raise RuntimeError(f"{e}\n{log.read_text()[-3000:]}") from None
         yield url

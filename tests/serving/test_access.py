@@ -31,16 +31,18 @@ from tests.serving.conftest import bearer
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = {"customer_id": "{customer}", "request_id": "0123456789abcdef", "file": "swagger-ui.css",
-          "name": "no_such_audience"}
+          "name": "no-such-name"}
 BODIES = {"/profile": {"customer_id": "{customer}", "details": True}, "/admin/reload": None,
           "/events": {"events": []}, "/admin/privacy/export": {"customer_id": "{customer}"},
           "/admin/privacy/erase": {"customer_id": "{customer}"},
-          "/audiences": {"name": "never_created", "where": "no_such_field = 1"}}
+          "/audiences": {"name": "never_created", "where": "no_such_field = 1"},
+          "/models/{name}/predict": {"rows": [{"x": 1}]}}
 NOT_CALLED_WITH_A_ROLE_THAT_MAY = {"POST /admin/privacy/erase"}  # it would erase the shared home's customer
-# What a role that may call the route gets for the request above, when not a 2xx: no such request or audience (404),
-# a filter refused (422) so the shared home gains no audience; never 401/403.
+# What a role that may call the route gets for the request above, when not a 2xx: no such request, audience or
+# table model (404), a filter refused (422) so the shared home gains no audience; never 401/403.
 ANSWER_TO_A_ROLE_THAT_MAY = {"GET /admin/privacy/requests/{request_id}": 404, "GET /audiences/{name}": 404,
-                             "GET /audiences/{name}/export": 404, "POST /audiences": 422}
+                             "GET /audiences/{name}/export": 404, "POST /audiences": 422,
+                             "POST /models/{name}/predict": 404}
 
 
 # ---------------------------------------------------------------- the customer and what the warehouse holds on them

@@ -10,9 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from c360.core import warehouse
 from c360.core.settings import Settings
-from c360.features import compute, store
 from c360.training import fairness, pipeline, tracking
 from c360.training.registry import Limits, promote
 from c360.training.specs import CHURN
@@ -53,13 +51,8 @@ def test_the_action_threshold_is_the_high_risk_band_of_serving() -> None:
 
 
 @pytest.fixture(scope="module")
-def home(home_over_resolved, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    s = home_over_resolved("fair_home")
-    with warehouse.connect(s, read_only=True) as con:
-        for day in compute.as_of_dates(con, warehouse.data_end(con), None, history_days=400, every_days=28):
-            store.write_snapshot(s, compute.build(con, day))
-    store.apply(s)
-    return s
+def home(home_with_snapshots) -> Settings:
+    return home_with_snapshots("fair_home", history_days=400)
 
 
 def corrupted(examples):

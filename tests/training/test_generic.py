@@ -17,9 +17,9 @@ from mlflow.exceptions import MlflowException
 
 from c360.training import tracking
 from c360.training.table_churn import train_churn_table
-from c360.training.table_models import TableChurnModel, TableNbaModel, TableResult, log_table_result
+from c360.training.table_models import SchemaError, TableChurnModel, TableNbaModel, TableResult, log_table_result
 from c360.training.table_nba import train_nba_table
-from c360.training.tables import read_table
+from c360.training.tables import read_table, tidy
 
 ARMS = ("No offer", "10% discount", "Free month")
 
@@ -174,7 +174,7 @@ def test_churn_end_to_end_on_a_telco_export(churn_result: TableResult, folder: P
     assert "leakage" not in card and not r.warnings
 
     scored = r.model.predict(read_table(folder / "telco.csv").head(20))
-    assert list(scored.columns) == ["customerID", "churn_probability"]
+    assert list(scored.columns[:3]) == ["customerID", "churn_probability", "reason_1"]
     assert scored["churn_probability"].between(0, 1).all() and scored["churn_probability"].nunique() > 1
 
 
@@ -257,8 +257,12 @@ def test_nba_end_to_end_on_a_three_arm_test(nba_result: TableResult, folder: Pat
     assert "Imbalance" not in card and "Possible leakage" not in card
 
     scored = r.model.predict(read_table(folder / "offers.csv").head(50))
-    assert list(scored.columns) == ["recommended", *[f"expected: {arm}" for arm in ARMS]]
+    assert list(scored.columns) == ["recommended", "expected_gain", *[f"expected: {arm}" for arm in ARMS]]
     assert set(scored["recommended"]) <= set(ARMS)
+    net = scored.filter(like="expected: ").set_axis(list(ARMS), axis=1) - pd.Series(r.model.costs).reindex(
+        list(ARMS), fill_value=0.0)  # the gain is net of costs
+    best = net.to_numpy()[np.arange(len(scored)), [ARMS.index(a) for a in scored["recommended"]]]
+    np.testing.assert_allclose(scored["expected_gain"], best - net[ARMS[0]], atol=1e-12)
 
 
 def test_nba_on_an_amount_with_numeric_arms_and_a_post_treatment_column():
@@ -307,10 +311,13 @@ def test_nba_rejects_bad_inputs_with_clear_errors():
 
 
 @pytest.fixture(scope="module")
-def registered(churn_result: TableResult, nba_result: TableResult, mlflow_home: Path) -> dict[str, ModelVersion]:
+def registered(churn_result: TableResult, nba_result: TableResult, mlflow_home: Path,
+               folder: Path) -> dict[str, ModelVersion]:
     return {
-        "churn": log_table_result(churn_result, kind="churn", table_name="telco.csv", home=mlflow_home),
-        "nba": log_table_result(nba_result, kind="nba", table_name="offers.csv", home=mlflow_home),
+        "churn": log_table_result(churn_result, kind="churn", table_name="telco.csv", home=mlflow_home,
+                                  table=read_table(folder / "telco.csv")),
+        "nba": log_table_result(nba_result, kind="nba", table_name="offers.csv", home=mlflow_home,
+                                table=read_table(folder / "offers.csv")),
     }
 
 
@@ -320,7 +327,7 @@ def test_log_table_result_registers_challengers_that_load_back(
 ):
     churn_version, nba_version = registered["churn"], registered["nba"]
     client: MlflowClient = tracking.configure(mlflow_home)
-    for version, name in ((churn_version, "c360-table-churn"), (nba_version, "c360-table-nba")):
+    for version, name in ((churn_version, "c360-telco"), (nba_version, "c360-offers")):
         assert version.name == name and version.aliases == ["challenger"] and version.run_id
         assert version.tags["source_table"] in {"telco.csv", "offers.csv"} and "-fold on" in version.tags["test_period"]
         assert "Source table:" in version.description
@@ -329,16 +336,16 @@ def test_log_table_result_registers_challengers_that_load_back(
     assert run.data.metrics["roc_auc"] == pytest.approx(churn_result.metrics["roc_auc"])
     assert "baseline.logistic.roc_auc" in run.data.metrics
     assert run.data.params["label"] == "Churn"
-    assert client.get_experiment(run.info.experiment_id).name == "c360-table-churn"
+    assert client.get_experiment(run.info.experiment_id).name == "c360-telco"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/roc.png", "plots/calibration.png", "plots/shap_summary.png"}
     assert "qini_auc.Free_month" in client.get_run(nba_version.run_id).data.metrics
 
-    model, _ = tracking.load_model("c360-table-churn", "challenger", "pyfunc", home=mlflow_home)
+    model, _ = tracking.load_model("c360-telco", "challenger", "pyfunc", home=mlflow_home)
     assert isinstance(model, TableChurnModel)
     sample = read_table(folder / "telco.csv").head(30)
     pd.testing.assert_frame_equal(model.predict(sample), churn_result.model.predict(sample))
-    nba, _ = tracking.load_model("c360-table-nba", "challenger", "pyfunc", home=mlflow_home)
+    nba, _ = tracking.load_model("c360-offers", "challenger", "pyfunc", home=mlflow_home)
     assert isinstance(nba, TableNbaModel)
     example = nba_result.input_example
     pd.testing.assert_frame_equal(nba.predict(example), nba_result.model.predict(example))
@@ -353,18 +360,23 @@ def test_the_pyfunc_scores_the_csv_as_pandas_reads_it(
     tracking.configure(mlflow_home)
     raw = pd.read_csv(folder / "offers.csv")
     assert raw["Tenure (months)"].dtype == "int64"
-    scores = mlflow.pyfunc.load_model("models:/c360-table-nba@challenger").predict(raw)
+    scores = mlflow.pyfunc.load_model("models:/c360-offers@challenger").predict(raw)
     expected = nba_result.model.predict(read_table(folder / "offers.csv"))
     pd.testing.assert_frame_equal(scores, expected)
 
 
-def test_an_integer_column_with_missing_values_is_refused_by_name(registered, mlflow_home: Path, folder: Path):
+def test_the_pyfunc_takes_the_users_column_types_and_names_a_wrong_one(
+    registered, nba_result: TableResult, mlflow_home: Path, folder: Path
+):
     tracking.configure(mlflow_home)
     raw = pd.read_csv(folder / "offers.csv")
-    gaps = raw.assign(**{"Tenure (months)": raw["Tenure (months)"].where(raw.index % 2 == 0)})
-    model = mlflow.pyfunc.load_model("models:/c360-table-nba@challenger")
-    with pytest.raises(MlflowException, match=r"column Tenure \(months\)\..*caused by missing values"):
-        model.predict(gaps)
+    gaps = raw.assign(**{"Tenure (months)": raw["Tenure (months)"].where(raw.index % 2 == 0)})  # int → float
+    model = mlflow.pyfunc.load_model("models:/c360-offers@challenger")
+    pd.testing.assert_frame_equal(model.predict(gaps), nba_result.model.predict(tidy(gaps)))
+    with pytest.raises(SchemaError, match=r"column 'Tenure \(months\)' must hold numbers"):
+        model.predict(raw.assign(**{"Tenure (months)": "long"}))
+    with pytest.raises(MlflowException, match=r"missing inputs \['Tenure \(months\)'\]"):  # the signature's check
+        model.predict(raw.drop(columns="Tenure (months)"))
 
 
 def test_the_saved_model_names_no_c360_module(registered: dict[str, ModelVersion], tmp_path: Path):

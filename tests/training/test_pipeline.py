@@ -18,15 +18,10 @@ from c360.training.registry import CHURN_GATE, promote
 
 
 @pytest.fixture(scope="module")
-def home(home_over_resolved) -> Settings:
+def home(home_with_snapshots) -> Settings:
     """Snapshots as the features stage builds them: every 4 weeks back far enough that 12-month CLV labels fit
     inside the data, and the experiment waves' dates."""
-    s = home_over_resolved("train_home")
-    with warehouse.connect(s, read_only=True) as con:
-        for day in compute.as_of_dates(con, warehouse.data_end(con), None, history_days=609, every_days=28):
-            store.write_snapshot(s, compute.build(con, day))
-    store.apply(s)
-    return s
+    return home_with_snapshots("train_home", history_days=609)
 
 
 def training_sets(s: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
