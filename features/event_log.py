@@ -45,7 +45,7 @@ from c360.core.personal import Erased, Person, Work
 from c360.core.settings import Settings
 from c360.core.warehouse import CUSTOMER_ID, has_table
 from c360.features import versions
-from c360.features.ingest import TEXT, ensure_schema, parse, q, to_datetime
+from c360.features.ingest import TEXT, ensure_schema, parse, q, to_datetime, upgrade
 from c360.features.privacy import Suppressed, identifiers, row_identifiers
 
 MAX_BATCH = 1000  # events per request or per call of `accept`
@@ -451,7 +451,9 @@ def folded_ids(s: Settings, connect: Connect) -> frozenset[str]:
 
 def fold(s: Settings, con: duckdb.DuckDBPyConnection) -> list[FoldReport]:
     """Fold the logged events and rejects not folded yet into the warehouse behind `con` (a writer's, not inside a
-    transaction), in one transaction; one `ingest_log` entry per table touched. Returns one report per table."""
+    transaction), in one transaction; one `ingest_log` entry per table touched. Returns one report per table.
+    An older c360's warehouse is upgraded first (`ingest.upgrade`), so `c360 ingest` alone brings it up to date."""
+    upgrade(con)
     if not folder(s).is_dir():  # no event was ever logged: nothing to fold, nothing to create
         return []
     ensure_schema(con)

@@ -21,6 +21,7 @@ from splink import Linker
 
 from c360.core import contract, warehouse
 from c360.features import linkage, versions
+from c360.features.ingest import upgrade
 
 if TYPE_CHECKING:
     from c360.features.live_identity import Ledger
@@ -372,6 +373,7 @@ def resolve(con, model_path, threshold: float = 0.95, seed: int = 42, ledger: Le
     merged into the customer its records join), its reserved numbers are not handed out, and afterwards what the
     warehouse now holds leaves it. The stewards' links are labels the model learns from, and their decisions
     override it (`group_records`)."""
+    upgrade(con)
     raw, accounts = read_records(con)
     people, prepared = normalise(raw)
     decided = decisions(con)

@@ -136,6 +136,13 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(LOG_DDL)
 
 
+def upgrade(con: duckdb.DuckDBPyConnection) -> None:
+    """A warehouse an older c360 wrote gains the tables and columns this one reads (`ensure_schema`: the rows'
+    versions, say); one nothing was ever loaded into stays empty."""
+    if warehouse.has_table(con, "ingest_log"):
+        ensure_schema(con)
+
+
 def _ensure_table(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, str]) -> None:
     con.execute(f"CREATE TABLE IF NOT EXISTS {q(name)} ({', '.join(f'{q(c)} {k}' for c, k in columns.items())})")
     existing = _columns_of(con, name)

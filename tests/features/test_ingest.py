@@ -505,3 +505,22 @@ def test_bad_consent_rows_are_quarantined_with_their_reason(con, tmp_path: Path)
     ]
     assert con.execute("SELECT consent_id, purpose, status FROM marketing_consents ORDER BY 1").fetchall() == [
         ("consents-1", "marketing_email", "withdrawn"), ("consents-6", "analytics", "withdrawn")]
+
+
+def test_an_older_warehouse_is_upgraded_and_an_empty_one_left_empty(tmp_path: Path) -> None:
+    """A warehouse written before the rows' versions existed (no `_valid_from`, no histories) gains them, as the
+    features and the live path read them; an empty warehouse gets no tables."""
+    from c360.features import versions
+    from c360.features.ingest import ensure_schema, upgrade
+
+    contacts = BY_ID["crm/contacts"]
+    with duckdb.connect(str(tmp_path / "old.duckdb")) as con:
+        ensure_schema(con)
+        con.execute(f"DROP TABLE {versions.history(contacts)}")
+        con.execute(f"ALTER TABLE {contacts.sql_name} DROP COLUMN {versions.VALID_FROM}")
+        upgrade(con)
+        assert versions.VALID_FROM in {r[0] for r in con.execute(f"DESCRIBE {contacts.sql_name}").fetchall()}
+        assert con.execute(f"SELECT count(*) FROM {versions.history(contacts)}").fetchone() == (0,)
+    with duckdb.connect(str(tmp_path / "empty.duckdb")) as con:
+        upgrade(con)
+        assert con.execute("SELECT count(*) FROM information_schema.tables").fetchone() == (0,)
