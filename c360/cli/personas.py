@@ -31,8 +31,9 @@ def _human(shown: dict[str, Any]) -> list[RenderableType]:
     first = shown["personas"][0]["profile"]
     means.insert(0, "population", [first[f]["population"] for f in means.index])
     how = shown["criterion"]
-    why = f"best silhouette of k = {', '.join(map(str, how['scores']))}" if how["by"] == "silhouette" else "given"
-    return [f"{shown['k']} personas of the snapshot of {shown['as_of']} (k {why}), model {shown['path']}",
+    ks = list(how["scores"])
+    why = f"the best silhouette of k = {ks[0]}..{ks[-1]}" if how["by"] == "silhouette" else "k given"
+    return [f"{shown['k']} personas of the snapshot of {shown['as_of']} ({why}), model {shown['path']}",
             table("personas", sizes), table("means (persona against population)", means.rename_axis("feature")
                                            .reset_index())]
 
