@@ -6,15 +6,17 @@ One run scores the latest feature snapshot with the versions that are `@champion
 * `part-<n>.parquet` — long format, one row per customer and model: customer_id, model, version, score, label
   (churn band or action), reasons (JSON list of feature, value, contribution), detail (JSON: CLV range, NBA
   alternatives), as_of, scored_at;
-* `wide/part-<n>.parquet` — one row per customer, the `predictions` feature view's columns (its offline source);
+* `wide/part-<n>.parquet` — one row per customer, the `predictions` feature view's columns (its offline source)
+  and, once `c360 personas fit` has run, the customer's `persona` (`c360.features.personas`; audiences filter on
+  it, the online store does not keep it: the profile derives it from the features it shows);
 * `_run.json` (started, scored_at, chunk size) and, when every chunk is done, `_SUCCESS.json` (rows, seconds).
 
 Chunks of `chunk_size` customers are written atomically (temporary file, then rename) and pushed into the online
 store right after. Re-running the same run resumes: chunks already on disk are not scored again, only pushed again
 (an idempotent upsert) — after a crash, the next run picks up where it stopped; after success, nothing changes.
-A new snapshot or a new champion is a new run folder, and so is a new opt-out recorded by `c360 privacy opt-out`:
-the run applies the recorded opt-outs to the snapshot's consent features, so the next best action it stores never
-proposes an action the customer opted out of (`c360.core.consent`).
+A new snapshot, a new champion or new personas is a new run folder, and so is a new opt-out recorded by
+`c360 privacy opt-out`: the run applies the recorded opt-outs to the snapshot's consent features, so the next best
+action it stores never proposes an action the customer opted out of (`c360.core.consent`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import pyarrow.parquet as pq
 from c360.core import consent
 from c360.core.settings import Settings
 from c360.feature_repo.predictions import FIELDS, PREDICTIONS
-from c360.features import store
+from c360.features import personas, store
 from c360.serving import predict, signals
 from c360.serving.champions import Champions
 from c360.training.specs import MODELS
@@ -122,8 +124,10 @@ def _atomic_write(table: pa.Table, path: Path) -> None:
 
 
 def run_folder(s: Settings, as_of: pd.Timestamp, versions: dict[str, int], subset: list[str] | None,
-               opt_outs: consent.Overrides | None = None) -> Path:
+               opt_outs: consent.Overrides | None = None, persona_model: personas.Model | None = None) -> Path:
     name = ".".join(f"{kind}-v{v}" for kind, v in versions.items())
+    if persona_model is not None:
+        name += ".personas-" + persona_model.digest
     if subset is not None:
         name += ".subset-" + _digest(sorted(subset))
     if opt_outs:
@@ -145,15 +149,23 @@ def read_customers(path: Path) -> list[str]:
     return lines
 
 
-def _reusable(long_path: Path, wide_path: Path) -> bool:
-    """A part an earlier run of the same champions wrote, with every field of today's `predictions` view (a part
-    written by an older c360 is scored again rather than pushed short of a field)."""
-    return long_path.exists() and wide_path.exists() and set(FIELDS) <= set(pq.read_schema(wide_path).names)
+def _reusable(long_path: Path, wide_path: Path, columns: set[str]) -> bool:
+    """A part an earlier run of the same champions wrote, with every column of today's (a part written by an older
+    c360 is scored again rather than pushed short of a field)."""
+    return long_path.exists() and wide_path.exists() and columns <= set(pq.read_schema(wide_path).names)
+
+
+def with_persona(table: pa.Table, persona_model: personas.Model | None, X: pd.DataFrame) -> pa.Table:
+    """The wide rows with each customer's persona, when personas are fitted."""
+    if persona_model is None:
+        return table
+    return table.append_column("persona", pa.array(personas.assign(persona_model, X), type=pa.string()))
 
 
 def push(s: Settings, fs: Any, table: pa.Table) -> None:
     """Upsert wide score rows into the `predictions` view of the online store."""
-    store.write_online(fs, [(fs.get_feature_view(PREDICTIONS), table)])
+    view = fs.get_feature_view(PREDICTIONS)
+    store.write_online(fs, [(view, table.drop_columns([c for c in table.column_names if c == "persona"]))])
 
 
 def _predictions_view(s: Settings) -> Any:
@@ -197,7 +209,9 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
         with warehouse(s) as con:
             opt_outs, used, engagement = _warehouse_inputs(con, as_of)
     snapshot = consent.apply_overrides(snapshot, opt_outs)
-    folder = run_folder(s, as_of, champions.versions(), customers, opt_outs)
+    persona_model = personas.load(s)
+    folder = run_folder(s, as_of, champions.versions(), customers, opt_outs, persona_model)
+    columns = set(FIELDS) | ({"persona"} if persona_model is not None else set())
     manifest = folder / "_run.json"
     if manifest.exists():
         scored_at = pd.Timestamp(json.loads(manifest.read_text())["scored_at"])
@@ -215,14 +229,14 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
     for i in range(chunks):
         part = snapshot.iloc[i * chunk_size:(i + 1) * chunk_size]
         long_path, wide_path = folder / f"part-{i:05d}.parquet", folder / "wide" / f"part-{i:05d}.parquet"
-        if _reusable(long_path, wide_path):
+        if _reusable(long_path, wide_path, columns):
             table = pq.read_table(wide_path)
         else:
             ids = part["customer_id"].reset_index(drop=True)
             X = part.reset_index(drop=True)
             scores = score_chunk(champions, X)
             signal_frame = signals.batch_signals(used, engagement, pd.Index(ids)).reset_index(drop=True)
-            table = wide_table(ids, scores, signal_frame, as_of, scored_at)
+            table = with_persona(wide_table(ids, scores, signal_frame, as_of, scored_at), persona_model, X)
             _atomic_write(long_table(ids, scores, as_of, scored_at), long_path)
             _atomic_write(table, wide_path)
             computed += 1

@@ -13,6 +13,8 @@ Where each part comes from:
   and the response says `"source": "live"`. The next feature and content topics follow the same rule (fresh when
   computed from the same as-of date); retargeting, advocate and trainings are derived on every request from the
   features and the predictions shown (`serving.signals`).
+* the persona (in present): from the features shown and the fitted personas (`features.personas`), as `c360 score`
+  assigns it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pandas as pd
 
 from c360.core.settings import Settings
 from c360.features import store as feature_stores
+from c360.features.personas import persona_of
 from c360.serving import predict, signals
 from c360.serving.errors import NotFound, Unavailable, echo
 from c360.serving.online import Context, OnlineRow, iso_day, now, one, warehouse
@@ -93,8 +96,9 @@ def profile(ctx: Context, customer_id: str, details: bool = False) -> dict[str, 
     scored_at = now()
     sections = assemble({}, row.features)
     past = json_value(sections["past"]) | {"live_events": live_events(ctx.settings, customer_id)}
-    out: dict[str, Any] = {"customer_id": customer_id, "past": past,
-                           "present": json_value(sections["present"]), "future": future(ctx, row, scored_at)}
+    present = json_value(sections["present"]) | {"persona": persona_of(ctx.settings, row.features)}
+    out: dict[str, Any] = {"customer_id": customer_id, "past": past, "present": present,
+                           "future": future(ctx, row, scored_at)}
     if details:
         out |= profile_details(ctx.settings, customer_id, row.as_of)
     out["freshness"] = {"features_as_of": iso_day(row.as_of), "predictions_as_of": iso_day(row.predictions_as_of),

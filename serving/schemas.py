@@ -167,7 +167,9 @@ Past = _section("past", PAST, live_events=(list[LiveEvent], Field(
     title="Live events", description="the customer's events logged since the last `c360 ingest`, newest first, at "
                                      "most 20")))
 Present = _section("present", PRESENT, red_flags=(list[RedFlag], Field(title=label("red_flags"),
-                                                                       description="the red flags raised")))
+                                                                       description="the red flags raised")),
+                   persona=(str | None, Field(None, title="Persona", description="the behaviour group the customer "
+                                              "belongs to (`c360 personas show`); null before `c360 personas fit`")))
 Details = create_model("Details", __config__=STRICT, **{
     name: (list[dict[str, Any]], Field(title=label(name))) for name in LISTS})
 

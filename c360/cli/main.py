@@ -26,6 +26,8 @@ from c360.cli.features import apply, build, features_app, materialize, profile
 from c360.cli.identity import eval_app, resolve_app, run_resolve
 from c360.cli.keys import keys_app
 from c360.cli.mapping import mapping_app
+from c360.cli.personas import fit as personas_fit
+from c360.cli.personas import personas_app
 from c360.cli.privacy import privacy_app
 from c360.cli.review import mlflow_ui
 from c360.cli.serve import score, serve
@@ -69,6 +71,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(events_app, name="events")
 app.add_typer(mapping_app, name="mapping")
 app.add_typer(audience_app, name="audience")
+app.add_typer(personas_app, name="personas")
 
 
 def settings() -> Settings:
@@ -269,7 +272,7 @@ def demo(
              "features_apply": apply(), "features_materialize": materialize(), "train": train_all(),
              "promote": {model: promote(model) for model in KINDS}, "status": status()}
     example = _example_customer(s)
-    steps |= {"profile": profile(example), "champions": champions(), "score": score()}
+    steps |= {"profile": profile(example), "champions": champions(), "personas": personas_fit(), "score": score()}
     where = {"warehouse": s.warehouse, "snapshots": s.snapshots, "feast_registry": s.feast, "ground_truth": s.truth,
              "run_log": s.runs}
     key = {"name": DEMO_KEY, "role": "admin", "key": keys.create(s, DEMO_KEY, "admin", replace_active=True)}
