@@ -11,18 +11,36 @@ Five parts, in the order a call needs them — who the customer is, where they s
 risk and its main reason, the recommended action — each left out when its fields are empty or neutral (no red
 flag, a flat usage trend, a low churn risk's reasons). When the words exceed `MAX_WORDS`, the least needed pieces
 go first (see `Part.rank`).
+
+An optional rewrite into smoother prose through an OpenAI-compatible endpoint (`C360_BRIEF_ENDPOINT`, its
+`/chat/completions`), off by default: without an endpoint `of` is `compose` and opens no connection. With one, the
+endpoint receives the masked brief — no name, no company — unless the admin setting `C360_BRIEF_SEND_PERSONAL`
+allows the brief the role sees; its answer replaces the text (`source: llm`, the facts still those of the rules'
+text, which stays in `rules_text`). A failure, a timeout or an answer longer than `MAX_WORDS` keeps the rules'
+brief and says why in `note`. Answers are kept per sent text, so the page's polling does not call it again.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
+from c360.core.settings import Settings
+from c360.serving import masking
+from c360.serving.access import View
 from c360.serving.masking import MASK
+
+log = logging.getLogger(__name__)
 
 MAX_WORDS = 80
 TREND_SHOWN = 0.25  # a usage trend smaller than this (either way) is not news
 FLAGS_SHOWN = 3
+TIMEOUT_SECONDS = 5.0
+INSTRUCTION = (f"Rewrite this call brief for a customer-success manager as fluent prose of at most {MAX_WORDS} "
+               "words. Keep every number, name and category exactly as given; add nothing.")
 
 
 @dataclass
@@ -167,7 +185,8 @@ def _text(head: list[Part], news: list[Part], tail: list[Part]) -> str:
 
 
 def compose(profile: dict[str, Any]) -> dict[str, Any]:
-    """The brief of `profile` (as the caller's role sees it): text, the facts it states, `source: rules`."""
+    """The brief of `profile` (as the caller's role sees it): text, the facts it states, `source: rules` (the same
+    keys as a rewritten brief's, `rules_text` and `note` null)."""
     f = _Facts(profile)
     head = [p for p in (who(f), standing(f)) if p is not None]
     news = changes(f)
@@ -175,4 +194,48 @@ def compose(profile: dict[str, Any]) -> dict[str, Any]:
     while news and len(_text(head, news, tail).split()) > MAX_WORDS:
         news.remove(max(news, key=lambda p: p.rank))
     return {"text": _text(head, news, tail), "facts": [fact for p in (*head, *news, *tail) for fact in p.facts],
-            "source": "rules"}
+            "source": "rules", "rules_text": None, "note": None}
+
+
+# ---------------------------------------------------------------- the optional rewrite
+
+
+def of(out: dict[str, Any], view: View, s: Settings) -> dict[str, Any]:
+    """The brief `view` reads of the profile `out`: composed from what it sees, rewritten when an endpoint is set."""
+    rules = compose(masking.profile(out, view))
+    if not s.brief_endpoint:
+        return rules
+    sent = rules if s.brief_send_personal or view != "full" else compose(masking.profile(out, "masked"))
+    return rewrite(rules, sent["text"], s)
+
+
+def payload(text: str, s: Settings) -> dict[str, Any]:
+    """The chat-completions request that asks the endpoint to rewrite `text`."""
+    return {"model": s.brief_model, "temperature": 0,
+            "messages": [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": text}]}
+
+
+def rewrite(rules: dict[str, Any], text: str, s: Settings) -> dict[str, Any]:
+    """`rules` with its text replaced by the endpoint's rewrite of `text`, or kept (with a `note`) on a failure."""
+    import httpx
+
+    assert s.brief_endpoint
+    key = s.brief_api_key.get_secret_value() if s.brief_api_key else None
+    try:
+        said = _rewritten(s.brief_endpoint.rstrip("/"), key, json.dumps(payload(text, s), sort_keys=True))
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
+        log.warning("call brief not rewritten: %s", type(e).__name__)  # the exception's text may quote the brief
+        return rules | {"note": f"the rewrite failed ({type(e).__name__}): composed by rules"}
+    if not said or len(said.split()) > MAX_WORDS:
+        return rules | {"note": f"the rewrite was empty or over {MAX_WORDS} words: composed by rules"}
+    return rules | {"text": said, "source": "llm", "rules_text": rules["text"]}
+
+
+@lru_cache(maxsize=1024)  # per sent request: a failure raises and is not kept
+def _rewritten(endpoint: str, key: str | None, body: str) -> str:
+    import httpx
+
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    response = httpx.post(f"{endpoint}/chat/completions", content=body, headers=headers, timeout=TIMEOUT_SECONDS)
+    response.raise_for_status()
+    return str(response.json()["choices"][0]["message"]["content"]).strip()

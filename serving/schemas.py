@@ -147,6 +147,8 @@ class Brief(BaseModel):
     facts: list[BriefFact] = Field(description="every field the brief states, in its order")
     source: Literal["rules", "llm"] = Field(description="rules: composed from the facts; llm: rewritten by the "
                                                          "endpoint in C360_BRIEF_ENDPOINT")
+    rules_text: str | None = Field(None, description="with source llm: the text composed by rules")
+    note: str | None = Field(None, description="why a configured rewrite was not used")
 
 
 TYPES: dict[str, Any] = {"int": int, "float": float, "bool": bool, "str": str}

@@ -49,6 +49,7 @@ import json
 import logging
 import os
 import threading
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -248,8 +249,9 @@ class C360:
             out = await anyio.to_thread.run_sync(profiles.profile, ctx, customer_id, True)
         else:
             out = profiles.profile(ctx, customer_id)
-        shown = masking.profile(out, view)
-        return shown | {"brief": brief.compose(shown)}
+        said = partial(brief.of, out, view, self.settings)  # a rewrite calls its endpoint: off the event loop
+        return masking.profile(out, view) | {"brief": await anyio.to_thread.run_sync(said)
+                                             if self.settings.brief_endpoint else said()}
 
     async def _predict(self, kind: str, request: Any) -> Response:
         ids, rows = (request.customer_ids, None) if isinstance(request, ByIds) else (None, _plain(request.rows))

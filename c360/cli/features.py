@@ -139,7 +139,7 @@ def _brief(s: Settings, customer_id: str) -> dict:
 
     try:
         ctx = online.Context(s, online.feature_store(s), Champions.load(s.home, online.latest_snapshot(s)))
-        return brief.compose(profile(ctx, customer_id, details=True))
+        return brief.of(profile(ctx, customer_id, details=True), "full", s)  # the CLI's role sees all
     except (Unavailable, NotFound) as e:
         return {"text": None, "unavailable": str(e)}
 

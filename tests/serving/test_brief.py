@@ -1,12 +1,19 @@
 """The call brief (`serving.brief`) over the serving tests' home: every number and category it states traces to
 the profile it came from, it stays within 80 words, masked roles get one that names no person or company, and
-`c360 profile` prints it first."""
+`c360 profile` prints it first. The optional rewrite against a real local HTTP server standing in for the external
+OpenAI-compatible endpoint (not one of c360's components): what it is sent, its answer, its failures, and no
+connection at all without an endpoint (Python's audit hook `socket.connect` sees every one)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import re
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -16,8 +23,8 @@ from typer.testing import CliRunner
 from c360.cli.main import app
 from c360.core.settings import Settings
 from c360.features import store
-from c360.serving.brief import MAX_WORDS, compose
-from tests.serving.conftest import bearer
+from c360.serving.brief import MAX_WORDS, compose, of
+from tests.serving.conftest import bearer, free_port
 
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -137,3 +144,102 @@ def test_c360_profile_prints_the_brief_first(served: Settings, monkeypatch: pyte
     page = CliRunner().invoke(app, ["profile", customer], env={"COLUMNS": "200"})
     assert page.exit_code == 0 and page.output.index("call brief") < page.output.index("identity")
     assert " ".join(brief["text"].split()[:4]) in " ".join(page.output.split())
+
+
+# ---------------------------------------------------------------- the optional rewrite
+
+CONNECTS: list[Any] = []
+_recording = threading.Event()
+sys.addaudithook(lambda event, args: CONNECTS.append(args) if event == "socket.connect" and _recording.is_set()
+                 else None)
+
+
+@contextmanager
+def connections() -> Iterator[list[Any]]:
+    """The sockets connected meanwhile (by any thread)."""
+    CONNECTS.clear()
+    _recording.set()
+    try:
+        yield CONNECTS
+    finally:
+        _recording.clear()
+
+
+@contextmanager
+def endpoint(answer: str, status: int = 200) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A local chat-completions server answering `answer`; yields its base URL and the requests it received."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append({"path": self.path, "auth": self.headers.get("Authorization"),
+                             "body": json.loads(self.rfile.read(int(self.headers["Content-Length"])))})
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def full_profile(client: TestClient, served: Settings) -> dict[str, Any]:
+    """A business customer's whole profile (name and company set), without its brief."""
+    for customer in customers(served, 40):
+        out = client.get(f"/customers/{customer}/profile", params={"details": "true"}).json()
+        if out["identity"]["company"] and out["identity"]["display_name"]:
+            return {k: v for k, v in out.items() if k != "brief"}
+    pytest.skip("no customer with a company among the 40 looked at")
+
+
+def test_without_an_endpoint_no_connection_is_opened(full_profile: dict[str, Any], tmp_path) -> None:
+    with connections() as opened:
+        brief = of(full_profile, "full", Settings(home=tmp_path))
+    assert brief["source"] == "rules" and opened == []
+    with endpoint("Short.") as (url, _), connections() as opened:  # counter-test: the hook sees a rewrite's
+        of(full_profile, "full", Settings(home=tmp_path, brief_endpoint=url))
+    assert opened
+
+
+def test_the_endpoint_gets_the_masked_brief_unless_the_admin_allows_personal_data(
+        full_profile: dict[str, Any], tmp_path) -> None:
+    who = full_profile["identity"]
+    personal = [who["display_name"], who["company"], *who["emails"], *who["phones"]]
+    answer = "A smoother brief."
+    with endpoint(answer) as (url, received):
+        s = Settings(home=tmp_path, brief_endpoint=url, brief_model="small-model", brief_api_key="k-1")
+        brief = of(full_profile, "full", s)
+        sent = json.dumps(received[-1]["body"])
+        assert received[-1]["path"] == "/v1/chat/completions" and received[-1]["auth"] == "Bearer k-1"
+        assert received[-1]["body"]["model"] == "small-model"
+        assert not [v for v in personal if v in sent]
+        assert brief["source"] == "llm" and brief["text"] == answer
+        assert brief["rules_text"] == compose(full_profile)["text"] and who["display_name"] in brief["rules_text"]
+        of(full_profile, "full", s.model_copy(update={"brief_send_personal": True}))
+        assert who["display_name"] in json.dumps(received[-1]["body"])
+        count = len(received)
+        of(full_profile, "full", s.model_copy(update={"brief_send_personal": True}))
+        assert len(received) == count  # the same text: the answer kept, not asked again
+
+
+def test_a_failing_endpoint_falls_back_to_the_rules(full_profile: dict[str, Any], tmp_path) -> None:
+    rules = compose(full_profile)
+    with endpoint("unused", status=500) as (url, _):
+        failed = of(full_profile, "full", Settings(home=tmp_path, brief_endpoint=url))
+    assert failed["source"] == "rules" and failed["text"] == rules["text"] and "HTTPStatusError" in failed["note"]
+    with endpoint("word " * (MAX_WORDS + 1)) as (url, _):
+        long = of(full_profile, "full", Settings(home=tmp_path, brief_endpoint=url))
+    assert long["source"] == "rules" and "over 80 words" in long["note"]
+    gone = of(full_profile, "full", Settings(home=tmp_path, brief_endpoint=f"http://127.0.0.1:{free_port()}/v1"))
+    assert gone["source"] == "rules" and "ConnectError" in gone["note"]
