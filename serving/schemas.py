@@ -134,6 +134,23 @@ class Freshness(BaseModel):
     served_at: str
 
 
+class BriefFact(BaseModel):
+    field: str = Field(description="dotted path of the profile field stated, e.g. future.churn.band")
+    value: Any = Field(description="the field's value in this profile")
+    text: str = Field(description="how the brief words it")
+
+
+class Brief(BaseModel):
+    """The call brief (`serving.brief`): at most 80 words composed from this profile's own fields."""
+
+    text: str
+    facts: list[BriefFact] = Field(description="every field the brief states, in its order")
+    source: Literal["rules", "llm"] = Field(description="rules: composed from the facts; llm: rewritten by the "
+                                                         "endpoint in C360_BRIEF_ENDPOINT")
+    rules_text: str | None = Field(None, description="with source llm: the text composed by rules")
+    note: str | None = Field(None, description="why a configured rewrite was not used")
+
+
 TYPES: dict[str, Any] = {"int": int, "float": float, "bool": bool, "str": str}
 STRICT = ConfigDict(extra="forbid")
 
@@ -183,6 +200,7 @@ class Profile(BaseModel):
     details: Details | None = Field(
         None, description="timeline, contacts, latest interaction, ... from the warehouse (with details=true)")
     freshness: Freshness
+    brief: Brief | None = Field(None, description="a call brief of at most 80 words (`serving.brief`)")
 
 
 Batch = Annotated[list[T], Field(min_length=1, max_length=MAX_BATCH)]  # the items of one request

@@ -49,6 +49,7 @@ import json
 import logging
 import os
 import threading
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -63,7 +64,7 @@ from c360.core.warehouse import CUSTOMER_ID
 from c360.features import audiences, event_log, live_identity
 from c360.features.privacy_requests import Hidden
 from c360.serving import audiences as audience_routes
-from c360.serving import errors, masking, online, predictions, ui
+from c360.serving import brief, errors, masking, online, predictions, ui
 from c360.serving import privacy as privacy_routes
 from c360.serving import profile as profiles
 from c360.serving.auth import Auth, principal, touched
@@ -248,7 +249,9 @@ class C360:
             out = await anyio.to_thread.run_sync(profiles.profile, ctx, customer_id, True)
         else:
             out = profiles.profile(ctx, customer_id)
-        return masking.profile(out, view)
+        said = partial(brief.of, out, view, self.settings)  # a rewrite calls its endpoint: off the event loop
+        return masking.profile(out, view) | {"brief": await anyio.to_thread.run_sync(said)
+                                             if self.settings.brief_endpoint else said()}
 
     async def _predict(self, kind: str, request: Any) -> Response:
         ids, rows = (request.customer_ids, None) if isinstance(request, ByIds) else (None, _plain(request.rows))

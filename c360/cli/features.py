@@ -97,7 +97,8 @@ def materialize(
 
 def profile(customer_id: Annotated[str, typer.Argument(help="customer id, e.g. C00000001")],
             as_json: Json = False) -> dict:
-    """Print a customer's profile — identity, past and present — from the warehouse and the online store."""
+    """Print a customer's call brief, then the profile — identity, past and present — from the warehouse and the
+    online store."""
     from c360.features import store
     from c360.features.details import details, flags_since
     from c360.features.profile import assemble, red_flags
@@ -105,22 +106,42 @@ def profile(customer_id: Annotated[str, typer.Argument(help="customer id, e.g. C
     if not re.fullmatch(warehouse.CUSTOMER_ID, customer_id):  # checked first: the audit trail records ids, nothing else
         raise fail(f"{customer_id!r} is not a customer id (e.g. C00000001)")
     s = Settings()
-    with audited(s, "c360 profile", [customer_id]), warehouse.connect(s, read_only=True) as con:
-        identity = warehouse.customer(con, customer_id)
-        if identity is None:
-            raise fail(f"unknown customer {customer_id!r}")
-        online = store.online_features(store.feature_store(s), [customer_id]).iloc[0]
-        opted_out = consent.overrides(con, [customer_id]).get(customer_id)
-        online = pd.Series(consent.with_overrides(online.to_dict(), opted_out))
-        as_of = store.snapshot_dates(s)[-1]
-        lists = details(con, customer_id, as_of)
+    with audited(s, "c360 profile", [customer_id]):
+        with warehouse.connect(s, read_only=True) as con:
+            identity = warehouse.customer(con, customer_id)
+            if identity is None:
+                raise fail(f"unknown customer {customer_id!r}")
+            online = store.online_features(store.feature_store(s), [customer_id]).iloc[0]
+            opted_out = consent.overrides(con, [customer_id]).get(customer_id)
+            online = pd.Series(consent.with_overrides(online.to_dict(), opted_out))
+            as_of = store.snapshot_dates(s)[-1]
+            lists = details(con, customer_id, as_of)
+        brief = _brief(s, customer_id)
     lists["red_flags_since"] = flags_since(store.history(s, customer_id))
     panels = [Panel(Columns([_block(name, values) for name, values in section.items()]),
                     title=f"[bold]{title}", expand=True) for title, section in assemble(identity, online).items()]
-    result = {"customer_id": customer_id, "identity": identity, "features": online, "red_flags": red_flags(online),
+    result = {"customer_id": customer_id, "brief": brief, "identity": identity, "features": online,
+              "red_flags": red_flags(online),
               "as_of": as_of.date(), "online_store": s.online_store, **lists}
-    return emit(result, as_json, *panels, *(table(label(name), frame) for name, frame in lists.items() if len(frame)),
+    said = Panel(brief["text"] or f"no call brief: {brief['unavailable']}", title="[bold]call brief")
+    lists_shown = [table(label(name), frame) for name, frame in lists.items() if len(frame)]
+    return emit(result, as_json, said, *panels, *lists_shown,
                 f"features as of {as_of:%Y-%m-%d} (online store: {s.online_store})")
+
+
+def _brief(s: Settings, customer_id: str) -> dict:
+    """The call brief of the profile the service would serve (`serving.brief`), or why there is none (no champion
+    or no online store yet)."""
+    from c360.serving import brief, online
+    from c360.serving.champions import Champions
+    from c360.serving.errors import NotFound, Unavailable
+    from c360.serving.profile import profile
+
+    try:
+        ctx = online.Context(s, online.feature_store(s), Champions.load(s.home, online.latest_snapshot(s)))
+        return brief.of(profile(ctx, customer_id, details=True), "full", s)  # the CLI's role sees all
+    except (Unavailable, NotFound) as e:
+        return {"text": None, "unavailable": str(e)}
 
 
 def _block(name: str, values: dict | list) -> Table:

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
                                                              "(training/specs.py) the promotion gate accepts")
     fairness_margin: float = Field(0.03, ge=0, description="how much wider than the champion's a challenger's "
                                                            "worst-group gap may be")
+    brief_endpoint: str | None = Field(None, description="OpenAI-compatible API (its base URL, e.g. "
+                                                         "https://host/v1) that rewrites the call brief; unset: no "
+                                                         "rewrite and no network call")
+    brief_model: str = Field("gpt-4o-mini", description="model the brief endpoint is asked for")
+    brief_api_key: SecretStr | None = Field(None, description="bearer key of the brief endpoint")
+    brief_send_personal: bool = Field(False, description="admin setting: the brief endpoint may receive names and "
+                                                         "companies (else it gets the masked brief only)")
     public_data: Path = Field(default_factory=lambda data: _public_data(data["home"]), validate_default=True,
                               description="folder of the public data sets (CDNOW, Hillstrom, FEBRL)")
 

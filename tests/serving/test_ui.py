@@ -116,6 +116,8 @@ def test_profile_page_shows_past_present_future_and_its_error_states(
     for section in ("Past", "Present", "Future"):
         assert page.get_by_role("region", name=re.compile(f"^{section} —")).is_visible()
     assert page.locator("#customer-id").inner_text() == customer
+    assert page.locator("#brief-text").inner_text() == expected["brief"]["text"]  # first, above the identity
+    assert page.locator("#profile > section").first.get_attribute("id") == "brief"
     assert page.locator("#customer-name").inner_text() == expected["identity"]["display_name"]
     health = expected["present"]["health"]
     assert page.locator("#health-score").text_content() == str(round(health["health_score"]))
