@@ -85,7 +85,7 @@ def home_over_resolved(resolved: tuple[Path, Path], tmp_path_factory: pytest.Tem
     return make
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def home_with_snapshots(home_over_resolved):
     """A function making a fresh C360_HOME over the resolved company with feature snapshots every 4 weeks, going
     `history_days` back from the data's end, applied to Feast."""

@@ -57,9 +57,12 @@ def invoke(*args: str) -> dict:
 
 
 def latest_scores(s: Settings) -> pd.DataFrame:
-    """The latest run's wide scores, read apart from the profile table's code."""
-    folder = max(s.scores.glob("as_of=*/run=*"), key=lambda p: json.loads((p / "_run.json").read_text())["scored_at"])
-    return pd.read_parquet(folder / "wide")
+    """Each customer's latest wide score row (the newest features date, then the newest run), read apart from the
+    profile table's code: the shared served home may hold runs of a few customers beside the full ones."""
+    runs = [pd.read_parquet(p / "wide").assign(_at=json.loads((p / "_run.json").read_text())["scored_at"])
+            for p in s.scores.glob("as_of=*/run=*")]
+    latest = pd.concat(runs).sort_values(["as_of", "_at"]).groupby("customer_id").tail(1)
+    return latest.drop(columns="_at").reset_index(drop=True)
 
 
 def test_predictions_are_fields_and_select_as_scored(home: Settings) -> None:
