@@ -56,9 +56,10 @@ def _kind(dtype: pa.DataType) -> Kind | None:
 
 
 def fields(s: Settings) -> dict[str, Kind]:
-    """Field name → kind, from the schemas of the latest snapshot and of the score files (no query)."""
+    """Field name → kind, from the schemas of the latest snapshot and of every score file (no query: their
+    metadata), as the profile table reads them together (a field of a newer run, say `persona`, counts)."""
     found: dict[str, Kind] = {}
-    schemas = [pq.read_schema(snapshot_file(s)), *(pq.read_schema(p) for p in score_files(s)[-1:])]
+    schemas = [pq.read_schema(snapshot_file(s)), *(pq.read_schema(p) for p in score_files(s))]
     for schema in schemas:
         for f in schema:
             name, kind = RENAMED.get(f.name, f.name), _kind(f.type)
