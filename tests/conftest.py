@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +84,18 @@ def home_over_resolved(resolved: tuple[Path, Path], tmp_path_factory: pytest.Tem
         return s
 
     return make
+
+
+def cli_json(*args: str) -> dict:
+    """`c360 ARGS --json` in this process, as the tests of several commands call it: its JSON answer (it must
+    succeed)."""
+    from typer.testing import CliRunner
+
+    from c360.cli.main import app
+
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from c360.cli.main import app
 from c360.core import audit, consent, warehouse
 from c360.core.settings import Settings
 from c360.features import audiences, compute, store
+from tests.conftest import cli_json as invoke
 
 runner = CliRunner()
 
@@ -30,12 +31,6 @@ def home(home_over_resolved) -> Iterator[Settings]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("C360_HOME", str(s.home))
         yield s
-
-
-def invoke(*args: str) -> dict:
-    result = runner.invoke(app, [*args, "--json"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def refused(*args: str) -> str:

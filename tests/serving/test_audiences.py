@@ -18,17 +18,14 @@ import httpx
 import pandas as pd
 import pytest
 from starlette.testclient import TestClient
-from typer.testing import CliRunner
 
-from c360.cli.main import app
 from c360.core import audit, consent
 from c360.core.settings import Settings
 from c360.features import audience_profile, audiences
 from c360.serving.masking import MASK
+from tests.conftest import cli_json as invoke
 
 from .conftest import bearer, running
-
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +45,6 @@ def http(home: Settings, asgi_app: Any, tmp_path_factory: pytest.TempPathFactory
         patch.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml")))
         with TestClient(asgi_app, raise_server_exceptions=False) as client:
             yield client
-
-
-def invoke(*args: str) -> dict:
-    result = runner.invoke(app, [*args, "--json"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def latest_scores(s: Settings) -> pd.DataFrame:

@@ -6,7 +6,6 @@ first are used later)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 
@@ -21,6 +20,7 @@ from c360.features import audiences, personas, store
 from c360.serving import batch, online
 from c360.serving.champions import Champions
 from c360.serving.profile import profile
+from tests.conftest import cli_json as invoke
 
 runner = CliRunner()
 WORD = {word: (feature, +1 if i == 0 else -1) for feature, words in personas.BEHAVIOUR.items()
@@ -34,12 +34,6 @@ def home(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("C360_HOME", str(copy.home))
         yield copy
-
-
-def invoke(*args: str) -> dict:
-    result = runner.invoke(app, [*args, "--json"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def snapshot(s: Settings) -> pd.DataFrame:
