@@ -86,14 +86,11 @@ class ModelNotFound(LookupError):
 # ---------------------------------------------------------------- where runs live
 
 
-# mlflow.set_tracking_uri / set_registry_uri export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI for subprocesses: a
-# value `configure` ever set itself is not the user's choice and must not pin the next home to an earlier one.
-_exported: set[str] = set()
+_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 def _chosen(variable: str) -> str | None:
-    value = os.environ.get(variable)
-    return value if value and value not in _exported else None
+    return os.environ.get(variable) or None
 
 
 def tracking_uri(home: Path) -> str:
@@ -113,12 +110,18 @@ def configure(home: Path | None = None) -> MlflowClient:
     """Points MLflow (tracking and registry) at `home` (default: C360_HOME) and returns a client; idempotent."""
     home = _home(home)
     artifact_root(home).mkdir(parents=True, exist_ok=True)
-    chosen = {_chosen("MLFLOW_TRACKING_URI"), _chosen("MLFLOW_REGISTRY_URI")}
     uri = tracking_uri(home)
     registry = _chosen("MLFLOW_REGISTRY_URI") or uri
+    # set_tracking_uri / set_registry_uri also export the URIs for subprocesses: a server or command started later
+    # for another home would inherit this one's registry as if the user had chosen it, so the user's values return.
+    before = {variable: os.environ.get(variable) for variable in _VARIABLES}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry)
-    _exported.update({uri, registry} - chosen)
+    for variable, value in before.items():
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = value
     return MlflowClient(tracking_uri=uri, registry_uri=registry)
 
 

@@ -219,14 +219,24 @@ def test_unknown_model_or_alias_raises_model_not_found(mlflow_home: Path, client
 def test_a_second_home_gets_its_own_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    tracking.configure(tmp_path / "a")  # MLflow exports the registry URI it was given
+    tracking.configure(tmp_path / "a")
     second = tracking.configure(tmp_path / "b")
     assert str(tmp_path / "b") in second._registry_uri
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:////elsewhere/registry.db")  # the user's own choice wins
     assert tracking.configure(tmp_path / "c")._registry_uri == "sqlite:////elsewhere/registry.db"
     assert tracking.configure(tmp_path / "d")._registry_uri == "sqlite:////elsewhere/registry.db"  # and stays
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", second._registry_uri)  # an exported value restored by a test's undo
-    assert str(tmp_path / "e") in tracking.configure(tmp_path / "e")._registry_uri
+
+
+def test_configure_leaves_subprocesses_the_users_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow exports the URIs it is given; a server started later for another home must not inherit them."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    tracking.configure(tmp_path / "a")
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    tracking.configure(tmp_path / "b")
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
 
 
 def log_fair(mlflow_home: Path, data, name: str, auc: float, gap: float, where: str) -> Any:
