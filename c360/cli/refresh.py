@@ -23,6 +23,7 @@ C360_RETRAIN_DAYS old, or when the last monitoring report said "act".
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from datetime import UTC, datetime
@@ -62,7 +63,7 @@ def refresh(
     todo = steps(source)
     try:
         with locks.job(s, "refresh"), audited(s, "c360 refresh", [audit.ALL]):
-            outcomes = run(s, todo, partial(_starting, len(todo)), _ended)
+            outcomes = run(s, todo, partial(_starting, todo), _ended)
             failed = next((o for o in outcomes if o.status == "failed"), None)
             record_run(s, "refresh", started, steps={o.step: o.status for o in outcomes})
             if failed:
@@ -81,19 +82,15 @@ def steps(source: Path) -> tuple[Step, ...]:
             Step("resolve", _identity_rows, _resolve),
             Step("build", _loads_and_crosswalk, _build),
             Step("materialize", _latest_snapshot, _materialize),
-            Step("train", _snapshots, _train, wait=_not_due),
+            Step("train", _snapshots, _train, wait=not_due),
             Step("promote", _challengers, _promote),
             Step("score", _snapshot_and_champions, _score),
             Step("purge", _retention_day, _purge),
             Step("monitor", _snapshots_and_scores, None))  # wired to `c360 monitor`'s report when it is built
 
 
-def _starting(total: int, step: Step) -> None:
-    stderr.print(f"[bold]refresh[/] {step.name} ({_number(step.name) + 1}/{total}) …", soft_wrap=True)
-
-
-def _number(name: str) -> int:
-    return [step.name for step in steps(Path())].index(name)
+def _starting(todo: tuple[Step, ...], step: Step) -> None:
+    stderr.print(f"[bold]refresh[/] {step.name} ({todo.index(step) + 1}/{len(todo)}) …", soft_wrap=True)
 
 
 def _ended(outcome: Outcome) -> None:
@@ -105,7 +102,8 @@ def _ended(outcome: Outcome) -> None:
 def _table(outcomes: list[Outcome]) -> Table:
     shown = Table("step", "status", "seconds", "note", "figures", title="refresh")
     for o in outcomes:
-        figures = ", ".join(f"{k} {v}" for k, v in plain(o.figures).items() if not isinstance(v, dict | list))
+        figures = ", ".join(f"{k} {v if isinstance(v, str | int | float) else json.dumps(v)}"
+                            for k, v in plain(o.figures).items())
         shown.add_row(o.step, o.status, f"{o.seconds:.1f}", o.note, figures)
     return shown
 
@@ -206,7 +204,7 @@ def _snapshots(s: Settings) -> str:
     return digest(files(s.snapshots.glob("as_of=*.parquet")))
 
 
-def _not_due(s: Settings, state: State) -> str | None:
+def not_due(s: Settings, state: State) -> str | None:
     """Why training waits: None when the last monitoring report said "act", a model was never trained, or the oldest
     of the last trainings is C360_RETRAIN_DAYS old."""
     from c360.training import tracking

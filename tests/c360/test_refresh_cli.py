@@ -19,10 +19,12 @@ import pytest
 from typer.testing import CliRunner
 
 from c360.cli.main import app
+from c360.cli.refresh import not_due
 from c360.core import locks
 from c360.core.settings import Settings
 from c360.features import store
 from c360.features.advance import advance
+from c360.features.refresh import State
 from c360.features.refresh import path as state_path
 from tests.serving.conftest import promote_all, served  # noqa: F401  (the served home, a session fixture)
 
@@ -47,10 +49,10 @@ def _command(source: Path) -> list[str]:
     return [sys.executable, "-m", "c360.cli", "refresh", "--source", str(source), "--json"]
 
 
-def _refresh(s: Settings, source: Path) -> tuple[dict, str, float]:
+def _refresh(s: Settings, source: Path, **env: str) -> tuple[dict, str, float]:
     """`c360 refresh --source SOURCE --json` in its own process: its document, its stderr and its wall time."""
     started = time.monotonic()
-    done = subprocess.run(_command(source), env=_env(s), capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(_command(source), env=_env(s) | env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout), done.stderr, time.monotonic() - started
 
@@ -65,12 +67,13 @@ def _figures(result: dict, step: str) -> dict:
 
 @pytest.fixture(scope="module")
 def month(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The generated world's next four weeks as a batch of exports (from a copy of the world: advancing writes its
-    ground truth beside the world's, and the next advance would carry on from there)."""
-    root = tmp_path_factory.mktemp("month")
-    shutil.copytree(resolved[1], root / "world")
-    advance(root / "world", 4, out=root / "batch")
-    return root / "batch"
+    """A copy of the generated world with its next four weeks beside its files, as `c360 advance --weeks 4` writes
+    them: the snapshot tables whole (they are made from the last export in the folder), the others' new rows. A copy,
+    as advancing writes its ground truth beside the world's and the next advance would carry on from there."""
+    world = tmp_path_factory.mktemp("month") / "world"
+    shutil.copytree(resolved[1], world)
+    advance(world, 4, out=world)
+    return world
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +94,9 @@ def test_a_second_run_does_nothing_and_says_so(uninterrupted: dict) -> None:
     assert _status(first)["ingest"] == "done" and _figures(first, "ingest")["files"] == 0  # every file known
     assert _status(first)["train"] == "skipped"  # the champions were trained minutes ago
     assert set(_status(again).values()) <= {"skipped", "unavailable"}
-    assert all(step["note"] == "nothing new" for step in again["steps"] if step["status"] == "skipped")
+    notes = {step["step"]: step["note"] for step in again["steps"] if step["status"] == "skipped"}
+    assert notes.pop("train").startswith("not due: trained")
+    assert set(notes.values()) == {"nothing new"}
     assert again["changed"] is False
     assert "ingest: skipped: nothing new" in said
     assert seconds < 60
@@ -140,6 +145,14 @@ def test_a_run_killed_midway_and_run_again_ends_as_an_uninterrupted_one(
                                                                                        "wide"))
 
 
+def test_training_waits_for_its_schedule_or_for_monitoring(served: Settings) -> None:  # noqa: F811
+    assert not_due(served, State(served)).startswith("not due: trained")
+    assert not_due(served.model_copy(update={"retrain_days": 0}), State(served)) is None
+    act = State(served)
+    act.steps["monitor"] = {"figures": {"worst": "act"}}
+    assert not_due(served, act) is None
+
+
 def test_one_run_at_a_time(home: Path, tmp_path: Path) -> None:
     with locks.job(Settings(), "refresh"):
         result = CliRunner().invoke(app, ["refresh", "--source", str(tmp_path), "--json"])
@@ -162,3 +175,16 @@ def test_a_failing_step_is_one_line_naming_it(home: Path, tmp_path: Path) -> Non
 def test_a_missing_landing_folder_is_refused(home: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["refresh", "--source", str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "no such folder of exports" in result.stderr
+
+
+def test_when_training_is_due_challengers_are_trained_gated_and_scored(uninterrupted: dict, month: Path) -> None:
+    s = uninterrupted["s"]
+    result, _, _ = _refresh(s, month, C360_RETRAIN_DAYS="0")
+    status = _status(result)
+    assert status["train"] == "done" and status["promote"] == "done"
+    trained, gated = _figures(result, "train"), _figures(result, "promote")
+    assert set(trained) == set(gated) == {"churn", "clv", "nba"}
+    assert all(gated[kind]["challenger"] == trained[kind]["version"] > 1 and gated[kind]["reasons"]
+               for kind in trained)
+    promoted = any(decision["promoted"] for decision in gated.values())
+    assert status["score"] == ("done" if promoted else "skipped")
