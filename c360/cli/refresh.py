@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from c360.cli.ui import Json, audited, emit, fail, plain, record_run, stderr
@@ -94,8 +95,9 @@ def _starting(todo: tuple[Step, ...], step: Step) -> None:
 
 
 def _ended(outcome: Outcome) -> None:
-    said = {"done": f"done in {outcome.seconds:.1f} s", "skipped": f"skipped: {outcome.note}",
-            "failed": f"[red]failed[/]: {outcome.note}", "unavailable": f"unavailable: {outcome.note}"}
+    note = escape(outcome.note)
+    said = {"done": f"done in {outcome.seconds:.1f} s", "skipped": f"skipped: {note}",
+            "failed": f"[red]failed[/]: {note}", "unavailable": f"unavailable: {note}"}
     stderr.print(f"[bold]refresh[/] {outcome.step}: {said[outcome.status]}", soft_wrap=True)
 
 
@@ -104,7 +106,7 @@ def _table(outcomes: list[Outcome]) -> Table:
     for o in outcomes:
         figures = ", ".join(f"{k} {v if isinstance(v, str | int | float) else json.dumps(v)}"
                             for k, v in plain(o.figures).items())
-        shown.add_row(o.step, o.status, f"{o.seconds:.1f}", o.note, figures)
+        shown.add_row(o.step, o.status, f"{o.seconds:.1f}", escape(o.note), escape(figures))
     return shown
 
 
