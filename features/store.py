@@ -59,11 +59,14 @@ def feature_store(s: Settings) -> FeatureStore:
 
 
 def write_snapshot(s: Settings, snapshot: pd.DataFrame) -> Path:
-    """Write (or replace) the snapshot of one as-of date."""
+    """Write (or replace) the snapshot of one as-of date: into a hidden file swapped in whole, so a run killed
+    midway never leaves a truncated snapshot for training, scoring or the service to read."""
     as_of = pd.Timestamp(snapshot["as_of"].iloc[0])
     s.snapshots.mkdir(parents=True, exist_ok=True)
     path = s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet"
-    snapshot.to_parquet(path, index=False)
+    part = path.with_name(f".{path.name}.part")
+    snapshot.to_parquet(part, index=False)
+    part.replace(path)
     return path
 
 

@@ -29,6 +29,7 @@ from c360.cli.mapping import mapping_app
 from c360.cli.personas import fit as personas_fit
 from c360.cli.personas import personas_app
 from c360.cli.privacy import privacy_app
+from c360.cli.refresh import refresh
 from c360.cli.review import mlflow_ui
 from c360.cli.serve import score, serve
 from c360.cli.train import champions, promote, train_all, train_app
@@ -65,6 +66,7 @@ app.command()(promote)
 app.command()(champions)
 app.command("mlflow-ui")(mlflow_ui)
 app.command()(score)
+app.command()(refresh)
 app.command()(serve)
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")

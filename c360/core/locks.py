@@ -1,4 +1,5 @@
-"""One writer of the warehouse at a time: a second one waits for the first, or gives up naming it.
+"""One writer of the warehouse at a time: a second one waits for the first, or gives up naming it; and one run of a
+job (`job`) at a time: a second one ends at once, naming the first.
 
 A writer holds `C360_HOME/warehouse.lock` (flock) while its connection is open; the file says who holds it
 (command line, pid, start). Readers take no lock. DuckDB keeps its own lock on the database file, which a reader
@@ -41,11 +42,37 @@ def writer(s: Settings) -> Iterator[float]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         _wait(lambda: _flock(fd), deadline, s, lambda: _holder(path) or "another c360 process")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_me()).encode(), 0)
+        _claim(fd)
         yield deadline
     finally:
         os.close(fd)  # closing releases the flock
+
+
+class JobBusy(Exception):
+    """Another run of the same job holds its lock."""
+
+
+@contextmanager
+def job(s: Settings, name: str) -> Iterator[None]:
+    """Hold `C360_HOME/<name>.lock` for one run of a job (`c360 refresh`), or raise `JobBusy` at once, naming the
+    run that holds it: a job started by cron while the last one still runs should end, not queue behind it."""
+    s.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = s.home / f"{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if _flock(fd) is None:
+            raise JobBusy(f"another {name} is running: {_holder(path) or 'another c360 process'}; this one did "
+                          "nothing")
+        _claim(fd)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _claim(fd: int) -> None:
+    """Write who holds the lock into its file, for whoever waits for it."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(_me()).encode(), 0)
 
 
 def busy(s: Settings) -> bool:

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
                                                                  "kept; `c360 privacy purge-expired` drops older ones")
     audit_retention_days: int = Field(730, ge=1, description="days audit records are kept; `c360 privacy "
                                                              "purge-expired` drops older ones")
+    landing: Path = Field(default_factory=lambda data: Path(data["home"]) / "landing",
+                          description="folder where new exports arrive: `c360 refresh` ingests from it")
+    retrain_days: int = Field(30, ge=0, description="`c360 refresh` trains challengers when the last training is "
+                                                    "older than this many days")
     auth: Literal["on", "off"] = Field("on", description="API keys on the service; off: every request is a local "
                                                           "admin, and the service answers on loopback only")
     public_docs: bool = Field(True, description="the OpenAPI document and Swagger UI need no key")
