@@ -47,6 +47,7 @@ from c360.training.churn import metrics as churn_metrics
 from c360.training.specs import CHURN, CLV
 
 EXPERIMENT = "c360-monitoring"
+STATUS_VALUE = {"ok": 0, "watch": 1, "act": 2}  # a status as a gauge
 SAMPLE = 200  # customers read back from the online store
 QUARANTINE_WATCH, QUARANTINE_ACT = 0.05, 0.20  # share of a batch's rows quarantined
 NULLS_WATCH, NULLS_ACT = 0.05, 0.20  # rise of a feature's null share since the previous snapshot
@@ -132,16 +133,13 @@ def latest(s: Settings) -> dict[str, Any] | None:
         return None
 
 
-STATUS_VALUE = {"ok": 0, "watch": 1, "act": 2}
-
-
 def gauges(document: dict[str, Any]) -> dict[str, float]:
     """The report's figures as flat gauges: `<check>_status` (0 ok, 1 watch, 2 act) and `<check>_<figure>`."""
     values = {"status": float(STATUS_VALUE[document["status"]])}
     for check in document["checks"]:
         values[f"{check['name']}_status"] = float(STATUS_VALUE[check["status"]])
         values |= {f"{check['name']}_{k}": float(v) for k, v in check["figures"].items()
-                   if isinstance(v, int | float) and v is not None and math.isfinite(v)}
+                   if isinstance(v, int | float) and math.isfinite(v)}
     return values
 
 
@@ -296,7 +294,8 @@ def _null_trend(s: Settings) -> list[dict[str, Any]]:
 def realized(s: Settings) -> list[Check]:
     runs = scoring_runs(s)
     if not runs or not s.warehouse.exists():
-        return [Check("realized_churn", "Realized churn performance", "ok", "no scoring run yet")]
+        return [Check("realized_churn", "Realized churn performance", "ok", "no scoring run yet"),
+                Check("realized_clv", "Realized customer value", "ok", "no scoring run yet")]
     with warehouse.connect(s, read_only=True) as con:
         end = warehouse.data_end(con)
         return [_realized_churn(s, con, runs, end), _realized_clv(con, runs, end)]
