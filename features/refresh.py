@@ -30,19 +30,19 @@ import duckdb
 from c360.core.at_rest import write_private
 from c360.core.settings import Settings
 
-Status = Literal["done", "skipped", "failed", "unavailable"]
+Status = Literal["done", "skipped", "failed"]
 NOTHING_NEW = "nothing new"
 
 
 @dataclass(frozen=True)
 class Step:
-    """One step of the job. `inputs(s)` fingerprints what it reads; `work(s)` does it and returns its figures (None:
-    the step is not part of this build, and says so); `wait(s, state)` gives a reason to leave it for a later run
+    """One step of the job. `inputs(s)` fingerprints what it reads; `work(s)` does it and returns its figures;
+    `wait(s, state)` gives a reason to leave it for a later run
     although its inputs changed, or None."""
 
     name: str
     inputs: Callable[[Settings], str]
-    work: Callable[[Settings], dict[str, Any]] | None
+    work: Callable[[Settings], dict[str, Any]]
     wait: Callable[[Settings, State], str | None] = lambda s, state: None
 
 
@@ -95,8 +95,6 @@ def run(s: Settings, steps: Sequence[Step], on_start: Callable[[Step], None],
 
 def _one(s: Settings, state: State, step: Step) -> Outcome:
     started = time.perf_counter()
-    if step.work is None:
-        return Outcome(step.name, "unavailable", note="not part of this build")
     try:
         inputs = step.inputs(s)
         if inputs == state.inputs(step.name):

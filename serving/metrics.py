@@ -8,6 +8,10 @@ template (`/customers/{customer_id}/profile`) or `unmatched`; BentoML's own prob
 `/readyz`) and paths no route matches are answered before the app and not counted. Under `bentoml serve` the
 worker processes share one multiprocess directory (`PROMETHEUS_MULTIPROC_DIR`, set by BentoML), so `/metrics`
 answers for all of them.
+
+Beside them, the latest `c360 monitor` report's statuses and key figures, read from its JSON file at each scrape
+(a small file; no state in the workers): `c360_monitor_status{check}` (0 ok, 1 watch, 2 act; `check="all"` the
+worst), `c360_monitor_figure{check, figure}` and `c360_monitor_report_timestamp_seconds`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import os
 import time
 from typing import Any
 
+import pandas as pd
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from c360.core.settings import Settings
 
 
 @functools.cache
@@ -59,8 +66,9 @@ class RouteMetrics:
             duration.labels(scope["method"], route).observe(time.perf_counter() - started)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics text and its content type: every worker's when they share a multiprocess directory."""
+def exposition(s: Settings | None = None) -> tuple[bytes, str]:
+    """The metrics text and its content type: every worker's when they share a multiprocess directory, and the
+    latest monitoring report's gauges of home `s`."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
     _instruments()
@@ -68,4 +76,36 @@ def exposition() -> tuple[bytes, str]:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(registry) + (monitor_gauges(s) if s is not None else b""), CONTENT_TYPE_LATEST
+
+
+def monitor_gauges(s: Settings) -> bytes:
+    """The latest monitoring report as gauges (empty before the first report)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+
+    from c360.training.monitor_report import STATUS_VALUE, latest
+
+    document = latest(s)
+    if document is None:
+        return b""
+    status = GaugeMetricFamily("c360_monitor_status", "Latest monitoring report: 0 ok, 1 watch, 2 act",
+                               labels=["check"])
+    figure = GaugeMetricFamily("c360_monitor_figure", "Latest monitoring report: a check's key figure",
+                               labels=["check", "figure"])
+    created = GaugeMetricFamily("c360_monitor_report_timestamp_seconds", "When the latest report was made")
+    status.add_metric(["all"], STATUS_VALUE[document["status"]])
+    for check in document["checks"]:
+        status.add_metric([check["name"]], STATUS_VALUE[check["status"]])
+        for name, value in check["figures"].items():
+            if isinstance(value, int | float):
+                figure.add_metric([check["name"], name], float(value))
+    created.add_metric([], pd.Timestamp(document["created"]).timestamp())
+
+    class Latest:
+        def collect(self) -> list[GaugeMetricFamily]:
+            return [status, figure, created]
+
+    registry = CollectorRegistry()
+    registry.register(Latest())
+    return bytes(generate_latest(registry))

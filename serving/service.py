@@ -417,7 +417,7 @@ class C360:
     @app.get("/metrics", include_in_schema=False)
     async def metrics(self) -> Response:
         """Prometheus metrics by route (`serving.metrics`)."""
-        text, media_type = await anyio.to_thread.run_sync(exposition)
+        text, media_type = await anyio.to_thread.run_sync(exposition, self.settings)
         return Response(text, media_type=media_type)
 
     @app.get("/ui", response_class=HTMLResponse, include_in_schema=False)

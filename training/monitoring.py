@@ -1,17 +1,37 @@
-"""Watching batch scores: drift between two scoring runs, and who the scores single out, group by group.
+"""Watching models in use: drift of their inputs and scores, what their predictions were worth once the horizon
+passed, and who the scores single out, group by group.
 
-Inputs are the long score tables `c360 score` writes (one row per customer and model: customer_id, model, version,
-score, label, ...): churn's label is its risk band, next best action's the action. Plain functions, no I/O.
+Inputs are feature snapshots (one row per customer, the columns of `c360.core.definitions.FEATURES`) and the long
+score tables `c360 score` writes (one row per customer and model: customer_id, model, version, score, label, ...):
+churn's label is its risk band, next best action's the action. Plain functions, no I/O; `monitor_report` reads the
+home and assembles the report.
+
+Every check reads a figure against two thresholds (`status`): below the first "ok", below the second "watch",
+beyond it "act". Drift is the population stability index (PSI) with its usual reading (0.1, 0.25). A feature that
+grows by construction (a total to date, tenure) drifts as the customer base ages, whatever customers do: totals are
+compared per tenure month, tenure itself is skipped (`GROWING`). A feature's drift calls for action only when the
+feature matters: when it carries at least `MIN_WEIGHT` of some model's explanations (`explanation_weights`, from the
+reasons of a scoring run). A shift in a feature no model leans on keeps its reading (ok, watch, act by PSI alone) and
+its reason, but leaves the status ok.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 
 PSI_WATCH, PSI_ACT = 0.1, 0.25  # the usual reading of the population stability index
+SMD_WATCH, SMD_ACT = 0.1, 0.2  # standardized mean difference: negligible below 0.1, a small effect from 0.2
+STATUSES = ("ok", "watch", "act")
+# Features that grow by construction: compared per tenure month (30 days), or skipped (None) with the reason.
+GROWING: dict[str, str | None] = {"revenue_total": "tenure_days", "features_used_total": "tenure_days",
+                                  "feature_requests_total": "tenure_days", "tenure_days": None}
+SKIPPED = "grows with the customer's age by construction; the other features carry its signal"
+MIN_ROWS = 50  # fewer values than this on either side: no PSI worth reading
+MIN_WEIGHT = 0.05  # a feature below this share of every model's explanations moves no score
 
 
 def psi(before: Iterable[float], after: Iterable[float], bins: int = 10) -> float:
@@ -25,14 +45,141 @@ def psi(before: Iterable[float], after: Iterable[float], bins: int = 10) -> floa
     return float(np.sum((new_share - old_share) * np.log(new_share / old_share)))
 
 
+def psi_categories(before: pd.Series, after: pd.Series) -> float:
+    """PSI of a categorical (or boolean) feature over the categories either side has."""
+    old, new = before.astype(str).value_counts(normalize=True), after.astype(str).value_counts(normalize=True)
+    old, new = (np.clip(x.reindex(old.index.union(new.index), fill_value=0).to_numpy(), 1e-6, None)
+                for x in (old, new))
+    return float(np.sum((new - old) * np.log(new / old)))
+
+
+def status(value: float, watch: float, act: float) -> str:
+    """"ok" below `watch`, "watch" below `act`, else "act" (a NaN, nothing to judge, is "ok")."""
+    if value is None or np.isnan(value) or value < watch:
+        return "ok"
+    return "watch" if value < act else "act"
+
+
+def worst(statuses: Iterable[str]) -> str:
+    return max(statuses, key=STATUSES.index, default="ok")
+
+
+def comparable(snapshot: pd.DataFrame, feature: str) -> pd.Series:
+    """The feature's values in the form compared over time: a total to date per tenure month (GROWING)."""
+    per = GROWING.get(feature)
+    values = snapshot[feature]
+    if per is None:
+        return values
+    months = np.maximum(pd.to_numeric(snapshot[per], errors="coerce"), 30) / 30
+    return pd.to_numeric(values, errors="coerce") / months
+
+
+def explanation_weights(scores: pd.DataFrame) -> pd.Series:
+    """Per feature, its largest share of one model's explanations: the sum of |contribution| over the reasons of
+    `scores` (a long score table with its `reasons` JSON), over that model's total."""
+    rows = [(model, r["feature"], abs(float(r["contribution"])))
+            for model, text in zip(scores["model"], scores["reasons"], strict=True) for r in json.loads(text or "[]")]
+    if not rows:
+        return pd.Series(dtype=float)
+    frame = pd.DataFrame(rows, columns=["model", "feature", "weight"])
+    per_model = frame.groupby(["model", "feature"])["weight"].sum()
+    share = per_model / per_model.groupby(level="model").transform("sum")
+    return share.groupby(level="feature").max()
+
+
+def feature_drift(before: pd.DataFrame, after: pd.DataFrame, features: Iterable[str],
+                  weights: pd.Series | None = None) -> pd.DataFrame:
+    """Per feature: how it is compared, PSI of `after` against `before` (non-missing values), the null share of
+    each, its weight in the models' explanations (`weights`; None: every feature counts) and the status; a feature
+    that grows by construction or lacks values is skipped with the reason."""
+    rows = []
+    for name in features:
+        weight = 1.0 if weights is None else float(weights.get(name, 0.0))
+        row: dict = {"feature": name, "compared": "as is", "psi": np.nan, "reading": "ok", "weight": weight,
+                     "status": "ok", "reason": ""}
+        if name in before and name in after:
+            row |= {"null_before": float(before[name].isna().mean()), "null_after": float(after[name].isna().mean())}
+        if name in GROWING:
+            row["compared"] = "per tenure month" if GROWING[name] else "skipped"
+        if name not in before or name not in after:
+            row |= {"compared": "skipped", "reason": "missing from a snapshot"}
+        elif row["compared"] == "skipped":
+            row["reason"] = SKIPPED
+        else:
+            old, new = comparable(before, name).dropna(), comparable(after, name).dropna()
+            if min(len(old), len(new)) < MIN_ROWS:
+                row |= {"compared": "skipped", "reason": f"fewer than {MIN_ROWS} values"}
+            else:
+                numeric = pd.api.types.is_numeric_dtype(old) and not pd.api.types.is_bool_dtype(old)
+                row["psi"] = psi(old, new) if numeric else psi_categories(old, new)
+                row["reading"] = status(row["psi"], PSI_WATCH, PSI_ACT)
+                row["status"] = row["reading"] if weight >= MIN_WEIGHT else "ok"
+                if row["reading"] != row["status"]:
+                    row["reason"] = f"moves no score (weight {weight:.1%} of a model's explanations)"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def calibration(y: Iterable[float], p: Iterable[float], bins: int = 10) -> pd.DataFrame:
+    """Calibration curve on equal-width probability bins (those with rows): mean prediction, observed rate, rows."""
+    frame = pd.DataFrame({"y": np.asarray(list(y), dtype=float), "p": np.asarray(list(p), dtype=float)})
+    frame["bin"] = np.minimum((frame["p"] * bins).astype(int), bins - 1)
+    curve = frame.groupby("bin").agg(predicted=("p", "mean"), observed=("y", "mean"), rows=("y", "size"))
+    return curve.reset_index()
+
+
+def by_decile(predicted: pd.Series, realized: pd.Series) -> pd.DataFrame:
+    """Predicted against realized value per decile of the prediction (1 = lowest): means and rows."""
+    frame = pd.DataFrame({"predicted": predicted, "realized": realized}).dropna()
+    frame["decile"] = pd.qcut(frame["predicted"].rank(method="first"), 10, labels=range(1, 11)).astype(int)
+    return frame.groupby("decile").agg(predicted=("predicted", "mean"), realized=("realized", "mean"),
+                                       rows=("predicted", "size")).reset_index()
+
+
+def quarantine_rates(log: pd.DataFrame) -> pd.DataFrame:
+    """Per source table and batch (ingest_log rows: table_id, file, rows_read, rows_quarantined, ingested_at):
+    the share of rows quarantined, oldest batch first."""
+    rate = log["rows_quarantined"] / log["rows_read"].where(log["rows_read"] > 0)
+    return log.assign(rate=rate.fillna(0.0)).sort_values(["table_id", "ingested_at"])[
+        ["table_id", "file", "ingested_at", "rows_read", "rows_quarantined", "rate"]]
+
+
+def differences(online: pd.DataFrame, offline: pd.DataFrame, features: Iterable[str]) -> pd.DataFrame:
+    """Per customer (rows matched on customer_id) and feature, whether the online value differs from the
+    snapshot's: numbers equal to float rounding, missing equal to missing."""
+    both = online.set_index("customer_id").join(offline.set_index("customer_id"), lsuffix="_online", how="inner")
+    differ = {}
+    for name in features:
+        a, b = both[f"{name}_online"], both[name]
+        if pd.api.types.is_numeric_dtype(b) and not pd.api.types.is_bool_dtype(b):
+            a, b = pd.to_numeric(a, errors="coerce").astype(float), b.astype(float)
+            same = np.isclose(a, b, rtol=1e-6, atol=1e-9, equal_nan=True)
+        else:
+            same = (a.astype(str) == b.astype(str)) | (a.isna() & b.isna())
+        differ[name] = ~np.asarray(same)
+    return pd.DataFrame(differ, index=both.index)
+
+
+def smd(before: pd.Series, after: pd.Series) -> float:
+    """Standardized mean difference: how far the mean moved, in standard deviations of both (pooled)."""
+    pooled = np.sqrt((before.var() + after.var()) / 2)
+    return float(abs(after.mean() - before.mean()) / pooled) if pooled > 0 else 0.0
+
+
+def score_status(psi_value: float, smd_value: float) -> str:
+    """A model's scores drifted when their distribution changed (PSI) or their mean moved (SMD): a shift that
+    raises the risk of part of the customers moves the mean before it reshapes the deciles."""
+    return worst([status(psi_value, PSI_WATCH, PSI_ACT), status(smd_value, SMD_WATCH, SMD_ACT)])
+
+
 def _verdict(value: float) -> str:
     return "stable" if value < PSI_WATCH else "watch" if value < PSI_ACT else "shifted"
 
 
 def score_drift(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """Per model, two scoring runs compared: versions, customers in each and in both, mean score before and after,
-    PSI (with its reading), the mean absolute change of a customer's score and the share whose label (risk band,
-    action) changed — NaN for a model without labels."""
+    PSI (with its reading), standardized mean difference (`smd`), the mean absolute change of a customer's score
+    and the share whose label (risk band, action) changed — NaN for a model without labels."""
     rows = []
     for model in sorted(set(before["model"]) & set(after["model"])):
         old, new = (frame[frame["model"] == model].set_index("customer_id") for frame in (before, after))
@@ -43,7 +190,7 @@ def score_drift(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
             "model": model, "versions": f"v{old['version'].iloc[0]} → v{new['version'].iloc[0]}",
             "customers before": len(old), "customers after": len(new), "in both": len(both),
             "mean before": old["score"].mean(), "mean after": new["score"].mean(), "psi": value,
-            "reading": _verdict(value),
+            "smd": smd(old["score"], new["score"]), "reading": _verdict(value),
             "mean abs change": (new.loc[both, "score"] - old.loc[both, "score"]).abs().mean(),
             "label changed": (labels["old"] != labels["new"]).mean() if len(labels) else np.nan,
         })

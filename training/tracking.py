@@ -302,6 +302,19 @@ def log_evaluation_run(
     return str(run.info.run_id)
 
 
+def log_folder_run(*, experiment: str, run_name: str, folder: Path, metrics: Mapping[str, float],
+                   tags: Mapping[str, Any], home: Path | None = None) -> str:
+    """Logs a run whose artifacts are the files of `folder` (a report), with its key figures as metrics."""
+    home = _home(home)
+    client = configure(home)
+    with mlflow.start_run(experiment_id=experiment_id(client, home, experiment), run_name=run_name,
+                          tags={key: str(value) for key, value in tags.items()}) as run:
+        mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+        mlflow.log_artifacts(str(folder))
+    _protect(home)
+    return str(run.info.run_id)
+
+
 def _log_report(figures: Mapping[str, Figure], tables: Mapping[str, pd.DataFrame | Mapping[str, Any]],
                 model_card: str) -> None:
     _log_figures(figures)

@@ -18,6 +18,7 @@ from c360.cli.ui import Json, audited, emit, fail, progress, record_run, table
 from c360.core import warehouse
 from c360.core.contract import ACTIONS
 from c360.core.settings import Settings
+from c360.features.synth.advance import SHIFTS
 
 
 def advance(
@@ -30,12 +31,15 @@ def advance(
     out: Annotated[Path | None, typer.Option(help="folder for the batch of source files, <silo>/<table>_<date>.csv "
                                                   "[default: the world's folder, unless --events]")] = None,
     events: Annotated[Path | None, typer.Option(help="write the step as a stream of events (JSON lines) here")] = None,
+    shift: Annotated[str | None, typer.Option(help="a change of the world from this step on, KIND:REGION: "
+                                              + "; ".join(f"{k}: {v}" for k, v in SHIFTS.items()))] = None,
     as_json: Json = False,
 ) -> dict:
     """Move the generated world forward: new product events, tickets, invoices, payments, plan changes, NPS
     answers, sends and consents of the next weeks, with their ground truth (who churned, the actions' outcomes)."""
     from c360.features.advance import AdvanceError
     from c360.features.advance import advance as run
+    from c360.features.synth.advance import Shift
 
     s, started = Settings(), time.time()
     world = world or s.generated
@@ -45,14 +49,18 @@ def advance(
     except (OSError, ValueError, KeyError):
         raise fail(f"{world}: no generated world here (run `c360 generate` first)") from None
     try:
+        shifted = Shift.parse(shift) if shift else None
+    except ValueError as e:
+        raise fail(str(e)) from None
+    try:
         chosen, named = _actions(s, actions)
         with audited(s, "c360 advance", named) if named else nullcontext(), \
                 progress("advancing customers", customers) as moved:
-            report = run(world, weeks, chosen, out=out, events=events, on_chunk=moved)
+            report = run(world, weeks, chosen, out=out, events=events, on_chunk=moved, shift=shifted)
     except AdvanceError as e:
         raise fail(str(e)) from None
     record_run(s, "advance", started, world=world, weeks=weeks, start=report.start, treated=report.treated,
-               events=report.events)
+               events=report.events, shift=shift)
     result = {"world": world, "out": out, "events_file": events, **vars(report)}
     files = pd.DataFrame(report.rows.items(), columns=["file", "rows"])
     return emit(result, as_json, table(f"{report.start} → {report.end}: batch in {out}", files),

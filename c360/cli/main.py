@@ -26,6 +26,7 @@ from c360.cli.features import apply, build, features_app, materialize, profile
 from c360.cli.identity import eval_app, resolve_app, run_resolve
 from c360.cli.keys import keys_app
 from c360.cli.mapping import mapping_app
+from c360.cli.monitor import monitor
 from c360.cli.personas import fit as personas_fit
 from c360.cli.personas import personas_app
 from c360.cli.privacy import privacy_app
@@ -67,6 +68,7 @@ app.command()(champions)
 app.command("mlflow-ui")(mlflow_ui)
 app.command()(score)
 app.command()(refresh)
+app.command()(monitor)
 app.command()(serve)
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")

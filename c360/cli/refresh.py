@@ -69,6 +69,8 @@ def refresh(
             record_run(s, "refresh", started, steps={o.step: o.status for o in outcomes})
             if failed:
                 raise fail(f"refresh step {failed.step} failed: {failed.note}")
+            if acting := State(s).figures("monitor").get("acting"):
+                raise fail(f"monitoring says act on {', '.join(acting)}: see `c360 monitor`")
     except locks.JobBusy as e:
         raise fail(str(e)) from None
     seconds = round(time.time() - started, 1)
@@ -87,7 +89,7 @@ def steps(source: Path) -> tuple[Step, ...]:
             Step("promote", _challengers, _promote),
             Step("score", _snapshot_and_champions, _score),
             Step("purge", _retention_day, _purge),
-            Step("monitor", _snapshots_and_scores, None))  # wired to `c360 monitor`'s report when it is built
+            Step("monitor", _snapshots_and_scores, _monitor))
 
 
 def _starting(todo: tuple[Step, ...], step: Step) -> None:
@@ -97,7 +99,7 @@ def _starting(todo: tuple[Step, ...], step: Step) -> None:
 def _ended(outcome: Outcome) -> None:
     note = escape(outcome.note)
     said = {"done": f"done in {outcome.seconds:.1f} s", "skipped": f"skipped: {note}",
-            "failed": f"[red]failed[/]: {note}", "unavailable": f"unavailable: {note}"}
+            "failed": f"[red]failed[/]: {note}"}
     stderr.print(f"[bold]refresh[/] {outcome.step}: {said[outcome.status]}", soft_wrap=True)
 
 
@@ -289,4 +291,11 @@ def _purge(s: Settings) -> dict[str, Any]:
 
 def _snapshots_and_scores(s: Settings) -> str:
     return digest(_snapshots(s), files(s.scores.rglob("*.parquet")))
+
+
+def _monitor(s: Settings) -> dict[str, Any]:
+    from c360.training.monitor_report import run as monitor
+
+    report = monitor(s)
+    return {"worst": report.worst, "acting": report.acting}
 

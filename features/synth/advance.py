@@ -8,6 +8,13 @@ own random stream and its own keys (`StepIds`). What the export left unfinished 
 closes at the time drawn for it, a subscription whose plan, seats or end changed gets its new row, a marketing
 contact still granting a purpose may withdraw it. Those are rows the export already has, sent again as they are
 now (an update, by key).
+
+A step may carry a shift (`Shift`, `c360 advance --shift usage-drop:REGION`): something that changes the world from
+the step on, as a market does. `usage-drop` is an outage or a rival's launch in one region: the product use of its
+accounts falls by `USAGE_DROP` (each of their product events of the step is dropped with that chance) while their
+latent health, and so their churn, stays as it was: what moves is what the models read. Its draws come from a
+stream of their own (`SHIFT_STREAM`), so a step without a shift, and every other table of a shifted step, are what
+they would have been.
 """
 
 from __future__ import annotations
@@ -26,6 +33,37 @@ from c360.features.synth.world import ACTIONS, World, act, action_effects, actio
 
 STREAM = 0xADA7CE  # the advance's own word in the seed sequence: [seed, chunk, STREAM, first week]
 SOLVED = ("solved", "closed")
+SHIFT_STREAM = 0x5A1F7  # the shift's word after the step's: [seed, chunk, STREAM, first week, SHIFT_STREAM]
+USAGE_DROP = 0.9
+SHIFTS = {"usage-drop": f"product use of one region's accounts falls by {USAGE_DROP:.0%} (an outage, a rival's "
+                        "launch); their churn does not change"}
+
+
+@dataclass(frozen=True)
+class Shift:
+    kind: str  # one of SHIFTS
+    region: str
+
+    @classmethod
+    def parse(cls, text: str) -> Shift:
+        """`KIND:REGION`, e.g. `usage-drop:EMEA` (ValueError naming what is known)."""
+        kind, _, region = text.partition(":")
+        if kind not in SHIFTS or region not in contract.REGIONS:
+            raise ValueError(f"unknown shift {text!r}: give KIND:REGION, KIND one of {', '.join(SHIFTS)}, REGION "
+                             f"one of {', '.join(contract.REGIONS)}")
+        return cls(kind, region)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.region}"
+
+    def apply(self, rng: np.random.Generator, b: Builder, tables: dict[str, pd.DataFrame]) -> None:
+        """Thin the product events of the region's accounts (the step's users are the export's)."""
+        user_id, users, _ = b.users
+        region = b.acc["region"].to_numpy()[users["account_row"].to_numpy()]
+        shifted = set(user_id[region == self.region])
+        events = tables["product/events"]
+        dropped = events["user_id"].isin(shifted).to_numpy() & (rng.random(len(events)) < USAGE_DROP)
+        tables["product/events"] = events[~dropped].reset_index(drop=True)
 
 
 class StepIds(Ids):
@@ -47,6 +85,7 @@ class Step:
     first: int  # the first week of the step (OBSERVED for the first advance)
     weeks: int
     actions: pd.DataFrame  # account, action
+    shift: Shift | None = None
 
     @property
     def end(self) -> int:
@@ -78,9 +117,10 @@ class Chunk:
         return cls(builder, builder.w, tickets, tables["billing/subscriptions"], granted)
 
 
-def draw(chunk: Chunk, step: Step, rng: np.random.Generator, ids: StepIds) -> Silos:
+def draw(chunk: Chunk, step: Step, rng: np.random.Generator, ids: StepIds,
+         shift_rng: np.random.Generator | None = None) -> Silos:
     """The silo rows of `step` for `chunk` (new rows and the rows updated), and its truth in `chunk.truth`;
-    `chunk` moves to the step's end."""
+    `chunk` moves to the step's end. A step's shift draws from `shift_rng`."""
     acc = chunk.builder.acc["account"].to_numpy()
     mine = step.actions[step.actions["account"].isin(acc)]
     arm = pd.DataFrame({"account": mine["account"].to_numpy(), "row": np.searchsorted(acc, mine["account"]),
@@ -93,6 +133,9 @@ def draw(chunk: Chunk, step: Step, rng: np.random.Generator, ids: StepIds) -> Si
                  lambda: b.sends(step.campaigns()), b.nps, b.feature_requests):
         silo()
     out = b.export()
+    if step.shift is not None:
+        assert shift_rng is not None, "a shifted step needs the shift's stream"
+        step.shift.apply(shift_rng, b, out.tables)
     out.tables["support/tickets"] = pd.concat([_closed(chunk, b, rng), out.tables["support/tickets"]],
                                               ignore_index=True)
     out.tables["billing/subscriptions"] = _changed_subscriptions(chunk, b)

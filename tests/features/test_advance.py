@@ -245,3 +245,33 @@ def test_actions_may_name_c360_customers_through_the_crosswalk() -> None:
                                          {"action": "csm_call", "account_id": "ACC-2"}]
     with pytest.raises(AdvanceError, match="1 customer id"):
         with_account_ids(con, pd.DataFrame({"customer_id": ["C3"], "action": ["discount"]}))
+
+
+def test_a_usage_drop_thins_the_regions_product_events_and_changes_nothing_else(tmp_path: Path) -> None:
+    """The shift draws from a stream of its own: the shifted step's files are the plain step's, but for the product
+    events of the region's users, about USAGE_DROP of which are gone; a later step carries the shift on."""
+    from c360.features.synth.advance import USAGE_DROP, Shift
+
+    generate(tmp_path / "plain", 400, seed=3, chunk_size=200)
+    shutil.copytree(tmp_path / "plain", tmp_path / "shifted")
+    advance(tmp_path / "plain", 4, out=tmp_path / "plain")
+    advance(tmp_path / "shifted", 4, out=tmp_path / "shifted", shift=Shift.parse("usage-drop:EMEA"))
+    plain, shifted = digests(tmp_path / "plain"), digests(tmp_path / "shifted")
+    differ = {k for k in plain if plain[k] != shifted.get(k)}
+    assert differ == {f"product/events{BATCH}.csv", f"ground_truth/advance_{END.date()}.json"}, differ
+    truth = tmp_path / "plain" / "ground_truth"
+    region = pd.read_parquet(truth / "records.parquet").query("table_id == 'product/users'").merge(
+        pd.read_parquet(truth / "customers.parquet")[["account", "region"]], on="account").set_index("key")["region"]
+    events = {name: pd.read_csv(tmp_path / name / "product" / f"events{BATCH}.csv", dtype=str)
+              for name in ("plain", "shifted")}
+    for frame in events.values():
+        frame["region"] = frame["user_id"].map(region)
+    kept = events["shifted"].groupby("region").size() / events["plain"].groupby("region").size()
+    assert kept.drop("EMEA").eq(1).all(), kept
+    assert kept["EMEA"] == pytest.approx(1 - USAGE_DROP, abs=0.03)
+    assert set(events["shifted"]["event_id"]) <= set(events["plain"]["event_id"])
+    advance(tmp_path / "shifted", 4, out=tmp_path / "shifted")
+    manifests = sorted((tmp_path / "shifted" / "ground_truth").glob("advance_*.json"))
+    assert [json.loads(p.read_text())["shift"] for p in manifests] == ["usage-drop:EMEA"] * 2
+    with pytest.raises(ValueError, match="unknown shift"):
+        Shift.parse("usage-drop:MARS")

@@ -1,4 +1,5 @@
-"""Score drift between two scoring runs and the fairness table by segment."""
+"""Feature and score drift, the statuses, realized-performance tables, online-offline differences and the fairness
+table by segment: the pure functions of `c360.training.monitoring`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from c360.training.monitoring import fairness_table, psi, score_drift
+from c360.training.monitoring import (
+    by_decile,
+    calibration,
+    differences,
+    fairness_table,
+    feature_drift,
+    psi,
+    psi_categories,
+    quarantine_rates,
+    score_drift,
+    status,
+    worst,
+)
 
 
 def _run(churn: np.ndarray, version: int = 1) -> pd.DataFrame:
@@ -50,3 +63,77 @@ def test_fairness_table_shows_a_group_singled_out() -> None:
     assert table.loc["enterprise", "share high risk"] == 1 and table.loc["smb", "share high risk"] == 0
     assert table.loc["enterprise", "action: csm_call"] == 1
     assert table["customers"].sum() == 150
+
+
+def _snapshot(rng: np.random.Generator, n: int = 3000, age_days: int = 0, sessions: float = 12.0) -> pd.DataFrame:
+    """Customers with tenure, a total to date growing with it at a steady monthly rate, a 30-day count and a
+    category; `age_days` ages everyone, `sessions` moves the 30-day count."""
+    tenure = rng.integers(30, 1500, n) + age_days
+    monthly = rng.gamma(2, 50, n)
+    return pd.DataFrame({"tenure_days": tenure, "revenue_total": monthly * tenure / 30,
+                         "sessions_30d": rng.poisson(sessions, n), "plan": rng.choice(["basic", "pro"], n, p=[.7, .3]),
+                         "nps_last": np.where(rng.random(n) < 0.3, np.nan, rng.integers(0, 11, n))})
+
+
+FEATURES = ["tenure_days", "revenue_total", "sessions_30d", "plan", "nps_last"]
+
+
+def test_an_unshifted_population_is_ok_and_a_growing_total_is_compared_per_tenure_month() -> None:
+    rng = np.random.default_rng(2)
+    before, after = _snapshot(rng), _snapshot(rng, age_days=120)
+    drift = feature_drift(before, after, FEATURES).set_index("feature")
+    assert (drift["status"] == "ok").all(), drift
+    assert drift.loc["revenue_total", "compared"] == "per tenure month"
+    assert drift.loc["tenure_days", "compared"] == "skipped" and "by construction" in drift.loc["tenure_days", "reason"]
+    assert psi(before["revenue_total"], after["revenue_total"]) > psi(
+        before["revenue_total"] / before["tenure_days"], after["revenue_total"] / after["tenure_days"]), \
+        "as is, the total drifts as customers age: the reason for the per-month form"
+    assert drift.loc["nps_last", "null_after"] == pytest.approx(0.3, abs=0.03)
+
+
+def test_a_shifted_feature_and_category_act() -> None:
+    rng = np.random.default_rng(3)
+    before, after = _snapshot(rng), _snapshot(rng, sessions=5)
+    after["plan"] = rng.choice(["basic", "pro"], len(after), p=[.3, .7])
+    drift = feature_drift(before, after, [*FEATURES, "absent"]).set_index("feature")
+    assert drift.loc["sessions_30d", "status"] == "act" and drift.loc["plan", "status"] == "act"
+    assert drift.loc["nps_last", "status"] == "ok"
+    assert drift.loc["absent", "compared"] == "skipped"
+    assert psi_categories(before["plan"], before["plan"]) == pytest.approx(0, abs=1e-9)
+
+
+def test_statuses_read_two_thresholds() -> None:
+    assert [status(v, 0.1, 0.25) for v in (0.05, 0.1, 0.3, float("nan"))] == ["ok", "watch", "act", "ok"]
+    assert worst(["ok", "act", "watch"]) == "act" and worst([]) == "ok"
+
+
+def test_calibration_and_deciles_follow_the_data() -> None:
+    rng = np.random.default_rng(4)
+    p = rng.random(20000)
+    y = rng.random(20000) < p  # calibrated by construction
+    curve = calibration(y, p)
+    assert len(curve) == 10 and curve["rows"].sum() == 20000
+    assert np.allclose(curve["observed"], curve["predicted"], atol=0.03)
+    skewed = calibration(y, p / 2)  # predicts half the true rate
+    assert len(skewed) == 5 and np.allclose(skewed["observed"], 2 * skewed["predicted"], atol=0.03)
+    value = pd.Series(rng.gamma(2, 100, 1000))
+    deciles = by_decile(value, value * 1.1)
+    assert list(deciles["decile"]) == list(range(1, 11)) and deciles["predicted"].is_monotonic_increasing
+    assert np.allclose(deciles["realized"], deciles["predicted"] * 1.1)
+
+
+def test_quarantine_rate_per_batch() -> None:
+    log = pd.DataFrame({"table_id": ["crm/accounts", "crm/accounts", "billing/invoices"], "file": ["a", "b", "c"],
+                        "rows_read": [100, 200, 0], "rows_quarantined": [2, 50, 0],
+                        "ingested_at": pd.to_datetime(["2026-01-01", "2026-02-01", "2026-01-01"])})
+    rates = quarantine_rates(log).set_index("file")
+    assert rates.loc["a", "rate"] == 0.02 and rates.loc["b", "rate"] == 0.25 and rates.loc["c", "rate"] == 0
+
+
+def test_online_values_differ_only_where_they_do() -> None:
+    offline = pd.DataFrame({"customer_id": ["a", "b", "c"], "x": [1.0, np.nan, 3.0], "plan": ["pro", None, "basic"]})
+    online = offline.sample(frac=1, random_state=0).reset_index(drop=True)
+    assert not differences(online, offline, ["x", "plan"]).to_numpy().any()
+    online.loc[online["customer_id"] == "c", "x"] = 3.5
+    differ = differences(online, offline, ["x", "plan"])
+    assert differ["x"].sum() == 1 and differ.loc["c", "x"] and differ["plan"].sum() == 0
