@@ -127,7 +127,7 @@ def advance(world: Path, weeks: int, actions: pd.DataFrame | None = None, out: P
     rows = {str(p.relative_to(out)): r for p, r in sink.rows.items() if p.suffix == ".csv"} if out else {}
     if out is not None:
         gone = customers.set_index("account")["account_id"].reindex(lost)
-        rows |= {str(p.relative_to(out)): r for p, r in _snapshots(out, batch, set(gone)).items()}
+        rows |= {str(p.relative_to(out)): r for p, r in _snapshots(world, out, batch, set(gone)).items()}
     return AdvanceReport(world, label(first), label(step.end), weeks, rows, n_events, **n)
 
 
@@ -147,15 +147,17 @@ def _stepped(world: Path, done: list[Step], step: Step, seed: int, customers: pd
         yield chunk, rng, draw(chunk, step, rng, ids[step.first], _rng(seed, rep.k, step, SHIFT_STREAM))
 
 
-def _snapshots(out: Path, batch: str, lost: set[str]) -> dict[Path, int]:
+def _snapshots(world: Path, out: Path, batch: str, lost: set[str]) -> dict[Path, int]:
     """Make the step's file of each snapshot table (`Table.arrives`) the whole table at the step's end: the last
-    export's rows, changed or added to by the step's; the CRM archives the contacts of the accounts lost in the
-    step. Returns the rows of each file written."""
+    export's rows (the latest earlier file in the world's folder or in `out`: a batch written to an empty folder
+    still arrives whole), changed or added to by the step's; the CRM archives the contacts of the accounts lost in
+    the step. Returns the rows of each file written."""
     written = {}
     for table in contract.TABLES:
         path = out / table.silo / f"{table.name}{batch}.csv"
-        earlier = sorted(p for p in path.parent.glob(f"{table.name}*.csv") if p.name < path.name
-                         and p.stem[len(table.name):][:1] in ("", "_"))
+        earlier = sorted((p for folder in {world, out} for p in (folder / table.silo).glob(f"{table.name}*.csv")
+                          if p.name < path.name and p.stem[len(table.name):][:1] in ("", "_")),
+                         key=lambda p: p.name)
         if table.arrives != "snapshot" or not earlier:
             continue
         parts = [_text(earlier[-1])] + ([_text(path)] if path.is_file() else [])

@@ -45,6 +45,7 @@ def worlds(tmp_path_factory: pytest.TempPathFactory) -> dict:
     generate(root / "a", CUSTOMERS, seed=SEED, chunk_size=400)
     before = digests(root / "a")
     shutil.copytree(root / "a", root / "b")
+    shutil.copytree(root / "a", root / "c")
     customers = pd.read_parquet(root / "a" / "ground_truth" / "customers.parquet")
     alive = customers.loc[customers["alive_at_end"], "account_id"].to_numpy()
     rng = np.random.default_rng(0)
@@ -54,6 +55,7 @@ def worlds(tmp_path_factory: pytest.TempPathFactory) -> dict:
                             "action": ["discount"] * half + ["csm_call"] * 20 + ["training_invite"] * 20})
     reports = {name: advance(root / name, WEEKS, actions, out=root / name, events=root / f"{name}.jsonl")
                for name in "ab"}
+    advance(root / "c", WEEKS, actions, out=root / "c_batch")  # the same step into an empty folder
     return {"root": root, "before": before, "actions": actions, "reports": reports}
 
 
@@ -69,6 +71,15 @@ def test_old_files_stay_byte_identical_and_the_same_inputs_give_the_same_step(wo
     assert any(k.endswith(f"tickets{BATCH}.csv") for k in new) and any("advance_" in k for k in new)
     assert after == digests(root / "b")
     assert (root / "a.jsonl").read_bytes() == (root / "b.jsonl").read_bytes()
+
+
+def test_a_batch_into_an_empty_folder_is_the_batch_beside_the_exports(worlds: dict) -> None:
+    """Snapshot tables arrive whole wherever the batch goes: else ingest would take the rows missing from a
+    subscriptions file as deleted."""
+    root = worlds["root"]
+    batch = digests(root / "c_batch")
+    assert any(k.endswith(f"subscriptions{BATCH}.csv") for k in batch)
+    assert batch == {k: v for k, v in digests(root / "a").items() if k in batch}
 
 
 @pytest.mark.filterwarnings("ignore::c360.features.ingest.IngestWarning")  # the ground truth's files
