@@ -4,7 +4,7 @@ The checks (`CHECKS`), each a function of the home returning one `Check` with it
 figures (numbers, the gauges of `/metrics`) and a table:
 
 * feature drift of every model input (the feature services' features): the latest snapshot against the previous
-  one, and against the champion's data window (the snapshots up to its test period), PSI per feature over the
+  one (or, when that is over `PERIOD` older or missing, the features built as of a month before), and against the champion's data window (the snapshots up to its test period), PSI per feature over the
   customers subscribed at each date, weighted by the feature's share of the latest scoring run's reasons
   (`monitoring.feature_drift`). The window ends a horizon or more before the latest data by construction, so
   trends over that span (prices, seats, the campaign calendar) show there every time: that comparison says
@@ -41,7 +41,7 @@ from c360.core.definitions import FEATURES
 from c360.core.settings import Settings
 from c360.feature_repo.services import MODELS as SERVICES
 from c360.feature_repo.services import NOT_FOR_MODELS
-from c360.features import store
+from c360.features import compute, store
 from c360.training import labels, monitoring, tracking
 from c360.training.churn import metrics as churn_metrics
 from c360.training.specs import CHURN, CLV
@@ -55,6 +55,7 @@ AUC_WATCH, AUC_ACT = 0.03, 0.07  # realized AUC below the champion's test AUC by
 ECE_WATCH, ECE_ACT = 0.05, 0.10
 CLV_WATCH, CLV_ACT = 0.15, 0.30  # |mean predicted / mean realized - 1|
 ONLINE_WATCH, ONLINE_ACT = 0.001, 0.01  # share of sampled customers whose online features differ
+PERIOD, MONTH = pd.Timedelta(days=35), pd.Timedelta(days=28)  # the previous-period drift check's reference
 
 
 @dataclass
@@ -179,18 +180,27 @@ def feature_drift(s: Settings) -> list[Check]:
     latest_snapshot = store.read_snapshot(s, dates[-1])
     runs = scoring_runs(s)
     weights = monitoring.explanation_weights(read_scores(runs[-1][0], reasons=True)) if runs else None
-    checks = []
-    if len(dates) > 1:
-        checks.append(_drift_check("feature_drift_previous", "Feature drift: latest snapshot against the previous",
-                                   store.read_snapshot(s, dates[-2]), latest_snapshot, f"{dates[-2]:%Y-%m-%d}",
-                                   weights))
+    before, against = _previous(s, dates)
+    checks = [_drift_check("feature_drift_previous", "Feature drift: latest snapshot against a month before",
+                           before, latest_snapshot, against, weights)]
     window = _champion_window(s, dates)
     if window:
         reference = pd.concat([store.read_snapshot(s, d) for d in window], ignore_index=True)
         checks.append(_drift_check("feature_drift_training", "Feature drift: latest snapshot against the champion's "
                                    "data window (watch at most)", reference, latest_snapshot,
                                    f"{window[0]:%Y-%m-%d} to {window[-1]:%Y-%m-%d}", weights, cap="watch"))
-    return checks or [Check("feature_drift_previous", "Feature drift", "ok", "one snapshot: nothing to compare")]
+    return checks
+
+
+def _previous(s: Settings, dates: list[pd.Timestamp]) -> tuple[pd.DataFrame, str]:
+    """The reference of the previous-period check: the previous snapshot when it is at most `PERIOD` older, else
+    the features built as of `MONTH` before the latest (PSI's thresholds read a period's change: between snapshots
+    months apart, trends such as prices would act every time)."""
+    if len(dates) > 1 and dates[-1] - dates[-2] <= PERIOD:
+        return store.read_snapshot(s, dates[-2]), f"{dates[-2]:%Y-%m-%d}"
+    day = dates[-1] - MONTH
+    with warehouse.connect(s, read_only=True) as con:
+        return compute.build(con, day), f"{day:%Y-%m-%d} (built: no snapshot within {PERIOD.days} days)"
 
 
 def _champion_window(s: Settings, dates: list[pd.Timestamp]) -> list[pd.Timestamp]:
