@@ -209,8 +209,10 @@ def _churn_risk(w: world.World) -> pd.DataFrame:
 
 
 def _expansion(w: world.World) -> pd.DataFrame:
-    """Drawn nothing: the generator's other outputs, and so every seed's figures, stay as they were."""
-    chance = world.expansion_90d(w, np.arange(0, world.OBSERVED + 1, world.BILLING_PERIOD))
+    """Every 4 weeks and at each experiment wave (the dates of the feature snapshots). It draws nothing: the
+    generator's other outputs, and so every seed's figures, stay as they were."""
+    weeks = np.union1d(np.arange(0, world.OBSERVED + 1, world.BILLING_PERIOD), world.WAVES)
+    chance = world.expansion_90d(w, weeks)
     chance["as_of"] = world.START + pd.to_timedelta(chance.pop("week") * 7, unit="D")
     return chance
 
