@@ -34,6 +34,10 @@ FIELDS = {
     "nba_reasons": (String, "top reasons of the action's uplift, JSON list of {feature, value, contribution}"),
     "nba_withheld": (String, "better actions not proposed because the customer opted out of their purpose, JSON "
                              "list of action names"),
+    "expansion_version": (Int64, "c360-expansion model version that scored (empty: no expansion champion)"),
+    "expansion_probability": (Float64, "probability of expanding (plan upgrade, seat increase or add-on order) "
+                                       "within 90 days"),
+    "expansion_reasons": (String, "top expansion reasons, JSON list of {feature, value, contribution}"),
     "next_feature": (String, "product feature most likely adopted next (empty: none)"),
     "next_feature_score": (Float64, "share of similar users who use it (co-occurrence) or its adoption rate"),
     "next_feature_method": (String, "co-occurrence or popularity"),
@@ -61,5 +65,6 @@ def predictions_view(path: str) -> FeatureView:
         schema=[Field(name=name, dtype=dtype, description=doc) for name, (dtype, doc) in FIELDS.items()],
         source=scores_source(path),
         online=True,
-        description="future: churn, CLV and next best action with reasons, and the batch signals (c360 score)",
+        description="future: churn, CLV, next best action and expansion with reasons, and the batch signals "
+                    "(c360 score)",
     )

@@ -13,6 +13,9 @@ MODELS = {
     "churn_v1": ("activity", "interactions", "campaigns", "billing", "support", "status", "health"),
     "clv_v1": ("activity", "billing", "support", "status", "health"),
     "nba_v1": ("activity", "interactions", "campaigns", "billing", "support", "status"),
+    # what drives expansion is spread as widely as churn's drivers: health and breadth of use, plan, seats and
+    # past orders, and the contacts and campaigns an action's order answers
+    "expansion_v1": ("activity", "interactions", "campaigns", "billing", "support", "status", "health"),
 }
 
 

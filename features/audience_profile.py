@@ -2,10 +2,11 @@
 
 Its columns are the latest feature snapshot's (features and traits: segment, region, plan, the consent flags...)
 and, beside them, each customer's latest batch scores (`c360 score`'s wide files: churn probability and band,
-12-month value, next best action...). Two score columns take the profile's names (`RENAMED`: `clv_12m`,
-`next_best_action`); the JSON lists (reasons, alternatives) and the scoring bookkeeping are left out, as nobody
-filters on them. Every other column is a field: a column a later stage adds to the snapshot or to the scores (a
-`persona`, say) can be filtered on, shown and exported without a change here.
+12-month value, next best action, expansion probability, by which sales rank accounts...). Two score columns take
+the profile's names (`RENAMED`: `clv_12m`, `next_best_action`); the JSON lists (reasons, alternatives) and the
+scoring bookkeeping are left out, as nobody filters on them. Every other column is a field: a column a later stage
+adds to the snapshot or to the scores (a `persona`, say) can be filtered on, shown and exported without a change
+here.
 
 The fields and their kinds are read from the files' schemas alone (`fields`), so a filter is checked before any
 query runs. Opt-outs recorded by `c360 privacy opt-out` are applied to the consent flags, as everywhere a profile
@@ -28,7 +29,8 @@ from c360.features.audience_filter import Kind
 RENAMED = {"clv_value": "clv_12m", "nba_action": "next_best_action"}
 # Not fields: JSON lists, versions and bookkeeping of the scoring run, and the snapshot's date.
 LEFT_OUT = frozenset({"as_of", "scored_ts", "scored_at", "source", "churn_reasons", "clv_reasons", "nba_alternatives",
-                      "nba_reasons", "nba_withheld", "content_topics", "churn_version", "clv_version", "nba_version"})
+                      "nba_reasons", "nba_withheld", "content_topics", "churn_version", "clv_version", "nba_version",
+                      "expansion_reasons", "expansion_version"})
 
 
 def score_files(s: Settings) -> list[Path]:

@@ -137,6 +137,7 @@ def _chunk(rng: np.random.Generator, first: int, n: int, first_person: int, ids:
         "records": pd.concat(silos.truth, ignore_index=True),
         "customers": _customer_truth(rng, w, builder, firms),
         "churn_risk": _churn_risk(w),
+        "expansion": _expansion(w),
         "treatment_effects": _effects(w),
     }
     return silos, truth, first_person + len(persons), builder
@@ -205,6 +206,15 @@ def _churn_risk(w: world.World) -> pd.DataFrame:
     risk = world.churn_risk_90d(w, np.arange(0, world.OBSERVED + 1, world.BILLING_PERIOD))
     risk["as_of"] = world.START + pd.to_timedelta(risk.pop("week") * 7, unit="D")
     return risk
+
+
+def _expansion(w: world.World) -> pd.DataFrame:
+    """Every 4 weeks and at each experiment wave (the dates of the feature snapshots). It draws nothing: the
+    generator's other outputs, and so every seed's figures, stay as they were."""
+    weeks = np.union1d(np.arange(0, world.OBSERVED + 1, world.BILLING_PERIOD), world.WAVES)
+    chance = world.expansion_90d(w, weeks)
+    chance["as_of"] = world.START + pd.to_timedelta(chance.pop("week") * 7, unit="D")
+    return chance
 
 
 def _effects(w: world.World) -> pd.DataFrame:

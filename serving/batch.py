@@ -1,7 +1,8 @@
 """Batch scoring (`c360 score`): every customer × every champion, with reasons, into Parquet and the online store.
 
 One run scores the latest feature snapshot with the versions that are `@champion` when it starts. It writes, under
-`C360_HOME/scores/as_of=<snapshot date>/run=churn-v<a>.clv-v<b>.nba-v<c>[.subset-<hash>][.optouts-<hash>]/`:
+`C360_HOME/scores/as_of=<snapshot date>/run=churn-v<a>.clv-v<b>.nba-v<c>[.expansion-v<d>][.subset-<hash>]
+[.optouts-<hash>]/` (expansion when it has a champion):
 
 * `part-<n>.parquet` — long format, one row per customer and model: customer_id, model, version, score, label
   (churn band or action), reasons (JSON list of feature, value, contribution), detail (JSON: CLV range, NBA
@@ -41,7 +42,6 @@ from c360.feature_repo.predictions import FIELDS, PREDICTIONS
 from c360.features import personas, store
 from c360.serving import predict, signals
 from c360.serving.champions import Champions
-from c360.training.specs import MODELS
 
 CHUNK = 100_000
 
@@ -62,14 +62,15 @@ class ScoreReport:
 
 
 def score_chunk(champions: Champions, X: pd.DataFrame, k: int = predict.K) -> list[predict.ModelScores]:
-    """Every champion's scores with top-k reasons for a frame of customers' raw features."""
-    return [champions[kind].score(X, k) for kind in MODELS]
+    """Every champion's scores with top-k reasons for a frame of customers' raw features (an optional model without
+    a champion has none)."""
+    return [champions[kind].score(X, k) for kind in champions.kinds()]
 
 
 def wide_table(customers: pd.Series, scores: list[predict.ModelScores], signal_frame: pd.DataFrame,
                as_of: pd.Timestamp | pd.Series, scored_at: pd.Timestamp, source: str = "batch") -> pa.Table:
     """The `predictions` view's rows: customer_id, as_of (one for all, or each row's), scored_ts and every field
-    of FIELDS (`source`: who scored, `c360 score` or the live update)."""
+    of FIELDS (`source`: who scored, `c360 score` or the live update); a model not scored leaves its fields empty."""
     n = len(customers)
     as_ofs = as_of.to_numpy() if isinstance(as_of, pd.Series) else np.full(n, as_of.to_datetime64())
     columns: dict[str, Any] = {"customer_id": pa.array(customers.to_numpy(dtype=object), type=pa.string()),
@@ -81,8 +82,8 @@ def wide_table(customers: pd.Series, scores: list[predict.ModelScores], signal_f
         columns |= predict.wide(s)
     for name in ("next_feature", "next_feature_score", "next_feature_method", "content_topics"):
         columns[name] = signal_frame[name].to_numpy()
-    return pa.table({name: _typed(columns[name], FIELDS[name][0]) if name in FIELDS else columns[name]
-                     for name in ["customer_id", "as_of", "scored_ts", *FIELDS]})
+    return pa.table({name: _typed(columns.get(name, np.full(n, None)), FIELDS[name][0]) if name in FIELDS
+                     else columns[name] for name in ["customer_id", "as_of", "scored_ts", *FIELDS]})
 
 
 def _typed(values: Any, dtype: Any) -> pa.Array:

@@ -1,7 +1,9 @@
-"""The three champion models, loaded by alias from the MLflow registry, and reloaded when `@champion` moves.
+"""The champion models, loaded by alias from the MLflow registry, and reloaded when `@champion` moves.
 
-`Champions.load(home)` loads the models of `training.specs.MODELS` (`c360-churn`, `c360-clv`, `c360-nba`) at
-`@champion`; `refresh()` asks the registry which versions carry the alias now and reloads only the models whose
+`Champions.load(home)` loads the models of `training.specs.MODELS` (`c360-churn`, `c360-clv`, `c360-nba`,
+`c360-expansion`) at `@champion`. A model that is not `required` (expansion, newer than many homes) may lack a
+champion: the others still serve, and asking for it raises `RegistryUnavailable` naming it (the profile shows it
+as unavailable). `refresh()` asks the registry which versions carry the alias now and reloads only the models whose
 version changed (a few milliseconds when nothing did), so a promotion is picked up without a restart. Each
 `Champion` scores through its kind's `serving.predict.Scorer` (`champion.inputs`, `champion.score(frame)`); the
 CLV range needs the model's forward test RMSE (logged with the run) and the latest feature snapshot
@@ -33,7 +35,7 @@ class RegistryUnavailable(Unavailable):
 
 @dataclass(frozen=True)
 class Champion:
-    kind: str  # churn | clv | nba
+    kind: str  # a key of training.specs.MODELS
     name: str  # registered model name
     version: int
     model: Any
@@ -82,21 +84,33 @@ class Champions:
         try:
             return self.models[kind]
         except KeyError:
-            raise RegistryUnavailable(self.error or f"no champion loaded for {MODELS[kind].name}") from None
+            raise RegistryUnavailable(self.error or f"no champion for {MODELS[kind].name}: train and promote it "
+                                      f"(`c360 train {kind}`, `c360 promote {kind}`)") from None
 
     @property
     def ready(self) -> bool:
-        return set(self.models) == set(MODELS)
+        return {kind for kind, spec in MODELS.items() if spec.required} <= set(self.models)
+
+    def kinds(self) -> list[str]:
+        """The kinds with a loaded champion, in `MODELS` order."""
+        return [kind for kind in MODELS if kind in self.models]
 
     def versions(self) -> dict[str, int]:
         return {kind: c.version for kind, c in self.models.items()}
 
     def champion_versions(self) -> dict[str, int]:
-        """The versions carrying @champion in the registry now (RegistryUnavailable when it cannot say)."""
+        """The versions carrying @champion in the registry now (RegistryUnavailable when it cannot say, or when a
+        required model has none); an optional model without one is left out."""
         try:
             client = tracking.configure(self.home)
-            return {kind: int(tracking.version_by_alias(client, spec.name, CHAMPION).version)
-                    for kind, spec in MODELS.items()}
+            found = {}
+            for kind, spec in MODELS.items():
+                try:
+                    found[kind] = int(tracking.version_by_alias(client, spec.name, CHAMPION).version)
+                except ModelNotFound:
+                    if spec.required:
+                        raise
+            return found
         except ModelNotFound as e:
             raise RegistryUnavailable(f"{e}: train and promote it (`c360 train all`, `c360 promote`)") from e
         except Exception as e:  # a broken or locked registry database is the caller's 503
@@ -112,6 +126,8 @@ class Champions:
                            if kind not in self.models or self.models[kind].version != version}
                 for kind in changed:
                     self.models[kind] = _load(self.home, kind, self._reference)
+                for kind in set(self.models) - set(wanted):  # an optional model's @champion was taken away
+                    del self.models[kind]
             except RegistryUnavailable as e:
                 self.error = e.advice
                 raise

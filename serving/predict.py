@@ -1,4 +1,5 @@
-"""Churn, CLV and next best action with their top reasons, for many customers at once (plain, vectorised functions).
+"""Churn, CLV, next best action and expansion with their top reasons, for many customers at once (plain, vectorised
+functions).
 
 The batch job (`serving.batch`) calls these on chunks of 100,000 customers, the service on one row: same code,
 same numbers. Reasons are LightGBM's `pred_contrib` (exact tree SHAP values, no `shap` import); the top `k`
@@ -11,6 +12,8 @@ What each model scores (`ModelScores.score`):
   band (`CHURN_BANDS`); reasons explain the log-odds (Platt calibration keeps their signs and order).
 * clv — expected net revenue in the next 12 months, with an 80 % range from the Tweedie variance of the model
   (`clv_range`); reasons explain the log of the value (the model's link).
+* expansion — the calibrated probability of expanding (plan upgrade, seat increase or add-on order) within 90
+  days; reasons explain its log-odds, as churn's.
 * nba — the expected net uplift (dollars over 91 days, after the action's cost) of the recommended action over no
   action; 0 when no action pays. Reasons explain the uplift of the recommended action — or, when it is no action,
   of the best alternative (why it does not pay) — as the difference of the two T-learner arms' contributions,
@@ -174,14 +177,27 @@ def churn_band(probability: np.ndarray) -> np.ndarray:
     return bands
 
 
-def score_churn(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelScores:
-    """`training.churn.ChurnModel`: calibrated probability, risk band, reasons on the log-odds."""
+def _probability(model: Any, X: pd.DataFrame, k: int) -> tuple[np.ndarray, Reasons]:
+    """A `training.churn.ChurnModel`'s calibrated probability and its reasons on the log-odds."""
     probability = np.asarray(model.predict_proba(X), dtype="float64")
     contributions = model.contributions(X).drop(columns="base_value")
-    reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), model.feature_values(X), k)
+    return probability, top_reasons(contributions.to_numpy(), list(contributions.columns), model.feature_values(X), k)
+
+
+def score_churn(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelScores:
+    """`training.churn.ChurnModel`: calibrated probability, risk band, reasons on the log-odds."""
+    probability, reasons = _probability(model, X, k)
     band = churn_band(probability)
     return ModelScores("churn", version, probability, reasons, band,
                        columns={"churn_probability": probability, "churn_band": band},
+                       detail=pa.array(np.full(len(probability), "{}"), type=pa.string()))
+
+
+def score_expansion(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelScores:
+    """The expansion model (a `ChurnModel` on other labels): calibrated probability of expanding, reasons on the
+    log-odds."""
+    probability, reasons = _probability(model, X, k)
+    return ModelScores("expansion", version, probability, reasons, columns={"expansion_probability": probability},
                        detail=pa.array(np.full(len(probability), "{}"), type=pa.string()))
 
 
@@ -376,8 +392,19 @@ class NbaScorer(_Scorer):
                 "not_proposed": not_proposed(values.get("nba_withheld"))}
 
 
+@dataclass(frozen=True)
+class ExpansionScorer(_Scorer):
+    """The expansion model (`score_expansion`)."""
+
+    def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
+        return score_expansion(self.model, self.version, X, k)
+
+    def present(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {"available": True, "probability": scalar(values.get("expansion_probability"))}
+
+
 SCORERS: dict[str, type[_Scorer]] = {
-    "churn": ChurnScorer, "clv": ClvScorer, "nba": NbaScorer}
+    "churn": ChurnScorer, "clv": ClvScorer, "nba": NbaScorer, "expansion": ExpansionScorer}
 
 
 # ---------------------------------------------------------------- wide rows: what the online store keeps

@@ -7,12 +7,13 @@ Where each part comes from:
 * past and present: the Feast online store (`profile_v1` views), grouped as `c360 profile` groups them
   (`features.profile.assemble`); with `details=True` also the identity (golden record) and the detail lists
   (timeline, contacts, ...) from the warehouse (`features.details`), which costs a few warehouse queries.
-* future: the `predictions` view of the same online read. A model's batch score is used when it is *fresh*: made
-  by the version that is `@champion` now, from the features the profile shows (same as-of date). Otherwise the
-  model scores the customer's online features live, with the same functions the batch uses (`serving.predict`),
-  and the response says `"source": "live"`. The next feature and content topics follow the same rule (fresh when
-  computed from the same as-of date); retargeting, advocate and trainings are derived on every request from the
-  features and the predictions shown (`serving.signals`).
+* future: the `predictions` view of the same online read (churn, CLV, next best action, and expansion when the
+  home has its champion: otherwise `expansion.available` is false and says why). A model's batch score is used
+  when it is *fresh*: made by the version that is `@champion` now, from the features the profile shows (same as-of
+  date). Otherwise the model scores the customer's online features live, with the same functions the batch uses
+  (`serving.predict`), and the response says `"source": "live"`. The next feature and content topics follow the
+  same rule (fresh when computed from the same as-of date); retargeting, advocate and trainings are derived on
+  every request from the features and the predictions shown (`serving.signals`).
 * the persona (in present): from the features shown and the fitted personas (`features.personas`), as `c360 score`
   assigns it.
 """
@@ -34,6 +35,7 @@ from c360.serving import predict, signals
 from c360.serving.errors import NotFound, Unavailable, echo
 from c360.serving.online import Context, OnlineRow, iso_day, now, one, warehouse
 from c360.serving.predictions import model_prediction
+from c360.training.specs import MODELS
 
 log = logging.getLogger(__name__)
 SIGNAL_FIELDS = ["next_feature", "next_feature_score", "next_feature_method", "content_topics"]
@@ -62,6 +64,17 @@ def live_signals(ctx: Context, row: OnlineRow) -> dict[str, Any]:
     return {**nxt, "content_topics": content.get(row.customer_id, "[]")}
 
 
+def expansion(ctx: Context, row: OnlineRow, scored_at: str) -> dict[str, Any]:
+    """The expansion prediction, or, in a home without its champion (trained before expansion existed), why it is
+    unavailable: the rest of the profile still answers."""
+    if "expansion" not in ctx.champions.kinds():
+        spec = MODELS["expansion"]
+        return {"available": False, "probability": None, "horizon_days": spec.horizon_days, "reasons": [],
+                "model": None, "unavailable": f"no @champion of {spec.name}: `c360 train expansion` and "
+                                              "`c360 promote expansion` add it"}
+    return model_prediction(ctx, "expansion", row, scored_at)
+
+
 def future(ctx: Context, row: OnlineRow, scored_at: str) -> dict[str, Any]:
     churn = model_prediction(ctx, "churn", row, scored_at)
     clv = model_prediction(ctx, "clv", row, scored_at)
@@ -75,7 +88,7 @@ def future(ctx: Context, row: OnlineRow, scored_at: str) -> dict[str, Any]:
     name = values.get("next_feature") or None
     uplifts = {a["action"]: a["uplift"] for a in nba["alternatives"]} | {nba["action"]: nba["uplift"]}
     return {
-        "churn": churn, "clv": clv, "next_best_action": nba,
+        "churn": churn, "clv": clv, "next_best_action": nba, "expansion": expansion(ctx, row, scored_at),
         "next_feature": {"feature": name, "score": predict.scalar(values.get("next_feature_score")) if name else None,
                          "method": values.get("next_feature_method"), **source},
         "content_interest": {"topics": predict.parse_json(values.get("content_topics")), **source},

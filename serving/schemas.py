@@ -32,7 +32,8 @@ class Reason(BaseModel):
     description: str = Field(description="what the feature means, in plain words")
     value: str | None = Field(description="the customer's value of the feature")
     contribution: float = Field(description="LightGBM pred_contrib (tree SHAP) of the feature, in the model's "
-                                            "output scale: log-odds (churn), log value (CLV), dollars (action)")
+                                            "output scale: log-odds (churn, expansion), log value (CLV), "
+                                            "dollars (action)")
     direction: Literal["raises", "lowers"]
     text: str
 
@@ -53,6 +54,17 @@ class Clv(BaseModel):
     horizon_days: int
     reasons: list[Reason] = Field(description="the value's main drivers")
     model: ModelInfo
+
+
+class Expansion(BaseModel):
+    available: bool = Field(description="false when the home has no c360-expansion champion (trained before it "
+                                        "existed): the other predictions still answer")
+    probability: float | None = Field(description="probability of expanding within the horizon: a plan upgrade, a "
+                                                  "seat increase or an add-on order (account scoring: rank by it)")
+    horizon_days: int
+    reasons: list[Reason] = Field(description="why the probability is what it is")
+    model: ModelInfo | None
+    unavailable: str | None = Field(default=None, description="why there is no prediction, and what adds it")
 
 
 class Alternative(BaseModel):
@@ -121,6 +133,7 @@ class Future(BaseModel):
     churn: Churn
     clv: Clv
     next_best_action: NextBestAction
+    expansion: Expansion
     next_feature: NextFeature
     content_interest: ContentInterest
     retargeting: Retargeting

@@ -44,9 +44,10 @@ def customer_accounts(con, truth: Path) -> pd.Series:
     return joined.groupby("customer_id")["account"].agg(lambda s: s.mode().iloc[0])
 
 
-def oracle_churn(con, truth: Path, frame: pd.DataFrame) -> pd.Series:
-    """The generator's true 90-day churn probability for each example (NaN where the truth has none)."""
-    risk = pd.read_parquet(truth / "churn_risk.parquet")
+def oracle(con, truth: Path, frame: pd.DataFrame, file: str, column: str) -> pd.Series:
+    """The generator's true probability (`column` of the ground truth's `file`, by account and as-of date) for
+    each example (NaN where the truth has none)."""
+    risk = pd.read_parquet(truth / f"{file}.parquet", columns=["account", "as_of", column])
     account = frame["customer_id"].map(customer_accounts(con, truth))
     keyed = pd.DataFrame({"account": account, "as_of": pd.to_datetime(frame["as_of"])})
-    return keyed.merge(risk, on=["account", "as_of"], how="left")["p_churn_90d"].set_axis(frame.index)
+    return keyed.merge(risk, on=["account", "as_of"], how="left")[column].set_axis(frame.index)

@@ -7,9 +7,9 @@ no feature of any feature service: models never see it, they are only judged by 
 
 The figures per group come from fairlearn's `MetricFrame`, one per attribute:
 
-* churn — customers, churn rate, selection rate (share at or above `CHURN_ACTION`, the high-risk band where the
-  retention playbook acts), TPR and FPR at that threshold, mean predicted risk, ECE and `calibration` (mean
-  predicted risk − observed churn rate);
+* churn — customers, `rate` (of churn), selection rate (share at or above `CHURN_ACTION`, the high-risk band where
+  the retention playbook acts), TPR and FPR at that threshold, `mean_prediction`, ECE and `calibration` (mean
+  prediction − observed rate); expansion the same, of expanding;
 * CLV — customers, mean actual value, MAE, and `relative_error` ((predicted − actual total) / actual total);
 * next best action — customers, `action_rate` (share sent any action) and `discount_rate` (share sent a discount).
 
@@ -101,14 +101,15 @@ def _by_group(metrics: Mapping[str, Metric], y_true: pd.Series, y_pred: pd.Serie
 
 
 def churn_groups(y: pd.Series, p: np.ndarray, frame: pd.DataFrame) -> pd.DataFrame:
-    """Churn figures per group (module docstring), at the action threshold `CHURN_ACTION`."""
+    """Churn (or another probability's, e.g. expansion's) figures per group (module docstring), at the action
+    threshold `CHURN_ACTION`."""
     def at(metric: Callable[..., float]) -> Metric:
         return lambda t, s: float(metric(t, s >= CHURN_ACTION))
 
     metrics: dict[str, Metric] = {
-        "customers": count, "churn_rate": lambda t, s: float(np.mean(t)),
+        "customers": count, "rate": lambda t, s: float(np.mean(t)),
         "selection_rate": at(selection_rate), "tpr": at(true_positive_rate), "fpr": at(false_positive_rate),
-        "mean_risk": lambda t, s: float(np.mean(s)), "ece": expected_calibration_error,
+        "mean_prediction": lambda t, s: float(np.mean(s)), "ece": expected_calibration_error,
         "calibration": lambda t, s: float(np.mean(s) - np.mean(t)),
     }
     return _by_group(metrics, y.astype(int).reset_index(drop=True), pd.Series(np.asarray(p, dtype=float)),

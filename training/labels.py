@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import pandas as pd
 
-from c360.training.specs import CHURN, CLV
+from c360.core.contract import PLANS
+from c360.training.specs import CHURN, CLV, EXPANSION
 
 CHURN_HORIZON_DAYS = CHURN.horizon_days
 CLV_HORIZON_DAYS = CLV.horizon_days
+EXPANSION_HORIZON_DAYS = EXPANSION.horizon_days
+
+SUBSCRIBED = """
+billing AS (SELECT source_key AS billing_account_id, customer_id FROM identity_crosswalk
+            WHERE source = 'billing/customers'),
+subscribed AS (
+    SELECT DISTINCT b.customer_id FROM billing_subscriptions s JOIN billing b USING (billing_account_id)
+    WHERE s.started_at < $as_of AND (s.ended_at IS NULL OR s.ended_at >= $as_of))"""
 
 # Churn: a customer subscribed at T who cancels within the horizon, or who goes silent — no product activity and
 # no paid invoice in the whole horizon.
@@ -36,11 +45,7 @@ FROM subscribed s LEFT JOIN active a USING (customer_id) ORDER BY s.customer_id
 
 # CLV: net revenue (paid invoices less refunds) in the horizon, for every customer subscribed at T.
 CLV_SQL = """
-WITH billing AS (SELECT source_key AS billing_account_id, customer_id FROM identity_crosswalk
-                 WHERE source = 'billing/customers'),
-subscribed AS (
-    SELECT DISTINCT b.customer_id FROM billing_subscriptions s JOIN billing b USING (billing_account_id)
-    WHERE s.started_at < $as_of AND (s.ended_at IS NULL OR s.ended_at >= $as_of)),
+WITH """ + SUBSCRIBED + """,
 paid AS (  -- a refunded invoice was paid first: its refund is subtracted below
     SELECT b.customer_id, sum(i.amount) AS paid FROM billing_invoices i JOIN billing b USING (billing_account_id)
     WHERE i.issued_at >= $as_of AND i.issued_at < $end AND i.status IN ('paid', 'refunded') GROUP BY ALL),
@@ -51,6 +56,26 @@ refunded AS (
 SELECT s.customer_id, coalesce(p.paid, 0) - coalesce(r.refunded, 0) AS value
 FROM subscribed s LEFT JOIN paid p USING (customer_id) LEFT JOIN refunded r USING (customer_id)
 ORDER BY s.customer_id
+"""
+
+
+# Expansion: a customer subscribed at T who, within the horizon, moves to a higher plan (the contract's PLANS order)
+# or more seats, or orders an add-on.
+EXPANSION_SQL = """
+WITH """ + SUBSCRIBED + """,
+plans AS (SELECT * FROM (VALUES """ + ", ".join(f"('{p}', {i})" for i, p in enumerate(PLANS)) + """) v(plan, rank)),
+upgraded AS (
+    SELECT DISTINCT b.customer_id
+    FROM billing_plan_changes c JOIN billing_subscriptions s USING (subscription_id)
+    JOIN billing b USING (billing_account_id)
+    LEFT JOIN plans old ON old.plan = c.from_plan LEFT JOIN plans new ON new.plan = c.to_plan
+    WHERE c.changed_at >= $as_of AND c.changed_at < $end AND (new.rank > old.rank OR c.to_seats > c.from_seats)),
+ordered AS (
+    SELECT DISTINCT b.customer_id FROM billing_invoices i JOIN billing b USING (billing_account_id)
+    WHERE i.issued_at >= $as_of AND i.issued_at < $end AND i.kind = 'addon'),
+expanded AS (SELECT customer_id FROM upgraded UNION SELECT customer_id FROM ordered)
+SELECT s.customer_id, e.customer_id IS NOT NULL AS expanded
+FROM subscribed s LEFT JOIN expanded e USING (customer_id) ORDER BY s.customer_id
 """
 
 
@@ -71,3 +96,9 @@ def churn(con, as_of: pd.Timestamp, horizon_days: int = CHURN_HORIZON_DAYS) -> p
 def clv(con, as_of: pd.Timestamp, horizon_days: int = CLV_HORIZON_DAYS) -> pd.DataFrame:
     """customer_id, value (net revenue in the horizon) — for customers subscribed at `as_of`."""
     return con.execute(CLV_SQL, _window(as_of, horizon_days)).df()
+
+
+def expansion(con, as_of: pd.Timestamp, horizon_days: int = EXPANSION_HORIZON_DAYS) -> pd.DataFrame:
+    """customer_id, expanded (plan upgrade, seat increase or add-on order in the horizon) — for customers
+    subscribed at `as_of`."""
+    return con.execute(EXPANSION_SQL, _window(as_of, horizon_days)).df()

@@ -1,9 +1,14 @@
 """Training on the company's own data: examples from the feature store, a time split, MLflow, the registry.
 
-Each `train_*` function is the whole stage for one model; the CLI wraps it.
+Each `train_*` function is the whole stage for one model; the CLI wraps it. Churn and expansion are the same stage
+on different labels (`Binary`): a calibrated LightGBM against a logistic regression and, on generated data, the
+generator's true probability, with the same card, figures, fairness review and reasons.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -16,12 +21,37 @@ from c360.features import store
 from c360.training import cards, datasets, fairness, labels, tracking
 from c360.training.churn import ChurnModel, calibration_curve_figure, fit_baseline, metrics, roc_figure
 from c360.training.explain import feature_descriptions, shap_summary_figure
-from c360.training.specs import CHURN
+from c360.training.specs import CHURN, EXPANSION, ModelSpec
 from c360.training.tracking import TrainReport
 
+
+@dataclass(frozen=True)
+class Binary:
+    """A yes/no outcome within the spec's horizon: its label column and labeler (`training.labels`), the
+    generator's true probability (ground-truth file and column), its definition for the card and monotone
+    constraints."""
+
+    spec: ModelSpec
+    target: str
+    label: datasets.Labeler
+    truth: tuple[str, str]
+    definition: str
+    monotone: dict[str, int] = field(default_factory=dict)
+
+
+CHURN_TASK = Binary(
+    CHURN, "churned", labels.churn, ("churn_risk", "p_churn_90d"),
+    f"Churn: cancellation, or no product activity and no paid invoice, within {CHURN.horizon_days} days of the "
+    "as-of date (`training/labels.py`). Population: customers subscribed at the as-of date.",
+    {"payment_failures_90d": 1, "flag_payment_failed": 1})  # more failed payments never lower the risk
+EXPANSION_TASK = Binary(
+    EXPANSION, "expanded", labels.expansion, ("expansion", "p_expand_90d"),
+    f"Expansion: a plan upgrade, a seat increase or an add-on order within {EXPANSION.horizon_days} days of the "
+    "as-of date, from billing (`training/labels.py`). Population: customers subscribed at the as-of date. For "
+    "account scoring: sales rank accounts by it.")
 CHURN_MODEL = CHURN.name
 SERVICE = CHURN.service
-MONOTONE = {"payment_failures_90d": 1, "flag_payment_failed": 1}  # more failed payments never lower the risk
+MONOTONE = CHURN_TASK.monotone
 
 
 def _labelled_dates(s: Settings, con, horizon_days: int) -> list[pd.Timestamp]:
@@ -29,45 +59,51 @@ def _labelled_dates(s: Settings, con, horizon_days: int) -> list[pd.Timestamp]:
     return [d for d in store.snapshot_dates(s) if labels.labelable(d, end, horizon_days)]
 
 
+def _examples(task: Binary, s: Settings, con, fs: FeatureStore) -> pd.DataFrame:
+    dates = _labelled_dates(s, con, task.spec.horizon_days)
+    return datasets.examples(con, fs, task.spec.service, dates, task.label)
+
+
 def churn_examples(s: Settings, con, fs: FeatureStore) -> pd.DataFrame:
-    dates = _labelled_dates(s, con, labels.CHURN_HORIZON_DAYS)
-    return datasets.examples(con, fs, SERVICE, dates, labels.churn)
+    return _examples(CHURN_TASK, s, con, fs)
+
+
+def expansion_examples(s: Settings, con, fs: FeatureStore) -> pd.DataFrame:
+    return _examples(EXPANSION_TASK, s, con, fs)
 
 
 def _features(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c in BY_NAME]
 
 
-def by_segment(test: pd.DataFrame, p: np.ndarray) -> pd.DataFrame:
-    """Fairness review: size, churn rate, mean predicted risk and the model's metrics within each segment."""
+def by_segment(test: pd.DataFrame, p: np.ndarray, target: str = CHURN_TASK.target) -> pd.DataFrame:
+    """Fairness review: size, outcome rate, mean prediction and the model's metrics within each segment."""
     rows = {}
     for segment, part in test.assign(p=p).groupby(test["segment"].fillna("unknown")):
-        both = part["churned"].nunique() == 2  # AUC needs churners and stayers
-        rows[segment] = {"customers": len(part), "churn_rate": part["churned"].mean(), "mean_risk": part["p"].mean(),
-                         **(metrics(part["churned"], part["p"]) if both else {})}
+        both = part[target].nunique() == 2  # AUC needs both outcomes
+        rows[segment] = {"customers": len(part), "rate": part[target].mean(), "mean_prediction": part["p"].mean(),
+                         **(metrics(part[target], part["p"]) if both else {})}
     return pd.DataFrame(rows).T.rename_axis("segment")
 
 
-def model_card(name: str, frame: pd.DataFrame, split: tuple, scores: dict[str, dict[str, float]],
+def model_card(task: Binary, frame: pd.DataFrame, split: tuple, scores: dict[str, dict[str, float]],
                segments: pd.DataFrame, groups: pd.DataFrame) -> str:
     train, calib, test = split
-    return cards.model_card(name, (
-        f"Churn: cancellation, or no product activity and no paid invoice, within {labels.CHURN_HORIZON_DAYS} days "
-        "of the as-of date (`training/labels.py`). Population: customers subscribed at the as-of date."), {
+    return cards.model_card(task.spec.name, task.definition, {
         "Data window": [[
             f"train: {len(train):,} examples, as-of {train['as_of'].min():%Y-%m-%d} to {train['as_of'].max():%Y-%m-%d}",
             f"calibration: {len(calib):,} examples, as-of {calib['as_of'].min():%Y-%m-%d}",
-            f"test: {len(test):,} examples, as-of {test['as_of'].min():%Y-%m-%d}; churn rate "
-            f"{test['churned'].mean():.3f}",
-            f"features: feature service `churn_v1` ({len(_features(frame))} features)",
+            f"test: {len(test):,} examples, as-of {test['as_of'].min():%Y-%m-%d}; {task.target} rate "
+            f"{test[task.target].mean():.3f}",
+            f"features: feature service `{task.spec.service}` ({len(_features(frame))} features)",
         ]],
         "Test metrics": [pd.DataFrame(scores).T.rename_axis("model").map(lambda v: f"{v:.4f}")],
         "By segment in the test period (fairness review: calibration and ranking within each group)": [
             segments.round(4)],
-        f"Fairness in the test period (action threshold: risk {fairness.CHURN_ACTION:.2f})":
-            fairness.card_section(groups, "churn"),
+        f"Fairness in the test period (action threshold: {fairness.CHURN_ACTION:.2f})":
+            fairness.card_section(groups, task.spec.kind),
         "Caveats": [[
-            "Scores are calibrated (Platt) on the period just before the test period; a drifting churn rate needs "
+            "Scores are calibrated (Platt) on the period just before the test period; a drifting rate needs "
             "recalibration.",
             "Examples of one customer at several as-of dates are not independent; the split is by time, never random.",
         ]],
@@ -75,46 +111,60 @@ def model_card(name: str, frame: pd.DataFrame, split: tuple, scores: dict[str, d
 
 
 def train_churn(s: Settings) -> TrainReport:
-    """Train, evaluate on the latest labelled period, log to MLflow and register as @challenger."""
+    """Train churn, evaluate on the latest labelled period, log to MLflow and register as @challenger."""
+    return _train(s, CHURN_TASK, churn_examples)
+
+
+def train_expansion(s: Settings) -> TrainReport:
+    """Train expansion (account scoring), evaluate on the latest labelled period, log to MLflow and register as
+    @challenger."""
+    return _train(s, EXPANSION_TASK, expansion_examples)
+
+
+def _train(s: Settings, task: Binary, examples: Callable[[Settings, object, FeatureStore], pd.DataFrame]
+           ) -> TrainReport:
+    spec, y = task.spec, task.target
     fs = store.feature_store(s)
     with warehouse.connect(s, read_only=True) as con:
-        frame = churn_examples(s, con, fs)
-        oracle = datasets.oracle_churn(con, s.truth, frame) if (s.truth / "churn_risk.parquet").exists() else None
+        frame = examples(s, con, fs)
+        file, column = task.truth
+        known_truth = (s.truth / f"{file}.parquet").exists()
+        oracle = datasets.oracle(con, s.truth, frame, file, column) if known_truth else None
         bands = fairness.customer_groups(con, frame["customer_id"])
     train, calib, test = split = datasets.time_split(frame)
     features = _features(frame)
-    model = ChurnModel(monotone=MONOTONE).fit(train[features], train["churned"], calib[features], calib["churned"],
-                                              groups=train["customer_id"])
-    baseline = fit_baseline(train[features], train["churned"])
+    model = ChurnModel(monotone=task.monotone).fit(train[features], train[y], calib[features], calib[y],
+                                                   groups=train["customer_id"])
+    baseline = fit_baseline(train[features], train[y])
     scores = {"lightgbm": model.predict_proba(test[features]),
               "logistic": baseline.predict_proba(test[features])[:, 1]}
-    results = {name: metrics(test["churned"], p) for name, p in scores.items()}
+    results = {name: metrics(test[y], p) for name, p in scores.items()}
     if oracle is not None:  # generated data: the true probability, on the test customers the truth covers
         known = oracle.loc[test.index].notna().to_numpy()
-        results["oracle"] = metrics(test["churned"][known], oracle.loc[test.index][known])
-        results["lightgbm_on_oracle_rows"] = metrics(test["churned"][known], scores["lightgbm"][known])
-    segments = by_segment(test, scores["lightgbm"])
-    groups = fairness.churn_groups(test["churned"], scores["lightgbm"], fairness.with_groups(test, bands))
-    gap_metrics, gap_tags = fairness.logged(groups, "churn")
+        results["oracle"] = metrics(test[y][known], oracle.loc[test.index][known])
+        results["lightgbm_on_oracle_rows"] = metrics(test[y][known], scores["lightgbm"][known])
+    segments = by_segment(test, scores["lightgbm"], y)
+    groups = fairness.churn_groups(test[y], scores["lightgbm"], fairness.with_groups(test, bands))
+    gap_metrics, gap_tags = fairness.logged(groups, spec.kind)
     sample = test[features].sample(min(len(test), 3000), random_state=0)
     figures = {
-        "roc": roc_figure(test["churned"], scores, title="ROC, test period"),
-        "calibration": calibration_curve_figure(test["churned"], scores, title="Calibration, test period"),
+        "roc": roc_figure(test[y], scores, title="ROC, test period"),
+        "calibration": calibration_curve_figure(test[y], scores, title="Calibration, test period"),
         "shap_summary": shap_summary_figure(model.contributions(sample), model.feature_values(sample),
                                             descriptions=feature_descriptions()),
     }
     test_period = f"{test['as_of'].min():%Y-%m-%d}"
     version = tracking.log_training_run(
-        experiment=CHURN_MODEL, run_name=f"churn {test_period}", model=model, flavor="pyfunc",
-        params={"horizon_days": labels.CHURN_HORIZON_DAYS, "features": len(features), "trees": model.n_trees,
-                "calibration": "platt", "monotone": ",".join(MONOTONE)},
+        experiment=spec.name, run_name=f"{spec.kind} {test_period}", model=model, flavor="pyfunc",
+        params={"horizon_days": spec.horizon_days, "features": len(features), "trees": model.n_trees,
+                "calibration": "platt", "monotone": ",".join(task.monotone)},
         metrics={**results["lightgbm"], **gap_metrics},
         baselines={k: v for k, v in results.items() if k != "lightgbm"},
-        dataset={"training": train, "test": test}, dataset_name=SERVICE, target="churned",
+        dataset={"training": train, "test": test}, dataset_name=spec.service, target=y,
         input_example=test[features].head(5), figures=figures,
         tables={"test_metrics": pd.DataFrame(results).T, "by_segment": segments, "fairness": groups.reset_index()},
-        model_card=model_card(CHURN_MODEL, frame, split, results, segments, groups), registered_name=CHURN_MODEL,
-        tags={"test_period": test_period, "feature_service": SERVICE, **gap_tags}, home=s.home)
-    return TrainReport(CHURN_MODEL, int(version.version), str(version.run_id), test_period,
+        model_card=model_card(task, frame, split, results, segments, groups), registered_name=spec.name,
+        tags={"test_period": test_period, "feature_service": spec.service, **gap_tags}, home=s.home)
+    return TrainReport(spec.name, int(version.version), str(version.run_id), test_period,
                        {"train": len(train), "calibration": len(calib), "test": len(test)},
                        {**results["lightgbm"], **gap_metrics}, {k: v for k, v in results.items() if k != "lightgbm"})

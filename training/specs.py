@@ -1,4 +1,4 @@
-"""The three models c360 trains and serves, in one table: `MODELS[kind]` is a `ModelSpec`.
+"""The models c360 trains and serves, in one table: `MODELS[kind]` is a `ModelSpec`.
 
 Every other place reads its names from here: the CLI (`c360 train|promote KIND`), the training pipelines (registered
 name, feature service, horizon), the promotion gate (`training.registry.promote(client, spec.name, spec.gate)`)
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 Better = Literal["higher", "lower"]
-Kind = Literal["churn", "clv", "nba"]
+Kind = Literal["churn", "clv", "nba", "expansion"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 
@@ -49,6 +49,7 @@ class ModelSpec:
     horizon_days: int  # how far ahead it predicts from the features' as-of date
     gate: Gate  # what a @challenger must beat to become @champion
     outcome: str  # what a reason raises or lowers, in words
+    required: bool = True  # serving needs its champion; without one, a home written before it came only lacks it
 
 
 CHURN = ModelSpec(
@@ -74,4 +75,10 @@ NBA = ModelSpec(
     Gate("policy_value", "higher", 0.5, (Guard("policy_value_low", 2.0, "higher"),), fairness="discount_rate"),
     "the action's uplift")
 
-MODELS: dict[str, ModelSpec] = {spec.kind: spec for spec in (CHURN, CLV, NBA)}
+# expansion: calibration, as churn: sales rank accounts by the probability, so "30 %" must mean 30 % in every group.
+EXPANSION = ModelSpec(
+    "expansion", "c360-expansion", "expansion_v1", 90,
+    Gate("roc_auc", "higher", 0.002, (Guard("ece", 0.01), Guard("brier", 0.002)), fairness="calibration"),
+    "expansion chance", required=False)
+
+MODELS: dict[str, ModelSpec] = {spec.kind: spec for spec in (CHURN, CLV, NBA, EXPANSION)}

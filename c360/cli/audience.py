@@ -93,8 +93,9 @@ def export(
     as_json: Json = False,
 ) -> dict:
     """Write the audience's members for a CRM or e-mail tool: customer_id, name, email, segment, region, plan,
-    churn_band, clv_12m, next_best_action. Leaves out the customers who opted out of marketing e-mail and those
-    erased (or asked to be), and says how many. The export is recorded (path, when, who, ids) for erasure."""
+    churn_band, clv_12m, next_best_action, expansion_probability. Leaves out the customers who opted out of
+    marketing e-mail and those erased (or asked to be), and says how many. The export is recorded (path, when,
+    who, ids) for erasure."""
     s, started = Settings(), time.time()
     out = out or audiences.default_export(s, name)
     try:

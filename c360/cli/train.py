@@ -1,4 +1,5 @@
-"""`c360 train churn|clv|nba|all` and `c360 promote MODEL`: models trained, tracked in MLflow, promoted by a gate."""
+"""`c360 train churn|clv|nba|expansion|all` and `c360 promote MODEL`: models trained, tracked in MLflow, promoted
+by a gate."""
 
 from __future__ import annotations
 
@@ -214,13 +215,25 @@ def _train_table(kind: Literal["churn", "nba"], path: Path, name: str | None, as
                 f"`c360 promote {registered.removeprefix('c360-')}` moves @champion if it passes the gate")
 
 
+@train_app.command("expansion")
+def train_expansion(as_json: Json = False) -> dict:
+    """Account scoring: the probability that a customer expands (plan upgrade, seat increase or add-on order) within
+    90 days. LightGBM (calibrated) on expansion_v1 vs logistic regression (and the generator's truth on generated
+    data), time split over the feature snapshots, registered as c360-expansion@challenger."""
+    from c360.training.pipeline import train_expansion as run
+
+    return _run_pipeline("expansion", "expansion: examples from Feast, LightGBM, baseline, MLflow", run, as_json)
+
+
 @train_app.command("all")
 def train_all(as_json: Json = False) -> dict:
-    """Train churn, CLV and next best action on the feature store, each registered as @challenger."""
-    return emit({"churn": train_churn(), "clv": train_clv(), "nba": _train_nba_pipeline()}, as_json)
+    """Train churn, CLV, next best action and expansion on the feature store, each registered as @challenger."""
+    return emit({"churn": train_churn(), "clv": train_clv(), "nba": _train_nba_pipeline(),
+                 "expansion": train_expansion()}, as_json)
 
 
-ModelName = Annotated[str, typer.Argument(help="churn, clv or nba (feature-store models), or a table model's NAME")]
+ModelName = Annotated[str, typer.Argument(
+    help="churn, clv, nba or expansion (feature-store models), or a table model's NAME")]
 
 
 def promote(

@@ -201,22 +201,36 @@ def _assign(rng: np.random.Generator, acc: pd.DataFrame, alive_at: np.ndarray, w
     })
 
 
+SEAT_STEP = 0.2  # share of its seats a team adds or removes in one move
+PLAN_SHARE = 0.5  # chance that a move changes the plan rather than the seats
+
+
+def plan_rates(health: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weekly chances of a move up and of a move down (plan or seats) at this health."""
+    # Rates bounded like real accounts': even a thriving team grows to a few times its size, not without end.
+    return 0.004 * np.exp(np.minimum(health, 1.5)), 0.003 * np.exp(np.minimum(-health, 1.5))
+
+
+def seat_ceiling(acc: pd.DataFrame) -> np.ndarray:
+    return 3 * acc["seats0"].to_numpy() + 5
+
+
 def _plans(rng: np.random.Generator, acc: pd.DataFrame, health: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Plan and seat paths: healthy accounts upgrade and grow, unhealthy ones downgrade and shrink."""
     n = len(acc)
     plan = np.repeat(acc["plan0"].to_numpy()[:, None], HORIZON, axis=1)
     seats = np.repeat(acc["seats0"].to_numpy()[:, None].astype(float), HORIZON, axis=1)
-    # Rates bounded like real accounts': even a thriving team grows to a few times its size, not without end.
-    up = rng.random((n, HORIZON)) < 0.004 * np.exp(np.minimum(health, 1.5))
-    down = rng.random((n, HORIZON)) < 0.003 * np.exp(np.minimum(-health, 1.5))
+    up_rate, down_rate = plan_rates(health)
+    up = rng.random((n, HORIZON)) < up_rate
+    down = rng.random((n, HORIZON)) < down_rate
     multi = (acc["segment"] != "consumer").to_numpy()
-    ceiling = 3 * acc["seats0"].to_numpy() + 5
+    ceiling = seat_ceiling(acc)
     for t in range(1, HORIZON):
         step = up[:, t].astype(int) - down[:, t].astype(int)
-        plan_move = step * (rng.random(n) < 0.5)
+        plan_move = step * (rng.random(n) < PLAN_SHARE)
         plan[:, t] = np.clip(plan[:, t - 1] + plan_move, 0, len(PLANS) - 1)
         seat_move = np.where(multi & (plan_move == 0), step, 0)
-        seats[:, t] = np.clip(np.round(seats[:, t - 1] * (1 + 0.2 * seat_move)), 1, ceiling)
+        seats[:, t] = np.clip(np.round(seats[:, t - 1] * (1 + SEAT_STEP * seat_move)), 1, ceiling)
     return plan, seats.astype(int)
 
 
@@ -339,7 +353,7 @@ def _expected_state(world: World, week: int, before_wave: bool = False) -> tuple
     decaying at its known rate, failures at their known rate. `before_wave`: as if the experiment wave of
     `week` had not happened (the state its arms are chosen in)."""
     ahead = week + np.arange(min(EFFECT_WEEKS, HORIZON - week))
-    given = sum((b for wave, b in world.bumps.items() if wave <= week), np.zeros_like(world.health))
+    given = _given(world, week)
     noise_now = world.health[:, week] - world.mean_health[:, week] - given[:, week]
     if before_wave and week in world.bumps:
         given = given - world.bumps[week]
@@ -353,3 +367,72 @@ def _expected_state(world: World, week: int, before_wave: bool = False) -> tuple
     lagged[:, 4:] = c[:, :-4]
     recent = 1 - np.exp(c - lagged)  # P(a failure in the last 4 weeks), as _recent counts them
     return health, recent[:, ahead]
+
+
+def _given(world: World, week: int) -> np.ndarray:
+    """The health effects of the experiment waves up to `week` (their whole paths)."""
+    return sum((b for wave, b in world.bumps.items() if wave <= week), np.zeros_like(world.health))
+
+
+def expansion_90d(world: World, weeks: np.ndarray) -> pd.DataFrame:
+    """True probability of expanding within EFFECT_WEEKS after each given week, for accounts alive then: a plan
+    upgrade, a seat increase or an add-on order (the actions' expansion orders included), while still subscribed.
+
+    As `churn_risk_90d`, from the state at that week: health as expected then (the plans follow it without the
+    experiments' effects, the add-on orders with them), the plan and seats of that week, survival by the expected
+    hazard; a wave still ahead in the window brings each eligible account one action drawn at random.
+    """
+    rows = []
+    for w in weeks:
+        alive = world.alive[:, w]
+        p = _expansion_chance(world, w)
+        rows.append(pd.DataFrame({"account": world.accounts["account"].to_numpy()[alive], "week": w,
+                                  "p_expand_90d": p[alive]}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def _expansion_chance(world: World, week: int) -> np.ndarray:
+    acc = world.accounts
+    health, recent = _expected_state(world, week)
+    ahead = week + np.arange(health.shape[1])
+    up, down = plan_rates(health - _given(world, week)[:, ahead])
+    seats = world.seats[:, week]
+    can_plan = world.plan[:, week] < len(PLANS) - 1
+    can_seat = (acc["segment"] != "consumer").to_numpy() & (
+        np.minimum(np.round(seats * (1 + SEAT_STEP)), seat_ceiling(acc)) > seats)
+    grows = up * (1 - down) * (PLAN_SHARE * can_plan + (1 - PLAN_SHARE) * can_seat)[:, None]
+    orders = 1 - np.exp(-addon_rate(health))
+    responds = _response_weeks(world, week, ahead)
+    expands = 1 - (1 - grows) * (1 - orders) * (1 - responds)  # chance of an expansion in each week
+    alive = _before(weekly_hazard(health, recent, acc))
+    return (alive * _before(expands) * expands).sum(axis=1)
+
+
+def _before(chance: np.ndarray) -> np.ndarray:
+    """Chance that none of the weekly events happened in the weeks before each week."""
+    return np.cumprod(np.hstack([np.ones((len(chance), 1)), 1 - chance[:, :-1]]), axis=1)
+
+
+def _response_weeks(world: World, week: int, ahead: np.ndarray) -> np.ndarray:
+    """Chance of an action's expansion order in each week ahead, given none yet: known actions of waves up to
+    `week`, and for a wave still ahead the mean over the actions it may draw, for accounts old enough by then."""
+    chance = np.zeros((len(world.accounts), len(ahead)))
+    responds = response_chance(world.accounts)
+    given = world.assignments[world.assignments["wave"] <= week]
+    rows = np.searchsorted(world.accounts["account"].to_numpy(), given["account"].to_numpy())
+    by_arm = responds[rows, given["action"].map(ACTIONS.index).to_numpy(dtype=int)]
+    for wave in sorted({*given["wave"].unique(), *(v for v in WAVES if week < v < ahead[-1])}):
+        hit = (ahead > wave) & (ahead <= wave + RESPONSE_WEEKS)
+        if not hit.any():
+            continue
+        # the order's week is equally likely among the RESPONSE_WEEKS: its chance in the j-th given none before
+        j = ahead[hit] - wave - 1
+        if wave <= week:
+            at_wave = np.zeros(len(world.accounts))
+            mine = given["wave"].to_numpy() == wave
+            at_wave[rows[mine]] = by_arm[mine]
+        else:
+            at_wave = responds.mean(axis=1) * (world.accounts["start_week"].to_numpy() <= wave - 4)
+        share = at_wave[:, None] / RESPONSE_WEEKS
+        chance[:, hit] = 1 - (1 - chance[:, hit]) * (1 - share / (1 - share * j[None, :]))
+    return chance

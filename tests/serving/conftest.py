@@ -1,7 +1,7 @@
-"""One small C360_HOME with the three champions and a scoring run, shared by the serving tests of a session.
+"""One small C360_HOME with the champions of every model and a scoring run, shared by the serving tests of a session.
 
 The 3,000-customer resolved company of the root conftest, five feature snapshots (the latest, three that have a
-90-day churn label, one with a 12-month CLV label) and the experiment waves' dates, the three
+90-day churn label, one with a 12-month CLV label) and the experiment waves' dates, the
 real training pipelines, `@champion` on each, the online store filled, then `c360 score`.
 """
 
@@ -23,6 +23,7 @@ from c360.core.settings import Settings
 from c360.features import compute, store
 from c360.serving.server import serve_command, start, stop, wait_ready
 from c360.training import tracking
+from c360.training.specs import MODELS
 from c360.training.tracking import CHALLENGER, CHAMPION
 
 SNAPSHOT_WEEKS = (0, 16, 20, 24, 56)
@@ -30,7 +31,7 @@ SNAPSHOT_WEEKS = (0, 16, 20, 24, 56)
 
 def promote_all(home: Path) -> None:
     client = tracking.configure(home)
-    for name in ("c360-churn", "c360-clv", "c360-nba"):
+    for name in (spec.name for spec in MODELS.values()):
         client.set_registered_model_alias(name, CHAMPION, tracking.version_by_alias(client, name, CHALLENGER).version)
 
 
@@ -39,7 +40,7 @@ def served(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
     from c360.serving import batch
     from c360.training.clv_pipeline import train_clv
     from c360.training.nba_pipeline import train_nba
-    from c360.training.pipeline import train_churn
+    from c360.training.pipeline import train_churn, train_expansion
 
     root = tmp_path_factory.mktemp("served")
     s = Settings(home=root / "home")
@@ -59,6 +60,7 @@ def served(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
         train_churn(s)
         train_clv(s)
         train_nba(s)
+        train_expansion(s)
         promote_all(s.home)
         store.materialize(s)
         batch.score(s, chunk_size=1000)

@@ -11,9 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from c360.core.settings import Settings
+from c360.feature_repo.predictions import FIELDS
 from c360.features import store
 from c360.serving import batch, online, predictions
 from c360.serving.champions import Champions
+from c360.training.specs import MODELS
 
 
 def _run(s: Settings):
@@ -26,11 +28,11 @@ def test_scores_every_customer_with_every_champion(served: Settings) -> None:
     long = pd.concat(pd.read_parquet(p) for p in sorted(folder.glob("part-*.parquet")))
     snapshot = store.read_snapshot(served, store.snapshot_dates(served)[-1])
     assert set(long.columns) >= {"customer_id", "model", "version", "score", "reasons", "scored_at"}
-    assert len(long) == 3 * len(snapshot)
-    assert long.groupby("model")["customer_id"].nunique().to_dict() == {m: len(snapshot) for m in
-                                                                       ("churn", "clv", "nba")}
+    assert len(long) == len(MODELS) * len(snapshot)
+    assert long.groupby("model")["customer_id"].nunique().to_dict() == {m: len(snapshot) for m in MODELS}
     churn = long[long["model"] == "churn"]
     assert churn["score"].between(0, 1).all() and churn["label"].isin(["low", "medium", "high"]).all()
+    assert long.loc[long["model"] == "expansion", "score"].between(0, 1).all()
     for text in long["reasons"].sample(200, random_state=0):
         reasons = json.loads(text)
         assert len(reasons) <= 3 and all(r["contribution"] != 0 for r in reasons)
@@ -113,3 +115,19 @@ def test_score_json_reports_the_run(served: Settings, monkeypatch: pytest.Monkey
     assert (report["customers"], report["chunks"]) == (done["rows"], done["chunks"])
     assert report["versions"] == Champions.load(served.home).versions()
     assert report["as_of"] == store.snapshot_dates(served)[-1].date().isoformat()
+
+
+def test_without_an_expansion_champion_its_fields_are_empty(served: Settings) -> None:
+    """A home trained before expansion existed: the other champions score, the wide rows keep every field of the
+    `predictions` view, expansion's empty."""
+    champions = Champions.load(served.home)
+    del champions.models["expansion"]
+    as_of = store.snapshot_dates(served)[-1]
+    X = store.read_snapshot(served, as_of).head(50)
+    scores = batch.score_chunk(champions, X)
+    assert [s.model for s in scores] == ["churn", "clv", "nba"]
+    table = batch.wide_table(X["customer_id"], scores, pd.DataFrame(
+        {name: [None] * len(X) for name in ("next_feature", "next_feature_score", "next_feature_method",
+                                            "content_topics")}), as_of, pd.Timestamp("2026-01-01"))
+    assert set(FIELDS) <= set(table.column_names)
+    assert table["expansion_probability"].null_count == len(X) and table["churn_probability"].null_count == 0

@@ -13,9 +13,10 @@ import pandas as pd
 
 from c360.core.settings import Settings
 from c360.training import tracking
+from c360.training.specs import MODELS as SPECS
 from c360.training.tracking import CHAMPION
 
-MODELS = ("c360-churn", "c360-clv", "c360-nba")
+MODELS = tuple(spec.name for spec in SPECS.values())
 # Scores each champion's own input example; says whether anything imported the repository's top-level folders.
 SCRIPT = """
 import json, sys

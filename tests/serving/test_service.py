@@ -21,7 +21,7 @@ from c360.serving.errors import NotFound
 from c360.serving.schemas import ByIds, ChurnPredictions, ChurnRows, NbaPredictions, Profile
 from c360.serving.service import C360
 from c360.training import registry, tracking
-from c360.training.specs import CHURN
+from c360.training.specs import CHURN, EXPANSION
 from c360.training.tracking import CHALLENGER, CHAMPION
 
 runner = CliRunner()
@@ -51,7 +51,7 @@ def test_profile_has_past_present_future_from_the_batch(service: Any, served: Se
     assert {"activity", "billing"} <= set(result["past"])
     assert {"health", "red_flags"} <= set(result["present"])
     future = result["future"]
-    for key in ("churn", "clv", "next_best_action"):
+    for key in ("churn", "clv", "next_best_action", "expansion"):
         model = future[key]["model"]
         assert model["source"] == "batch" and model["features_as_of"] == result["freshness"]["features_as_of"]
         assert model["version"] == service.ctx.champions[{"next_best_action": "nba"}.get(key, key)].version
@@ -65,6 +65,9 @@ def test_profile_has_past_present_future_from_the_batch(service: Any, served: Se
     withheld = {a["action"] for a in nba["not_proposed"]}
     assert all(nba["uplift"] >= a["uplift"] for a in nba["alternatives"] if a["action"] not in withheld)
     assert isinstance(future["advocate"]["candidate"], bool)
+    expansion = future["expansion"]
+    assert expansion["available"] and 0 < expansion["probability"] < 1 and expansion["horizon_days"] == 90
+    assert all(r["text"].endswith(f"{r['direction']} expansion chance") for r in expansion["reasons"])
 
 
 def test_profile_with_details_has_identity_and_lists(service: Any, served: Settings) -> None:
@@ -140,6 +143,29 @@ def test_a_new_champion_is_picked_up_without_restart(service: Any, served: Setti
         anyio.run(service.reload)
     again = body(anyio.run(lambda: service.customer_profile(customer_id=customer, details=False)))["future"]["churn"]
     assert again["model"]["source"] == "batch" and again["probability"] == pytest.approx(churn["probability"])
+
+
+def test_a_home_without_an_expansion_champion_still_answers(service: Any, served: Settings) -> None:
+    """Homes trained before expansion existed: the profile answers, its expansion says why there is none, the
+    service stays ready; a promotion brings it back without a restart."""
+    client = tracking.configure(served.home)
+    current = tracking.version_by_alias(client, EXPANSION.name, CHAMPION)
+    customer = customers(served, 1)[0]
+    try:
+        client.delete_registered_model_alias(EXPANSION.name, CHAMPION)
+        anyio.run(service.reload)
+        result = body(anyio.run(lambda: service.customer_profile(customer_id=customer, details=False)))
+        Profile.model_validate(result)
+        expansion = result["future"]["expansion"]
+        assert not expansion["available"] and expansion["probability"] is None and expansion["model"] is None
+        assert "c360-expansion" in expansion["unavailable"] and "c360 promote expansion" in expansion["unavailable"]
+        assert 0 < result["future"]["churn"]["probability"] < 1
+        assert service.ctx.champions.ready
+    finally:
+        client.set_registered_model_alias(EXPANSION.name, CHAMPION, current.version)
+        anyio.run(service.reload)
+    again = body(anyio.run(lambda: service.customer_profile(customer_id=customer, details=False)))
+    assert again["future"]["expansion"]["available"]
 
 
 def test_a_rollback_is_followed_by_the_service(service: Any, served: Settings) -> None:

@@ -133,6 +133,7 @@ def test_profile_page_shows_past_present_future_and_its_error_states(
     assert f"{future['churn']['model']['name']} v{future['churn']['model']['version']}" in churn_card.inner_text()
     assert page.locator("#clv-value").inner_text() == f"{future['clv']['value_12m']:,.0f}"
     assert page.locator("#nba-action").inner_text() == future["next_best_action"]["action"].replace("_", " ")
+    assert page.locator("#expansion-probability").inner_text() == f"{100 * future['expansion']['probability']:.1f} %"
     as_of = expected["freshness"]["features_as_of"]
     assert page.locator("#freshness").inner_text().startswith(f"features as of {as_of}")
     assert page.get_by_text(details["red_flags_since"][0]["description"]).is_visible()
