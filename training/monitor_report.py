@@ -4,8 +4,9 @@ The checks (`CHECKS`), each a function of the home returning one `Check` with it
 figures (numbers, the gauges of `/metrics`) and a table:
 
 * feature drift of every model input (the feature services' features): the latest snapshot against the previous
-  one (or, when that is over `PERIOD` older or missing, the features built as of a month before), and against the champion's data window (the snapshots up to its test period), PSI per feature over the
-  customers subscribed at each date, weighted by the feature's share of the latest scoring run's reasons
+  one (or, when that is over `PERIOD` older or missing, the features built as of a month before), and against the
+  champion's data window (the snapshots up to its test period), PSI per feature over the customers subscribed at
+  each date, weighted by the feature's share of the latest scoring run's reasons
   (`monitoring.feature_drift`). The window ends a horizon or more before the latest data by construction, so
   trends over that span (prices, seats, the campaign calendar) show there every time: that comparison says
   "watch" at most, and acting is left to the previous-snapshot drift, the score drift and realized performance;

@@ -10,7 +10,7 @@ are those of its last successful run, and keeps the state):
 - build: the feature snapshot as of the data's end (and a new experiment wave's). Inputs: the ingest log and the
   crosswalk, hashed.
 - materialize: the latest snapshot into the online store. Inputs: that file, the online store setting.
-- train: challengers of churn, CLV and next best action, when due. Inputs: the snapshot files.
+- train: challengers of every model (`training.trainers`), when due. Inputs: the snapshot files.
 - promote: the gate on each challenger. Inputs: the challengers' versions.
 - score: every customer by the champions, audiences refreshed. Inputs: the latest snapshot file, the champions'
   versions.
@@ -228,20 +228,25 @@ def not_due(s: Settings, state: State) -> str | None:
 
 
 def _train(s: Settings) -> dict[str, Any]:
-    from c360.training.clv_pipeline import train_clv
-    from c360.training.nba_pipeline import train_nba
-    from c360.training.pipeline import train_churn
+    from c360.training.trainers import trainers
 
-    trainers = {"churn": train_churn, "clv": train_clv, "nba": train_nba}
     return {kind: {"version": report.version, "test_period": report.test_period}
-            for kind, report in ((kind, train(s)) for kind, train in trainers.items())}
+            for kind, report in ((kind, train(s)) for kind, train in trainers().items())}
 
 
 def _versions(s: Settings, alias: str) -> dict[str, int]:
+    """Each model's version under `alias`; an optional model (`ModelSpec.required`) a home lacks is left out."""
     from c360.training import tracking
 
     client = tracking.configure(s.home)
-    return {spec.name: int(tracking.version_by_alias(client, spec.name, alias).version) for spec in MODELS.values()}
+    versions = {}
+    for spec in MODELS.values():
+        try:
+            versions[spec.name] = int(tracking.version_by_alias(client, spec.name, alias).version)
+        except tracking.ModelNotFound:
+            if spec.required:
+                raise
+    return versions
 
 
 def _challengers(s: Settings) -> str:

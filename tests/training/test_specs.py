@@ -30,6 +30,12 @@ def test_the_pipelines_and_the_registry_read_the_table():
     assert registry.CHURN_GATE is MODELS["churn"].gate
 
 
+def test_every_model_has_its_trainer():
+    from c360.training.trainers import trainers
+
+    assert tuple(trainers()) == KINDS
+
+
 def test_choose_ties_go_to_the_control_and_undefined_outcomes_lose():
     net = pd.DataFrame({"no_action": [0.0, 1.0, 0.0, np.nan], "a": [0.0, 3.0, np.nan, 1.0],
                         "b": [-1.0, 2.0, -2.0, 2.0]}, index=[10, 11, 12, 13])

@@ -1,0 +1,17 @@
+"""Each feature-store model's training pipeline, by kind (`specs.MODELS`' keys): what `c360 refresh` runs when
+training is due. Imported on call, as each pipeline pulls in its own libraries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from c360.core.settings import Settings
+from c360.training.tracking import TrainReport
+
+
+def trainers() -> dict[str, Callable[[Settings], TrainReport]]:
+    from c360.training.clv_pipeline import train_clv
+    from c360.training.nba_pipeline import train_nba
+    from c360.training.pipeline import train_churn, train_expansion
+
+    return {"churn": train_churn, "clv": train_clv, "nba": train_nba, "expansion": train_expansion}
