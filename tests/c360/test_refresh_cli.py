@@ -1,7 +1,7 @@
-"""`c360 refresh` as cron runs it, in real processes over copies of the served home (3,000 customers, three
-champions): twice in a row the second does nothing; a new month of exports gives the new snapshot and new scores; a run
-killed midway and run again ends as the uninterrupted run did; one run at a time; a failing step is one line naming
-it."""
+"""`c360 refresh` as cron runs it, in real processes over copies of the served home (3,000 customers, a champion
+of each model): twice in a row the second does nothing; a new month of exports gives the new snapshot and new scores;
+a run killed midway and run again ends as the uninterrupted run did; one run at a time; a failing step is one line
+naming it."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from c360.features import store
 from c360.features.advance import advance
 from c360.features.refresh import State
 from c360.features.refresh import path as state_path
+from c360.training.specs import MODELS
 from tests.serving.conftest import promote_all, served  # noqa: F401  (the served home, a session fixture)
 
 STEPS = ["ingest", "resolve", "build", "materialize", "train", "promote", "score", "purge", "monitor"]
@@ -183,7 +184,7 @@ def test_when_training_is_due_challengers_are_trained_gated_and_scored(uninterru
     status = _status(result)
     assert status["train"] == "done" and status["promote"] == "done"
     trained, gated = _figures(result, "train"), _figures(result, "promote")
-    assert set(trained) == set(gated) == {"churn", "clv", "nba"}
+    assert set(trained) == set(gated) == set(MODELS)
     assert all(gated[kind]["challenger"] == trained[kind]["version"] > 1 and gated[kind]["reasons"]
                for kind in trained)
     promoted = any(decision["promoted"] for decision in gated.values())
