@@ -286,11 +286,11 @@ class BlendChurn:
         return calibrated(self.calibrator, self.raw_score(X))
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
-        frame = pd.DataFrame(0.0, index=X.index, columns=[*self.spec.names, "base_value"])
+        total = np.zeros((len(X), len(self.spec.names) + 1))
         for name, w in self.weights.items():
-            frame += w * self.parts[name].contributions(X).to_numpy()
-        frame["base_value"] += self.intercept
-        return frame
+            total += w * self.parts[name].contributions(X).to_numpy()
+        total[:, -1] += self.intercept  # the last column is base_value
+        return pd.DataFrame(total, index=X.index, columns=[*self.spec.names, "base_value"])
 
     def feature_values(self, X: pd.DataFrame) -> pd.DataFrame:
         return raw_values(X, self.spec)
