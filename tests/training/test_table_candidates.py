@@ -148,10 +148,11 @@ def gap_to_the_better_baseline(per_fold: pd.DataFrame) -> pd.Series:
 
 def test_on_a_small_public_table_the_chosen_model_is_not_below_the_better_baseline():
     """scikit-learn's bundled breast-cancer table (569 rows, 30 measurements): small, where logistic regression
-    and the trees are near each other and a single pick between them is noise."""
+    and the trees are near each other and a single pick between them is noise. The pick of the best inner AUC,
+    the protocol before the blend, ends 0.0007 below logistic regression here and fails this bar."""
     data = load_breast_cancer(as_frame=True).frame
     table = data.assign(malignant=1 - data["target"]).drop(columns="target")
     r = train_churn_table(table, "malignant", folds=5, trials=3)
     gap = gap_to_the_better_baseline(r.tables["folds"])
-    assert gap.mean() >= -0.002, r.tables["folds"].pivot(index="fold", columns="model", values="roc_auc")
+    assert gap.mean() >= -0.0005, r.tables["folds"].pivot(index="fold", columns="model", values="roc_auc")
     assert r.params["chosen_model"] == "blend" and r.params["model.model"] == "blend"
