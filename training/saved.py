@@ -29,7 +29,7 @@ def _classes() -> dict[str, type]:
     from c360.training.churn import ChurnModel
     from c360.training.clv_pipeline import ClvModel
     from c360.training.nba_pipeline import NbaModel
-    from c360.training.table_candidates import LinearChurn
+    from c360.training.table_candidates import BlendChurn, LinearChurn
     from c360.training.table_models import TableChurnModel, TableNbaModel
     from c360.training.uplift import FeatureSpec, MultiArmUplift, _Constant
 
@@ -38,6 +38,7 @@ def _classes() -> dict[str, type]:
         "clv": ClvModel,
         "nba": NbaModel,
         "table-churn": TableChurnModel,
+        "table-blend": BlendChurn,
         "table-linear": LinearChurn,
         "table-nba": TableNbaModel,
         "uplift": MultiArmUplift,

@@ -1,11 +1,12 @@
 """Churn on a data scientist's own table: `c360 train churn --table FILE.csv --label COLUMN`.
 
 Nested cross-validation, so no model is judged on rows that chose it: on each of ``folds`` stratified outer
-folds, ``table_candidates.choose`` runs an inner cross-validation on the training part only and picks a regularised
-logistic regression, a default LightGBM or a tuned LightGBM; every candidate and the chosen one are then scored on
-the outer test fold. The figures of the chosen column are those of the whole procedure; the final model is the
-same procedure on all rows. Warnings (identifier-like columns dropped, many-level categories, likely leaks) go to
-the result's ``warnings`` for the console and to the model card.
+folds, ``table_candidates.choose`` runs an inner cross-validation on the training part only and blends a
+regularised logistic regression, a default LightGBM and a tuned LightGBM, with weights fitted on their inner
+out-of-fold scores; every candidate and the chosen blend are then scored on the outer test fold. The figures of
+the chosen column are those of the whole procedure; the final model is the same procedure on all rows. Warnings
+(identifier-like columns dropped, many-level categories, likely leaks) go to the result's ``warnings`` for the
+console and to the model card.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 MIN_CLASS_ROWS_PER_FOLD = 5  # each label value needs this many rows per fold
 SHAP_SAMPLE = 2000
 TITLES = {"chosen": "chosen", "logistic": "logistic regression", "lightgbm": "LightGBM (defaults)",
-          "lightgbm_tuned": "LightGBM (tuned)"}
+          "lightgbm_tuned": "LightGBM (tuned)", "blend": "blend"}
 
 
 def _outer(X: pd.DataFrame, y: np.ndarray, folds: int, seed: int, trials: int
@@ -165,11 +166,11 @@ def train_churn_table(
         "n_features": X.shape[1],
         "dropped_columns": ", ".join(dropped) or "none",
         "chosen_model": final.chosen,
-        "calibration": "platt on the chosen model's inner out-of-fold scores",
+        "calibration": "the blend's weights, fitted on the candidates' inner out-of-fold log-odds",
         "table_digest": tables.digest(df),
         **{f"model.{k}": v for k, v in model.params.items()},
     }
-    card = _churn_card(frame, X, y, label, dropped, summary, per_fold, importance, ids, final.chosen, model,
+    card = _churn_card(frame, X, y, label, dropped, summary, importance, ids, final.chosen, model,
                        folds, int((~known).sum()), warnings)
     return TableResult.of(
         TableChurnModel(model, id_column), X, [pd.Series(y, name=label)], single,
@@ -185,7 +186,6 @@ def _churn_card(
     label: str,
     dropped: Mapping[str, str],
     summary: pd.DataFrame,
-    per_fold: pd.DataFrame,
     importance: pd.DataFrame,
     ids: pd.Series | None,
     chosen: str,
@@ -201,7 +201,8 @@ def _churn_card(
                      for k in ("roc_auc", "pr_auc", "brier", "ece", "lift_at_10")] for m in summary.index},
         index=pd.Index(["roc_auc", "pr_auc", "brier", "ece", "lift_at_10"], name="metric"),
     )
-    picks = per_fold.query("model == 'chosen'")["candidate"].map(TITLES)
+    weights = ", ".join(f"{TITLES[name.removeprefix('weight.')]} {value:.2f}"
+                        for name, value in model.params.items() if name.startswith("weight."))
     kinds = dict(zip(spec.columns, spec.kinds, strict=True))
     feature_table = pd.DataFrame({
         "column": importance["feature"],
@@ -213,8 +214,8 @@ def _churn_card(
         f"{folds}-fold cross-validation on one table, no time split: metrics may be optimistic if rows are not "
         "independent (several rows per customer, rows from different dates) or if the future differs from "
         "the past. Validate on a later period before relying on the probabilities.",
-        "Calibration (Platt) was fitted on out-of-fold scores of the same table; a shift in the churn rate "
-        "later will bias the probabilities, not the ranking.",
+        "Calibration (the blend's logistic weights) was fitted on out-of-fold scores of the same table; a shift "
+        "in the churn rate later will bias the probabilities, not the ranking.",
         *warnings,
     ]
     if ids is not None and ids.duplicated().any():
@@ -226,8 +227,8 @@ def _churn_card(
         caveats.append(f"Only {len(y):,} labelled rows: the fold metrics are noisy (see the ± spread).")
     return model_card("Churn model on a customer table", (
         "Churn probability for each row of one customer table (`c360 train churn --table`): nested cross-validation "
-        "chooses between a logistic regression, a default LightGBM and a tuned LightGBM, then the chosen model is "
-        "fitted on all rows."), {
+        "judges a blend of a logistic regression, a default LightGBM and a tuned LightGBM, then the blend is fitted "
+        "on all rows."), {
         "Data": [[
             f"{len(frame) + unlabelled:,} rows, {frame.shape[1]} columns; {len(y):,} with a label"
             + (f" ({unlabelled:,} without, left out)" if unlabelled else ""),
@@ -235,9 +236,10 @@ def _churn_card(
             tables.features_line(X, dropped),
         ]],
         "Model": [
-            f"Chosen: {TITLES[chosen]}, by {INNER_FOLDS}-fold cross-validation on all {len(y):,} rows, with Platt "
-            "calibration on its out-of-fold scores. In the outer folds the choice fell on: "
-            f"{', '.join(picks)}. Category levels with fewer than {MIN_LEVEL_ROWS} rows are pooled with missing."],
+            f"Chosen: {TITLES[chosen]}, the candidates' log-odds weighted by a logistic regression on their "
+            f"{INNER_FOLDS}-fold out-of-fold scores on all {len(y):,} rows (weights of zero or more, which also "
+            f"calibrate it): {weights or 'every weight zero, a constant'}. Category levels with fewer than "
+            f"{MIN_LEVEL_ROWS} rows are pooled with missing."],
         f"Metrics ({folds}-fold, mean ± sd over the outer folds; each model chosen or fitted on training folds only)": [
             metric_table],
         "Features (by mean |contribution| on a sample)": [feature_table],

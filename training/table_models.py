@@ -37,7 +37,6 @@ import numpy as np
 import pandas as pd
 
 from c360.training import tracking
-from c360.training.churn import ChurnModel
 from c360.training.explain import BASE, top_k
 from c360.training.specs import MODELS, Gate
 from c360.training.uplift import MultiArmUplift, choose
@@ -48,7 +47,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.models import ModelSignature
 
-    from c360.training.table_candidates import LinearChurn
+    from c360.training.table_candidates import Candidate
 
 Kind = Literal["churn", "nba"]
 KIND_TAG = "table_kind"  # on the registered model: which kind of table model it is
@@ -243,15 +242,15 @@ class TableResult:
 
 
 class TableChurnModel:
-    """The chosen calibrated churn model (a ``ChurnModel`` or a ``LinearChurn``) with ``predict``, as MLflow's
-    pyfunc needs: per row the churn probability and its top reasons (``reason_i``: a feature,
+    """The chosen calibrated churn model (a ``table_candidates.Candidate``: the blend, or one candidate) with
+    ``predict``, as MLflow's pyfunc needs: per row the churn probability and its top reasons (``reason_i``: a feature,
     ``reason_i_contribution``: its share of the log-odds).
 
     Once registered (``log_table_result``) it knows its table's ``schema`` and ``conform``s every input to it;
     columns of the table that are no features (the id, the label) are ignored, the id echoed.
     """
 
-    def __init__(self, model: ChurnModel | LinearChurn, id_column: str | None = None) -> None:
+    def __init__(self, model: Candidate, id_column: str | None = None) -> None:
         self.churn = model
         self.id_column = id_column
         self.schema: dict[str, Any] | None = None

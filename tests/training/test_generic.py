@@ -135,7 +135,7 @@ def test_churn_end_to_end_on_a_telco_export(churn_result: TableResult, folder: P
     r = churn_result
     assert r.metrics["roc_auc"] > 0.72 and r.metrics["roc_auc_sd"] < 0.06, r.metrics
     assert 0 < r.metrics["ece"] < 0.08 and 0 < r.metrics["brier"] < 0.2
-    assert set(r.baselines) == {"logistic", "lightgbm", "lightgbm_tuned"}
+    assert set(r.baselines) == {"logistic", "lightgbm", "lightgbm_tuned", "blend"}
     assert r.baselines["logistic"]["roc_auc"] > 0.7
     assert r.metrics["roc_auc_gain_vs_baseline"] == pytest.approx(
         r.metrics["roc_auc"] - r.baselines["logistic"]["roc_auc"])
@@ -143,14 +143,14 @@ def test_churn_end_to_end_on_a_telco_export(churn_result: TableResult, folder: P
 
     folds = r.tables["folds"]
     chosen = folds.query("model == 'chosen'")
-    assert len(folds) == 5 * 4 and chosen["rows"].sum() == 2000
-    assert set(chosen["candidate"]) <= {"logistic", "lightgbm", "lightgbm_tuned"}
+    assert len(folds) == 5 * 5 and chosen["rows"].sum() == 2000
+    assert set(chosen["candidate"]) == {"blend"}
     assert {"roc_auc", "pr_auc", "brier", "ece", "lift_at_10", "inner_roc_auc"} <= set(folds.columns)
     assert chosen["roc_auc"].mean() == pytest.approx(r.metrics["roc_auc"])
     for fold in chosen.itertuples():  # the chosen model's outer figures are its candidate's on that fold
         same = folds.query(f"fold == {fold.fold} and model == '{fold.candidate}'")
         assert same["roc_auc"].item() == pytest.approx(fold.roc_auc)
-    assert list(r.tables["summary"]["model"]) == ["chosen", "logistic", "lightgbm", "lightgbm_tuned"]
+    assert list(r.tables["summary"]["model"]) == ["chosen", "logistic", "lightgbm", "lightgbm_tuned", "blend"]
     assert r.tables["importance"]["feature"].iloc[0] in {"tenure", "Contract"}
 
     assert set(r.figures) == {"roc", "calibration", "shap_summary"}

@@ -9,9 +9,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.datasets import load_breast_cancer
 
 from c360.training import saved
-from c360.training.table_candidates import LinearChurn, choose, holdout_share, leaf_size, many_levels, table_spec
+from c360.training.table_candidates import (
+    BlendChurn,
+    LinearChurn,
+    choose,
+    fit_lightgbm,
+    holdout_share,
+    leaf_size,
+    many_levels,
+    stack,
+    table_spec,
+)
 from c360.training.table_churn import train_churn_table
 from c360.training.tables import feature_columns
 
@@ -63,6 +74,33 @@ def test_logistic_contributions_add_up_and_the_model_saves_without_c360_names(tm
     assert back.predict_proba(X) == pytest.approx(model.predict_proba(X))
 
 
+def test_the_blend_weighs_useful_scores_and_drops_noise():
+    rng = np.random.default_rng(5)
+    signal = rng.normal(size=4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(2 * signal - 1)))).astype(int)
+    theta = stack(np.column_stack([signal, rng.normal(size=4000)]), y)
+    assert theta[1] == pytest.approx(2, abs=0.25) and theta[0] == pytest.approx(-1, abs=0.2), theta
+    assert theta[2] == pytest.approx(0, abs=0.05)  # noise: no share of the blend
+    # a score that ranks backwards would need a negative weight: it gets none
+    assert stack(-signal.reshape(-1, 1), y)[1] == 0.0
+
+
+def test_blend_contributions_add_up_and_the_blend_saves(tmp_path: Path):
+    table = accounts(800, 6)
+    X, y = table.drop(columns=["churn", "rownames"]), table["churn"].to_numpy(dtype=int)
+    parts = {"logistic": LinearChurn().fit(X, y), "lightgbm": fit_lightgbm(X, y, 0, 0)}
+    blend = BlendChurn(parts, np.array([-0.2, 0.7, 0.3]), table_spec(X))
+    expected = -0.2 + 0.7 * parts["logistic"].raw_score(X) + 0.3 * parts["lightgbm"].raw_score(X)
+    assert blend.raw_score(X) == pytest.approx(expected)
+    contributions = blend.contributions(X.head(40))
+    assert contributions.sum(axis=1).to_numpy() == pytest.approx(blend.raw_score(X.head(40)))
+    assert blend.predict_proba(X) == pytest.approx(1 / (1 + np.exp(-expected)))
+    back = saved.load(saved.save(blend, tmp_path))
+    assert back.predict_proba(X) == pytest.approx(blend.predict_proba(X))
+    assert BlendChurn(parts, np.array([0.1, 0.0, 1.0]), table_spec(X)).params == {
+        "model": "blend", "intercept": 0.1, "weight.lightgbm": 1.0}
+
+
 def test_identifier_like_columns_are_dropped_even_beside_a_named_id():
     frame = accounts(300, 2).assign(
         customer=[f"C-{i}" for i in range(300)],
@@ -82,8 +120,8 @@ def test_inner_selection_sees_only_the_rows_it_is_given():
     table = accounts(900, 3)
     X, y = table.drop(columns=["churn", "rownames"]), table["churn"].to_numpy(dtype=int)
     choice = choose(X, y, seed=0, trials=2)
-    assert set(choice.models) == {"logistic", "lightgbm", "lightgbm_tuned"}
-    assert choice.chosen == max(choice.inner_auc, key=lambda m: round(choice.inner_auc[m], 4))
+    assert set(choice.models) == set(choice.inner_auc) == {"logistic", "lightgbm", "lightgbm_tuned", "blend"}
+    assert choice.chosen == "blend" and set(choice.models["blend"].parts) <= set(choice.models)
     # a shuffled label leaves no candidate an edge on the inner folds
     shuffled = choose(X, np.random.default_rng(0).permutation(y), seed=0, trials=2)
     assert all(abs(auc - 0.5) < 0.08 for auc in shuffled.inner_auc.values()), shuffled.inner_auc
@@ -93,10 +131,28 @@ def test_the_chosen_model_matches_the_best_baseline_on_the_same_folds():
     r = train_churn_table(accounts(3000, 4), "churn", folds=5, trials=3)
     assert "dropped column 'rownames': identifier-like (distinct integers under an id name)" in r.warnings
     assert [w for w in r.warnings if w.startswith("column 'state' has 50 categories")]
-    folds = r.tables["folds"].pivot(index="fold", columns="model", values="roc_auc")
-    best = folds[["logistic", "lightgbm"]].mean().idxmax()
-    gap = folds["chosen"] - folds[best]
+    gap = gap_to_the_better_baseline(r.tables["folds"])
     # the bar: the chosen AUC at least the better baseline's, within two standard errors of the paired fold gaps
     tolerance = max(0.005, 2 * gap.std() / np.sqrt(len(gap)))
-    assert gap.mean() >= -tolerance, folds
+    assert gap.mean() >= -tolerance, gap
     assert r.metrics["roc_auc"] > 0.75, r.metrics
+
+
+def gap_to_the_better_baseline(per_fold: pd.DataFrame) -> pd.Series:
+    """Per outer fold, the chosen model's ROC AUC minus that of the better (on average) of logistic regression
+    and default LightGBM."""
+    folds = per_fold.pivot(index="fold", columns="model", values="roc_auc")
+    best = folds[["logistic", "lightgbm"]].mean().idxmax()
+    return folds["chosen"] - folds[best]
+
+
+def test_on_a_small_public_table_the_chosen_model_is_not_below_the_better_baseline():
+    """scikit-learn's bundled breast-cancer table (569 rows, 30 measurements): small, where logistic regression
+    and the trees are near each other and a single pick between them is noise. The pick of the best inner AUC,
+    the protocol before the blend, ends 0.0007 below logistic regression here and fails this bar."""
+    data = load_breast_cancer(as_frame=True).frame
+    table = data.assign(malignant=1 - data["target"]).drop(columns="target")
+    r = train_churn_table(table, "malignant", folds=5, trials=3)
+    gap = gap_to_the_better_baseline(r.tables["folds"])
+    assert gap.mean() >= -0.0005, r.tables["folds"].pivot(index="fold", columns="model", values="roc_auc")
+    assert r.params["chosen_model"] == "blend" and r.params["model.model"] == "blend"

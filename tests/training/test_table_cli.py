@@ -38,7 +38,7 @@ def test_churn_json_and_console_warnings(home: Path, tmp_path: Path):
                   "closed_reason": np.where(churn, "moved", None), "churn": churn.astype(int)}
                  ).to_csv(tmp_path / "t.csv", index=False)
     out, err = run("train", "churn", "--table", str(tmp_path / "t.csv"), "--label", "churn", "--folds", "2")
-    assert set(out["candidates"]) == {"logistic", "lightgbm", "lightgbm_tuned"}
+    assert set(out["candidates"]) == {"logistic", "lightgbm", "lightgbm_tuned", "blend"}
     assert out["chosen"] in out["candidates"]
     assert out["roc_auc"] == out["metrics"]["roc_auc"] and out["roc_auc_sd"] == out["metrics"]["roc_auc_sd"]
     assert all({"roc_auc", "roc_auc_sd"} <= set(c) for c in out["candidates"].values())
