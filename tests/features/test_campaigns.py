@@ -19,8 +19,8 @@ from c360.core.contract import ACTIONS
 from c360.core.personal import Person, Work
 from c360.core.settings import Settings
 from c360.features import audiences, campaigns, compute, identity, store
-from c360.features.campaigns import CampaignError
 from c360.features.advance import with_account_ids
+from c360.features.campaigns import CampaignError
 from c360.features.generate import TRUTH, generate
 from c360.features.ingest import ingest
 from c360.training import readout
