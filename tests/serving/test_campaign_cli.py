@@ -90,6 +90,8 @@ def test_the_loop_reads_out_a_gain_whose_ci_covers_the_truth(home: Settings, tmp
     assert not result["sample_ratio"]["mismatch"]
     assert {r["policy"] for r in result["policy_values"]} >= {"policy", "all no_action", "all discount"}
     assert result["mlflow_run"] and audit.records(home)[-1]["action"] == "c360 campaign readout"
+    shown = runner.invoke(app, ["campaign", "readout", "summer"])  # for people: the tables
+    assert shown.exit_code == 0 and "gain over the holdout" in shown.stdout, shown.output
 
 
 def test_errors_are_one_line(home: Settings) -> None:
@@ -98,3 +100,9 @@ def test_errors_are_one_line(home: Settings) -> None:
                                "--explore", "0.2")
     assert "no campaign" in refused("campaign", "readout", "nothing")
     assert "already named" in refused("campaign", "plan", "spring", "--audience", "subscribers")
+
+
+def test_help_on_every_campaign_command() -> None:
+    for command in ("plan", "list", "show", "export", "simulate", "readout"):
+        shown = runner.invoke(app, ["campaign", command, "--help"])
+        assert shown.exit_code == 0 and "--json" in shown.stdout, shown.output
