@@ -70,8 +70,9 @@ def fields(s: Settings) -> dict[str, Kind]:
     return found
 
 
-def _latest_scores(s: Settings) -> pd.DataFrame:
-    """Each customer's latest wide score row (latest features date, then latest run), renamed to profile names."""
+def latest_scores(s: Settings, keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Each customer's latest wide score row (latest features date, then latest run), renamed to profile names;
+    `keep`: columns of LEFT_OUT to keep (a campaign logs the model version)."""
     files = score_files(s)
     if not files:
         return pd.DataFrame({"customer_id": pd.Series(dtype="string")})
@@ -79,13 +80,13 @@ def _latest_scores(s: Settings) -> pd.DataFrame:
     frame = connections.local().execute(
         f"SELECT * FROM read_parquet({listed}, union_by_name = true) "
         "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY as_of DESC, scored_ts DESC) = 1").df()
-    return frame.drop(columns=[c for c in frame.columns if c in LEFT_OUT]).rename(columns=RENAMED)
+    return frame.drop(columns=[c for c in frame.columns if c in LEFT_OUT and c not in keep]).rename(columns=RENAMED)
 
 
 def table(s: Settings, overrides: consent.Overrides) -> pd.DataFrame:
     """The profile table: the latest snapshot's customers with their latest scores, `overrides` applied."""
     snapshot = pd.read_parquet(snapshot_file(s)).drop(columns=["as_of"], errors="ignore")
-    scores = _latest_scores(s)
+    scores = latest_scores(s)
     scores = scores[[c for c in scores.columns if c == "customer_id" or c not in snapshot.columns]]
     profile = snapshot.merge(scores, on="customer_id", how="left", validate="one_to_one")
     return consent.apply_overrides(profile, overrides)

@@ -283,7 +283,12 @@ def _contacts(s: Settings, ids: list[str]) -> pd.DataFrame:
 
 def export_rows(s: Settings, name: str) -> Export:
     """The members to hand to a CRM or an e-mail tool, and the ones left out, counted by reason."""
-    ids = members(s, name)
+    return contact_rows(s, members(s, name))
+
+
+def contact_rows(s: Settings, ids: list[str]) -> Export:
+    """The customers `ids` with what a CRM or an e-mail tool needs (`EXPORT`), and the ones left out, counted by
+    reason (an audience's export, a campaign's per action)."""
     profile = audience_profile.table(s, _overrides(s))
     inside = profile[profile["customer_id"].isin(ids)]
     erased = _erased(s)

@@ -21,6 +21,7 @@ from c360.cli import evaluate  # noqa: F401  (registers `c360 eval cdnow` / `eva
 from c360.cli.advance import advance
 from c360.cli.audience import audience_app
 from c360.cli.audit import audit_app
+from c360.cli.campaign import campaign_app
 from c360.cli.events import events_app
 from c360.cli.features import apply, build, features_app, materialize, profile
 from c360.cli.identity import eval_app, resolve_app, run_resolve
@@ -75,6 +76,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(events_app, name="events")
 app.add_typer(mapping_app, name="mapping")
 app.add_typer(audience_app, name="audience")
+app.add_typer(campaign_app, name="campaign")
 app.add_typer(personas_app, name="personas")
 
 

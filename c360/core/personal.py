@@ -121,6 +121,8 @@ STORES: tuple[Store, ...] = (
           "export (path, when, who, customer ids); exports written under audiences/exports/",
           "c360.features.audiences.Audiences", ("audiences/audiences.db", "audiences/audiences.db-wal",
                                                 "audiences/audiences.db-shm", "audiences/exports/*")),
+    Store("campaigns", "the decision log of campaigns: each assignment's customer id, arm, action, propensity, "
+          "model version, when and by which role", "c360.features.campaigns.Campaigns", ("campaigns/*",)),
     Store("run_log", "runs.jsonl: commands and their summaries", f"{_STORES}.RunLog", ("runs.jsonl",)),
     Store("audit", "who touched which customer (ids only): kept on erasure, for accountability",
           f"{_STORES}.Audit", ("audit/*",)),

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     brief_api_key: SecretStr | None = Field(None, description="bearer key of the brief endpoint")
     brief_send_personal: bool = Field(False, description="admin setting: the brief endpoint may receive names and "
                                                          "companies (else it gets the masked brief only)")
+    global_holdout: float = Field(0.05, ge=0, lt=1, description="share of all customers no campaign ever contacts "
+                                                               "(stable per customer)")
+    contact_cap: int = Field(2, ge=1, description="most campaign contacts a customer gets per contact period")
+    contact_period_days: int = Field(30, ge=1, description="days of the contact period of the frequency cap")
     public_data: Path = Field(default_factory=lambda data: _public_data(data["home"]), validate_default=True,
                               description="folder of the public data sets (CDNOW, Hillstrom, FEBRL)")
 

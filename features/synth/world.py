@@ -312,8 +312,10 @@ def action_effects(world: World, arm: pd.DataFrame, lift: np.ndarray) -> pd.Data
     for i, action in enumerate(ACTIONS):
         h = health[rows] + _bump(lift[rows, i], wave)[:, wave + ahead]
         survival = np.cumprod(1 - weekly_hazard(h, recent[rows], sub), axis=1)
-        amount = price * (1 - DISCOUNT) if action == "discount" else price
-        revenue = survival * (due * amount[:, None] + addon_rate(h) * addons)
+        # the discount waives the invoices from the week after the action on, as the billing silo shows them
+        # (`silos.Builder.discount_share`): not one due in the action's own week
+        waived = DISCOUNT * (ahead >= 1) if action == "discount" else np.zeros(len(ahead))
+        revenue = survival * (due * price[:, None] * (1 - waived) + addon_rate(h) * addons)
         # the order comes in week 1 to RESPONSE_WEEKS, equally likely, from an account alive then
         response = responds[:, i] * price * survival[:, :RESPONSE_WEEKS].mean(axis=1)
         out.append(pd.DataFrame({

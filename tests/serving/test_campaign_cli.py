@@ -1,0 +1,108 @@
+"""`c360 campaign` on the served 3,000-customer home (its NBA champion and scores): the acceptance loop — plan with
+10 % holdout and 5 % exploration, export, simulate, `c360 ingest`, readout — and the one-line errors.
+
+Here rather than under tests/c360: the loop needs the served home's scores (`served`, this folder's session
+fixture). The tests work on a copy of it whose generated world is copied too (a simulation advances it), share it
+and run in order."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from c360.cli.main import app
+from c360.core import audit
+from c360.core.settings import Settings
+from c360.features import campaigns
+from c360.training import readout
+from tests.conftest import cli_json as invoke
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def home(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    copy = Settings(home=tmp_path_factory.mktemp("campaigns") / "home")
+    shutil.copytree(served.home, copy.home, symlinks=True)
+    world = copy.generated.resolve()
+    copy.generated.unlink()
+    shutil.copytree(world, copy.generated)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("C360_HOME", str(copy.home))
+        invoke("audience", "create", "subscribers", "--where", "subscribed")
+        yield copy
+
+
+def refused(*args: str) -> str:
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    return json.loads(result.stdout)["error"]
+
+
+def test_plan_follows_the_next_best_action_with_exact_shares(home: Settings) -> None:
+    planned = invoke("campaign", "plan", "spring", "--audience", "subscribers", "--holdout", "0.1", "--explore",
+                     "0.05", "--seed", "11")
+    shares = planned["realized_shares"]
+    assert abs(shares["holdout"] - 0.1) <= 0.02 and abs(shares["exploration"] - 0.05) <= 0.02
+    logged = campaigns.assignments(home, "spring")
+    assert len(logged) == planned["assigned"] == sum(planned["arms"].values())
+    policy = logged[logged["arm"] == "policy"]
+    assert (policy["action"] == policy["policy_action"]).all()
+    assert logged["model_version"].notna().all() and (logged["model"] == "nba").all()
+    assert ((logged["propensity"] > 0) & (logged["propensity"] <= 1)).all()
+    assert audit.records(home)[-1]["action"] == "c360 campaign plan"
+    assert invoke("campaign", "show", "spring")["summary"]["arms"] == planned["arms"]
+    assert [c["name"] for c in invoke("campaign", "list")["campaigns"]] == ["spring"]
+
+
+def test_export_writes_one_file_per_action_without_the_holdout(home: Settings, tmp_path: Path) -> None:
+    exported = invoke("campaign", "export", "spring", "--out", str(tmp_path))
+    logged = campaigns.assignments(home, "spring")
+    held = set(logged.loc[logged["arm"] == "holdout", "customer_id"])
+    for action, found in exported["files"].items():
+        rows = pd.read_csv(found["file"], dtype=str)
+        assert (rows["action"] == action).all() and len(rows) == found["rows"]
+        assert set(rows["customer_id"]) <= set(logged.loc[logged["action"] == action, "customer_id"])
+        assert not set(rows["customer_id"]) & held
+    assert "no_action" not in exported["files"] and exported["files"]
+    assert audit.records(home)[-1]["action"] == "c360 campaign export"
+
+
+def test_the_loop_reads_out_a_gain_whose_ci_covers_the_truth(home: Settings, tmp_path: Path) -> None:
+    invoke("campaign", "plan", "summer", "--audience", "subscribers", "--seed", "5")
+    simulated = invoke("campaign", "simulate", "summer", "--out", str(tmp_path))
+    assert simulated["weeks"] == 13 and (tmp_path / "ground_truth").is_dir()
+    assert "ingest the weeks" in refused("campaign", "readout", "summer")  # the data does not cover the window yet
+    invoke("ingest", "--source", str(tmp_path))
+    result = invoke("campaign", "readout", "summer")
+    gain = result["gain_over_holdout"]
+    effects = pd.read_parquet(next((tmp_path / "ground_truth").glob("*_effects.parquet")))
+    truth = readout.truth_gain(home, campaigns.assignments(home, "summer"), effects)
+    assert gain["truth"] == pytest.approx(truth, rel=1e-6, abs=1e-6)
+    assert gain["low"] <= truth <= gain["high"], gain
+    assert not result["sample_ratio"]["mismatch"]
+    assert {r["policy"] for r in result["policy_values"]} >= {"policy", "all no_action", "all discount"}
+    assert result["mlflow_run"] and audit.records(home)[-1]["action"] == "c360 campaign readout"
+    shown = runner.invoke(app, ["campaign", "readout", "summer"])  # for people: the tables
+    assert shown.exit_code == 0 and "gain over the holdout" in shown.stdout, shown.output
+
+
+def test_errors_are_one_line(home: Settings) -> None:
+    assert "no audience" in refused("campaign", "plan", "x", "--audience", "nobody")
+    assert "shares" in refused("campaign", "plan", "x", "--audience", "subscribers", "--holdout", "0.9",
+                               "--explore", "0.2")
+    assert "no campaign" in refused("campaign", "readout", "nothing")
+    assert "already named" in refused("campaign", "plan", "spring", "--audience", "subscribers")
+
+
+def test_help_on_every_campaign_command() -> None:
+    for command in ("plan", "list", "show", "export", "simulate", "readout"):
+        shown = runner.invoke(app, ["campaign", command, "--help"])
+        assert shown.exit_code == 0 and "--json" in shown.stdout, shown.output
