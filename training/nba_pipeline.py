@@ -29,7 +29,8 @@ Definitions, once, for everything below:
   The card and the run's params count the rows of each wave and each campaign (``rows_by_source``).
 * **weights** — each row's inverse propensity (``inverse_propensity``): the arm's share of its wave, or the
   campaign's logged propensity, which the policy made unequal: an arm's outcome model would otherwise learn from
-  the customers the previous model chose for it. Truncated, normalized per source and arm, times the MRR.
+  the customers the previous model chose for it. Truncated and stabilized (mean 1 per source and arm: the waves'
+  rows all weigh 1), times the MRR.
 * **costs** — per action, in revenue units: ``ACTION_COSTS`` (training_invite 5, csm_call 40). The discount
   costs nothing here because its cost is already in the outcome (lower invoices).
 * **model** — ``MultiArmUplift`` (T-learner, its defaults but the leaf size, scaled down to small arms as in
@@ -181,8 +182,13 @@ def wave_features(fs: FeatureStore, assignments: pd.DataFrame, service: str = SE
 
 def nba_examples(s: Settings, con, horizon_days: int = HORIZON_DAYS) -> tuple[pd.DataFrame, list[str]]:
     """Every assignment of every complete wave with its outcome and its features as of the wave date, and the
-    feature names. Reads the wave dates' snapshots, which the features stage builds; writes nothing."""
+    feature names. Reads the wave dates' snapshots, which the features stage builds; writes nothing.
+
+    A wave launched on the day a logged campaign of c360 started is that campaign's sends come back through the
+    marketing silo (`campaign simulate` records them as a wave, as a channel tool may): not a uniform randomization,
+    and not a wave here. Its rows come from the decision log, with their propensities (``campaign_examples``)."""
     assignments = experiment_outcomes(con, horizon_days)
+    assignments = assignments[~assignments["as_of"].isin(campaigns.launch_dates(s))].reset_index(drop=True)
     if assignments.empty:
         raise ValueError("no experiment assignments with a complete outcome window in the warehouse")
     missing = sorted(set(pd.to_datetime(assignments["as_of"].unique())) - set(store.snapshot_dates(s)))
@@ -206,6 +212,9 @@ def with_propensity(waves: pd.DataFrame) -> pd.DataFrame:
     within a wave) and their source (``wave N``)."""
     share = waves.groupby("wave")["action"].transform(lambda arm: arm.map(arm.value_counts(normalize=True)))
     return waves.assign(propensity=share.astype(float), source="wave " + waves["wave"].astype(str))
+
+
+CAMPAIGN_COLUMNS = ["customer_id", "as_of", "wave", "action", "outcome", "retained", "propensity", "source"]
 
 
 @dataclass(frozen=True)
@@ -236,27 +245,24 @@ def campaign_examples(s: Settings, data_end: pd.Timestamp, after: pd.Timestamp,
             left_out[name] = f"no feature snapshot as of its launch {start:%Y-%m-%d}: run `c360 features build`"
         else:
             got = readout.outcomes(s, campaigns.assignments(s, name), start, end)
-            frames.append(got.assign(as_of=start, wave=np.nan, retained=~got["churned"].astype(bool),
-                                     source=f"campaign {name}"))
-    if not frames:
-        return CampaignRows(pd.DataFrame(), left_out)
-    columns = ["customer_id", "as_of", "wave", "action", "outcome", "retained", "propensity", "source"]
-    rows = pd.concat(frames, ignore_index=True)[columns]
-    return CampaignRows(wave_features(store.feature_store(s), rows), left_out)
+            rows = got.assign(as_of=start, wave=np.nan, retained=~got["churned"].astype(bool),
+                              source=f"campaign {name}")[CAMPAIGN_COLUMNS]
+            frames.append(wave_features(store.feature_store(s), rows))  # one by one: campaigns may share members
+    return CampaignRows(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), left_out)
 
 
 def inverse_propensity(train: pd.DataFrame) -> pd.Series:
-    """Each row's inverse propensity weight, truncated at ``MAX_INVERSE_PROPENSITY`` and normalized so that the
-    rows of one arm of one source weigh as many as the source has rows.
+    """Each row's stabilized inverse propensity weight: 1 / propensity, truncated at ``MAX_INVERSE_PROPENSITY``,
+    divided by its mean over the rows of the same arm and source.
 
     The T-learner fits one outcome model per arm. Within a wave the arms are drawn uniformly, so every arm's rows
-    are a random sample of the wave and the weights are one constant per arm and wave. In a campaign an arm's rows
-    are mostly the members the policy sent it (a skewed sample: the NBA chose them) and a few explored or held-out
-    others; weighting each by 1 / its propensity makes the arm's rows stand for all the campaign's members. The
-    normalization gives each source the weight of its size in every arm, whatever its arms' shares."""
+    are a random sample of the wave: the weights are all 1. In a campaign an arm's rows are mostly the members the
+    policy sent it (a skewed sample: the NBA chose them) and a few explored or held-out others; weighting each by
+    1 / its propensity makes the arm's rows stand for all the campaign's members. Dividing by the mean keeps what
+    an arm of a source weighs at its number of rows: the 20 rows a campaign explored an action on count as 20 rows,
+    not as the whole campaign (unstabilized weights would let them outweigh a wave's arm)."""
     inverse = (1.0 / train["propensity"].astype(float)).clip(upper=MAX_INVERSE_PROPENSITY)
-    per_arm = inverse.groupby([train["source"], train["action"]]).transform("sum")
-    return inverse / per_arm * train.groupby("source")["source"].transform("size")
+    return inverse / inverse.groupby([train["source"], train["action"]]).transform("mean")
 
 
 # ---------------------------------------------------------------- the model
@@ -496,7 +502,7 @@ LightGBM {uplift.learner.upper()}-learner (`training.uplift.MultiArmUplift`) on 
 action, each action's uplift shrunk towards its average effect by how well it ranks customers on held-out
 training rows; leaves of at least {uplift.options['min_child_samples']} rows. Each row weighs its inverse
 propensity (its arm's share of its wave; a campaign's logged propensity, truncated at {MAX_INVERSE_PROPENSITY:g}),
-normalized so that every arm of every source weighs the source's size{stake}."""],
+stabilized to a mean of 1 in every arm of every source (a wave's rows weigh 1){stake}."""],
         "Policy value on the test wave (inverse propensity, 95 % paired-bootstrap CIs)": [
             "Net outcome per customer; gain = learned policy − row.", ips],
         "Exact values on the test wave (ground truth of the generated data)": exact,
