@@ -292,6 +292,12 @@ def listed(s: Settings) -> list[dict[str, Any]]:
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
+def launch_dates(s: Settings) -> list[pd.Timestamp]:
+    """The days the logged campaigns started: the features stage builds their snapshots, as the waves', for a
+    later NBA training on the campaigns' assignments."""
+    return sorted({pd.Timestamp(c["launched_at"]).normalize() for c in listed(s) if c["launched_at"]})
+
+
 def assignments(s: Settings, name: str) -> pd.DataFrame:
     """The campaign's assignments (COLUMNS), by customer id; what a readout and a later NBA training read."""
     campaign(s, name)

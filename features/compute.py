@@ -12,6 +12,7 @@ into reasons.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import date
 from functools import cache
 
@@ -229,14 +230,14 @@ def experiment_dates(con) -> list[pd.Timestamp]:
 
 
 def as_of_dates(con, end: pd.Timestamp, as_of: date | None, history_days: int,
-                every_days: int) -> list[pd.Timestamp]:
+                every_days: int, launches: Iterable[pd.Timestamp] = ()) -> list[pd.Timestamp]:
     """The snapshots the features stage builds: the requested date alone; or every `every_days` back over
-    `history_days` up to `end`, and every experiment wave launched before `end` — training reads the snapshots
-    it needs, it never writes one."""
+    `history_days` up to `end`, and every experiment wave and campaign (`launches`, the decision log's
+    `campaigns.launch_dates`) launched before `end` — training reads the snapshots it needs, it never writes one."""
     if as_of:
         return [pd.Timestamp(as_of)]
     grid = {end - pd.Timedelta(days=d) for d in range(0, history_days + 1, every_days)}
-    return sorted(grid | {day for day in experiment_dates(con) if day <= end})
+    return sorted(grid | {day for day in [*experiment_dates(con), *launches] if day <= end})
 
 
 def build(con, as_of: pd.Timestamp) -> pd.DataFrame:

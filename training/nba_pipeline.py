@@ -21,6 +21,16 @@ Definitions, once, for everything below:
   sends): the join finds the exact date, and every wave is described as it stood when the action was taken,
   whatever the grid. Training only reads them: the churn and CLV examples see the same snapshots whichever model
   is trained first.
+* **campaign rows** — the assignments of the campaigns c360 planned itself (``c360.features.campaigns``, its
+  decision log), once their outcome window ``[launch, launch + 91 days)`` is in the data: the action each member
+  got (holdout members ``no_action``), its logged propensity, the outcome above over that window
+  (``readout.outcomes``) and the features as of the launch day (the features stage builds that snapshot too).
+  Campaigns launched before the end of the test wave's window are left out: the model never sees the test period.
+  The card and the run's params count the rows of each wave and each campaign (``rows_by_source``).
+* **weights** — each row's inverse propensity (``inverse_propensity``): the arm's share of its wave, or the
+  campaign's logged propensity, which the policy made unequal: an arm's outcome model would otherwise learn from
+  the customers the previous model chose for it. Truncated and stabilized (mean 1 per source and arm: the waves'
+  rows all weigh 1), times the MRR.
 * **costs** — per action, in revenue units: ``ACTION_COSTS`` (training_invite 5, csm_call 40). The discount
   costs nothing here because its cost is already in the outcome (lower invoices).
 * **model** — ``MultiArmUplift`` (T-learner, its defaults but the leaf size, scaled down to small arms as in
@@ -30,9 +40,9 @@ Definitions, once, for everything below:
 * **recommendation** — the action with the highest expected outcome net of its cost; ``no_action`` when nothing
   pays.
 
-Training uses the earlier waves, the last wave is the test (a time split: the model never sees the wave it is
-judged on). On the test wave: inverse-propensity (IPS) policy values with paired-bootstrap CIs against
-all-``no_action``, each single action and random, and the Qini AUC of each action against ``no_action``. On
+Training uses the earlier waves and the campaign rows, the last wave is the test (a time split: the model never
+sees the wave it is judged on). On the test wave: inverse-propensity (IPS) policy values with paired-bootstrap CIs
+against all-``no_action``, each single action and random, and the Qini AUC of each action against ``no_action``. On
 generated data (``s.truth`` exists) the ground truth holds every action's true outcome for every assigned
 account, so the learned policy is also valued *exactly* (mean over the test customers of the true revenue less
 cost of the action it picks) next to the **oracle** (each customer's best action) — the honest yardstick, since
@@ -51,10 +61,11 @@ import pandas as pd
 from feast import FeatureStore
 
 from c360.core import warehouse
+from c360.core.contract import ACTION_COSTS
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
-from c360.features import store
-from c360.training import cards, datasets, fairness, labels, tracking
+from c360.features import campaigns, store
+from c360.training import cards, datasets, fairness, labels, readout, tracking
 from c360.training.cards import Block
 from c360.training.specs import NBA
 from c360.training.tracking import TrainReport
@@ -80,8 +91,6 @@ SERVICE = NBA.service
 HORIZON_DAYS = NBA.horizon_days
 CONTROL = "no_action"
 ACTIONS = ("no_action", "discount", "training_invite", "csm_call")
-# What one action costs beyond its effect on revenue; the discount's cost is in the invoices (the outcome).
-ACTION_COSTS: dict[str, float] = {"no_action": 0.0, "discount": 0.0, "training_invite": 5.0, "csm_call": 40.0}
 N_BOOT = 1000
 # The uplift model learns the outcome per dollar of monthly recurring revenue: an action changes how much of its
 # revenue an account keeps, so effects scale with the account's size, and in dollars they drown in the spread
@@ -90,6 +99,9 @@ N_BOOT = 1000
 # accounts, noise to the question which action keeps an account).
 SCALE = "mrr"
 RATIO_QUANTILE = 0.95
+# An inverse propensity weight is truncated here: a campaign's exploration row (a 5 % share spread over four
+# actions, p = 0.0125) would otherwise weigh 80 rows, and its arm's trees would follow a handful of outcomes.
+MAX_INVERSE_PROPENSITY = 20.0
 
 OUTCOMES_SQL = """
 WITH sends AS (
@@ -170,8 +182,13 @@ def wave_features(fs: FeatureStore, assignments: pd.DataFrame, service: str = SE
 
 def nba_examples(s: Settings, con, horizon_days: int = HORIZON_DAYS) -> tuple[pd.DataFrame, list[str]]:
     """Every assignment of every complete wave with its outcome and its features as of the wave date, and the
-    feature names. Reads the wave dates' snapshots, which the features stage builds; writes nothing."""
+    feature names. Reads the wave dates' snapshots, which the features stage builds; writes nothing.
+
+    A wave launched on the day a logged campaign of c360 started is that campaign's sends come back through the
+    marketing silo (`campaign simulate` records them as a wave, as a channel tool may): not a uniform randomization,
+    and not a wave here. Its rows come from the decision log, with their propensities (``campaign_examples``)."""
     assignments = experiment_outcomes(con, horizon_days)
+    assignments = assignments[~assignments["as_of"].isin(campaigns.launch_dates(s))].reset_index(drop=True)
     if assignments.empty:
         raise ValueError("no experiment assignments with a complete outcome window in the warehouse")
     missing = sorted(set(pd.to_datetime(assignments["as_of"].unique())) - set(store.snapshot_dates(s)))
@@ -188,6 +205,64 @@ def wave_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if len(waves) < 2:
         raise ValueError(f"need at least 2 experiment waves (train and test), have {len(waves)}")
     return frame[frame["wave"] < waves[-1]], frame[frame["wave"] == waves[-1]]
+
+
+def with_propensity(waves: pd.DataFrame) -> pd.DataFrame:
+    """The wave assignments with their propensity (their arm's share of their wave: the randomization is uniform
+    within a wave) and their source (``wave N``)."""
+    share = waves.groupby("wave")["action"].transform(lambda arm: arm.map(arm.value_counts(normalize=True)))
+    return waves.assign(propensity=share.astype(float), source="wave " + waves["wave"].astype(str))
+
+
+CAMPAIGN_COLUMNS = ["customer_id", "as_of", "wave", "action", "outcome", "retained", "propensity", "source"]
+
+
+@dataclass(frozen=True)
+class CampaignRows:
+    frame: pd.DataFrame  # the assignments of the campaigns used, like the waves' (wave missing) with features
+    left_out: dict[str, str]  # campaign → why it is not used
+
+
+def campaign_examples(s: Settings, data_end: pd.Timestamp, after: pd.Timestamp,
+                      horizon_days: int = HORIZON_DAYS) -> CampaignRows:
+    """The assignments of every logged campaign (``c360.features.campaigns``) usable as training rows, with the
+    NBA's outcome over ``[launch, launch + horizon_days)`` (``readout.outcomes``), the logged propensity, their
+    features as of the launch day and their source (``campaign NAME``). A campaign is left out, with the reason,
+    when its window is not in the data yet, when it starts before ``after`` (the end of the test wave's window:
+    training never sees the test period) or when the features stage has not built the snapshot of its launch."""
+    built, frames, left_out = set(store.snapshot_dates(s)), [], {}
+    for listed in campaigns.listed(s):
+        name, launched = listed["name"], listed["launched_at"]
+        start = pd.Timestamp(launched).normalize() if launched else None
+        end = start + pd.Timedelta(days=horizon_days) if start is not None else None
+        if start is None or end is None:
+            left_out[name] = "not launched"
+        elif end > data_end:
+            left_out[name] = f"its outcome window runs to {end:%Y-%m-%d}, the data to {data_end:%Y-%m-%d}"
+        elif start < after:
+            left_out[name] = f"it starts before {after:%Y-%m-%d}, in the test wave's window"
+        elif start not in built:
+            left_out[name] = f"no feature snapshot as of its launch {start:%Y-%m-%d}: run `c360 features build`"
+        else:
+            got = readout.outcomes(s, campaigns.assignments(s, name), start, end)
+            rows = got.assign(as_of=start, wave=np.nan, retained=~got["churned"].astype(bool),
+                              source=f"campaign {name}")[CAMPAIGN_COLUMNS]
+            frames.append(wave_features(store.feature_store(s), rows))  # one by one: campaigns may share members
+    return CampaignRows(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), left_out)
+
+
+def inverse_propensity(train: pd.DataFrame) -> pd.Series:
+    """Each row's stabilized inverse propensity weight: 1 / propensity, truncated at ``MAX_INVERSE_PROPENSITY``,
+    divided by its mean over the rows of the same arm and source.
+
+    The T-learner fits one outcome model per arm. Within a wave the arms are drawn uniformly, so every arm's rows
+    are a random sample of the wave: the weights are all 1. In a campaign an arm's rows are mostly the members the
+    policy sent it (a skewed sample: the NBA chose them) and a few explored or held-out others; weighting each by
+    1 / its propensity makes the arm's rows stand for all the campaign's members. Dividing by the mean keeps what
+    an arm of a source weighs at its number of rows: the 20 rows a campaign explored an action on count as 20 rows,
+    not as the whole campaign (unstabilized weights would let them outweigh a wave's arm)."""
+    inverse = (1.0 / train["propensity"].astype(float)).clip(upper=MAX_INVERSE_PROPENSITY)
+    return inverse / inverse.groupby([train["source"], train["action"]]).transform("mean")
 
 
 # ---------------------------------------------------------------- the model
@@ -283,13 +358,14 @@ def fit_nba(train: pd.DataFrame, features: list[str], *, scale: str | None = SCA
     """``MultiArmUplift`` (T-learner, default settings but ``_min_leaf``) on the training assignments, wrapped with
     the action costs.
 
+    ``train`` has each row's ``propensity`` and ``source``: every row is weighted by its ``inverse_propensity``.
     With ``scale`` the target is outcome / scale on the rows where the scale is positive, winsorized at its
-    ``quantile`` (a few large add-on orders would otherwise steer the trees), and each row is weighted by its
-    scale; without it, the outcome itself, unweighted. The weight is the row's stake: the expected outcome is the
+    ``quantile`` (a few large add-on orders would otherwise steer the trees), and the weight is multiplied by the
+    scale; without it, the outcome itself. The scale is the row's stake: the expected outcome is the
     prediction times the scale, so an error per dollar of MRR on a large account costs that many more dollars, and
     unweighted the many small accounts (where no paid action pays) set the effects the large ones are judged by.
     """
-    weight = None
+    weight = inverse_propensity(train)
     if scale is None:
         X, t, y = train[features], train["action"], train["outcome"].astype(float)
     else:
@@ -299,7 +375,7 @@ def fit_nba(train: pd.DataFrame, features: list[str], *, scale: str | None = SCA
         y = train.loc[rows, "outcome"].astype(float) / size[rows]
         if quantile is not None:
             y = y.clip(upper=float(y.quantile(quantile)))
-        weight = size[rows]
+        weight = (weight * size)[rows]
     uplift = MultiArmUplift(min_child_samples=_min_leaf(int(t.value_counts().min())), seed=seed)
     return NbaModel(uplift.fit(X, t, y, control=CONTROL, sample_weight=weight), features, ACTION_COSTS, scale)
 
@@ -371,8 +447,15 @@ def by_segment(test: pd.DataFrame, policy: pd.Series) -> pd.DataFrame:
     return shares.assign(customers=segment.value_counts()).rename_axis("segment")
 
 
+def rows_by_source(train: pd.DataFrame) -> pd.DataFrame:
+    """Training rows per source (each wave, each campaign) and action, waves first."""
+    counts = pd.crosstab(train["source"], train["action"]).reindex(columns=list(ACTIONS), fill_value=0)
+    order = sorted(counts.index, key=lambda source: (not source.startswith("wave "), source))
+    return counts.assign(rows=counts.sum(axis=1)).loc[order].rename_axis("source")
+
+
 def model_card(train: pd.DataFrame, test: pd.DataFrame, features: list[str], ev: Evaluation, model: NbaModel,
-               groups: pd.DataFrame) -> str:
+               groups: pd.DataFrame, left_out: Mapping[str, str]) -> str:
     ips = pd.DataFrame({
         "value [CI]": [f"{r.value:.1f} [{r.value_low:.1f}, {r.value_high:.1f}]" for r in ev.values.itertuples()],
         "gain [CI]": ["" if name == "policy" else _fmt_ci(r, "diff") for name, r in ev.values.iterrows()],
@@ -399,7 +482,7 @@ def model_card(train: pd.DataFrame, test: pd.DataFrame, features: list[str], ev:
     target = (f"outcome per dollar of `{model.scale}` (winsorized at its {RATIO_QUANTILE:.0%} quantile), times "
               f"`{model.scale}`" if model.scale else "outcome in dollars")
     uplift = model.uplift
-    weighting = f"; every assignment weighted by its `{model.scale}`" if model.scale else ""
+    stake = f" times its `{model.scale}`" if model.scale else ""
     return cards.model_card(NBA_MODEL, f"""\
 Next best action from the company's own randomized experiments: which of {", ".join(ACTIONS)} to take for each
 customer. Outcome: net revenue (paid invoices less refunds) in the {HORIZON_DAYS} days from the wave date; costs
@@ -407,16 +490,19 @@ training_invite {ACTION_COSTS['training_invite']:g}, csm_call {ACTION_COSTS['csm
 the invoices). Recommendation: the highest expected outcome net of cost, no_action when nothing pays
 (`training/nba_pipeline.py`).""", {
         "Data": [[
-            f"train: {len(train):,} assignments, waves {', '.join(str(w) for w in sorted(train['wave'].unique()))} "
-            f"  ({', '.join(f'{pd.Timestamp(d):%Y-%m-%d}' for d in sorted(train['as_of'].unique()))})",
+            f"train: {len(train):,} assignments of {train['source'].nunique()} sources "
+            f"({', '.join(f'{pd.Timestamp(d):%Y-%m-%d}' for d in sorted(train['as_of'].unique()))}), by source below",
             f"test: {len(test):,} assignments, wave {int(test['wave'].iloc[0])} "
             f"({pd.Timestamp(test['as_of'].iloc[0]):%Y-%m-%d})",
-            f"features: feature service `{SERVICE}` ({len(features)} features) as of each wave date",
-        ], arms],
+            f"features: feature service `{SERVICE}` ({len(features)} features) as of each wave or campaign launch date",
+            *(f"campaign {name} left out: {why}" for name, why in left_out.items()),
+        ], arms, rows_by_source(train)],
         "Model": [f"""\
 LightGBM {uplift.learner.upper()}-learner (`training.uplift.MultiArmUplift`) on the {target}: one model per
 action, each action's uplift shrunk towards its average effect by how well it ranks customers on held-out
-training rows; leaves of at least {uplift.options['min_child_samples']} rows{weighting}."""],
+training rows; leaves of at least {uplift.options['min_child_samples']} rows. Each row weighs its inverse
+propensity (its arm's share of its wave; a campaign's logged propensity, truncated at {MAX_INVERSE_PROPENSITY:g}),
+stabilized to a mean of 1 in every arm of every source (a wave's rows weigh 1){stake}."""],
         "Policy value on the test wave (inverse propensity, 95 % paired-bootstrap CIs)": [
             "Net outcome per customer; gain = learned policy − row.", ips],
         "Exact values on the test wave (ground truth of the generated data)": exact,
@@ -500,18 +586,24 @@ def _metrics(ev: Evaluation) -> tuple[dict[str, float], dict[str, dict[str, floa
     return finite, {k: {m: v for m, v in b.items() if np.isfinite(v)} for k, b in baselines.items()}
 
 
-def train_nba(s: Settings, seed: int = 0, scale: str | None = SCALE) -> TrainReport:
-    """Train on the earlier experiment waves, evaluate on the last, log to MLflow and register as @challenger.
+def train_nba(s: Settings, seed: int = 0, scale: str | None = SCALE, with_campaigns: bool = True) -> TrainReport:
+    """Train on the earlier experiment waves and the logged campaigns whose outcome is known, evaluate on the last
+    wave, log to MLflow and register as @challenger.
 
-    Reads the feature snapshots of the wave dates (see the module docstring). ``scale=None``
-    fits the uplift model on the outcome in dollars instead of per dollar of MRR.
+    Reads the feature snapshots of the wave dates and campaign launches (see the module docstring). ``scale=None``
+    fits the uplift model on the outcome in dollars instead of per dollar of MRR; ``with_campaigns=False`` trains
+    on the waves alone.
     """
     with warehouse.connect(s, read_only=True) as con:
         frame, features = nba_examples(s, con)
-        train, test = wave_split(frame)
+        waves, test = wave_split(frame)
+        data_end = warehouse.data_end(con)
         has_truth = (s.truth / "treatment_effects.parquet").exists()
         truth_net = truth_net_outcomes(con, s.truth, test) if has_truth else None
         bands = fairness.customer_groups(con, test["customer_id"])
+    test_end = pd.Timestamp(test["as_of"].max()) + pd.Timedelta(days=HORIZON_DAYS)
+    learned = campaign_examples(s, data_end, test_end) if with_campaigns else CampaignRows(pd.DataFrame(), {})
+    train = pd.concat([with_propensity(waves), *([learned.frame] if len(learned.frame) else [])], ignore_index=True)
     model = fit_nba(train, features, scale=scale, seed=seed)
     ev = evaluate(model, test, truth_net, seed)
     metrics, baselines = _metrics(ev)
@@ -529,21 +621,27 @@ def train_nba(s: Settings, seed: int = 0, scale: str | None = SCALE) -> TrainRep
     if ev.exact is not None:
         tables["policy_values_exact"] = ev.exact.rename_axis("policy")
     uplift = model.uplift
+    counts = rows_by_source(train)["rows"]
     version = tracking.log_training_run(
         experiment=NBA_MODEL, run_name=f"nba {test_period}", model=model, flavor="pyfunc",
         params={"horizon_days": HORIZON_DAYS, "features": len(features), "learner": uplift.learner,
                 "control": CONTROL, "costs": ", ".join(f"{a}={c:g}" for a, c in ACTION_COSTS.items()),
                 "scale": scale or "none", "ratio_winsorized_at": RATIO_QUANTILE if scale else "none",
-                "sample_weight": scale or "none",
-                "train_waves": ",".join(str(w) for w in sorted(train["wave"].unique())),
+                "sample_weight": f"inverse propensity × {scale}" if scale else "inverse propensity",
+                "max_inverse_propensity": MAX_INVERSE_PROPENSITY,
+                "train_waves": ",".join(str(w) for w in sorted(waves["wave"].unique())),
+                "campaigns": ",".join(learned.frame["source"].str.removeprefix("campaign ").unique())
+                if len(learned.frame) else "none",
+                **{f"rows.{source.replace(' ', '.')}": n for source, n in counts.items()},
                 "test_wave": int(test["wave"].iloc[0]), "seed": seed,
                 **{f"lgbm.{k}": v for k, v in uplift.options.items()}},
         metrics=metrics, baselines=baselines,
         dataset={"training": train, "test": test}, dataset_name=SERVICE, target="outcome",
         input_example=test[features].head(5).reset_index(drop=True), figures=figures, tables=tables,
-        model_card=model_card(train, test, features, ev, model, groups), registered_name=NBA_MODEL,
+        model_card=model_card(train, test, features, ev, model, groups, learned.left_out), registered_name=NBA_MODEL,
         tags={"test_period": test_period, "feature_service": SERVICE, **gap_tags}, home=s.home)
     rows = {"train": len(train), "test": len(test),
-            "test_with_truth": int(ev.exact["rows"].iloc[0]) if ev.exact is not None else 0}
+            "test_with_truth": int(ev.exact["rows"].iloc[0]) if ev.exact is not None else 0,
+            **{f"train.{source}": int(n) for source, n in counts.items()}}
     return TrainReport(NBA_MODEL, int(version.version), str(version.run_id), test_period, rows, metrics, baselines,
                        ev)

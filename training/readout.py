@@ -7,7 +7,7 @@ Definitions, once:
   window the warehouse's data does not cover yet.
 * **outcome** — per assigned member: net revenue in the window (invoices issued in it and paid, less refunds paid
   out in it, over the customer's billing accounts: the NBA's outcome, `training.nba_pipeline`); **value** = outcome
-  − the assigned action's cost (`nba_pipeline.ACTION_COSTS`, the one place costs are defined; the discount's cost
+  − the assigned action's cost (`c360.core.contract.ACTION_COSTS`, the one place costs are defined; the discount's cost
   is in its smaller invoices); **churned** = a subscription of the customer ended in the window.
 * **policy value** `V(π)` — the mean value per assigned member had every one of them got the policy's action,
   estimated by inverse propensity weighting with the logged propensities (`c360.features.campaigns`), next to
@@ -35,12 +35,12 @@ import pandas as pd
 from scipy import stats
 
 from c360.core import warehouse
-from c360.core.contract import ACTIONS
+from c360.core.contract import ACTION_COSTS, ACTIONS
 from c360.core.settings import Settings
 from c360.features import advance, campaigns
 from c360.features.generate import TRUTH
 from c360.training import tracking
-from c360.training.nba_pipeline import ACTION_COSTS, HORIZON_DAYS
+from c360.training.specs import NBA
 from c360.training.uplift import paired_bootstrap
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ EXPERIMENT = "c360-campaigns"
 NONE = campaigns.NONE
 SRM_ALPHA = 0.001
 DECILES = 10
+HORIZON_DAYS = NBA.horizon_days
 OUTCOMES_SQL = """
 WITH members AS (SELECT unnest($ids) AS customer_id),
 accounts AS (SELECT source_key AS billing_account_id, customer_id FROM identity_crosswalk

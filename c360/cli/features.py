@@ -30,7 +30,7 @@ def build(
     as_json: Json = False,
 ) -> dict:
     """Compute feature snapshots from the warehouse (data strictly before each as-of date) as Parquet files."""
-    from c360.features import compute, store
+    from c360.features import campaigns, compute, store
 
     s, started = Settings(), time.time()
     with warehouse.connect(s, read_only=True) as con:
@@ -38,7 +38,7 @@ def build(
             raise fail("no resolved customers yet: run `c360 resolve` first")
         end = warehouse.data_end(con)
         dates = compute.as_of_dates(con, end, date.fromisoformat(as_of) if as_of else None, history_days,
-                                     every_days)
+                                     every_days, campaigns.launch_dates(s))
         with progress("building feature snapshots", len(dates)) as advance:
             for day in dates:
                 store.write_snapshot(s, compute.build(con, day))

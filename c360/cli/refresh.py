@@ -173,14 +173,15 @@ def _loads_and_crosswalk(s: Settings) -> str:
 
 
 def _build(s: Settings) -> dict[str, Any]:
-    """The snapshot as of the data's end; and an experiment wave's that has none yet (the next best action learns
-    from the waves)."""
-    from c360.features import compute, store
+    """The snapshot as of the data's end; and an experiment wave's or a campaign's that has none yet (the next best
+    action learns from them)."""
+    from c360.features import campaigns, compute, store
 
     built = set(store.snapshot_dates(s))
     with warehouse.connect(s, read_only=True) as con:
         end = warehouse.data_end(con)
-        days = [*(d for d in compute.experiment_dates(con) if d < end and d not in built), end]
+        launches = sorted({*compute.experiment_dates(con), *campaigns.launch_dates(s)})
+        days = [*(d for d in launches if d < end and d not in built), end]
         snapshots = [compute.build(con, day) for day in days]
     for snapshot in snapshots:
         store.write_snapshot(s, snapshot)

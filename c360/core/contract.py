@@ -32,6 +32,8 @@ TICKET_STATUSES = ("open", "pending", "solved", "closed")
 CAMPAIGN_CHANNELS = ("email", "sms", "in_app", "phone", "webinar", "none")
 CONTENT_TOPICS = ("product_tips", "new_features", "pricing", "training", "events", "case_study")
 ACTIONS = ("no_action", "discount", "training_invite", "csm_call")
+# What one action costs beyond its effect on revenue; the discount's cost is in the invoices (the outcome).
+ACTION_COSTS: dict[str, float] = {"no_action": 0.0, "discount": 0.0, "training_invite": 5.0, "csm_call": 40.0}
 SEND_STATUSES = ("sent", "holdout", "bounced")
 REQUEST_TOPICS = ("reporting", "integrations", "mobile", "api", "permissions", "automation", "ui")
 REQUEST_STATUSES = ("open", "planned", "shipped", "declined")

@@ -1,5 +1,6 @@
 """`c360 campaign` on the served 3,000-customer home (its NBA champion and scores): the acceptance loop — plan with
-10 % holdout and 5 % exploration, export, simulate, `c360 ingest`, readout — and the one-line errors.
+10 % holdout and 5 % exploration, export, simulate, `c360 ingest`, readout, and the next NBA training learning from
+the campaign — and the one-line errors.
 
 Here rather than under tests/c360: the loop needs the served home's scores (`served`, this folder's session
 fixture). The tests work on a copy of it whose generated world is copied too (a simulation advances it), share it
@@ -20,7 +21,8 @@ from c360.cli.main import app
 from c360.core import audit
 from c360.core.settings import Settings
 from c360.features import campaigns
-from c360.training import readout
+from c360.training import readout, tracking
+from c360.training.nba_pipeline import HORIZON_DAYS, NBA_MODEL, train_nba
 from tests.conftest import cli_json as invoke
 
 runner = CliRunner()
@@ -92,6 +94,27 @@ def test_the_loop_reads_out_a_gain_whose_ci_covers_the_truth(home: Settings, tmp
     assert result["mlflow_run"] and audit.records(home)[-1]["action"] == "c360 campaign readout"
     shown = runner.invoke(app, ["campaign", "readout", "summer"])  # for people: the tables
     assert shown.exit_code == 0 and "gain over the holdout" in shown.stdout, shown.output
+
+
+def test_retraining_on_the_campaign_keeps_the_share_of_the_oracles_uplift(home: Settings) -> None:
+    """After the loop above: `c360 features build` builds the launch day's snapshot, and the next NBA training adds
+    the campaign's rows without losing more than 2 points of the oracle's uplift against the waves alone."""
+    start = pd.Timestamp(campaigns.campaign(home, "summer")["launched_at"])
+    built = invoke("features", "build", "--history-days", "0")
+    assert f"{start:%Y-%m-%d}" in [str(d) for d in built["as_of_dates"]], "the launch day's snapshot is built"
+    known = readout.outcomes(home, campaigns.assignments(home, "summer"), start,
+                             start + pd.Timedelta(days=HORIZON_DAYS))
+    alone, learned = train_nba(home, with_campaigns=False), train_nba(home)
+    assert learned.rows["train.campaign summer"] == len(known) > 0
+    assert learned.rows["train"] == alone.rows["train"] + len(known) and "train.campaign spring" not in learned.rows
+    before = alone.evaluation.shares["oracle_share_vs_no_action"]
+    after = learned.evaluation.shares["oracle_share_vs_no_action"]
+    print(f"share of the oracle's uplift over no action: waves alone {before:.1%}, with the campaign {after:.1%}")
+    assert after >= before - 0.02, (before, after)
+    card = tracking.configure(home.home).get_model_version(NBA_MODEL, str(learned.version)).description
+    row = next(line for line in card.splitlines() if line.startswith("| campaign summer "))
+    assert [c.strip() for c in row.strip("| ").split("|")][-1] == str(len(known)), row
+    assert "campaign spring left out: its outcome window runs to" in card, card
 
 
 def test_errors_are_one_line(home: Settings) -> None:

@@ -149,3 +149,17 @@ def test_train_nba_registers_a_challenger_and_beats_simple_rules(
     tables = {a.path for a in client.list_artifacts(report.run_id, "tables")}
     assert {"tables/policy_values_ips.csv", "tables/policy_values_exact.csv"} <= tables
     assert "plots/qini_curves.png" in {a.path for a in client.list_artifacts(report.run_id, "plots")}
+
+
+def test_inverse_propensity_weights_are_stabilized_per_source_and_arm() -> None:
+    toy = pd.DataFrame({
+        "source": ["wave 0"] * 4 + ["campaign c"] * 4,
+        "action": ["no_action", "no_action", "discount", "csm_call", "csm_call", "csm_call", "csm_call", "discount"],
+        "propensity": [0.5, 0.5, 0.25, 0.25, 0.8, 0.8, 0.0125, 0.0125],
+    })
+    weight = nba_pipeline.inverse_propensity(toy)
+    assert (weight[:4] == 1).all(), "a uniform wave's rows all weigh 1"
+    arm = weight[4:7]
+    assert arm.mean() == pytest.approx(1) and weight[7] == pytest.approx(1), "mean 1 per source and arm"
+    # the explored csm_call row stands for the members the policy did not send it: 1 / 0.0125 = 80, truncated at 20
+    assert weight[6] / weight[4] == pytest.approx(nba_pipeline.MAX_INVERSE_PROPENSITY * 0.8)
