@@ -134,11 +134,18 @@ def pairs(customers: pd.DataFrame, channels: tuple[str, ...] = CHANNELS,
 
 def best(customers: pd.DataFrame, probability: np.ndarray, key: str = "customer_id") -> pd.DataFrame:
     """From `pairs(customers)` and their probabilities: each customer's best channel and topic with its
-    probability (`key`, best_channel, best_topic, probability)."""
+    probability (`key`, best_channel, best_topic, probability), indexed by its row of `customers`."""
     scored = customers[[key, *SEND]].assign(probability=probability)
     top = scored.loc[scored.groupby(key, sort=False)["probability"].idxmax()]
-    return top.rename(columns={"campaign_channel": "best_channel", "campaign_topic": "best_topic"}).reset_index(
-        drop=True)
+    return top.rename(columns={"campaign_channel": "best_channel", "campaign_topic": "best_topic"})
+
+
+def by_channel_best(customers: pd.DataFrame, probability: np.ndarray, key: str = "customer_id") -> pd.DataFrame:
+    """Each customer's best topic on every channel (`key`, campaign_channel, campaign_topic, probability), the
+    customer's channels from the most to the least likely to get a response."""
+    scored = customers[[key, *SEND]].assign(probability=probability)
+    top = scored.loc[scored.groupby([key, "campaign_channel"], sort=False)["probability"].idxmax()]
+    return top.sort_values([key, "probability"], ascending=[True, False], kind="mergesort")
 
 
 # ---------------------------------------------------------------- the stage
