@@ -24,7 +24,7 @@ from feast import FeatureStore
 from sklearn.metrics import roc_auc_score
 
 from c360.core import warehouse
-from c360.core.contract import CAMPAIGN_CHANNELS, CONTENT_TOPICS
+from c360.core.contract import CONTENT_TOPICS, SEND_CHANNELS
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 from c360.features import store
@@ -36,7 +36,7 @@ from c360.training.tracking import TrainReport
 
 TARGET = "responded"
 SEND = ("campaign_channel", "campaign_topic")  # the send's own inputs, beside the customer's features
-CHANNELS = tuple(c for c in CAMPAIGN_CHANNELS if c != "none")
+CHANNELS = SEND_CHANNELS
 MIN_SENDS = 200  # fewer sends of a channel in the test period give no usable AUC interval
 DEFINITION = (
     f"Campaign response: a campaign message to one of the customer's contacts clicked or answered within "
@@ -194,7 +194,8 @@ def train_response(s: Settings) -> TrainReport:
     groups = fairness.churn_groups(test[y], scores["lightgbm"], fairness.with_groups(test, bands))
     gap_metrics, gap_tags = fairness.logged(groups, RESPONSE.kind)
     per_channel = {f"{metric}.{channel}": float(value) for channel, row in channels.iterrows()
-                   for metric, value in row.items() if metric in ("roc_auc", "auc_low", "ece") and pd.notna(value)}
+                   for metric, value in row.items() if metric in ("sends", "roc_auc", "auc_low", "ece")
+                   and pd.notna(value)}
     sample = test[features].sample(min(len(test), 3000), random_state=0)
     figures = {
         "roc": roc_figure(test[y], scores, title="ROC, test waves"),
