@@ -38,6 +38,14 @@ FIELDS = {
     "expansion_probability": (Float64, "probability of expanding (plan upgrade, seat increase or add-on order) "
                                        "within 90 days"),
     "expansion_reasons": (String, "top expansion reasons, JSON list of {feature, value, contribution}"),
+    "response_version": (Int64, "c360-response model version that scored (empty: no response champion)"),
+    "response_channel": (String, "campaign channel most likely to get a click or response"),
+    "response_topic": (String, "content topic most likely to get a click or response, on that channel"),
+    "response_probability": (Float64, "probability that a message of that channel and topic is clicked or "
+                                      "answered within 14 days"),
+    "response_channels": (String, "each channel's best topic, JSON list of {channel, topic, probability}, most "
+                                  "likely first"),
+    "response_reasons": (String, "top response reasons, JSON list of {feature, value, contribution}"),
     "next_feature": (String, "product feature most likely adopted next (empty: none)"),
     "next_feature_score": (Float64, "share of similar users who use it (co-occurrence) or its adoption rate"),
     "next_feature_method": (String, "co-occurrence or popularity"),
@@ -65,6 +73,6 @@ def predictions_view(path: str) -> FeatureView:
         schema=[Field(name=name, dtype=dtype, description=doc) for name, (dtype, doc) in FIELDS.items()],
         source=scores_source(path),
         online=True,
-        description="future: churn, CLV, next best action and expansion with reasons, and the batch signals "
-                    "(c360 score)",
+        description="future: churn, CLV, next best action, expansion and response with reasons, and the batch "
+                    "signals (c360 score)",
     )

@@ -16,6 +16,9 @@ MODELS = {
     # what drives expansion is spread as widely as churn's drivers: health and breadth of use, plan, seats and
     # past orders, and the contacts and campaigns an action's order answers
     "expansion_v1": ("activity", "interactions", "campaigns", "billing", "support", "status", "health"),
+    # who clicks a campaign: engagement with past campaigns, health and use; the send's channel and topic are added
+    # by the model (training/response.py), not stored per customer
+    "response_v1": ("activity", "interactions", "campaigns", "billing", "support", "status", "health"),
 }
 
 

@@ -30,7 +30,8 @@ RENAMED = {"clv_value": "clv_12m", "nba_action": "next_best_action"}
 # Not fields: JSON lists, versions and bookkeeping of the scoring run, and the snapshot's date.
 LEFT_OUT = frozenset({"as_of", "scored_ts", "scored_at", "source", "churn_reasons", "clv_reasons", "nba_alternatives",
                       "nba_reasons", "nba_withheld", "content_topics", "churn_version", "clv_version", "nba_version",
-                      "expansion_reasons", "expansion_version"})
+                      "expansion_reasons", "expansion_version", "response_reasons", "response_version",
+                      "response_channels"})
 
 
 def score_files(s: Settings) -> list[Path]:

@@ -12,7 +12,8 @@ refresh would wait on, or lock out, every ingest); an erasure deletes with secur
 (`c360.core.personal.sqlite_delete`).
 
 An export writes the members with what a CRM or an e-mail tool needs (`EXPORT`: ids, name, e-mail, traits, churn
-band, value, next best action, expansion probability) to CSV or Parquet, leaving out, and counting, the customers
+band, value, next best action, expansion probability, best campaign channel and topic with its response
+probability) to CSV or Parquet, leaving out, and counting, the customers
 who opted out of marketing e-mail and those erased or asked to be (an erasure request names them, or they left the
 warehouse). Every export — a file, or a download from the service — is recorded with its path, when, who and the
 customer ids in it, so an erasure lists it: a file under C360_HOME is rewritten without the person, one elsewhere
@@ -44,9 +45,10 @@ from c360.features.privacy_requests import all_requests
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MARKETING = "marketing_email"  # the consent an export for a CRM or an e-mail tool needs
 EXPORT = ("customer_id", "name", "email", "segment", "region", "plan", "churn_band", "clv_12m", "next_best_action",
-          "expansion_probability")
-CATEGORIES = ("churn_band", "segment", "region", "plan", "next_best_action", "lifecycle_stage", "persona")
-NUMBERS = ("clv_12m", "churn_probability", "expansion_probability", "mrr", "health_score")
+          "expansion_probability", "response_channel", "response_topic", "response_probability")
+CATEGORIES = ("churn_band", "segment", "region", "plan", "next_best_action", "lifecycle_stage", "persona",
+              "response_channel", "response_topic")
+NUMBERS = ("clv_12m", "churn_probability", "expansion_probability", "response_probability", "mrr", "health_score")
 DDL = """
 CREATE TABLE IF NOT EXISTS audiences (name TEXT PRIMARY KEY, filter TEXT NOT NULL, created_by TEXT NOT NULL,
     created_at TEXT NOT NULL, refreshed_at TEXT);

@@ -25,8 +25,10 @@ probability that member i gets action a is known exactly, and logged with the as
 which is what an inverse-propensity readout (`c360.training.readout`) and a later NBA training on campaign data
 need. The **decision log** is a SQLite file, `C360_HOME/campaigns/campaigns.db` (owner-only): one row per campaign
 (its plan, seed and figures, when it was launched) and one per assignment (campaign, customer_id, arm, action, the
-policy's action, propensity, the NBA's expected uplift, model and version, time, role). It holds customer ids, so it
-is a personal-data store of `c360.core.personal.STORES` (`Campaigns`: export and erasure).
+policy's action, propensity, the NBA's expected uplift, model and version, time, role, and the channel `--channel`
+chose: one for all, or `best`, each member's most likely to get a response by c360-response, never one whose
+purpose the member opted out of). It holds customer ids, so it is a personal-data store of
+`c360.core.personal.STORES` (`Campaigns`: export and erasure).
 
 `simulate` plays a planned campaign forward on a generated company with the generator's one way to move the world
 (`c360.features.advance`): the assignments, held-out members included as `no_action` (the experiment waves record
@@ -53,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from c360.core import consent, warehouse
-from c360.core.contract import ACTIONS
+from c360.core.contract import ACTIONS, SEND_CHANNELS
 from c360.core.personal import Erased, Person, Work, sqlite_delete
 from c360.core.settings import Settings
 from c360.features import advance, audience_profile, audiences
@@ -63,6 +65,7 @@ NAME = audiences.NAME
 NONE = "no_action"
 ARMS = ("policy", "holdout", "exploration")
 POLICIES = ("nba", *ACTIONS)
+CHANNEL_POLICIES = ("best", *SEND_CHANNELS)
 MODEL = "nba"  # the scorer whose recommended action `--policy nba` follows (the score files' `nba_*` columns)
 DDL = """
 CREATE TABLE IF NOT EXISTS campaigns (name TEXT PRIMARY KEY, audience TEXT NOT NULL, policy TEXT NOT NULL,
@@ -70,12 +73,12 @@ CREATE TABLE IF NOT EXISTS campaigns (name TEXT PRIMARY KEY, audience TEXT NOT N
     planned_by TEXT NOT NULL, launched_at TEXT, weeks INTEGER, summary TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS assignments (campaign TEXT NOT NULL, customer_id TEXT NOT NULL, arm TEXT NOT NULL,
     action TEXT NOT NULL, policy_action TEXT NOT NULL, propensity REAL NOT NULL, score REAL, model TEXT,
-    model_version INTEGER, assigned_at TEXT NOT NULL, role TEXT NOT NULL);
+    model_version INTEGER, assigned_at TEXT NOT NULL, role TEXT NOT NULL, channel TEXT);
 CREATE INDEX IF NOT EXISTS assignments_campaign ON assignments (campaign);
 CREATE INDEX IF NOT EXISTS assignments_customer ON assignments (customer_id);
 """
 COLUMNS = ("campaign", "customer_id", "arm", "action", "policy_action", "propensity", "score", "model",
-           "model_version", "assigned_at", "role")
+           "model_version", "assigned_at", "role", "channel")
 
 
 class CampaignError(ValueError):
@@ -96,6 +99,8 @@ def _db(s: Settings) -> Iterator[sqlite3.Connection]:
     file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with closing(sqlite3.connect(file, timeout=30)) as con:
         con.executescript(DDL)
+        if "channel" not in {row[1] for row in con.execute("PRAGMA table_info(assignments)")}:  # a log of before
+            con.execute("ALTER TABLE assignments ADD COLUMN channel TEXT")
         with con:
             yield con
     os.chmod(file, 0o600)
@@ -132,8 +137,9 @@ def recent_contacts(s: Settings, customers: Sequence[str]) -> pd.Series:
     return pd.Series(dict(rows), dtype="int64").reindex(list(customers), fill_value=0)
 
 
-def _members(s: Settings, audience: str, policy: str) -> pd.DataFrame:
-    """The audience's members with the policy's action, its score, model version and the actions they allow."""
+def _members(s: Settings, audience: str, policy: str, channel: str | None) -> pd.DataFrame:
+    """The audience's members with the policy's action, its score, model version, channel and the actions they
+    allow."""
     ids = audiences.members(s, audience)
     profile = audience_profile.table(s, audiences._overrides(s))
     frame = profile[profile["customer_id"].isin(ids)].reset_index(drop=True)
@@ -145,10 +151,30 @@ def _members(s: Settings, audience: str, policy: str) -> pd.DataFrame:
         frame = frame.merge(_versions(s), on="customer_id", how="left")
     else:
         frame = frame.assign(policy_action=policy, score=np.nan, model_version=pd.NA)
+    frame["channel"] = _channels(frame, channel)
     allowed = consent.allowed(frame, ACTIONS)
     frame["allowed"] = ([list(ACTIONS)] * len(frame) if allowed is None
                         else [[a for a in ACTIONS if ok[a]] for ok in allowed.to_dict("records")])
-    return frame[["customer_id", "policy_action", "score", "model_version", "allowed"]]
+    return frame[["customer_id", "policy_action", "score", "model_version", "allowed", "channel"]]
+
+
+def _channels(frame: pd.DataFrame, channel: str | None) -> pd.Series:
+    """Each member's channel: none chosen, one for all, or (`best`) the channel of the latest scores most likely to
+    get a response (`response_channel`, the c360-response model's). A member it did not score, or who opted out of
+    the channel's purpose (`consent.CHANNEL_PURPOSE`), gets none."""
+    if channel != "best":
+        chosen = pd.Series(channel, index=frame.index, dtype=object)
+    elif "response_channel" not in frame.columns:
+        raise CampaignError("no response scores for --channel best: `c360 train response`, `c360 promote response` "
+                            "and `c360 score` add them")
+    else:
+        chosen = frame["response_channel"].astype(object).where(frame["response_channel"].notna(), None)
+    opted = pd.Series(False, index=frame.index)
+    for name, purpose in consent.CHANNEL_PURPOSE.items():
+        column = consent.feature(purpose)
+        if column in frame.columns:
+            opted |= (chosen == name) & frame[column].astype("boolean").fillna(False).astype(bool)
+    return chosen.where(~opted, None)
 
 
 def _versions(s: Settings) -> pd.DataFrame:
@@ -200,10 +226,11 @@ def assign(frame: pd.DataFrame, holdout: float, explore: float, rng: np.random.G
                       np.where(arm == "holdout", NONE, np.asarray(drawn, dtype=object)))
     propensity = [(n_policy * (a == pol) + n_hold * (a == NONE) + n_explore * (a in ok) / len(ok)) / n
                   for a, pol, ok in zip(action, frame["policy_action"], frame["allowed"], strict=True)]
-    return frame.assign(arm=arm, action=action, propensity=propensity)
+    return frame.assign(arm=arm, action=action, propensity=propensity,
+                        channel=frame["channel"].where(action != NONE, None))
 
 
-def _check(name: str, policy: str, holdout: float, explore: float, budget: int | None) -> None:
+def _check(name: str, policy: str, holdout: float, explore: float, budget: int | None, channel: str | None) -> None:
     if not re.match(NAME, name):
         raise CampaignError(f"invalid campaign name {name!r}: letters, digits, '_', '.', '-', at most 64 characters")
     if policy not in POLICIES:
@@ -212,17 +239,19 @@ def _check(name: str, policy: str, holdout: float, explore: float, budget: int |
         raise CampaignError("--holdout and --explore are shares in [0, 1) that leave some members to the policy")
     if budget is not None and budget < 0:
         raise CampaignError("--budget is a number of contacts, 0 or more")
+    if channel is not None and channel not in CHANNEL_POLICIES:
+        raise CampaignError(f"unknown channel {channel!r}; known: {', '.join(CHANNEL_POLICIES)}")
 
 
 def plan(s: Settings, name: str, audience: str, *, policy: str = "nba", holdout: float = 0.1,
-         explore: float = 0.05, budget: int | None = None, seed: int | None = None, who: str, role: str
-         ) -> dict[str, Any]:
+         explore: float = 0.05, budget: int | None = None, seed: int | None = None, channel: str | None = None,
+         who: str, role: str) -> dict[str, Any]:
     """Plan campaign `name` and log its assignments; its summary (sizes, realized shares, arms, actions, removed).
     CampaignError for a bad plan, audiences.UnknownAudience for an unknown audience."""
-    _check(name, policy, holdout, explore, budget)
+    _check(name, policy, holdout, explore, budget, channel)
     if exists(s, name):
         raise CampaignError(f"a campaign is already named {name!r}")
-    members = _members(s, audience, policy)
+    members = _members(s, audience, policy, channel)
     frame, removed = eligible(s, members, holdout, budget)
     if frame.empty:
         raise CampaignError(f"nobody to plan: of {len(members):,} members of {audience}, removed {removed}")
@@ -242,14 +271,15 @@ def _summary(audience: str, policy: str, members: int, assigned: pd.DataFrame, r
             "planned_shares": {"holdout": holdout, "exploration": explore},
             "realized_shares": {"holdout": arms["holdout"] / n, "exploration": arms["exploration"] / n},
             "arms": arms, "actions": {a: int((assigned["action"] == a).sum()) for a in ACTIONS},
-            "contacted": int((assigned["action"] != NONE).sum())}
+            "contacted": int((assigned["action"] != NONE).sum()),
+            "channels": {str(c): int(n) for c, n in assigned["channel"].dropna().value_counts().sort_index().items()}}
 
 
 def _log(s: Settings, name: str, assigned: pd.DataFrame, summary: dict[str, Any], p: dict[str, Any]) -> None:
     at = _now().isoformat(timespec="microseconds")
     rows = [(name, r.customer_id, r.arm, r.action, r.policy_action, float(r.propensity),
              None if pd.isna(r.score) else float(r.score), MODEL if p["policy"] == "nba" else None,
-             None if pd.isna(r.model_version) else int(r.model_version), at, p["role"])
+             None if pd.isna(r.model_version) else int(r.model_version), at, p["role"], r.channel)
             for r in assigned.itertuples()]
     try:
         with _db(s) as con:
@@ -318,8 +348,10 @@ def launched(s: Settings, name: str, at: str, weeks: int | None) -> None:
 
 def export(s: Settings, name: str, out: Path, who: str) -> dict[str, Any]:
     """Per contact action, a CSV `<out>/<name>_<action>.csv` of the members given it (the audience export's fields
-    and rules); the holdout and `no_action` are not exported. Each file is recorded like an audience export."""
+    and rules, and the channel planned for each); the holdout and `no_action` are not exported. Each file is
+    recorded like an audience export."""
     frame = assignments(s, name)
+    channel = frame.set_index("customer_id")["channel"]
     out.mkdir(parents=True, exist_ok=True)
     files, left_out = {}, dict[str, int]()
     for action in [a for a in ACTIONS if a != NONE]:
@@ -328,7 +360,7 @@ def export(s: Settings, name: str, out: Path, who: str) -> dict[str, Any]:
             continue
         rows = audiences.contact_rows(s, ids)
         file = out / f"{name}_{action}.csv"
-        audiences.write(rows.rows.assign(action=action), file)
+        audiences.write(rows.rows.assign(action=action, channel=rows.rows["customer_id"].map(channel)), file)
         audiences.record(s, f"campaign {name}: {action}", str(file.resolve()), who, rows.rows["customer_id"].tolist())
         files[action] = {"file": file, "rows": len(rows.rows)}
         for reason, n in rows.left_out.items():

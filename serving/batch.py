@@ -1,12 +1,12 @@
 """Batch scoring (`c360 score`): every customer × every champion, with reasons, into Parquet and the online store.
 
 One run scores the latest feature snapshot with the versions that are `@champion` when it starts. It writes, under
-`C360_HOME/scores/as_of=<snapshot date>/run=churn-v<a>.clv-v<b>.nba-v<c>[.expansion-v<d>][.subset-<hash>]
-[.optouts-<hash>]/` (expansion when it has a champion):
+`C360_HOME/scores/as_of=<snapshot date>/run=churn-v<a>.clv-v<b>.nba-v<c>[.expansion-v<d>][.response-v<e>]
+[.subset-<hash>][.optouts-<hash>]/` (expansion and response when they have a champion):
 
 * `part-<n>.parquet` — long format, one row per customer and model: customer_id, model, version, score, label
-  (churn band or action), reasons (JSON list of feature, value, contribution), detail (JSON: CLV range, NBA
-  alternatives), as_of, scored_at;
+  (churn band, action or best campaign channel), reasons (JSON list of feature, value, contribution), detail (JSON:
+  CLV range, NBA alternatives, the best channel's topic), as_of, scored_at;
 * `wide/part-<n>.parquet` — one row per customer, the `predictions` feature view's columns (its offline source)
   and, once `c360 personas fit` has run, the customer's `persona` (`c360.features.personas`; audiences filter on
   it, the online store does not keep it: the profile derives it from the features it shows);

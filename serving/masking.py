@@ -39,7 +39,8 @@ DETAILS_NOT_PERSONAL: dict[str, frozenset[str]] = {
 
 # The columns of an audience export (`features.audiences.EXPORT`) that are not personal: names and e-mails are masked.
 AUDIENCE_NOT_PERSONAL = frozenset({"customer_id", "segment", "region", "plan", "churn_band", "clv_12m",
-                                   "next_best_action", "expansion_probability"})
+                                   "next_best_action", "expansion_probability", "response_channel",
+                                   "response_topic", "response_probability"})
 
 
 def _mask(value: Any) -> Any:

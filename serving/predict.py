@@ -14,6 +14,9 @@ What each model scores (`ModelScores.score`):
   (`clv_range`); reasons explain the log of the value (the model's link).
 * expansion — the calibrated probability of expanding (plan upgrade, seat increase or add-on order) within 90
   days; reasons explain its log-odds, as churn's.
+* response — the calibrated probability that a campaign message is clicked or answered within 14 days, for the
+  customer's best channel and content topic (every pair scored in one batch); reasons explain the best pair's
+  log-odds.
 * nba — the expected net uplift (dollars over 91 days, after the action's cost) of the recommended action over no
   action; 0 when no action pays. Reasons explain the uplift of the recommended action — or, when it is no action,
   of the best alternative (why it does not pay) — as the difference of the two T-learner arms' contributions,
@@ -199,6 +202,28 @@ def score_expansion(model: Any, version: int, X: pd.DataFrame, k: int = K) -> Mo
     probability, reasons = _probability(model, X, k)
     return ModelScores("expansion", version, probability, reasons, columns={"expansion_probability": probability},
                        detail=pa.array(np.full(len(probability), "{}"), type=pa.string()))
+
+
+def score_response(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelScores:
+    """Campaign response (`training.response`): every channel × topic pair of each row in one batch predict; the
+    best pair with its probability, each channel's best topic (`response_channels`), reasons of the best pair."""
+    from c360.training.response import best, by_channel_best, pairs
+
+    grid = pairs(X.reset_index(drop=True).assign(_row=np.arange(len(X))))
+    p = model.predict_proba(grid)
+    top = best(grid, p, key="_row").sort_values("_row")
+    probability, reasons = _probability(model, grid.loc[top.index], k)
+    channels = by_channel_best(grid, p, key="_row")
+    listed = channels.groupby("_row", sort=True).apply(
+        lambda part: json.dumps([{"channel": c, "topic": t, "probability": round(float(q), 6)}
+                                 for c, t, q in part[["campaign_channel", "campaign_topic", "probability"]].itertuples(
+                                     index=False)]), include_groups=False)
+    columns = {"response_channel": top["best_channel"].to_numpy(dtype=object),
+               "response_topic": top["best_topic"].to_numpy(dtype=object), "response_probability": probability,
+               "response_channels": listed.to_numpy(dtype=object)}
+    detail = [json.dumps({"topic": topic}) for topic in top["best_topic"]]
+    return ModelScores("response", version, probability, reasons, top["best_channel"].to_numpy(dtype=object),
+                       columns=columns, detail=pa.array(detail, type=pa.string()))
 
 
 # ---------------------------------------------------------------- CLV
@@ -403,8 +428,29 @@ class ExpansionScorer(_Scorer):
         return {"available": True, "probability": scalar(values.get("expansion_probability"))}
 
 
+@dataclass(frozen=True)
+class ResponseScorer(_Scorer):
+    """The campaign response model (`score_response`): it reads the customer's features, not the send's channel and
+    topic, which it sets itself."""
+
+    @property
+    def inputs(self) -> list[str]:
+        from c360.training.response import SEND
+
+        return [c for c in self.model.spec.columns if c not in SEND]
+
+    def score(self, X: pd.DataFrame, k: int = K) -> ModelScores:
+        return score_response(self.model, self.version, X, k)
+
+    def present(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {"available": True, "probability": scalar(values.get("response_probability")),
+                "channel": values.get("response_channel"), "topic": values.get("response_topic"),
+                "channels": parse_json(values.get("response_channels"))}
+
+
 SCORERS: dict[str, type[_Scorer]] = {
-    "churn": ChurnScorer, "clv": ClvScorer, "nba": NbaScorer, "expansion": ExpansionScorer}
+    "churn": ChurnScorer, "clv": ClvScorer, "nba": NbaScorer, "expansion": ExpansionScorer,
+    "response": ResponseScorer}
 
 
 # ---------------------------------------------------------------- wide rows: what the online store keeps

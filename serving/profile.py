@@ -7,13 +7,13 @@ Where each part comes from:
 * past and present: the Feast online store (`profile_v1` views), grouped as `c360 profile` groups them
   (`features.profile.assemble`); with `details=True` also the identity (golden record) and the detail lists
   (timeline, contacts, ...) from the warehouse (`features.details`), which costs a few warehouse queries.
-* future: the `predictions` view of the same online read (churn, CLV, next best action, and expansion when the
-  home has its champion: otherwise `expansion.available` is false and says why). A model's batch score is used
-  when it is *fresh*: made by the version that is `@champion` now, from the features the profile shows (same as-of
-  date). Otherwise the model scores the customer's online features live, with the same functions the batch uses
-  (`serving.predict`), and the response says `"source": "live"`. The next feature and content topics follow the
-  same rule (fresh when computed from the same as-of date); retargeting, advocate and trainings are derived on
-  every request from the features and the predictions shown (`serving.signals`).
+* future: the `predictions` view of the same online read (churn, CLV, next best action, and expansion and campaign
+  response when the home has their champions: otherwise `available` is false and says why). A model's batch score
+  is used when it is *fresh*: made by the version that is `@champion` now, from the features the profile shows
+  (same as-of date). Otherwise the model scores the customer's online features live, with the same functions the
+  batch uses (`serving.predict`), and the response says `"source": "live"`. The next feature and content topics
+  follow the same rule (fresh when computed from the same as-of date); retargeting, advocate and trainings are
+  derived on every request from the features and the predictions shown (`serving.signals`).
 * the persona (in present): from the features shown and the fitted personas (`features.personas`), as `c360 score`
   assigns it.
 """
@@ -64,15 +64,15 @@ def live_signals(ctx: Context, row: OnlineRow) -> dict[str, Any]:
     return {**nxt, "content_topics": content.get(row.customer_id, "[]")}
 
 
-def expansion(ctx: Context, row: OnlineRow, scored_at: str) -> dict[str, Any]:
-    """The expansion prediction, or, in a home without its champion (trained before expansion existed), why it is
-    unavailable: the rest of the profile still answers."""
-    if "expansion" not in ctx.champions.kinds():
-        spec = MODELS["expansion"]
+def optional(ctx: Context, kind: str, row: OnlineRow, scored_at: str) -> dict[str, Any]:
+    """An optional model's prediction (expansion, response), or, in a home without its champion (trained before the
+    model existed), why it is unavailable: the rest of the profile still answers."""
+    if kind not in ctx.champions.kinds():
+        spec = MODELS[kind]
         return {"available": False, "probability": None, "horizon_days": spec.horizon_days, "reasons": [],
-                "model": None, "unavailable": f"no @champion of {spec.name}: `c360 train expansion` and "
-                                              "`c360 promote expansion` add it"}
-    return model_prediction(ctx, "expansion", row, scored_at)
+                "model": None, "unavailable": f"no @champion of {spec.name}: `c360 train {kind}` and "
+                                              f"`c360 promote {kind}` add it"}
+    return model_prediction(ctx, kind, row, scored_at)
 
 
 def future(ctx: Context, row: OnlineRow, scored_at: str) -> dict[str, Any]:
@@ -88,7 +88,8 @@ def future(ctx: Context, row: OnlineRow, scored_at: str) -> dict[str, Any]:
     name = values.get("next_feature") or None
     uplifts = {a["action"]: a["uplift"] for a in nba["alternatives"]} | {nba["action"]: nba["uplift"]}
     return {
-        "churn": churn, "clv": clv, "next_best_action": nba, "expansion": expansion(ctx, row, scored_at),
+        "churn": churn, "clv": clv, "next_best_action": nba, "expansion": optional(ctx, "expansion", row, scored_at),
+        "response": optional(ctx, "response", row, scored_at),
         "next_feature": {"feature": name, "score": predict.scalar(values.get("next_feature_score")) if name else None,
                          "method": values.get("next_feature_method"), **source},
         "content_interest": {"topics": predict.parse_json(values.get("content_topics")), **source},

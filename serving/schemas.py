@@ -67,6 +67,27 @@ class Expansion(BaseModel):
     unavailable: str | None = Field(default=None, description="why there is no prediction, and what adds it")
 
 
+class ResponseChannel(BaseModel):
+    channel: str = Field(description="campaign channel")
+    topic: str = Field(description="the content topic most likely to get a response on it")
+    probability: float = Field(description="probability of a click or response to that channel and topic")
+
+
+class Response(BaseModel):
+    available: bool = Field(description="false when the home has no c360-response champion (trained before it "
+                                        "existed): the other predictions still answer")
+    probability: float | None = Field(description="probability that a message of the best channel and topic is "
+                                                  "clicked or answered within the horizon")
+    channel: str | None = Field(default=None, description="the campaign channel most likely to get a response")
+    topic: str | None = Field(default=None, description="the content topic most likely to get a response on it")
+    channels: list[ResponseChannel] = Field(default_factory=list,
+                                            description="each channel's best topic, most likely first")
+    horizon_days: int
+    reasons: list[Reason] = Field(description="why the best pair's probability is what it is")
+    model: ModelInfo | None
+    unavailable: str | None = Field(default=None, description="why there is no prediction, and what adds it")
+
+
 class Alternative(BaseModel):
     action: str
     uplift: float | None = Field(description="expected net uplift over no action (after the action's cost)")
@@ -134,6 +155,7 @@ class Future(BaseModel):
     clv: Clv
     next_best_action: NextBestAction
     expansion: Expansion
+    response: Response
     next_feature: NextFeature
     content_interest: ContentInterest
     retargeting: Retargeting

@@ -81,3 +81,18 @@ def test_next_best_action_beats_the_best_single_action(nba) -> None:
 def test_next_best_action_reaches_four_fifths_of_the_oracles_uplift(nba) -> None:
     *_, share, measured = nba
     assert share >= 0.8, measured
+
+
+def test_response_on_a_later_wave_meets_the_bar_per_channel(company: Settings) -> None:
+    """Campaign response, on each channel's latest wave (later than every wave trained on): for each channel with
+    at least 2,000 sends there, ROC-AUC >= 0.55 with its 95 % interval above 0.5, and ECE <= 0.03."""
+    from c360.training.response import CHANNELS, train_response
+
+    m = train_response(company).metrics
+    big = [c for c in CHANNELS if m.get(f"sends.{c}", 0) >= 2000]
+    measured = {c: {k: round(m[f"{k}.{c}"], 4) for k in ("sends", "roc_auc", "auc_low", "ece")} for c in big}
+    print(measured)
+    assert big, f"no channel has 2,000 sends in the test wave: {m}"
+    for c in big:
+        assert m[f"roc_auc.{c}"] >= 0.55 and m[f"auc_low.{c}"] > 0.5, measured
+        assert m[f"ece.{c}"] <= 0.03, measured

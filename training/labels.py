@@ -9,11 +9,12 @@ from __future__ import annotations
 import pandas as pd
 
 from c360.core.contract import PLANS
-from c360.training.specs import CHURN, CLV, EXPANSION
+from c360.training.specs import CHURN, CLV, EXPANSION, RESPONSE
 
 CHURN_HORIZON_DAYS = CHURN.horizon_days
 CLV_HORIZON_DAYS = CLV.horizon_days
 EXPANSION_HORIZON_DAYS = EXPANSION.horizon_days
+RESPONSE_HORIZON_DAYS = RESPONSE.horizon_days
 
 SUBSCRIBED = """
 billing AS (SELECT source_key AS billing_account_id, customer_id FROM identity_crosswalk
@@ -78,6 +79,20 @@ SELECT s.customer_id, e.customer_id IS NOT NULL AS expanded
 FROM subscribed s LEFT JOIN expanded e USING (customer_id) ORDER BY s.customer_id
 """
 
+# Response: a campaign message to one of the customer's contacts that is clicked or answered within the horizon of
+# its sending. Holdout rows were never sent and "none" is no channel; bounced messages count, as a miss.
+RESPONSE_SQL = """
+WITH contacts AS (SELECT source_key AS mkt_contact_id, customer_id FROM identity_crosswalk
+                  WHERE source = 'marketing/contacts')
+SELECT k.customer_id, s.sent_at, c.launched_at, c.channel, c.topic,
+    coalesce(s.clicked_at < s.sent_at + to_days($days) OR s.responded_at < s.sent_at + to_days($days), false)
+        AS responded
+FROM marketing_sends s JOIN contacts k USING (mkt_contact_id) JOIN marketing_campaigns c USING (campaign_id)
+WHERE s.status <> 'holdout' AND c.channel <> 'none' AND s.sent_at >= $start
+    AND s.sent_at + to_days($days) <= $end
+ORDER BY s.sent_at, k.customer_id
+"""
+
 
 def _window(as_of: pd.Timestamp, days: int) -> dict:
     return {"as_of": as_of.to_pydatetime(), "end": (as_of + pd.Timedelta(days=days)).to_pydatetime()}
@@ -102,3 +117,11 @@ def expansion(con, as_of: pd.Timestamp, horizon_days: int = EXPANSION_HORIZON_DA
     """customer_id, expanded (plan upgrade, seat increase or add-on order in the horizon) — for customers
     subscribed at `as_of`."""
     return con.execute(EXPANSION_SQL, _window(as_of, horizon_days)).df()
+
+
+def response(con, start: pd.Timestamp, end: pd.Timestamp, horizon_days: int = RESPONSE_HORIZON_DAYS
+             ) -> pd.DataFrame:
+    """customer_id, sent_at, launched_at, channel, topic, responded (clicked or answered within the horizon) — for
+    every campaign message sent from `start` whose horizon ends by `end`."""
+    return con.execute(RESPONSE_SQL, {"start": start.to_pydatetime(), "end": end.to_pydatetime(),
+                                      "days": horizon_days}).df()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 Better = Literal["higher", "lower"]
-Kind = Literal["churn", "clv", "nba", "expansion"]
+Kind = Literal["churn", "clv", "nba", "expansion", "response"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 
@@ -81,4 +81,11 @@ EXPANSION = ModelSpec(
     Gate("roc_auc", "higher", 0.002, (Guard("ece", 0.01), Guard("brier", 0.002)), fairness="calibration"),
     "expansion chance", required=False)
 
-MODELS: dict[str, ModelSpec] = {spec.kind: spec for spec in (CHURN, CLV, NBA, EXPANSION)}
+# response: calibration, as churn: a campaign's channel and topic are chosen by the probability, so it must mean
+#   what it says in every group. Its horizon is the days after a send in which a click or response counts.
+RESPONSE = ModelSpec(
+    "response", "c360-response", "response_v1", 14,
+    Gate("roc_auc", "higher", 0.002, (Guard("ece", 0.01), Guard("brier", 0.002)), fairness="calibration"),
+    "response chance", required=False)
+
+MODELS: dict[str, ModelSpec] = {spec.kind: spec for spec in (CHURN, CLV, NBA, EXPANSION, RESPONSE)}

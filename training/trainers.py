@@ -13,5 +13,7 @@ def trainers() -> dict[str, Callable[[Settings], TrainReport]]:
     from c360.training.clv_pipeline import train_clv
     from c360.training.nba_pipeline import train_nba
     from c360.training.pipeline import train_churn, train_expansion
+    from c360.training.response import train_response
 
-    return {"churn": train_churn, "clv": train_clv, "nba": train_nba, "expansion": train_expansion}
+    return {"churn": train_churn, "clv": train_clv, "nba": train_nba, "expansion": train_expansion,
+            "response": train_response}

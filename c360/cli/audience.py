@@ -93,7 +93,8 @@ def export(
     as_json: Json = False,
 ) -> dict:
     """Write the audience's members for a CRM or e-mail tool: customer_id, name, email, segment, region, plan,
-    churn_band, clv_12m, next_best_action, expansion_probability. Leaves out the customers who opted out of
+    churn_band, clv_12m, next_best_action, expansion_probability, response_channel, response_topic,
+    response_probability. Leaves out the customers who opted out of
     marketing e-mail and those erased (or asked to be), and says how many. The export is recorded (path, when,
     who, ids) for erasure."""
     s, started = Settings(), time.time()

@@ -16,7 +16,7 @@ import typer
 from rich.console import RenderableType
 
 from c360.cli.ui import CLI_ROLE, Json, audited, cli_key, emit, fail, record_run, table
-from c360.core.contract import ACTIONS
+from c360.core.contract import ACTIONS, SEND_CHANNELS
 from c360.core.settings import Settings
 from c360.features import audiences, campaigns
 from c360.features.campaigns import CampaignError
@@ -49,18 +49,22 @@ def plan(
                                                     "expected uplift are kept")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the randomization [default: a random one, logged]")]
     = None,
+    channel: Annotated[str | None, typer.Option(
+        help="each contacted member's channel, logged and exported: best (the channel the c360-response model "
+             f"finds most likely to get a response, from the latest `c360 score`) or one of {', '.join(SEND_CHANNELS)}"
+             " [default: none chosen]")] = None,
     as_json: Json = False,
 ) -> dict:
     """Plan a campaign: remove the global holdout (C360_GLOBAL_HOLDOUT), members opted out of their action's
     purpose and those at the contact cap (C360_CONTACT_CAP per C360_CONTACT_PERIOD_DAYS), keep the budget, then
     assign holdout, exploration and policy by complete randomization. Every assignment is logged with its
-    propensity and the model version."""
+    propensity and the model version, and, with --channel, its channel (never one the member opted out of)."""
     s, started = Settings(), time.time()
     try:
         ids = audiences.members(s, audience)
         with audited(s, "c360 campaign plan", ids):
             result = campaigns.plan(s, name, audience, policy=policy, holdout=holdout, explore=explore,
-                                    budget=budget, seed=seed, who=cli_key(), role=CLI_ROLE)
+                                    budget=budget, seed=seed, channel=channel, who=cli_key(), role=CLI_ROLE)
     except PROBLEMS as e:
         raise fail(str(e)) from None
     record_run(s, "campaign plan", started, campaign=name, assigned=result["assigned"], arms=result["arms"],

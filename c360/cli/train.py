@@ -1,5 +1,5 @@
-"""`c360 train churn|clv|nba|expansion|all` and `c360 promote MODEL`: models trained, tracked in MLflow, promoted
-by a gate."""
+"""`c360 train churn|clv|nba|expansion|response|all` and `c360 promote MODEL`: models trained, tracked in MLflow,
+promoted by a gate."""
 
 from __future__ import annotations
 
@@ -225,15 +225,28 @@ def train_expansion(as_json: Json = False) -> dict:
     return _run_pipeline("expansion", "expansion: examples from Feast, LightGBM, baseline, MLflow", run, as_json)
 
 
+@train_app.command("response")
+def train_response(as_json: Json = False) -> dict:
+    """Campaign response propensity: the probability that a message of a channel and content topic is clicked or
+    answered within 14 days, learned from the marketing sends (features as of each send, channel and topic as
+    inputs). LightGBM (calibrated) vs logistic regression, tested on each channel's latest campaign wave,
+    registered as c360-response@challenger."""
+    from c360.training.response import train_response as run
+
+    return _run_pipeline("response", "response: sends with features from Feast, LightGBM, baseline, MLflow", run,
+                         as_json)
+
+
 @train_app.command("all")
 def train_all(as_json: Json = False) -> dict:
-    """Train churn, CLV, next best action and expansion on the feature store, each registered as @challenger."""
+    """Train churn, CLV, next best action, expansion and response on the feature store, each registered as
+    @challenger."""
     return emit({"churn": train_churn(), "clv": train_clv(), "nba": _train_nba_pipeline(),
-                 "expansion": train_expansion()}, as_json)
+                 "expansion": train_expansion(), "response": train_response()}, as_json)
 
 
 ModelName = Annotated[str, typer.Argument(
-    help="churn, clv, nba or expansion (feature-store models), or a table model's NAME")]
+    help="churn, clv, nba, expansion or response (feature-store models), or a table model's NAME")]
 
 
 def promote(

@@ -36,7 +36,7 @@ import duckdb
 import pandas as pd
 
 from c360.core import warehouse
-from c360.core.contract import ACTIONS, PURPOSE_WORDS, PURPOSES
+from c360.core.contract import ACTIONS, PURPOSE_WORDS, PURPOSES, SEND_CHANNELS
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 ACTION_PURPOSE: dict[str, str] = {"discount": "marketing_email", "training_invite": "marketing_email",
                                   "csm_call": "other_channels"}
 assert set(ACTION_PURPOSE) < set(ACTIONS) and set(ACTION_PURPOSE.values()) <= set(PURPOSES)
+# the purpose a campaign channel needs (a campaign plan's `--channel`): e-mail is marketing e-mail, the rest direct
+CHANNEL_PURPOSE: dict[str, str] = {c: "marketing_email" if c == "email" else "other_channels" for c in SEND_CHANNELS}
 
 TABLE = "consent_overrides"
 DDL = f"""CREATE TABLE IF NOT EXISTS {TABLE} (

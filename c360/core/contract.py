@@ -30,6 +30,7 @@ TICKET_TOPICS = ("billing", "bug", "how_to", "integration", "performance", "acco
 SEVERITIES = ("low", "normal", "high", "urgent")
 TICKET_STATUSES = ("open", "pending", "solved", "closed")
 CAMPAIGN_CHANNELS = ("email", "sms", "in_app", "phone", "webinar", "none")
+SEND_CHANNELS = tuple(c for c in CAMPAIGN_CHANNELS if c != "none")  # a message's ("none": an experiment's holdout)
 CONTENT_TOPICS = ("product_tips", "new_features", "pricing", "training", "events", "case_study")
 ACTIONS = ("no_action", "discount", "training_invite", "csm_call")
 # What one action costs beyond its effect on revenue; the discount's cost is in the invoices (the outcome).

@@ -72,7 +72,7 @@ def plan(s: Settings, name: str, **options) -> dict:
 def members(n: int, allowed: list[list[str]] | None = None) -> pd.DataFrame:
     return pd.DataFrame({"customer_id": [f"C{i:03d}" for i in range(n)], "policy_action": "discount",
                          "score": np.nan, "model_version": pd.NA,
-                         "allowed": allowed or [list(ACTIONS)] * n})
+                         "allowed": allowed or [list(ACTIONS)] * n, "channel": None})
 
 
 def test_complete_randomization_gives_exact_counts() -> None:

@@ -41,6 +41,7 @@ def served(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
     from c360.training.clv_pipeline import train_clv
     from c360.training.nba_pipeline import train_nba
     from c360.training.pipeline import train_churn, train_expansion
+    from c360.training.response import train_response
 
     root = tmp_path_factory.mktemp("served")
     s = Settings(home=root / "home")
@@ -61,6 +62,7 @@ def served(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
         train_clv(s)
         train_nba(s)
         train_expansion(s)
+        train_response(s)
         promote_all(s.home)
         store.materialize(s)
         batch.score(s, chunk_size=1000)

@@ -10,11 +10,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from c360.core.contract import CONTENT_TOPICS
 from c360.core.settings import Settings
 from c360.feature_repo.predictions import FIELDS
 from c360.features import store
 from c360.serving import batch, online, predictions
 from c360.serving.champions import Champions
+from c360.training.response import CHANNELS as RESPONSE_CHANNELS
 from c360.training.specs import MODELS
 
 
@@ -33,6 +35,9 @@ def test_scores_every_customer_with_every_champion(served: Settings) -> None:
     churn = long[long["model"] == "churn"]
     assert churn["score"].between(0, 1).all() and churn["label"].isin(["low", "medium", "high"]).all()
     assert long.loc[long["model"] == "expansion", "score"].between(0, 1).all()
+    response = long[long["model"] == "response"]
+    assert response["score"].between(0, 1).all() and response["label"].isin(RESPONSE_CHANNELS).all()
+    assert all(json.loads(d)["topic"] in CONTENT_TOPICS for d in response["detail"])
     for text in long["reasons"].sample(200, random_state=0):
         reasons = json.loads(text)
         assert len(reasons) <= 3 and all(r["contribution"] != 0 for r in reasons)
@@ -117,11 +122,11 @@ def test_score_json_reports_the_run(served: Settings, monkeypatch: pytest.Monkey
     assert report["as_of"] == store.snapshot_dates(served)[-1].date().isoformat()
 
 
-def test_without_an_expansion_champion_its_fields_are_empty(served: Settings) -> None:
-    """A home trained before expansion existed: the other champions score, the wide rows keep every field of the
-    `predictions` view, expansion's empty."""
+def test_without_the_optional_champions_their_fields_are_empty(served: Settings) -> None:
+    """A home trained before expansion and response existed: the other champions score, the wide rows keep every
+    field of the `predictions` view, expansion's and response's empty."""
     champions = Champions.load(served.home)
-    del champions.models["expansion"]
+    del champions.models["expansion"], champions.models["response"]
     as_of = store.snapshot_dates(served)[-1]
     X = store.read_snapshot(served, as_of).head(50)
     scores = batch.score_chunk(champions, X)
@@ -131,3 +136,4 @@ def test_without_an_expansion_champion_its_fields_are_empty(served: Settings) ->
                                             "content_topics")}), as_of, pd.Timestamp("2026-01-01"))
     assert set(FIELDS) <= set(table.column_names)
     assert table["expansion_probability"].null_count == len(X) and table["churn_probability"].null_count == 0
+    assert table["response_channel"].null_count == len(X)

@@ -129,3 +129,27 @@ def test_help_on_every_campaign_command() -> None:
     for command in ("plan", "list", "show", "export", "simulate", "readout"):
         shown = runner.invoke(app, ["campaign", command, "--help"])
         assert shown.exit_code == 0 and "--json" in shown.stdout, shown.output
+
+
+def test_plan_chooses_each_members_best_channel_and_exports_it(home: Settings, tmp_path: Path) -> None:
+    """`--channel best`: each contacted member's channel is the response model's best of the latest scores (none
+    where the member opted out of its purpose), logged with the assignment and written in the export."""
+    from c360.core import consent
+    from c360.features import audience_profile, audiences
+
+    planned = invoke("campaign", "plan", "autumn", "--audience", "subscribers", "--seed", "3", "--channel", "best")
+    logged = campaigns.assignments(home, "autumn").set_index("customer_id")
+    contacted = logged[logged["action"] != campaigns.NONE]
+    assert logged.loc[logged["action"] == campaigns.NONE, "channel"].isna().all()
+    profile = audience_profile.table(home, audiences._overrides(home)).set_index("customer_id").loc[contacted.index]
+    opted = pd.Series(False, index=profile.index)
+    for channel, purpose in consent.CHANNEL_PURPOSE.items():
+        opted |= (profile["response_channel"] == channel) & profile[consent.feature(purpose)].fillna(False).astype(bool)
+    assert (contacted.loc[~opted, "channel"] == profile.loc[~opted, "response_channel"]).all()
+    assert contacted.loc[opted, "channel"].isna().all()
+    assert sum(planned["channels"].values()) == contacted["channel"].notna().sum() > 0
+    exported = invoke("campaign", "export", "autumn", "--out", str(tmp_path))
+    for found in exported["files"].values():
+        rows = pd.read_csv(found["file"], dtype=str).set_index("customer_id")
+        assert rows["channel"].fillna("").equals(contacted.loc[rows.index, "channel"].fillna("").rename("channel"))
+    assert "unknown channel" in refused("campaign", "plan", "x", "--audience", "subscribers", "--channel", "fax")

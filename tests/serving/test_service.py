@@ -21,6 +21,7 @@ from c360.serving.errors import NotFound
 from c360.serving.schemas import ByIds, ChurnPredictions, ChurnRows, NbaPredictions, Profile
 from c360.serving.service import C360
 from c360.training import registry, tracking
+from c360.training.response import CHANNELS as RESPONSE_CHANNELS
 from c360.training.specs import CHURN, EXPANSION
 from c360.training.tracking import CHALLENGER, CHAMPION
 
@@ -51,7 +52,7 @@ def test_profile_has_past_present_future_from_the_batch(service: Any, served: Se
     assert {"activity", "billing"} <= set(result["past"])
     assert {"health", "red_flags"} <= set(result["present"])
     future = result["future"]
-    for key in ("churn", "clv", "next_best_action", "expansion"):
+    for key in ("churn", "clv", "next_best_action", "expansion", "response"):
         model = future[key]["model"]
         assert model["source"] == "batch" and model["features_as_of"] == result["freshness"]["features_as_of"]
         assert model["version"] == service.ctx.champions[{"next_best_action": "nba"}.get(key, key)].version
@@ -68,6 +69,14 @@ def test_profile_has_past_present_future_from_the_batch(service: Any, served: Se
     expansion = future["expansion"]
     assert expansion["available"] and 0 < expansion["probability"] < 1 and expansion["horizon_days"] == 90
     assert all(r["text"].endswith(f"{r['direction']} expansion chance") for r in expansion["reasons"])
+    response = future["response"]
+    channels = response["channels"]
+    assert response["available"] and response["horizon_days"] == 14
+    assert (channels[0]["channel"], channels[0]["topic"]) == (response["channel"], response["topic"])
+    assert channels[0]["probability"] == pytest.approx(response["probability"], abs=1e-6)
+    assert sorted(c["channel"] for c in channels) == sorted(RESPONSE_CHANNELS)
+    assert [c["probability"] for c in channels] == sorted((c["probability"] for c in channels), reverse=True)
+    assert all(r["text"].endswith(f"{r['direction']} response chance") for r in response["reasons"])
 
 
 def test_profile_with_details_has_identity_and_lists(service: Any, served: Settings) -> None:

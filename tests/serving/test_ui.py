@@ -134,6 +134,11 @@ def test_profile_page_shows_past_present_future_and_its_error_states(
     assert page.locator("#clv-value").inner_text() == f"{future['clv']['value_12m']:,.0f}"
     assert page.locator("#nba-action").inner_text() == future["next_best_action"]["action"].replace("_", " ")
     assert page.locator("#expansion-probability").inner_text() == f"{100 * future['expansion']['probability']:.1f} %"
+    response = future["response"]
+    assert page.locator("#response-probability").inner_text() == f"{100 * response['probability']:.1f} %"
+    assert page.locator("#response-best").inner_text() == \
+        f"{response['channel']} · {response['topic']}".replace("_", " ")
+    assert page.locator("#response-channels li").count() == len(response["channels"])
     as_of = expected["freshness"]["features_as_of"]
     assert page.locator("#freshness").inner_text().startswith(f"features as of {as_of}")
     assert page.get_by_text(details["red_flags_since"][0]["description"]).is_visible()

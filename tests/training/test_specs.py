@@ -19,10 +19,11 @@ def test_one_spec_per_kind_with_its_own_name_and_a_feature_service():
 def test_the_pipelines_and_the_registry_read_the_table():
     from c360.training import clv_pipeline, nba_pipeline, pipeline
 
-    churn, clv, nba, expansion = (MODELS[k] for k in KINDS)
+    churn, clv, nba, expansion, response = (MODELS[k] for k in KINDS)
     assert churn.name == pipeline.CHURN_MODEL and churn.service == pipeline.SERVICE
     assert pipeline.CHURN_TASK.spec is churn and pipeline.EXPANSION_TASK.spec is expansion
     assert expansion.horizon_days == labels.EXPANSION_HORIZON_DAYS
+    assert response.horizon_days == labels.RESPONSE_HORIZON_DAYS and not response.required
     assert clv.name == clv_pipeline.CLV_MODEL and clv.service == clv_pipeline.SERVICE
     assert nba.name == nba_pipeline.NBA_MODEL and nba.service == nba_pipeline.SERVICE
     assert churn.horizon_days == labels.CHURN_HORIZON_DAYS and clv.horizon_days == labels.CLV_HORIZON_DAYS
