@@ -99,8 +99,6 @@ def _db(s: Settings) -> Iterator[sqlite3.Connection]:
     file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with closing(sqlite3.connect(file, timeout=30)) as con:
         con.executescript(DDL)
-        if "channel" not in {row[1] for row in con.execute("PRAGMA table_info(assignments)")}:  # a log of before
-            con.execute("ALTER TABLE assignments ADD COLUMN channel TEXT")
         with con:
             yield con
     os.chmod(file, 0o600)
