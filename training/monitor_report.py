@@ -7,9 +7,11 @@ figures (numbers, the gauges of `/metrics`) and a table:
   one (or, when that is over `PERIOD` older or missing, the features built as of a month before), and against the
   champion's data window (the snapshots up to its test period), PSI per feature over the customers subscribed at
   each date, weighted by the feature's share of the latest scoring run's reasons
-  (`monitoring.feature_drift`). The window ends a horizon or more before the latest data by construction, so
-  trends over that span (prices, seats, the campaign calendar) show there every time: that comparison says
-  "watch" at most, and acting is left to the previous-snapshot drift, the score drift and realized performance;
+  (`monitoring.feature_drift`). The window ends a horizon or more before the latest data by construction, and
+  spans months: over that time the customer base ages (those left have grown their seats and plans), which would
+  show as drift of revenue and usage in every home. So the window is age-matched to the latest snapshot
+  (`monitoring.age_matched`: weighted to the latest's mix of tenure bands), and that comparison says "watch" at
+  most: acting is left to the previous-snapshot drift, the score drift and realized performance;
 * score drift between the two latest complete scoring runs, over the customers subscribed at the later one's date
   (`monitoring.score_drift`);
 * data quality: each source table's quarantine rate in its latest batch (`ingest_log`), and the change of each
@@ -163,8 +165,8 @@ def _population(snapshot: pd.DataFrame) -> pd.DataFrame:
 
 
 def _drift_check(name: str, title: str, before: pd.DataFrame, after: pd.DataFrame, against: str,
-                 weights: pd.Series | None, cap: str = "act") -> Check:
-    table = monitoring.feature_drift(_population(before), _population(after), model_inputs(), weights)
+                 weights: pd.Series | None, cap: str = "act", matched: bool = False) -> Check:
+    table = monitoring.feature_drift(_population(before), _population(after), model_inputs(), weights, matched)
     status = min(monitoring.worst(table["status"]), cap, key=monitoring.STATUSES.index)
     flagged = table[table["status"] != "ok"].sort_values("psi", ascending=False)
     quiet = table[(table["status"] == "ok") & (table["reading"] != "ok")]
@@ -192,7 +194,8 @@ def feature_drift(s: Settings) -> list[Check]:
         reference = pd.concat([store.read_snapshot(s, d) for d in window], ignore_index=True)
         checks.append(_drift_check("feature_drift_training", "Feature drift: latest snapshot against the champion's "
                                    "data window (watch at most)", reference, latest_snapshot,
-                                   f"{window[0]:%Y-%m-%d} to {window[-1]:%Y-%m-%d}", weights, cap="watch"))
+                                   f"{window[0]:%Y-%m-%d} to {window[-1]:%Y-%m-%d} (age-matched)", weights,
+                                   cap="watch", matched=True))
     return checks
 
 
