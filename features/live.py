@@ -19,7 +19,9 @@ first, from a per-process index of the log by customer (`remember` records where
 
 `write_history(s, features)` adds recomputed rows to the offline store: one Parquet file per applied batch beside
 the snapshots (`live-<UTC time>-<pid>.parquet`), which Feast's source (`snapshots/*.parquet`) and
-`store.history` read, and the batch's snapshot list (`as_of=*.parquet`) does not.
+`store.history` read, and the batch's snapshot list (`as_of=*.parquet`) does not. `updated_since(s, day)` reads
+them back: the customers the live update recomputed as of a time after `day`, whose online row is newer than a
+snapshot of that day.
 """
 
 from __future__ import annotations
@@ -294,6 +296,17 @@ def write_history(s: Settings, features: pd.DataFrame) -> Path | None:
     pq.write_table(_like_snapshots(s, pa.Table.from_pandas(features, preserve_index=False)), tmp)
     tmp.replace(path)
     return path
+
+
+def updated_since(s: Settings, day: pd.Timestamp) -> set[str]:
+    """The customers whose features the live update recomputed as of a time after `day` (their rows in the
+    offline store): the online store may hold those newer values instead of the snapshot's of `day`."""
+    if not any(s.snapshots.glob(LIVE_GLOB)):
+        return set()
+    rows = connections.local().execute(
+        f"SELECT DISTINCT customer_id FROM read_parquet('{s.snapshots / LIVE_GLOB}') WHERE as_of > $day",
+        {"day": day.to_pydatetime()}).fetchall()
+    return {r[0] for r in rows}
 
 
 def _like_snapshots(s: Settings, table: pa.Table) -> pa.Table:

@@ -7,9 +7,11 @@ figures (numbers, the gauges of `/metrics`) and a table:
   one (or, when that is over `PERIOD` older or missing, the features built as of a month before), and against the
   champion's data window (the snapshots up to its test period), PSI per feature over the customers subscribed at
   each date, weighted by the feature's share of the latest scoring run's reasons
-  (`monitoring.feature_drift`). The window ends a horizon or more before the latest data by construction, so
-  trends over that span (prices, seats, the campaign calendar) show there every time: that comparison says
-  "watch" at most, and acting is left to the previous-snapshot drift, the score drift and realized performance;
+  (`monitoring.feature_drift`). The window ends a horizon or more before the latest data by construction, and
+  spans months: over that time the customer base ages (those left have grown their seats and plans), which would
+  show as drift of revenue and usage in every home. So the window is age-matched to the latest snapshot
+  (`monitoring.age_matched`: weighted to the latest's mix of tenure bands), and that comparison says "watch" at
+  most: acting is left to the previous-snapshot drift, the score drift and realized performance;
 * score drift between the two latest complete scoring runs, over the customers subscribed at the later one's date
   (`monitoring.score_drift`);
 * data quality: each source table's quarantine rate in its latest batch (`ingest_log`), and the change of each
@@ -17,7 +19,10 @@ figures (numbers, the gauges of `/metrics`) and a table:
 * realized performance: every scoring run whose horizon has passed, joined with what happened (`training.labels`,
   the same definitions training uses): churn AUC, ECE and calibration curve per run; CLV predicted against
   realized by decile; else how many days are still to go;
-* online against offline: a sample of the latest snapshot's customers, read back from the online store.
+* the next best action's realized value: each campaign whose outcome window has passed, its readout's gain over
+  the holdout (`training.readout`, the same figures as `c360 campaign readout`), judged by `campaign_status`;
+* online against offline: a sample of the latest snapshot's customers, read back from the online store, leaving
+  out (and counting) those the live update recomputed since the snapshot.
 
 `run(s)` writes `report.json` and `report.html` under `C360_HOME/monitor/<time>/`, points `monitor/latest` at it,
 and logs the folder as the artifacts of a run of the `c360-monitoring` MLflow experiment. The report holds
@@ -42,8 +47,8 @@ from c360.core.definitions import FEATURES
 from c360.core.settings import Settings
 from c360.feature_repo.services import MODELS as SERVICES
 from c360.feature_repo.services import NOT_FOR_MODELS
-from c360.features import compute, store
-from c360.training import labels, monitoring, tracking
+from c360.features import campaigns, compute, live, store
+from c360.training import labels, monitoring, readout, tracking
 from c360.training.churn import metrics as churn_metrics
 from c360.training.specs import CHURN, CLV
 
@@ -160,8 +165,8 @@ def _population(snapshot: pd.DataFrame) -> pd.DataFrame:
 
 
 def _drift_check(name: str, title: str, before: pd.DataFrame, after: pd.DataFrame, against: str,
-                 weights: pd.Series | None, cap: str = "act") -> Check:
-    table = monitoring.feature_drift(_population(before), _population(after), model_inputs(), weights)
+                 weights: pd.Series | None, cap: str = "act", matched: bool = False) -> Check:
+    table = monitoring.feature_drift(_population(before), _population(after), model_inputs(), weights, matched)
     status = min(monitoring.worst(table["status"]), cap, key=monitoring.STATUSES.index)
     flagged = table[table["status"] != "ok"].sort_values("psi", ascending=False)
     quiet = table[(table["status"] == "ok") & (table["reading"] != "ok")]
@@ -189,7 +194,8 @@ def feature_drift(s: Settings) -> list[Check]:
         reference = pd.concat([store.read_snapshot(s, d) for d in window], ignore_index=True)
         checks.append(_drift_check("feature_drift_training", "Feature drift: latest snapshot against the champion's "
                                    "data window (watch at most)", reference, latest_snapshot,
-                                   f"{window[0]:%Y-%m-%d} to {window[-1]:%Y-%m-%d}", weights, cap="watch"))
+                                   f"{window[0]:%Y-%m-%d} to {window[-1]:%Y-%m-%d} (age-matched)", weights,
+                                   cap="watch", matched=True))
     return checks
 
 
@@ -372,30 +378,84 @@ def _realized_clv(con: Any, runs: list, end: pd.Timestamp) -> Check:
                  {"mean_gap": gap, "customers": len(joined)}, table.to_dict("records"))
 
 
+# --- the next best action's realized value ------------------------------------------------------------------
+
+
+def campaign_status(gain: dict[str, float], mismatch: bool) -> str:
+    """A campaign's policy against its holdout, from the readout's gain per member and its 95 % CI: "act" when
+    the CI lies below 0 (the policy loses money for sure), "watch" when the estimate is below 0 or the arms'
+    sizes do not match the plan (a loss that depends on the arm biases the comparison), else "ok"."""
+    if gain["high"] < 0:
+        return "act"
+    return "watch" if gain["value"] < 0 or mismatch else "ok"
+
+
+def realized_nba(s: Settings) -> list[Check]:
+    """Every launched campaign read out as `c360 campaign readout` reads it; those whose outcome window the data
+    does not cover yet are named as waiting."""
+    title = "Next best action: realized value of campaigns"
+    rows, waiting = [], []
+    for plan in campaigns.listed(s):
+        if plan["launched_at"] is None:
+            continue
+        try:
+            result = readout.compute(s, plan["name"])  # the figures of `c360 campaign readout`
+        except readout.ReadoutError as e:
+            waiting.append(f"{plan['name']} ({e})")
+            continue
+        gain, srm = result["gain_over_holdout"], result["sample_ratio"]
+        rows.append({"campaign": plan["name"], "window_start": result["window"]["start"],
+                     "window_end": result["window"]["end"], "members": result["members"],
+                     "gain_per_member": gain["value"], "gain_low": gain["low"], "gain_high": gain["high"],
+                     "truth": gain["truth"], "gain_total": result["net_value"]["gain_total"],
+                     "costs": result["net_value"]["costs"], "srm_p_value": srm["p_value"],
+                     "status": campaign_status(gain, srm["mismatch"])})
+    pending = f"; waiting: {', '.join(waiting)}" if waiting else ""
+    if not rows:
+        return [Check("realized_nba", title, "ok", "no campaign read out yet" + pending)]
+    last = rows[-1]
+    summary = (f"{len(rows)} campaign(s) read out; latest, {last['campaign']}: gain over the holdout "
+               f"{last['gain_per_member']:.2f} per member (95 % CI {last['gain_low']:.2f} to {last['gain_high']:.2f})"
+               + pending)
+    return [Check("realized_nba", title, monitoring.worst(r["status"] for r in rows), summary,
+                  {"campaigns": len(rows), "gain_per_member": last["gain_per_member"],
+                   "gain_low": last["gain_low"], "gain_high": last["gain_high"]}, rows)]
+
+
 # --- online against offline ----------------------------------------------------------------------------------
 
 
 def online_offline(s: Settings) -> list[Check]:
+    """A sample of the latest snapshot's customers read back from the online store. Customers the live update
+    recomputed since the snapshot (`live.updated_since`) are left out, and counted: their online row holds the
+    newer values by design."""
     title = "Online store against the latest snapshot"
     dates = store.snapshot_dates(s)
     if not dates or not (s.feast / "feature_store.yaml").exists():
         return [Check("online_offline", title, "ok", "no feature store yet")]
     snapshot = store.read_snapshot(s, dates[-1])
-    sample = snapshot.sample(min(SAMPLE, len(snapshot)), random_state=0)
+    updated = snapshot["customer_id"].isin(live.updated_since(s, dates[-1]))
+    rest = snapshot[~updated]
+    if rest.empty:
+        return [Check("online_offline", title, "ok", f"all {len(snapshot)} customers updated by live events since "
+                      "the snapshot: none to compare with it", {"live_excluded": len(snapshot)})]
+    sample = rest.sample(min(SAMPLE, len(rest)), random_state=0)
     online = store.online_features(store.feature_store(s), sample["customer_id"].tolist())
     features = [f for f in model_inputs() if f in online]
     differ = monitoring.differences(online, sample, features)
     counts, differing = differ.sum(), int(differ.any(axis=1).sum())
-    share = differing / len(sample)
+    share = differing / len(sample) if len(sample) else 0.0
     summary = (f"{len(sample)} customers of {dates[-1]:%Y-%m-%d} read back: {differing} differ"
-               + (" in " + ", ".join(counts[counts > 0].index) if differing else ""))
+               + (" in " + ", ".join(counts[counts > 0].index) if differing else "")
+               + f"; {int(updated.sum())} updated by live events since the snapshot left out")
     rows = [{"feature": f, "customers_differing": int(n)} for f, n in counts.items()]
     return [Check("online_offline", title, monitoring.status(share, ONLINE_WATCH, ONLINE_ACT), summary,
-                  {"sampled": len(sample), "differing": differing, "share_differing": share}, rows)]
+                  {"sampled": len(sample), "differing": differing, "share_differing": share,
+                   "live_excluded": int(updated.sum())}, rows)]
 
 
 CHECKS: tuple[Callable[[Settings], list[Check]], ...] = (feature_drift, score_drift, data_quality, realized,
-                                                          online_offline)
+                                                          realized_nba, online_offline)
 
 
 # --- the page ------------------------------------------------------------------------------------------------

@@ -13,6 +13,12 @@ compared per tenure month, tenure itself is skipped (`GROWING`). A feature's dri
 feature matters: when it carries at least `MIN_WEIGHT` of some model's explanations (`explanation_weights`, from the
 reasons of a scoring run). A shift in a feature no model leans on keeps its reading (ok, watch, act by PSI alone) and
 its reason, but leaves the status ok.
+
+Against a reference long before (the champion's data window, months to years back), the customer base itself has
+aged: the customers left have been customers longer, and grew their seats and plans. Such a reference is
+**age-matched** (`age_matched`): its rows are weighted so that its mix of tenure bands (the latest snapshot's
+tenure deciles) is the latest's, and PSI reads the weighted shares. What drifts then is what changed for customers
+of the same age, not the mix of ages.
 """
 
 from __future__ import annotations
@@ -34,20 +40,27 @@ MIN_ROWS = 50  # fewer values than this on either side: no PSI worth reading
 MIN_WEIGHT = 0.05  # a feature below this share of every model's explanations moves no score
 
 
-def psi(before: Iterable[float], after: Iterable[float], bins: int = 10) -> float:
-    """Population stability index of `after` against `before`, on `before`'s quantile bins: 0 when the two
-    distributions match; above 0.1 worth a look, above 0.25 a real shift."""
+def psi(before: Iterable[float], after: Iterable[float], bins: int = 10, weights: Iterable[float] | None = None
+        ) -> float:
+    """Population stability index of `after` against `before` (its rows weighted by `weights`, if given), on
+    `before`'s quantile bins: 0 when the two distributions match; above 0.1 worth a look, above 0.25 a real shift."""
     old, new = np.asarray(list(before), dtype=float), np.asarray(list(after), dtype=float)
-    edges = np.unique(np.quantile(old, np.linspace(0, 1, bins + 1)))
+    w = None if weights is None else np.asarray(list(weights), dtype=float)
+    quantiles = np.linspace(0, 1, bins + 1)
+    edges = np.unique(np.quantile(old, quantiles) if w is None else
+                      np.quantile(old, quantiles, weights=w, method="inverted_cdf"))
     edges[0], edges[-1] = -np.inf, np.inf
-    old_share = np.clip(np.histogram(old, edges)[0] / len(old), 1e-6, None)
+    old_share = np.clip(np.histogram(old, edges, weights=w)[0] / (len(old) if w is None else w.sum()), 1e-6, None)
     new_share = np.clip(np.histogram(new, edges)[0] / len(new), 1e-6, None)
     return float(np.sum((new_share - old_share) * np.log(new_share / old_share)))
 
 
-def psi_categories(before: pd.Series, after: pd.Series) -> float:
-    """PSI of a categorical (or boolean) feature over the categories either side has."""
-    old, new = before.astype(str).value_counts(normalize=True), after.astype(str).value_counts(normalize=True)
+def psi_categories(before: pd.Series, after: pd.Series, weights: pd.Series | None = None) -> float:
+    """PSI of a categorical (or boolean) feature over the categories either side has (`before`'s rows weighted by
+    `weights`, aligned on the index, if given)."""
+    counts = before.astype(str).value_counts() if weights is None else \
+        weights.reindex(before.index).groupby(before.astype(str)).sum()
+    old, new = counts / counts.sum(), after.astype(str).value_counts(normalize=True)
     old, new = (np.clip(x.reindex(old.index.union(new.index), fill_value=0).to_numpy(), 1e-6, None)
                 for x in (old, new))
     return float(np.sum((new - old) * np.log(new / old)))
@@ -74,6 +87,20 @@ def comparable(snapshot: pd.DataFrame, feature: str) -> pd.Series:
     return pd.to_numeric(values, errors="coerce") / months
 
 
+def age_matched(before: pd.DataFrame, after: pd.DataFrame, column: str = "tenure_days", bands: int = 10
+                ) -> pd.Series:
+    """Weights of `before`'s rows (by its index) that give it `after`'s mix of `column` bands (`after`'s deciles;
+    missing values a band of their own): each row's band's share in `after` over its share in `before`. A band
+    `before` lacks leaves `after`'s rows in it unmatched (weights then sum to less than the rows)."""
+    if column not in before or column not in after:
+        return pd.Series(1.0, index=before.index)
+    edges = np.unique(np.nanquantile(after[column].astype(float), np.linspace(0, 1, bands + 1)))
+    edges[0], edges[-1] = -np.inf, np.inf
+    band_of = [pd.cut(frame[column].astype(float), edges, labels=False).fillna(-1) for frame in (before, after)]
+    old, new = (band.value_counts(normalize=True) for band in band_of)
+    return band_of[0].map(new.reindex(old.index, fill_value=0.0) / old).astype(float)
+
+
 def explanation_weights(scores: pd.DataFrame) -> pd.Series:
     """Per feature, its largest share of one model's explanations: the sum of |contribution| over the reasons of
     `scores` (a long score table with its `reasons` JSON), over that model's total."""
@@ -88,10 +115,12 @@ def explanation_weights(scores: pd.DataFrame) -> pd.Series:
 
 
 def feature_drift(before: pd.DataFrame, after: pd.DataFrame, features: Iterable[str],
-                  weights: pd.Series | None = None) -> pd.DataFrame:
-    """Per feature: how it is compared, PSI of `after` against `before` (non-missing values), the null share of
-    each, its weight in the models' explanations (`weights`; None: every feature counts) and the status; a feature
-    that grows by construction or lacks values is skipped with the reason."""
+                  weights: pd.Series | None = None, matched: bool = False) -> pd.DataFrame:
+    """Per feature: how it is compared, PSI of `after` against `before` (non-missing values; with `matched`,
+    `before` age-matched to `after`), the null share of each, its weight in the models' explanations (`weights`;
+    None: every feature counts) and the status; a feature that grows by construction or lacks values is skipped
+    with the reason."""
+    rows_weight = age_matched(before, after) if matched else None
     rows = []
     for name in features:
         weight = 1.0 if weights is None else float(weights.get(name, 0.0))
@@ -111,7 +140,8 @@ def feature_drift(before: pd.DataFrame, after: pd.DataFrame, features: Iterable[
                 row |= {"compared": "skipped", "reason": f"fewer than {MIN_ROWS} values"}
             else:
                 numeric = pd.api.types.is_numeric_dtype(old) and not pd.api.types.is_bool_dtype(old)
-                row["psi"] = psi(old, new) if numeric else psi_categories(old, new)
+                kept = None if rows_weight is None else rows_weight.loc[old.index]
+                row["psi"] = psi(old, new, weights=kept) if numeric else psi_categories(old, new, kept)
                 row["reading"] = status(row["psi"], PSI_WATCH, PSI_ACT)
                 row["status"] = row["reading"] if weight >= MIN_WEIGHT else "ok"
                 if row["reading"] != row["status"]:

@@ -102,6 +102,22 @@ def test_a_shifted_feature_and_category_act() -> None:
     assert psi_categories(before["plan"], before["plan"]) == pytest.approx(0, abs=1e-9)
 
 
+def _teams(rng: np.random.Generator, low: int, n: int = 3000) -> pd.DataFrame:
+    """Customers of tenure `low` to 1,600 days whose seats grow with it."""
+    tenure = rng.integers(low, 1600, n)
+    return pd.DataFrame({"tenure_days": tenure, "seats": rng.poisson(1 + tenure / 200)})
+
+
+def test_an_aged_base_is_age_matched_and_a_real_shift_still_shows() -> None:
+    rng = np.random.default_rng(4)
+    window, today = _teams(rng, 30), _teams(rng, 600)  # the young customers have left or grown older since
+    assert psi(window["seats"], today["seats"]) > 0.25, "unmatched, the aging base alone reads as a shift"
+    drift = feature_drift(window, today, ["seats"], matched=True).set_index("feature")
+    assert drift.loc["seats", "status"] == "ok" and drift.loc["seats", "psi"] < 0.1, drift
+    halved = today.assign(seats=today["seats"] // 2)
+    assert feature_drift(window, halved, ["seats"], matched=True).set_index("feature").loc["seats", "status"] == "act"
+
+
 def test_statuses_read_two_thresholds() -> None:
     assert [status(v, 0.1, 0.25) for v in (0.05, 0.1, 0.3, float("nan"))] == ["ok", "watch", "act", "ok"]
     assert worst(["ok", "act", "watch"]) == "act" and worst([]) == "ok"
