@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -146,13 +147,7 @@ def _train(s: Settings, task: Binary, examples: Callable[[Settings, object, Feat
     segments = by_segment(test, scores["lightgbm"], y)
     groups = fairness.churn_groups(test[y], scores["lightgbm"], fairness.with_groups(test, bands))
     gap_metrics, gap_tags = fairness.logged(groups, spec.kind)
-    sample = test[features].sample(min(len(test), 3000), random_state=0)
-    figures = {
-        "roc": roc_figure(test[y], scores, title="ROC, test period"),
-        "calibration": calibration_curve_figure(test[y], scores, title="Calibration, test period"),
-        "shap_summary": shap_summary_figure(model.contributions(sample), model.feature_values(sample),
-                                            descriptions=feature_descriptions()),
-    }
+    figures = binary_figures(test[y], scores, model, test[features], "test period")
     test_period = f"{test['as_of'].min():%Y-%m-%d}"
     version = tracking.log_training_run(
         experiment=spec.name, run_name=f"{spec.kind} {test_period}", model=model, flavor="pyfunc",
@@ -168,3 +163,15 @@ def _train(s: Settings, task: Binary, examples: Callable[[Settings, object, Feat
     return TrainReport(spec.name, int(version.version), str(version.run_id), test_period,
                        {"train": len(train), "calibration": len(calib), "test": len(test)},
                        {**results["lightgbm"], **gap_metrics}, {k: v for k, v in results.items() if k != "lightgbm"})
+
+
+def binary_figures(y: pd.Series, scores: dict[str, np.ndarray], model: ChurnModel, test: pd.DataFrame,
+                   period: str) -> dict[str, Any]:
+    """A probability model's card figures: ROC and calibration of every scorer, SHAP summary on up to 3,000 rows."""
+    sample = test.sample(min(len(test), 3000), random_state=0)
+    return {
+        "roc": roc_figure(y, scores, title=f"ROC, {period}"),
+        "calibration": calibration_curve_figure(y, scores, title=f"Calibration, {period}"),
+        "shap_summary": shap_summary_figure(model.contributions(sample), model.feature_values(sample),
+                                            descriptions=feature_descriptions()),
+    }

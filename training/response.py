@@ -29,8 +29,8 @@ from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 from c360.features import store
 from c360.training import cards, fairness, labels, tracking
-from c360.training.churn import ChurnModel, calibration_curve_figure, fit_baseline, metrics, roc_figure
-from c360.training.explain import feature_descriptions, shap_summary_figure
+from c360.training.churn import ChurnModel, fit_baseline, metrics
+from c360.training.pipeline import binary_figures
 from c360.training.specs import RESPONSE
 from c360.training.tracking import TrainReport
 
@@ -196,13 +196,7 @@ def train_response(s: Settings) -> TrainReport:
     per_channel = {f"{metric}.{channel}": float(value) for channel, row in channels.iterrows()
                    for metric, value in row.items() if metric in ("sends", "roc_auc", "auc_low", "ece")
                    and pd.notna(value)}
-    sample = test[features].sample(min(len(test), 3000), random_state=0)
-    figures = {
-        "roc": roc_figure(test[y], scores, title="ROC, test waves"),
-        "calibration": calibration_curve_figure(test[y], scores, title="Calibration, test waves"),
-        "shap_summary": shap_summary_figure(model.contributions(sample), model.feature_values(sample),
-                                            descriptions=feature_descriptions()),
-    }
+    figures = binary_figures(test[y], scores, model, test[features], "test waves")
     test_period = f"{test['launched_at'].min():%Y-%m-%d}"
     logged = {**results["lightgbm"], **gap_metrics, **per_channel}
     version = tracking.log_training_run(
