@@ -123,6 +123,7 @@ def test_concurrent_writers_and_readers_get_no_error_and_each_its_own_update(liv
     chosen = customers(live, 8, skip=300)
     statuses: list[int] = []
     firsts: list[int] = []  # what each client's first answer says it updated (rounds share an update)
+    errors: list[str] = []
     lock = threading.Lock()
 
     def client(i: int, customer: str) -> None:
@@ -135,6 +136,7 @@ def test_concurrent_writers_and_readers_get_no_error_and_each_its_own_update(liv
                     statuses.extend([posted.status_code, read.status_code])
                     if posted.status_code == 200 and posted.json()["live"].get("error"):
                         statuses.append(599)  # an update that failed is an error here too
+                        errors.append(posted.json()["live"]["error"])
                     if k == 0 and posted.status_code == 200:  # the first event of each: its own customer, updated
                         firsts.append(posted.json()["live"]["updated"])
 
@@ -143,7 +145,7 @@ def test_concurrent_writers_and_readers_get_no_error_and_each_its_own_update(liv
         t.start()
     for t in threads:
         t.join()
-    assert sorted(set(statuses)) == [200], statuses
+    assert sorted(set(statuses)) == [200], (statuses, errors)
     assert firsts == [1] * len(chosen), firsts
 
 
