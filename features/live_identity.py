@@ -178,6 +178,9 @@ def _parents(con: duckdb.DuckDBPyConnection, rows: dict[str, pd.DataFrame],
 # ---------------------------------------------------------------- identity.db
 
 
+_creating = threading.Lock()
+
+
 class Ledger:
     """identity.db: the live crosswalk, the provisional customers and the id numbering."""
 
@@ -185,14 +188,22 @@ class Ledger:
         self.path = event_log.folder(s) / "identity.db"
 
     def connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # owner-only from its first byte
-        os.close(fd)
+        self._create()
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         con.execute("PRAGMA journal_mode = WAL")
         con.execute("PRAGMA secure_delete = ON")  # an erased person's bytes are overwritten, not just unlinked
         con.executescript(DDL)
         return con
+
+    def _create(self) -> None:
+        """identity.db, owner-only from its first byte. Only while it does not exist: closing any descriptor of a
+        SQLite file drops every lock this process holds on it (POSIX), which breaks the connections of other
+        threads (SQLITE_IOERR_SHORT_READ)."""
+        with _creating:
+            if self.path.exists():
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
 
     @contextmanager
     def writing(self) -> Iterator[sqlite3.Connection]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import sqlite3
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -234,3 +236,44 @@ def test_splink_scores_the_same_pairs_from_the_blocked_known_records_as_from_all
     columns = ["record_id_l", "record_id_r"]
     assert len(blocked) > len(new) / 2
     assert blocked.sort_values(columns, ignore_index=True).equals(everyone.sort_values(columns, ignore_index=True))
+
+
+
+def _open_from_threads(home: str, out: Any) -> None:
+    """Eight threads opening identity.db, one in three to write, the others to read; their SQLite errors to `out`."""
+    ledger = Ledger(Settings(home=Path(home)))
+    errors: list[str] = []
+
+    def work(thread: int) -> None:
+        for i in range(150):
+            try:
+                if i % 3 == 0:
+                    with ledger.writing() as db:
+                        db.execute("INSERT INTO numbering (next) VALUES (?)", [thread * 1000 + i])
+                else:
+                    db = ledger.reading()
+                    db.execute("SELECT count(*) FROM numbering").fetchall()
+                    db.close()
+            except sqlite3.Error as e:
+                errors.append(f"{e.sqlite_errorname}: {e}")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(errors)
+
+
+def test_threads_of_two_processes_opening_identity_db_get_no_error(tmp_path: Path) -> None:
+    """Two server processes of eight threads each open identity.db at once: none gets an I/O error (opening the
+    file with a descriptor of its own, then closing it, dropped its process's locks under the other threads)."""
+    spawn = multiprocessing.get_context("spawn")
+    out = spawn.Queue()
+    workers = [spawn.Process(target=_open_from_threads, args=(str(tmp_path / "home"), out)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    errors = [e for _ in workers for e in out.get(timeout=240)]
+    for w in workers:
+        w.join(timeout=30)
+    assert errors == [], errors[:3]
