@@ -6,22 +6,27 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 import yaml
-from feast import FeatureStore, FeatureView, RepoConfig
-from feast.repo_config import RegistryConfig
 
 from c360.core import connections
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
-from c360.feature_repo import definitions
-from c360.features.online_store import STORE_TYPE, C360OnlineStore, bulk_writer
+
+# Feast takes about 5 s to import: it is imported where a function needs it, so that a command reading only the
+# snapshot files (and `c360 --help`) starts without it.
+if TYPE_CHECKING:
+    from feast import FeatureStore, FeatureView, RepoConfig
+
+    from c360.features.online_store import C360OnlineStore
 
 
 def online_store_config(s: Settings) -> dict:
+    from c360.features.online_store import STORE_TYPE
+
     path = str((s.feast / "online.db").resolve())
     return {
         "c360": {"type": STORE_TYPE, "path": path},
@@ -31,6 +36,9 @@ def online_store_config(s: Settings) -> dict:
 
 
 def repo_config(s: Settings) -> RepoConfig:
+    from feast import RepoConfig
+    from feast.repo_config import RegistryConfig
+
     s.feast.mkdir(parents=True, exist_ok=True)
     return RepoConfig(
         project="c360",
@@ -55,6 +63,8 @@ def write_yaml(s: Settings) -> Path:
 
 
 def feature_store(s: Settings) -> FeatureStore:
+    from feast import FeatureStore
+
     return FeatureStore(config=repo_config(s))
 
 
@@ -86,6 +96,8 @@ def history(s: Settings, customer_id: str) -> pd.DataFrame:
 
 
 def apply(s: Settings) -> FeatureStore:
+    from c360.feature_repo import definitions
+
     if not snapshot_dates(s):
         raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
     store = feature_store(s)
@@ -98,6 +110,8 @@ def plan(s: Settings) -> str:
     """Feast's plan of what `apply` would change in the registry, as text."""
     from feast.project import Project
     from feast.repo_contents import RepoContents
+
+    from c360.feature_repo import definitions
 
     objects = definitions(str(s.snapshots.resolve()), str(s.scores.resolve()))
     kinds = {"entities": "Entity", "feature_views": "FeatureView", "feature_services": "FeatureService"}
@@ -127,6 +141,8 @@ def materialize(s: Settings, as_of: pd.Timestamp | None = None) -> int:
         store.materialize(start_date=datetime(1970, 1, 1), end_date=as_of.to_pydatetime(),
                           feature_views=[v.name for v in views])
         return len(pd.read_parquet(s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet", columns=["customer_id"]))
+    from c360.features.online_store import C360OnlineStore
+
     table = pq.read_table(s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet")
     online = C360OnlineStore()
     with online.transaction(store.config):
@@ -146,6 +162,8 @@ def write_online(store: FeatureStore, rows: list[tuple[FeatureView, Any]]) -> No
     """Rows of several views (each an Arrow table: customer_id, the view's timestamp and features): in our store one
     transaction, readers see all of them or none, and a row older than the stored one is ignored; in Feast's
     stores `write_to_online_store` view by view."""
+    from c360.features.online_store import bulk_writer
+
     writer = bulk_writer(store.config)
     if writer is None:
         for view, table in rows:
@@ -176,6 +194,8 @@ class OnlineReader:
     @classmethod
     def of(cls, store: FeatureStore, keep: Callable[[FeatureView, str], bool]) -> OnlineReader:
         """The features `keep(view, feature_name)` selects of the registry's views (read once, here)."""
+        from c360.features.online_store import bulk_writer
+
         views = [(v, [f.name for f in v.features if keep(v, f.name)]) for v in store.list_feature_views()]
         return cls(store, [(v, names) for v, names in views if names], bulk_writer(store.config))
 

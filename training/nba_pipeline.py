@@ -377,7 +377,9 @@ def fit_nba(train: pd.DataFrame, features: list[str], *, scale: str | None = SCA
             y = y.clip(upper=float(y.quantile(quantile)))
         weight = (weight * size)[rows]
     uplift = MultiArmUplift(min_child_samples=_min_leaf(int(t.value_counts().min())), seed=seed)
-    return NbaModel(uplift.fit(X, t, y, control=CONTROL, sample_weight=weight), features, ACTION_COSTS, scale)
+    waves = train.loc[X.index, "source"].str.startswith("wave ")
+    fitted = uplift.fit(X, t, y, control=CONTROL, sample_weight=weight, randomized=waves)
+    return NbaModel(fitted, features, ACTION_COSTS, scale)
 
 
 # ---------------------------------------------------------------- evaluation

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pandas as pd
 import typer
@@ -30,10 +30,9 @@ from rich.markup import escape
 from c360.cli.ui import Json, audited, emit, fail, progress, record_run, stderr, table
 from c360.core.settings import Settings
 from c360.features import event_log, event_stream
-from c360.serving import online
-from c360.serving.champions import Champions
-from c360.serving.live import live_update
-from c360.serving.online import Context
+
+if TYPE_CHECKING:  # the serving stack (Feast, the models) loads when a command needs it, not for every command
+    from c360.serving.online import Context
 
 events_app = typer.Typer(help="Live events: push a file of events, or consume a Kafka topic, into the event log "
                               "(`c360 ingest` folds it into the warehouse).", no_args_is_help=True)
@@ -45,6 +44,8 @@ def handle(s: Settings, action: str, events: Sequence[Any], context: Callable[[]
     """The handler of `POST /events` for a command's batch, audited as `action`: `event_log.accept`'s answer and
     the live update of its customers (`live`); the audit record names the customers the events name and those
     updated live. A command handing over many batches passes one `context` (the champions loaded once)."""
+    from c360.serving.live import live_update
+
     customers = event_log.customers_named(events)
     with audited(s, action, customers):  # reads `customers` when the batch is done
         answer, new = event_log.receive(s, events)
@@ -108,6 +109,10 @@ def push(
 
 def _context(s: Settings) -> Callable[[], Context]:
     """The feature store and champions the live update scores with, loaded once per command when first needed."""
+    from c360.serving import online
+    from c360.serving.champions import Champions
+    from c360.serving.online import Context
+
     return cache(lambda: Context(s, online.feature_store(s), Champions.load(s.home, online.latest_snapshot(s))))
 
 

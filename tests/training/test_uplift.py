@@ -319,3 +319,21 @@ def test_choose_picks_the_best_allowed_arm_and_marks_the_better_ones_withheld() 
     assert held.withheld.to_dict("list") == {"none": [False] * 3, "mail": [True, True, False],
                                              "call": [False, False, True]}
     assert list(held.explained) == ["call", "call", "none"], "reasons explain an allowed arm, or none"
+
+
+def test_calibration_reads_only_the_randomized_rows():
+    """A randomized test beside rows a policy assigned on the feature (A wherever x > 0): A's true average effect
+    is P(x > 0.25) = 0.375, but on the policy's rows the arm goes with the effect. Calibrated on the randomized rows
+    alone, the average effect is right; on all rows as if randomized it is pulled towards the treated ones'."""
+    test, picked = experiment(6000, seed=4), experiment(6000, seed=5)
+    keep = picked["arm"] != "B"
+    policy_arm = np.where(picked["X"]["x"] > 0, "A", "none").astype(object)[keep]
+    y = picked["y"][keep] - np.where(picked["arm"][keep] == "A", picked["tau"]["A"][keep], 0.0) \
+        + np.where(policy_arm == "A", picked["tau"]["A"][keep], 0.0)
+    X = pd.concat([test["X"], picked["X"][keep]], ignore_index=True)
+    t, outcome = np.concatenate([test["arm"], policy_arm]), np.concatenate([test["y"], y])
+    randomized = np.arange(len(X)) < len(test["X"])
+    effect = {flags is None: MultiArmUplift(seed=1).fit(X, t, outcome, control="none", randomized=flags)
+              .calibration_["A"][0] for flags in (randomized, None)}
+    assert effect[False] == pytest.approx(0.375, abs=0.1), effect
+    assert abs(effect[False] - 0.375) < abs(effect[True] - 0.375), effect
