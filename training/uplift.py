@@ -284,7 +284,8 @@ class MultiArmUplift:
     arm's predicted uplift is then shrunk towards that arm's average effect by how well it ranks customers on
     held-out training rows (see ``_calibrate``; averaged over ``calibration_repeats`` fold splits, as one split
     moved a policy's share of the oracle's uplift by up to 3 points), so the recommendation only departs from the
-    best arm on average where the data back the difference. Extra keyword arguments go to LightGBM (both kinds of models).
+    best arm on average where the data back the difference. Extra keyword arguments go to LightGBM (both kinds of
+    models).
     """
 
     def __init__(
@@ -418,7 +419,7 @@ class MultiArmUplift:
         """
         weight = np.ones(len(t)) if w is None else w.to_numpy()
         chosen = np.ones(len(t), dtype=bool) if randomized is None else randomized
-        blps = {arm: [] for arm in self.arms_[1:]}
+        blps: dict[Hashable, list[tuple[float, float]]] = {arm: [] for arm in self.arms_[1:]}
         for repeat in range(self.calibration_repeats):  # the fold split moves the slope: averaged over a few
             inner = cross_fit(self._uncalibrated, X, t, y, folds=self.calibration_folds, seed=self.seed + repeat,
                               control=self.control_, sample_weight=w)

@@ -18,7 +18,6 @@ from rich.markup import escape
 from c360.cli.ui import Json, audited, emit, fail, record_run, stderr, table
 from c360.core.settings import Settings
 from c360.training.specs import MODELS
-from c360.training.specs import Kind as Model
 
 train_app = typer.Typer(help="Train models on the feature store (or on your own table) and register them in MLflow.",
                         no_args_is_help=True)
@@ -53,9 +52,7 @@ def train_churn(
 
         return _train_table("churn", table_path, name, as_json, lambda df: train_churn_table(
             df, label, id_column, folds=folds, exclude=exclude or []))
-    from c360.training.pipeline import train_churn as run
-
-    return _run_pipeline("churn", "churn: examples from Feast, LightGBM, baseline, MLflow", run, as_json)
+    return _run_pipeline("churn", as_json)
 
 
 @train_app.command("clv")
@@ -79,9 +76,7 @@ def train_clv(
         if not (customer and date and amount):
             raise fail("--transactions needs --customer, --date and --amount: the columns holding each")
         return _train_clv_log(transactions, (customer, date, amount), calibration_end, date_format, as_json)
-    from c360.training.clv_pipeline import train_clv as run
-
-    return _run_pipeline("clv", "CLV: examples from Feast, LightGBM, BG/NBD baseline, MLflow", run, as_json)
+    return _run_pipeline("clv", as_json)
 
 
 def _train_clv_log(path: Path, columns: tuple[str, str, str], calibration_end: str | None,
@@ -140,7 +135,7 @@ def train_nba(
     earlier waves, test on the last, registered as c360-nba) — or, with --table, from your own experiment table
     (registered as c360-NAME)."""
     if not table_path:
-        return _train_nba_pipeline(as_json)
+        return _run_pipeline("nba", as_json)
     if not (treatment and control and outcome):
         raise fail("--table needs --treatment, --control and --outcome")
     if not value > 0:
@@ -152,19 +147,16 @@ def train_nba(
         df, treatment, control, outcome, id_column, costs=costs or None, folds=folds, exclude=exclude or []))
 
 
-def _train_nba_pipeline(as_json: bool = False) -> dict:
-    from c360.training.nba_pipeline import train_nba as run
-
-    return _run_pipeline("nba", "next best action on the campaign waves", run, as_json)
-
-
-def _run_pipeline(kind: Model, what: str, run: Callable[[Settings], Any], as_json: bool) -> dict:
+def _run_pipeline(kind: str, as_json: bool = False) -> dict:
     """Train one model on the feature store (a status line, a clear error for missing inputs), log the run, and show
     its report: the model's test metrics beside each baseline's."""
+    from c360.training.trainers import trainers
+
+    run = trainers()[kind]
     s, started = Settings(), time.time()
     if not s.snapshots.exists():
         raise fail("no feature snapshots: run `c360 features build` and `c360 features apply` first")
-    with stderr.status(f"training {what}"):
+    with stderr.status(f"training {kind} on the feature store (MLflow run)"):
         try:
             report = run(s)
         except (ValueError, FileNotFoundError) as e:
@@ -220,9 +212,7 @@ def train_expansion(as_json: Json = False) -> dict:
     """Account scoring: the probability that a customer expands (plan upgrade, seat increase or add-on order) within
     90 days. LightGBM (calibrated) on expansion_v1 vs logistic regression (and the generator's truth on generated
     data), time split over the feature snapshots, registered as c360-expansion@challenger."""
-    from c360.training.pipeline import train_expansion as run
-
-    return _run_pipeline("expansion", "expansion: examples from Feast, LightGBM, baseline, MLflow", run, as_json)
+    return _run_pipeline("expansion", as_json)
 
 
 @train_app.command("response")
@@ -231,18 +221,16 @@ def train_response(as_json: Json = False) -> dict:
     answered within 14 days, learned from the marketing sends (features as of each send, channel and topic as
     inputs). LightGBM (calibrated) vs logistic regression, tested on each channel's latest campaign wave,
     registered as c360-response@challenger."""
-    from c360.training.response import train_response as run
-
-    return _run_pipeline("response", "response: sends with features from Feast, LightGBM, baseline, MLflow", run,
-                         as_json)
+    return _run_pipeline("response", as_json)
 
 
 @train_app.command("all")
 def train_all(as_json: Json = False) -> dict:
     """Train churn, CLV, next best action, expansion and response on the feature store, each registered as
     @challenger."""
-    return emit({"churn": train_churn(), "clv": train_clv(), "nba": _train_nba_pipeline(),
-                 "expansion": train_expansion(), "response": train_response()}, as_json)
+    from c360.training.trainers import trainers
+
+    return emit({kind: _run_pipeline(kind) for kind in trainers()}, as_json)
 
 
 ModelName = Annotated[str, typer.Argument(
