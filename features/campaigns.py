@@ -26,8 +26,8 @@ which is what an inverse-propensity readout (`c360.training.readout`) and a late
 need. The **decision log** is a SQLite file, `C360_HOME/campaigns/campaigns.db` (owner-only): one row per campaign
 (its plan, seed and figures, when it was launched) and one per assignment (campaign, customer_id, arm, action, the
 policy's action, propensity, the NBA's expected uplift, model and version, time, role, and the channel `--channel`
-chose: one for all, or `best`, each member's most likely to get a response by c360-response, never one whose
-purpose the member opted out of). It holds customer ids, so it is a personal-data store of
+chose: one for all, or `best`, each member's most likely to get a response by c360-response among the channels
+whose purpose the member did not opt out of). It holds customer ids, so it is a personal-data store of
 `c360.core.personal.STORES` (`Campaigns`: export and erasure).
 
 `simulate` plays a planned campaign forward on a generated company with the generator's one way to move the world
@@ -149,30 +149,46 @@ def _members(s: Settings, audience: str, policy: str, channel: str | None) -> pd
         frame = frame.merge(_versions(s), on="customer_id", how="left")
     else:
         frame = frame.assign(policy_action=policy, score=np.nan, model_version=pd.NA)
-    frame["channel"] = _channels(frame, channel)
+    frame["channel"] = _channels(s, frame, channel)
     allowed = consent.allowed(frame, ACTIONS)
     frame["allowed"] = ([list(ACTIONS)] * len(frame) if allowed is None
                         else [[a for a in ACTIONS if ok[a]] for ok in allowed.to_dict("records")])
     return frame[["customer_id", "policy_action", "score", "model_version", "allowed", "channel"]]
 
 
-def _channels(frame: pd.DataFrame, channel: str | None) -> pd.Series:
-    """Each member's channel: none chosen, one for all, or (`best`) the channel of the latest scores most likely to
-    get a response (`response_channel`, the c360-response model's). A member it did not score, or who opted out of
-    the channel's purpose (`consent.CHANNEL_PURPOSE`), gets none."""
+def _channels(s: Settings, frame: pd.DataFrame, channel: str | None) -> pd.Series:
+    """Each member's channel: none chosen; one for all (none for a member who opted out of its purpose,
+    `consent.CHANNEL_PURPOSE`); or (`best`) of the channels whose purpose the member allows, the one the latest
+    scores' c360-response finds most likely to get a response (`response_channels`): a member who opted out of the
+    best one gets the next. A member the model did not score gets none."""
     if channel != "best":
         chosen = pd.Series(channel, index=frame.index, dtype=object)
-    elif "response_channel" not in frame.columns:
-        raise CampaignError("no response scores for --channel best: `c360 train response`, `c360 promote response` "
-                            "and `c360 score` add them")
-    else:
-        chosen = frame["response_channel"].astype(object).where(frame["response_channel"].notna(), None)
+        return chosen.where(~_opted_out(frame, chosen), None)
+    ranked = _ranked_channels(s, frame["customer_id"])
+    allowed = {c: ~_opted_out(frame, pd.Series(c, index=frame.index, dtype=object)) for c in consent.CHANNEL_PURPOSE}
+    return pd.Series([next((c for c in order if c in allowed and allowed[c].iat[i]), None)
+                      for i, order in enumerate(ranked)], index=frame.index, dtype=object)
+
+
+def _opted_out(frame: pd.DataFrame, chosen: pd.Series) -> pd.Series:
+    """Whether each member opted out of the purpose of the channel `chosen` for them."""
     opted = pd.Series(False, index=frame.index)
     for name, purpose in consent.CHANNEL_PURPOSE.items():
         column = consent.feature(purpose)
         if column in frame.columns:
             opted |= (chosen == name) & frame[column].astype("boolean").fillna(False).astype(bool)
-    return chosen.where(~opted, None)
+    return opted
+
+
+def _ranked_channels(s: Settings, customers: pd.Series) -> list[list[str]]:
+    """Each customer's channels, most likely to get a response first, by the latest scores (none if unscored)."""
+    scores = audience_profile.latest_scores(s, keep=("response_channels",))
+    if "response_channels" not in scores.columns:
+        raise CampaignError("no response scores for --channel best: `c360 train response`, `c360 promote response` "
+                            "and `c360 score` add them")
+    listed = scores.set_index("customer_id")["response_channels"].reindex(customers.tolist())
+    return [[c["channel"] for c in sorted(json.loads(v), key=lambda c: -c["probability"])] if isinstance(v, str)
+            else [] for v in listed]
 
 
 def _versions(s: Settings) -> pd.DataFrame:

@@ -132,8 +132,11 @@ def test_help_on_every_campaign_command() -> None:
 
 
 def test_plan_chooses_each_members_best_channel_and_exports_it(home: Settings, tmp_path: Path) -> None:
-    """`--channel best`: each contacted member's channel is the response model's best of the latest scores (none
-    where the member opted out of its purpose), logged with the assignment and written in the export."""
+    """`--channel best`: each contacted member's channel is the response model's most likely of the latest scores
+    among the channels whose purpose they did not opt out of (the next one when they opted out of the best), logged
+    with the assignment and written in the export."""
+    import json
+
     from c360.core import consent
     from c360.features import audience_profile, audiences
 
@@ -142,11 +145,15 @@ def test_plan_chooses_each_members_best_channel_and_exports_it(home: Settings, t
     contacted = logged[logged["action"] != campaigns.NONE]
     assert logged.loc[logged["action"] == campaigns.NONE, "channel"].isna().all()
     profile = audience_profile.table(home, audiences._overrides(home)).set_index("customer_id").loc[contacted.index]
-    opted = pd.Series(False, index=profile.index)
-    for channel, purpose in consent.CHANNEL_PURPOSE.items():
-        opted |= (profile["response_channel"] == channel) & profile[consent.feature(purpose)].fillna(False).astype(bool)
-    assert (contacted.loc[~opted, "channel"] == profile.loc[~opted, "response_channel"]).all()
-    assert contacted.loc[opted, "channel"].isna().all()
+    listed = audience_profile.latest_scores(home, keep=("response_channels",)).set_index("customer_id")
+    fallbacks = 0
+    for customer, row in profile.iterrows():
+        ranked = sorted(json.loads(listed.at[customer, "response_channels"]), key=lambda c: -c["probability"])
+        allowed = [c["channel"] for c in ranked
+                   if not bool(row[consent.feature(consent.CHANNEL_PURPOSE[c["channel"]])] or False)]
+        assert contacted.at[customer, "channel"] == (allowed[0] if allowed else None), customer
+        fallbacks += bool(allowed) and allowed[0] != row["response_channel"]
+    assert fallbacks > 0, "no member opted out of their best channel: the fallback is untested here"
     assert sum(planned["channels"].values()) == contacted["channel"].notna().sum() > 0
     exported = invoke("campaign", "export", "autumn", "--out", str(tmp_path))
     for found in exported["files"].values():
