@@ -4,9 +4,10 @@ Both servers run on the same C360_HOME (default: $C360_HOME) with the same numbe
 logs off, on loopback:
 
 * ours: `c360 serve` (BentoML), `GET /customers/{id}/profile` — the whole profile: every feature of `profile_v1`
-  plus the `predictions` view in one online read, three models' scores and reasons from the batch run (fresh),
-  the derived signals, JSON — as a `csm` key (`bench`, made here) asks for it: the key checked and
-  an audit record appended for every request, as in production;
+  plus the `predictions` view in one online read, every champion's scores and reasons from the batch run (fresh;
+  churn, CLV, next best action, and expansion and response when they have one), the derived signals, the call
+  brief, JSON — as a `csm` key (`bench`, made here) asks for it: the key checked and an audit record appended for
+  every request, as in production;
 * baseline: `feast serve --max-requests 0` (workers are otherwise recycled every 1,000 requests), `POST
   /get-online-features` of the features of service `profile_v1`, listed by name, for one customer — Feast's own
   feature read. Listed rather than named by service: `feast serve` resolves a named service from its registry on
@@ -15,6 +16,8 @@ logs off, on loopback:
 Load: a small asyncio HTTP/1.1 keep-alive client in a separate process (request bytes written by hand, so the
 client costs little CPU on the shared 2 cores), random customers of the latest snapshot; one client for the
 latency floor, then 8 concurrent clients for `--seconds` each, connecting 30 ms apart. Every response must be 200.
+The section states what one answer held (the models scored, the brief) and, beside this run's ratios to Feast, the
+previous run's from RESULTS.md: the lead over Feast must not shrink as the profile grows.
 
 Then the profile page's calls under concurrent use (issue 18): 8 clients for `--page-seconds` on
 `GET /customers/{id}/profile?details=true` and on the plain profile (the baseline), errors counted: any answer but
@@ -31,6 +34,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -41,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import record
+from bench.common import RESULTS, record
 
 
 def free_port() -> int:
@@ -210,6 +214,7 @@ def main() -> None:
         try:
             wait_ready(f"http://127.0.0.1:{ours_port}/readyz", ours)
             host = f"127.0.0.1:{ours_port}"
+            held = contents(ours_port, customers[0], key)
             results["ours"] = measure("c360 profile", ours, ours_port,
                                       [get(f"/customers/{c}/profile", host, key) for c in customers], args.seconds)
             concurrent = page_load(ours_port, host, key, customers, args.page_seconds)
@@ -237,11 +242,12 @@ def main() -> None:
     verdict_p99 = "meets" if p99_ratio <= 0.6 else "misses"
     verdict_rps = "meets" if rps_ratio >= 1.5 else "misses"
     trail = audit.verify(s)
+    before = previous_ratios()
     rows = "\n".join(
         f"| {label} | {r['one']['p50']:.2f} / {r['one']['p99']:.2f} ms | {r['eight']['p50']:.2f} / "
         f"{r['eight']['p99']:.2f} ms | {r['eight']['rps']:,.0f} | {r['eight']['cpu_ms']:.2f} ms |"
-        for label, r in (("ours: `GET /customers/{id}/profile` (features + 3 models' batch scores + reasons + "
-                          "signals), a `csm` key checked and an audit record appended per request", mine),
+        for label, r in ((f"ours: `GET /customers/{{id}}/profile` (features + {held}), a `csm` key checked and an "
+                          "audit record appended per request", mine),
                          ("baseline: `feast serve --max-requests 0`, the features of `profile_v1` for one entity",
                           theirs)))
     record("serving", f"""
@@ -265,9 +271,44 @@ Targets, with API keys and the audit trail on (issue 20): p99 at 8 clients ≤ 0
 {verdict_rps} ({mine['eight']['rps']:,.0f} vs {theirs['eight']['rps']:,.0f} req/s, {rps_ratio:.2f}×). The audit
 trail held {trail.records:,} chained records after the run (`c360 audit verify`: {"intact" if trail.ok else
 trail.problem}).
+{compared(before, p99_ratio, rps_ratio)}
 """)
 
     record_page_load(concurrent, customers_stored, args.workers, args.page_seconds)
+
+
+def contents(port: int, customer: str, key: str) -> str:
+    """What one profile answer holds beyond the features: the models that scored it, and the brief."""
+    import httpx
+
+    out = httpx.get(f"http://127.0.0.1:{port}/customers/{customer}/profile",
+                    headers={"Authorization": f"Bearer {key}"}, timeout=60).raise_for_status().json()
+    scored = [name for name, part in out["future"].items() if isinstance(part, dict) and part.get("model")]
+    brief = " + the call brief" if out.get("brief", {}).get("text") else ""
+    return f"{len(scored)} models' batch scores ({', '.join(n.replace('_', ' ') for n in scored)}) + reasons + " \
+        f"signals{brief}"
+
+
+RATIOS = re.compile(r"^(\d{4}-\d{2}-\d{2}),.*?p99 at 8 clients.*?, ([\d.]+)×\);.*?req/s, ([\d.]+)×\)", re.S | re.M)
+
+
+def previous_ratios() -> tuple[str, float, float] | None:
+    """The serving section's date, p99 ratio and throughput ratio to Feast in RESULTS.md as it is, if any."""
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    section = re.search(r"^## serving\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    found = RATIOS.search(section.group(1)) if section else None
+    return (found.group(1), float(found.group(2)), float(found.group(3))) if found else None
+
+
+def compared(before: tuple[str, float, float] | None, p99_ratio: float, rps_ratio: float) -> str:
+    """This run's ratios to Feast beside the previous run's: the lead kept, or shrunk."""
+    if before is None:
+        return "No previous run in RESULTS.md to compare the lead over Feast with."
+    date, p99_then, rps_then = before
+    kept = p99_ratio <= p99_then and rps_ratio >= rps_then
+    return (f"The previous run ({date}): p99 {p99_then:.2f}× Feast's, throughput {rps_then:.2f}×; this run "
+            f"{p99_ratio:.2f}× and {rps_ratio:.2f}×: the lead over Feast "
+            f"{'held' if kept else 'shrank'} (each ratio compares two servers of one run; runs differ in load).")
 
 
 PAGE_PATHS = {"`GET /customers/{id}/profile?details=true` (what the profile page calls)": "?details=true",

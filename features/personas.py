@@ -95,7 +95,20 @@ def _raw(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
 
 
 def _standardized(model: Model, frame: pd.DataFrame) -> np.ndarray:
-    x = _raw(frame, model.features).fillna(pd.Series(model.medians, index=model.features)).to_numpy()
+    return _scaled(model, _raw(frame, model.features).to_numpy())
+
+
+def _number(value: Any) -> float:
+    """One value as `_raw` reads it: a number, else NaN."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _scaled(model: Model, raw: np.ndarray) -> np.ndarray:
+    """Raw values (rows × the model's features, NaN for missing) filled, logged, centred and scaled as in fitting."""
+    x = np.where(np.isnan(raw), np.array(model.medians), raw)
     logged = np.array(model.logged)
     x[:, logged] = np.log1p(np.clip(x[:, logged], 0, None))
     return np.clip((x - np.array(model.centre)) / np.array(model.scale), -CLIP, CLIP)
@@ -250,4 +263,8 @@ def _read(p: Path, mtime_ns: int) -> Model:
 def persona_of(s: Settings, features: dict[str, Any]) -> str | None:
     """One customer's persona from their features, or None before `c360 personas fit`."""
     model = load(s)
-    return None if model is None else str(assign(model, pd.DataFrame([features]))[0])
+    if model is None:
+        return None
+    # Plain numpy for one row: a one-row DataFrame cost most of a profile's CPU time (bench/serve.py)
+    row = _scaled(model, np.array([[_number(features.get(f)) for f in model.features]]))
+    return str(model.names[int(_nearest(np.array(model.centroids), row)[0])])
