@@ -7,6 +7,7 @@ real training pipelines, `@champion` on each, the online store filled, then `c36
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 from collections.abc import Iterator
@@ -126,9 +127,17 @@ def client(served: Settings, asgi_app: Any, admin: dict[str, str],
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the ephemeral range (Linux's starts at 32768): BentoML's process manager binds its own
+    sockets to ephemeral ports, and took the port handed to the server (a bind to port 0 picks from that range)
+    before the server bound it ("Address already in use")."""
+    while True:
+        port = random.randint(20000, 32767)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @contextmanager
