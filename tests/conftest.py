@@ -98,8 +98,26 @@ def cli_json(*args: str) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.fixture(scope="session")
+def resolved_snapshot(resolved: tuple[Path, Path]):
+    """A function giving the resolved company's feature snapshot of one date, built once per session (seconds
+    each): the homes over the resolved company (training's, the served one) ask for the same 4-weekly dates."""
+    from functools import cache
+
+    import pandas as pd
+
+    from c360.features import compute
+
+    @cache
+    def build(day: pd.Timestamp) -> pd.DataFrame:
+        with duckdb.connect(str(resolved[0] / "warehouse.duckdb"), read_only=True) as con:
+            return compute.build(con, day)
+
+    return lambda day: build(pd.Timestamp(day)).copy()
+
+
 @pytest.fixture(scope="module")
-def home_with_snapshots(home_over_resolved):
+def home_with_snapshots(home_over_resolved, resolved_snapshot):
     """A function making a fresh C360_HOME over the resolved company with feature snapshots every 4 weeks, going
     `history_days` back from the data's end, applied to Feast."""
     from c360.core import warehouse
@@ -108,9 +126,9 @@ def home_with_snapshots(home_over_resolved):
     def make(name: str, history_days: int):
         s = home_over_resolved(name)
         with warehouse.connect(s, read_only=True) as con:
-            for day in compute.as_of_dates(con, warehouse.data_end(con), None, history_days=history_days,
-                                           every_days=28):
-                store.write_snapshot(s, compute.build(con, day))
+            days = compute.as_of_dates(con, warehouse.data_end(con), None, history_days=history_days, every_days=28)
+        for day in days:
+            store.write_snapshot(s, resolved_snapshot(day))
         store.apply(s)
         return s
 

@@ -17,17 +17,17 @@ from typer.testing import CliRunner
 from c360.cli.main import app
 from c360.core import audit, consent, warehouse
 from c360.core.settings import Settings
-from c360.features import audiences, compute, store
+from c360.features import audiences, store
 from tests.conftest import cli_json as invoke
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def home(home_over_resolved) -> Iterator[Settings]:
+def home(home_over_resolved, resolved_snapshot) -> Iterator[Settings]:
     s = home_over_resolved("audience-cli")
     with warehouse.connect(s, read_only=True) as con:
-        store.write_snapshot(s, compute.build(con, warehouse.data_end(con)))
+        store.write_snapshot(s, resolved_snapshot(warehouse.data_end(con)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("C360_HOME", str(s.home))
         yield s

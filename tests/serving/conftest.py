@@ -7,6 +7,7 @@ real training pipelines, `@champion` on each, the online store filled, then `c36
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 from collections.abc import Iterator
@@ -35,8 +36,25 @@ def promote_all(home: Path) -> None:
         client.set_registered_model_alias(name, CHAMPION, tracking.version_by_alias(client, name, CHALLENGER).version)
 
 
+@contextmanager
+def home_copy(served: Settings, root: Path) -> Iterator[Settings]:
+    """A copy of the served home at `root`/home, C360_HOME pointing at it while the block runs: the served
+    champions @champion again (a test before may have moved the alias), the Feast registry applied again so its
+    views read the copy's snapshots and scores. The generated world is copied too (its link followed): an erasure
+    rewrites its files and a simulation advances it, which through a link would change the session's world under
+    every later test."""
+    s = Settings(home=root / "home")
+    shutil.copytree(served.home, s.home)
+    promote_all(s.home)
+    store.apply(s)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("C360_HOME", str(s.home))
+        yield s
+
+
 @pytest.fixture(scope="session")
-def served(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def served(resolved: tuple[Path, Path], resolved_snapshot: Any,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     from c360.serving import batch
     from c360.training.clv_pipeline import train_clv
     from c360.training.nba_pipeline import train_nba
@@ -55,8 +73,9 @@ def served(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
         patch.setenv("C360_HOME", str(s.home))
         with warehouse.connect(s, read_only=True) as con:
             end = warehouse.data_end(con)
-            for day in [*(end - pd.Timedelta(weeks=w) for w in SNAPSHOT_WEEKS), *compute.experiment_dates(con)]:
-                store.write_snapshot(s, compute.build(con, day))
+            days = [*(end - pd.Timedelta(weeks=w) for w in SNAPSHOT_WEEKS), *compute.experiment_dates(con)]
+        for day in days:
+            store.write_snapshot(s, resolved_snapshot(day))
         store.apply(s)
         train_churn(s)
         train_clv(s)
@@ -108,9 +127,17 @@ def client(served: Settings, asgi_app: Any, admin: dict[str, str],
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the ephemeral range (Linux's starts at 32768): BentoML's process manager binds its own
+    sockets to ephemeral ports, and took the port handed to the server (a bind to port 0 picks from that range)
+    before the server bound it ("Address already in use")."""
+    while True:
+        port = random.randint(20000, 32767)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @contextmanager

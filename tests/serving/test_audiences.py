@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,16 +24,13 @@ from c360.features import audience_profile, audiences
 from c360.serving.masking import MASK
 from tests.conftest import cli_json as invoke
 
-from .conftest import bearer, running
+from .conftest import bearer, home_copy, running
 
 
 @pytest.fixture(scope="module")
 def home(served: Settings, api_keys: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A copy of the served home, its keys of each role included."""
-    copy = Settings(home=tmp_path_factory.mktemp("audiences") / "home")
-    shutil.copytree(served.home, copy.home, symlinks=True)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("C360_HOME", str(copy.home))
+    with home_copy(served, tmp_path_factory.mktemp("audiences")) as copy:
         yield copy
 
 

@@ -9,7 +9,6 @@ and run in order."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,19 +23,14 @@ from c360.features import campaigns
 from c360.training import readout, tracking
 from c360.training.nba_pipeline import HORIZON_DAYS, NBA_MODEL, train_nba
 from tests.conftest import cli_json as invoke
+from tests.serving.conftest import home_copy
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def home(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    copy = Settings(home=tmp_path_factory.mktemp("campaigns") / "home")
-    shutil.copytree(served.home, copy.home, symlinks=True)
-    world = copy.generated.resolve()
-    copy.generated.unlink()
-    shutil.copytree(world, copy.generated)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("C360_HOME", str(copy.home))
+    with home_copy(served, tmp_path_factory.mktemp("campaigns")) as copy:
         invoke("audience", "create", "subscribers", "--where", "subscribed")
         yield copy
 

@@ -5,7 +5,6 @@ Recording an opt-out changes the home, so these tests work on a copy of the serv
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,16 +20,14 @@ from c360.serving import batch, online, predictions
 from c360.serving.champions import Champions
 from c360.serving.profile import profile
 from c360.serving.schemas import NbaPrediction, Profile
+from tests.serving.conftest import home_copy
 
 EMAIL_ACTIONS = {a for a, p in consent.ACTION_PURPOSE.items() if p == "marketing_email"}
 
 
 @pytest.fixture(scope="module")
 def home(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    copy = Settings(home=tmp_path_factory.mktemp("consent") / "home")
-    shutil.copytree(served.home, copy.home, symlinks=True)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("C360_HOME", str(copy.home))
+    with home_copy(served, tmp_path_factory.mktemp("consent")) as copy:
         yield copy
 
 

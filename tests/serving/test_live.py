@@ -5,7 +5,6 @@ accepted ones and lands in the quarantine at the fold, and concurrent writers an
 
 from __future__ import annotations
 
-import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pytest
 from c360.core import audit, warehouse
 from c360.core.settings import Settings
 from c360.features import event_log, store
-from tests.serving.conftest import promote_all, running
+from tests.serving.conftest import home_copy, running
 
 
 class Live:
@@ -41,14 +40,11 @@ class Live:
 def live(served: Settings, admin: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """A copy of the served home (its registry applied again to point at the copy) served by `bentoml serve`."""
     root = tmp_path_factory.mktemp("live")
-    s = Settings(home=root / "home")
-    shutil.copytree(served.home, s.home, symlinks=True)
-    promote_all(s.home)  # whatever a test before this one left as @champion
-    store.apply(s)
-    with warehouse.connect(s, read_only=True) as con:
-        now = warehouse.data_end(con)
-    with running(s, 2, 0, root) as url:
-        yield Live(s, url, admin, now)
+    with home_copy(served, root) as s:
+        with warehouse.connect(s, read_only=True) as con:
+            now = warehouse.data_end(con)
+        with running(s, 2, 0, root) as url:
+            yield Live(s, url, admin, now)
 
 
 def customers(live: Live, n: int, skip: int = 0) -> list[str]:

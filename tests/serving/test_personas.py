@@ -6,7 +6,6 @@ first are used later)."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import numpy as np
@@ -21,6 +20,7 @@ from c360.serving import batch, online
 from c360.serving.champions import Champions
 from c360.serving.profile import profile
 from tests.conftest import cli_json as invoke
+from tests.serving.conftest import home_copy
 
 runner = CliRunner()
 WORD = {word: (feature, +1 if i == 0 else -1) for feature, words in personas.BEHAVIOUR.items()
@@ -29,10 +29,7 @@ WORD = {word: (feature, +1 if i == 0 else -1) for feature, words in personas.BEH
 
 @pytest.fixture(scope="module")
 def home(served: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    copy = Settings(home=tmp_path_factory.mktemp("personas") / "home")
-    shutil.copytree(served.home, copy.home, symlinks=True)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("C360_HOME", str(copy.home))
+    with home_copy(served, tmp_path_factory.mktemp("personas")) as copy:
         yield copy
 
 

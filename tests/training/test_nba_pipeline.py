@@ -25,13 +25,14 @@ from c360.training.nba_pipeline import (
 
 
 @pytest.fixture(scope="module")
-def home(home_over_resolved) -> Settings:
+def home(home_over_resolved, resolved_snapshot) -> Settings:
     """A C360_HOME over the 3,000-customer company with a snapshot at the data's end and one at each experiment
     wave's date (what the features stage builds)."""
     s = home_over_resolved("nba_home")
     with warehouse.connect(s, read_only=True) as con:
-        for day in [warehouse.data_end(con), *compute.experiment_dates(con)]:
-            store.write_snapshot(s, compute.build(con, day))
+        days = [warehouse.data_end(con), *compute.experiment_dates(con)]
+    for day in days:
+        store.write_snapshot(s, resolved_snapshot(day))
     store.apply(s)
     return s
 
