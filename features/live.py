@@ -10,7 +10,8 @@ unfolded events' rows are the ones `c360 ingest` will write (`event_log.folded`:
 replacing the row with its key), so the live features of a moment are what the batch computes after the fold.
 
 `recompute_each` takes one as-of per customer (the live clock: just after the customer's newest event) and builds
-the tables once for all of them. The process keeps what the fold will write for the unfolded events, taking only
+the tables once for all of them, each row with the customer it reaches (`compute.OWNER`): the lateral run of one
+customer reads its own rows, so a round costs its rows, not its rows times its customers. The process keeps what the fold will write for the unfolded events, taking only
 the records appended since (`event_log.read_log_from`), and which of their keys the warehouse holds, until an
 erasure rewrites the log or a fold changes the warehouse.
 
