@@ -24,6 +24,7 @@ from c360.core.definitions import BY_NAME
 from c360.features import versions
 
 CHANNELS = ("email", "phone", "chat", "in_app", "meeting", "social")
+OWNER = "c360_owner"  # `build_each`: the customer a row reaches, a column of each table it reads
 HEALTH_WEIGHTS = {"usage": 0.35, "engagement": 0.15, "support": 0.15, "sentiment": 0.15, "billing": 0.2}
 
 
@@ -248,7 +249,8 @@ def build(con, as_of: pd.Timestamp) -> pd.DataFrame:
 
 def build_each(con, clock: str) -> pd.DataFrame:
     """`build` with each customer at its own as-of: `clock` names a table (customer_id, as_of) in `con`; one row
-    per customer of it known before its as-of. One run of SQL for all (a lateral join), not one per as-of."""
+    per customer of it known before its as-of. Every contract table in `con` carries `OWNER`, the customer its rows
+    reach. One run of SQL for all (a lateral join), not one per as-of."""
     raw = con.execute(_each_sql(clock)).df()
     return derive(raw)[["customer_id", "as_of", *BY_NAME]]
 
@@ -256,10 +258,13 @@ def build_each(con, clock: str) -> pd.DataFrame:
 @cache
 def _each_sql(clock: str) -> str:
     body = SQL.replace("$as_of", f"{clock}.as_of")
-    # Each customer's own crosswalk records and golden record (every row reaches its customer through them), so
-    # the lateral join pairs a customer's rows with its own as-of only, not everyone's rows with every as-of.
+    # Each customer's own crosswalk records, golden record and rows, so the lateral join pairs a customer's rows
+    # with its own as-of only: the tables' versions at an as-of would otherwise pair every row with every as-of.
     for table in ("identity_crosswalk", "identity_customers"):
         body = re.sub(rf"\b{table}\b", f"(SELECT * FROM {table} WHERE customer_id = {clock}.customer_id)", body)
+    for name in (n for t in TABLES for n in (t.sql_name, versions.history(t))):
+        body = body.replace(f"FROM {versions.q(name)}", f"FROM (SELECT * EXCLUDE ({OWNER}) FROM {versions.q(name)} "
+                                                         f"WHERE {OWNER} = {clock}.customer_id)")
     return (f"SELECT f.* FROM {clock}, LATERAL ({body}) f WHERE f.customer_id = {clock}.customer_id "
             "ORDER BY f.customer_id")
 

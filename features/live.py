@@ -10,7 +10,8 @@ unfolded events' rows are the ones `c360 ingest` will write (`event_log.folded`:
 replacing the row with its key), so the live features of a moment are what the batch computes after the fold.
 
 `recompute_each` takes one as-of per customer (the live clock: just after the customer's newest event) and builds
-the tables once for all of them. The process keeps what the fold will write for the unfolded events, taking only
+the tables once for all of them, each row with the customer it reaches (`compute.OWNER`): the lateral run of one
+customer reads its own rows, so a round costs its rows, not its rows times its customers. The process keeps what the fold will write for the unfolded events, taking only
 the records appended since (`event_log.read_log_from`), and which of their keys the warehouse holds, until an
 erasure rewrites the log or a fold changes the warehouse.
 
@@ -104,16 +105,17 @@ def _gather(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyCon
     _table(mem, "identity_crosswalk", crosswalk, live_crosswalk, "record_id")
     golden = _rows(con, "identity_customers", "customer_id", customers, None)
     _table(mem, "identity_customers", golden, provisional[provisional["customer_id"].isin(customers)], "customer_id")
-    records = [r[0] for r in mem.execute("SELECT record_id FROM identity_crosswalk").fetchall()]
+    linked_records = mem.execute("SELECT record_id, customer_id FROM identity_crosswalk").fetchall()
     pending = _pending_rows(s, con)
     names = ["identity_crosswalk", "identity_customers"]
     for table_id, (column, source) in BY_RECORD.items():
-        values = [r[len(source) + 1:] for r in records if r.startswith(source + ":")]
-        names.extend(_reach(con, mem, contract.table(table_id), column, values, pending.get(table_id)))
+        owners = {r[len(source) + 1:]: c for r, c in linked_records if r.startswith(source + ":")}
+        names.extend(_reach(con, mem, contract.table(table_id), column, owners, pending.get(table_id)))
     for table_id, parent_id in BY_PARENT.items():
         parent = contract.table(parent_id)
-        values = [r[0] for r in mem.execute(f"SELECT {q(parent.key)} FROM {q(parent.sql_name)}").fetchall()]
-        names.extend(_reach(con, mem, contract.table(table_id), parent.key, values, pending.get(table_id)))
+        owners = dict(mem.execute(f"SELECT CAST({q(parent.key)} AS VARCHAR), {compute.OWNER} "
+                                  f"FROM {q(parent.sql_name)}").fetchall())
+        names.extend(_reach(con, mem, contract.table(table_id), parent.key, owners, pending.get(table_id)))
     return names
 
 
@@ -125,23 +127,25 @@ def _rows(con: duckdb.DuckDBPyConnection, name: str, column: str, values: list[s
 
 
 def _reach(con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table, column: str,
-           values: list[str], pending: Folded | None) -> list[str]:
-    """The table's rows whose `column` is one of `values`: the warehouse's, with the unfolded events' in place, and
-    their old versions; the names of both in `mem`."""
-    columns = _read(table, column)
+           owners: Mapping[str, str], pending: Folded | None) -> list[str]:
+    """The table's rows whose `column` is one of `owners`' keys (each row with the customer it reaches,
+    `compute.OWNER`): the warehouse's, with the unfolded events' in place, and their old versions; the names of
+    both in `mem`."""
+    columns, values = _read(table, column), list(owners)
     found = _rows(con, table.sql_name, column, values, [*columns, versions.VALID_FROM])
     events = None if pending is None else pending.rows.loc[pending.rows[column].isin(values), columns]
-    _table(mem, table.sql_name, found, events, table.key, replaced=None if pending is None else pending.rows)
-    return [table.sql_name, _history(con, mem, table, column, values)]
+    _table(mem, table.sql_name, found, events, table.key, replaced=None if pending is None else pending.rows,
+           owners=(column, owners))
+    return [table.sql_name, _history(con, mem, table, column, owners)]
 
 
 def _history(con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table, column: str,
-             values: list[str]) -> str:
-    """The old versions of the rows whose `column` is one of `values`, as `compute.SQL` reads them
+             owners: Mapping[str, str]) -> str:
+    """The old versions of the rows whose `column` is one of `owners`' keys, as `compute.SQL` reads them
     (`versions.as_of`), in `mem` under the history's name (returned)."""
     wanted = [*_read(table, column), versions.VALID_FROM, versions.VALID_TO]
     name = versions.history(table)
-    _table(mem, name, _rows(con, name, column, values, wanted), None, table.key)
+    _table(mem, name, _rows(con, name, column, list(owners), wanted), None, table.key, owners=(column, owners))
     return name
 
 
@@ -154,15 +158,20 @@ def _read(table: contract.Table, column: str) -> list[str]:
 
 
 def _table(mem: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, added: pd.DataFrame | None, key: str,
-           replaced: pd.DataFrame | None = None) -> None:
+           replaced: pd.DataFrame | None = None, owners: tuple[str, Mapping[str, str]] | None = None) -> None:
     """`name` in `mem`, an Arrow table registered (not copied): `rows`, less those whose key `replaced` (default
-    `added`) holds, plus `added` (cast to the warehouse's types, as the fold inserts them)."""
+    `added`) holds, plus `added` (cast to the warehouse's types, as the fold inserts them); with `owners`
+    (column, value → customer), each row's customer as `compute.OWNER`."""
     gone = added if replaced is None else replaced
     if gone is not None and len(gone):
         held = pc.is_in(rows[key].cast(pa.string()), value_set=pa.array(gone[key].astype(str).tolist(), pa.string()))
         rows = rows.filter(pc.invert(held))
     if added is not None and len(added):
         rows = pa.concat_tables([rows, _typed_as(rows.schema, added)])
+    if owners is not None:
+        column, customers = owners
+        index = pc.index_in(rows[column].cast(pa.string()), value_set=pa.array(list(customers), pa.string()))
+        rows = rows.append_column(compute.OWNER, pa.array(list(customers.values()), pa.string()).take(index))
     mem.register(name, rows)
 
 
