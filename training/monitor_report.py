@@ -59,7 +59,7 @@ STATUS_VALUE = {"ok": 0, "watch": 1, "act": 2}  # a status as a gauge
 SAMPLE = 200  # customers read back from the online store
 QUARANTINE_WATCH, QUARANTINE_ACT = 0.05, 0.20  # share of a batch's rows quarantined
 NULLS_WATCH, NULLS_ACT = 0.05, 0.20  # rise of a feature's null share since the previous snapshot
-AUC_WATCH, AUC_ACT = 0.03, 0.07  # realized AUC below the champion's test AUC by this much
+AUC_WATCH, AUC_ACT = 0.03, 0.07  # realized AUC below the champion's test AUC by this much (or 2 and 3 SE of the gap)
 ECE_WATCH, ECE_ACT = 0.05, 0.10
 CLV_WATCH, CLV_ACT = 0.15, 0.30  # |mean predicted / mean realized - 1|
 ONLINE_WATCH, ONLINE_ACT = 0.001, 0.01  # share of sampled customers whose online features differ
@@ -343,8 +343,10 @@ def _realized_churn(s: Settings, con: Any, runs: list, end: pd.Timestamp) -> Che
                "churn_rate": float(joined["churned"].mean()), "auc": figures["roc_auc"], "ece": figures["ece"],
                "test_auc": expected,
                "calibration": monitoring.calibration(joined["churned"], joined["score"]).to_dict("records")}
-        row["status"] = monitoring.worst([monitoring.status(expected - row["auc"], AUC_WATCH, AUC_ACT),
-                                          monitoring.status(row["ece"], ECE_WATCH, ECE_ACT)])
+        row["gap_se"] = se = _gap_se(row["auc"], joined["churned"])
+        row["status"] = monitoring.worst([
+            monitoring.status(expected - row["auc"], max(AUC_WATCH, 2 * se), max(AUC_ACT, 3 * se)),
+            monitoring.status(row["ece"], ECE_WATCH, ECE_ACT)])
         rows.append(row)
         statuses.append(row["status"])
     if not rows:
@@ -354,6 +356,15 @@ def _realized_churn(s: Settings, con: Any, runs: list, end: pd.Timestamp) -> Che
                f"AUC {last['auc']:.3f} (test {last['test_auc']:.3f}), ECE {last['ece']:.3f}")
     return Check("realized_churn", "Realized churn performance", monitoring.worst(statuses), summary,
                  {"auc": last["auc"], "ece": last["ece"], "runs": len(rows)}, rows)
+
+
+def _gap_se(auc: float, churned: pd.Series) -> float:
+    """Standard error of the realized AUC's gap to the test AUC. The test period was one snapshot of the same
+    population, so both AUCs have about the same error: the gap's is √2 times the realized one's. On a small
+    company (a few hundred subscribers, a few dozen churners) it is several points: a gap that a re-draw of the
+    same month would show is no finding, so the thresholds rise to 2 and 3 of it."""
+    positives = int(churned.sum())
+    return math.sqrt(2) * monitoring.auc_se(auc, positives, len(churned) - positives)
 
 
 def _test_auc(s: Settings, version: int) -> float:

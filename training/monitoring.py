@@ -168,6 +168,13 @@ def nearest_drift(months: dict[str, pd.DataFrame], after: pd.DataFrame, features
     return both.drop_duplicates("feature").set_index("feature").loc[names].reset_index()
 
 
+def auc_se(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC measured on this many positives and negatives."""
+    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
+    return float(np.sqrt((auc * (1 - auc) + (positives - 1) * (q1 - auc ** 2) + (negatives - 1) * (q2 - auc ** 2))
+                         / (positives * negatives)))
+
+
 def calibration(y: Iterable[float], p: Iterable[float], bins: int = 10) -> pd.DataFrame:
     """Calibration curve on equal-width probability bins (those with rows): mean prediction, observed rate, rows."""
     frame = pd.DataFrame({"y": np.asarray(list(y), dtype=float), "p": np.asarray(list(p), dtype=float)})

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from c360.training.monitoring import (
+    auc_se,
     by_decile,
     calibration,
     differences,
@@ -154,6 +155,20 @@ def test_score_drift_reads_the_mean_relative_to_itself() -> None:
     assert score_status(narrow["psi"], narrow["mean change"]) == "ok"
     risen = score_drift(_run(before), _run(before * 1.25)).loc["churn"]
     assert score_status(risen["psi"], risen["mean change"]) == "act"
+
+
+def test_the_auc_standard_error_is_the_spread_of_redrawn_aucs() -> None:
+    """Hanley & McNeil's standard error against the spread of AUCs over re-draws of the same month (80 churners in
+    750 customers): the yardstick the realized-churn check reads a gap to the test AUC with."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(7)
+    aucs = []
+    for _ in range(400):
+        y = np.r_[np.ones(80), np.zeros(670)]
+        aucs.append(roc_auc_score(y, rng.normal(y * 0.8, 1.0)))
+    assert auc_se(float(np.mean(aucs)), 80, 670) == pytest.approx(np.std(aucs), rel=0.15)
+    assert auc_se(0.75, 800, 6700) < auc_se(0.75, 80, 670) / 3, "ten times the rows, about a third of the error"
 
 
 def test_statuses_read_two_thresholds() -> None:
