@@ -129,7 +129,7 @@ def clv_examples(s: Settings, con, fs: FeatureStore) -> pd.DataFrame:
     end = warehouse.data_end(con)
     dates = [d for d in store.snapshot_dates(s) if labels.labelable(d, end, labels.CLV_HORIZON_DAYS)]
     if not dates:
-        raise ValueError("no snapshot has 12 months of data after it: build older snapshots "
+        raise datasets.NoExamples("no snapshot has 12 months of data after it: build older snapshots "
                          "(`c360 features build --history-days 644`)")
     return datasets.examples(con, fs, SERVICE, dates, labels.clv)
 
@@ -139,6 +139,7 @@ def train_clv(s: Settings) -> TrainReport:
     with warehouse.connect(s, read_only=True) as con:
         frame = clv_examples(s, con, fs)
         train, test, actual_is = _test_set(s, con, fs, frame)
+        datasets.require({"training": train, "test": test})
         baseline = bgnbd_gamma_gamma(con, pd.Timestamp(test["as_of"].iloc[0]), test["customer_id"])
         bands = fairness.customer_groups(con, test["customer_id"])
     features = [c for c in frame.columns if c in BY_NAME]

@@ -14,8 +14,26 @@ from c360.core.definitions import BY_NAME
 Labeler = Callable[[object, pd.Timestamp], pd.DataFrame]
 
 
+class NoExamples(ValueError):
+    """Too little to learn from yet: no labelled period, or a part of the split without rows (or, for a yes/no
+    outcome, without both outcomes). A scheduled retrain skips the model with this reason (`trainers.train`)
+    instead of failing deep in a fit on an empty array."""
+
+
+def require(parts: dict[str, pd.DataFrame], target: str | None = None) -> None:
+    """Each named part of a split has rows and, with `target` (a yes/no outcome), both outcomes: else NoExamples
+    naming the part."""
+    for name, part in parts.items():
+        if part.empty:
+            raise NoExamples(f"no {name} examples")
+        if target is not None and part[target].nunique() < 2:
+            raise NoExamples(f"the {name} examples have one outcome only ({target} = {part[target].iloc[0]})")
+
+
 def examples(con, fs: FeatureStore, service: str, dates: list[pd.Timestamp], label: Labeler) -> pd.DataFrame:
     """customer_id, as_of, the service's features (by name) and the label columns, for every date given."""
+    if not dates:
+        raise NoExamples("no snapshot date with a complete label window")
     frames = []
     for day in dates:
         labels = label(con, day)
@@ -30,7 +48,7 @@ def time_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     """Train on the earlier dates, calibrate on the second-last, test on the last: never across time."""
     dates = sorted(frame["as_of"].unique())
     if len(dates) < 3:
-        raise ValueError(f"need at least 3 labelled snapshot dates for a time split, have {len(dates)}")
+        raise NoExamples(f"need at least 3 labelled snapshot dates for a time split, have {len(dates)}")
     train = frame[frame["as_of"] < dates[-2]]
     return train, frame[frame["as_of"] == dates[-2]], frame[frame["as_of"] == dates[-1]]
 

@@ -18,7 +18,13 @@ Against a reference long before (the champion's data window, months to years bac
 aged: the customers left have been customers longer, and grew their seats and plans. Such a reference is
 **age-matched** (`age_matched`): its rows are weighted so that its mix of tenure bands (the latest snapshot's
 tenure deciles) is the latest's, and PSI reads the weighted shares. What drifts then is what changed for customers
-of the same age, not the mix of ages.
+of the same age, not the mix of ages. And such a window is a mix of months: pooled, it is like no single month
+(discounts that ran for some months of it and not now, seasons). So the latest is compared with each of the
+window's months and read against the one it is nearest to (`nearest_drift`): drift is what no month the model
+learned from looks like.
+
+Score drift reads a model's scores between two runs by PSI and by the relative change of their mean
+(`score_status`), the figure its users plan with (expected churners, value, responses).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 PSI_WATCH, PSI_ACT = 0.1, 0.25  # the usual reading of the population stability index
-SMD_WATCH, SMD_ACT = 0.1, 0.2  # standardized mean difference: negligible below 0.1, a small effect from 0.2
+MEAN_WATCH, MEAN_ACT = 0.10, 0.20  # relative change of a model's mean score (expected churners, value, responses)
 STATUSES = ("ok", "watch", "act")
 # Features that grow by construction: compared per tenure month (30 days), or skipped (None) with the reason.
 GROWING: dict[str, str | None] = {"revenue_total": "tenure_days", "features_used_total": "tenure_days",
@@ -150,6 +156,25 @@ def feature_drift(before: pd.DataFrame, after: pd.DataFrame, features: Iterable[
     return pd.DataFrame(rows)
 
 
+def nearest_drift(months: dict[str, pd.DataFrame], after: pd.DataFrame, features: Iterable[str],
+                  weights: pd.Series | None = None) -> pd.DataFrame:
+    """`feature_drift` of `after` against each of `months` (label → snapshot) age-matched, keeping per feature the
+    month it drifted least from (`nearest`). A model learned from every month of its window: a latest snapshot like
+    one of them is not new to it, whatever the months' mix (a calendar of discounts, a season) makes of the pool."""
+    names = list(features)
+    tables = [feature_drift(month, after, names, weights, matched=True).assign(nearest=label)
+              for label, month in months.items()]
+    both = pd.concat(tables, ignore_index=True).sort_values("psi", kind="stable", na_position="last")
+    return both.drop_duplicates("feature").set_index("feature").loc[names].reset_index()
+
+
+def auc_se(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC measured on this many positives and negatives."""
+    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
+    return float(np.sqrt((auc * (1 - auc) + (positives - 1) * (q1 - auc ** 2) + (negatives - 1) * (q2 - auc ** 2))
+                         / (positives * negatives)))
+
+
 def calibration(y: Iterable[float], p: Iterable[float], bins: int = 10) -> pd.DataFrame:
     """Calibration curve on equal-width probability bins (those with rows): mean prediction, observed rate, rows."""
     frame = pd.DataFrame({"y": np.asarray(list(y), dtype=float), "p": np.asarray(list(p), dtype=float)})
@@ -196,10 +221,22 @@ def smd(before: pd.Series, after: pd.Series) -> float:
     return float(abs(after.mean() - before.mean()) / pooled) if pooled > 0 else 0.0
 
 
-def score_status(psi_value: float, smd_value: float) -> str:
-    """A model's scores drifted when their distribution changed (PSI) or their mean moved (SMD): a shift that
-    raises the risk of part of the customers moves the mean before it reshapes the deciles."""
-    return worst([status(psi_value, PSI_WATCH, PSI_ACT), status(smd_value, SMD_WATCH, SMD_ACT)])
+def mean_change(before: pd.Series, after: pd.Series) -> float:
+    """The mean score's relative change (NaN when the mean before is 0): for a calibrated probability the expected
+    count (churners, responses) moved by this share, for a value the expected total."""
+    old = float(before.mean())
+    return float(after.mean() / old - 1) if old else float("nan")
+
+
+def score_status(psi_value: float, change: float) -> str:
+    """A model's scores drifted when their distribution changed (PSI) or their mean moved (`mean_change`): a
+    shift that raises the risk of part of the customers moves the mean before it reshapes the deciles.
+
+    The mean's move is read relative to the mean, not in standard deviations (SMD, kept as a figure): a model
+    whose scores are narrow (a campaign response of 15 % ± 3 %) moves by "0.1 sd" when its expected responses
+    move by 2 %, as they do month to month with the campaign calendar; what its users plan with (expected churners,
+    value, responses) moved by the relative change."""
+    return worst([status(psi_value, PSI_WATCH, PSI_ACT), status(abs(change), MEAN_WATCH, MEAN_ACT)])
 
 
 def _verdict(value: float) -> str:
@@ -208,7 +245,8 @@ def _verdict(value: float) -> str:
 
 def score_drift(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """Per model, two scoring runs compared: versions, customers in each and in both, mean score before and after,
-    PSI (with its reading), standardized mean difference (`smd`), the mean absolute change of a customer's score
+    PSI (with its reading), the mean's relative change (`mean change`), the standardized mean difference (`smd`),
+    the mean absolute change of a customer's score
     and the share whose label (risk band, action) changed — NaN for a model without labels."""
     rows = []
     for model in sorted(set(before["model"]) & set(after["model"])):
@@ -220,7 +258,8 @@ def score_drift(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
             "model": model, "versions": f"v{old['version'].iloc[0]} → v{new['version'].iloc[0]}",
             "customers before": len(old), "customers after": len(new), "in both": len(both),
             "mean before": old["score"].mean(), "mean after": new["score"].mean(), "psi": value,
-            "smd": smd(old["score"], new["score"]), "reading": _verdict(value),
+            "mean change": mean_change(old["score"], new["score"]), "smd": smd(old["score"], new["score"]),
+            "reading": _verdict(value),
             "mean abs change": (new.loc[both, "score"] - old.loc[both, "score"]).abs().mean(),
             "label changed": (labels["old"] != labels["new"]).mean() if len(labels) else np.nan,
         })

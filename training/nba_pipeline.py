@@ -190,7 +190,7 @@ def nba_examples(s: Settings, con, horizon_days: int = HORIZON_DAYS) -> tuple[pd
     assignments = experiment_outcomes(con, horizon_days)
     assignments = assignments[~assignments["as_of"].isin(campaigns.launch_dates(s))].reset_index(drop=True)
     if assignments.empty:
-        raise ValueError("no experiment assignments with a complete outcome window in the warehouse")
+        raise datasets.NoExamples("no experiment assignments with a complete outcome window in the warehouse")
     missing = sorted(set(pd.to_datetime(assignments["as_of"].unique())) - set(store.snapshot_dates(s)))
     if missing:
         raise FileNotFoundError(f"no feature snapshot as of the experiment wave(s) "
@@ -203,7 +203,7 @@ def wave_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train on every wave before the last, test on the last: never across time."""
     waves = sorted(frame["wave"].unique())
     if len(waves) < 2:
-        raise ValueError(f"need at least 2 experiment waves (train and test), have {len(waves)}")
+        raise datasets.NoExamples(f"need at least 2 experiment waves (train and test), have {len(waves)}")
     return frame[frame["wave"] < waves[-1]], frame[frame["wave"] == waves[-1]]
 
 

@@ -133,6 +133,7 @@ def _train(s: Settings, task: Binary, examples: Callable[[Settings, object, Feat
         oracle = datasets.oracle(con, s.truth, frame, file, column) if known_truth else None
         bands = fairness.customer_groups(con, frame["customer_id"])
     train, calib, test = split = datasets.time_split(frame)
+    datasets.require({"training": train, "calibration": calib, "test": test}, y)
     features = _features(frame)
     model = ChurnModel(monotone=task.monotone).fit(train[features], train[y], calib[features], calib[y],
                                                    groups=train["customer_id"])
@@ -140,8 +141,8 @@ def _train(s: Settings, task: Binary, examples: Callable[[Settings, object, Feat
     scores = {"lightgbm": model.predict_proba(test[features]),
               "logistic": baseline.predict_proba(test[features])[:, 1]}
     results = {name: metrics(test[y], p) for name, p in scores.items()}
-    if oracle is not None:  # generated data: the true probability, on the test customers the truth covers
-        known = oracle.loc[test.index].notna().to_numpy()
+    known = np.zeros(len(test), dtype=bool) if oracle is None else oracle.loc[test.index].notna().to_numpy()
+    if oracle is not None and test[y][known].nunique() == 2:  # the truth covers the test date (a refresh's may not)
         results["oracle"] = metrics(test[y][known], oracle.loc[test.index][known])
         results["lightgbm_on_oracle_rows"] = metrics(test[y][known], scores["lightgbm"][known])
     segments = by_segment(test, scores["lightgbm"], y)

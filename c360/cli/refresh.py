@@ -229,10 +229,12 @@ def not_due(s: Settings, state: State) -> str | None:
 
 
 def _train(s: Settings) -> dict[str, Any]:
-    from c360.training.trainers import trainers
+    """Each model's new version, or why it was skipped (too little to learn from yet)."""
+    from c360.training.trainers import train, trainers
 
-    return {kind: {"version": report.version, "test_period": report.test_period}
-            for kind, report in ((kind, train(s)) for kind, train in trainers().items())}
+    return {kind: {"skipped": report} if isinstance(report, str) else
+            {"version": report.version, "test_period": report.test_period}
+            for kind, report in ((kind, train(s, kind)) for kind in trainers())}
 
 
 def _versions(s: Settings, alias: str) -> dict[str, int]:

@@ -73,15 +73,9 @@ def test_an_unshifted_month_is_ok(served: Settings, tmp_path: Path, monkeypatch:
     found = checks(document)
     assert code == 0, document
     not_ok = {name: c["summary"] for name, c in found.items() if c["status"] != "ok"}
-    # the champion's window ends a horizon back: the trends since (prices, the campaign calendar) say watch at most.
-    # Issue 25 stays open on these: the response model's scores follow the campaign calendar (a month's mean moves
-    # by about 0.1 sd), which reads "watch" between two monthly runs; nothing acts.
-    assert set(not_ok) <= {"feature_drift_training", "score_drift"}, not_ok
-    assert all(found[name]["status"] == "watch" for name in not_ok), not_ok
-    if "score_drift" in not_ok:
-        assert "response watch" in not_ok["score_drift"] and " act" not in not_ok["score_drift"], not_ok
-    assert {"feature_drift_previous", "score_drift", "data_quality", "realized_churn", "realized_clv",
-            "online_offline"} <= set(found)
+    assert not not_ok, not_ok
+    assert {"feature_drift_previous", "feature_drift_training", "score_drift", "data_quality", "realized_churn",
+            "realized_clv", "online_offline"} <= set(found)
     drift = rows(found["feature_drift_previous"], "feature")
     assert drift["psi"].notna().sum() > 40 and drift.loc["tenure_days", "compared"] == "skipped"
     assert "days to go" in found["realized_churn"]["summary"]

@@ -8,15 +8,18 @@ import pandas as pd
 import pytest
 
 from c360.training.monitoring import (
+    auc_se,
     by_decile,
     calibration,
     differences,
     fairness_table,
     feature_drift,
+    nearest_drift,
     psi,
     psi_categories,
     quarantine_rates,
     score_drift,
+    score_status,
     status,
     worst,
 )
@@ -116,6 +119,56 @@ def test_an_aged_base_is_age_matched_and_a_real_shift_still_shows() -> None:
     assert drift.loc["seats", "status"] == "ok" and drift.loc["seats", "psi"] < 0.1, drift
     halved = today.assign(seats=today["seats"] // 2)
     assert feature_drift(window, halved, ["seats"], matched=True).set_index("feature").loc["seats", "status"] == "act"
+
+
+def _invoices(rng: np.random.Generator, discounted: float, n: int = 2000, plans: tuple = (.4, .3, .2, .1)
+              ) -> pd.DataFrame:
+    """Customers on list prices (`plans`: the share on each), a share of them paying 80 % of it (a discount campaign
+    running that month)."""
+    price = rng.choice([10.0, 25.0, 45.0, 70.0], n, p=list(plans))
+    tenure = rng.integers(30, 1500, n)
+    return pd.DataFrame({"tenure_days": tenure, "mrr": np.where(rng.random(n) < discounted, 0.8 * price, price)})
+
+
+def test_a_window_of_months_is_read_against_its_nearest_month() -> None:
+    """A window whose months mostly ran a discount campaign, and one that did not: the pool is like no month, so
+    a month without the campaign reads as a shift against it; against its nearest month it is ok. A real shift,
+    unlike every month, still reads."""
+    rng = np.random.default_rng(5)
+    months = {"jan": _invoices(rng, 0.0), **{m: _invoices(rng, 0.12) for m in ("feb", "mar", "apr", "may")}}
+    latest = _invoices(rng, 0.0)
+    pooled = feature_drift(pd.concat(months.values(), ignore_index=True), latest, ["mrr"], matched=True)
+    assert pooled.loc[0, "reading"] != "ok", "the pool reads the campaign's end as drift"
+    nearest = nearest_drift(months, latest, ["mrr", "tenure_days"]).set_index("feature")
+    assert nearest.loc["mrr", "status"] == "ok" and nearest.loc["mrr", "nearest"] == "jan", nearest
+    assert list(nearest.index) == ["mrr", "tenure_days"] and nearest.loc["tenure_days", "compared"] == "skipped"
+    upgraded = _invoices(rng, 0.0, plans=(.1, .2, .3, .4))
+    assert nearest_drift(months, upgraded, ["mrr"]).loc[0, "status"] == "act"
+
+
+def test_score_drift_reads_the_mean_relative_to_itself() -> None:
+    """A narrow score (15 % ± 3 %) whose mean moves 2 %: a sizeable SMD, an ok status; a 25 % rise acts."""
+    rng = np.random.default_rng(6)
+    before = np.clip(rng.normal(0.15, 0.03, 3000), 0, 1)
+    narrow = score_drift(_run(before), _run(before * 1.02)).loc["churn"]
+    assert narrow["smd"] > 0.09 and narrow["mean change"] == pytest.approx(0.02, abs=0.002)
+    assert score_status(narrow["psi"], narrow["mean change"]) == "ok"
+    risen = score_drift(_run(before), _run(before * 1.25)).loc["churn"]
+    assert score_status(risen["psi"], risen["mean change"]) == "act"
+
+
+def test_the_auc_standard_error_is_the_spread_of_redrawn_aucs() -> None:
+    """Hanley & McNeil's standard error against the spread of AUCs over re-draws of the same month (80 churners in
+    750 customers): the yardstick the realized-churn check reads a gap to the test AUC with."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(7)
+    aucs = []
+    for _ in range(400):
+        y = np.r_[np.ones(80), np.zeros(670)]
+        aucs.append(roc_auc_score(y, rng.normal(y * 0.8, 1.0)))
+    assert auc_se(float(np.mean(aucs)), 80, 670) == pytest.approx(np.std(aucs), rel=0.15)
+    assert auc_se(0.75, 800, 6700) < auc_se(0.75, 80, 670) / 3, "ten times the rows, about a third of the error"
 
 
 def test_statuses_read_two_thresholds() -> None:

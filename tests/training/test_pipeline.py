@@ -10,7 +10,7 @@ import pytest
 from c360.core import warehouse
 from c360.core.settings import Settings
 from c360.features import compute, store
-from c360.training import datasets, labels, tracking
+from c360.training import datasets, labels, tracking, trainers
 from c360.training.clv_pipeline import clv_examples
 from c360.training.nba_pipeline import nba_examples
 from c360.training.pipeline import churn_examples, train_churn
@@ -104,3 +104,39 @@ def test_clv_beats_bgnbd_on_the_truths_next_twelve_months(home: Settings, monkey
     ours, baseline = report.metrics, report.baselines["bgnbd_gamma_gamma"]
     assert abs(ours["total_error_pct"]) < abs(baseline["total_error_pct"])
     assert ours["rmse"] < baseline["rmse"]
+
+
+def test_a_model_with_no_labelled_period_is_skipped_with_the_reason(home_over_resolved) -> None:
+    """Snapshots of the last four weeks only: no churn, expansion or CLV label window has ended after either. The
+    retrain skips those models, saying why, instead of failing in a fit on an empty array."""
+    s = home_over_resolved("recent_only")
+    with warehouse.connect(s, read_only=True) as con:
+        end = warehouse.data_end(con)
+        for day in (end - pd.Timedelta(days=28), end):
+            store.write_snapshot(s, compute.build(con, day))
+    store.apply(s)
+    expected = {"churn": "complete label window", "expansion": "complete label window", "clv": "12 months of data"}
+    for kind, words in expected.items():
+        reason = trainers.train(s, kind)
+        assert isinstance(reason, str) and words in reason, (kind, reason)
+
+
+def test_a_test_period_the_ground_truth_does_not_cover_trains_without_the_oracle(home_with_snapshots) -> None:
+    """Snapshots on a 4-week grid of the last 8 weeks (and the experiment waves): the latest labelled one, the test
+    period, is a date the generator's truth has no risk for, as a refresh's new snapshots are. The oracle is left
+    out (it once failed the retrain on an empty array)."""
+    s = home_with_snapshots("recent_grid", history_days=56)
+    report = train_churn(s)
+    truth = pd.read_parquet(s.truth / "churn_risk.parquet", columns=["as_of"])
+    if pd.Timestamp(report.test_period) in set(pd.to_datetime(truth["as_of"])):
+        pytest.skip(f"the truth covers the test period {report.test_period}: nothing to show here")
+    assert "oracle" not in report.baselines and "logistic" in report.baselines
+
+
+def test_a_part_of_the_split_with_one_outcome_is_named() -> None:
+    parts = {"training": pd.DataFrame({"churned": [0, 1]}), "test": pd.DataFrame({"churned": [0, 0]})}
+    with pytest.raises(datasets.NoExamples, match="test examples have one outcome only"):
+        datasets.require(parts, "churned")
+    with pytest.raises(datasets.NoExamples, match="no calibration examples"):
+        datasets.require({"calibration": pd.DataFrame({"churned": []})}, "churned")
+    datasets.require({"training": parts["training"]}, "churned")
