@@ -30,6 +30,7 @@ from c360.core.settings import Settings
 from c360.features import store
 from c360.training import cards, fairness, labels, tracking
 from c360.training.churn import ChurnModel, fit_baseline, metrics
+from c360.training.datasets import NoExamples
 from c360.training.pipeline import binary_figures
 from c360.training.specs import RESPONSE
 from c360.training.tracking import TrainReport
@@ -56,7 +57,7 @@ def examples(s: Settings, con, fs: FeatureStore) -> pd.DataFrame:
         raise ValueError("no feature snapshots: `c360 features build` first")
     sends = labels.response(con, dates[0], warehouse.data_end(con))
     if sends.empty:
-        raise ValueError("no campaign sends after the first feature snapshot: nothing to learn response from")
+        raise NoExamples("no campaign sends after the first feature snapshot: nothing to learn response from")
     sends["as_of"] = pd.Series(pd.to_datetime(dates)).iloc[
         np.searchsorted(pd.to_datetime(dates), pd.to_datetime(sends["sent_at"]), side="right") - 1].to_numpy()
     keys = sends[["customer_id", "as_of"]].drop_duplicates().rename(columns={"as_of": "event_timestamp"})
@@ -79,11 +80,11 @@ def wave_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     test_start = _latest_waves_start(frame)
     earlier = frame[frame["launched_at"] < test_start]
     if earlier.empty:
-        raise ValueError("campaign sends of a single wave: response needs earlier waves to train on")
+        raise NoExamples("campaign sends of a single wave: response needs earlier waves to train on")
     calib_start = _latest_waves_start(earlier)
     train = earlier[earlier["launched_at"] < calib_start]
     if train.empty:
-        raise ValueError("campaign sends of two waves only: response needs a third to train on")
+        raise NoExamples("campaign sends of two waves only: response needs a third to train on")
     return train, earlier[earlier["launched_at"] >= calib_start], frame[frame["launched_at"] >= test_start]
 
 
