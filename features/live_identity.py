@@ -43,7 +43,7 @@ import threading
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,20 +190,29 @@ class Ledger:
     def connect(self) -> sqlite3.Connection:
         self._create()
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        con.execute("PRAGMA journal_mode = WAL")
         con.execute("PRAGMA secure_delete = ON")  # an erased person's bytes are overwritten, not just unlinked
-        con.executescript(DDL)
         return con
 
     def _create(self) -> None:
-        """identity.db, owner-only from its first byte. Only while it does not exist: closing any descriptor of a
-        SQLite file drops every lock this process holds on it (POSIX), which breaks the connections of other
-        threads (SQLITE_IOERR_SHORT_READ)."""
+        """identity.db, owner-only from its first byte, in WAL mode with its tables: built under a temporary name
+        and linked into place whole, so no process opens it half made (two first connections switching it to WAL
+        at once made one SQLITE_BUSY). Only while it does not exist: closing any descriptor of a SQLite file drops
+        every lock this process holds on it (POSIX), which breaks the connections of other threads
+        (SQLITE_IOERR_SHORT_READ)."""
         with _creating:
             if self.path.exists():
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            new = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
+            os.close(os.open(new, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
+            try:
+                with closing(sqlite3.connect(new, isolation_level=None)) as con:
+                    con.execute("PRAGMA journal_mode = WAL")
+                    con.executescript(DDL)
+                with suppress(FileExistsError):  # another process linked its own first: the same empty tables
+                    os.link(new, self.path)
+            finally:
+                new.unlink()
 
     @contextmanager
     def writing(self) -> Iterator[sqlite3.Connection]:
