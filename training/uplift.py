@@ -407,7 +407,7 @@ class MultiArmUplift:
                               effect_options=self.effect_options, **self.options)
 
     def _calibrate(self, X: pd.DataFrame, t: pd.Series, y: pd.Series, fitted: pd.DataFrame,
-                   w: pd.Series | None = None, randomized: np.ndarray | None = None) -> None:
+                   w: pd.Series | None, randomized: np.ndarray) -> None:
         """Per arm: average effect and how much of the predicted variation in uplift is real.
 
         Best linear predictor of the effect (Chernozhukov, Demirer, Duflo & Fernández-Val): on out-of-fold
@@ -415,17 +415,16 @@ class MultiArmUplift:
         customers in the arm or the control, D = in the arm, e = its share of the two. The D − e coefficient is
         the average effect, the last one the slope (1 = uplift predictions right to scale, 0 = pure noise),
         clipped to [0, 1] so calibration only ever shrinks. With sample weights the regression and the means are
-        weighted. Only ``randomized`` rows enter the regression (default all): e is their arm's chance.
+        weighted. Only ``randomized`` rows enter the regression: e is their arm's chance.
         """
         weight = np.ones(len(t)) if w is None else w.to_numpy()
-        chosen = np.ones(len(t), dtype=bool) if randomized is None else randomized
+        rows = {arm: t.isin([arm, self.control_]).to_numpy() & randomized for arm in self.arms_[1:]}
         blps: dict[Hashable, list[tuple[float, float]]] = {arm: [] for arm in self.arms_[1:]}
         for repeat in range(self.calibration_repeats):  # the fold split moves the slope: averaged over a few
             inner = cross_fit(self._uncalibrated, X, t, y, folds=self.calibration_folds, seed=self.seed + repeat,
                               control=self.control_, sample_weight=w)
-            for arm in self.arms_[1:]:
-                rows = t.isin([arm, self.control_]).to_numpy() & chosen
-                blps[arm].append(self._blp(arm, inner[rows], t[rows], y[rows], weight[rows]))
+            for arm, kept in rows.items():
+                blps[arm].append(self._blp(arm, inner[kept], t[kept], y[kept], weight[kept]))
         for arm, found in blps.items():
             effect, slope = np.mean(found, axis=0)
             center = float(np.average((fitted[arm] - fitted[self.control_]).to_numpy(), weights=weight))
