@@ -6,10 +6,12 @@ the row is checked by the same contract as a file's row (`ingest.parse`), a batc
 
 * `accept(s, events)` — the handler of `POST /events` and `c360 events push`. Under the log's lock (`events.lock`,
   so the service's workers and the commands append one at a time) the new events are appended to `events.jsonl`
-  and fsynced once per batch before the answer: an acknowledged event is on disk. An `event_id` already in the log
-  is acknowledged and ignored; each process keeps the ids it has seen and reads only what others appended since
-  (the tail trick of `c360.core.audit`). A rejected event goes, with its reasons, to `rejects.jsonl`; an event of
-  an erased person (`c360.features.privacy.Suppressed`) is acknowledged and dropped unstored.
+  and fsynced before the answer: an acknowledged event is on disk. The batches of concurrent callers go in
+  together (`core.rounds`): one contract check per table and one fsync per round, not per request. An `event_id`
+  already in the log is acknowledged and ignored; each process keeps the ids it has seen and reads only what others
+  appended since (the tail trick of `c360.core.audit`). A rejected event goes, with its reasons, to
+  `rejects.jsonl`; an event of an erased person (`c360.features.privacy.Suppressed`) is acknowledged and dropped
+  unstored.
 * `fold(s, con)` — `c360 ingest` folds both logs into the warehouse, one transaction: each new event's row into
   its table (an `update` kind replaces the row with the same key, the last event wins; the old version goes to the
   history, until the event's time: `c360.features.versions`), each reject into
@@ -27,10 +29,13 @@ import os
 import re
 import threading
 import uuid
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,7 @@ from c360.core import contract
 from c360.core.at_rest import file_stamp, fsync_dir, write_private
 from c360.core.contract import EVENTS_BY_KIND, EventKind, Table
 from c360.core.personal import Erased, Person, Work
+from c360.core.rounds import Rounds
 from c360.core.settings import Settings
 from c360.core.warehouse import CUSTOMER_ID, has_table
 from c360.features import versions
@@ -295,6 +301,9 @@ def _suppression(s: Settings) -> Suppressed | None:
 # ---------------------------------------------------------------- the handler
 
 
+_intake: Rounds[Any, tuple[dict[str, Any], list[dict[str, Any]]]] = Rounds()
+
+
 def accept(s: Settings, events: Sequence[Any]) -> dict[str, Any]:
     """Check a batch, log the new valid events durably, log the rejects; the answer to send back.
 
@@ -303,37 +312,58 @@ def accept(s: Settings, events: Sequence[Any]) -> dict[str, Any]:
 
 
 def receive(s: Settings, events: Sequence[Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """`accept`'s answer, and the events it logged now (the live update's input: neither duplicates nor rejects)."""
+    """`accept`'s answer, and the events it logged now (the live update's input: neither duplicates nor rejects).
+
+    The batches of concurrent callers are taken together (`core.rounds`): one round checks them by the contract,
+    a table's rows at once, and appends them with one fsync, as one batch of their events in arrival order would."""
     if len(events) > MAX_BATCH:
         raise ValueError(f"at most {MAX_BATCH:,} events per batch, not {len(events):,}")
+    return _intake.apply(events, partial(_receive_all, s))
+
+
+def _receive_all(s: Settings, batches: list[Sequence[Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """`receive` of each batch, the batches checked and logged as one."""
+    events = [e for batch in batches for e in batch]
     failures, dropped = _check(events, _suppression(s))
     received = datetime.now(UTC).isoformat(timespec="milliseconds")
+    starts = list(accumulate((len(b) for b in batches), initial=0))
     valid = [i for i in range(len(events)) if i not in failures and i not in dropped]
     with _locked(s):
-        new = _log_new(log_path(s), [events[i] for i in valid], received)
-        if failures:
-            _append(rejects_path(s), [_reject(events[i], i, f, received) for i, f in sorted(failures.items())])
-    rejected = [{"index": i, "event_id": _event_id(events[i]), "reason": reason(f)} for i, f in failures.items()]
-    return {"accepted": len(new), "duplicates": len(valid) - len(new), "suppressed": len(dropped),
-            "rejected": sorted(rejected, key=lambda r: r["index"])}, new
+        logged = _log_new(log_path(s), events, valid, received)
+        if failures:  # a reject's index is its place in its own batch
+            index = {i: i - starts[bisect_right(starts, i) - 1] for i in failures}
+            _append(rejects_path(s), [_reject(events[i], index[i], f, received) for i, f in sorted(failures.items())])
+    return [_answer(events, failures, dropped, logged, first, end) for first, end in pairwise(starts)]
 
 
-def _log_new(path: Path, events: list[dict[str, Any]], received: str) -> list[dict[str, Any]]:
-    """Append the events whose id the log does not hold yet (the first of a batch's repeats); returns them. The
-    caller holds the lock."""
+def _answer(events: list[Any], failures: dict[int, list[Failure]], dropped: set[int], logged: list[int], first: int,
+            end: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The answer of the batch at `first:end` of the round's events, and its events logged."""
+    mine = range(first, end)
+    new = [i for i in logged if first <= i < end]
+    rejected = [{"index": i - first, "event_id": _event_id(events[i]), "reason": reason(failures[i])}
+                for i in mine if i in failures]
+    suppressed = sum(i in dropped for i in mine)
+    return {"accepted": len(new), "duplicates": end - first - len(rejected) - suppressed - len(new),
+            "suppressed": suppressed, "rejected": rejected}, [events[i] for i in new]
+
+
+def _log_new(path: Path, events: list[dict[str, Any]], valid: list[int], received: str) -> list[int]:
+    """Append the `valid` events whose id the log does not hold yet (the first of the round's repeats); returns
+    their positions. The caller holds the lock."""
     fd = _open(path)
     try:
-        new: dict[str, dict[str, Any]] = {}
+        new: dict[str, int] = {}
         with _read_lock:
             held = _read(path).ids
-            for e in events:
-                if e["event_id"] not in held:
-                    new.setdefault(e["event_id"], e)
+            for i in valid:
+                if events[i]["event_id"] not in held:
+                    new.setdefault(events[i]["event_id"], i)
         if new:
-            _write(fd, [{"received_at": received, "event": e} for e in new.values()])
+            _write(fd, [{"received_at": received, "event": events[i]} for i in new.values()])
     finally:
         os.close(fd)
-    return list(new.values())
+    return sorted(new.values())
 
 
 def _event_id(event: Any) -> str | None:

@@ -66,6 +66,7 @@ _placed: dict[str, str | None] = {}  # event id → customer id, as placed by th
 _indexes: dict[Path, tuple[int, str | None, dict[str, list[dict[str, Any]]]]] = {}
 _index_lock = threading.Lock()
 _known: dict[tuple[Path, str], tuple[Any, set[str], set[str]]] = {}  # (warehouse, table) → stamp, checked, held
+_empties: dict[Path, tuple[Any, dict[str, pa.Table]]] = {}  # warehouse → stamp, its empty histories
 
 
 def recompute(s: Settings, con: duckdb.DuckDBPyConnection, customer_ids: Iterable[str],
@@ -106,16 +107,16 @@ def _gather(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyCon
     golden = _rows(con, "identity_customers", "customer_id", customers, None)
     _table(mem, "identity_customers", golden, provisional[provisional["customer_id"].isin(customers)], "customer_id")
     linked_records = mem.execute("SELECT record_id, customer_id FROM identity_crosswalk").fetchall()
-    pending = _pending_rows(s, con)
+    pending, empty = _pending_rows(s, con), _empty_histories(s, con)
     names = ["identity_crosswalk", "identity_customers"]
     for table_id, (column, source) in BY_RECORD.items():
         owners = {r[len(source) + 1:]: c for r, c in linked_records if r.startswith(source + ":")}
-        names.extend(_reach(con, mem, contract.table(table_id), column, owners, pending.get(table_id)))
+        names.extend(_reach(con, mem, contract.table(table_id), column, owners, pending.get(table_id), empty))
     for table_id, parent_id in BY_PARENT.items():
         parent = contract.table(parent_id)
         owners = dict(mem.execute(f"SELECT CAST({q(parent.key)} AS VARCHAR), {compute.OWNER} "
                                   f"FROM {q(parent.sql_name)}").fetchall())
-        names.extend(_reach(con, mem, contract.table(table_id), parent.key, owners, pending.get(table_id)))
+        names.extend(_reach(con, mem, contract.table(table_id), parent.key, owners, pending.get(table_id), empty))
     return names
 
 
@@ -127,7 +128,7 @@ def _rows(con: duckdb.DuckDBPyConnection, name: str, column: str, values: list[s
 
 
 def _reach(con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table, column: str,
-           owners: Mapping[str, str], pending: Folded | None) -> list[str]:
+           owners: Mapping[str, str], pending: Folded | None, empty: Mapping[str, pa.Table]) -> list[str]:
     """The table's rows whose `column` is one of `owners`' keys (each row with the customer it reaches,
     `compute.OWNER`): the warehouse's, with the unfolded events' in place, and their old versions; the names of
     both in `mem`."""
@@ -136,17 +137,34 @@ def _reach(con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table
     events = None if pending is None else pending.rows.loc[pending.rows[column].isin(values), columns]
     _table(mem, table.sql_name, found, events, table.key, replaced=None if pending is None else pending.rows,
            owners=(column, owners))
-    return [table.sql_name, _history(con, mem, table, column, owners)]
+    return [table.sql_name, _history(con, mem, table, column, owners, empty)]
 
 
 def _history(con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table, column: str,
-             owners: Mapping[str, str]) -> str:
+             owners: Mapping[str, str], empty: Mapping[str, pa.Table]) -> str:
     """The old versions of the rows whose `column` is one of `owners`' keys, as `compute.SQL` reads them
-    (`versions.as_of`), in `mem` under the history's name (returned)."""
+    (`versions.as_of`), in `mem` under the history's name (returned); an `empty` history is not scanned."""
     wanted = [*_read(table, column), versions.VALID_FROM, versions.VALID_TO]
     name = versions.history(table)
-    _table(mem, name, _rows(con, name, column, list(owners), wanted), None, table.key, owners=(column, owners))
+    rows = empty[name].select(wanted) if name in empty else _rows(con, name, column, list(owners), wanted)
+    _table(mem, name, rows, None, table.key, owners=(column, owners))
     return name
+
+
+def _empty_histories(s: Settings, con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
+    """The histories the warehouse holds no row of (most: only an update changes a row), each as its empty table;
+    looked up once until the warehouse changes (a table's scan is most of a small round's cost)."""
+    stamp = file_stamp(s.warehouse.stat())
+    with _lock:
+        cached = _empties.get(s.warehouse)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    names = [versions.history(contract.table(t)) for t in [*BY_RECORD, *BY_PARENT]]
+    counted = con.execute(" UNION ALL ".join(f"SELECT '{n}', count(*) FROM {q(n)}" for n in names)).fetchall()
+    empty = {n: con.execute(f"SELECT * FROM {q(n)} LIMIT 0").to_arrow_table() for n, rows in counted if rows == 0}
+    with _lock:
+        _empties[s.warehouse] = (stamp, empty)
+    return empty
 
 
 @cache

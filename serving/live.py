@@ -19,24 +19,23 @@
 It answers `{"updated": N, "customers": [...]}`; the caller turns a failure into `{"updated": 0, "error": ...}`:
 the events are durable already, and `c360 ingest` folds them whatever happened here.
 
-`live_update` runs the updates of one process one at a time and shares them (group commit, `Rounds`): the requests
-that arrive while an update runs go together into the next one, and each answers once its own events are in the
-profile. Concurrent requests then cost about one update, not one each in a queue: the update's fixed costs
+`live_update` runs the updates of one process one at a time and shares them (group commit, `core.rounds`): the
+requests that arrive while an update runs go together into the next one, and each answers once its own events are in
+the profile. Concurrent requests then cost about one update, not one each in a queue: the update's fixed costs
 (opening the warehouse, the feature SQL, each champion's call, the online transaction) are paid per round.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
 from c360.core import consent
+from c360.core.rounds import Rounds
 from c360.core.settings import Settings
 from c360.feature_repo.predictions import PREDICTIONS
 from c360.features import live, live_identity
@@ -51,29 +50,13 @@ log = logging.getLogger(__name__)
 TICK = pd.Timedelta(microseconds=1)
 
 
-class Rounds:
-    """Live updates taken in rounds: a caller waits for the round lock; whoever holds it updates the events of
-    every caller waiting (its own among them, unless an earlier round did them) and hands each its share."""
-
-    def __init__(self) -> None:
-        self._waiting: list[tuple[Sequence[dict[str, Any]], Future[dict[str, Any]]]] = []
-        self._lock = threading.Lock()  # guards `_waiting`
-        self._round = threading.Lock()  # one update at a time
-
-    def apply(self, s: Settings, context: Callable[[], Context], events: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        mine: Future[dict[str, Any]] = Future()
-        with self._lock:
-            self._waiting.append((events, mine))
-        with self._round:
-            if not mine.done():
-                with self._lock:
-                    taken, self._waiting = self._waiting, []
-                result = guarded(s, context, [e for batch, _ in taken for e in batch])
-                first = 0
-                for batch, future in taken:
-                    future.set_result(share(result, first, len(batch)))
-                    first += len(batch)
-        return mine.result()
+def shares(result: dict[str, Any], batches: list[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each caller's part of a round's result, its events being the next `len(mine)` of the round's."""
+    out, first = [], 0
+    for mine in batches:
+        out.append(share(result, first, len(mine)))
+        first += len(mine)
+    return out
 
 
 def share(result: dict[str, Any], first: int, count: int) -> dict[str, Any]:
@@ -85,7 +68,7 @@ def share(result: dict[str, Any], first: int, count: int) -> dict[str, Any]:
     return {"updated": len(mine), "customers": mine}
 
 
-_rounds = Rounds()
+_rounds: Rounds[dict[str, Any], dict[str, Any]] = Rounds()
 
 
 def live_update(s: Settings, context: Callable[[], Context], events: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -93,7 +76,10 @@ def live_update(s: Settings, context: Callable[[], Context], events: Sequence[di
     events' customers, or `{"updated": 0, "error": "<component> unavailable: ..."}`."""
     if not events:
         return {"updated": 0, "customers": []}
-    return _rounds.apply(s, context, events)
+    def work(batches: list[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+        return shares(guarded(s, context, [e for mine in batches for e in mine]), batches)
+
+    return _rounds.apply(events, work)
 
 
 def guarded(s: Settings, context: Callable[[], Context], events: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import stat
+import threading
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -195,3 +198,35 @@ def test_a_batch_over_the_limit_is_refused_whole(s: Settings) -> None:
     with pytest.raises(ValueError, match="at most 1,000"):
         event_log.accept(s, [login(f"e{i}") for i in range(event_log.MAX_BATCH + 1)])
     assert not event_log.log_path(s).exists()
+
+
+def test_concurrent_batches_taken_together_are_answered_each_by_its_own_events(s: Settings) -> None:
+    event_log.accept(s, [login("e0")])
+    batches = [[login("e1"), ticket("e2", severity="catastrophic")],  # rejected at index 1 of its batch
+               [login("e0"), login("e3")],  # e0: logged before
+               [login("e3"), ticket("e4", "T-4")],  # e3: the batch before took it (arrival order)
+               [{"kind": "login"}]]
+    answers: dict[int, dict[str, Any]] = {}
+
+    def send(n: int) -> None:
+        answers[n] = event_log.accept(s, batches[n])
+
+    senders = [threading.Thread(target=send, args=(n,)) for n in range(len(batches))]
+    with event_log._thread_lock:  # the first round waits to append; the others queue behind it, in order
+        for n, sender in enumerate(senders):
+            sender.start()
+            queued(lambda n=n: event_log._intake._round.locked() and len(event_log._intake._waiting) == n)
+    for sender in senders:
+        sender.join(30)
+    assert [(a["accepted"], a["duplicates"], [r["index"] for r in a["rejected"]]) for a in map(answers.get, range(4))] \
+        == [(1, 0, [1]), (1, 1, []), (1, 1, []), (0, 0, [0])]
+    assert [r["event"]["event_id"] for r in lines(event_log.log_path(s))] == ["e0", "e1", "e3", "e4"]
+    rejects = lines(event_log.rejects_path(s))
+    assert [(r["index"], r["event"].get("event_id")) for r in rejects] == [(1, "e2"), (0, None)]
+
+
+def queued(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not done():
+        assert time.monotonic() < deadline, "the batches never queued"
+        time.sleep(0.005)
