@@ -9,10 +9,11 @@ knows none of the new ids (their next feature falls back to popularity, their co
   from MLflow, score in chunks of 100,000 (churn, CLV, next best action, each with `pred_contrib` and the top 3
   reasons), write the long and wide Parquet, push the wide rows into the online store; wall time and peak RSS;
 * baseline: in another child process, the same champions and the same N-row matrix, prepared beforehand (not
-  timed): only the LightGBM calls the scores and reasons need — `pred_contrib` of churn, CLV and the
-  next-best-action control arm on every row (a prediction is the sum of its contributions), `predict` of every
-  other arm on every row and its `pred_contrib` on the rows it is explained for. Every core the process may use,
-  in both (LightGBM's `num_threads`).
+  timed): only the LightGBM calls the scores and reasons need — `pred_contrib` of churn and CLV on every row (a
+  prediction is the sum of its contributions), `predict` of the next-best-action control arm and of every arm
+  whose calibration kept a slope on every row, `pred_contrib` of such an arm and of the control on the rows the
+  arm is explained for (a flat arm, slope 0, runs no tree: its uplift is its average effect). Every core the
+  process may use, in both (LightGBM's `num_threads`).
 
 Run from the repo root: `python -m bench.score --home DIR [--customers N]`.
 """
@@ -68,21 +69,27 @@ def baseline(home: Path, out: Path) -> None:
     nba_matrix = transform_features(snapshot[nba.features], nba.spec)
     control, explained = nba.control, nba.choose(snapshot).explained
     boosters = {arm: getattr(m, "booster_", None) for arm, m in uplift.models_.items()}
+    flat = {arm for arm, (_, slope, _) in uplift.calibration_.items() if slope == 0.0}
     cores = len(os.sched_getaffinity(0))
     started = time.perf_counter()
     churn.booster.predict(churn_matrix, pred_contrib=True, num_threads=cores)
     clv.booster.predict(clv_matrix, pred_contrib=True, num_threads=cores)
     if boosters[control] is not None:
-        boosters[control].predict(nba_matrix, pred_contrib=True, num_threads=cores)
+        boosters[control].predict(nba_matrix, num_threads=cores)
     for arm, booster in boosters.items():
         rows = explained == arm
-        if arm != control and booster is not None:
-            booster.predict(nba_matrix, num_threads=cores)
-            if rows.any():
-                booster.predict(nba_matrix[rows], pred_contrib=True, num_threads=cores)
+        if arm == control or arm in flat or booster is None:
+            continue
+        booster.predict(nba_matrix, num_threads=cores)
+        if rows.any():
+            booster.predict(nba_matrix[rows], pred_contrib=True, num_threads=cores)
+            if boosters[control] is not None:
+                boosters[control].predict(nba_matrix[rows], pred_contrib=True, num_threads=cores)
+    trees = {"churn": churn.n_trees, "clv": clv.booster.num_trees(),
+             **{f"nba.{a}" + (" (flat: not run)" if a in flat else ""): b.num_trees()
+                for a, b in boosters.items() if b}}
     out.write_text(json.dumps({"seconds": time.perf_counter() - started, "rows": len(snapshot), "cores": cores,
-                               "trees": {"churn": churn.n_trees, "clv": clv.booster.num_trees(),
-                                         **{f"nba.{a}": b.num_trees() for a, b in boosters.items() if b}}}))
+                               "trees": trees}))
 
 
 def main() -> None:
@@ -115,7 +122,7 @@ def main() -> None:
     ours_row = (f"| ours: `c360 score` (read, 3 models, `pred_contrib`, top-3 reasons, long + wide Parquet, online "
                 f"store push) | {ours.seconds:,.0f} s | {n / ours.seconds:,.0f} | {ours.peak_rss_mb:,.0f} MB | "
                 f"{ratio:.2f}× |")
-    base_row = (f"| baseline: the LightGBM calls alone (`pred_contrib`, and `predict` of the arms not explained), "
+    base_row = (f"| baseline: the LightGBM calls alone (`pred_contrib` of what is explained, `predict` of the rest), "
                 f"matrix prepared beforehand | "
                 f"{base['seconds']:,.0f} s | {n / base['seconds']:,.0f} | {raw.peak_rss_mb:,.0f} MB (whole process) "
                 "| 1× |")

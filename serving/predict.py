@@ -6,9 +6,10 @@ same numbers. Reasons are LightGBM's `pred_contrib` (exact tree SHAP values, no 
 features by |contribution| are picked with `numpy.argpartition`, and their values are turned into text with Arrow
 kernels — no Python loop over rows anywhere.
 
-Each model's trees are walked once per row: a model's contributions sum to its raw score, so the score comes from
-them rather than from a second `predict` (churn's log-odds, CLV's log value, the next best action's control arm);
-only the uplift arms are predicted, and explained on the rows whose action they are. A batch runs LightGBM on every
+No tree is walked more often than the output needs: churn's and CLV's contributions sum to their raw scores, so
+the score comes from them rather than from a second `predict`; the next best action's arms are predicted, and only
+the explained arm (and the control) explained, on its rows; an arm whose calibration found no signal in its
+predicted uplift (slope 0: its uplift is its average effect) runs no tree at all. A batch runs LightGBM on every
 core the process may use (`threads`), a request on one.
 
 What each model scores (`ModelScores.score`):

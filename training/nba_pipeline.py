@@ -328,14 +328,10 @@ class NbaModel:
     def choose_and_explain(self, X: pd.DataFrame, allowed: pd.DataFrame | None = None, threads: int = 1
                            ) -> tuple[Choice, pd.DataFrame]:
         """``choose``, and the ``uplift_contributions`` of each row's explained action, on ``threads`` LightGBM
-        threads, doing each piece of work once: the model matrix is built once and, for a T-learner, the control
-        model's contributions are computed once (their row sums are its prediction) rather than predicted, then
-        explained per action."""
+        threads, from one model matrix."""
         matrix = transform_features(X[self.features], self.spec)
-        control = self.uplift.control_contributions(matrix, threads)
-        outcomes = self._scaled(self.uplift.outcomes(matrix, threads, control), X)
-        choice = choose(self._net(outcomes), self.control, allowed)
-        return choice, self._uplift_contributions(X, matrix, choice.explained, threads, control)
+        choice = choose(self._net(self._scaled(self.uplift.outcomes(matrix, threads), X)), self.control, allowed)
+        return choice, self._uplift_contributions(X, matrix, choice.explained, threads)
 
     def uplift_contributions(self, X: pd.DataFrame, actions: pd.Series) -> pd.DataFrame:
         """Per row, what each prepared feature adds to the expected uplift of ``actions`` (one action per row) over
@@ -346,16 +342,18 @@ class NbaModel:
         matrix = transform_features(X[self.features], self.spec)
         return self._uplift_contributions(X, matrix, pd.Series(actions, index=X.index).to_numpy(dtype=object))
 
-    def _uplift_contributions(self, X: pd.DataFrame, matrix: pd.DataFrame, chosen: np.ndarray, threads: int = 1,
-                              control: np.ndarray | None = None) -> pd.DataFrame:
+    def _uplift_contributions(self, X: pd.DataFrame, matrix: pd.DataFrame, chosen: np.ndarray, threads: int = 1
+                              ) -> pd.DataFrame:
         uplift = self.uplift
         out = np.zeros((len(X), len(self.spec.names)))
         rest = np.zeros(len(X))
         for arm in pd.unique(chosen[chosen != self.control]):
             rows = chosen == arm
             ate, slope, center = uplift.calibration_.get(arm, (0.0, 1.0, 0.0))
-            difference = uplift.uplift_contributions(matrix[rows], arm, threads,
-                                                     None if control is None else control[rows])
+            if slope == 0.0:  # no feature moves a flat arm's uplift: all of it is the average effect, no tree walked
+                rest[rows] = ate
+                continue
+            difference = uplift.uplift_contributions(matrix[rows], arm, threads)
             out[rows] = slope * difference[:, :-1]
             base = difference[:, -1]
             rest[rows] = ate + slope * (base - center) if arm in uplift.calibration_ else base

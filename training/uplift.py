@@ -453,19 +453,15 @@ class MultiArmUplift:
 
     # -- prediction
 
-    def _raw_outcomes(self, matrix: pd.DataFrame, threads: int = 1, control: np.ndarray | None = None
-                      ) -> pd.DataFrame:
-        """Each arm's outcome before calibration; `control`: the control model's contributions of these rows
-        (`control_contributions`), whose row sums are its prediction."""
-        if control is None:
-            mu_c = self._predict_one(self.models_[self.control_], matrix, threads)
-        else:
-            mu_c = control.sum(axis=1)
+    def _raw_outcomes(self, matrix: pd.DataFrame, threads: int = 1) -> pd.DataFrame:
+        """Each arm's outcome before calibration, on ``threads`` LightGBM threads; a T-learner's flat arms
+        (``_flat``) are not predicted and have no column."""
+        mu_c = self._predict_one(self.models_[self.control_], matrix, threads)
         data = {self.control_: mu_c}
         if self.learner == "t":
             data |= {arm: self._predict_one(m, matrix, threads) for arm, m in self.models_.items()
-                     if arm != self.control_}
-            return pd.DataFrame(data, index=matrix.index)[self.arms_]
+                     if arm != self.control_ and not self._flat(arm)}
+            return pd.DataFrame(data, index=matrix.index)[[a for a in self.arms_ if a in data]]
         for arm, (on_arm, on_ctrl) in self.effect_models_.items():
             # Weight by the arm's share among arm+control: the better-populated side's effect model counts less.
             g = self._share(arm)
@@ -473,39 +469,34 @@ class MultiArmUplift:
             data[arm] = mu_c + tau
         return pd.DataFrame(data, index=matrix.index)[self.arms_]
 
-    def control_contributions(self, matrix: pd.DataFrame, threads: int = 1) -> np.ndarray | None:
-        """The control model's contributions of a model matrix, for a T-learner whose control predicts the sum of
-        its contributions (a continuous outcome, identity link): every uplift contribution subtracts them, and
-        their sums are the control's prediction, so computed once they serve both (`outcomes`,
-        `uplift_contributions`). None otherwise."""
-        model = self.models_[self.control_]
-        additive = isinstance(model, _Constant) or (isinstance(model, lgb.LGBMRegressor)
-                                                    and model.objective_ == "regression")
-        return _contributions(model, matrix, threads) if self.learner == "t" and additive else None
+    def _flat(self, arm: Hashable) -> bool:
+        """An arm whose calibration found no signal in its predicted uplift (slope 0): its uplift is its average
+        effect for everyone, so a T-learner need not run its model, to predict or to explain (the X-learner's
+        control model serves every arm: it always runs)."""
+        return self.learner == "t" and arm in self.calibration_ and self.calibration_[arm][1] == 0.0
 
     def _share(self, arm: Hashable) -> float:
         """The arm's share of arm + control assignments."""
         return self.propensity_[arm] / (self.propensity_[arm] + self.propensity_[self.control_])
 
-    def uplift_contributions(self, matrix: pd.DataFrame, arm: Hashable, threads: int = 1,
-                             control: np.ndarray | None = None) -> np.ndarray:
+    def uplift_contributions(self, matrix: pd.DataFrame, arm: Hashable, threads: int = 1) -> np.ndarray:
         """What each model column adds to ``arm``'s uplift over the control before calibration, for a model
         matrix (``transform_features``) of a continuous outcome: LightGBM ``pred_contrib``, rows × (columns + 1),
-        the last column the base value; a row sums to the uplift. T-learner: the arm's model minus the control's
-        (``control``: the control's, computed already); X-learner: the effect models, mixed as in the prediction."""
+        the last column the base value; a row sums to the uplift. T-learner: the arm's model minus the control's;
+        X-learner: the effect models, mixed as in the prediction."""
         if self.learner == "t":
-            if control is None:
-                control = _contributions(self.models_[self.control_], matrix, threads)
-            return _contributions(self.models_[arm], matrix, threads) - control
+            control = self.models_[self.control_]
+            return _contributions(self.models_[arm], matrix, threads) - _contributions(control, matrix, threads)
         on_arm, on_ctrl = self.effect_models_[arm]
         g = self._share(arm)
         return g * _contributions(on_ctrl, matrix, threads) + (1 - g) * _contributions(on_arm, matrix, threads)
 
-    def _base_and_uplift(self, matrix: pd.DataFrame, threads: int = 1, control: np.ndarray | None = None
-                         ) -> tuple[pd.Series, pd.DataFrame]:
-        raw = self._raw_outcomes(matrix, threads, control)
+    def _base_and_uplift(self, matrix: pd.DataFrame, threads: int = 1) -> tuple[pd.Series, pd.DataFrame]:
+        raw = self._raw_outcomes(matrix, threads)
         base = raw[self.control_]
-        uplift = raw.drop(columns=[self.control_]).sub(base, axis=0)
+        # A flat arm's raw uplift is a placeholder 0: its slope 0 gives it the average effect (exactly, as before).
+        uplift = pd.DataFrame({arm: raw[arm] - base if arm in raw else 0.0 for arm in self.arms_
+                               if arm != self.control_}, index=matrix.index)
         for arm, (ate, slope, center) in self.calibration_.items():
             uplift[arm] = ate + slope * (uplift[arm] - center)
         return base, uplift
@@ -514,10 +505,9 @@ class MultiArmUplift:
         """Expected outcome of each customer under each arm; columns are the arms, control first."""
         return self.outcomes(transform_features(X, self.spec_))
 
-    def outcomes(self, matrix: pd.DataFrame, threads: int = 1, control: np.ndarray | None = None) -> pd.DataFrame:
-        """``predict_outcomes`` of a model matrix, on ``threads`` LightGBM threads; ``control``: the control
-        model's contributions of its rows (``control_contributions``), not predicted again."""
-        base, uplift = self._base_and_uplift(matrix, threads, control)
+    def outcomes(self, matrix: pd.DataFrame, threads: int = 1) -> pd.DataFrame:
+        """``predict_outcomes`` of a model matrix, on ``threads`` LightGBM threads."""
+        base, uplift = self._base_and_uplift(matrix, threads)
         return pd.concat([base, uplift.add(base, axis=0)], axis=1)[self.arms_]
 
     def predict_uplift(self, X: pd.DataFrame) -> pd.DataFrame:
