@@ -21,6 +21,7 @@ Run from the repo root: `python -m bench.score --home DIR [--customers N]`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -45,12 +46,28 @@ def make_home(source: Path, work: Path, customers: int) -> None:
     shutil.copy(src.home / "mlflow.db", dst.home / "mlflow.db")
     shutil.copytree(src.feast, dst.feast, ignore=shutil.ignore_patterns("online.db*"))
     dst.warehouse.symlink_to(src.warehouse.resolve())
+    only_required_champions(dst.home)
     latest = store.snapshot_dates(src)[-1]
     snapshot = store.read_snapshot(src, latest)
     rows = np.random.default_rng(0).integers(0, len(snapshot), customers)
     big = snapshot.iloc[rows].reset_index(drop=True)
     big["customer_id"] = [f"S{i:08d}" for i in range(customers)]
     store.write_snapshot(dst, big)
+
+
+def only_required_champions(home: Path) -> None:
+    """The home's optional models (expansion, response) lose `@champion`: the figures are of the three required
+    models, as the baseline's calls, and comparable from run to run whatever else the source home trained."""
+    from mlflow.exceptions import MlflowException
+
+    from c360.training import tracking
+    from c360.training.specs import MODELS
+
+    client = tracking.configure(home)
+    for spec in MODELS.values():
+        if not spec.required:
+            with contextlib.suppress(MlflowException):  # never trained, or no champion
+                client.delete_registered_model_alias(spec.name, tracking.CHAMPION)
 
 
 def baseline(home: Path, out: Path) -> None:
