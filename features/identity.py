@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -94,13 +95,31 @@ def read_records(con) -> tuple[pd.DataFrame, pd.DataFrame]:
 # ---------------------------------------------------------------- linking people
 
 
-def score_people(prepared: pd.DataFrame, seed: int = 42,
-                 labels: pd.DataFrame | None = None) -> tuple[pd.DataFrame, Linker]:
-    """Splink pairs plus same-e-mail pairs of prepared (normalised) records; returns (pairs, trained linker)."""
-    linker = linkage.train_linker(prepared, link_type="link_and_dedupe", seed=seed, labels=labels)
+def score_people(prepared: pd.DataFrame, linker: Linker) -> pd.DataFrame:
+    """Splink pairs plus same-e-mail pairs of prepared (normalised) records."""
     pairs = linkage.predict_pairs(linker, min_probability=0.1).assign(method="model")
     same_email = _same_value_pairs(prepared, "email").assign(match_probability=1.0, method="rule: same e-mail")
-    return pd.concat([same_email, pairs], ignore_index=True), linker
+    return pd.concat([same_email, pairs], ignore_index=True)
+
+
+def linker_for(prepared: pd.DataFrame, model_path: Path, decided: pd.DataFrame, seed: int = 42,
+               retrain: bool = False) -> tuple[Linker, bool]:
+    """The linker over `prepared` and whether its parameters were estimated now: the saved model's parameters,
+    estimated once and reused, so that every later run (on either engine) scores pairs alike; estimated again
+    (and saved) with `retrain`, without a saved model, or when the stewards' links (its labels) changed since."""
+    learned_from = _label_summary(decided)
+    if not retrain and linkage.saved_about(model_path) == learned_from:
+        return linkage.load_linker(prepared, model_path), False
+    linker = linkage.train_linker(prepared, link_type="link_and_dedupe", seed=seed, labels=labels(decided, prepared))
+    linkage.save_model(linker, model_path, learned_from)
+    return linker, True
+
+
+def _label_summary(decided: pd.DataFrame) -> dict:
+    """What tells one set of stewards' links from another without naming a record: their count and latest date."""
+    links = decided[decided["decision"] == "link"]
+    latest = pd.Timestamp(links["decided_at"].max()).isoformat() if len(links) else None
+    return {"links": len(links), "latest_link": latest}
 
 
 def labels(decided: pd.DataFrame, prepared: pd.DataFrame) -> pd.DataFrame:
@@ -364,10 +383,15 @@ class ResolveReport:
     live: dict[str, int] = field(default_factory=dict)  # live identity's records and customers the warehouse took
     decisions: int = 0  # stewards' decisions in force
     unheld: int = 0  # of them, the ones the grouping could not follow (see `unheld`)
+    estimated: bool = True  # the model's parameters estimated by this run (else: the saved ones reused)
 
 
-def resolve(con, model_path, threshold: float = 0.95, seed: int = 42, ledger: Ledger | None = None) -> ResolveReport:
+def resolve(con, model_path: Path, threshold: float = 0.95, seed: int = 42, ledger: Ledger | None = None,
+            retrain: bool = False) -> ResolveReport:
     """Link every source record of the warehouse to a customer and write the identity tables.
+
+    The model's parameters are those saved at `model_path`, estimated on the first run, with `retrain`, or when
+    the stewards' links changed (`linker_for`).
 
     With live identity's `ledger`, its decisions count as previous ids (a provisional customer keeps its id, or is
     merged into the customer its records join), its reserved numbers are not handed out, and afterwards what the
@@ -377,10 +401,9 @@ def resolve(con, model_path, threshold: float = 0.95, seed: int = 42, ledger: Le
     raw, accounts = read_records(con)
     people, prepared = normalise(raw)
     decided = decisions(con)
-    pairs, linker = score_people(prepared, seed, labels(decided, prepared))
+    linker, estimated = linker_for(prepared, model_path, decided, seed, retrain)
+    pairs = score_people(prepared, linker)
     grouped = group_records(people, accounts, pairs, threshold, decided)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    linker.misc.save_model_to_json(str(model_path), overwrite=True)
     assignment = settle_ids(con, people, accounts, grouped, ledger, "resolve",
                             {"identity_records": prepared, "identity_links": pairs})
     events = assignment.events["kind"].value_counts()
@@ -389,7 +412,7 @@ def resolve(con, model_path, threshold: float = 0.95, seed: int = 42, ledger: Le
         records=len(grouped), customers=len(golden), multi_record_customers=int((golden["records"] > 1).sum()),
         unlinked=int(golden["unlinked"].sum()), merges=int(events.get("merge", 0)), splits=int(events.get("split", 0)),
         methods=grouped["method"].value_counts().to_dict(), live=ledger.settle(con) if ledger is not None else {},
-        decisions=len(decided), unheld=len(unheld(grouped, decided)))
+        decisions=len(decided), unheld=len(unheld(grouped, decided)), estimated=estimated)
 
 
 def stored_inputs(con) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

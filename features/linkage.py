@@ -8,6 +8,7 @@ the columns present, so the same code links FEBRL person records and CRM/billing
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 import unicodedata
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from splink.internals.comparison_creator import ComparisonCreator
 
 LinkType = Literal["link_only", "link_and_dedupe", "dedupe_only"]
+ABOUT = "c360"  # the saved model's own key: what its estimate learned from (splink ignores it: removed on load)
 
 IDENTITY_COLUMNS = (
     "first_name",
@@ -483,10 +485,31 @@ def _register(db_api: DuckDBAPI, prepared: pd.DataFrame, link_type: LinkType) ->
 
 
 def load_linker(prepared: pd.DataFrame, model_path: str | Path, link_type: LinkType = "link_and_dedupe") -> Linker:
-    """A linker from a model saved by ``linker.misc.save_model_to_json``, over the records it was trained on."""
+    """A linker from a model saved by `save_model`, over these records (those it was trained on, or today's)."""
     if link_type != "dedupe_only" and prepared["source"].nunique() < 2:
         link_type = "dedupe_only"
-    return Linker(_register(database(), prepared, link_type), str(model_path), log_level=None)
+    settings = json.loads(Path(model_path).read_text())
+    settings.pop(ABOUT, None)
+    return Linker(_register(database(), prepared, link_type), settings, log_level=None)
+
+
+def save_model(linker: Linker, model_path: Path, about: dict) -> None:
+    """splink's settings JSON with the estimated parameters, and under `ABOUT` what the estimate learned from
+    (`about`: counts and dates, no values), written whole (temporary file, then rename). splink saves no term
+    frequency tables and no example values in it: the records' values never reach this file."""
+    settings = linker.misc.save_model_to_json() | {ABOUT: about}
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = model_path.with_name(f".{model_path.name}.tmp")
+    tmp.write_text(json.dumps(settings, indent=1))
+    tmp.replace(model_path)
+
+
+def saved_about(model_path: Path) -> dict | None:
+    """What the saved model learned from (`save_model`); None when there is no saved model (or not ours)."""
+    if not model_path.exists():
+        return None
+    about = json.loads(model_path.read_text()).get(ABOUT)
+    return about if isinstance(about, dict) else None
 
 
 def train_linker(

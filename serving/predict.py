@@ -6,6 +6,12 @@ same numbers. Reasons are LightGBM's `pred_contrib` (exact tree SHAP values, no 
 features by |contribution| are picked with `numpy.argpartition`, and their values are turned into text with Arrow
 kernels — no Python loop over rows anywhere.
 
+No tree is walked more often than the output needs: churn's and CLV's contributions sum to their raw scores, so
+the score comes from them rather than from a second `predict`; the next best action's arms are predicted, and only
+the explained arm (and the control) explained, on its rows; an arm whose calibration found no signal in its
+predicted uplift (slope 0: its uplift is its average effect) runs no tree at all. A batch runs LightGBM on every
+core the process may use (`threads`), a request on one.
+
 What each model scores (`ModelScores.score`):
 
 * churn — the calibrated probability of churning within 90 days (`training.labels.CHURN_HORIZON_DAYS`), in a risk
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -47,6 +54,7 @@ K = 3
 CHURN_BANDS = ((0.10, "low"), (0.25, "medium"))
 CHURN_HIGH = "high"
 CLV_Z = 1.2816  # two-sided 80 % range of a normal approximation
+PARALLEL_ROWS = 10_000  # from this many rows a batch is scored on every core (`threads`)
 TWEEDIE_POWER = 1.3  # training.clv.VALUE_PARAMS
 
 
@@ -180,10 +188,18 @@ def churn_band(probability: np.ndarray) -> np.ndarray:
     return bands
 
 
+def threads(rows: int) -> int:
+    """LightGBM threads for scoring `rows` rows: every core the process may use for a batch, one for the few rows
+    of a request (starting threads would cost more than they save)."""
+    return len(os.sched_getaffinity(0)) if rows >= PARALLEL_ROWS else 1
+
+
 def _probability(model: Any, X: pd.DataFrame, k: int) -> tuple[np.ndarray, Reasons]:
-    """A `training.churn.ChurnModel`'s calibrated probability and its reasons on the log-odds."""
-    probability = np.asarray(model.predict_proba(X), dtype="float64")
-    contributions = model.contributions(X).drop(columns="base_value")
+    """A `training.churn.ChurnModel`'s calibrated probability and its reasons on the log-odds, from one
+    `pred_contrib` call (the log-odds are the contributions' row sums)."""
+    contributions = model.contributions(X, threads(len(X)))
+    probability = np.asarray(model.probability_of(contributions.to_numpy().sum(axis=1)), dtype="float64")
+    contributions = contributions.drop(columns="base_value")
     return probability, top_reasons(contributions.to_numpy(), list(contributions.columns), model.feature_values(X), k)
 
 
@@ -251,8 +267,9 @@ def clv_range(value: np.ndarray, dispersion: float, power: float = TWEEDIE_POWER
 
 def score_clv(model: Any, version: int, X: pd.DataFrame, dispersion: float, k: int = K) -> ModelScores:
     """`training.clv_pipeline.ClvModel`: expected 12-month net revenue, its 80 % range, reasons on its log."""
-    value = np.asarray(model.predict(X), dtype="float64")
-    contributions = model.contributions(X).drop(columns="base_value")
+    contributions = model.contributions(X, threads(len(X)))
+    value = np.asarray(model.value_of(contributions), dtype="float64")
+    contributions = contributions.drop(columns="base_value")
     values = transform_features_raw(X, model.spec)
     reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), values, k)
     low, high = clv_range(value, dispersion)
@@ -275,8 +292,7 @@ def score_nba(model: Any, version: int, X: pd.DataFrame, k: int = K) -> ModelSco
     """`training.nba_pipeline.NbaModel`: recommended action, its expected net uplift over no action, every action's
     net uplift (`extra`, one array per action), reasons of the explained action's uplift in dollars. The choice is
     the model's own (`NbaModel.choose`)."""
-    choice = model.choose(X, consent.allowed(X, consent.ACTION_PURPOSE))
-    contributions = model.uplift_contributions(X, pd.Series(choice.explained, index=X.index))
+    choice, contributions = model.choose_and_explain(X, consent.allowed(X, consent.ACTION_PURPOSE), threads(len(X)))
     raw = transform_features_raw(X[model.features], model.spec)
     reasons = top_reasons(contributions.to_numpy(), list(contributions.columns), raw, k)
     extra = {str(a): choice.uplift[a].to_numpy(dtype="float64") for a in choice.uplift.columns}

@@ -206,7 +206,10 @@ class ChurnModel:
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Probability of churn per row (1-D), calibrated when the model was fitted with a calibration period."""
-        raw = self.raw_score(X)
+        return self.probability_of(self.raw_score(X))
+
+    def probability_of(self, raw: np.ndarray) -> np.ndarray:
+        """The probability of raw scores (log-odds, e.g. the row sums of ``contributions``)."""
         if isinstance(self.calibrator, LogisticRegression):
             return self.calibrator.predict_proba(raw.reshape(-1, 1))[:, 1]
         if isinstance(self.calibrator, IsotonicRegression):
@@ -217,14 +220,14 @@ class ChurnModel:
         """Churn probabilities: what the model's MLflow pyfunc returns (never bare labels)."""
         return self.predict_proba(X)
 
-    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+    def contributions(self, X: pd.DataFrame, threads: int = 1) -> pd.DataFrame:
         """Tree SHAP values in raw-score (log-odds) space: a column per prepared feature, plus ``base_value``.
 
         Each row sums to ``raw_score``. They explain the uncalibrated score; Platt calibration multiplies
         log-odds by a positive slope, so the ranking and sign of contributions hold for the calibrated risk too.
         """
         spec, booster = self._fitted()
-        values = np.asarray(booster.predict(self.prepare(X), pred_contrib=True), dtype="float64")
+        values = np.asarray(booster.predict(self.prepare(X), pred_contrib=True, num_threads=threads), dtype="float64")
         return pd.DataFrame(values, index=X.index, columns=[*spec.names, "base_value"])
 
     @property

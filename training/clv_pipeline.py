@@ -46,12 +46,17 @@ class ClvModel:
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.booster.predict(transform_features(X, self.spec)))
 
-    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+    def contributions(self, X: pd.DataFrame, threads: int = 1) -> pd.DataFrame:
         """Tree SHAP values (LightGBM ``pred_contrib``) of the log of the expected value (Tweedie's link): a column
         per prepared feature plus ``base_value``; each row sums to log(predict)."""
-        values = self.booster.predict(transform_features(X, self.spec), pred_contrib=True, num_threads=1)
+        values = self.booster.predict(transform_features(X, self.spec), pred_contrib=True, num_threads=threads)
         columns = [*self.spec.names, "base_value"]
         return pd.DataFrame(np.asarray(values, dtype="float64"), index=X.index, columns=columns)
+
+    @staticmethod
+    def value_of(contributions: pd.DataFrame) -> np.ndarray:
+        """``predict`` from the rows' ``contributions``: Tweedie's log link undone on their sums."""
+        return np.exp(contributions.to_numpy().sum(axis=1))
 
 
 def fit(X: pd.DataFrame, y: pd.Series, rounds: int = 300) -> ClvModel:

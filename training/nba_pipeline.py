@@ -285,13 +285,15 @@ class NbaModel:
 
     def expected_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
         """Expected outcome of each action before its cost; columns are the actions, no_action first."""
-        outcomes = self.uplift.predict_outcomes(X[self.features])
-        if self.scale is None:
-            return outcomes
-        return outcomes.mul(_scale(X[self.scale]), axis=0)
+        return self._scaled(self.uplift.predict_outcomes(X[self.features]), X)
+
+    def _scaled(self, outcomes: pd.DataFrame, X: pd.DataFrame) -> pd.DataFrame:
+        return outcomes if self.scale is None else outcomes.mul(_scale(X[self.scale]), axis=0)
 
     def expected_net(self, X: pd.DataFrame) -> pd.DataFrame:
-        outcomes = self.expected_outcomes(X)
+        return self._net(self.expected_outcomes(X))
+
+    def _net(self, outcomes: pd.DataFrame) -> pd.DataFrame:
         return outcomes - pd.Series({a: float(self.costs.get(a, 0.0)) for a in outcomes.columns})
 
     @property
@@ -323,21 +325,35 @@ class NbaModel:
         best = pd.Series(choose(net, self.control).best, index=X.index, dtype=object, name="recommended")
         return pd.concat([best, net.add_prefix("expected_net.")], axis=1)
 
+    def choose_and_explain(self, X: pd.DataFrame, allowed: pd.DataFrame | None = None, threads: int = 1
+                           ) -> tuple[Choice, pd.DataFrame]:
+        """``choose``, and the ``uplift_contributions`` of each row's explained action, on ``threads`` LightGBM
+        threads, from one model matrix."""
+        matrix = transform_features(X[self.features], self.spec)
+        choice = choose(self._net(self._scaled(self.uplift.outcomes(matrix, threads), X)), self.control, allowed)
+        return choice, self._uplift_contributions(X, matrix, choice.explained, threads)
+
     def uplift_contributions(self, X: pd.DataFrame, actions: pd.Series) -> pd.DataFrame:
         """Per row, what each prepared feature adds to the expected uplift of ``actions`` (one action per row) over
         the control, in outcome units: ``MultiArmUplift.uplift_contributions`` of the action, times the action's
         uplift calibration slope and the row's scale. With a scale, the rest of the uplift (the calibrated average
         effect per unit of scale, times the scale) goes to the scale's own column, so a row sums to the action's
         expected uplift before its cost. Rows whose action is the control get zeros."""
-        uplift = self.uplift
         matrix = transform_features(X[self.features], self.spec)
+        return self._uplift_contributions(X, matrix, pd.Series(actions, index=X.index).to_numpy(dtype=object))
+
+    def _uplift_contributions(self, X: pd.DataFrame, matrix: pd.DataFrame, chosen: np.ndarray, threads: int = 1
+                              ) -> pd.DataFrame:
+        uplift = self.uplift
         out = np.zeros((len(X), len(self.spec.names)))
         rest = np.zeros(len(X))
-        chosen = pd.Series(actions, index=X.index).to_numpy(dtype=object)
         for arm in pd.unique(chosen[chosen != self.control]):
             rows = chosen == arm
             ate, slope, center = uplift.calibration_.get(arm, (0.0, 1.0, 0.0))
-            difference = uplift.uplift_contributions(matrix[rows], arm)
+            if slope == 0.0:  # no feature moves a flat arm's uplift: all of it is the average effect, no tree walked
+                rest[rows] = ate
+                continue
+            difference = uplift.uplift_contributions(matrix[rows], arm, threads)
             out[rows] = slope * difference[:, :-1]
             base = difference[:, -1]
             rest[rows] = ate + slope * (base - center) if arm in uplift.calibration_ else base

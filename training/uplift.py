@@ -444,57 +444,75 @@ class MultiArmUplift:
         return float(coef[2]), float(np.clip(coef[3], 0.0, 1.0))
 
     @staticmethod
-    def _predict_one(model: Any, X: pd.DataFrame) -> np.ndarray:
+    def _predict_one(model: Any, X: pd.DataFrame, threads: int = 1) -> np.ndarray:
         if isinstance(model, lgb.LGBMClassifier):
-            return np.asarray(model.predict_proba(X))[:, 1]
-        return np.asarray(model.predict(X), dtype="float64")
+            return np.asarray(model.predict_proba(X, num_threads=threads))[:, 1]
+        if isinstance(model, _Constant):
+            return model.predict(X)
+        return np.asarray(model.predict(X, num_threads=threads), dtype="float64")
 
     # -- prediction
 
-    def _raw_outcomes(self, matrix: pd.DataFrame) -> pd.DataFrame:
-        if self.learner == "t":
-            data = {arm: self._predict_one(m, matrix) for arm, m in self.models_.items()}
-            return pd.DataFrame(data, index=matrix.index)[self.arms_]
-        mu_c = self._predict_one(self.models_[self.control_], matrix)
+    def _raw_outcomes(self, matrix: pd.DataFrame, threads: int = 1) -> pd.DataFrame:
+        """Each arm's outcome before calibration, on ``threads`` LightGBM threads; a T-learner's flat arms
+        (``_flat``) are not predicted and have no column."""
+        mu_c = self._predict_one(self.models_[self.control_], matrix, threads)
         data = {self.control_: mu_c}
+        if self.learner == "t":
+            data |= {arm: self._predict_one(m, matrix, threads) for arm, m in self.models_.items()
+                     if arm != self.control_ and not self._flat(arm)}
+            return pd.DataFrame(data, index=matrix.index)[[a for a in self.arms_ if a in data]]
         for arm, (on_arm, on_ctrl) in self.effect_models_.items():
             # Weight by the arm's share among arm+control: the better-populated side's effect model counts less.
             g = self._share(arm)
-            tau = g * self._predict_one(on_ctrl, matrix) + (1 - g) * self._predict_one(on_arm, matrix)
+            tau = g * self._predict_one(on_ctrl, matrix, threads) + (1 - g) * self._predict_one(on_arm, matrix, threads)
             data[arm] = mu_c + tau
         return pd.DataFrame(data, index=matrix.index)[self.arms_]
+
+    def _flat(self, arm: Hashable) -> bool:
+        """An arm whose calibration found no signal in its predicted uplift (slope 0): its uplift is its average
+        effect for everyone, so a T-learner need not run its model, to predict or to explain (the X-learner's
+        control model serves every arm: it always runs)."""
+        return self.learner == "t" and arm in self.calibration_ and self.calibration_[arm][1] == 0.0
 
     def _share(self, arm: Hashable) -> float:
         """The arm's share of arm + control assignments."""
         return self.propensity_[arm] / (self.propensity_[arm] + self.propensity_[self.control_])
 
-    def uplift_contributions(self, matrix: pd.DataFrame, arm: Hashable) -> np.ndarray:
+    def uplift_contributions(self, matrix: pd.DataFrame, arm: Hashable, threads: int = 1) -> np.ndarray:
         """What each model column adds to ``arm``'s uplift over the control before calibration, for a model
         matrix (``transform_features``) of a continuous outcome: LightGBM ``pred_contrib``, rows × (columns + 1),
         the last column the base value; a row sums to the uplift. T-learner: the arm's model minus the control's;
         X-learner: the effect models, mixed as in the prediction."""
         if self.learner == "t":
-            return _contributions(self.models_[arm], matrix) - _contributions(self.models_[self.control_], matrix)
+            control = self.models_[self.control_]
+            return _contributions(self.models_[arm], matrix, threads) - _contributions(control, matrix, threads)
         on_arm, on_ctrl = self.effect_models_[arm]
         g = self._share(arm)
-        return g * _contributions(on_ctrl, matrix) + (1 - g) * _contributions(on_arm, matrix)
+        return g * _contributions(on_ctrl, matrix, threads) + (1 - g) * _contributions(on_arm, matrix, threads)
 
-    def _base_and_uplift(self, X: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
-        raw = self._raw_outcomes(transform_features(X, self.spec_))
+    def _base_and_uplift(self, matrix: pd.DataFrame, threads: int = 1) -> tuple[pd.Series, pd.DataFrame]:
+        raw = self._raw_outcomes(matrix, threads)
         base = raw[self.control_]
-        uplift = raw.drop(columns=[self.control_]).sub(base, axis=0)
+        # A flat arm's raw uplift is a placeholder 0: its slope 0 gives it the average effect (exactly, as before).
+        uplift = pd.DataFrame({arm: raw[arm] - base if arm in raw else 0.0 for arm in self.arms_
+                               if arm != self.control_}, index=matrix.index)
         for arm, (ate, slope, center) in self.calibration_.items():
             uplift[arm] = ate + slope * (uplift[arm] - center)
         return base, uplift
 
     def predict_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
         """Expected outcome of each customer under each arm; columns are the arms, control first."""
-        base, uplift = self._base_and_uplift(X)
+        return self.outcomes(transform_features(X, self.spec_))
+
+    def outcomes(self, matrix: pd.DataFrame, threads: int = 1) -> pd.DataFrame:
+        """``predict_outcomes`` of a model matrix, on ``threads`` LightGBM threads."""
+        base, uplift = self._base_and_uplift(matrix, threads)
         return pd.concat([base, uplift.add(base, axis=0)], axis=1)[self.arms_]
 
     def predict_uplift(self, X: pd.DataFrame) -> pd.DataFrame:
         """Expected outcome of each arm minus the control's; one column per non-control arm."""
-        return self._base_and_uplift(X)[1]
+        return self._base_and_uplift(transform_features(X, self.spec_))[1]
 
     def recommend(self, X: pd.DataFrame, costs: Mapping[Hashable, float] | None = None) -> pd.Series:
         """Best arm per customer net of ``costs`` (outcome units per customer); the control when nothing pays."""
@@ -515,11 +533,11 @@ class MultiArmUplift:
         return row_propensity(assigned, self.propensity_)
 
 
-def _contributions(model: Any, matrix: pd.DataFrame) -> np.ndarray:
+def _contributions(model: Any, matrix: pd.DataFrame, threads: int = 1) -> np.ndarray:
     """LightGBM ``pred_contrib`` (last column: the base value); a constant stand-in model is all base value."""
     if isinstance(model, _Constant):
         return np.column_stack([np.zeros(matrix.shape), np.full(len(matrix), model.value)])
-    return np.asarray(model.predict(matrix, pred_contrib=True, n_jobs=1), dtype="float64")
+    return np.asarray(model.predict(matrix, pred_contrib=True, num_threads=threads), dtype="float64")
 
 
 def fold_ids(treatment: Iterable[Hashable], folds: int = 2, seed: int = 0) -> np.ndarray:

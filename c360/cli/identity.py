@@ -30,9 +30,15 @@ eval_app = typer.Typer(help="Measure a stage against ground truth or a published
 def resolve(
     ctx: typer.Context,
     threshold: Threshold = None,
+    retrain: Annotated[bool, typer.Option("--retrain", help="estimate the model's parameters again instead of "
+                                                            "reusing the saved ones")] = False,
     as_json: Json = False,
 ) -> None:
     """Resolve identities: writes identity_crosswalk, identity_customers and identity_events to the warehouse.
+
+    The splink model's parameters are estimated on the first run and saved (identity/splink_model.json); later
+    runs reuse them, so they score pairs alike. --retrain estimates them again, and so does a change of the
+    stewards' links (they are the model's labels).
 
     Customer ids are stable: rerunning, or resolving after a new batch, keeps every existing customer's id
     unless two are merged (the survivor keeps its id) or one is split; both are recorded in identity_events, and
@@ -41,10 +47,10 @@ def resolve(
     holds. The stewards' decisions (`c360 resolve link`, `unlink`) override the model, and their links train it.
     """
     if not ctx.invoked_subcommand:
-        run_resolve(threshold, as_json)
+        run_resolve(threshold, as_json, retrain)
 
 
-def run_resolve(threshold: float | None = None, as_json: bool = False) -> dict:
+def run_resolve(threshold: float | None = None, as_json: bool = False, retrain: bool = False) -> dict:
     from c360.features.identity import resolve as run
     from c360.features.live_identity import Ledger
 
@@ -53,15 +59,16 @@ def run_resolve(threshold: float | None = None, as_json: bool = False) -> dict:
         raise fail(f"no warehouse in {s.home}: run `c360 ingest --source DIR` first")
     threshold = threshold or s.match_threshold
     with warehouse.connect(s) as con, stderr.status("linking records (splink) and grouping customers"):
-        report = run(con, s.identity_model, threshold=threshold, ledger=Ledger(s))
+        report = run(con, s.identity_model, threshold=threshold, ledger=Ledger(s), retrain=retrain)
     record_run(s, "resolve", started, records=report.records, customers=report.customers, merges=report.merges,
-               splits=report.splits, decisions=report.decisions, unheld=report.unheld)
+               splits=report.splits, decisions=report.decisions, unheld=report.unheld, estimated=report.estimated)
     methods = pd.DataFrame(report.methods.items(), columns=["method", "records"])
     return emit({"threshold": threshold, **asdict(report)}, as_json, table("how records were linked", methods),
                 f"{report.records:,} records → {report.customers:,} customers "
                 f"({report.multi_record_customers:,} from several records, {report.unlinked:,} unlinked); "
                 f"{report.merges} merges, {report.splits} splits recorded; {report.decisions} steward decisions "
-                f"followed, {report.unheld} not")
+                f"followed, {report.unheld} not; model parameters "
+                + ("estimated and saved" if report.estimated else f"reused from {s.identity_model}"))
 
 
 @resolve_app.command()

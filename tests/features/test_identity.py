@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pytest
 
-from c360.features import identity
+from c360.features import identity, linkage
 from c360.features.ingest import ingest
 
 THRESHOLD = 0.95
@@ -67,6 +69,52 @@ def test_rerun_keeps_every_id(resolved: tuple[Path, Path], warehouse_copy: duckd
         report = identity.resolve(con, resolved[0] / "model.json", threshold=THRESHOLD)
         assert crosswalk(con).equals(before.loc[crosswalk(con).index])
     assert report.merges == 0 and report.splits == 0
+
+
+def test_the_saved_parameters_are_reused_until_retrain(resolved: tuple[Path, Path],
+                                                        warehouse_copy: duckdb.DuckDBPyConnection,
+                                                        tmp_path: Path) -> None:
+    """The model is estimated once: a second resolve loads the saved parameters (no estimate step: the file is
+    not rewritten) and gives the same crosswalk; `retrain` estimates and saves them again."""
+    model = tmp_path / "model.json"
+    shutil.copy(resolved[0] / "model.json", model)
+    saved = model.read_bytes()
+    with warehouse_copy as con:
+        before = crosswalk(con)
+        reused = identity.resolve(con, model, threshold=THRESHOLD)
+        again = crosswalk(con)
+        assert not reused.estimated and model.read_bytes() == saved
+        retrained = identity.resolve(con, model, threshold=THRESHOLD, retrain=True)
+    assert again.sort_index().equals(before.sort_index())
+    assert retrained.estimated and model.read_bytes() != saved
+    assert linkage.saved_about(model) == {"links": 0, "latest_link": None}
+
+
+def test_a_missing_model_is_estimated_and_saved(warehouse_copy: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    """The counter-test: without a saved model the run estimates one, and saves it."""
+    model = tmp_path / "identity" / "model.json"
+    with warehouse_copy as con:
+        report = identity.resolve(con, model, threshold=THRESHOLD)
+    assert report.estimated and linkage.saved_about(model) is not None
+
+
+def _strings(node: object) -> set[str]:
+    if isinstance(node, dict):
+        return set().union(*(_strings(v) for v in node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(_strings(v) for v in node)) if node else set()
+    return {node.lower()} if isinstance(node, str) else set()
+
+
+def test_the_saved_model_holds_no_record_values(resolved: tuple[Path, Path]) -> None:
+    """splink's saved settings hold parameters, column names and SQL: no e-mail, name, phone or company of any
+    record (no term frequency tables, no example values)."""
+    with duckdb.connect(str(resolved[0] / "warehouse.duckdb"), read_only=True) as con:
+        records = con.execute("SELECT email, first_name, surname, phone, company FROM identity_records").df()
+    values = {str(v).lower() for v in records.stack().dropna()}
+    assert len(values) > 1000, "the records hold values to look for"
+    leaked = _strings(json.loads((resolved[0] / "model.json").read_text())) & values
+    assert not leaked, f"record values in the saved model: {sorted(leaked)[:5]}"
 
 
 def append_batch(folder: Path, table: str, rows: list[dict[str, str]]) -> Path:

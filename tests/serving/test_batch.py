@@ -10,11 +10,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from c360.core import consent
 from c360.core.contract import CONTENT_TOPICS
 from c360.core.settings import Settings
 from c360.feature_repo.predictions import FIELDS
 from c360.features import store
-from c360.serving import batch, online, predictions
+from c360.serving import batch, online, predict, predictions
 from c360.serving.champions import Champions
 from c360.training.response import CHANNELS as RESPONSE_CHANNELS
 from c360.training.specs import MODELS
@@ -44,6 +45,36 @@ def test_scores_every_customer_with_every_champion(served: Settings) -> None:
         sizes = [abs(r["contribution"]) for r in reasons]
         assert sizes == sorted(sizes, reverse=True)
     assert (json.loads((folder / "_SUCCESS.json").read_text())["rows"]) == len(snapshot)
+
+
+def _same_reasons(ours: predict.Reasons, contributions: pd.DataFrame, values: pd.DataFrame) -> None:
+    reference = predict.top_reasons(contributions.to_numpy(), list(contributions.columns), values)
+    assert (ours.names == reference.names).all()
+    np.testing.assert_allclose(ours.contributions, reference.contributions, rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("parallel_rows", [10**9, 1], ids=["one thread", "every core"])
+def test_scores_equal_the_models_own_predictions(served: Settings, monkeypatch: pytest.MonkeyPatch,
+                                                 parallel_rows: int) -> None:
+    """Old and new: scoring computes each model's contributions once (the prediction is their sum), on every core
+    for a batch; its scores, choices and reasons equal the models' own predict, choose and contributions calls
+    (what scoring called before), within 1e-9."""
+    monkeypatch.setattr(predict, "PARALLEL_ROWS", parallel_rows)
+    snapshot = store.read_snapshot(served, store.snapshot_dates(served)[-1])
+    champions = Champions.load(served.home, snapshot)
+    X = snapshot.head(2000).reset_index(drop=True)
+    ours = {s.model: s for s in batch.score_chunk(champions, X)}
+    churn, clv, nba = (champions[kind].model for kind in ("churn", "clv", "nba"))
+    np.testing.assert_allclose(ours["churn"].score, churn.predict_proba(X), rtol=1e-9, atol=1e-12)
+    _same_reasons(ours["churn"].reasons, churn.contributions(X).drop(columns="base_value"), churn.feature_values(X))
+    np.testing.assert_allclose(ours["clv"].score, clv.predict(X), rtol=1e-9)
+    _same_reasons(ours["clv"].reasons, clv.contributions(X).drop(columns="base_value"),
+                  predict.transform_features_raw(X, clv.spec))
+    choice = nba.choose(X, consent.allowed(X, consent.ACTION_PURPOSE))
+    assert (ours["nba"].label == choice.best).all()
+    np.testing.assert_allclose(ours["nba"].score, choice.score, rtol=1e-9, atol=1e-9)
+    _same_reasons(ours["nba"].reasons, nba.uplift_contributions(X, pd.Series(choice.explained)),
+                  predict.transform_features_raw(X[nba.features], nba.spec))
 
 
 def test_rerun_is_idempotent_and_resumes_after_a_crash(served: Settings) -> None:

@@ -84,6 +84,21 @@ def test_contributions_sum_to_the_uplift(learner, train, fresh):
         assert np.abs(contributions[:, 0]).mean() > 2 * np.abs(contributions[:, 1]).mean()  # x sets the effects
 
 
+def test_a_flat_arm_runs_no_tree_and_predicts_its_average_effect(train, fresh):
+    """An arm calibrated to slope 0 is not predicted (nor explained): its uplift is its average effect, exactly what
+    running its model and multiplying by 0 gave; the counter-check: with a slope, the arm's model does run."""
+    model = MultiArmUplift("t", calibrate=False).fit(train["X"], train["arm"], train["y"], control="none")
+    X = fresh["X"].head(500)
+    matrix = uplift.transform_features(X, model.spec_)
+    running = model._raw_outcomes(matrix)
+    model.calibration_ = {"A": (0.3, 0.0, 0.1), "B": (0.2, 0.5, 0.1)}
+    assert list(model._raw_outcomes(matrix).columns) == ["none", "B"]  # A's model did not run
+    predicted = model.predict_uplift(X)
+    assert (predicted["A"] == 0.3 + 0.0 * (running["A"] - running["none"] - 0.1)).all()
+    assert np.allclose(predicted["B"], 0.2 + 0.5 * (running["B"] - running["none"] - 0.1), rtol=1e-12)
+    assert np.allclose(model.predict_outcomes(X)["A"], running["none"] + 0.3, rtol=1e-12)
+
+
 def test_control_when_nothing_pays(model, fresh):
     assert set(model.recommend(fresh["X"], {"A": 5.0, "B": 5.0})) == {"none"}
     with pytest.raises(ValueError, match="unknown arms"):
