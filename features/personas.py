@@ -108,10 +108,11 @@ def _number(value: Any) -> float:
 
 def _scaled(model: Model, raw: np.ndarray) -> np.ndarray:
     """Raw values (rows × the model's features, NaN for missing) filled, logged, centred and scaled as in fitting."""
-    x = np.where(np.isnan(raw), np.array(model.medians), raw)
+    x = np.where(np.isnan(raw), model.medians, raw)
     logged = np.array(model.logged)
-    x[:, logged] = np.log1p(np.clip(x[:, logged], 0, None))
-    return np.clip((x - np.array(model.centre)) / np.array(model.scale), -CLIP, CLIP)
+    # maximum/minimum: np.clip's Python wrapper cost more than the arithmetic of a profile's one row
+    x[:, logged] = np.log1p(np.maximum(x[:, logged], 0))
+    return np.minimum(np.maximum((x - model.centre) / model.scale, -CLIP), CLIP)
 
 
 def _preparation(frame: pd.DataFrame) -> dict[str, list]:
@@ -250,7 +251,10 @@ def fit_latest(s: Settings, k: int | None = None) -> Model:
 def load(s: Settings) -> Model | None:
     """The fitted model, or None before `c360 personas fit`."""
     p = path(s)
-    return _read(p, p.stat().st_mtime_ns) if p.exists() else None
+    try:
+        return _read(p, p.stat().st_mtime_ns)
+    except FileNotFoundError:
+        return None
 
 
 @lru_cache(maxsize=4)

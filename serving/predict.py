@@ -113,8 +113,13 @@ def parse_json(text: Any) -> list[dict[str, Any]]:
     return value if isinstance(value, list) else []
 
 
+PLAIN = frozenset({str, int, bool, type(None)})  # types JSON shows as they are
+
+
 def scalar(value: Any) -> Any:
     """One stored or computed value as JSON shows it: a Python scalar, None for NaN and infinities."""
+    if type(value) in PLAIN:  # the common case, answered first: a profile holds hundreds of values
+        return value
     if hasattr(value, "as_py"):
         value = value.as_py()
     if isinstance(value, np.generic):

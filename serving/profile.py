@@ -153,6 +153,8 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def json_value(value: Any) -> Any:
+    if type(value) in predict.PLAIN:  # most of a profile's values: as they are
+        return value
     if isinstance(value, dict):
         return {k: json_value(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):

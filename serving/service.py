@@ -54,7 +54,8 @@ from typing import Annotated, Any
 
 import anyio
 import bentoml
-from fastapi import FastAPI, Path, Query
+from _bentoml_sdk.service import get_current_service
+from fastapi import Depends, FastAPI, Path, Query
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
@@ -425,6 +426,27 @@ class C360:
         """The profile page (it calls the routes above from the browser)."""
         return HTMLResponse(ui.page())
 
+
+async def _current_service() -> C360:
+    return get_current_service()
+
+
+def _service_on_event_loop(service: type) -> None:
+    """BentoML hands each route its service instance through a plain-function dependency, which FastAPI runs in its
+    thread pool: a thread hop per request, about a tenth of a profile's server CPU. The same lookup as a coroutine
+    runs on the event loop. (Not `app.dependency_overrides`: FastAPI would rebuild the dependency on every request.)
+    FastAPI reads each route's dependencies from its signature, where BentoML put its own."""
+    for method in vars(service).values():
+        signature = getattr(method, "__signature__", None)
+        if signature is None or not signature.parameters:
+            continue
+        first, *rest = signature.parameters.values()
+        if getattr(first.default, "dependency", None) is get_current_service:
+            method.__signature__ = signature.replace(parameters=[first.replace(default=Depends(_current_service)),
+                                                                 *rest])
+
+
+_service_on_event_loop(C360.inner)  # type: ignore[attr-defined]  # the decorator made C360 a bentoml Service
 
 # On the whole service, so BentoML's APIs are bounded as the REST routes are.
 C360.add_asgi_middleware(BodyLimit)  # type: ignore[attr-defined]  # the decorator made C360 a bentoml Service

@@ -59,9 +59,8 @@ def append(s: Settings, *, key: str, role: str, action: str, customers: Sequence
            status: int | str) -> None:
     """Append one record: `key`/`role` who asked, `action` the route or command, `customers` the ids touched."""
     file = path(s)
-    file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with _lock:
-        fd = os.open(file, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = _open(file)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             st = os.fstat(fd)
@@ -79,6 +78,15 @@ def append(s: Settings, *, key: str, role: str, action: str, customers: Sequence
             _tail[file] = (file_stamp(os.fstat(fd)), record["seq"], record["hash"])
         finally:
             os.close(fd)  # closing releases the lock
+
+
+def _open(file: Path) -> int:
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
+    try:
+        return os.open(file, flags, 0o600)
+    except FileNotFoundError:  # the home's first record: its folder is made here, not checked on every append
+        file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return os.open(file, flags, 0o600)
 
 
 def _anchor(s: Settings) -> tuple[int, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Iterator
@@ -213,3 +214,13 @@ def test_a_rollback_is_followed_by_the_service(service: Any, served: Settings) -
 def test_a_rollback_needs_a_plain_reason(arguments: list[str]) -> None:
     result = runner.invoke(app, ["promote", "churn", *arguments])
     assert result.exit_code == 1 and result.output.count("\n") == 1 and "reason" in result.output, result.output
+
+
+def test_routes_get_the_service_on_the_event_loop() -> None:
+    """BentoML's dependency handing the routes their service is a plain function, which FastAPI runs in its thread
+    pool (a thread hop per request): the service swaps in a coroutine."""
+    methods = [m for m in vars(C360.inner).values() if getattr(m, "__signature__", None) is not None]
+    firsts = [next(iter(m.__signature__.parameters.values()), None) for m in methods]
+    dependencies = [p.default.dependency for p in firsts if p is not None and hasattr(p.default, "dependency")]
+    assert len(dependencies) >= 10
+    assert all(inspect.iscoroutinefunction(d) for d in dependencies)
