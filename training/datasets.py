@@ -12,6 +12,9 @@ from feast import FeatureStore
 from c360.core.definitions import BY_NAME
 
 Labeler = Callable[[object, pd.Timestamp], pd.DataFrame]
+# Examples per historical retrieval: each call reads the whole offline store, so fewer are faster, but a call holds
+# its rows several times over in Feast's join (every date's at once, at a million customers, without a bound).
+RETRIEVAL_ROWS = 1_000_000
 
 
 class NoExamples(ValueError):
@@ -33,13 +36,16 @@ def require(parts: dict[str, pd.DataFrame], target: str | None = None) -> None:
 def examples(con, fs: FeatureStore, service: str, dates: list[pd.Timestamp], label: Labeler) -> pd.DataFrame:
     """The label columns, the service's features (by name) and as_of, for every date given, date after date.
 
-    One point-in-time retrieval for all the dates: Feast reads every snapshot of the offline store on each call, so
-    a call per date made the retrieval most of a training's time."""
+    Point-in-time retrievals of up to RETRIEVAL_ROWS examples each, whatever their dates: Feast reads every snapshot
+    of the offline store on each call, so a call per date made the retrieval most of a training's time."""
     if not dates:
         raise NoExamples("no snapshot date with a complete label window")
     labelled = pd.concat([label(con, day).assign(as_of=day) for day in dates], ignore_index=True)
     entities = labelled[["customer_id", "as_of"]].rename(columns={"as_of": "event_timestamp"})
-    features = fs.get_historical_features(entity_df=entities, features=fs.get_feature_service(service)).to_df()
+    features = pd.concat([
+        fs.get_historical_features(entity_df=entities.iloc[start:start + RETRIEVAL_ROWS],
+                                   features=fs.get_feature_service(service)).to_df()
+        for start in range(0, max(len(entities), 1), RETRIEVAL_ROWS)], ignore_index=True)
     names = [n for n in BY_NAME if n in features.columns]
     stamps = pd.to_datetime(features["event_timestamp"])
     keyed = features[["customer_id", *names]].assign(

@@ -96,6 +96,16 @@ def test_each_example_has_the_features_of_its_own_date(
             pd.testing.assert_frame_equal(rows, previous, check_dtype=False, check_categorical=False)
 
 
+def test_examples_in_several_retrievals_are_the_same(
+        home: Settings, sets: tuple[pd.DataFrame, pd.DataFrame], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A million customers' examples are retrieved in parts (datasets.RETRIEVAL_ROWS); parts cut across a date
+    give the frame one retrieval gives."""
+    monkeypatch.setattr(datasets, "RETRIEVAL_ROWS", len(sets[0]) // 2 + 1)  # the cut falls inside a date
+    with warehouse.connect(home, read_only=True) as con:
+        churn = churn_examples(home, con, store.feature_store(home))
+    pd.testing.assert_frame_equal(churn, sets[0])
+
+
 def test_training_registers_a_challenger_and_the_gate_guards_the_champion(
         home: Settings, sets: tuple[pd.DataFrame, pd.DataFrame], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
