@@ -100,7 +100,9 @@ def test_examples_in_several_retrievals_are_the_same(
         home: Settings, sets: tuple[pd.DataFrame, pd.DataFrame], monkeypatch: pytest.MonkeyPatch) -> None:
     """A million customers' examples are retrieved in parts (datasets.RETRIEVAL_ROWS); parts cut across a date
     give the frame one retrieval gives."""
-    monkeypatch.setattr(datasets, "RETRIEVAL_ROWS", len(sets[0]) // 2 + 1)  # the cut falls inside a date
+    cut = len(sets[0]) // 2 + 1
+    assert sets[0]["as_of"].iloc[cut - 1] == sets[0]["as_of"].iloc[cut], "the cut falls inside a date"
+    monkeypatch.setattr(datasets, "RETRIEVAL_ROWS", cut)
     with warehouse.connect(home, read_only=True) as con:
         churn = churn_examples(home, con, store.feature_store(home))
     pd.testing.assert_frame_equal(churn, sets[0])
