@@ -27,7 +27,7 @@ lint: install  ## ruff, mypy and the layer contract (import-linter)
 	$(RUN) lint-imports
 
 test: lint  ## lint, then the test suite and every notebook (nbmake), two workers (a file's tests on one); the 30 slowest listed
-	$(RUN) pytest -n 2 --dist loadfile --durations=30 --nbmake --nbmake-timeout=900 tests notebooks
+	$(RUN) pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=30 --nbmake --nbmake-timeout=900 tests notebooks
 
 mlflow-ui: install  ## the MLflow UI on C360_HOME's tracking store (HOST=127.0.0.1 PORT=5000)
 	$(RUN) c360 mlflow-ui --host $(or $(HOST),127.0.0.1) --port $(or $(PORT),5000)

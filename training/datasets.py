@@ -12,6 +12,9 @@ from feast import FeatureStore
 from c360.core.definitions import BY_NAME
 
 Labeler = Callable[[object, pd.Timestamp], pd.DataFrame]
+# Examples per historical retrieval: each call reads the whole offline store, so fewer are faster, but a call holds
+# its rows several times over in Feast's join (every date's at once, at a million customers, without a bound).
+RETRIEVAL_ROWS = 1_000_000
 
 
 class NoExamples(ValueError):
@@ -31,17 +34,24 @@ def require(parts: dict[str, pd.DataFrame], target: str | None = None) -> None:
 
 
 def examples(con, fs: FeatureStore, service: str, dates: list[pd.Timestamp], label: Labeler) -> pd.DataFrame:
-    """customer_id, as_of, the service's features (by name) and the label columns, for every date given."""
+    """The label columns, the service's features (by name) and as_of, for every date given, date after date.
+
+    Point-in-time retrievals of up to RETRIEVAL_ROWS examples each, whatever their dates: Feast reads every snapshot
+    of the offline store on each call, so a call per date made the retrieval most of a training's time."""
     if not dates:
         raise NoExamples("no snapshot date with a complete label window")
-    frames = []
-    for day in dates:
-        labels = label(con, day)
-        entities = pd.DataFrame({"customer_id": labels["customer_id"], "event_timestamp": day})
-        features = fs.get_historical_features(entity_df=entities, features=fs.get_feature_service(service)).to_df()
-        names = [n for n in BY_NAME if n in features.columns]
-        frames.append(labels.merge(features[["customer_id", *names]], on="customer_id").assign(as_of=day))
-    return pd.concat(frames, ignore_index=True)
+    labelled = pd.concat([label(con, day).assign(as_of=day) for day in dates], ignore_index=True)
+    entities = labelled[["customer_id", "as_of"]].rename(columns={"as_of": "event_timestamp"})
+    features = pd.concat([
+        fs.get_historical_features(entity_df=entities.iloc[start:start + RETRIEVAL_ROWS],
+                                   features=fs.get_feature_service(service)).to_df()
+        for start in range(0, max(len(entities), 1), RETRIEVAL_ROWS)], ignore_index=True)
+    names = [n for n in BY_NAME if n in features.columns]
+    stamps = pd.to_datetime(features["event_timestamp"])
+    keyed = features[["customer_id", *names]].assign(
+        as_of=stamps.dt.tz_convert(None) if stamps.dt.tz is not None else stamps)
+    frame = labelled.merge(keyed, on=["customer_id", "as_of"])
+    return frame[[*(c for c in labelled.columns if c != "as_of"), *names, "as_of"]]
 
 
 def time_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -30,17 +30,25 @@ def training_sets(s: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
         return churn_examples(s, con, fs), clv_examples(s, con, fs)
 
 
+@pytest.fixture(scope="module")
+def sets(home: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The churn and CLV training sets of the home, read once for the module (Feast's historical retrieval takes
+    most of a training's time); tests take copies."""
+    return training_sets(home)
+
+
 def stored(s: Settings) -> dict[str, bytes]:
     """Every file of the offline store and the Feast registry, by name."""
     files = [*s.snapshots.glob("*.parquet"), s.feast / "registry.db"]
     return {p.name: p.read_bytes() for p in files}
 
 
-def test_training_sets_do_not_depend_on_the_order_models_are_trained(home: Settings) -> None:
+def test_training_sets_do_not_depend_on_the_order_models_are_trained(
+        home: Settings, sets: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     """Training reads what the features stage built: the next best action's examples (which once wrote the
     snapshots of the wave dates it lacked) leave the offline store, the registry and the churn and CLV sets as
     they were."""
-    before, (churn, clv) = stored(home), training_sets(home)
+    before, (churn, clv) = stored(home), sets
     with warehouse.connect(home, read_only=True) as con:
         frame, _ = nba_examples(home, con)
     assert len(frame) and stored(home) == before
@@ -60,9 +68,10 @@ def test_next_best_action_refuses_to_train_without_the_wave_snapshots(home_over_
     assert len(store.snapshot_dates(s)) == 1
 
 
-def test_examples_have_features_before_and_labels_after_their_date(home: Settings) -> None:
+def test_examples_have_features_before_and_labels_after_their_date(
+        home: Settings, sets: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    frame = sets[0].copy()
     with warehouse.connect(home, read_only=True) as con:
-        frame = churn_examples(home, con, store.feature_store(home))
         end = warehouse.data_end(con)
     assert frame["as_of"].max() + pd.Timedelta(days=labels.CHURN_HORIZON_DAYS) <= end
     assert frame.groupby("as_of")["customer_id"].apply(lambda s: s.is_unique).all()
@@ -71,8 +80,37 @@ def test_examples_have_features_before_and_labels_after_their_date(home: Setting
     assert train["as_of"].max() < calib["as_of"].min() < test["as_of"].min()
 
 
+def test_each_example_has_the_features_of_its_own_date(
+        home: Settings, sets: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    """The examples of every date come from one point-in-time retrieval: each row still holds the snapshot of its
+    own as-of date, not a neighbour's (a date shifted by a time zone would read the snapshot four weeks before)."""
+    churn = sets[0]
+    names = [c for c in churn.columns if c in compute.BY_NAME]
+    days = sorted(churn["as_of"].unique())
+    for before, day in zip(days[:-1:10], days[1::10], strict=True):
+        rows = churn[churn["as_of"] == day].set_index("customer_id")[names]
+        own, previous = (store.read_snapshot(home, pd.Timestamp(d)).set_index("customer_id").reindex(rows.index)[names]
+                         for d in (day, before))
+        pd.testing.assert_frame_equal(rows, own, check_dtype=False, check_categorical=False)
+        with pytest.raises(AssertionError):  # the comparison tells one snapshot from the next
+            pd.testing.assert_frame_equal(rows, previous, check_dtype=False, check_categorical=False)
+
+
+def test_examples_in_several_retrievals_are_the_same(
+        home: Settings, sets: tuple[pd.DataFrame, pd.DataFrame], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A million customers' examples are retrieved in parts (datasets.RETRIEVAL_ROWS); parts cut across a date
+    give the frame one retrieval gives."""
+    cut = len(sets[0]) // 2 + 1
+    assert sets[0]["as_of"].iloc[cut - 1] == sets[0]["as_of"].iloc[cut], "the cut falls inside a date"
+    monkeypatch.setattr(datasets, "RETRIEVAL_ROWS", cut)
+    with warehouse.connect(home, read_only=True) as con:
+        churn = churn_examples(home, con, store.feature_store(home))
+    pd.testing.assert_frame_equal(churn, sets[0])
+
+
 def test_training_registers_a_challenger_and_the_gate_guards_the_champion(
-        home: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        home: Settings, sets: tuple[pd.DataFrame, pd.DataFrame], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     first = train_churn(home)
@@ -90,8 +128,7 @@ def test_training_registers_a_challenger_and_the_gate_guards_the_champion(
     assert segments["customers"].sum() == first.rows["test"]
     model, version = tracking.load_model("c360-churn", "champion", "pyfunc", home=home.home)
     assert int(version.version) == first.version
-    with warehouse.connect(home, read_only=True) as con:
-        sample = churn_examples(home, con, store.feature_store(home)).head(20)
+    sample = sets[0].head(20)
     p = model.predict(sample[[c for c in sample.columns if c in compute.BY_NAME]])
     assert ((p > 0) & (p < 1)).all()
 
