@@ -20,6 +20,19 @@ def waiting(rounds: Rounds, count: int) -> None:
         time.sleep(0.005)
 
 
+def three_wait_for_the_first(rounds: Rounds, callers: list[threading.Thread], first_running: threading.Event,
+                             release: threading.Event) -> None:
+    """The first caller's round runs until the other three wait for the next one; then all are done."""
+    callers[0].start()
+    assert first_running.wait(10)
+    for caller in callers[1:]:
+        caller.start()
+    waiting(rounds, 3)
+    release.set()
+    for caller in callers:
+        caller.join(10)
+
+
 def test_the_batches_waiting_during_a_round_go_together_into_the_next_and_each_gets_its_own() -> None:
     rounds: Rounds[int, list[int]] = Rounds()
     runs: list[list[list[int]]] = []
@@ -35,14 +48,7 @@ def test_the_batches_waiting_during_a_round_go_together_into_the_next_and_each_g
     results: dict[int, list[int]] = {}
     callers = [threading.Thread(target=lambda n=n: results.__setitem__(n, rounds.apply([n, n + 10], doubled)))
                for n in range(4)]
-    callers[0].start()
-    assert first_running.wait(10)
-    for caller in callers[1:]:
-        caller.start()
-    waiting(rounds, 3)
-    release.set()
-    for caller in callers:
-        caller.join(10)
+    three_wait_for_the_first(rounds, callers, first_running, release)
     assert runs[0] == [[0, 10]]
     assert sorted(runs[1]) == [[1, 11], [2, 12], [3, 13]]  # one round for the three that waited
     assert results == {n: [2 * n, 2 * n + 20] for n in range(4)}
@@ -71,14 +77,7 @@ def test_an_error_of_a_round_reaches_every_caller_of_it() -> None:
             outcomes.append("failed")
 
     callers = [threading.Thread(target=call) for _ in range(4)]
-    callers[0].start()
-    assert first_running.wait(10)
-    for caller in callers[1:]:
-        caller.start()
-    waiting(rounds, 3)
-    release.set()
-    for caller in callers:
-        caller.join(10)
+    three_wait_for_the_first(rounds, callers, first_running, release)
     assert runs == [1, 3] and sorted(outcomes) == ["done", "failed", "failed", "failed"]
     with pytest.raises(RuntimeError):  # the next round runs afresh: a failed round leaves no one waiting
         rounds.apply([1], failing_second)
