@@ -41,17 +41,22 @@ def examples(con, fs: FeatureStore, service: str, dates: list[pd.Timestamp], lab
     if not dates:
         raise NoExamples("no snapshot date with a complete label window")
     labelled = pd.concat([label(con, day).assign(as_of=day) for day in dates], ignore_index=True)
-    entities = labelled[["customer_id", "as_of"]].rename(columns={"as_of": "event_timestamp"})
+    features = retrieve(fs, service, labelled)
+    names = [n for n in BY_NAME if n in features.columns]
+    frame = labelled.merge(features[["customer_id", *names, "as_of"]], on=["customer_id", "as_of"])
+    return frame[[*(c for c in labelled.columns if c != "as_of"), *names, "as_of"]]
+
+
+def retrieve(fs: FeatureStore, service: str, keys: pd.DataFrame) -> pd.DataFrame:
+    """The service's features at each (customer_id, as_of) of `keys`, as_of without time zone like the keys':
+    point-in-time retrievals of up to RETRIEVAL_ROWS rows each."""
+    entities = keys[["customer_id", "as_of"]].rename(columns={"as_of": "event_timestamp"})
     features = pd.concat([
         fs.get_historical_features(entity_df=entities.iloc[start:start + RETRIEVAL_ROWS],
                                    features=fs.get_feature_service(service)).to_df()
         for start in range(0, max(len(entities), 1), RETRIEVAL_ROWS)], ignore_index=True)
-    names = [n for n in BY_NAME if n in features.columns]
-    stamps = pd.to_datetime(features["event_timestamp"])
-    keyed = features[["customer_id", *names]].assign(
-        as_of=stamps.dt.tz_convert(None) if stamps.dt.tz is not None else stamps)
-    frame = labelled.merge(keyed, on=["customer_id", "as_of"])
-    return frame[[*(c for c in labelled.columns if c != "as_of"), *names, "as_of"]]
+    stamps = pd.to_datetime(features.pop("event_timestamp"))
+    return features.assign(as_of=stamps.dt.tz_convert(None) if stamps.dt.tz is not None else stamps)
 
 
 def time_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

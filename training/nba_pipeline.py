@@ -171,12 +171,9 @@ def wave_features(fs: FeatureStore, assignments: pd.DataFrame, service: str = SE
     views' TTL — the exact date, which the features stage builds. Customers missing from that snapshot keep
     missing features (LightGBM handles them).
     """
-    entities = assignments[["customer_id", "as_of"]].rename(columns={"as_of": "event_timestamp"})
-    features = fs.get_historical_features(entity_df=entities, features=fs.get_feature_service(service)).to_df()
+    features = datasets.retrieve(fs, service, assignments)
     names = [n for n in service_features(fs, service) if n in features.columns]
-    stamps = pd.to_datetime(features["event_timestamp"])
-    features["event_timestamp"] = stamps.dt.tz_convert(None) if stamps.dt.tz is not None else stamps
-    keyed = features[["customer_id", "event_timestamp", *names]].rename(columns={"event_timestamp": "as_of"})
+    keyed = features[["customer_id", "as_of", *names]]
     return assignments.merge(keyed, on=["customer_id", "as_of"], how="left", validate="one_to_one")
 
 
