@@ -202,8 +202,7 @@ class C360OnlineStore(OnlineStore):
         transaction of a SELECT per view would, at a tenth of the calls into SQLite; the caller holds the lock."""
         params = [key for _, _, keys in reads for key in keys]
         if conn is None or len(params) > conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER):
-            with _snapshot(conn):
-                return [self._read(conn, config, view, keys, wanted) for view, wanted, keys in reads]
+            return self._read_each(conn, config, reads)
         sql = " UNION ALL ".join(f"SELECT {i}, {_select(config, view, len(keys))}"
                                  for i, (view, _, keys) in enumerate(reads))
         try:
@@ -211,12 +210,17 @@ class C360OnlineStore(OnlineStore):
         except sqlite3.OperationalError as e:
             if "no such table" not in str(e):
                 raise
-            with _snapshot(conn):  # a view never written: read the others one by one
-                return [self._read(conn, config, view, keys, wanted) for view, wanted, keys in reads]
+            return self._read_each(conn, config, reads)  # a view never written: the others read one by one
         by_view: list[list[tuple[Any, ...]]] = [[] for _ in reads]
         for row in fetched:
             by_view[row[0]].append(row[1:])
         return [self._rows(conn, keys, found, wanted) for (_, wanted, keys), found in zip(reads, by_view, strict=True)]
+
+    def _read_each(self, conn: sqlite3.Connection | None, config: RepoConfig,
+                   reads: list[tuple[FeatureView, tuple[str, ...], list[bytes]]]) -> list[list[Row]]:
+        """`_read` of each (view, features, keys), a SELECT per view in one read transaction."""
+        with _snapshot(conn):
+            return [self._read(conn, config, view, keys, wanted) for view, wanted, keys in reads]
 
     def _read(self, conn: sqlite3.Connection | None, config: RepoConfig, table: FeatureView, keys: list[bytes],
               wanted: tuple[str, ...] | None) -> list[Row]:
