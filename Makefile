@@ -16,6 +16,11 @@ help:  ## list the targets
 	$(UV) sync --frozen
 	@touch $@
 
+# pyspark (≈ 430 MB) is the `spark` extra: the Spark engine's tests need it, `make demo` does not.
+.venv/.spark: .venv/.installed
+	$(UV) sync --frozen --extra spark
+	@touch $@
+
 install: .venv/.installed  ## install c360 and its pinned dependencies into .venv with uv
 
 demo: install  ## run the whole pipeline on generated data and print where to look
@@ -26,7 +31,7 @@ lint: install  ## ruff, mypy and the layer contract (import-linter)
 	$(RUN) mypy c360
 	$(RUN) lint-imports
 
-test: lint  ## lint, then the test suite and every notebook (nbmake), two workers (a file's tests on one); the 30 slowest listed
+test: lint .venv/.spark  ## lint, then the test suite and every notebook (nbmake), two workers (a file's tests on one); the 30 slowest listed
 	$(RUN) pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=30 --nbmake --nbmake-timeout=900 tests notebooks
 
 mlflow-ui: install  ## the MLflow UI on C360_HOME's tracking store (HOST=127.0.0.1 PORT=5000)

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     match_threshold: float = Field(0.95, gt=0, lt=1, description="match probability that links two people")
     online_store: Literal["c360", "sqlite", "redis"] = Field(
         "c360", description="Feast online store: c360 (SQLite, one row per customer), sqlite (Feast's), redis")
+    engine: Literal["duckdb", "spark"] = Field(
+        "duckdb", description="engine of the heavy stages (resolve, features build, batch scoring): duckdb (this "
+                              "process) or spark (the `spark` extra and Java)")
+    spark_master: str = Field("local[*]", description="Spark master URL, for engine=spark")
     redis_url: str = Field("localhost:6379", description="Redis connection string, for online_store=redis")
     duckdb_memory: str = Field("2GB", description="memory limit of the DuckDB warehouse connection")
     max_body_bytes: int = Field(1_000_000, ge=1, description="largest request body the service reads (413 beyond)")

@@ -1,0 +1,50 @@
+"""The engine of the heavy stages: DuckDB in this process, or Apache Spark (`C360_ENGINE=spark`).
+
+Spark is optional: pyspark is the `spark` extra and needs Java. `spark_unavailable` says why it cannot run, so a
+command fails with that reason and a test skips with it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from functools import cache
+from typing import TYPE_CHECKING
+
+from c360.core.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def name() -> str:
+    """The engine the settings name: "duckdb" or "spark"."""
+    return Settings().engine
+
+
+def spark_unavailable() -> str | None:
+    """Why Spark cannot run here, or None when it can."""
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed (the `spark` extra: uv sync --extra spark)"
+    if shutil.which("java") is None:
+        return "Java is not installed (Debian: apt-get install default-jre-headless)"
+    return None
+
+
+@cache
+def spark(master: str | None = None) -> SparkSession:
+    """One Spark session per process, on `master` (default: the settings' `spark_master`), in UTC so timestamps
+    mean what they mean in DuckDB."""
+    reason = spark_unavailable()
+    if reason:
+        raise RuntimeError(f"C360_ENGINE=spark: {reason}")
+    from pyspark.sql import SparkSession
+
+    session = (SparkSession.builder.appName("c360").master(master or Settings().spark_master)
+               .config("spark.sql.session.timeZone", "UTC")
+               .config("spark.ui.enabled", "false")
+               .config("spark.sql.shuffle.partitions", "8")
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    return session
