@@ -13,7 +13,7 @@ help:  ## list the targets
 .venv/.installed: pyproject.toml uv.lock
 	@$(UV) --version 2>/dev/null | grep -q "$(UV_VERSION)" || \
 		$(PYTHON) -m pip install --quiet --user --break-system-packages --root-user-action=ignore uv==$(UV_VERSION)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --inexact  # inexact: keeps the `spark` extra once `make test` has added it
 	@touch $@
 
 # pyspark (≈ 430 MB) is the `spark` extra: the Spark engine's tests need it, `make demo` does not.

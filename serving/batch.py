@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from c360.core.settings import Settings
 from c360.feature_repo.predictions import FIELDS, PREDICTIONS
 from c360.features import personas, store
 from c360.serving import predict, signals
-from c360.serving.champions import Champions
+from c360.serving.champions import Champion, Champions
 
 CHUNK = 100_000
 
@@ -55,16 +55,17 @@ class ScoreReport:
     chunks: int
     scored_chunks: int  # chunks computed by this run (the rest were on disk already)
     seconds: float
+    engine: str = "duckdb"  # what scored the chunks: this process, or Spark's tasks
 
     @property
     def per_second(self) -> float:
         return self.customers / self.seconds if self.seconds else float("nan")
 
 
-def score_chunk(champions: Champions, X: pd.DataFrame, k: int = predict.K) -> list[predict.ModelScores]:
-    """Every champion's scores with top-k reasons for a frame of customers' raw features (an optional model without
-    a champion has none)."""
-    return [champions[kind].score(X, k) for kind in champions.kinds()]
+def score_chunk(champions: Sequence[Champion], X: pd.DataFrame, k: int = predict.K) -> list[predict.ModelScores]:
+    """Every champion's scores with top-k reasons for a frame of customers' raw features (`Champions.loaded()`: an
+    optional model without a champion has none)."""
+    return [champion.score(X, k) for champion in champions]
 
 
 def wide_table(customers: pd.Series, scores: list[predict.ModelScores], signal_frame: pd.DataFrame,
@@ -183,10 +184,81 @@ def _warehouse_inputs(con: Any, as_of: pd.Timestamp) -> tuple[dict, pd.DataFrame
     return consent.overrides(con), signals.usage(con, as_of), signals.topics(con, as_of)
 
 
+@dataclass(frozen=True)
+class Run:
+    """Everything scoring a chunk of a run needs, and nothing that cannot be shipped: a Spark task receives it
+    whole (pickled) and scores its chunks with the very code `c360 score` runs in-process."""
+
+    home: Path
+    as_of: pd.Timestamp
+    customers: tuple[str, ...] | None
+    opt_outs: consent.Overrides
+    champions: tuple[Champion, ...]
+    used: pd.DataFrame
+    engagement: pd.DataFrame
+    persona_model: personas.Model | None
+    folder: Path
+    scored_at: pd.Timestamp
+    chunk_size: int
+
+    @property
+    def columns(self) -> set[str]:
+        return set(FIELDS) | ({"persona"} if self.persona_model is not None else set())
+
+    def paths(self, i: int) -> tuple[Path, Path]:
+        """The long and wide part files of chunk `i`."""
+        return self.folder / f"part-{i:05d}.parquet", self.folder / "wide" / f"part-{i:05d}.parquet"
+
+    def pending(self, chunks: int) -> list[int]:
+        return [i for i in range(chunks) if not _reusable(*self.paths(i), self.columns)]
+
+    def compute(self, rows: pd.DataFrame, i: int) -> pa.Table:
+        """Score chunk `i` of `rows` (the run's rows, `scored_rows`), write its long and wide parts; the wide rows."""
+        part = rows.iloc[i * self.chunk_size:(i + 1) * self.chunk_size]
+        ids = part["customer_id"].reset_index(drop=True)
+        X = part.reset_index(drop=True)
+        scores = score_chunk(self.champions, X)
+        signal_frame = signals.batch_signals(self.used, self.engagement, pd.Index(ids)).reset_index(drop=True)
+        table = with_persona(wide_table(ids, scores, signal_frame, self.as_of, self.scored_at), self.persona_model, X)
+        long_path, wide_path = self.paths(i)
+        _atomic_write(long_table(ids, scores, self.as_of, self.scored_at), long_path)
+        _atomic_write(table, wide_path)
+        return table
+
+
+def scored_rows(snapshot: pd.DataFrame, customers: Sequence[str] | None, opt_outs: consent.Overrides) -> pd.DataFrame:
+    """The snapshot rows a run scores, in order: every customer of the snapshot, or `customers` (each once, all of
+    them in it), with the recorded opt-outs applied to the consent features."""
+    if customers is not None:
+        wanted = pd.Index(pd.unique(pd.Series(list(customers), dtype=object)))
+        known = wanted.isin(snapshot["customer_id"])
+        if not known.all():
+            missing = wanted[~known]
+            as_of = pd.Timestamp(snapshot["as_of"].max())
+            raise LookupError(f"{len(missing):,} customers not in the snapshot of {as_of:%Y-%m-%d}, e.g. "
+                              + ", ".join(missing[:5]))
+        snapshot = pd.DataFrame({"customer_id": wanted}).merge(snapshot, on="customer_id", validate="one_to_one")
+    return consent.apply_overrides(snapshot, opt_outs)
+
+
+def _start(s: Settings, as_of: pd.Timestamp, folder: Path, versions: dict[str, int], chunk_size: int
+           ) -> tuple[pd.Timestamp, int]:
+    """The run's scoring time and chunk size: a new run's, or those of the run being resumed (`_run.json`)."""
+    manifest = folder / "_run.json"
+    if not manifest.exists():
+        scored_at = pd.Timestamp.now(tz="UTC").tz_convert(None).floor("s")
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps({"scored_at": scored_at.isoformat(), "as_of": f"{as_of:%Y-%m-%d}",
+                                        "versions": versions, "chunk_size": chunk_size}))
+    recorded = json.loads(manifest.read_text())
+    return pd.Timestamp(recorded["scored_at"]), int(recorded.get("chunk_size", chunk_size))
+
+
 def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHUNK,
           on_start: Callable[[int], None] | None = None, on_chunk: Callable[[int], None] | None = None,
           warehouse_con: Any = None) -> ScoreReport:
-    """Score the latest snapshot's customers (or `customers`) with every champion; see the module docstring."""
+    """Score the latest snapshot's customers (or `customers`) with every champion; see the module docstring. On
+    the Spark engine (`C360_ENGINE=spark`) Spark tasks score the chunks not on disk yet; the pushes follow here."""
     from c360.serving.online import warehouse
 
     started = time.perf_counter()
@@ -194,57 +266,34 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
     if not dates:
         raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
     as_of = dates[-1]
-    snapshot = store.read_snapshot(s, as_of)
-    champions = Champions.load(s.home, snapshot)
-    if customers is not None:
-        wanted = pd.Index(pd.unique(pd.Series(customers, dtype=object)))
-        known = wanted.isin(snapshot["customer_id"])
-        if not known.all():
-            missing = wanted[~known]
-            raise LookupError(f"{len(missing):,} customers not in the snapshot of {as_of:%Y-%m-%d}, e.g. "
-                              + ", ".join(missing[:5]))
-        snapshot = pd.DataFrame({"customer_id": wanted}).merge(snapshot, on="customer_id", validate="one_to_one")
     if warehouse_con is not None:
         opt_outs, used, engagement = _warehouse_inputs(warehouse_con, as_of)
     else:
         with warehouse(s) as con:
             opt_outs, used, engagement = _warehouse_inputs(con, as_of)
-    snapshot = consent.apply_overrides(snapshot, opt_outs)
+    snapshot = store.read_snapshot(s, as_of)
+    rows = scored_rows(snapshot, customers, opt_outs)
+    champions = Champions.load(s.home, snapshot)
     persona_model = personas.load(s)
     folder = run_folder(s, as_of, champions.versions(), customers, opt_outs, persona_model)
-    columns = set(FIELDS) | ({"persona"} if persona_model is not None else set())
-    manifest = folder / "_run.json"
-    if manifest.exists():
-        scored_at = pd.Timestamp(json.loads(manifest.read_text())["scored_at"])
-    else:
-        scored_at = pd.Timestamp.now(tz="UTC").tz_convert(None).floor("s")
-        folder.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(json.dumps({"scored_at": scored_at.isoformat(), "as_of": f"{as_of:%Y-%m-%d}",
-                                        "versions": champions.versions(), "chunk_size": chunk_size}))
-    chunk_size = int(json.loads(manifest.read_text()).get("chunk_size", chunk_size))
+    scored_at, chunk_size = _start(s, as_of, folder, champions.versions(), chunk_size)
+    run = Run(s.home, as_of, None if customers is None else tuple(customers), opt_outs, champions.loaded(), used,
+              engagement, persona_model, folder, scored_at, chunk_size)
     fs = _predictions_view(s)
-    chunks = max(1, -(-len(snapshot) // chunk_size))
+    chunks = max(1, -(-len(rows) // chunk_size))
     if on_start:
-        on_start(len(snapshot))
-    computed = 0
+        on_start(len(rows))
+    pending = run.pending(chunks)
+    if s.engine == "spark" and pending:
+        from c360.serving.spark_scoring import compute
+
+        compute(run, pending)
     for i in range(chunks):
-        part = snapshot.iloc[i * chunk_size:(i + 1) * chunk_size]
-        long_path, wide_path = folder / f"part-{i:05d}.parquet", folder / "wide" / f"part-{i:05d}.parquet"
-        if _reusable(long_path, wide_path, columns):
-            table = pq.read_table(wide_path)
-        else:
-            ids = part["customer_id"].reset_index(drop=True)
-            X = part.reset_index(drop=True)
-            scores = score_chunk(champions, X)
-            signal_frame = signals.batch_signals(used, engagement, pd.Index(ids)).reset_index(drop=True)
-            table = with_persona(wide_table(ids, scores, signal_frame, as_of, scored_at), persona_model, X)
-            _atomic_write(long_table(ids, scores, as_of, scored_at), long_path)
-            _atomic_write(table, wide_path)
-            computed += 1
+        table = run.compute(rows, i) if i in pending and s.engine != "spark" else pq.read_table(run.paths(i)[1])
         push(s, fs, table)
         if on_chunk:
-            on_chunk(len(part))
+            on_chunk(len(rows.iloc[i * chunk_size:(i + 1) * chunk_size]))
     seconds = time.perf_counter() - started
-    (folder / "_SUCCESS.json").write_text(json.dumps({"rows": len(snapshot), "chunks": chunks,
-                                                      "seconds": round(seconds, 1)}))
-    return ScoreReport(folder, as_of, champions.versions(), len(snapshot), chunks, computed, seconds)
+    (folder / "_SUCCESS.json").write_text(json.dumps({"rows": len(rows), "chunks": chunks,
+                                                      "seconds": round(seconds, 1), "engine": s.engine}))
+    return ScoreReport(folder, as_of, champions.versions(), len(rows), chunks, len(pending), seconds, s.engine)

@@ -95,6 +95,10 @@ class Champions:
         """The kinds with a loaded champion, in `MODELS` order."""
         return [kind for kind in MODELS if kind in self.models]
 
+    def loaded(self) -> tuple[Champion, ...]:
+        """The loaded champions, in `MODELS` order."""
+        return tuple(self.models[kind] for kind in self.kinds())
+
     def versions(self) -> dict[str, int]:
         return {kind: c.version for kind, c in self.models.items()}
 

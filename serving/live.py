@@ -126,7 +126,7 @@ def write(ctx: Context, features: pd.DataFrame, previous: list[OnlineRow | None]
     """Score `features` in bulk and write every view of these customers in one online transaction, each row at its
     features' as-of."""
     scored_at = pd.Timestamp.now(tz="UTC").tz_convert(None)
-    scores = batch.score_chunk(ctx.champions, consent.apply_overrides(features, opt_outs))
+    scores = batch.score_chunk(ctx.champions.loaded(), consent.apply_overrides(features, opt_outs))
     carried = pd.DataFrame([{n: (row.predictions or {}).get(n) if row else None for n in SIGNAL_FIELDS}
                             for row in previous], columns=SIGNAL_FIELDS)
     table = pa.Table.from_pandas(features, preserve_index=False)

@@ -194,9 +194,15 @@ def churn_band(probability: np.ndarray) -> np.ndarray:
 
 
 def threads(rows: int) -> int:
-    """LightGBM threads for scoring `rows` rows: every core the process may use for a batch, one for the few rows
-    of a request (starting threads would cost more than they save)."""
-    return len(os.sched_getaffinity(0)) if rows >= PARALLEL_ROWS else 1
+    """LightGBM threads for scoring `rows` rows: every core the process may use for a batch (`OMP_NUM_THREADS` when
+    set: a Spark task's share), one for the few rows of a request (starting threads would cost more than they
+    save)."""
+    return _cores() if rows >= PARALLEL_ROWS else 1
+
+
+def _cores() -> int:
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else len(os.sched_getaffinity(0))
 
 
 def _probability(model: Any, X: pd.DataFrame, k: int) -> tuple[np.ndarray, Reasons]:

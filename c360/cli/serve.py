@@ -31,7 +31,8 @@ def score(
 
     Writes dated Parquet under C360_HOME/scores and pushes the latest scores into the online store (feature view
     `predictions`), where the service reads them. Re-running resumes an interrupted run and changes nothing after a
-    complete one; a new snapshot or champion makes a new run.
+    complete one; a new snapshot or champion makes a new run. Every core scores (LightGBM threads); with
+    C360_ENGINE=spark, Spark tasks score the chunks (C360_SPARK_MASTER; the `spark` extra and Java).
 
     With --model NAME --table FILE --out FILE: score your own table with a table model instead (churn probability
     and top-3 reasons, or the recommended action and its expected gain, per row).
@@ -42,6 +43,7 @@ def score(
         if customers is not None:
             raise fail("--customers scores the feature store's customers: it does not go with --model")
         return _score_table(model, table_path, out, alias, as_json)
+    from c360.core.engine import EngineUnavailable
     from c360.serving import batch
     from c360.serving.errors import Unavailable
 
@@ -61,7 +63,7 @@ def score(
         with audited(s, "c360 score", ids if ids is not None else [audit.ALL]):
             report = batch.score(s, ids, chunk_size=chunk_size, on_start=on_start,
                                  on_chunk=lambda n: holder["advance"](n))
-    except (FileNotFoundError, LookupError, Unavailable) as e:
+    except (FileNotFoundError, LookupError, Unavailable, EngineUnavailable) as e:
         raise fail(str(e)) from None
     finally:
         if "bar" in holder:
@@ -73,7 +75,7 @@ def score(
     if report.scored_chunks:
         done = (f"{report.customers:,} customers scored with {versions}, features as of {report.as_of:%Y-%m-%d}, "
                 f"in {report.seconds:.1f} s ({report.per_second:,.0f} customers/s, "
-                f"{3 * report.per_second:,.0f} predictions/s)")
+                f"{len(report.versions) * report.per_second:,.0f} predictions/s) on the {report.engine} engine")
     else:
         done = (f"{report.customers:,} customers already scored with {versions} (features as of "
                 f"{report.as_of:%Y-%m-%d}): nothing to score, online store refreshed in {report.seconds:.1f} s")

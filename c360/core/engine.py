@@ -7,7 +7,9 @@ command fails with that reason and a test skips with it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import sys
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -15,6 +17,10 @@ from c360.core.settings import Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine the settings name cannot run here (the reason in words)."""
 
 
 def name() -> str:
@@ -37,12 +43,14 @@ def spark(master: str | None = None) -> SparkSession:
     mean what they mean in DuckDB."""
     reason = spark_unavailable()
     if reason:
-        raise RuntimeError(f"C360_ENGINE=spark: {reason}")
+        raise EngineUnavailable(f"C360_ENGINE=spark, but {reason}")
     from pyspark.sql import SparkSession
 
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers run c360's own interpreter
     session = (SparkSession.builder.appName("c360").master(master or Settings().spark_master)
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
                .config("spark.sql.shuffle.partitions", "8")
                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                .getOrCreate())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from c360.serving import batch, online, predict, predictions
 from c360.serving.champions import Champions
 from c360.training.response import CHANNELS as RESPONSE_CHANNELS
 from c360.training.specs import MODELS
+from tests.serving.conftest import home_copy
 
 
 def _run(s: Settings):
@@ -63,7 +65,7 @@ def test_scores_equal_the_models_own_predictions(served: Settings, monkeypatch: 
     snapshot = store.read_snapshot(served, store.snapshot_dates(served)[-1])
     champions = Champions.load(served.home, snapshot)
     X = snapshot.head(2000).reset_index(drop=True)
-    ours = {s.model: s for s in batch.score_chunk(champions, X)}
+    ours = {s.model: s for s in batch.score_chunk(champions.loaded(), X)}
     churn, clv, nba = (champions[kind].model for kind in ("churn", "clv", "nba"))
     np.testing.assert_allclose(ours["churn"].score, churn.predict_proba(X), rtol=1e-9, atol=1e-12)
     _same_reasons(ours["churn"].reasons, churn.contributions(X).drop(columns="base_value"), churn.feature_values(X))
@@ -160,7 +162,7 @@ def test_without_the_optional_champions_their_fields_are_empty(served: Settings)
     del champions.models["expansion"], champions.models["response"]
     as_of = store.snapshot_dates(served)[-1]
     X = store.read_snapshot(served, as_of).head(50)
-    scores = batch.score_chunk(champions, X)
+    scores = batch.score_chunk(champions.loaded(), X)
     assert [s.model for s in scores] == ["churn", "clv", "nba"]
     table = batch.wide_table(X["customer_id"], scores, pd.DataFrame(
         {name: [None] * len(X) for name in ("next_feature", "next_feature_score", "next_feature_method",
@@ -168,3 +170,27 @@ def test_without_the_optional_champions_their_fields_are_empty(served: Settings)
     assert set(FIELDS) <= set(table.column_names)
     assert table["expansion_probability"].null_count == len(X) and table["churn_probability"].null_count == 0
     assert table["response_channel"].null_count == len(X)
+
+
+def test_spark_scores_the_same_parts(served: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """C360_ENGINE=spark (local, 2 cores): Spark tasks score the chunks; every long and wide part equals the DuckDB
+    engine's, scores and reasons included (only the scoring time differs), and the online store holds them."""
+    from c360.core.engine import spark_unavailable
+
+    if reason := spark_unavailable():
+        pytest.skip(reason)
+    ours = batch.score(served, chunk_size=1000)
+    with home_copy(served, tmp_path) as copy:
+        shutil.rmtree(copy.scores)
+        monkeypatch.setenv("C360_ENGINE", "spark")
+        monkeypatch.setenv("C360_SPARK_MASTER", "local[2]")
+        spark = batch.score(Settings(), chunk_size=1000)
+        ctx = online.Context(copy, store.feature_store(copy), Champions.load(copy.home))
+        wide = pd.read_parquet(spark.folder / "wide" / "part-00002.parquet")
+        rows = online.read_online(ctx, list(wide["customer_id"].head(5)))
+    assert (spark.engine, spark.scored_chunks, spark.customers) == ("spark", ours.chunks, ours.customers)
+    for part in sorted(ours.folder.glob("**/part-*.parquet")):
+        expected = pd.read_parquet(part).drop(columns=["scored_at", "scored_ts"], errors="ignore")
+        got = pd.read_parquet(spark.folder / part.relative_to(ours.folder))
+        pd.testing.assert_frame_equal(got.drop(columns=["scored_at", "scored_ts"], errors="ignore"), expected)
+    assert all(r is not None and r.predictions["scored_at"] == wide["scored_at"].iloc[0] for r in rows)
