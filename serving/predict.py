@@ -65,9 +65,16 @@ class Reasons:
     names: np.ndarray  # (n, k) object
     values: np.ndarray  # (n, k) object
     contributions: np.ndarray  # (n, k) float64
+    _json: pa.Array | None = field(default=None, init=False, repr=False, compare=False)
 
     def json(self) -> pa.Array:
-        """One JSON list per row, `[{"feature", "value", "contribution"}, ...]`, built with Arrow string kernels."""
+        """One JSON list per row, `[{"feature", "value", "contribution"}, ...]`, built with Arrow string kernels
+        once (a batch writes it to the long and the wide table)."""
+        if self._json is None:
+            self._json = self._texts()
+        return self._json
+
+    def _texts(self) -> pa.Array:
         objects = []
         for slot in range(self.names.shape[1]):
             name = pa.array(self.names[:, slot], type=pa.string())
