@@ -61,10 +61,10 @@ def test_spark_writes_the_snapshots_duckdb_writes(spark, home_over_resolved, mon
 # Each edge: `arg_max` over a NULL value (k 1), a value not in the list (k 2), a day's difference across midnight
 # in less than 24 hours (k 1), columns in another order on each side of a UNION BY NAME.
 EDGES = """
-WITH rows AS (SELECT k, v, ts, p FROM one UNION ALL BY NAME SELECT p, ts, v, k FROM two)
-SELECT k, arg_max(v, ts) AS last_v, min(list_position(['a', 'b'], p)) AS position,
+WITH seen AS (SELECT k, v, ts, p FROM one UNION ALL BY NAME SELECT p, ts, v, k FROM two)
+SELECT k, arg_max(v, ts) AS last_v, min(list_position(['a', 'b'], p)) AS place,
        min(date_diff('day', ts, $as_of)) AS days, count(*) FILTER (WHERE ts >= $as_of - INTERVAL 1 DAY) AS recent
-FROM rows GROUP BY ALL ORDER BY k
+FROM seen GROUP BY ALL ORDER BY k
 """
 
 
