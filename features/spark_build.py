@@ -10,6 +10,9 @@ Spark means it; this is the one place that knows the two apart:
 * `date_diff('day', a, b)` counts the midnights between a and b, Spark's `datediff(DAY, a, b)` the whole days;
 * `UNION ALL BY NAME`, which Spark lacks, becomes a union of the same columns in the same order.
 
+`GROUP BY ALL`, `FILTER (WHERE ...)`, `INTERVAL`, `* EXCLUDE` and the `$as_of` parameter need nothing: sqlglot
+writes them as Spark 4 reads them. The result is cast to the types DuckDB gives, so the snapshots' schema is one.
+
 The export is personal data (the columns the features read of each source table and of the identity tables) in
 plain Parquet, whatever the warehouse's encryption: it lives for one build, in a folder of its own under
 `C360_HOME/spark/warehouse/`, removed when the build ends; an erasure removes any a killed build left behind.
@@ -168,7 +171,7 @@ def _rewrite(node: exp.Expr) -> exp.Expr:
 
 class SparkExports:
     """Exports left by a killed Spark build (a finished one removes its own): each holds everyone, so an erasure
-    removes them whole; the next build exports again."""
+    removes them whole (a build reading one then fails: run it again, it exports anew)."""
 
     @staticmethod
     def export(work: Work, person: Person) -> list[str]:
