@@ -243,15 +243,18 @@ def as_of_dates(con, end: pd.Timestamp, as_of: date | None, history_days: int,
 
 def build(con, as_of: pd.Timestamp) -> pd.DataFrame:
     """One row per customer known before `as_of`: every feature of FEATURES, from data strictly before it."""
-    raw = con.execute(SQL, {"as_of": pd.Timestamp(as_of).to_pydatetime()}).df()
-    return derive(raw)[["customer_id", "as_of", *BY_NAME]]
+    return finish(con.execute(SQL, {"as_of": pd.Timestamp(as_of).to_pydatetime()}).df())
 
 
 def build_each(con, clock: str) -> pd.DataFrame:
     """`build` with each customer at its own as-of: `clock` names a table (customer_id, as_of) in `con`; one row
     per customer of it known before its as-of. Every contract table in `con` carries `OWNER`, the customer its rows
     reach. One run of SQL for all (a lateral join), not one per as-of."""
-    raw = con.execute(_each_sql(clock)).df()
+    return finish(con.execute(_each_sql(clock)).df())
+
+
+def finish(raw: pd.DataFrame) -> pd.DataFrame:
+    """The snapshot of SQL's result `raw`: the derived features added, the columns in FEATURES' order."""
     return derive(raw)[["customer_id", "as_of", *BY_NAME]]
 
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from c360.cli.ui import Json, audited, emit, fail, progress, record_run, stderr, table
-from c360.core import consent, warehouse
+from c360.core import consent, engine, warehouse
 from c360.core.settings import Settings
 from c360.features.profile import label
 
@@ -29,23 +29,30 @@ def build(
     every_days: Annotated[int, typer.Option(help="without --as-of: days between snapshots")] = 28,
     as_json: Json = False,
 ) -> dict:
-    """Compute feature snapshots from the warehouse (data strictly before each as-of date) as Parquet files."""
-    from c360.features import campaigns, compute, store
+    """Compute feature snapshots from the warehouse (data strictly before each as-of date) as Parquet files, on the
+    engine C360_ENGINE names: duckdb (this process) or spark (C360_SPARK_MASTER; the same features, the warehouse's
+    tables exported to Parquet for the build's length)."""
+    from c360.features import campaigns, compute, spark_build, store
 
     s, started = Settings(), time.time()
+    if s.engine == "spark" and (reason := engine.spark_unavailable()):
+        raise fail(f"C360_ENGINE=spark: {reason}")
     with warehouse.connect(s, read_only=True) as con:
         if not warehouse.has_table(con, "identity_crosswalk"):
             raise fail("no resolved customers yet: run `c360 resolve` first")
         end = warehouse.data_end(con)
         dates = compute.as_of_dates(con, end, date.fromisoformat(as_of) if as_of else None, history_days,
                                      every_days, campaigns.launch_dates(s))
-        with progress("building feature snapshots", len(dates)) as advance:
+        with progress(f"building feature snapshots on {s.engine}", len(dates)) as advance, \
+                spark_build.builder(s, con) as build_one:
             for day in dates:
-                store.write_snapshot(s, compute.build(con, day))
+                store.write_snapshot(s, build_one(day))
                 advance(1)
-    record_run(s, "features build", started, snapshots=len(dates), last=dates[-1])
-    return emit({"snapshots": len(dates), "as_of_dates": [d.date() for d in dates], "folder": s.snapshots}, as_json,
-                f"{len(dates)} snapshot(s) from {dates[0]:%Y-%m-%d} to {dates[-1]:%Y-%m-%d} in {s.snapshots}")
+    record_run(s, "features build", started, snapshots=len(dates), last=dates[-1], engine=s.engine)
+    return emit({"snapshots": len(dates), "as_of_dates": [d.date() for d in dates], "folder": s.snapshots,
+                 "engine": s.engine}, as_json,
+                f"{len(dates)} snapshot(s) from {dates[0]:%Y-%m-%d} to {dates[-1]:%Y-%m-%d} in {s.snapshots} "
+                f"(engine: {s.engine})")
 
 
 @features_app.command()
