@@ -175,18 +175,19 @@ def _loads_and_crosswalk(s: Settings) -> str:
 def _build(s: Settings) -> dict[str, Any]:
     """The snapshot as of the data's end; and an experiment wave's or a campaign's that has none yet (the next best
     action learns from them)."""
-    from c360.features import campaigns, compute, store
+    from c360.features import campaigns, compute, spark_build, store
 
     built = set(store.snapshot_dates(s))
     with warehouse.connect(s, read_only=True) as con:
         end = warehouse.data_end(con)
         launches = sorted({*compute.experiment_dates(con), *campaigns.launch_dates(s)})
         days = [*(d for d in launches if d < end and d not in built), end]
-        snapshots = [compute.build(con, day) for day in days]
+        with spark_build.builder(s, con) as build_one:
+            snapshots = [build_one(day) for day in days]
     for snapshot in snapshots:
         store.write_snapshot(s, snapshot)
     return {"as_of": [d.date() for d in days], "customers": len(snapshots[-1]),
-            "snapshots": len(store.snapshot_dates(s))}
+            "snapshots": len(store.snapshot_dates(s)), "engine": s.engine}
 
 
 def _latest_snapshot(s: Settings) -> str:
