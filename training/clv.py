@@ -289,13 +289,14 @@ def training_frame(
     return features, labels.reindex(features.index, fill_value=0.0)
 
 
-def _boost(
+def boost(
     features: pd.DataFrame, label: pd.Series, params: Mapping[str, Any], max_rounds: int, seed: int,
-    init_score: np.ndarray | None = None,
+    init_score: np.ndarray | None = None, valid: np.ndarray | None = None,
 ) -> lgb.Booster:
-    """Choose the number of rounds by early stopping on a random 20 % of the training customers, then refit all."""
-    rng = np.random.default_rng(seed)
-    valid = rng.random(len(features)) < 0.2
+    """Choose the number of rounds by early stopping on the `valid` rows (default: a random 20 % of the training
+    rows, one per customer), then refit all."""
+    if valid is None:
+        valid = np.random.default_rng(seed).random(len(features)) < 0.2
     score = np.zeros(len(features)) if init_score is None else init_score
     train_set = lgb.Dataset(features[~valid], label[~valid], init_score=score[~valid], free_raw_data=False)
     valid_set = lgb.Dataset(features[valid], label[valid], init_score=score[valid], reference=train_set)
@@ -325,7 +326,7 @@ def fit_boosted(
     """
     columns = [c for c in features.columns if c not in exclude and c != offset]
     init_score = None if offset is None else np.log(features[offset].to_numpy(dtype=float).clip(1e-6))
-    booster = _boost(features[columns], label.astype(float), params or COUNT_PARAMS, max_rounds, seed, init_score)
+    booster = boost(features[columns], label.astype(float), params or COUNT_PARAMS, max_rounds, seed, init_score)
     return BoostedModel(booster, columns, horizon_weeks, "bgnbd" in columns, dict(trained_on or {}), offset)
 
 
