@@ -15,7 +15,8 @@ knows none of the new ids (their next feature falls back to popularity, their co
   arm is explained for (a flat arm, slope 0, runs no tree: its uplift is its average effect). Every core the
   process may use, in both (LightGBM's `num_threads`).
 
-Run from the repo root: `python -m bench.score --home DIR [--customers N]`.
+Run from the repo root: `python -m bench.score --home DIR [--customers N] [--engine spark]` (`--engine spark`: ours
+is `C360_ENGINE=spark c360 score`, Spark in local mode on the same cores; the baseline is unchanged).
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("C360_HOME", ".c360")))
     parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb",
+                        help="the engine `c360 score` runs on")
     parser.add_argument("--baseline-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_only:
@@ -121,7 +124,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         work = Path(tmp) / "home"
         make_home(args.home.resolve(), work, args.customers)
-        env = {"C360_HOME": str(work), "MLFLOW_TRACKING_URI": ""}
+        env = {"C360_HOME": str(work), "MLFLOW_TRACKING_URI": "", "C360_ENGINE": args.engine}
         # Baseline first: it reads the snapshot before `c360 score` has written anything, same files, same cache.
         out = Path(tmp) / "baseline.json"
         raw = run([sys.executable, "-m", "bench.score", "--home", str(work), "--baseline-only", str(out)], env=env)
@@ -136,14 +139,14 @@ def main() -> None:
     ratio = ours.seconds / base["seconds"]
     load = os.getloadavg()[0]
     trees = ", ".join(f"{k} {v}" for k, v in base["trees"].items())
-    ours_row = (f"| ours: `c360 score` (read, 3 models, `pred_contrib`, top-3 reasons, long + wide Parquet, online "
-                f"store push) | {ours.seconds:,.0f} s | {n / ours.seconds:,.0f} | {ours.peak_rss_mb:,.0f} MB | "
-                f"{ratio:.2f}× |")
+    ours_row = (f"| ours: `c360 score` on {args.engine} (read, 3 models, `pred_contrib`, top-3 reasons, long + wide "
+                f"Parquet, online store push) | {ours.seconds:,.0f} s | {n / ours.seconds:,.0f} | "
+                f"{ours.peak_rss_mb:,.0f} MB | {ratio:.2f}× |")
     base_row = (f"| baseline: the LightGBM calls alone (`pred_contrib` of what is explained, `predict` of the rest), "
                 f"matrix prepared beforehand | "
                 f"{base['seconds']:,.0f} s | {n / base['seconds']:,.0f} | {raw.peak_rss_mb:,.0f} MB (whole process) "
                 "| 1× |")
-    record(f"batch scoring, {n:,} customers", f"""
+    record(f"batch scoring, {n:,} customers" + (", Spark (local)" if args.engine == "spark" else ""), f"""
 {n:,} customers × 3 models (churn, CLV, next best action), top-3 reasons each: the latest snapshot of the
 20,000-customer demo home replicated to {n:,} rows with new ids (synthetic: realistic rows, unknown to the
 warehouse). Trees: {trees}. {base['cores']} LightGBM threads in both runs (every core); the machine was shared with
