@@ -29,7 +29,6 @@ through Feast's `materialize`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -55,8 +54,9 @@ from c360.features.online_store import (
 STORE_TYPE = "c360.features.redis_store.C360RedisOnlineStore"
 _BIN = pa.binary()
 
-# KEYS: the entities' Redis keys. ARGV: features F, key TTL in seconds (0: none), the `_ts:view` field, the F feature
-# fields, then per entity its Timestamp bytes and its F values. A row is written unless the stored one is newer.
+# KEYS: the entities' Redis keys. ARGV: the arguments per entity n, the key TTL in seconds (0: none), the `_ts:view`
+# field, then per entity its n arguments of HSET: `_ts:view`, its Timestamp bytes, and per feature its field and
+# Value (already paired: no Lua table is built per entity). A row is written unless the stored one is newer.
 # Timestamps are compared as (seconds, nanos) parsed from the protobuf varints: Lua numbers are doubles, exact up to
 # 2^53; a 10-byte varint is a negative int64 (a time before 1970), read from its complement. HSET arguments go in
 # slices: Lua's unpack stops near 8,000 values.
@@ -81,28 +81,22 @@ local function stamp(b)
   end
   return s, n
 end
-local f, ttl, tsf = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local n, ttl, tsf = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local written = 0
 for k = 1, #KEYS do
-  local at = 4 + f + (k - 1) * (f + 1)
+  local at = 4 + (k - 1) * n
   local old = redis.call('HGET', KEYS[k], tsf)
   local newer = true
   if old then
-    local s, n = stamp(ARGV[at])
-    local os, on = stamp(old)
-    newer = s > os or (s == os and n >= on)
+    local s, ns = stamp(ARGV[at + 1])
+    local os, ons = stamp(old)
+    newer = s > os or (s == os and ns >= ons)
   end
   if newer then
-    local args = {tsf, ARGV[at]}
-    for j = 1, f do
-      args[#args + 1] = ARGV[3 + j]
-      args[#args + 1] = ARGV[at + j]
-      if #args >= 2000 then
-        redis.call('HSET', KEYS[k], unpack(args))
-        args = {}
-      end
+    local last = at + n - 1
+    for a = at, last, 2000 do
+      redis.call('HSET', KEYS[k], unpack(ARGV, a, math.min(a + 1999, last)))
     end
-    if #args > 0 then redis.call('HSET', KEYS[k], unpack(args)) end
     if ttl > 0 then redis.call('EXPIRE', KEYS[k], ttl) end
     written = written + 1
   end
@@ -117,7 +111,7 @@ class C360RedisOnlineStoreConfig(RedisOnlineStoreConfig):
     type: Literal["c360.features.redis_store.C360RedisOnlineStore"] = STORE_TYPE  # type: ignore[assignment]
     write_batch_size: StrictInt = 100_000
     """Rows per encoding step of `write_arrow`: bounds memory."""
-    rows_per_call: StrictInt = 500
+    rows_per_call: StrictInt = 200
     """Rows per script call (and per `MULTI`/`EXEC` of `write_views`): Redis serves nothing else meanwhile."""
 
 
@@ -131,11 +125,6 @@ def bulk_writer(config: RepoConfig) -> C360RedisOnlineStore | None:
 
 class C360RedisOnlineStore(RedisOnlineStore):
     """Feast's Redis online store with a bulk write path and a direct read; see the module docstring."""
-
-    @contextmanager
-    def transaction(self, config: RepoConfig) -> Iterator[None]:
-        """For the caller's symmetry with `C360OnlineStore.transaction`: here only `write_views` groups writes."""
-        yield
 
     def write_arrow(
         self,
@@ -161,11 +150,12 @@ class C360RedisOnlineStore(RedisOnlineStore):
         per_call = int(online.rows_per_call)
         batches = [encode_batches(config, view, table, timestamp_field=timestamp_field, framed=False)
                    for view, table in rows]
-        heads = [_head(config, view) for view, _ in rows]
+        fields = [_fields(config, view) for view, _ in rows]
         written = 0
-        while parts := [(head, batch) for head, batch in zip(heads, (next(b, None) for b in batches), strict=True)
+        while parts := [(names, batch) for names, batch in zip(fields, (next(b, None) for b in batches), strict=True)
                         if batch is not None]:
-            frames = [(head, _resp(_redis_keys(config, batch.keys)), _row_args(batch)) for head, batch in parts]
+            frames = [(_head(config, names), _resp(_redis_keys(config, batch.keys)), _row_args(names, batch))
+                      for names, batch in parts]
             n = max(batch.rows for _, batch in parts)
             commands = []
             for start in range(0, n, per_call):
@@ -211,12 +201,15 @@ class C360RedisOnlineStore(RedisOnlineStore):
         return out
 
 
-def _head(config: RepoConfig, view: FeatureView) -> list[bytes]:
-    """The script's arguments before the rows: F, the TTL, `_ts:view` and the F feature fields."""
+def _fields(config: RepoConfig, view: FeatureView) -> list[bytes]:
+    """The view's hash fields in Feast's layout: `_ts:view`, then `mmh3("view:feature")` of each feature."""
     name = compute_versioned_name(view, config.registry.enable_online_feature_view_versioning)
-    ttl = config.online_store.key_ttl_seconds or 0
-    return [str(len(view.features)).encode(), str(ttl).encode(), f"_ts:{name}".encode(),
-            *(_mmh3(f"{name}:{f.name}") for f in view.features)]
+    return [f"_ts:{name}".encode(), *(_mmh3(f"{name}:{f.name}") for f in view.features)]
+
+
+def _head(config: RepoConfig, fields: list[bytes]) -> list[bytes]:
+    """The script's arguments before the rows: the arguments per row, the key TTL and the `_ts:view` field."""
+    return [str(2 * len(fields)).encode(), str(config.online_store.key_ttl_seconds or 0).encode(), fields[0]]
 
 
 def _redis_keys(config: RepoConfig, keys: pa.Array) -> pa.Array:
@@ -224,9 +217,12 @@ def _redis_keys(config: RepoConfig, keys: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(keys, config.project.encode(), b"")
 
 
-def _row_args(batch: Any) -> pa.Array:
-    """Per row, its script arguments as RESP: the Timestamp, then each feature's Value."""
-    return pc.binary_join_element_wise(*(_resp(a) for a in (_timestamps(batch.event_us), *batch.values)), b"")
+def _row_args(fields: list[bytes], batch: Any) -> pa.Array:
+    """Per row, its script arguments as RESP: each field of `fields` followed by its value (the Timestamp, then each
+    feature's Value)."""
+    values = (_timestamps(batch.event_us), *batch.values)
+    return pc.binary_join_element_wise(*(part for field, value in zip(fields, values, strict=True)
+                                         for part in (_bulk(field), _resp(value))), b"")
 
 
 def _timestamps(micros: pa.Array) -> pa.Array:
@@ -253,8 +249,7 @@ def _evalsha(sha: str, head: list[bytes], keys: pa.Array, values: pa.Array, star
     """One script call on the rows [start, start + size) as RESP: the header, then slices of the framed arrays."""
     k = min(size, len(keys) - start)
     args = [b"EVALSHA", sha.encode(), str(k).encode()]
-    features = int(head[0])
-    total = len(args) + k + len(head) + k * (1 + features)
+    total = len(args) + k + len(head) + k * int(head[0])
     prefix = f"*{total}\r\n".encode() + b"".join(_bulk(a) for a in args)
     return [prefix, _slice(keys, start, k), b"".join(_bulk(a) for a in head), _slice(values, start, k)]
 
