@@ -28,7 +28,8 @@ through Feast's `materialize`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +44,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import StrictInt
 
 from c360.features.online_store import (
+    EncodedBatch,
     _ragged,
     _varints,
     encode_batches,
@@ -144,29 +146,27 @@ class C360RedisOnlineStore(RedisOnlineStore):
                     timestamp_field: str | None = None, progress: Callable[[int], Any] | None = None) -> int:
         """`write_arrow` of several views' tables, the same positions of all tables in one `MULTI`/`EXEC` per
         `rows_per_call` rows; returns the rows read."""
-        online = config.online_store
-        client = self._get_client(online)
+        client = self._get_client(config.online_store)
         sha = client.script_load(_SCRIPT)
-        per_call = int(online.rows_per_call)
         batches = [encode_batches(config, view, table, timestamp_field=timestamp_field, framed=False)
                    for view, table in rows]
         fields = [_fields(config, view) for view, _ in rows]
         written = 0
-        while parts := [(names, batch) for names, batch in zip(fields, (next(b, None) for b in batches), strict=True)
-                        if batch is not None]:
-            frames = [(_head(config, names), _resp(_redis_keys(config, batch.keys)), _row_args(names, batch))
-                      for names, batch in parts]
-            n = max(batch.rows for _, batch in parts)
-            commands = []
-            for start in range(0, n, per_call):
-                group = [_evalsha(sha, head, keys, values, start, per_call) for head, keys, values in frames
-                         if start < len(keys)]
-                commands += [_command(b"MULTI"), *group, _command(b"EXEC")] if len(group) > 1 else group
-            _send(client, commands)
-            rows_read = sum(batch.rows for _, batch in parts)
-            written += rows_read
-            if progress:
-                progress(rows_read)
+        # One thread sends a batch and reads its replies while this one encodes the next: Redis works meanwhile.
+        with ThreadPoolExecutor(max_workers=1) as sender:
+            sent: Future[None] | None = None
+            while parts := [(names, batch) for names, batch in zip(fields, (next(b, None) for b in batches),
+                                                                    strict=True) if batch is not None]:
+                commands = _commands(config, sha, parts)
+                if sent is not None:
+                    sent.result()
+                sent = sender.submit(_send, client, commands)
+                rows_read = sum(batch.rows for _, batch in parts)
+                written += rows_read
+                if progress:
+                    progress(rows_read)
+            if sent is not None:
+                sent.result()
         return written
 
     def read_columns(self, config: RepoConfig, views: Sequence[tuple[FeatureView, Sequence[str]]],
@@ -201,6 +201,20 @@ class C360RedisOnlineStore(RedisOnlineStore):
         return out
 
 
+def _commands(config: RepoConfig, sha: str, parts: list[tuple[list[bytes], EncodedBatch]]) -> list[list[Any]]:
+    """The script calls writing a batch of each view (its fields, its rows), the same rows of all views in one
+    `MULTI`/`EXEC` per `rows_per_call` rows."""
+    per_call = int(config.online_store.rows_per_call)
+    frames = [(_head(config, names), _resp(_redis_keys(config, batch.keys)), _row_args(names, batch))
+              for names, batch in parts]
+    commands: list[list[Any]] = []
+    for start in range(0, max(batch.rows for _, batch in parts), per_call):
+        group = [_evalsha(sha, head, keys, values, start, per_call) for head, keys, values in frames
+                 if start < len(keys)]
+        commands += [_command(b"MULTI"), *group, _command(b"EXEC")] if len(group) > 1 else group
+    return commands
+
+
 def _fields(config: RepoConfig, view: FeatureView) -> list[bytes]:
     """The view's hash fields in Feast's layout: `_ts:view`, then `mmh3("view:feature")` of each feature."""
     name = compute_versioned_name(view, config.registry.enable_online_feature_view_versioning)
@@ -217,7 +231,7 @@ def _redis_keys(config: RepoConfig, keys: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(keys, config.project.encode(), b"")
 
 
-def _row_args(fields: list[bytes], batch: Any) -> pa.Array:
+def _row_args(fields: list[bytes], batch: EncodedBatch) -> pa.Array:
     """Per row, its script arguments as RESP: each field of `fields` followed by its value (the Timestamp, then each
     feature's Value)."""
     values = (_timestamps(batch.event_us), *batch.values)
