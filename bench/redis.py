@@ -19,15 +19,14 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from bench.common import Measured, record, run
-from bench.online_store import VIEW, WINDOW, make_repo, synthetic
+from bench.common import Measured, record
+from bench.online_store import VIEW, child, make_repo, step_materialize, synthetic
 
 
 def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -93,21 +92,6 @@ def step_write_arrow(repo: Path, parquet: Path, out: Path) -> None:
                                "cpu_s": time.process_time() - cpu}))
 
 
-def step_materialize(repo: Path, out: Path) -> None:
-    from feast import FeatureStore
-
-    store = FeatureStore(repo_path=str(repo))
-    started, cpu = time.perf_counter(), time.process_time()
-    store.materialize(*WINDOW)
-    out.write_text(json.dumps({"seconds": time.perf_counter() - started, "cpu_s": time.process_time() - cpu}))
-
-
-def child(step: str, *args: Any) -> tuple[Measured, dict[str, Any]]:
-    out = Path(args[-1])
-    measured = run([sys.executable, "-m", "bench.redis", "--step", step, *map(str, args)])
-    return measured, json.loads(out.read_text())
-
-
 # ---------------------------------------------------------------------- driver
 
 
@@ -142,20 +126,20 @@ def main() -> None:
                   {"type": "c360.features.redis_store.C360RedisOnlineStore", "connection_string": f"{url},db=0"})
         make_repo(work / "feast", work / "sample.parquet", {"type": "redis", "connection_string": f"{url},db=1"})
         empty = stored(url, 0)
-        ours = child("write-arrow", work / "ours", work / "features.parquet", work / "ours.json")
+        ours = child("write-arrow", work / "ours", work / "features.parquet", work / "ours.json", module="bench.redis")
         print(f"ours write_arrow: {ours}", flush=True)
         after_ours = stored(url, 0)
-        feast = child("materialize", work / "feast", work / "feast.json")
+        feast = child("materialize", work / "feast", work / "feast.json", module="bench.redis")
         print(f"feast redis materialize ({sample:,}): {feast}", flush=True)
         after_feast = stored(url, 1)
-        server = {name: {"keys": after["keys"], "used_mb": after["used_mb"] - before["used_mb"],
+        redis_side = {name: {"keys": after["keys"], "used_mb": after["used_mb"] - before["used_mb"],
                          "cpu_s": after["cpu_s"] - before["cpu_s"]}
                   for name, before, after in (("ours", empty, after_ours), ("feast", after_ours, after_feast))}
         same = same_layout(url, ids)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    body = report(a, sample, ours, feast, server, same, (load_before, os.getloadavg()[0]))
+    body = report(a, sample, ours, feast, redis_side, same, (load_before, os.getloadavg()[0]))
     print(body)
     if not a.no_record:
         record("Redis online store", body)
@@ -163,14 +147,14 @@ def main() -> None:
 
 
 def report(a: argparse.Namespace, sample: int, ours: tuple[Measured, dict[str, Any]],
-           feast: tuple[Measured, dict[str, Any]], server: dict[str, dict[str, Any]], same: bool,
+           feast: tuple[Measured, dict[str, Any]], redis_side: dict[str, dict[str, Any]], same: bool,
            load: tuple[float, float]) -> str:
     n, f = a.customers, a.features
     scale = n / sample
     ours_s, feast_s = ours[1]["seconds"], feast[1]["seconds"]
     feast_full = feast_s * scale
-    ours_cpu = ours[1]["cpu_s"] + server["ours"]["cpu_s"]
-    feast_cpu = (feast[1]["cpu_s"] + server["feast"]["cpu_s"]) * scale
+    ours_cpu = ours[1]["cpu_s"] + redis_side["ours"]["cpu_s"]
+    feast_cpu = (feast[1]["cpu_s"] + redis_side["feast"]["cpu_s"]) * scale
     return f"""
 {n:,} customers × {f} features (bench/online_store.py's data: float64, float32, int64, int32, string, bool; a third
 of the columns 5 % null; rows in random key order), one Feast feature view, into one redis-server 7 from Debian on
@@ -185,11 +169,11 @@ compares two runs of the same moment.
 | write path | customers | write time | rows/s | CPU: writer + Redis | peak RSS | Redis memory added |
 |---|---|---|---|---|---|---|
 | c360 `write_arrow` (bulk, from Arrow) | {n:,} | {ours_s:.1f} s | {n / ours_s:,.0f} \
-| {ours[1]['cpu_s']:.1f} + {server['ours']['cpu_s']:.1f} s | {ours[0].peak_rss_mb:,.0f} MB \
-| {server['ours']['used_mb']:,.0f} MB ({server['ours']['keys']:,} keys) |
+| {ours[1]['cpu_s']:.1f} + {redis_side['ours']['cpu_s']:.1f} s | {ours[0].peak_rss_mb:,.0f} MB \
+| {redis_side['ours']['used_mb']:,.0f} MB ({redis_side['ours']['keys']:,} keys) |
 | Feast `materialize` into its Redis store | {sample:,} | {feast_s:.1f} s | {sample / feast_s:,.0f} \
-| {feast[1]['cpu_s']:.1f} + {server['feast']['cpu_s']:.1f} s | {feast[0].peak_rss_mb:,.0f} MB \
-| {server['feast']['used_mb']:,.0f} MB ({server['feast']['keys']:,} keys) |
+| {feast[1]['cpu_s']:.1f} + {redis_side['feast']['cpu_s']:.1f} s | {feast[0].peak_rss_mb:,.0f} MB \
+| {redis_side['feast']['used_mb']:,.0f} MB ({redis_side['feast']['keys']:,} keys) |
 | Feast, scaled to {n:,} | {n:,} (scaled) | ≈ {feast_full:,.0f} s | | ≈ {feast_cpu:,.0f} s | | |
 
 **{n:,} × {f} into Redis: c360's bulk write {ours_s:.1f} s vs Feast's `materialize` ≈ {feast_full:,.0f} s
