@@ -1,8 +1,9 @@
 """c360's Redis online store: Feast's `RedisOnlineStore`, with bulk writes straight from Arrow.
 
 Feast's Redis store writes one `HSET` per entity and view, each value a `ValueProto` built and serialized in Python:
-about 100 µs per row of 50 features, before Redis sees it. This store keeps Feast's layout, so Feast's reads
-(`get_online_features`, `feast serve`) and its `update`/`teardown` work on what it writes:
+≈ 0.36 ms of CPU per row of 50 features before Redis sees it (bench/redis.py; this store's writer: 14 µs). This
+store keeps Feast's layout, so Feast's reads (`get_online_features`, `feast serve`) and its `update`/`teardown` work
+on what it writes:
 
 - one hash per entity, under Feast's serialized entity key followed by the project name (`_redis_key`);
 - in it, per feature view, a field `mmh3("view:feature")` (4 bytes) holding the value's serialized `Value` (empty
@@ -17,9 +18,9 @@ row of the same time). `write_views` writes several views, each group of `rows_p
 order, as a snapshot's views are). A whole load is not one transaction: a run killed midway leaves some customers on
 the new rows and the rest on the old, as Feast's materialize does.
 
-`read_columns` reads what `C360OnlineStore.read_columns` reads, one `HMGET` per entity for all views. The bulk path
-needs a single Redis server (`redis_type: redis`); with a cluster or Sentinel, `bulk_writer` gives None and writes go
-through Feast's `materialize`.
+`read_columns` reads what `C360OnlineStore.read_columns` reads: an `HMGET` per entity and view, in one pipeline. The
+bulk path needs a single Redis server (`redis_type: redis`); with a cluster or Sentinel, `bulk_writer` gives None
+and writes go through Feast's `materialize`.
 
     online_store:
       type: c360.features.redis_store.C360RedisOnlineStore
@@ -283,7 +284,8 @@ def _slice(array: pa.Array, start: int, size: int) -> memoryview:
 
 
 def _send(client: Any, commands: list[list[Any]]) -> None:
-    """Send the commands on one connection, then read every reply; a Redis error is raised after all are read."""
+    """Send the commands on one connection, then read every reply; a Redis error is raised (and the connection,
+    replies left unread, dropped)."""
     conn = client.connection_pool.get_connection()
     try:
         conn.send_packed_command([part for command in commands for part in command])
