@@ -55,6 +55,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from operator import itemgetter
@@ -180,11 +181,11 @@ class C360OnlineStore(OnlineStore):
         keys_by_entity: dict[tuple[tuple[str, ValueType], ...], list[bytes]] = {}
         reads = []
         for view, features in views:
-            join_keys = _join_keys(view)
+            join_keys = view_join_keys(view)
             entity = tuple(join_keys.items())
             if entity not in keys_by_entity:
                 columns = {k: [row[k] for row in entity_rows] for k in join_keys}
-                keys_by_entity[entity] = _serialized_keys(columns, join_keys, config.entity_key_serialization_version)
+                keys_by_entity[entity] = serialized_keys(columns, join_keys, config.entity_key_serialization_version)
             reads.append((view, tuple(features), keys_by_entity[entity]))
         out: dict[str, list[Any]] = {}
         with self._lock:
@@ -192,7 +193,7 @@ class C360OnlineStore(OnlineStore):
             for (_, features, _), rows in zip(reads, self._read_views(conn, config, reads), strict=True):
                 seconds = [0 if ts is None else int(ts.timestamp()) for ts, _ in rows]
                 for name in features:
-                    out[name] = [None if values is None else _python(values.get(name)) for _, values in rows]
+                    out[name] = [None if values is None else python_value(values.get(name)) for _, values in rows]
                     out[f"{name}__ts"] = list(seconds)
         return out
 
@@ -340,47 +341,36 @@ class C360OnlineStore(OnlineStore):
         within the table and against what is stored (ties: the later write wins), so re-writing is idempotent.
         Values are encoded exactly as Feast's materialize would (NaN and null floats both become null).
         """
-        source = feature_view.batch_source
-        ts_col = timestamp_field or (source.timestamp_field if source is not None else None)
-        if not ts_col:
-            raise ValueError(f"{feature_view.name}: no timestamp_field given and the view has no batch source")
-        created_col = created_timestamp_field or (source.created_timestamp_column if source is not None else None)
-        join_keys = _join_keys(feature_view)
-        features = [(f.name, f.dtype.to_value_type()) for f in feature_view.features]
-        names = [n for n, _ in features]
-        version = config.entity_key_serialization_version
-        batch_size = int(getattr(config.online_store, "write_batch_size", 100_000))
         written = 0
         with self.transaction(config) as conn:
-            layout = self._ensure_layout(conn, names)
+            layout = self._ensure_layout(conn, [f.name for f in feature_view.features])
             sql = _upsert_sql(self._ensure_table(conn, config, feature_view))
-            checked = False
-            slow: set[str] = set()  # columns (and "" for the entity key) that go through Feast's own conversion
-            for batch in _batches(table, batch_size):
-                n = batch.num_rows
-                if not checked:
-                    slow, checked = _verify_fast_paths(batch, join_keys, features, version), True
-                created = (_timestamps_us(batch.column(created_col))
-                           if created_col and created_col in batch.schema.names else pa.nulls(n, pa.int64()))
-                framed = [(_encode_like_feast if name in slow else _encode_column)(batch.column(name), vt)
-                          for name, vt in features]
-                keys = (pa.array(_entity_keys_like_feast(batch, join_keys, version), _BIN) if "" in slow
-                        else _entity_keys(batch, join_keys, version))
+            for batch in encode_batches(config, feature_view, table, timestamp_field=timestamp_field,
+                                        created_timestamp_field=created_timestamp_field):
+                n = batch.rows
                 encoded = pa.table({
-                    "key": keys,
-                    "event_ts": _timestamps_us(batch.column(ts_col)),
-                    "created_ts": created,
-                    "vals": pc.binary_join_element_wise(*framed, b"") if framed else pa.array([b""] * n, _BIN),
+                    "key": batch.keys,
+                    "event_ts": batch.event_us,
+                    "created_ts": batch.created_us,
+                    "vals": pc.binary_join_element_wise(*batch.values, b"") if batch.values
+                    else pa.array([b""] * n, _BIN),
                 })
                 # Key order (a stable sort: equal keys keep their order, so the later of two equal-time rows still
                 # wins): B-tree inserts then walk the key index left to right instead of jumping around it.
                 encoded = encoded.take(pc.sort_indices(encoded["key"]))
                 rows = zip(*(encoded[c].to_pylist() for c in encoded.column_names), [layout] * n, strict=True)
                 conn.executemany(sql, rows)
-                written += batch.num_rows
+                written += n
                 if progress:
-                    progress(batch.num_rows)
+                    progress(n)
         return written
+
+    def write_views(self, config: RepoConfig, rows: Sequence[tuple[FeatureView, Any]], *,
+                    progress: Callable[[int], Any] | None = None) -> int:
+        """`write_arrow` of several views' tables in one transaction (readers see all of them or none); returns the
+        rows read."""
+        with self.transaction(config):
+            return sum(self.write_arrow(config, view, table, progress=progress) for view, table in rows)
 
     # ------------------------------------------------------------------ SQLite plumbing
 
@@ -503,14 +493,14 @@ def _snapshot(conn: sqlite3.Connection | None) -> Iterator[None]:
         conn.rollback()
 
 
-def _join_keys(view: FeatureView) -> dict[str, ValueType]:
+def view_join_keys(view: FeatureView) -> dict[str, ValueType]:
     return {f.name: f.dtype.to_value_type() for f in view.entity_columns}
 
 
 _PLAIN = frozenset({"int32_val", "int64_val", "float_val", "double_val", "string_val", "bool_val", "bytes_val"})
 
 
-def _python(value: ValueProto | None) -> Any:
+def python_value(value: ValueProto | None) -> Any:
     """Feast's `feast_value_type_to_python_type`, with the scalar kinds (all c360 stores) answered directly."""
     if value is None:
         return None
@@ -572,6 +562,58 @@ def _datetime_us(ts: datetime) -> int:
 # ---------------------------------------------------------------------- vectorised encoding
 
 
+@dataclass(frozen=True)
+class EncodedBatch:
+    """Rows of one feature view encoded as Feast stores them, column by column."""
+
+    rows: int
+    keys: pa.Array
+    """Feast's serialized entity keys (`serialize_entity_key`)."""
+    event_us: pa.Array
+    """Event times, µs since the epoch (int64)."""
+    created_us: pa.Array
+    """Created times, µs since the epoch (int64; null when the table has no created-time column)."""
+    values: list[pa.Array]
+    """Per feature, in the view's order: each value's `Value` protobuf, framed as `RepeatedValue` entries if asked."""
+
+
+def encode_batches(
+    config: RepoConfig,
+    feature_view: FeatureView,
+    table: pa.Table | pa.RecordBatch | pa.RecordBatchReader | Iterable[pa.RecordBatch],
+    *,
+    timestamp_field: str | None = None,
+    created_timestamp_field: str | None = None,
+    framed: bool = True,
+) -> Iterator[EncodedBatch]:
+    """The rows of `table` (the columns `C360OnlineStore.write_arrow` describes), encoded with numpy/Arrow kernels
+    in batches of the online store's `write_batch_size` rows, byte for byte what Feast's own conversion gives: the
+    first batch is compared with it, and columns that differ take Feast's conversion (`_verify_fast_paths`)."""
+    source = feature_view.batch_source
+    ts_col = timestamp_field or (source.timestamp_field if source is not None else None)
+    if not ts_col:
+        raise ValueError(f"{feature_view.name}: no timestamp_field given and the view has no batch source")
+    created_col = created_timestamp_field or (source.created_timestamp_column if source is not None else None)
+    join_keys = view_join_keys(feature_view)
+    features = [(f.name, f.dtype.to_value_type()) for f in feature_view.features]
+    version = config.entity_key_serialization_version
+    slow: set[str] | None = None  # columns (and "" for the entity key) that go through Feast's own conversion
+    for batch in _batches(table, int(getattr(config.online_store, "write_batch_size", 100_000))):
+        if slow is None:
+            slow = _verify_fast_paths(batch, join_keys, features, version)
+        n = batch.num_rows
+        yield EncodedBatch(
+            rows=n,
+            keys=(pa.array(_entity_keys_like_feast(batch, join_keys, version), _BIN) if "" in slow
+                  else _entity_keys(batch, join_keys, version)),
+            event_us=timestamps_us(batch.column(ts_col)),
+            created_us=(timestamps_us(batch.column(created_col))
+                        if created_col and created_col in batch.schema.names else pa.nulls(n, pa.int64())),
+            values=[(encode_like_feast if name in slow else encode_column)(batch.column(name), vt, framed)
+                    for name, vt in features],
+        )
+
+
 def _batches(table: Any, size: int) -> Iterator[pa.RecordBatch]:
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
@@ -627,14 +669,25 @@ def _varint_array(values: np.ndarray) -> pa.Array:
     return _ragged(*_varints(values))
 
 
-def _with_nulls(framed: pa.Array, null: np.ndarray | None) -> pa.Array:
+def _with_nulls(encoded: pa.Array, null: np.ndarray | None, framed: bool) -> pa.Array:
     if null is None or not null.any():
-        return framed
-    return pc.if_else(pa.array(null), pa.scalar(_NULL_FRAMED, _BIN), framed)
+        return encoded
+    return pc.if_else(pa.array(null), pa.scalar(_NULL_FRAMED if framed else b"", _BIN), encoded)
 
 
-def _encode_column(column: pa.Array, value_type: ValueType) -> pa.Array:
-    """One feature column → binary array of framed `RepeatedValue.val` entries (0x0A, length, Value bytes)."""
+def _matrix(n: int, body: int, framed: bool, length: Any) -> tuple[np.ndarray, int]:
+    """An (n, body) byte matrix for the Value bytes, after a frame (0x0A, `length`: the Value's size, below 128)
+    if `framed`; returns it and the column where the Value starts."""
+    if not framed:
+        return np.empty((n, body), dtype=np.uint8), 0
+    m = np.empty((n, 2 + body), dtype=np.uint8)
+    m[:, 0], m[:, 1] = 0x0A, length
+    return m, 2
+
+
+def encode_column(column: pa.Array, value_type: ValueType, framed: bool = True) -> pa.Array:
+    """One feature column → binary array of each value's `Value` protobuf bytes (Feast's null: empty), framed as
+    `RepeatedValue.val` entries (0x0A, length, Value bytes) if `framed`."""
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
     t = column.type
@@ -643,51 +696,48 @@ def _encode_column(column: pa.Array, value_type: ValueType) -> pa.Array:
     if value_type in (ValueType.INT32, ValueType.INT64) and pa.types.is_integer(t):
         v = column.cast(pa.int64()).fill_null(0).to_numpy()
         if value_type == ValueType.INT32 and (v.min(initial=0) < -(2**31) or v.max(initial=0) >= 2**31):
-            return _encode_like_feast(column, value_type)  # out of int32 range: let Feast raise its error
+            return encode_like_feast(column, value_type, framed)  # out of int32 range: let Feast raise its error
         groups, used = _varints(v.view(np.uint64))  # negative ints: 10-byte two's complement, as protobuf does
-        m = np.empty((n, 3 + groups.shape[1]), dtype=np.uint8)
-        m[:, 0], m[:, 1], m[:, 2], m[:, 3:] = 0x0A, 1 + used, _TAG_VARINT[value_type], groups
-        return _with_nulls(_ragged(m, 3 + used), null)
+        m, at = _matrix(n, 1 + groups.shape[1], framed, 1 + used)
+        m[:, at], m[:, at + 1:] = _TAG_VARINT[value_type], groups
+        return _with_nulls(_ragged(m, at + 1 + used), null, framed)
     if (value_type == ValueType.DOUBLE and pa.types.is_float64(t)) or (
             value_type == ValueType.FLOAT and pa.types.is_floating(t) and not pa.types.is_float16(t)):
         v = column.fill_null(0).to_numpy()
         nan = np.isnan(v)  # Feast's materialize turns NaN into null (pd.isnull), so do we
         null = nan if null is None else (null | nan)
-        if value_type == ValueType.DOUBLE:
-            m = np.empty((n, 11), dtype=np.uint8)
-            m[:, 0], m[:, 1], m[:, 2] = 0x0A, 9, _TAG_DOUBLE
-            m[:, 3:] = v.astype("<f8").view(np.uint8).reshape(n, 8)
-        else:
-            m = np.empty((n, 7), dtype=np.uint8)
-            m[:, 0], m[:, 1], m[:, 2] = 0x0A, 5, _TAG_FLOAT
-            m[:, 3:] = v.astype("<f4").view(np.uint8).reshape(n, 4)
-        return _with_nulls(_fixed(m), null)
+        tag, dtype, width = ((_TAG_DOUBLE, "<f8", 8) if value_type == ValueType.DOUBLE else (_TAG_FLOAT, "<f4", 4))
+        m, at = _matrix(n, 1 + width, framed, 1 + width)
+        m[:, at] = tag
+        m[:, at + 1:] = v.astype(dtype).view(np.uint8).reshape(n, width)
+        return _with_nulls(_fixed(m), null, framed)
     if value_type == ValueType.BOOL and pa.types.is_boolean(t):
-        m = np.empty((n, 4), dtype=np.uint8)
-        m[:, 0], m[:, 1], m[:, 2] = 0x0A, 2, _TAG_VARINT[ValueType.BOOL]
-        m[:, 3] = column.fill_null(False).to_numpy(zero_copy_only=False)
-        return _with_nulls(_fixed(m), null)
+        m, at = _matrix(n, 2, framed, 2)
+        m[:, at] = _TAG_VARINT[ValueType.BOOL]
+        m[:, at + 1] = column.fill_null(False).to_numpy(zero_copy_only=False)
+        return _with_nulls(_fixed(m), null, framed)
     is_text = pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
     is_bytes = pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
     if (value_type == ValueType.STRING and is_text) or (value_type == ValueType.BYTES and is_bytes):
         data = column.cast(_BIN)
         length = pc.binary_length(data).fill_null(0).to_numpy().astype(np.uint64)
         _, inner_used = _varints(length)
-        framed = pc.binary_join_element_wise(
-            b"\n", _varint_array(1 + inner_used + length), bytes([_TAG_LEN[value_type]]), _varint_array(length),
-            data, b"")
-        return framed.fill_null(_NULL_FRAMED) if null is not None else framed
-    return _encode_like_feast(column, value_type)
+        frame = [b"\n", _varint_array(1 + inner_used + length)] if framed else []
+        encoded = pc.binary_join_element_wise(*frame, bytes([_TAG_LEN[value_type]]), _varint_array(length), data, b"")
+        return encoded.fill_null(_NULL_FRAMED if framed else b"") if null is not None else encoded
+    return encode_like_feast(column, value_type, framed)
 
 
-def _encode_like_feast(column: pa.Array, value_type: ValueType) -> pa.Array:
-    """Any other type (timestamps, lists, maps, …): Feast's own per-value conversion, framed. Slow but exact."""
+def encode_like_feast(column: pa.Array, value_type: ValueType, framed: bool = True) -> pa.Array:
+    """Any other type (timestamps, lists, maps, …): Feast's own per-value conversion. Slow but exact."""
     protos = python_values_to_proto_values(column.to_numpy(zero_copy_only=False), value_type)
     out = []
     for proto in protos:
         body = proto.SerializeToString()
-        groups, used = _varints(np.array([len(body)], dtype=np.uint64))
-        out.append(b"\n" + groups[0, : used[0]].tobytes() + body)
+        if framed:
+            groups, used = _varints(np.array([len(body)], dtype=np.uint64))
+            body = b"\n" + groups[0, : used[0]].tobytes() + body
+        out.append(body)
     return pa.array(out, _BIN)
 
 
@@ -726,10 +776,10 @@ def _entity_keys(batch: pa.RecordBatch, join_keys: dict[str, ValueType], version
 
 
 def _entity_keys_like_feast(batch: pa.RecordBatch, join_keys: dict[str, ValueType], version: int) -> list[bytes]:
-    return _serialized_keys({k: batch.column(k).to_numpy(zero_copy_only=False) for k in join_keys}, join_keys, version)
+    return serialized_keys({k: batch.column(k).to_numpy(zero_copy_only=False) for k in join_keys}, join_keys, version)
 
 
-def _serialized_keys(columns: dict[str, Any], join_keys: dict[str, ValueType], version: int) -> list[bytes]:
+def serialized_keys(columns: dict[str, Any], join_keys: dict[str, ValueType], version: int) -> list[bytes]:
     """Entity keys serialized by Feast's own conversion, from each join key's values (a list or an array)."""
     names = list(join_keys)
     values = [python_values_to_proto_values(columns[k], join_keys[k]) for k in names]
@@ -777,7 +827,7 @@ def _agrees(shape: tuple[Any, ...], compare: Callable[[], bool]) -> bool:
 
 
 def _same_encoding(column: pa.Array, value_type: ValueType) -> bool:
-    return bool(_encode_column(column, value_type).equals(_encode_like_feast(column, value_type)))
+    return bool(encode_column(column, value_type).equals(encode_like_feast(column, value_type)))
 
 
 def _shape(column: pa.Array, value_type: ValueType) -> tuple[Any, ...]:
@@ -788,7 +838,7 @@ def _shape(column: pa.Array, value_type: ValueType) -> tuple[Any, ...]:
     return (value_type, column.type, nulls, big)
 
 
-def _timestamps_us(column: pa.Array) -> pa.Array:
+def timestamps_us(column: pa.Array) -> pa.Array:
     if column.null_count:
         raise ValueError("timestamp column has null values")
     t = column.type

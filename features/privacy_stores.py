@@ -347,8 +347,11 @@ class Online:
     def _present(work: Work, customers: tuple[str, ...]) -> list[str]:
         import sqlite3
 
+        if work.s.online_store == "redis":
+            client = _redis_client(work)
+            return [c for c, key in zip(customers, _redis_keys(customers), strict=True) if client.exists(key)]
         path = work.s.feast / "online.db"
-        if work.s.online_store == "redis" or not path.is_file():
+        if not path.is_file():
             return []
         keys = dict(zip(_serialized(customers), customers, strict=True))
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -389,13 +392,22 @@ def _entity_tables(con: Any) -> list[str]:
 
 
 def _erase_redis(work: Work, customers: tuple[str, ...]) -> int:
-    from feast.infra.online_stores.redis import _redis_key
-    from redis import Redis
+    keys = _redis_keys(customers)
+    return int(_redis_client(work).delete(*keys)) if keys else 0
 
-    host, _, rest = work.s.redis_url.partition(":")
-    client = Redis(host=host, port=int(rest.split(",")[0] or 6379))
-    keys = [_redis_key("c360", k, 3) for k in _entity_keys(customers)]
-    return int(client.delete(*keys)) if keys else 0  # type: ignore[arg-type]
+
+def _redis_keys(customers: tuple[str, ...]) -> list[bytes]:
+    from feast.infra.online_stores.redis import _redis_key
+
+    return [_redis_key("c360", k, 3) for k in _entity_keys(customers)]
+
+
+def _redis_client(work: Work) -> Any:
+    """A client of the online store's Redis, from the whole connection string (database, password, TLS)."""
+    from c360.features.redis_store import C360RedisOnlineStore
+    from c360.features.store import repo_config
+
+    return C360RedisOnlineStore()._get_client(repo_config(work.s).online_store)
 
 
 class Mlflow:

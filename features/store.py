@@ -22,17 +22,28 @@ if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView, RepoConfig
 
     from c360.features.online_store import C360OnlineStore
+    from c360.features.redis_store import C360RedisOnlineStore
+
+    BulkStore = C360OnlineStore | C360RedisOnlineStore
 
 
 def online_store_config(s: Settings) -> dict:
-    from c360.features.online_store import STORE_TYPE
+    from c360.features import online_store, redis_store
 
     path = str((s.feast / "online.db").resolve())
     return {
-        "c360": {"type": STORE_TYPE, "path": path},
+        "c360": {"type": online_store.STORE_TYPE, "path": path},
         "sqlite": {"type": "sqlite", "path": path},
-        "redis": {"type": "redis", "connection_string": s.redis_url},
+        "redis": {"type": redis_store.STORE_TYPE, "connection_string": s.redis_url},
     }[s.online_store]
+
+
+def bulk_writer(config: RepoConfig) -> BulkStore | None:
+    """The store to call `write_views` and `read_columns` on when feature_store.yaml selects one of c360's (SQLite,
+    or Redis on a single server); None for Feast's own stores."""
+    from c360.features import online_store, redis_store
+
+    return online_store.bulk_writer(config) or redis_store.bulk_writer(config)
 
 
 def repo_config(s: Settings) -> RepoConfig:
@@ -126,10 +137,11 @@ def plan(s: Settings) -> str:
 def materialize(s: Settings, as_of: pd.Timestamp | None = None) -> int:
     """Load the latest snapshot (or the one of `as_of`) into the online store; returns rows written per view.
 
-    Our store takes the rows straight from Arrow and switches all views at once: one transaction, so readers see
-    the old snapshot or the new one, and a run killed midway leaves the old one serving (the next run starts over).
-    Feast's stores go through Feast's own materialize, view by view and batch by batch: not atomic, a killed run
-    leaves some views (or customers) on the new snapshot and the rest on the old.
+    c360's stores take the rows straight from Arrow. The SQLite one switches all views at once: one transaction, so
+    readers see the old snapshot or the new one, and a run killed midway leaves the old one serving (the next run
+    starts over). The Redis one switches each customer's views at once, a few hundred customers at a time. Feast's
+    stores go through Feast's own materialize, view by view and batch by batch: a killed run leaves some views (or
+    customers) on the new snapshot and the rest on the old.
     """
     store = feature_store(s)
     dates = snapshot_dates(s)
@@ -137,18 +149,15 @@ def materialize(s: Settings, as_of: pd.Timestamp | None = None) -> int:
         raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
     as_of = as_of or dates[-1]
     views = snapshot_views(store.list_feature_views())
-    if s.online_store != "c360":
+    path = s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet"
+    writer = bulk_writer(store.config)
+    if writer is None:
         store.materialize(start_date=datetime(1970, 1, 1), end_date=as_of.to_pydatetime(),
                           feature_views=[v.name for v in views])
-        return len(pd.read_parquet(s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet", columns=["customer_id"]))
-    from c360.features.online_store import C360OnlineStore
-
-    table = pq.read_table(s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet")
-    online = C360OnlineStore()
-    with online.transaction(store.config):
-        for view in views:
-            columns = ["customer_id", "as_of", *(f.name for f in view.features)]
-            online.write_arrow(store.config, view, table.select(columns))
+        return len(pd.read_parquet(path, columns=["customer_id"]))
+    table = pq.read_table(path)
+    writer.write_views(store.config, [(view, table.select(["customer_id", "as_of", *(f.name for f in view.features)]))
+                                      for view in views])
     return table.num_rows
 
 
@@ -159,19 +168,15 @@ def snapshot_views(views: Iterable[FeatureView]) -> list[FeatureView]:
 
 
 def write_online(store: FeatureStore, rows: list[tuple[FeatureView, Any]]) -> None:
-    """Rows of several views (each an Arrow table: customer_id, the view's timestamp and features): in our store one
-    transaction, readers see all of them or none, and a row older than the stored one is ignored; in Feast's
-    stores `write_to_online_store` view by view."""
-    from c360.features.online_store import bulk_writer
-
+    """Rows of several views (each an Arrow table: customer_id, the view's timestamp and features): in c360's stores
+    `write_views` (readers see a customer's rows of all views switch at once; a row older than the stored one is
+    ignored); in Feast's stores `write_to_online_store` view by view."""
     writer = bulk_writer(store.config)
     if writer is None:
         for view, table in rows:
             store.write_to_online_store(view.name, table.to_pandas())
         return
-    with writer.transaction(store.config):
-        for view, table in rows:
-            writer.write_arrow(store.config, view, table)
+    writer.write_views(store.config, rows)
 
 
 def online_features(store: FeatureStore, customer_ids: list[str], service: str = "profile_v1") -> pd.DataFrame:
@@ -184,18 +189,16 @@ def online_features(store: FeatureStore, customer_ids: list[str], service: str =
 @dataclass
 class OnlineReader:
     """A fixed set of features read for many requests: what Feast's
-    `get_online_features(refs, entity_rows).to_dict(include_event_timestamps=True)` returns, straight from our
-    store when feature_store.yaml selects it (`C360OnlineStore.read_columns`), through Feast for any other."""
+    `get_online_features(refs, entity_rows).to_dict(include_event_timestamps=True)` returns, straight from c360's
+    store when feature_store.yaml selects one (`read_columns`), through Feast for any other."""
 
     store: FeatureStore
     views: list[tuple[FeatureView, list[str]]]
-    direct: C360OnlineStore | None
+    direct: BulkStore | None
 
     @classmethod
     def of(cls, store: FeatureStore, keep: Callable[[FeatureView, str], bool]) -> OnlineReader:
         """The features `keep(view, feature_name)` selects of the registry's views (read once, here)."""
-        from c360.features.online_store import bulk_writer
-
         views = [(v, [f.name for f in v.features if keep(v, f.name)]) for v in store.list_feature_views()]
         return cls(store, [(v, names) for v, names in views if names], bulk_writer(store.config))
 
