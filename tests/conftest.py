@@ -31,6 +31,8 @@ LONGEST_FIRST = [
     "notebooks/02_churn_models.ipynb",
     "notebooks/05_batch_scores.ipynb",
     "tests/training/test_pipeline.py",
+    "tests/serving/test_redis.py",
+    "tests/features/test_spark_features.py",
     "tests/training/test_fairness.py",
 ]
 
