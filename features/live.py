@@ -5,7 +5,9 @@ behind `con` (a reader's), the events logged but not folded yet and the live ide
 (`live_identity.pending`). It gathers the rows that reach these customers — their crosswalk records, then each
 table's rows through them, as `compute.SQL` joins them, and only the columns it names — into Arrow tables registered
 under the warehouse's names in the thread's in-memory DuckDB connection, and runs `compute.build` there: every
-feature is defined once, in `compute.SQL`. The
+feature is defined once, in `compute.SQL`. The warehouse's rows come from the process's index of each table it
+reads (those columns, sorted by the column that reaches them): read whole at the first update, again when the
+warehouse file changes, so that a round takes its customers' rows by position rather than scan each table. The
 unfolded events' rows are the ones `c360 ingest` will write (`event_log.folded`: the same parsing, an update kind
 replacing the row with its key), so the live features of a moment are what the batch computes after the fold.
 
@@ -30,7 +32,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cache, partial
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -66,7 +69,9 @@ _placed: dict[str, str | None] = {}  # event id → customer id, as placed by th
 _indexes: dict[Path, tuple[int, str | None, dict[str, list[dict[str, Any]]]]] = {}
 _index_lock = threading.Lock()
 _known: dict[tuple[Path, str], tuple[Any, set[str], set[str]]] = {}  # (warehouse, table) → stamp, checked, held
-_empties: dict[Path, tuple[Any, dict[str, pa.Table]]] = {}  # warehouse → stamp, its empty histories
+# warehouse → its file stamp, its tables' indexes by (table, column, columns)
+_tables: dict[Path, tuple[Any, dict[tuple[str, str, tuple[str, ...] | None], _Index]]] = {}
+_indexes_lock = threading.Lock()
 
 
 def recompute(s: Settings, con: duckdb.DuckDBPyConnection, customer_ids: Iterable[str],
@@ -102,69 +107,38 @@ def _gather(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyCon
     live_crosswalk, provisional = live_identity.pending(s)
     linked = ["record_id", "customer_id"]  # what the feature SQL reads of the crosswalk
     live_crosswalk = live_crosswalk.loc[live_crosswalk["customer_id"].isin(customers), linked]
-    crosswalk = _rows(con, "identity_crosswalk", "customer_id", customers, linked)
+    crosswalk = _rows(s, con, "identity_crosswalk", "customer_id", customers, linked)
     _table(mem, "identity_crosswalk", crosswalk, live_crosswalk, "record_id")
-    golden = _rows(con, "identity_customers", "customer_id", customers, None)
+    golden = _rows(s, con, "identity_customers", "customer_id", customers, None)
     _table(mem, "identity_customers", golden, provisional[provisional["customer_id"].isin(customers)], "customer_id")
     linked_records = mem.execute("SELECT record_id, customer_id FROM identity_crosswalk").fetchall()
-    pending, empty = _pending_rows(s, con), _empty_histories(s, con)
+    pending = _pending_rows(s, con)
     names = ["identity_crosswalk", "identity_customers"]
     for table_id, (column, source) in BY_RECORD.items():
         owners = {r[len(source) + 1:]: c for r, c in linked_records if r.startswith(source + ":")}
-        names.extend(_reach(con, mem, contract.table(table_id), column, owners, pending.get(table_id), empty))
+        names.extend(_reach(s, con, mem, contract.table(table_id), column, owners, pending.get(table_id)))
     for table_id, parent_id in BY_PARENT.items():
         parent = contract.table(parent_id)
         owners = dict(mem.execute(f"SELECT CAST({q(parent.key)} AS VARCHAR), {compute.OWNER} "
                                   f"FROM {q(parent.sql_name)}").fetchall())
-        names.extend(_reach(con, mem, contract.table(table_id), parent.key, owners, pending.get(table_id), empty))
+        names.extend(_reach(s, con, mem, contract.table(table_id), parent.key, owners, pending.get(table_id)))
     return names
 
 
-def _rows(con: duckdb.DuckDBPyConnection, name: str, column: str, values: list[str],
-          columns: list[str] | None) -> pa.Table:
-    selected = "*" if columns is None else ", ".join(map(q, columns))
-    return con.execute(f"SELECT {selected} FROM {q(name)} WHERE {q(column)} IN (SELECT unnest(?))",
-                       [values]).to_arrow_table()
-
-
-def _reach(con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table, column: str,
-           owners: Mapping[str, str], pending: Folded | None, empty: Mapping[str, pa.Table]) -> list[str]:
+def _reach(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table,
+           column: str, owners: Mapping[str, str], pending: Folded | None) -> list[str]:
     """The table's rows whose `column` is one of `owners`' keys (each row with the customer it reaches,
     `compute.OWNER`): the warehouse's, with the unfolded events' in place, and their old versions; the names of
     both in `mem`."""
     columns, values = _read(table, column), list(owners)
-    found = _rows(con, table.sql_name, column, values, [*columns, versions.VALID_FROM])
+    found = _rows(s, con, table.sql_name, column, values, [*columns, versions.VALID_FROM])
     events = None if pending is None else pending.rows.loc[pending.rows[column].isin(values), columns]
     _table(mem, table.sql_name, found, events, table.key, replaced=None if pending is None else pending.rows,
            owners=(column, owners))
-    return [table.sql_name, _history(con, mem, table, column, owners, empty)]
-
-
-def _history(con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table, column: str,
-             owners: Mapping[str, str], empty: Mapping[str, pa.Table]) -> str:
-    """The old versions of the rows whose `column` is one of `owners`' keys, as `compute.SQL` reads them
-    (`versions.as_of`), in `mem` under the history's name (returned); an `empty` history is not scanned."""
-    wanted = [*_read(table, column), versions.VALID_FROM, versions.VALID_TO]
-    name = versions.history(table)
-    rows = empty[name].select(wanted) if name in empty else _rows(con, name, column, list(owners), wanted)
-    _table(mem, name, rows, None, table.key, owners=(column, owners))
-    return name
-
-
-def _empty_histories(s: Settings, con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
-    """The histories the warehouse holds no row of (most: only an update changes a row), each as its empty table;
-    looked up once until the warehouse changes (a table's scan is most of a small round's cost)."""
-    stamp = file_stamp(s.warehouse.stat())
-    with _lock:
-        cached = _empties.get(s.warehouse)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    names = [versions.history(contract.table(t)) for t in [*BY_RECORD, *BY_PARENT]]
-    counted = con.execute(" UNION ALL ".join(f"SELECT '{n}', count(*) FROM {q(n)}" for n in names)).fetchall()
-    empty = {n: con.execute(f"SELECT * FROM {q(n)} LIMIT 0").to_arrow_table() for n, rows in counted if rows == 0}
-    with _lock:
-        _empties[s.warehouse] = (stamp, empty)
-    return empty
+    history = versions.history(table)
+    old = _rows(s, con, history, column, values, [*columns, versions.VALID_FROM, versions.VALID_TO])
+    _table(mem, history, old, None, table.key, owners=(column, owners))
+    return [table.sql_name, history]
 
 
 @cache
@@ -173,6 +147,59 @@ def _read(table: contract.Table, column: str) -> list[str]:
     (the product events' other columns would double its time)."""
     named = {c for c in table.column_names if re.search(rf"\b{re.escape(c)}\b", compute.SQL)}
     return [c for c in table.column_names if c in named | {table.key, column}]
+
+
+# ---------------------------------------------------------------- the warehouse's rows, indexed per process
+
+
+@dataclass(frozen=True)
+class _Index:
+    """Some columns of a warehouse table, its rows sorted by one of them, each value's first row and count: a
+    round takes its customers' rows by position instead of scanning the table for them."""
+
+    rows: pa.Table
+    values: np.ndarray  # the column's distinct values, sorted
+    starts: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, rows: pa.Table, column: str) -> _Index:
+        rows = rows.take(pc.sort_indices(rows, [(column, "ascending")]))  # stable: a value's rows keep their order
+        keys = rows[column].cast(pa.string()).combine_chunks()
+        held = len(keys) - keys.null_count  # the nulls last: SQL's `IN` matches none of them
+        changed = pc.not_equal(keys[1:held], keys[:held - 1]).to_numpy(zero_copy_only=False) if held else []
+        starts = np.concatenate([[0], np.flatnonzero(changed) + 1]) if held else np.empty(0, np.int64)
+        values = np.asarray(keys.take(pa.array(starts, pa.int64())).to_pylist(), dtype=str)
+        return cls(rows, values, starts, np.diff(np.append(starts, held)))
+
+    def take(self, values: Sequence[str]) -> pa.Table:
+        """The rows whose column is one of `values`."""
+        wanted = np.asarray(values, dtype=str)
+        at = np.searchsorted(self.values, wanted)
+        inside = at < len(self.values)
+        at = np.unique(at[inside][self.values[at[inside]] == wanted[inside]])
+        counts = self.counts[at]
+        # the k-th row taken is its value's first row plus k less the rows taken of the values before it
+        shift = np.repeat(self.starts[at] - (np.cumsum(counts) - counts), counts)
+        return self.rows.take(shift + np.arange(len(shift)))
+
+
+def _rows(s: Settings, con: duckdb.DuckDBPyConnection, name: str, column: str, values: list[str],
+          columns: list[str] | None) -> pa.Table:
+    """`SELECT columns FROM name WHERE column IN values`, from this process's index of the warehouse table: read
+    whole once (a table scan per round was most of a round's cost), again when the warehouse file changed."""
+    stamp = file_stamp(s.warehouse.stat())
+    key = (name, column, None if columns is None else tuple(columns))
+    with _indexes_lock:
+        held = _tables.get(s.warehouse)
+        if held is None or held[0] != stamp:
+            held = _tables[s.warehouse] = (stamp, {})
+        index = held[1].get(key)
+        if index is None:
+            selected = "*" if columns is None else ", ".join(map(q, columns))
+            index = held[1][key] = _Index.of(con.execute(f"SELECT {selected} FROM {q(name)}").to_arrow_table(),
+                                             column)
+    return index.take(values)
 
 
 def _table(mem: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, added: pd.DataFrame | None, key: str,

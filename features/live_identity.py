@@ -523,13 +523,17 @@ def _match(s: Settings, con: duckdb.DuckDBPyConnection, ledger: Ledger, people: 
         if people.empty:
             return done
         raw, prepared = identity.normalise(people)
-        live = _live_people(db)
-        live_prepared = identity.normalise(live)[1] if len(live) else pd.DataFrame(columns=["record_id", "email"])
-        with known.lock:
-            pairs = _scores(known, prepared, live_prepared)
-        owners = _owners(con, sorted({*pairs["record_id_l"], *_emails_wanted(known, prepared)})) | _live_owners(db)
-        emails = known.emails | dict(zip(live_prepared["email"].dropna(), live_prepared.loc[
-            live_prepared["email"].notna(), "record_id"], strict=True))
+        emails = known.emails | _live_emails(db)
+        live_owners = _live_owners(db)
+        wanted = _emails_wanted(known, prepared)
+        modelled = _modelled(prepared, emails, set(_owners(con, sorted(wanted))) | set(live_owners))
+        pairs = _NO_PAIRS
+        if modelled:
+            live = _live_people(db)
+            live_prepared = identity.normalise(live)[1] if len(live) else live
+            with known.lock:
+                pairs = _scores(known, prepared.iloc[modelled], prepared, live_prepared)
+        owners = _owners(con, sorted({*pairs["record_id_l"], *wanted})) | live_owners
         decided: dict[str, Placed] = {}
         for i, record in prepared.iterrows():
             placed = _best(record, pairs, owners, emails, s.match_threshold) or _provisional(db, con)
@@ -569,13 +573,41 @@ def _live_owners(db: sqlite3.Connection) -> dict[str, str]:
 
 
 def _live_people(db: sqlite3.Connection) -> pd.DataFrame:
-    """The person records placed live (their rows as stored)."""
-    rows = [json.loads(r[0]) for r in db.execute("SELECT record FROM crosswalk WHERE record IS NOT NULL")]
+    """The person records placed live (their rows as stored), in the order they were placed."""
+    rows = [json.loads(r[0]) for r in db.execute("SELECT record FROM crosswalk WHERE record IS NOT NULL "
+                                                 "ORDER BY rowid")]
     return pd.DataFrame(rows, columns=list(PERSON_COLUMNS))
 
 
-def _scores(known: _Known, new: pd.DataFrame, live: pd.DataFrame) -> pd.DataFrame:
-    """splink's pairs over 0.01: record_id_l a known, live or new record, record_id_r a new one."""
+def _live_emails(db: sqlite3.Connection) -> dict[str, str]:
+    """Normalised e-mail → the last record placed live with it (as the e-mail of each was stored)."""
+    return dict(db.execute("SELECT email, record_id FROM crosswalk WHERE record IS NOT NULL AND email IS NOT NULL "
+                           "ORDER BY rowid").fetchall())
+
+
+def _modelled(new: pd.DataFrame, emails: dict[str, str], owned: set[str]) -> list[int]:
+    """Positions of the new records splink must score: those the same-e-mail rule does not place, as `_best` tries
+    it first, in order (a record placed makes its e-mail's next records the rule's). Most new tickets come from a
+    known e-mail: no splink run for them."""
+    out: list[int] = []
+    first: dict[str, str] = {}  # the batch's own e-mails: their first record
+    owned = set(owned)
+    for i, (record_id, email) in enumerate(zip(new["record_id"], new["email"], strict=True)):
+        if not isinstance(email, str) or emails.get(email, first.get(email)) not in owned:
+            out.append(i)
+        owned.add(record_id)
+        if isinstance(email, str):
+            first.setdefault(email, record_id)
+    return out
+
+
+_NO_PAIRS = pd.DataFrame({"record_id_l": pd.Series(dtype=object), "record_id_r": pd.Series(dtype=object),
+                          "match_probability": pd.Series(dtype="float64")})
+
+
+def _scores(known: _Known, new: pd.DataFrame, batch: pd.DataFrame, live: pd.DataFrame) -> pd.DataFrame:
+    """splink's pairs over 0.01: record_id_l a known, live or `batch` record, record_id_r one of `new` (some of
+    `batch`)."""
     linker = known.linker
     db_api = linker._db_api
     columns = [c for c in known.prepared.columns if c in new.columns]
@@ -589,12 +621,13 @@ def _scores(known: _Known, new: pd.DataFrame, live: pd.DataFrame) -> pd.DataFram
 
     try:
         right = [register(f, str(src)) for src, f in new.groupby("source")]
+        others = batch[~batch["record_id"].isin(new["record_id"])]
         live_tables = ([register(f, str(src)) for src, f in _blocked(linker, live, new).groupby("source")]
                        if len(live) else [])
         candidates = None if known.blocks is None else known.blocks.candidates(new)
         known_tables = (list(linker._input_tables_dict.values()) if candidates is None
                         else [register(f, str(src)) for src, f in known.prepared.iloc[candidates].groupby("source")])
-        left = [*known_tables, *live_tables, *right]
+        left = [*known_tables, *live_tables, *right, *(register(f, str(src)) for src, f in others.groupby("source"))]
         scored = linker.inference.predict_between(left, right, threshold_match_probability=0.01,
                                                   warning_mode="never")
         try:

@@ -41,9 +41,10 @@ from c360.feature_repo.predictions import PREDICTIONS
 from c360.features import live, live_identity
 from c360.features import store as feature_stores
 from c360.features.ingest import TEXT, to_datetime
+from c360.features.store import OnlineReader
 from c360.serving import batch
 from c360.serving.errors import Unavailable
-from c360.serving.online import Context, OnlineRow, read_online, warehouse
+from c360.serving.online import Context, warehouse
 from c360.serving.profile import SIGNAL_FIELDS
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,30 @@ def update(s: Settings, context: Callable[[], Context], events: Sequence[dict[st
         opt_outs = consent.overrides(con, features["customer_id"])
     live.write_history(s, features)
     ctx = context()
-    rows = dict(zip(features["customer_id"], read_online(ctx, features["customer_id"].tolist()), strict=True))
-    current = features[[rows[c] is None or rows[c].as_of <= t for c, t in zip(features["customer_id"],
-                                                                             features["as_of"], strict=True)]]
-    if len(current):
-        write(ctx, current.reset_index(drop=True), [rows[c] for c in current["customer_id"]], opt_outs)
-    return {"updated": len(current), "customers": current["customer_id"].tolist(), "placed": customers}
+    online_as_of, carried = previous(ctx, features["customer_id"].tolist())
+    current = (online_as_of.isna() | (online_as_of <= features["as_of"].to_numpy())).to_numpy()
+    if current.any():
+        write(ctx, features[current].reset_index(drop=True), carried[current].reset_index(drop=True), opt_outs)
+    return {"updated": int(current.sum()), "customers": features.loc[current, "customer_id"].tolist(),
+            "placed": customers}
+
+
+def previous(ctx: Context, customer_ids: list[str]) -> tuple[pd.Series, pd.DataFrame]:
+    """Each customer's online row: its features' as-of (NaT: none), and the fields of its predictions row the update
+    carries over; one online read of those few features (not the profile's every feature)."""
+    stamp = ctx.stamps()[0]
+    reader = ctx.online()
+    wanted = [(view, [n for n in names if n == stamp or (view.name == PREDICTIONS and n in SIGNAL_FIELDS)])
+              for view, names in reader.views]
+    try:
+        data = OnlineReader(reader.store, [(v, names) for v, names in wanted if names], reader.direct).read(
+            customer_ids)
+    except Exception as e:  # any failure of the store (file, registry, Redis), as `online.read_online`
+        raise Unavailable("online store", "cannot be read: see the server log", e) from e
+    seconds = pd.Series(data[f"{stamp}__ts"], dtype="float64")  # 0: no row
+    as_of = pd.to_datetime(seconds.where(seconds > 0), unit="s")
+    return as_of, pd.DataFrame({n: data.get(n, [None] * len(customer_ids)) for n in SIGNAL_FIELDS},
+                               columns=SIGNAL_FIELDS)
 
 
 def clock(placed: Sequence[tuple[dict[str, Any], str]]) -> dict[str, pd.Timestamp]:
@@ -122,13 +141,11 @@ def clock(placed: Sequence[tuple[dict[str, Any], str]]) -> dict[str, pd.Timestam
     return {str(c): pd.Timestamp(t) for c, t in newest.items()}
 
 
-def write(ctx: Context, features: pd.DataFrame, previous: list[OnlineRow | None], opt_outs: consent.Overrides) -> None:
+def write(ctx: Context, features: pd.DataFrame, carried: pd.DataFrame, opt_outs: consent.Overrides) -> None:
     """Score `features` in bulk and write every view of these customers in one online transaction, each row at its
-    features' as-of."""
+    features' as-of; `carried` holds their predictions' fields the update does not compute."""
     scored_at = pd.Timestamp.now(tz="UTC").tz_convert(None)
     scores = batch.score_chunk(ctx.champions.loaded(), consent.apply_overrides(features, opt_outs))
-    carried = pd.DataFrame([{n: (row.predictions or {}).get(n) if row else None for n in SIGNAL_FIELDS}
-                            for row in previous], columns=SIGNAL_FIELDS)
     table = pa.Table.from_pandas(features, preserve_index=False)
     views = [view for view, _ in ctx.online().views]  # the registry's views, parsed once by the context
     rows = [(view, table.select(["customer_id", "as_of", *(f.name for f in view.features)]))

@@ -78,6 +78,27 @@ def test_a_typo_in_the_e_mail_is_matched_by_splink(s: Settings) -> None:
     assert timed[0].customer_id == customer
 
 
+def test_splink_scores_only_the_records_the_same_e_mail_rule_does_not_place(s: Settings,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    name, email, customer = a_contact(s)
+    local, domain = email.split("@")
+    batch = [ticket("e1", "T-LIVE-4", name, email), ticket("e2", "T-LIVE-5", "Zebulon Quixote", NEW_EMAIL),
+             ticket("e3", "T-LIVE-6", "Zeb Quixote", NEW_EMAIL), ticket("e4", "T-LIVE-7", name, f"{local}x@{domain}")]
+    scored: list[list[str]] = []
+    real = live_identity._scores
+
+    def recording(known: Any, new: pd.DataFrame, *more: Any) -> pd.DataFrame:
+        scored.append(new["record_id"].tolist())
+        return real(known, new, *more)
+
+    monkeypatch.setattr(live_identity, "_scores", recording)  # the real scoring, its records noted
+    placed = place(s, batch)
+    assert scored == [["support/tickets:T-LIVE-5", "support/tickets:T-LIVE-7"]]
+    assert [p.how for p in placed] == ["rule: same e-mail", "unlinked", "rule: same e-mail", "model"]
+    assert placed[0].customer_id == placed[3].customer_id == customer
+    assert placed[2].customer_id == placed[1].customer_id != customer
+
+
 def test_events_name_customers_by_id_and_by_their_silo_keys(s: Settings) -> None:
     with warehouse.connect(s, read_only=True) as con:
         user, by_user = con.execute("SELECT split_part(record_id, ':', 2), customer_id FROM identity_crosswalk "
@@ -231,8 +252,8 @@ def test_splink_scores_the_same_pairs_from_the_blocked_known_records_as_from_all
     empty = pd.DataFrame(columns=["record_id", "email"])
     assert known.blocks is not None
     assert 0 < len(known.blocks.candidates(new)) < len(known.prepared) / 10  # the blocks do narrow the search
-    blocked = live_identity._scores(known, new, empty)
-    everyone = live_identity._scores(replace(known, blocks=None), new, empty)
+    blocked = live_identity._scores(known, new, new, empty)
+    everyone = live_identity._scores(replace(known, blocks=None), new, new, empty)
     columns = ["record_id_l", "record_id_r"]
     assert len(blocked) > len(new) / 2
     assert blocked.sort_values(columns, ignore_index=True).equals(everyone.sort_values(columns, ignore_index=True))
