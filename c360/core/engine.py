@@ -7,7 +7,9 @@ command fails with that reason and a test skips with it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import sys
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -34,13 +36,17 @@ def spark_unavailable() -> str | None:
 @cache
 def spark(master: str | None = None) -> SparkSession:
     """One Spark session per process, on `master` (default: the settings' `spark_master`), in UTC so timestamps
-    mean what they mean in DuckDB."""
+    mean what they mean in DuckDB. Its Python functions run in this Python (PYSPARK_PYTHON names another), and
+    with C360_ENCRYPTION_KEY set what it writes to local disk (shuffles, spills, cached blocks) is encrypted."""
     reason = spark_unavailable()
     if reason:
         raise RuntimeError(f"C360_ENGINE=spark: {reason}")
     from pyspark.sql import SparkSession
 
-    session = (SparkSession.builder.appName("c360").master(master or Settings().spark_master)
+    s = Settings()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # read by the context as it starts, not from its conf
+    session = (SparkSession.builder.appName("c360").master(master or s.spark_master)
+               .config("spark.io.encryption.enabled", str(s.encryption_key is not None).lower())
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.ui.enabled", "false")
                .config("spark.sql.shuffle.partitions", "8")
