@@ -553,12 +553,13 @@ class SparkScratch:
 
 
 def _register(db_api: DatabaseAPI, prepared: pd.DataFrame, link_type: LinkType) -> list:
+    # Named after the backend object: one Spark session holds the tables of every run of the process.
     if link_type == "dedupe_only":
-        return [db_api.register(_strings(prepared), table_name="c360_records")]
+        return [db_api.register(_strings(prepared), table_name=f"c360_records_{db_api.id}")]
     groups = prepared.groupby("source", sort=True)
     # Table names are internal identifiers; the source value itself may not be a valid SQL name.
     return [
-        db_api.register(_strings(frame), table_name=f"c360_source_{i}", dataset_display_name=str(name))
+        db_api.register(_strings(frame), table_name=f"c360_source_{i}_{db_api.id}", dataset_display_name=str(name))
         for i, (name, frame) in enumerate(groups)
     ]
 
