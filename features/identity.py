@@ -20,11 +20,13 @@ import numpy as np
 import pandas as pd
 from splink import Linker
 
-from c360.core import contract, warehouse
+from c360.core import contract, engine, warehouse
 from c360.features import linkage, versions
 from c360.features.ingest import upgrade
 
 if TYPE_CHECKING:
+    from splink.internals.database_api import DatabaseAPI
+
     from c360.features.live_identity import Ledger
 
 NAME_PARTS = "split_part(trim({0}), ' ', 1) AS first_name, " \
@@ -102,15 +104,17 @@ def score_people(prepared: pd.DataFrame, linker: Linker) -> pd.DataFrame:
     return pd.concat([same_email, pairs], ignore_index=True)
 
 
-def linker_for(prepared: pd.DataFrame, model_path: Path, decided: pd.DataFrame, seed: int = 42,
-               retrain: bool = False) -> tuple[Linker, bool]:
-    """The linker over `prepared` and whether its parameters were estimated now: the saved model's parameters,
-    estimated once and reused, so that every later run (on either engine) scores pairs alike; estimated again
-    (and saved) with `retrain`, without a saved model, or when the stewards' links (its labels) changed since."""
+def linker_for(prepared: pd.DataFrame, model_path: Path, decided: pd.DataFrame, db_api: DatabaseAPI,
+               seed: int = 42, retrain: bool = False) -> tuple[Linker, bool]:
+    """The linker over `prepared` in `db_api` and whether its parameters were estimated now: the saved model's
+    parameters, estimated once and reused, so that every later run (on either engine) scores pairs alike;
+    estimated again (and saved) with `retrain`, without a saved model, or when the stewards' links (its labels)
+    changed since."""
     learned_from = _label_summary(decided)
     if not retrain and linkage.saved_about(model_path) == learned_from:
-        return linkage.load_linker(prepared, model_path), False
-    linker = linkage.train_linker(prepared, link_type="link_and_dedupe", seed=seed, labels=labels(decided, prepared))
+        return linkage.load_linker(prepared, model_path, db_api=db_api), False
+    linker = linkage.train_linker(prepared, link_type="link_and_dedupe", seed=seed, labels=labels(decided, prepared),
+                                  db_api=db_api)
     linkage.save_model(linker, model_path, learned_from)
     return linker, True
 
@@ -384,6 +388,7 @@ class ResolveReport:
     decisions: int = 0  # stewards' decisions in force
     unheld: int = 0  # of them, the ones the grouping could not follow (see `unheld`)
     estimated: bool = True  # the model's parameters estimated by this run (else: the saved ones reused)
+    engine: str = "duckdb"  # the engine splink ran on (`c360.core.engine`)
 
 
 def resolve(con, model_path: Path, threshold: float = 0.95, seed: int = 42, ledger: Ledger | None = None,
@@ -391,7 +396,8 @@ def resolve(con, model_path: Path, threshold: float = 0.95, seed: int = 42, ledg
     """Link every source record of the warehouse to a customer and write the identity tables.
 
     The model's parameters are those saved at `model_path`, estimated on the first run, with `retrain`, or when
-    the stewards' links changed (`linker_for`).
+    the stewards' links changed (`linker_for`). splink runs on the settings' engine (DuckDB or Spark); the
+    grouping into customers and their ids are this module's, on the pairs it scores.
 
     With live identity's `ledger`, its decisions count as previous ids (a provisional customer keeps its id, or is
     merged into the customer its records join), its reserved numbers are not handed out, and afterwards what the
@@ -401,8 +407,13 @@ def resolve(con, model_path: Path, threshold: float = 0.95, seed: int = 42, ledg
     raw, accounts = read_records(con)
     people, prepared = normalise(raw)
     decided = decisions(con)
-    linker, estimated = linker_for(prepared, model_path, decided, seed, retrain)
-    pairs = score_people(prepared, linker)
+    engine_name = engine.name()
+    db_api = linkage.database(engine_name)
+    try:
+        linker, estimated = linker_for(prepared, model_path, decided, db_api, seed, retrain)
+        pairs = score_people(prepared, linker)
+    finally:
+        linkage.release(db_api)
     grouped = group_records(people, accounts, pairs, threshold, decided)
     assignment = settle_ids(con, people, accounts, grouped, ledger, "resolve",
                             {"identity_records": prepared, "identity_links": pairs})
@@ -412,7 +423,7 @@ def resolve(con, model_path: Path, threshold: float = 0.95, seed: int = 42, ledg
         records=len(grouped), customers=len(golden), multi_record_customers=int((golden["records"] > 1).sum()),
         unlinked=int(golden["unlinked"].sum()), merges=int(events.get("merge", 0)), splits=int(events.get("split", 0)),
         methods=grouped["method"].value_counts().to_dict(), live=ledger.settle(con) if ledger is not None else {},
-        decisions=len(decided), unheld=len(unheld(grouped, decided)), estimated=estimated)
+        decisions=len(decided), unheld=len(unheld(grouped, decided)), estimated=estimated, engine=engine_name)
 
 
 def stored_inputs(con) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -10,30 +10,35 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import email_validator
 import pandas as pd
 import phonenumbers
+import pyarrow as pa
 import splink.comparison_level_library as cll
 import splink.comparison_library as cl
 from splink import DuckDBAPI, Linker, SettingsCreator
 from splink.blocking_rule_library import CustomRule
 from splink.clustering import cluster_pairwise_predictions_at_threshold
 
-from c360.core import connections
+from c360.core import connections, engine
+from c360.core.personal import Erased, Person, Work
 from c360.core.settings import Settings
 
 if TYPE_CHECKING:
     from splink.internals.blocking_rule_creator import BlockingRuleCreator
     from splink.internals.comparison_creator import ComparisonCreator
+    from splink.internals.database_api import DatabaseAPI
 
 LinkType = Literal["link_only", "link_and_dedupe", "dedupe_only"]
+DIALECT = "duckdb"  # of the SQL this module writes (custom levels, blocking rules): splink translates it for Spark
 ABOUT = "c360"  # the saved model's own key: what its estimate learned from (splink ignores it: removed on load)
 
 IDENTITY_COLUMNS = (
@@ -272,7 +277,7 @@ def _name_comparison(column: str, other: str | None, compare: str | None = None)
     if other:
         # Form-entry (and FEBRL) errors: first name and surname typed into each other's field.
         swapped = f'"{column}_l" = "{other}_r" OR "{column}_r" = "{other}_l"'
-        levels.append(cll.CustomLevel(swapped, label_for_charts=f"{column} swapped with {other}"))
+        levels.append(cll.CustomLevel(swapped, f"{column} swapped with {other}", base_dialect_str=DIALECT))
     levels += [cll.JaroWinklerLevel(compare, 0.92), cll.JaroWinklerLevel(compare, 0.8), cll.ElseLevel()]
     return _comparison(column, levels)
 
@@ -286,7 +291,7 @@ def _dob_comparison() -> cl.CustomComparison:
     levels = [
         cll.NullLevel("date_of_birth"),
         cll.ExactMatchLevel("date_of_birth"),
-        cll.CustomLevel(swapped, label_for_charts="day and month swapped"),
+        cll.CustomLevel(swapped, "day and month swapped", base_dialect_str=DIALECT),
         cll.DamerauLevenshteinLevel("date_of_birth", 1),
         cll.DamerauLevenshteinLevel("date_of_birth", 2),
         cll.ElseLevel(),
@@ -428,6 +433,11 @@ def training_rules_for(columns: Iterable[str]) -> list[str]:
     return chosen
 
 
+def _rule(sql: str) -> CustomRule:
+    """A blocking rule of this module's SQL, which splink translates for the engine."""
+    return CustomRule(sql, sql_dialect=DIALECT)
+
+
 def _exact_rules_with_matches(data: pd.DataFrame, link_type: LinkType) -> list[str | BlockingRuleCreator]:
     """Near-certain rules (same e-mail, phone, id, or name and dob) that find at least one pair.
 
@@ -441,7 +451,7 @@ def _exact_rules_with_matches(data: pd.DataFrame, link_type: LinkType) -> list[s
         groups = data.dropna(subset=list(key)).groupby(list(key))["source"]
         shared = groups.nunique() > 1 if link_type == "link_only" else groups.size() > 1
         if shared.any():
-            rules.append(_rule_sql(key))
+            rules.append(_rule(_rule_sql(key)))
     return rules
 
 
@@ -449,7 +459,7 @@ def build_settings(columns: Iterable[str], link_type: LinkType) -> SettingsCreat
     present = set(columns)
     # splink's signature wants lists of the base types.
     comparisons: list[ComparisonCreator | dict] = [*comparisons_for(present)]
-    rules: list[BlockingRuleCreator | dict] = [CustomRule(rule) for rule in blocking_rules_for(present)]
+    rules: list[BlockingRuleCreator | dict] = [_rule(rule) for rule in blocking_rules_for(present)]
     return SettingsCreator(
         link_type=link_type,
         unique_id_column_name="record_id",
@@ -464,7 +474,13 @@ def build_settings(columns: Iterable[str], link_type: LinkType) -> SettingsCreat
 # ---------------------------------------------------------------- training and scoring
 
 
-def database(memory_limit: str = "3GB") -> DuckDBAPI:
+def database(engine_name: str = "duckdb", memory_limit: str = "3GB") -> DatabaseAPI:
+    """splink's backend on `engine_name` (the settings' `engine` for `c360 resolve`): DuckDB in this process, or
+    the Spark session of `c360.core.engine`. Call `release` when the run is done."""
+    return _spark_database() if engine_name == "spark" else _duckdb_database(memory_limit)
+
+
+def _duckdb_database(memory_limit: str) -> DuckDBAPI:
     """splink's DuckDB, bounded: unbounded, it holds every blocked pair in memory (17 GB at 1M records) rather
     than spilling to its temporary directory. The records are personal data: with C360_ENCRYPTION_KEY set, the
     spilled blocks are encrypted as the warehouse is."""
@@ -473,24 +489,117 @@ def database(memory_limit: str = "3GB") -> DuckDBAPI:
                                                       temp_directory=str(spill)))
 
 
-def _register(db_api: DuckDBAPI, prepared: pd.DataFrame, link_type: LinkType) -> list:
+def _spark_database() -> DatabaseAPI:
+    """splink on the Spark session, with DuckDB's similarity functions (`_similarity`).
+
+    splink breaks the lineage of its large intermediate tables (the records with their term frequencies, the
+    compared pairs: personal data) by writing them as Parquet to the checkpoint folder, `spark_scratch()`,
+    which `release` empties. With C360_ENCRYPTION_KEY set they are persisted instead, in Spark's memory and its
+    local disk, which the session encrypts (`c360.core.engine`): no plain copy is written."""
+    from splink.backends.spark import SparkAPI
+
+    s, session = Settings(), engine.spark()
+    for name, function in SIMILARITY.items():
+        session.udf.register(name, _similarity(function))
+    if s.encryption_key is not None:
+        return SparkAPI(spark_session=session, break_lineage_method="persist", register_udfs_automatically=False)
+    session.sparkContext.setCheckpointDir(str(spark_scratch(s)))
+    return SparkAPI(spark_session=session, break_lineage_method="parquet", register_udfs_automatically=False)
+
+
+# splink's names for the similarity functions on Spark → DuckDB's. splink's own Spark functions (a jar) count Jaro's
+# transpositions differently ("turrner" ~ "turner": 0.869 against DuckDB's 0.897), which moved pairs across levels.
+SIMILARITY = {"jaro_winkler": "jaro_winkler_similarity", "damerau_levenshtein": "damerau_levenshtein"}
+
+
+def _similarity(function: str) -> Any:
+    """DuckDB's `function` of two strings as a vectorised Spark function, so both engines compare values alike."""
+    from pyspark.sql.functions import pandas_udf
+
+    def compare(left: pd.Series, right: pd.Series) -> pd.Series:
+        pairs = pa.table({"l": pa.array(left, pa.string()), "r": pa.array(right, pa.string())})
+        scores = connections.local().from_arrow(pairs).project(f"{function}(l, r)::DOUBLE AS v").df()["v"]
+        return scores.astype("Float64")  # NULL stays null: a NaN would pass Spark's `>= 0.92`
+
+    return pandas_udf(compare, "double")
+
+
+def spark_scratch(s: Settings) -> Path:
+    """Spark's checkpoint folder for splink (Spark adds a folder per run under it)."""
+    return s.home / "spark" / "identity"
+
+
+def release(db_api: DatabaseAPI) -> None:
+    """Drop the tables splink made in `db_api` (Spark's persisted ones leave its memory and disk), and the
+    checkpoint folder, which holds personal data: nothing of a run is kept once it is done."""
+    db_api.delete_tables_created_by_splink_from_db()
+    shutil.rmtree(spark_scratch(Settings()), ignore_errors=True)
+
+
+class SparkScratch:
+    """The personal-data store of Spark's checkpoints (`c360.core.personal`): empty between runs, as `release`
+    removes them; what an interrupted run left is removed whole on erasure (nothing in it is kept)."""
+
+    @staticmethod
+    def export(work: Work, person: Person) -> list[str]:
+        """The files left (read by no one: the next run's `release` removes them)."""
+        return sorted(str(path.relative_to(work.s.home)) for path in spark_scratch(work.s).rglob("*") if path.is_file())
+
+    @staticmethod
+    def erase(work: Work, person: Person) -> Erased:
+        files = SparkScratch.export(work, person)
+        shutil.rmtree(spark_scratch(work.s), ignore_errors=True)
+        return Erased(files=files)
+
+
+def _register(db_api: DatabaseAPI, prepared: pd.DataFrame, link_type: LinkType) -> list:
+    # Named after the backend object: one Spark session holds the tables of every run of the process.
     if link_type == "dedupe_only":
-        return [db_api.register(prepared, table_name="c360_records")]
+        return [db_api.register(_strings(prepared), table_name=f"c360_records_{db_api.id}")]
     groups = prepared.groupby("source", sort=True)
     # Table names are internal identifiers; the source value itself may not be a valid SQL name.
     return [
-        db_api.register(frame, table_name=f"c360_source_{i}", dataset_display_name=str(name))
+        db_api.register(_strings(frame), table_name=f"c360_source_{i}_{db_api.id}", dataset_display_name=str(name))
         for i, (name, frame) in enumerate(groups)
     ]
 
 
-def load_linker(prepared: pd.DataFrame, model_path: str | Path, link_type: LinkType = "link_and_dedupe") -> Linker:
-    """A linker from a model saved by `save_model`, over these records (those it was trained on, or today's)."""
+def _strings(records: pd.DataFrame) -> pa.Table:
+    """The records as text columns, typed, so that every engine reads the same types: a source without phones
+    has a column of nulls, which Spark cannot infer a type for."""
+    schema = pa.schema([(column, pa.string()) for column in records.columns])
+    return pa.Table.from_pandas(records, schema=schema, preserve_index=False)
+
+
+def load_linker(prepared: pd.DataFrame, model_path: str | Path, link_type: LinkType = "link_and_dedupe",
+                db_api: DatabaseAPI | None = None) -> Linker:
+    """A linker from a model saved by `save_model`, over these records (those it was trained on, or today's), in
+    `db_api` (default: a new DuckDB)."""
     if link_type != "dedupe_only" and prepared["source"].nunique() < 2:
         link_type = "dedupe_only"
-    settings = json.loads(Path(model_path).read_text())
-    settings.pop(ABOUT, None)
-    return Linker(_register(database(), prepared, link_type), settings, log_level=None)
+    db_api = db_api or database()
+    settings = _saved_settings(json.loads(Path(model_path).read_text()), db_api.sql_dialect.sql_dialect_str)
+    return Linker(_register(db_api, prepared, link_type), settings, log_level=None)
+
+
+def _saved_settings(saved: dict, dialect: str) -> dict:
+    """A saved model in the engine's SQL `dialect`: its comparisons and blocking rules as `build_settings` writes
+    them for its columns, with its parameters (the prior, each level's m and u). The saved SQL is in the dialect
+    of the engine that estimated it, and splink's translation misses similarity functions (DuckDB's
+    jaro_winkler_similarity is Spark's jaro_winkler), so only the numbers are read."""
+    columns = [comparison["output_column_name"] for comparison in saved["comparisons"]]
+    settings = build_settings(columns, saved["link_type"]).create_settings_dict(dialect)
+    for old, new in zip(saved["comparisons"], settings["comparisons"], strict=True):
+        old_levels, new_levels = old["comparison_levels"], new["comparison_levels"]
+        if [lv["label_for_charts"] for lv in old_levels] != [lv["label_for_charts"] for lv in new_levels]:
+            raise ValueError(f"the saved model's {old['output_column_name']} levels are not this version's: "
+                             "estimate it again (`c360 resolve --retrain`)")
+        for old_level, new_level in zip(old_levels, new_levels, strict=True):
+            for name in ("m_probability", "u_probability"):
+                new_level.pop(name, None)
+                if name in old_level:
+                    new_level[name] = old_level[name]
+    return settings | {"probability_two_random_records_match": saved["probability_two_random_records_match"]}
 
 
 def save_model(linker: Linker, model_path: Path, about: dict) -> None:
@@ -519,8 +628,10 @@ def train_linker(
     u_max_pairs: float = 2e6,
     recall_of_exact_rules: float = 0.7,
     labels: pd.DataFrame | None = None,
+    db_api: DatabaseAPI | None = None,
 ) -> Linker:
-    """A splink Linker with u from random sampling and m from EM, and from ``labels`` when given.
+    """A splink Linker with u from random sampling and m from EM, and from ``labels`` when given, in ``db_api``
+    (default: a new DuckDB).
 
     ``prepared`` comes from ``prepare_records``. ``link_type`` is "dedupe_only" (one table),
     "link_only" (only pairs across sources) or "link_and_dedupe"; with a single source the
@@ -534,7 +645,7 @@ def train_linker(
     helpers = [c for c, source in _HELPER_COLUMNS.items() if source in columns and c in prepared.columns]
     data = prepared[["record_id", "source", *columns, *helpers]]
     settings = build_settings(columns, link_type)
-    linker = Linker(_register(database(), data, link_type), settings, log_level=None)
+    linker = Linker(_register(db_api or database(), data, link_type), settings, log_level=None)
     exact_rules = _exact_rules_with_matches(data, link_type)
     if exact_rules:  # otherwise splink's default prior (1e-4) stays
         training = linker.training
@@ -542,7 +653,7 @@ def train_linker(
     linker.training.estimate_u_using_random_sampling(max_pairs=u_max_pairs, seed=seed)
     for rule in training_rules_for(columns):
         linker.training.estimate_parameters_using_expectation_maximisation(
-            rule, estimate_without_term_frequencies=True
+            _rule(rule), estimate_without_term_frequencies=True
         )
     if labels is not None and len(labels):
         linker.table_management.register_table(labels, "c360_labels", overwrite=True)
@@ -553,12 +664,18 @@ def train_linker(
 def predict_pairs(linker: Linker, min_probability: float = 0.01) -> pd.DataFrame:
     """Candidate pairs: record_id_l, record_id_r, source_l, source_r, match_probability, match_weight."""
     scored = linker.inference.predict(threshold_match_probability=min_probability, warning_mode="never")
-    # Only these columns leave DuckDB: the scored table also holds every comparison's inputs and levels (kept for
-    # explanations), which as one pandas frame took 16 GB at a million records.
+    # Only these columns leave the engine: the scored table also holds every comparison's inputs and levels (kept
+    # for explanations), which as one pandas frame took 16 GB at a million records.
     columns = ["record_id_l", "record_id_r", "source_l", "source_r", "match_probability", "match_weight"]
-    picked = scored.as_duckdbpyrelation().select(*columns).order("match_probability DESC").df()
-    scored.drop_table_from_database_and_remove_from_cache()
-    return picked
+    try:
+        picked = scored.query_sql(f"SELECT {', '.join(columns)} FROM {{this}}")
+        frame = picked.as_pandas_dataframe()
+        picked.drop_table_from_database_and_remove_from_cache()
+    finally:
+        scored.drop_table_from_database_and_remove_from_cache()
+    # Ties in a total order: the engines return rows in different orders.
+    order = ["match_probability", "record_id_l", "record_id_r"]
+    return frame.sort_values(order, ascending=[False, True, True], ignore_index=True)
 
 
 def score_pairs(

@@ -13,7 +13,7 @@ import typer
 from rich.console import RenderableType
 
 from c360.cli.ui import Json, audit_command, audited, cli_key, emit, fail, record_run, stderr, table
-from c360.core import warehouse
+from c360.core import engine, warehouse
 from c360.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,6 +40,10 @@ def resolve(
     runs reuse them, so they score pairs alike. --retrain estimates them again, and so does a change of the
     stewards' links (they are the model's labels).
 
+    splink runs on C360_ENGINE: duckdb (this process) or spark (C360_SPARK_MASTER, the `spark` extra and Java).
+    Both give the same pairs and the same customers from the same saved parameters; Spark's intermediate tables
+    (spark/identity/) are removed when the run ends.
+
     Customer ids are stable: rerunning, or resolving after a new batch, keeps every existing customer's id
     unless two are merged (the survivor keeps its id) or one is split; both are recorded in identity_events, and
     a merged id in identity_merges (its profile answers with the survivor's). Provisional customers that live
@@ -57,18 +61,23 @@ def run_resolve(threshold: float | None = None, as_json: bool = False, retrain: 
     s, started = Settings(), time.time()
     if not s.warehouse.exists():
         raise fail(f"no warehouse in {s.home}: run `c360 ingest --source DIR` first")
+    if s.engine == "spark" and (reason := engine.spark_unavailable()):
+        raise fail(f"C360_ENGINE=spark: {reason}")
     threshold = threshold or s.match_threshold
-    with warehouse.connect(s) as con, stderr.status("linking records (splink) and grouping customers"):
+    ran_on = "DuckDB" if s.engine == "duckdb" else f"Spark ({s.spark_master})"
+    with warehouse.connect(s) as con, stderr.status(f"linking records (splink on {ran_on}) and grouping customers"):
         report = run(con, s.identity_model, threshold=threshold, ledger=Ledger(s), retrain=retrain)
     record_run(s, "resolve", started, records=report.records, customers=report.customers, merges=report.merges,
-               splits=report.splits, decisions=report.decisions, unheld=report.unheld, estimated=report.estimated)
+               splits=report.splits, decisions=report.decisions, unheld=report.unheld, estimated=report.estimated,
+               engine=report.engine)
     methods = pd.DataFrame(report.methods.items(), columns=["method", "records"])
     return emit({"threshold": threshold, **asdict(report)}, as_json, table("how records were linked", methods),
                 f"{report.records:,} records → {report.customers:,} customers "
                 f"({report.multi_record_customers:,} from several records, {report.unlinked:,} unlinked); "
                 f"{report.merges} merges, {report.splits} splits recorded; {report.decisions} steward decisions "
                 f"followed, {report.unheld} not; model parameters "
-                + ("estimated and saved" if report.estimated else f"reused from {s.identity_model}"))
+                + ("estimated and saved" if report.estimated else f"reused from {s.identity_model}")
+                + f"; splink ran on {ran_on}")
 
 
 @resolve_app.command()

@@ -40,14 +40,17 @@ def spark_unavailable() -> str | None:
 @cache
 def spark(master: str | None = None) -> SparkSession:
     """One Spark session per process, on `master` (default: the settings' `spark_master`), in UTC so timestamps
-    mean what they mean in DuckDB."""
+    mean what they mean in DuckDB. Its Python functions run in this Python (PYSPARK_PYTHON names another), and
+    with C360_ENCRYPTION_KEY set what it writes to local disk (shuffles, spills, cached blocks) is encrypted."""
     reason = spark_unavailable()
     if reason:
         raise EngineUnavailable(f"C360_ENGINE=spark, but {reason}")
     from pyspark.sql import SparkSession
 
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers run c360's own interpreter
-    session = (SparkSession.builder.appName("c360").master(master or Settings().spark_master)
+    s = Settings()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # read by the context as it starts, not from its conf
+    session = (SparkSession.builder.appName("c360").master(master or s.spark_master)
+               .config("spark.io.encryption.enabled", str(s.encryption_key is not None).lower())
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.ui.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false")

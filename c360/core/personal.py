@@ -106,6 +106,9 @@ STORES: tuple[Store, ...] = (
           f"{_STORES}.Identity", ()),
     Store("identity_model", "splink's trained model (parameters; no term frequencies are saved)",
           f"{_STORES}.IdentityModel", ("identity/*",)),
+    Store("spark_identity", "Spark's checkpoints of `c360 resolve` on C360_ENGINE=spark (normalised records, compared "
+          "pairs), removed when the run ends: only an interrupted run leaves them",
+          "c360.features.linkage.SparkScratch", ("spark/identity/*",)),
     Store("generated_exports", "the demo's generated silo exports and their ground truth",
           f"{_STORES}.Generated", ("data/generated/*", "data/generated/*/*")),
     # before the snapshots: it finds the person's rows in the input examples by their snapshot rows
