@@ -125,14 +125,19 @@ def mlflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def home_over_resolved(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
     """A function making a fresh C360_HOME over the resolved company: its warehouse and its generated data (with
-    the ground truth); the caller adds the feature snapshots it needs."""
+    the ground truth); the caller adds the feature snapshots it needs. The generated world is a link to the
+    session's, unless `own_world`: an erasure rewrites the world's files, which through a link would change the
+    world under every later test."""
     from c360.core.settings import Settings
 
-    def make(name: str) -> Settings:
+    def make(name: str, own_world: bool = False) -> Settings:
         s = Settings(home=tmp_path_factory.mktemp(name))
         s.warehouse.write_bytes((resolved[0] / "warehouse.duckdb").read_bytes())
         s.generated.parent.mkdir(parents=True)
-        s.generated.symlink_to(resolved[1])
+        if own_world:
+            shutil.copytree(resolved[1], s.generated)
+        else:
+            s.generated.symlink_to(resolved[1])
         return s
 
     return make

@@ -20,7 +20,8 @@ class Settings(BaseSettings):
     corrupt_rate: float = Field(0.005, ge=0, le=0.5, description="demo share of rows with an injected fault")
     match_threshold: float = Field(0.95, gt=0, lt=1, description="match probability that links two people")
     online_store: Literal["c360", "sqlite", "redis"] = Field(
-        "c360", description="Feast online store: c360 (SQLite, one row per customer), sqlite (Feast's), redis")
+        "c360", description="Feast online store: c360 (SQLite, one row per customer), sqlite (Feast's), redis (c360's "
+                            "Redis store, Feast's layout with a bulk write path)")
     engine: Literal["duckdb", "spark"] = Field(
         "duckdb", description="engine of the heavy stages (resolve, features build, batch scoring): duckdb (this "
                               "process) or spark (the `spark` extra and Java)")

@@ -99,7 +99,7 @@ def test_export_is_a_registered_store_removed_after_the_build(spark, home_over_r
 
 
 def test_erasure_removes_an_export_a_killed_build_left(home_over_resolved, monkeypatch):
-    s = home_over_resolved("erase")
+    s = home_over_resolved("erase", own_world=True)
     left = s.home / spark_build.EXPORTS / "killed"
     left.mkdir(parents=True)
     with warehouse.connect(s, read_only=True) as con:
