@@ -14,8 +14,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from c360.cli.ui import Json, audited, emit, fail, progress, record_run, stderr, table
-from c360.core import consent, engine, warehouse
+from c360.cli.ui import Json, audited, emit, fail, progress, record_run, require_engine, stderr, table
+from c360.core import consent, warehouse
 from c360.core.settings import Settings
 from c360.features.profile import label
 
@@ -35,8 +35,7 @@ def build(
     from c360.features import campaigns, compute, spark_build, store
 
     s, started = Settings(), time.time()
-    if s.engine == "spark" and (reason := engine.spark_unavailable()):
-        raise fail(f"C360_ENGINE=spark: {reason}")
+    require_engine(s)
     with warehouse.connect(s, read_only=True) as con:
         if not warehouse.has_table(con, "identity_crosswalk"):
             raise fail("no resolved customers yet: run `c360 resolve` first")

@@ -12,8 +12,8 @@ import pandas as pd
 import typer
 from rich.console import RenderableType
 
-from c360.cli.ui import Json, audit_command, audited, cli_key, emit, fail, record_run, stderr, table
-from c360.core import engine, warehouse
+from c360.cli.ui import Json, audit_command, audited, cli_key, emit, fail, record_run, require_engine, stderr, table
+from c360.core import warehouse
 from c360.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -61,8 +61,7 @@ def run_resolve(threshold: float | None = None, as_json: bool = False, retrain: 
     s, started = Settings(), time.time()
     if not s.warehouse.exists():
         raise fail(f"no warehouse in {s.home}: run `c360 ingest --source DIR` first")
-    if s.engine == "spark" and (reason := engine.spark_unavailable()):
-        raise fail(f"C360_ENGINE=spark: {reason}")
+    require_engine(s)
     threshold = threshold or s.match_threshold
     ran_on = "DuckDB" if s.engine == "duckdb" else f"Spark ({s.spark_master})"
     with warehouse.connect(s) as con, stderr.status(f"linking records (splink on {ran_on}) and grouping customers"):

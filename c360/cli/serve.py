@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from c360.cli.ui import Json, audited, console, emit, fail, progress, record_run
+from c360.cli.ui import Json, audited, console, emit, fail, progress, record_run, require_engine
 from c360.core import audit
 from c360.core.settings import Settings
 
@@ -43,11 +43,11 @@ def score(
         if customers is not None:
             raise fail("--customers scores the feature store's customers: it does not go with --model")
         return _score_table(model, table_path, out, alias, as_json)
-    from c360.core.engine import EngineUnavailable
     from c360.serving import batch
     from c360.serving.errors import Unavailable
 
     s, started = Settings(), time.time()
+    require_engine(s)
     ids = None
     if customers is not None:
         if not customers.is_file():
@@ -63,7 +63,7 @@ def score(
         with audited(s, "c360 score", ids if ids is not None else [audit.ALL]):
             report = batch.score(s, ids, chunk_size=chunk_size, on_start=on_start,
                                  on_chunk=lambda n: holder["advance"](n))
-    except (FileNotFoundError, LookupError, Unavailable, EngineUnavailable) as e:
+    except (FileNotFoundError, LookupError, Unavailable) as e:
         raise fail(str(e)) from None
     finally:
         if "bar" in holder:

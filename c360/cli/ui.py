@@ -131,6 +131,14 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def require_engine(s: Any) -> None:
+    """Stop, saying why, when the engine the settings name (`C360_ENGINE`) cannot run here."""
+    from c360.core import engine
+
+    if reason := engine.unavailable(s):
+        raise fail(reason)
+
+
 def fail(message: str) -> typer.Exit:
     """The error to raise: one line on stderr, and with --json the document {"error": message} on stdout."""
     stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # one line, whatever the width

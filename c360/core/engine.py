@@ -37,14 +37,19 @@ def spark_unavailable() -> str | None:
     return None
 
 
+def unavailable(s: Settings) -> str | None:
+    """Why the engine `s` names cannot run here (in words a command can print), or None when it can."""
+    reason = spark_unavailable() if s.engine == "spark" else None
+    return f"C360_ENGINE=spark: {reason}" if reason else None
+
+
 @cache
 def spark(master: str | None = None) -> SparkSession:
     """One Spark session per process, on `master` (default: the settings' `spark_master`), in UTC so timestamps
     mean what they mean in DuckDB. Its Python functions run in this Python (PYSPARK_PYTHON names another), and
     with C360_ENCRYPTION_KEY set what it writes to local disk (shuffles, spills, cached blocks) is encrypted."""
-    reason = spark_unavailable()
-    if reason:
-        raise EngineUnavailable(f"C360_ENGINE=spark, but {reason}")
+    if reason := unavailable(Settings(engine="spark")):
+        raise EngineUnavailable(reason)
     from pyspark.sql import SparkSession
 
     s = Settings()
