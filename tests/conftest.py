@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -41,6 +43,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """The files of LONGEST_FIRST first, in its order; the others after them, as collected."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder `name` that `build(folder)` filled, built once per `pytest` run: under xdist the first worker to
+    ask builds it and the other waits for it (on 2 cores a second build of the same company takes a core from the
+    tests). What it holds is shared: a test that changes it works on a copy."""
+    root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder, built = root / name, root / f"{name}.built"
+    with (root / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed halfway, in the other worker
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -77,17 +97,13 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def company(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2,000 customers, 2 % of rows faulty: the acceptance example of the foundation issue."""
-    out = tmp_path_factory.mktemp("company")
-    generate(out, 2000, seed=7, corrupt_rate=0.02)
-    return out
+    return built_once(tmp_path_factory, "company", lambda out: generate(out, 2000, seed=7, corrupt_rate=0.02))
 
 
 @pytest.fixture(scope="session")
 def clean_company(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A larger fault-free company for statistical checks of the ground truth."""
-    out = tmp_path_factory.mktemp("clean")
-    generate(out, 8000, seed=11)
-    return out
+    return built_once(tmp_path_factory, "clean", lambda out: generate(out, 8000, seed=11))
 
 
 @pytest.fixture(scope="session")
@@ -95,11 +111,13 @@ def resolved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 3,000-customer company, ingested and resolved once: (folder with warehouse.duckdb and model.json, data).
 
     Tests that change the warehouse take `warehouse_copy`."""
-    root = tmp_path_factory.mktemp("resolved")
-    generate(root / "data", 3000, seed=5)
-    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
-        ingest(con, root / "data")
-        identity.resolve(con, root / "model.json", threshold=0.95)
+    def build(root: Path) -> None:
+        generate(root / "data", 3000, seed=5)
+        with duckdb.connect(str(root / "warehouse.duckdb")) as con:
+            ingest(con, root / "data")
+            identity.resolve(con, root / "model.json", threshold=0.95)
+
+    root = built_once(tmp_path_factory, "resolved", build)
     return root, root / "data"
 
 

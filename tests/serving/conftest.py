@@ -26,6 +26,7 @@ from c360.serving.server import serve_command, start, stop, wait_ready
 from c360.training import tracking
 from c360.training.specs import MODELS
 from c360.training.tracking import CHALLENGER, CHAMPION
+from tests.conftest import built_once
 
 SNAPSHOT_WEEKS = (0, 16, 20, 24, 56)
 
@@ -52,24 +53,20 @@ def home_copy(served: Settings, root: Path) -> Iterator[Settings]:
         yield s
 
 
-@pytest.fixture(scope="session")
-def served(resolved: tuple[Path, Path], resolved_snapshot: Any,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def build_served(resolved: tuple[Path, Path], resolved_snapshot: Any, root: Path) -> None:
+    """The served home at `root`/home (see the module docstring)."""
     from c360.serving import batch
     from c360.training.clv_pipeline import train_clv
     from c360.training.nba_pipeline import train_nba
     from c360.training.pipeline import train_churn, train_expansion
     from c360.training.response import train_response
 
-    root = tmp_path_factory.mktemp("served")
     s = Settings(home=root / "home")
     s.home.mkdir()
     shutil.copyfile(resolved[0] / "warehouse.duckdb", s.warehouse)
     s.generated.parent.mkdir(parents=True)
     s.generated.symlink_to(resolved[1])
     with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         patch.setenv("C360_HOME", str(s.home))
         with warehouse.connect(s, read_only=True) as con:
             end = warehouse.data_end(con)
@@ -85,6 +82,20 @@ def served(resolved: tuple[Path, Path], resolved_snapshot: Any,
         promote_all(s.home)
         store.materialize(s)
         batch.score(s, chunk_size=1000)
+
+
+@pytest.fixture(scope="session")
+def served(resolved: tuple[Path, Path], resolved_snapshot: Any,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The served home, built once per run (`built_once`); each worker its own copy, which its tests change."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        built = built_once(tmp_path_factory, "served", lambda root: build_served(resolved, resolved_snapshot, root))
+        s = Settings(home=tmp_path_factory.mktemp("served") / "home")
+        shutil.copytree(built / "home", s.home, symlinks=True)
+        store.apply(s)
+        patch.setenv("C360_HOME", str(s.home))
         yield s
 
 
