@@ -29,18 +29,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import duckdb
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
 import pyarrow
 
 from c360.core import contract, warehouse
 from c360.core.contract import ARRIVALS, TABLES, Table
 from c360.features import versions
 from c360.features.versions import q
+
+if TYPE_CHECKING:  # imported where rows are checked (see contract.py)
+    import pandera.pandas as pa
 
 CHUNK_ROWS = 500_000
 MAX_LINE = 2_000_000  # bytes of one CSV line (a record, with its quoted line breaks): DuckDB's default
@@ -572,6 +574,8 @@ def _schema(table_id: str) -> pa.DataFrameSchema:
 
 
 def _contract_failures(typed: pd.DataFrame, raw: pd.DataFrame, table: Table) -> pd.DataFrame:
+    import pandera.pandas as pa
+
     try:
         _schema(table.id).validate(typed, lazy=True)
     except pa.errors.SchemaErrors as err:

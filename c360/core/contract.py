@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cache
+from typing import TYPE_CHECKING
 
-import pandera.pandas as pa
+if TYPE_CHECKING:  # imported where rows are checked: with pyspark installed pandera imports pyspark.pandas (1-2 s)
+    import pandera.pandas as pa
 
 SEGMENTS = ("consumer", "smb", "enterprise")
 REGIONS = ("NA", "EMEA", "APAC", "LATAM")
@@ -344,6 +346,8 @@ def table(table_id: str) -> Table:
 
 
 def _checks(col: Col) -> list[pa.Check]:
+    import pandera.pandas as pa
+
     checks = []
     if col.allowed:
         checks.append(pa.Check.isin(col.allowed, error=f"not one of {', '.join(col.allowed)}"))
@@ -360,6 +364,8 @@ PANDERA_DTYPES = {"str": str, "int": "Int64", "float": "float64", "datetime": "d
 
 
 def _ordered_check(earlier: str, later: str) -> pa.Check:
+    import pandera.pandas as pa
+
     return pa.Check(
         lambda df: df[later].isna() | df[earlier].isna() | (df[later] >= df[earlier]),
         error=f"{later} before {earlier}",
@@ -370,6 +376,8 @@ def _ordered_check(earlier: str, later: str) -> pa.Check:
 @cache
 def schema(table_id: str) -> pa.DataFrameSchema:
     """Row-level contract of one table, on values already parsed to their kinds (see ingest.parse)."""
+    import pandera.pandas as pa
+
     t = table(table_id)
     columns = {
         c.name: pa.Column(PANDERA_DTYPES[c.kind], _checks(c), nullable=not c.required, description=c.doc)
