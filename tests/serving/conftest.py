@@ -174,9 +174,9 @@ def running(s: Settings, workers: int, reload_seconds: int, root: Path, ready: s
         stop(process)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(served: Settings, api_keys: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `bentoml serve` over the served home, polling the registry every second, with a key of each role in
-    its home (`api_keys`); yields its URL."""
+    its home (`api_keys`); yields its URL. One per worker: a start costs a process's imports and model loads."""
     with running(served, 1, 1, tmp_path_factory.mktemp("server")) as url:
         yield url
