@@ -174,19 +174,24 @@ def cli_json(*args: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def resolved_snapshot(resolved: tuple[Path, Path]):
-    """A function giving the resolved company's feature snapshot of one date, built once per session (seconds
-    each): the homes over the resolved company (training's, the served one) ask for the same 4-weekly dates."""
+def resolved_snapshot(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
+    """A function giving the resolved company's feature snapshot of one date, built once per run (`built_once`,
+    seconds each): the homes over the resolved company (training's, the served one) ask for the same 4-weekly
+    dates."""
     from functools import cache
 
     import pandas as pd
 
     from c360.features import compute
 
+    def write(day: pd.Timestamp, folder: Path) -> None:
+        with duckdb.connect(str(resolved[0] / "warehouse.duckdb"), read_only=True) as con:
+            compute.build(con, day).to_parquet(folder / "snapshot.parquet", index=False)
+
     @cache
     def build(day: pd.Timestamp) -> pd.DataFrame:
-        with duckdb.connect(str(resolved[0] / "warehouse.duckdb"), read_only=True) as con:
-            return compute.build(con, day)
+        folder = built_once(tmp_path_factory, f"snapshot-{day:%Y-%m-%d}", lambda out: write(day, out))
+        return pd.read_parquet(folder / "snapshot.parquet")
 
     return lambda day: build(pd.Timestamp(day)).copy()
 
