@@ -29,8 +29,8 @@ from c360.training.tracking import TrainReport
 @dataclass(frozen=True)
 class Binary:
     """A yes/no outcome within the spec's horizon: its label column and labeler (`training.labels`), the
-    generator's true probability (ground-truth file and column), its definition for the card and monotone
-    constraints."""
+    generator's true probability (ground-truth file and column), its definition for the card, monotone
+    constraints and LightGBM parameters over `churn.PARAMS`."""
 
     spec: ModelSpec
     target: str
@@ -38,13 +38,17 @@ class Binary:
     truth: tuple[str, str]
     definition: str
     monotone: dict[str, int] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 CHURN_TASK = Binary(
     CHURN, "churned", labels.churn, ("churn_risk", "p_churn_90d"),
     f"Churn: cancellation, or no product activity and no paid invoice, within {CHURN.horizon_days} days of the "
     "as-of date (`training/labels.py`). Population: customers subscribed at the as-of date.",
-    {"payment_failures_90d": 1, "flag_payment_failed": 1})  # more failed payments never lower the risk
+    {"payment_failures_90d": 1, "flag_payment_failed": 1},  # more failed payments never lower the risk
+    # Every customer's score and reasons walk every tree: at 0.1 early stopping keeps 37 trees on the demo company
+    # against 98 at 0.05, for the same test ROC-AUC (0.7425 against 0.7432, the oracle 0.7623) and calibration.
+    {"learning_rate": 0.1})
 EXPANSION_TASK = Binary(
     EXPANSION, "expanded", labels.expansion, ("expansion", "p_expand_90d"),
     f"Expansion: a plan upgrade, a seat increase or an add-on order within {EXPANSION.horizon_days} days of the "
@@ -135,8 +139,8 @@ def _train(s: Settings, task: Binary, examples: Callable[[Settings, object, Feat
     train, calib, test = split = datasets.time_split(frame)
     datasets.require({"training": train, "calibration": calib, "test": test}, y)
     features = _features(frame)
-    model = ChurnModel(monotone=task.monotone).fit(train[features], train[y], calib[features], calib[y],
-                                                   groups=train["customer_id"])
+    model = ChurnModel(monotone=task.monotone, **task.params).fit(
+        train[features], train[y], calib[features], calib[y], groups=train["customer_id"])
     baseline = fit_baseline(train[features], train[y])
     scores = {"lightgbm": model.predict_proba(test[features]),
               "logistic": baseline.predict_proba(test[features])[:, 1]}
@@ -153,7 +157,8 @@ def _train(s: Settings, task: Binary, examples: Callable[[Settings, object, Feat
     version = tracking.log_training_run(
         experiment=spec.name, run_name=f"{spec.kind} {test_period}", model=model, flavor="pyfunc",
         params={"horizon_days": spec.horizon_days, "features": len(features), "trees": model.n_trees,
-                "calibration": "platt", "monotone": ",".join(task.monotone)},
+                "learning_rate": model.params["learning_rate"], "calibration": "platt",
+                "monotone": ",".join(task.monotone)},
         metrics={**results["lightgbm"], **gap_metrics},
         baselines={k: v for k, v in results.items() if k != "lightgbm"},
         dataset={"training": train, "test": test}, dataset_name=spec.service, target=y,
