@@ -123,6 +123,17 @@ def mlflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
+def spark() -> Iterator[None]:
+    """The process's Spark session on local[2], started once for the module (C360_SPARK_MASTER set for its tests)."""
+    from c360.core import engine
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("C360_SPARK_MASTER", "local[2]")
+        engine.spark()
+        yield
+
+
+@pytest.fixture(scope="module")
 def home_over_resolved(resolved: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
     """A function making a fresh C360_HOME over the resolved company: its warehouse and its generated data (with
     the ground truth); the caller adds the feature snapshots it needs. The generated world is a link to the
