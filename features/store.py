@@ -97,13 +97,13 @@ def offline(s: Settings) -> FeatureStore:
     """The feature store for reads through the offline store (historical retrievals, Feast's materialize), on the
     settings' engine: with Spark, c360's session is started first, so that Feast's store runs in it (one session
     per process, with c360's settings). EngineMismatch when the registry was applied on the other engine."""
-    if s.engine == "spark":
-        engine.spark()
     store = feature_store(s)
     applied = source_engine(store.get_data_source("customer_features"))
     if applied != s.engine:
         raise EngineMismatch(f"the feature registry was applied for the {applied} engine, C360_ENGINE is {s.engine}: "
                              f"run `c360 features apply` on {s.engine}")
+    if s.engine == "spark":
+        engine.spark()
     return store
 
 
