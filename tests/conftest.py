@@ -33,6 +33,7 @@ LONGEST_FIRST = [
     "tests/training/test_pipeline.py",
     "tests/serving/test_redis.py",
     "tests/features/test_spark_features.py",
+    "tests/training/test_spark_training.py",
     "tests/training/test_fairness.py",
 ]
 
