@@ -8,11 +8,12 @@ were computed from, the created timestamp when they were scored (the later run w
 
 from datetime import timedelta
 
-from feast import FeatureView, Field, FileSource
-from feast.data_format import ParquetFormat
+from feast import FeatureView, Field
+from feast.data_source import DataSource
 from feast.types import Float64, Int64, String
 
 from c360.feature_repo.entities import customer
+from c360.feature_repo.sources import parquet_source
 
 PREDICTIONS = "predictions"
 FIELDS = {
@@ -53,25 +54,25 @@ FIELDS = {
 }
 
 
-def scores_source(path: str) -> FileSource:
-    return FileSource(
+def scores_source(path: str, engine: str) -> DataSource:
+    return parquet_source(
+        engine,
         name="customer_predictions",
         path=f"{path}/as_of=*/run=*/wide/*.parquet",
-        file_format=ParquetFormat(),
         timestamp_field="as_of",
         created_timestamp_column="scored_ts",
         description="Wide batch scores written by `c360 score`, one row per customer and run.",
     )
 
 
-def predictions_view(path: str) -> FeatureView:
-    """Latest scores per customer; `path` is C360_HOME/scores (absolute)."""
+def predictions_view(path: str, engine: str) -> FeatureView:
+    """Latest scores per customer; `path` is C360_HOME/scores (absolute), read by the offline store of `engine`."""
     return FeatureView(
         name=PREDICTIONS,
         entities=[customer],
         ttl=timedelta(0),  # scores never expire by age; the service checks them against the features instead
         schema=[Field(name=name, dtype=dtype, description=doc) for name, (dtype, doc) in FIELDS.items()],
-        source=scores_source(path),
+        source=scores_source(path, engine),
         online=True,
         description="future: churn, CLV, next best action, expansion and response with reasons, and the batch "
                     "signals (c360 score)",

@@ -1,6 +1,7 @@
 from datetime import timedelta
 
-from feast import FeatureView, Field, FileSource
+from feast import FeatureView, Field
+from feast.data_source import DataSource
 from feast.types import Bool, Float64, Int64, String
 
 from c360.core.definitions import FEATURES
@@ -20,7 +21,7 @@ SECTIONS = {
 TTL = timedelta(days=400)  # a snapshot older than this says nothing about now
 
 
-def views(source: FileSource) -> dict[str, FeatureView]:
+def views(source: DataSource) -> dict[str, FeatureView]:
     """One feature view per profile section, over the same snapshots."""
     return {
         section: FeatureView(

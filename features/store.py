@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from c360.core import connections
+from c360.core import connections, engine
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 
@@ -20,6 +20,7 @@ from c360.core.settings import Settings
 # snapshot files (and `c360 --help`) starts without it.
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView, RepoConfig
+    from feast.data_source import DataSource
 
     from c360.features.online_store import C360OnlineStore
     from c360.features.redis_store import C360RedisOnlineStore
@@ -36,6 +37,15 @@ def online_store_config(s: Settings) -> dict:
         "sqlite": {"type": "sqlite", "path": path},
         "redis": {"type": redis_store.STORE_TYPE, "connection_string": s.redis_url},
     }[s.online_store]
+
+
+def offline_store_config(s: Settings) -> dict:
+    """Feast's offline store of the settings' engine: its DuckDB store, or its Spark store with c360's Spark
+    settings (for Feast's own tools; in c360's processes `offline` starts c360's session first, which Feast's
+    store then uses)."""
+    if s.engine == "spark":
+        return {"type": "spark", "spark_conf": engine.spark_conf(s)}
+    return {"type": "duckdb"}
 
 
 def bulk_writer(config: RepoConfig) -> BulkStore | None:
@@ -55,7 +65,7 @@ def repo_config(s: Settings) -> RepoConfig:
         project="c360",
         provider="local",
         registry=RegistryConfig(path=str((s.feast / "registry.db").resolve()), cache_ttl_seconds=60),
-        offline_store={"type": "duckdb"},
+        offline_store=offline_store_config(s),
         online_store=online_store_config(s),
         entity_key_serialization_version=3,
         # Without a batch size Feast 0.67's materialize converts only the first record batch: rows vanish.
@@ -77,6 +87,31 @@ def feature_store(s: Settings) -> FeatureStore:
     from feast import FeatureStore
 
     return FeatureStore(config=repo_config(s))
+
+
+class EngineMismatch(ValueError):
+    """The registry's sources are for another engine's offline store than the settings name."""
+
+
+def offline(s: Settings) -> FeatureStore:
+    """The feature store for reads through the offline store (historical retrievals, Feast's materialize), on the
+    settings' engine: with Spark, c360's session is started first, so that Feast's store runs in it (one session
+    per process, with c360's settings). EngineMismatch when the registry was applied on the other engine."""
+    store = feature_store(s)
+    applied = source_engine(store.get_data_source("customer_features"))
+    if applied != s.engine:
+        raise EngineMismatch(f"the feature registry was applied for the {applied} engine, C360_ENGINE is {s.engine}: "
+                             f"run `c360 features apply` on {s.engine}")
+    if s.engine == "spark":
+        engine.spark()
+    return store
+
+
+def source_engine(source: DataSource) -> str:
+    """The engine whose offline store reads `source` (feature_repo.sources.parquet_source)."""
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+    return "spark" if isinstance(source, SparkSource) else "duckdb"
 
 
 def write_snapshot(s: Settings, snapshot: pd.DataFrame) -> Path:
@@ -112,7 +147,7 @@ def apply(s: Settings) -> FeatureStore:
     if not snapshot_dates(s):
         raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
     store = feature_store(s)
-    store.apply(definitions(str(s.snapshots.resolve()), str(s.scores.resolve())))
+    store.apply(definitions(str(s.snapshots.resolve()), str(s.scores.resolve()), s.engine))
     write_yaml(s)
     return store
 
@@ -124,7 +159,7 @@ def plan(s: Settings) -> str:
 
     from c360.feature_repo import definitions
 
-    objects = definitions(str(s.snapshots.resolve()), str(s.scores.resolve()))
+    objects = definitions(str(s.snapshots.resolve()), str(s.scores.resolve()), s.engine)
     kinds = {"entities": "Entity", "feature_views": "FeatureView", "feature_services": "FeatureService"}
     contents = RepoContents(
         projects=[Project(name="c360")], data_sources=[], on_demand_feature_views=[], stream_feature_views=[],
@@ -140,8 +175,9 @@ def materialize(s: Settings, as_of: pd.Timestamp | None = None) -> int:
     c360's stores take the rows straight from Arrow. The SQLite one switches all views at once: one transaction, so
     readers see the old snapshot or the new one, and a run killed midway leaves the old one serving (the next run
     starts over). The Redis one switches each customer's views at once, a few hundred customers at a time. Feast's
-    stores go through Feast's own materialize, view by view and batch by batch: a killed run leaves some views (or
-    customers) on the new snapshot and the rest on the old.
+    stores go through Feast's own materialize (which reads through the offline store of the settings' engine), view
+    by view and batch by batch: a killed run leaves some views (or customers) on the new snapshot and the rest on the
+    old.
     """
     store = feature_store(s)
     dates = snapshot_dates(s)
@@ -152,8 +188,8 @@ def materialize(s: Settings, as_of: pd.Timestamp | None = None) -> int:
     path = s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet"
     writer = bulk_writer(store.config)
     if writer is None:
-        store.materialize(start_date=datetime(1970, 1, 1), end_date=as_of.to_pydatetime(),
-                          feature_views=[v.name for v in views])
+        offline(s).materialize(start_date=datetime(1970, 1, 1), end_date=as_of.to_pydatetime(),
+                               feature_views=[v.name for v in views])
         return len(pd.read_parquet(path, columns=["customer_id"]))
     table = pq.read_table(path)
     writer.write_views(store.config, [(view, table.select(["customer_id", "as_of", *(f.name for f in view.features)]))

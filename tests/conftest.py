@@ -35,6 +35,7 @@ LONGEST_FIRST = [
     "tests/training/test_pipeline.py",
     "tests/serving/test_redis.py",
     "tests/features/test_spark_features.py",
+    "tests/training/test_spark_training.py",
     "tests/training/test_fairness.py",
 ]
 
@@ -138,6 +139,17 @@ def mlflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         yield tmp_path_factory.mktemp("c360") / "home"
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[None]:
+    """The process's Spark session on local[2], started once for the module (C360_SPARK_MASTER set for its tests)."""
+    from c360.core import engine
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("C360_SPARK_MASTER", "local[2]")
+        engine.spark()
+        yield
 
 
 @pytest.fixture(scope="module")

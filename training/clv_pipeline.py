@@ -150,7 +150,7 @@ def clv_examples(s: Settings, con, fs: FeatureStore) -> pd.DataFrame:
 
 
 def train_clv(s: Settings) -> TrainReport:
-    fs = store.feature_store(s)
+    fs = store.offline(s)
     with warehouse.connect(s, read_only=True) as con:
         frame = clv_examples(s, con, fs)
         train, test, actual_is = _test_set(s, con, fs, frame)

@@ -192,7 +192,7 @@ def nba_examples(s: Settings, con, horizon_days: int = HORIZON_DAYS) -> tuple[pd
     if missing:
         raise FileNotFoundError(f"no feature snapshot as of the experiment wave(s) "
                                 f"{', '.join(f'{d:%Y-%m-%d}' for d in missing)}: run `c360 features build`")
-    fs = store.feature_store(s)
+    fs = store.offline(s)
     return wave_features(fs, assignments), service_features(fs)
 
 
@@ -244,7 +244,7 @@ def campaign_examples(s: Settings, data_end: pd.Timestamp, after: pd.Timestamp,
             got = readout.outcomes(s, campaigns.assignments(s, name), start, end)
             rows = got.assign(as_of=start, wave=np.nan, retained=~got["churned"].astype(bool),
                               source=f"campaign {name}")[CAMPAIGN_COLUMNS]
-            frames.append(wave_features(store.feature_store(s), rows))  # one by one: campaigns may share members
+            frames.append(wave_features(store.offline(s), rows))  # one by one: campaigns may share members
     return CampaignRows(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), left_out)
 
 

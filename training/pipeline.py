@@ -129,7 +129,7 @@ def train_expansion(s: Settings) -> TrainReport:
 def _train(s: Settings, task: Binary, examples: Callable[[Settings, object, FeatureStore], pd.DataFrame]
            ) -> TrainReport:
     spec, y = task.spec, task.target
-    fs = store.feature_store(s)
+    fs = store.offline(s)
     with warehouse.connect(s, read_only=True) as con:
         frame = examples(s, con, fs)
         file, column = task.truth

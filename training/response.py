@@ -30,7 +30,7 @@ from c360.core.settings import Settings
 from c360.features import store
 from c360.training import cards, fairness, labels, tracking
 from c360.training.churn import ChurnModel, fit_baseline, metrics
-from c360.training.datasets import NoExamples
+from c360.training.datasets import NoExamples, retrieve
 from c360.training.pipeline import binary_figures
 from c360.training.specs import RESPONSE
 from c360.training.tracking import TrainReport
@@ -60,11 +60,8 @@ def examples(s: Settings, con, fs: FeatureStore) -> pd.DataFrame:
         raise NoExamples("no campaign sends after the first feature snapshot: nothing to learn response from")
     sends["as_of"] = pd.Series(pd.to_datetime(dates)).iloc[
         np.searchsorted(pd.to_datetime(dates), pd.to_datetime(sends["sent_at"]), side="right") - 1].to_numpy()
-    keys = sends[["customer_id", "as_of"]].drop_duplicates().rename(columns={"as_of": "event_timestamp"})
-    features = fs.get_historical_features(entity_df=keys, features=fs.get_feature_service(RESPONSE.service)).to_df()
-    names = [n for n in BY_NAME if n in features.columns]
-    features = features[["customer_id", "event_timestamp", *names]].rename(columns={"event_timestamp": "as_of"})
-    features["as_of"] = pd.to_datetime(features["as_of"]).dt.tz_localize(None)
+    features = retrieve(fs, RESPONSE.service, sends[["customer_id", "as_of"]].drop_duplicates())
+    features = features[["customer_id", "as_of", *(n for n in BY_NAME if n in features.columns)]]
     frame = sends.assign(campaign_channel=sends["channel"], campaign_topic=sends["topic"])
     return frame.merge(features, on=["customer_id", "as_of"], how="left")
 
@@ -180,7 +177,7 @@ def model_card(split: tuple, results: dict[str, dict[str, float]], channels: pd.
 def train_response(s: Settings) -> TrainReport:
     """Train response propensity on the sends, evaluate on each channel's latest wave, log to MLflow and register
     as @challenger."""
-    fs = store.feature_store(s)
+    fs = store.offline(s)
     with warehouse.connect(s, read_only=True) as con:
         frame = examples(s, con, fs)
         bands = fairness.customer_groups(con, frame["customer_id"])

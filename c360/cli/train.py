@@ -15,7 +15,7 @@ import pandas as pd
 import typer
 from rich.markup import escape
 
-from c360.cli.ui import Json, audited, emit, fail, record_run, stderr, table
+from c360.cli.ui import Json, audited, emit, fail, record_run, require_engine, stderr, table
 from c360.core.settings import Settings
 from c360.training.specs import MODELS
 
@@ -148,20 +148,23 @@ def train_nba(
 
 
 def _run_pipeline(kind: str, as_json: bool = False) -> dict:
-    """Train one model on the feature store (a status line, a clear error for missing inputs), log the run, and show
-    its report: the model's test metrics beside each baseline's."""
+    """Train one model on the feature store (a status line, a clear error for missing inputs), log the run (with the
+    engine whose offline store built the training set), and show its report: the model's test metrics beside each
+    baseline's."""
     from c360.training.trainers import trainers
 
     run = trainers()[kind]
     s, started = Settings(), time.time()
+    require_engine(s)
     if not s.snapshots.exists():
         raise fail("no feature snapshots: run `c360 features build` and `c360 features apply` first")
-    with stderr.status(f"training {kind} on the feature store (MLflow run)"):
+    with stderr.status(f"training {kind} on the feature store ({s.engine} offline store; MLflow run)"):
         try:
             report = run(s)
         except (ValueError, FileNotFoundError) as e:
             raise fail(str(e)) from None
-    record_run(s, f"train {kind}", started, version=report.version, run_id=report.run_id, **report.metrics)
+    record_run(s, f"train {kind}", started, engine=s.engine, version=report.version, run_id=report.run_id,
+               **report.metrics)
     scores = pd.DataFrame({"lightgbm": report.metrics, **report.baselines}).T.reset_index(names="model")
     result = {f.name: getattr(report, f.name) for f in fields(report) if f.name != "evaluation"}
     return emit(result, as_json, table(f"{kind}, test {report.test_period} ({report.rows['test']:,} rows)", scores),

@@ -43,24 +43,30 @@ def unavailable(s: Settings) -> str | None:
     return f"C360_ENGINE=spark: {reason}" if reason else None
 
 
+def spark_conf(s: Settings) -> dict[str, str]:
+    """c360's Spark settings: its session's, and those Feast's Spark offline store starts a session with when Feast's
+    own tools (`feast -c`) read feature_store.yaml. UTC, so timestamps mean what they mean in DuckDB; with
+    C360_ENCRYPTION_KEY set, what Spark writes to local disk (shuffles, spills, cached blocks) is encrypted."""
+    return {"spark.master": s.spark_master,
+            "spark.app.name": "c360",
+            "spark.io.encryption.enabled": str(s.encryption_key is not None).lower(),
+            "spark.sql.session.timeZone": "UTC",
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.sql.shuffle.partitions": "8",
+            "spark.sql.execution.arrow.pyspark.enabled": "true"}
+
+
 @cache
 def spark(master: str | None = None) -> SparkSession:
-    """One Spark session per process, on `master` (default: the settings' `spark_master`), in UTC so timestamps
-    mean what they mean in DuckDB. Its Python functions run in this Python (PYSPARK_PYTHON names another), and
-    with C360_ENCRYPTION_KEY set what it writes to local disk (shuffles, spills, cached blocks) is encrypted."""
+    """One Spark session per process, on `master` (default: the settings' `spark_master`), with `spark_conf`. Its
+    Python functions run in this Python (PYSPARK_PYTHON names another)."""
     if reason := unavailable(Settings(engine="spark")):
         raise EngineUnavailable(reason)
     from pyspark.sql import SparkSession
 
-    s = Settings()
+    conf = spark_conf(Settings())
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # read by the context as it starts, not from its conf
-    session = (SparkSession.builder.appName("c360").master(master or s.spark_master)
-               .config("spark.io.encryption.enabled", str(s.encryption_key is not None).lower())
-               .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.sql.shuffle.partitions", "8")
-               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-               .getOrCreate())
+    session = SparkSession.builder.config(map={**conf, "spark.master": master or conf["spark.master"]}).getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session

@@ -23,8 +23,8 @@ class Settings(BaseSettings):
         "c360", description="Feast online store: c360 (SQLite, one row per customer), sqlite (Feast's), redis (c360's "
                             "Redis store, Feast's layout with a bulk write path)")
     engine: Literal["duckdb", "spark"] = Field(
-        "duckdb", description="engine of the heavy stages (resolve, features build, batch scoring): duckdb (this "
-                              "process) or spark (the `spark` extra and Java)")
+        "duckdb", description="engine of the heavy stages (resolve, features build, training sets, batch scoring): "
+                              "duckdb (this process) or spark (the `spark` extra and Java)")
     spark_master: str = Field("local[*]", description="Spark master URL, for engine=spark")
     redis_url: str = Field("localhost:6379", description="Redis connection string, for online_store=redis")
     duckdb_memory: str = Field("2GB", description="memory limit of the DuckDB warehouse connection")

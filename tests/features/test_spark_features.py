@@ -7,7 +7,6 @@ Spark starts once for the module. Without pyspark or Java the Spark tests skip a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -24,15 +23,6 @@ from tests.conftest import cli_json
 
 UNAVAILABLE = engine.spark_unavailable()
 needs_spark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"Spark cannot run here: {UNAVAILABLE}")
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[None]:
-    """The process's Spark session on local[2], started once for the module."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("C360_SPARK_MASTER", "local[2]")
-        engine.spark()
-        yield
 
 
 def build(s: Settings, name: str, days: list[str], patch: pytest.MonkeyPatch) -> list[Path]:

@@ -1,8 +1,9 @@
 """The online store is one setting away: the same features through c360's and Feast's SQLite stores and through
-c360's Redis store."""
+c360's Redis store; Feast's materialize through either engine's offline store."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,12 @@ import duckdb
 import pandas as pd
 import pytest
 
+from c360.core import engine
 from c360.core.settings import Settings
 from c360.features import compute, store
 
 AS_OF = pd.Timestamp("2026-06-01")
+SPARK_UNAVAILABLE = engine.spark_unavailable()
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +41,25 @@ def test_sqlite_stores_serve_the_snapshot(kind: str, snapshot: pd.DataFrame, tmp
     round_trip(Settings(home=tmp_path, online_store=kind), snapshot)
 
 
+@pytest.mark.skipif(SPARK_UNAVAILABLE is not None, reason=f"Spark cannot run here: {SPARK_UNAVAILABLE}")
+def test_feast_materialize_reads_through_the_spark_offline_store(spark, snapshot: pd.DataFrame,
+                                                                 tmp_path: Path) -> None:
+    round_trip(Settings(home=tmp_path, online_store="sqlite", engine="spark"), snapshot)
+
+
 def test_redis_store_serves_the_snapshot(redis_url: str, snapshot: pd.DataFrame, tmp_path: Path) -> None:
     round_trip(Settings(home=tmp_path, online_store="redis", redis_url=redis_url), snapshot)
 
 
-def test_feast_cli_reads_the_written_feature_store_yaml(snapshot: pd.DataFrame, tmp_path: Path) -> None:
-    """`apply` writes feature_store.yaml equal to the RepoConfig built in code, and Feast's own CLI reads it."""
+@pytest.mark.parametrize("name", ["duckdb", "spark"])
+def test_feast_cli_reads_the_written_feature_store_yaml(name: str, snapshot: pd.DataFrame, tmp_path: Path) -> None:
+    """`apply` writes feature_store.yaml equal to the RepoConfig built in code (on Spark: Feast's Spark offline
+    store with c360's session settings), and Feast's own CLI reads it."""
     from feast.repo_config import load_repo_config
 
-    s = Settings(home=tmp_path)
+    if name == "spark" and importlib.util.find_spec("pyspark") is None:
+        pytest.skip("pyspark is not installed (the `spark` extra)")
+    s = Settings(home=tmp_path, engine=name)
     store.write_snapshot(s, snapshot)
     fs = store.apply(s)
     loaded, built = load_repo_config(s.feast, s.feast / "feature_store.yaml"), store.repo_config(s)
