@@ -1,5 +1,5 @@
 """The online store is one setting away: the same features through c360's and Feast's SQLite stores and through
-c360's Redis store; Feast's materialize through either engine's offline store."""
+c360's Redis store; feature_store.yaml on either engine."""
 
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ import duckdb
 import pandas as pd
 import pytest
 
-from c360.core import engine
 from c360.core.settings import Settings
 from c360.features import compute, store
 
 AS_OF = pd.Timestamp("2026-06-01")
-SPARK_UNAVAILABLE = engine.spark_unavailable()
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +37,6 @@ def round_trip(s: Settings, snapshot: pd.DataFrame) -> None:
 @pytest.mark.parametrize("kind", ["sqlite", "c360"])
 def test_sqlite_stores_serve_the_snapshot(kind: str, snapshot: pd.DataFrame, tmp_path: Path) -> None:
     round_trip(Settings(home=tmp_path, online_store=kind), snapshot)
-
-
-@pytest.mark.skipif(SPARK_UNAVAILABLE is not None, reason=f"Spark cannot run here: {SPARK_UNAVAILABLE}")
-def test_feast_materialize_reads_through_the_spark_offline_store(spark, snapshot: pd.DataFrame,
-                                                                 tmp_path: Path) -> None:
-    round_trip(Settings(home=tmp_path, online_store="sqlite", engine="spark"), snapshot)
 
 
 def test_redis_store_serves_the_snapshot(redis_url: str, snapshot: pd.DataFrame, tmp_path: Path) -> None:

@@ -1,12 +1,11 @@
 """Training sets through Feast's Spark offline store (`C360_ENGINE=spark`, local[2]): the churn service's examples
-equal those of Feast's DuckDB offline store (the oracle), `c360 train churn` completes on Spark and logs the engine,
-and a registry applied on one engine is refused on the other in one line until `c360 features apply` on it.
+equal those of Feast's DuckDB offline store (the oracle), so every training pipeline, which reads through
+`store.offline`, trains on the same set; a registry applied on one engine is refused on the other in one line until
+`c360 features apply` on it.
 
 Spark starts once for the module. Without pyspark or Java the tests skip and say why."""
 
 from __future__ import annotations
-
-import json
 
 import pandas as pd
 import pytest
@@ -15,7 +14,6 @@ from c360.core import engine, warehouse
 from c360.core.settings import Settings
 from c360.features import store
 from c360.training.pipeline import churn_examples
-from tests.conftest import cli_json
 
 UNAVAILABLE = engine.spark_unavailable()
 needs_spark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"Spark cannot run here: {UNAVAILABLE}")
@@ -54,15 +52,3 @@ def test_a_registry_applied_on_one_engine_is_refused_on_the_other(spark, home: S
                                                        rf"run `c360 features apply` on {used}$"):
             store.offline(on(home, used))
         store.offline(on(home, applied))
-
-
-@needs_spark
-def test_train_churn_on_spark(spark, home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The command's run log names the engine that built the training set."""
-    monkeypatch.setenv("C360_HOME", str(home.home))
-    monkeypatch.setenv("C360_ENGINE", "spark")
-    store.apply(Settings())
-    answer = cli_json("train", "churn")
-    logged = json.loads(home.runs.read_text().splitlines()[-1])
-    assert answer["version"] >= 1 and answer["rows"]["test"] > 0
-    assert (logged["command"], logged["engine"], logged["version"]) == ("train churn", "spark", answer["version"])
