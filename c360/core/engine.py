@@ -46,8 +46,9 @@ def unavailable(s: Settings) -> str | None:
 @cache
 def spark(master: str | None = None) -> SparkSession:
     """One Spark session per process, on `master` (default: the settings' `spark_master`), in UTC so timestamps
-    mean what they mean in DuckDB. Its Python functions run in this Python (PYSPARK_PYTHON names another), and
-    with C360_ENCRYPTION_KEY set what it writes to local disk (shuffles, spills, cached blocks) is encrypted."""
+    mean what they mean in DuckDB, its driver's heap the settings' `spark_driver_memory`. Its Python functions run
+    in this Python (PYSPARK_PYTHON names another), and with C360_ENCRYPTION_KEY set what it writes to local disk
+    (shuffles, spills, cached blocks) is encrypted."""
     if reason := unavailable(Settings(engine="spark")):
         raise EngineUnavailable(reason)
     from pyspark.sql import SparkSession
@@ -55,6 +56,7 @@ def spark(master: str | None = None) -> SparkSession:
     s = Settings()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # read by the context as it starts, not from its conf
     session = (SparkSession.builder.appName("c360").master(master or s.spark_master)
+               .config("spark.driver.memory", s.spark_driver_memory)  # read once, as the JVM starts
                .config("spark.io.encryption.enabled", str(s.encryption_key is not None).lower())
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.ui.enabled", "false")
