@@ -555,25 +555,13 @@ class SparkScratch:
 def _register(db_api: DatabaseAPI, prepared: pd.DataFrame, link_type: LinkType) -> list:
     # Named after the backend object: one Spark session holds the tables of every run of the process.
     if link_type == "dedupe_only":
-        return [db_api.register(_input(db_api, prepared), table_name=f"c360_records_{db_api.id}")]
+        return [db_api.register(_strings(prepared), table_name=f"c360_records_{db_api.id}")]
     groups = prepared.groupby("source", sort=True)
     # Table names are internal identifiers; the source value itself may not be a valid SQL name.
     return [
-        db_api.register(_input(db_api, frame), table_name=f"c360_source_{i}_{db_api.id}",
-                        dataset_display_name=str(name))
+        db_api.register(_strings(frame), table_name=f"c360_source_{i}_{db_api.id}", dataset_display_name=str(name))
         for i, (name, frame) in enumerate(groups)
     ]
-
-
-def _input(db_api: DatabaseAPI, records: pd.DataFrame) -> Any:
-    """The records as `db_api` reads them best: an Arrow table, or on Spark a checkpointed DataFrame. An Arrow
-    table becomes a plan holding its rows, copied into both sides of every blocking rule's join: planning the
-    blocking took 15 s of its 36 s at 19,000 records, and the plan grows with the data.
-    The checkpoint is in the session's executors (memory, then local disk, encrypted with C360_ENCRYPTION_KEY)."""
-    table = _strings(records)
-    if db_api.sql_dialect.sql_dialect_str != "spark":
-        return table
-    return engine.spark().createDataFrame(table).localCheckpoint()
 
 
 def _strings(records: pd.DataFrame) -> pa.Table:
