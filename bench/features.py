@@ -6,19 +6,22 @@ each in its own process for an honest peak RSS, one as-of snapshot:
 - ours: all features of FEATURES;
 - baseline: pandas reads the same warehouse tables and computes, with groupby, the features of the big tables —
   product activity, billing and support counts (a subset of ours: the ratio flatters the baseline).
-Run: `python -m bench.features [--customers N]`.
+`--engine duckdb spark` builds the snapshot on each engine (`features.spark_build.builder`; Spark in local mode on
+this machine's cores, its JVM start and the warehouse's export included) and gives Spark / DuckDB.
+Run: `python -m bench.features [--customers N] [--engine duckdb spark]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import duckdb
 
-from bench.common import record, run
+from bench.common import Measured, record, run
 from c360.core.definitions import FEATURES
 from c360.features.generate import generate
 from c360.features.ingest import ingest
@@ -26,10 +29,14 @@ from c360.features.ingest import ingest
 AS_OF = "2026-10-01"
 OURS = """
 import sys, duckdb, pandas as pd
-from c360.features import compute
-with duckdb.connect(sys.argv[1], read_only=True, config={"memory_limit": "4GB"}) as con:
-    print(len(compute.build(con, pd.Timestamp(sys.argv[2]))))
+from c360.core.settings import Settings
+from c360.features import spark_build
+s = Settings(home=sys.argv[3], engine=sys.argv[4], spark_master=sys.argv[5])
+with (duckdb.connect(sys.argv[1], read_only=True, config={"memory_limit": "4GB"}) as con,
+      spark_build.builder(s, con) as build):
+    print(len(build(pd.Timestamp(sys.argv[2]))))
 """
+ENGINES = ("duckdb", "spark")
 PANDAS = """
 import sys, duckdb, pandas as pd
 as_of = pd.Timestamp(sys.argv[2])
@@ -101,26 +108,41 @@ def setup(customers: int, work: Path) -> tuple[Path, int]:
     return warehouse, events
 
 
+def build(warehouse: Path, home: Path, engine: str) -> Measured:
+    """One snapshot of `warehouse` on `engine`, in its own process (`home` holds Spark's export)."""
+    home.mkdir()
+    return run([sys.executable, "-c", OURS, str(warehouse), AS_OF, str(home), engine, f"local[{os.cpu_count()}]"])
+
+
+def row(engine: str, ours: Measured, base: Measured, duck: Measured | None) -> str:
+    ratio = f"{ours.seconds / duck.seconds:.2f}×" if duck else ""
+    return (f"| ours: `compute.SQL` on {engine} | {len(FEATURES)} | {ours.seconds:.0f} s | "
+            f"{ours.peak_rss_mb:,.0f} MB | {ours.seconds / base.seconds:.2f}× the baseline's time | {ratio} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--engine", nargs="+", choices=ENGINES, default=["duckdb"])
     parser.add_argument("--work", type=Path, default=Path("bench/out/features"))
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     warehouse, events = setup(args.customers, args.work)
-    ours = run([sys.executable, "-c", OURS, str(warehouse), AS_OF])
+    ours = {engine: build(warehouse, args.work / engine, engine) for engine in args.engine}
     base = run([sys.executable, "-c", PANDAS, str(warehouse), AS_OF])
     shutil.rmtree(args.work, ignore_errors=True)
+    rows = "\n".join(row(engine, t, base, ours.get("duckdb")) for engine, t in ours.items())
     body = f"""
 {args.customers:,} customers, {events:,} product events; one snapshot as of {AS_OF}. Target: ≤ 2 min, ≤ 4 GB.
+Spark runs in local mode on the machine's cores, its JVM start and the export included; its peak RSS is the Python
+driver's (GNU time does not see the JVM's).
 
-| build | features | time | peak RSS | ratio |
-|---|---|---|---|---|
-| ours: `features.compute.build` (DuckDB SQL) | {len(FEATURES)} | \
-{ours.seconds:.0f} s | {ours.peak_rss_mb:,.0f} MB | {ours.seconds / base.seconds:.2f}× the baseline's time |
+| build | features | time | peak RSS | ratio | Spark / DuckDB |
+|---|---|---|---|---|---|
+{rows}
 | baseline: pandas groupby of the same tables | 15 (activity, billing, support counts) | {base.seconds:.0f} s | \
-{base.peak_rss_mb:,.0f} MB | 1× |
+{base.peak_rss_mb:,.0f} MB | 1× | |
 """
     print(body)
     record("feature build", body)

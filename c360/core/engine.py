@@ -49,6 +49,7 @@ def spark_conf(s: Settings) -> dict[str, str]:
     C360_ENCRYPTION_KEY set, what Spark writes to local disk (shuffles, spills, cached blocks) is encrypted."""
     return {"spark.master": s.spark_master,
             "spark.app.name": "c360",
+            "spark.driver.memory": s.spark_driver_memory,  # read once, as the JVM starts
             "spark.io.encryption.enabled": str(s.encryption_key is not None).lower(),
             "spark.sql.session.timeZone": "UTC",
             "spark.ui.enabled": "false",
@@ -59,8 +60,9 @@ def spark_conf(s: Settings) -> dict[str, str]:
 
 @cache
 def spark(master: str | None = None) -> SparkSession:
-    """One Spark session per process, on `master` (default: the settings' `spark_master`), with `spark_conf`. Its
-    Python functions run in this Python (PYSPARK_PYTHON names another)."""
+    """One Spark session per process, on `master` (default: the settings' `spark_master`), with `spark_conf` (its
+    driver's heap the settings' `spark_driver_memory`). Its Python functions run in this Python (PYSPARK_PYTHON
+    names another)."""
     if reason := unavailable(Settings(engine="spark")):
         raise EngineUnavailable(reason)
     from pyspark.sql import SparkSession

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
         "duckdb", description="engine of the heavy stages (resolve, features build, training sets, batch scoring): "
                               "duckdb (this process) or spark (the `spark` extra and Java)")
     spark_master: str = Field("local[*]", description="Spark master URL, for engine=spark")
+    spark_driver_memory: str = Field("8g", description="heap of Spark's driver, for engine=spark (in local mode all of "
+                                     "Spark's memory; it receives the pairs `c360 resolve` scores)")
     redis_url: str = Field("localhost:6379", description="Redis connection string, for online_store=redis")
     duckdb_memory: str = Field("2GB", description="memory limit of the DuckDB warehouse connection")
     max_body_bytes: int = Field(1_000_000, ge=1, description="largest request body the service reads (413 beyond)")
