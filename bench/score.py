@@ -76,15 +76,16 @@ def baseline(home: Path, out: Path) -> None:
     from c360.core.settings import Settings
     from c360.features import store
     from c360.serving.champions import Champions
-    from c360.training.uplift import transform_features
+    from c360.training.uplift import lgb_matrix, transform_features
 
     s = Settings(home=home)
     snapshot = store.read_snapshot(s, store.snapshot_dates(s)[-1])
     champions = Champions.load(home)
     churn, clv, nba = champions["churn"].model, champions["clv"].model, champions["nba"].model
-    churn_matrix, clv_matrix = churn.prepare(snapshot), transform_features(snapshot, clv.spec)
+    churn_matrix = lgb_matrix(churn.prepare(snapshot))
+    clv_matrix = lgb_matrix(transform_features(snapshot, clv.spec))
     uplift = nba.uplift
-    nba_matrix = transform_features(snapshot[nba.features], nba.spec)
+    nba_matrix = lgb_matrix(transform_features(snapshot[nba.features], nba.spec))
     control, explained = nba.control, nba.choose(snapshot).explained
     boosters = {arm: getattr(m, "booster_", None) for arm, m in uplift.models_.items()}
     flat = {arm for arm, (_, slope, _) in uplift.calibration_.items() if slope == 0.0}

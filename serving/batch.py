@@ -15,6 +15,11 @@ One run scores the latest feature snapshot with the versions that are `@champion
 Chunks of `chunk_size` customers are written atomically (temporary file, then rename) and pushed into the online
 store right after. Re-running the same run resumes: chunks already on disk are not scored again, only pushed again
 (an idempotent upsert) — after a crash, the next run picks up where it stopped; after success, nothing changes.
+From `PROCESS_ROWS` customers to score, the chunks are scored by one worker process per core, each on one
+LightGBM thread, and pushed here as they come: LightGBM's threads keep both cores busy during its calls only, and
+a chunk's own work around them (the model matrices, the reasons, the Parquet) ran on one core while the other
+waited. A worker reads the snapshot itself, as a Spark task does (`run_rows`).
+
 A new snapshot, a new champion or new personas is a new run folder, and so is a new opt-out recorded by
 `c360 privacy opt-out`: the run applies the recorded opt-outs to the snapshot's consent features, so the next best
 action it stores never proposes an action the customer opted out of (`c360.core.consent`).
@@ -24,9 +29,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +51,9 @@ from c360.serving import predict, signals
 from c360.serving.champions import Champion, Champions
 
 CHUNK = 100_000
+# From this many customers to score, worker processes score the chunks: below it, starting them (each imports c360
+# and reads the snapshot, seconds of CPU) costs more than the core they free.
+PROCESS_ROWS = 200_000
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ class ScoreReport:
     scored_chunks: int  # chunks computed by this run (the rest were on disk already)
     seconds: float
     engine: str = "duckdb"  # what scored the chunks: this process, or Spark's tasks
+    processes: int = 1  # the processes that scored the chunks on the DuckDB engine
 
     @property
     def per_second(self) -> float:
@@ -226,6 +237,58 @@ class Run:
         return table
 
 
+_rows_of: dict[Path, pd.DataFrame] = {}  # a worker's rows of its run, read once per process
+
+
+def run_rows(run: Run) -> pd.DataFrame:
+    """The rows of `run` (`scored_rows`), read by a worker process or a Spark task from the run's home, once."""
+    if run.folder not in _rows_of:
+        _rows_of.clear()
+        snapshot = store.read_snapshot(Settings(home=run.home), run.as_of)
+        _rows_of[run.folder] = scored_rows(snapshot, run.customers, run.opt_outs)
+    return _rows_of[run.folder]
+
+
+_worker_run: list[Run] = []  # the run a worker process scores chunks of (`_start_worker`)
+
+
+def _start_worker(run: Run) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"  # one LightGBM thread each: the processes share the cores
+    _worker_run[:] = [run]
+
+
+def _compute_chunk(i: int) -> None:
+    run = _worker_run[0]
+    run.compute(run_rows(run), i)
+
+
+def workers(rows: int, processes: int | None) -> int:
+    """The worker processes scoring `rows` rows on the DuckDB engine: `processes` when given, else one per core from
+    `PROCESS_ROWS` rows; 1 scores in this process."""
+    if processes is not None:
+        return processes
+    return predict.cores() if rows >= PROCESS_ROWS else 1
+
+
+def _parts(run: Run, rows: pd.DataFrame, chunks: int, pending: list[int], processes: int) -> Iterator[pa.Table]:
+    """Each chunk's wide rows in order: scored in this process or by `processes` workers when pending, read back
+    from its part otherwise."""
+    if processes <= 1 or len(pending) <= 1:
+        for i in range(chunks):
+            yield run.compute(rows, i) if i in pending else pq.read_table(run.paths(i)[1])
+        return
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=(run,))
+    try:
+        futures = {i: pool.submit(_compute_chunk, i) for i in pending}
+        for i in range(chunks):
+            if i in futures:
+                futures[i].result()
+            yield pq.read_table(run.paths(i)[1])
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
 def scored_rows(snapshot: pd.DataFrame, customers: Sequence[str] | None, opt_outs: consent.Overrides) -> pd.DataFrame:
     """The snapshot rows a run scores, in order: every customer of the snapshot, or `customers` (each once, all of
     them in it), with the recorded opt-outs applied to the consent features."""
@@ -239,6 +302,11 @@ def scored_rows(snapshot: pd.DataFrame, customers: Sequence[str] | None, opt_out
                               + ", ".join(missing[:5]))
         snapshot = pd.DataFrame({"customer_id": wanted}).merge(snapshot, on="customer_id", validate="one_to_one")
     return consent.apply_overrides(snapshot, opt_outs)
+
+
+def _length(rows: int, chunk_size: int, i: int) -> int:
+    """The rows of chunk `i`."""
+    return max(0, min(chunk_size, rows - i * chunk_size))
 
 
 def _start(s: Settings, as_of: pd.Timestamp, folder: Path, versions: dict[str, int], chunk_size: int
@@ -256,9 +324,10 @@ def _start(s: Settings, as_of: pd.Timestamp, folder: Path, versions: dict[str, i
 
 def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHUNK,
           on_start: Callable[[int], None] | None = None, on_chunk: Callable[[int], None] | None = None,
-          warehouse_con: Any = None) -> ScoreReport:
+          warehouse_con: Any = None, processes: int | None = None) -> ScoreReport:
     """Score the latest snapshot's customers (or `customers`) with every champion; see the module docstring. On
-    the Spark engine (`C360_ENGINE=spark`) Spark tasks score the chunks not on disk yet; the pushes follow here."""
+    the Spark engine (`C360_ENGINE=spark`) Spark tasks score the chunks not on disk yet; the pushes follow here. On
+    DuckDB's, `processes` worker processes score them (`workers`: by default one per core from `PROCESS_ROWS`)."""
     from c360.serving.online import warehouse
 
     started = time.perf_counter()
@@ -284,16 +353,19 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
     if on_start:
         on_start(len(rows))
     pending = run.pending(chunks)
-    if s.engine == "spark" and pending:
+    spark = s.engine == "spark"
+    if spark and pending:
         from c360.serving.spark_scoring import compute
 
         compute(run, pending)
-    for i in range(chunks):
-        table = run.compute(rows, i) if i in pending and s.engine != "spark" else pq.read_table(run.paths(i)[1])
+    here = [] if spark else pending  # the chunks this engine scores below
+    procs = min(workers(sum(_length(len(rows), chunk_size, i) for i in here), processes), len(here)) if here else 1
+    for i, table in enumerate(_parts(run, rows, chunks, here, procs)):
         push(s, fs, table)
         if on_chunk:
-            on_chunk(len(rows.iloc[i * chunk_size:(i + 1) * chunk_size]))
+            on_chunk(_length(len(rows), chunk_size, i))
     seconds = time.perf_counter() - started
-    (folder / "_SUCCESS.json").write_text(json.dumps({"rows": len(rows), "chunks": chunks,
-                                                      "seconds": round(seconds, 1), "engine": s.engine}))
-    return ScoreReport(folder, as_of, champions.versions(), len(rows), chunks, len(pending), seconds, s.engine)
+    (folder / "_SUCCESS.json").write_text(json.dumps({"rows": len(rows), "chunks": chunks, "seconds": round(seconds, 1),
+                                                      "engine": s.engine, "processes": procs}))
+    return ScoreReport(folder, as_of, champions.versions(), len(rows), chunks, len(pending), seconds, s.engine,
+                       procs)

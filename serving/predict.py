@@ -204,10 +204,10 @@ def threads(rows: int) -> int:
     """LightGBM threads for scoring `rows` rows: every core the process may use for a batch (`OMP_NUM_THREADS` when
     set: a Spark task's share), one for the few rows of a request (starting threads would cost more than they
     save)."""
-    return _cores() if rows >= PARALLEL_ROWS else 1
+    return cores() if rows >= PARALLEL_ROWS else 1
 
 
-def _cores() -> int:
+def cores() -> int:
     given = os.environ.get("OMP_NUM_THREADS", "")
     return int(given) if given.isdigit() and int(given) > 0 else len(os.sched_getaffinity(0))
 

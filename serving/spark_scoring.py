@@ -13,7 +13,6 @@ LightGBM in a task uses the cores Spark gives it (`spark.task.cpus`, which PySpa
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -30,8 +29,10 @@ def compute(run: Run, chunks: list[int]) -> None:
     shipped = spark.sparkContext.broadcast(run)
 
     def score_chunks(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from c360.serving.batch import run_rows
+
         task_run = shipped.value
-        rows = _rows(task_run)
+        rows = run_rows(task_run)
         for batch in batches:
             for i in batch["chunk"]:
                 task_run.compute(rows, int(i))
@@ -41,17 +42,3 @@ def compute(run: Run, chunks: list[int]) -> None:
     ids.mapInPandas(score_chunks, "chunk long").collect()
     shipped.unpersist()
 
-
-_rows_of: dict[Path, pd.DataFrame] = {}  # the run's rows, read once per Python worker (Spark reuses its workers)
-
-
-def _rows(run: Run) -> pd.DataFrame:
-    if run.folder not in _rows_of:
-        from c360.core.settings import Settings
-        from c360.features import store
-        from c360.serving.batch import scored_rows
-
-        _rows_of.clear()
-        snapshot = store.read_snapshot(Settings(home=run.home), run.as_of)
-        _rows_of[run.folder] = scored_rows(snapshot, run.customers, run.opt_outs)
-    return _rows_of[run.folder]

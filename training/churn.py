@@ -35,7 +35,7 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedKFold, train_te
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from c360.training.uplift import FeatureSpec, fit_features, to_outcome, transform_features
+from c360.training.uplift import FeatureSpec, fit_features, lgb_matrix, to_outcome, transform_features
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -202,7 +202,7 @@ class ChurnModel:
 
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds of churn."""
-        return np.asarray(self._fitted()[1].predict(self.prepare(X), raw_score=True), dtype="float64")
+        return np.asarray(self._fitted()[1].predict(lgb_matrix(self.prepare(X)), raw_score=True), dtype="float64")
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Probability of churn per row (1-D), calibrated when the model was fitted with a calibration period."""
@@ -227,7 +227,8 @@ class ChurnModel:
         log-odds by a positive slope, so the ranking and sign of contributions hold for the calibrated risk too.
         """
         spec, booster = self._fitted()
-        values = np.asarray(booster.predict(self.prepare(X), pred_contrib=True, num_threads=threads), dtype="float64")
+        values = booster.predict(lgb_matrix(self.prepare(X)), pred_contrib=True, num_threads=threads)
+        values = np.asarray(values, dtype="float64")
         return pd.DataFrame(values, index=X.index, columns=[*spec.names, "base_value"])
 
     @property

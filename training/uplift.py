@@ -170,6 +170,20 @@ def transform_features(X: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     return pd.DataFrame({name: data[name] for name in spec.names}, index=X.index)
 
 
+def lgb_matrix(matrix: pd.DataFrame) -> np.ndarray:
+    """A prepared matrix (`transform_features`) as LightGBM reads it fastest: one row-major float64 array,
+    a category as its code (missing: NaN), which is what LightGBM makes of the frame itself, but column by column in
+    Fortran order, which its row-by-row tree walks then read with a stride (≈ 10 % slower `pred_contrib`)."""
+    out = np.empty(matrix.shape, dtype="float64")
+    for j, (_, column) in enumerate(matrix.items()):
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            codes = column.cat.codes.to_numpy()
+            out[:, j] = np.where(codes >= 0, codes, np.nan)
+        else:
+            out[:, j] = column.to_numpy(dtype="float64", na_value=np.nan)
+    return out
+
+
 def prepare_features(X: pd.DataFrame, spec: FeatureSpec | None = None) -> tuple[pd.DataFrame, FeatureSpec]:
     """Fit a spec when none is given, then transform: ``(matrix, spec)``."""
     spec = spec or fit_features(X)
@@ -445,11 +459,11 @@ class MultiArmUplift:
 
     @staticmethod
     def _predict_one(model: Any, X: pd.DataFrame, threads: int = 1) -> np.ndarray:
-        if isinstance(model, lgb.LGBMClassifier):
-            return np.asarray(model.predict_proba(X, num_threads=threads))[:, 1]
         if isinstance(model, _Constant):
             return model.predict(X)
-        return np.asarray(model.predict(X, num_threads=threads), dtype="float64")
+        if isinstance(model, lgb.LGBMClassifier):
+            return np.asarray(model.predict_proba(lgb_matrix(X), num_threads=threads))[:, 1]
+        return np.asarray(model.predict(lgb_matrix(X), num_threads=threads), dtype="float64")
 
     # -- prediction
 
@@ -537,7 +551,7 @@ def _contributions(model: Any, matrix: pd.DataFrame, threads: int = 1) -> np.nda
     """LightGBM ``pred_contrib`` (last column: the base value); a constant stand-in model is all base value."""
     if isinstance(model, _Constant):
         return np.column_stack([np.zeros(matrix.shape), np.full(len(matrix), model.value)])
-    return np.asarray(model.predict(matrix, pred_contrib=True, num_threads=threads), dtype="float64")
+    return np.asarray(model.predict(lgb_matrix(matrix), pred_contrib=True, num_threads=threads), dtype="float64")
 
 
 def fold_ids(treatment: Iterable[Hashable], folds: int = 2, seed: int = 0) -> np.ndarray:

@@ -19,6 +19,9 @@ def score(
     customers: Annotated[Path | None, typer.Option(help="only these customers: one id per line, or a CSV / Parquet "
                                                         "with a customer_id column [default: every customer]")] = None,
     chunk_size: Annotated[int, typer.Option(min=1, help="customers per resumable chunk")] = 100_000,
+    processes: Annotated[int | None, typer.Option(
+        min=1, help="worker processes scoring the chunks [default: one per core from 200,000 customers, else 1]")
+    ] = None,
     model: Annotated[str | None, typer.Option(
         help="a table model's NAME (`c360 train churn|nba --table`): score --table with it instead")] = None,
     table_path: Annotated[Path | None, typer.Option(
@@ -31,8 +34,9 @@ def score(
 
     Writes dated Parquet under C360_HOME/scores and pushes the latest scores into the online store (feature view
     `predictions`), where the service reads them. Re-running resumes an interrupted run and changes nothing after a
-    complete one; a new snapshot or champion makes a new run. Every core scores (LightGBM threads); with
-    C360_ENGINE=spark, Spark tasks score the chunks (C360_SPARK_MASTER; the `spark` extra and Java).
+    complete one; a new snapshot or champion makes a new run. Every core scores: LightGBM's threads, and from
+    200,000 customers one worker process per core; with C360_ENGINE=spark, Spark tasks score the chunks
+    (C360_SPARK_MASTER; the `spark` extra and Java).
 
     With --model NAME --table FILE --out FILE: score your own table with a table model instead (churn probability
     and top-3 reasons, or the recommended action and its expected gain, per row).
@@ -62,7 +66,7 @@ def score(
     try:
         with audited(s, "c360 score", ids if ids is not None else [audit.ALL]):
             report = batch.score(s, ids, chunk_size=chunk_size, on_start=on_start,
-                                 on_chunk=lambda n: holder["advance"](n))
+                                 on_chunk=lambda n: holder["advance"](n), processes=processes)
     except (FileNotFoundError, LookupError, Unavailable) as e:
         raise fail(str(e)) from None
     finally:
@@ -75,7 +79,8 @@ def score(
     if report.scored_chunks:
         done = (f"{report.customers:,} customers scored with {versions}, features as of {report.as_of:%Y-%m-%d}, "
                 f"in {report.seconds:.1f} s ({report.per_second:,.0f} customers/s, "
-                f"{len(report.versions) * report.per_second:,.0f} predictions/s) on the {report.engine} engine")
+                f"{len(report.versions) * report.per_second:,.0f} predictions/s) on the {report.engine} engine"
+                + (f", {report.processes} processes" if report.processes > 1 else ""))
     else:
         done = (f"{report.customers:,} customers already scored with {versions} (features as of "
                 f"{report.as_of:%Y-%m-%d}): nothing to score, online store refreshed in {report.seconds:.1f} s")

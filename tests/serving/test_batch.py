@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -189,8 +190,30 @@ def test_spark_scores_the_same_parts(served: Settings, tmp_path, monkeypatch: py
         wide = pd.read_parquet(spark.folder / "wide" / "part-00002.parquet")
         rows = online.read_online(ctx, list(wide["customer_id"].head(5)))
     assert (spark.engine, spark.scored_chunks, spark.customers) == ("spark", ours.chunks, ours.customers)
-    for part in sorted(ours.folder.glob("**/part-*.parquet")):
-        expected = pd.read_parquet(part).drop(columns=["scored_at", "scored_ts"], errors="ignore")
-        got = pd.read_parquet(spark.folder / part.relative_to(ours.folder))
-        pd.testing.assert_frame_equal(got.drop(columns=["scored_at", "scored_ts"], errors="ignore"), expected)
+    _same_parts(spark.folder, ours.folder)
     assert all(r is not None and r.predictions["scored_at"] == wide["scored_at"].iloc[0] for r in rows)
+
+
+def test_worker_processes_score_the_same_parts(served: Settings, tmp_path) -> None:
+    """Worker processes (`processes`; by default from `PROCESS_ROWS` customers), one LightGBM thread each, score
+    the chunks: every part equals those scored in this process, and the online store holds them."""
+    ours = batch.score(served, chunk_size=1000)
+    with home_copy(served, tmp_path) as copy:
+        shutil.rmtree(copy.scores)
+        spread = batch.score(copy, chunk_size=1000, processes=2)
+        ctx = online.Context(copy, store.feature_store(copy), Champions.load(copy.home))
+        wide = pd.read_parquet(spread.folder / "wide" / "part-00002.parquet")
+        rows = online.read_online(ctx, list(wide["customer_id"].head(5)))
+    assert (spread.processes, spread.scored_chunks, spread.customers) == (2, ours.chunks, ours.customers)
+    assert ours.processes == 1 and batch.workers(batch.PROCESS_ROWS, None) == predict.cores()
+    _same_parts(spread.folder, ours.folder)
+    assert all(r is not None and r.predictions["scored_at"] == wide["scored_at"].iloc[0] for r in rows)
+
+
+def _same_parts(folder: Path, expected_folder: Path) -> None:
+    """Every long and wide part of `expected_folder` equals the same part of `folder`, scores and reasons included
+    (only the scoring time differs)."""
+    for part in sorted(expected_folder.glob("**/part-*.parquet")):
+        expected = pd.read_parquet(part).drop(columns=["scored_at", "scored_ts"], errors="ignore")
+        got = pd.read_parquet(folder / part.relative_to(expected_folder))
+        pd.testing.assert_frame_equal(got.drop(columns=["scored_at", "scored_ts"], errors="ignore"), expected)

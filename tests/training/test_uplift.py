@@ -265,6 +265,24 @@ def test_features_are_prepared_the_same_at_fit_and_predict():
         uplift.transform_features(X.drop(columns=["vip"]), spec)
 
 
+def test_lightgbm_reads_the_row_major_matrix_as_the_frame():
+    """`lgb_matrix` is what LightGBM makes of the prepared frame (categories by code, unseen and missing levels
+    NaN): predictions and contributions on it equal LightGBM's own on the frame."""
+    import lightgbm as lgb
+
+    X, _, converted = customer_table(600, seed=4)
+    matrix, spec = uplift.prepare_features(X)
+    model = lgb.LGBMRegressor(n_estimators=30, min_child_samples=5, verbose=-1)
+    model.fit(matrix, uplift.to_outcome(converted))
+    new = X.head(200).astype({"Plan Type": object})
+    new.loc[new.index[:20], "Plan Type"] = "unseen plan"
+    frame = uplift.transform_features(new, spec)
+    rows = uplift.lgb_matrix(frame)
+    assert rows.flags["C_CONTIGUOUS"] and np.isnan(rows[:20, 0]).all()
+    np.testing.assert_array_equal(model.predict(rows), model.predict(frame))
+    np.testing.assert_array_equal(model.predict(rows, pred_contrib=True), model.predict(frame, pred_contrib=True))
+
+
 def test_outcomes_accept_yes_no_and_booleans():
     assert uplift.to_outcome(["Yes", "no", None, "TRUE"]).tolist()[:2] == [1.0, 0.0]
     assert uplift.to_outcome(pd.Series([True, False])).tolist() == [1.0, 0.0]
