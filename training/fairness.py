@@ -17,7 +17,10 @@ A gap (`Gap`) is, for one metric, the largest difference between two groups of o
 at least `MIN_GROUP` examples (smaller ones are shown, not gated: their figures are mostly noise). The gate reads
 the gap of each model's `Gate.fairness` metric (`training.specs`, with the reasons for each choice). `logged` is
 what a training run logs of it to MLflow: the gap as a metric, so the gate finds the champion's, and its two groups
-as a tag, so a refusal names them.
+as a tag, so a refusal names them; and the gap's lower bound (`gap_low_metric`: one-sided 95 %, from each group's
+bootstrap standard error of the metric, the `<metric>_se` column of the table), so that the limit refuses a gap
+measurably beyond it, not the noise of a small test set: a CLV's relative error over a few hundred customers moves
+by tenths with a few large accounts.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ NOT_MEASURED = "not measured"
 MIN_GROUP = 100  # examples; below it a group's rate has a standard error of 4 points or more
 CHURN_ACTION = 0.25  # the lower edge of the high-risk band (serving.predict.CHURN_BANDS)
 Metric = Callable[[np.ndarray, np.ndarray], float]
+GATED = frozenset(spec.gate.fairness for spec in MODELS.values() if spec.gate.fairness)  # metrics with their noise
+BOOTSTRAP = 200  # resamples of a group's rows for its standard error
+Z_LOW = 1.645  # one-sided 95 %
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,12 @@ class Gap:
     high_value: float
     low: str
     low_value: float
+    noise: float = 0.0  # the gap's standard error, from the two groups' (0: not measured)
+
+    @property
+    def lower_bound(self) -> float:
+        """The gap at its one-sided 95 % lower bound, never below 0."""
+        return max(0.0, self.value - Z_LOW * self.noise)
 
     def __str__(self) -> str:
         if self.high == self.low:  # no gap in the worst attribute: none in any
@@ -92,12 +104,25 @@ def _by_group(metrics: Mapping[str, Metric], y_true: pd.Series, y_pred: pd.Serie
         if not known.any():
             continue
         groups = frame[attribute][known].astype(str).rename("group")
-        by = MetricFrame(metrics=dict(metrics), y_true=y_true[known].to_numpy(), y_pred=y_pred[known].to_numpy(),
-                         sensitive_features=groups).by_group
+        t, p = y_true[known].to_numpy(), y_pred[known].to_numpy()
+        by = MetricFrame(metrics=dict(metrics), y_true=t, y_pred=p, sensitive_features=groups).by_group
+        for name in GATED & metrics.keys():
+            by[f"{name}_se"] = _noise(metrics[name], t, p, groups)
         parts.append(by.reset_index().assign(attribute=attribute))
     if not parts:
         return pd.DataFrame()
     return pd.concat(parts, ignore_index=True).set_index(["attribute", "group"])
+
+
+def _noise(metric: Metric, y_true: np.ndarray, y_pred: np.ndarray, groups: pd.Series) -> pd.Series:
+    """Each group's bootstrap standard error of `metric`: `BOOTSTRAP` resamples of its rows, seeded."""
+    rng = np.random.default_rng(0)
+    errors = {}
+    for group, rows in groups.groupby(groups.to_numpy()).indices.items():
+        t, p = y_true[rows], y_pred[rows]
+        draws = [metric(t[d], p[d]) for d in rng.integers(0, len(rows), (BOOTSTRAP, len(rows)))]
+        errors[group] = float(np.std(draws, ddof=1))
+    return pd.Series(errors, name="group")
 
 
 def churn_groups(y: pd.Series, p: np.ndarray, frame: pd.DataFrame) -> pd.DataFrame:
@@ -142,15 +167,17 @@ def gap(table: pd.DataFrame, metric: str) -> Gap | None:
     `MIN_GROUP` examples."""
     if table.empty:
         return None
-    big = table[table["customers"] >= MIN_GROUP][metric].dropna()
+    big = table[table["customers"] >= MIN_GROUP]
+    values_of, noise_of = big[metric].dropna(), big.get(f"{metric}_se")
     worst: Gap | None = None
-    for attribute, values in big.groupby(level="attribute"):
+    for attribute, values in values_of.groupby(level="attribute"):
         if len(values) < 2:
             continue
         by = values.droplevel("attribute")
         high, low = by.idxmax(), by.idxmin()
+        noise = 0.0 if noise_of is None else float(np.hypot(noise_of[(attribute, high)], noise_of[(attribute, low)]))
         found = Gap(metric, float(by[high] - by[low]), str(attribute), str(high), float(by[high]), str(low),
-                    float(by[low]))
+                    float(by[low]), 0.0 if high == low or np.isnan(noise) else noise)
         if worst is None or found.value > worst.value:
             worst = found
     return worst
@@ -161,6 +188,11 @@ def gap_metric(metric: str) -> str:
     return f"fairness.{metric}_gap"
 
 
+def gap_low_metric(metric: str) -> str:
+    """The MLflow metric name of a gap's lower bound (`Gap.lower_bound`)."""
+    return f"{gap_metric(metric)}_low"
+
+
 def _gated(kind: Kind) -> str:
     metric = MODELS[kind].gate.fairness
     assert metric is not None, f"{kind}: no fairness metric in its gate"
@@ -168,12 +200,13 @@ def _gated(kind: Kind) -> str:
 
 
 def logged(table: pd.DataFrame, kind: Kind) -> tuple[dict[str, float], dict[str, str]]:
-    """What a training run logs of its fairness review: the gated gap as a metric and its two groups as a tag, or
-    only a tag saying why it could not be measured."""
-    name, found = gap_metric(_gated(kind)), gap(table, _gated(kind))
+    """What a training run logs of its fairness review: the gated gap and its lower bound as metrics and its two
+    groups as a tag, or only a tag saying why it could not be measured."""
+    metric = _gated(kind)
+    name, found = gap_metric(metric), gap(table, metric)
     if found is None:
         return {}, {name: f"{NOT_MEASURED}: no attribute has two groups of {MIN_GROUP} examples"}
-    return {name: found.value}, {name: str(found)}
+    return {name: found.value, gap_low_metric(metric): found.lower_bound}, {name: str(found)}
 
 
 def card_section(table: pd.DataFrame, kind: Kind) -> list[Block]:

@@ -6,8 +6,9 @@ The gate compares the metrics both runs logged (`training.tracking.log_training_
 challenger version as tags (`gate.decision`, `gate.reasons`, `gate.champion`).
 
 Fairness: a gate with a `fairness` metric also refuses a challenger whose worst-group gap of it (logged by training,
-`training.fairness`) is beyond `Limits.max_gap`, or wider than the champion's by more than `Limits.margin`, and
-names the two groups. The limit holds for a first champion too; the margin needs a champion that logged the gap.
+`training.fairness`) is measurably beyond `Limits.max_gap` (its 95 % lower bound is, when the run logged one), or
+wider than the champion's by more than `Limits.margin`, and names the two groups. The limit holds for a first
+champion too; the margin needs a champion that logged the gap.
 
 Rollback (`rollback`) moves `@champion` back to the version it took over from: the `gate.champion` tag of the
 version promoted over it. The champions' history is that chain of tags, so a second rollback goes one further back.
@@ -24,7 +25,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from c360.core.settings import Settings
 from c360.training import table_models
-from c360.training.fairness import NOT_MEASURED, gap_metric
+from c360.training.fairness import NOT_MEASURED, gap_low_metric, gap_metric
 from c360.training.specs import CHURN, CLV, NBA, Better, Gate, Guard
 from c360.training.tracking import CHALLENGER, CHAMPION, ModelNotFound, version_by_alias
 
@@ -135,11 +136,19 @@ def _fairness(metric: str, limits: Limits, challenger: _Run, champion: _Run | No
             return True, f"fairness: worst-group gap of {metric} {why}: passed"
         return False, f"fairness: {name} not logged by challenger v{challenger.version}: failed"
     new, where = challenger.metrics[name], challenger.tags.get(name, "groups not recorded")
+    low = challenger.metrics.get(gap_low_metric(metric), new)
     head = f"fairness: worst-group gap of {metric} {new:.4f} ({where})"
+    limit = f"the limit {limits.max_gap:.4f}"
     if new > limits.max_gap + _EPS:
-        return False, f"{head} is beyond the limit {limits.max_gap:.4f} (fairness_max_gap): failed"
+        if low > limits.max_gap + _EPS:
+            bound = f", at least {low:.4f} (95 % lower bound)," if low < new else ""
+            return False, f"{head}{bound} is beyond {limit} (fairness_max_gap): failed"
+        head += f" is not measurably beyond {limit} (fairness_max_gap): its 95 % lower bound is {low:.4f};"
+        within = head
+    else:
+        within = f"{head} is within {limit};"
     if champion is None or name not in champion.metrics:
-        return True, f"{head} is within the limit {limits.max_gap:.4f}; no champion's gap to compare: passed"
+        return True, f"{within} no champion's gap to compare: passed"
     old = champion.metrics[name]
     passed = new <= old + limits.margin + _EPS
     verdict = "passed" if passed else "failed"

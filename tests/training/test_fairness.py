@@ -37,11 +37,29 @@ def test_figures_per_group_and_the_gap_between_the_two_furthest_big_groups() -> 
     assert gap.value == pytest.approx(table.loc[("region", "EMEA"), "calibration"]
                                       - table.loc[("region", "NA"), "calibration"])
     metrics, tags = fairness.logged(table, "churn")
-    assert metrics == {"fairness.calibration_gap": gap.value} and tags["fairness.calibration_gap"].startswith(
-        "region EMEA +")
+    assert metrics == {"fairness.calibration_gap": gap.value, "fairness.calibration_gap_low": gap.lower_bound}
+    assert tags["fairness.calibration_gap"].startswith("region EMEA +")
     small = fairness.churn_groups(y[:150], p[:150], frame[:150])
     assert fairness.logged(small, "churn") == ({}, {"fairness.calibration_gap": "not measured: no attribute has "
                                                                               "two groups of 100 examples"})
+
+
+def test_a_gaps_noise_is_its_groups_standard_errors() -> None:
+    """The gated metric's bootstrap standard error per group matches the binomial one (a constant prediction's
+    calibration error moves with the observed rate only), and the gap's lower bound is the gap less 1.645 of their
+    combined error."""
+    rng = np.random.default_rng(1)
+    n = np.array([3000, 300])
+    frame = pd.DataFrame({"region": np.repeat(["NA", "EMEA"], n)})
+    y = pd.Series(rng.random(n.sum()) < 0.3)
+    table = fairness.churn_groups(y, np.full(n.sum(), 0.3), frame)
+    rate = table.loc[[("region", "NA"), ("region", "EMEA")], "rate"].to_numpy()
+    binomial = np.sqrt(rate * (1 - rate) / n)
+    np.testing.assert_allclose(table.loc[[("region", "NA"), ("region", "EMEA")], "calibration_se"], binomial,
+                               rtol=0.15)
+    gap = fairness.gap(table, "calibration")
+    assert gap is not None and gap.noise == pytest.approx(np.hypot(*binomial), rel=0.15)
+    assert gap.lower_bound == pytest.approx(max(0.0, gap.value - 1.645 * gap.noise))
 
 
 def test_the_action_threshold_is_the_high_risk_band_of_serving() -> None:

@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from c360.training import registry, tracking
-from c360.training.fairness import gap_metric
+from c360.training.fairness import gap_low_metric, gap_metric
 from c360.training.registry import CHURN_GATE, CLV_GATE, Gate, Guard, Limits
 from c360.training.tracking import ModelNotFound
 
@@ -266,6 +266,24 @@ def test_gate_refuses_a_challenger_that_treats_one_group_worse_and_names_it(mlfl
     log_fair(mlflow_home, data, "fair", 0.82, 0.06, "plan basic +0.030 vs plan pro -0.030")
     within = registry.promote(client, "fair", CHURN_GATE, LIMITS)
     assert within.promoted and all(r.endswith("passed") for r in within.reasons), within
+
+
+def test_the_limit_refuses_a_gap_measurably_beyond_it_not_the_noise_of_a_small_test(mlflow_home: Path,
+                                                                                      client: MlflowClient, data):
+    """A gap beyond the limit whose 95 % lower bound is within it (a small test set's noise) passes, and says so;
+    one whose lower bound is beyond it too is refused."""
+    low = gap_low_metric("calibration")
+    where = "region EMEA +0.190 vs region NA +0.000"
+    log(mlflow_home, data, "noisy", GOOD | {CALIBRATION_GAP: 0.19, low: 0.12}, tags={CALIBRATION_GAP: where})
+    noisy = registry.promote(client, "noisy", CHURN_GATE, LIMITS)
+    assert noisy.promoted and noisy.reasons[-1] == (
+        f"fairness: worst-group gap of calibration 0.1900 ({where}) is not measurably beyond the limit 0.1500 "
+        "(fairness_max_gap): its 95 % lower bound is 0.1200; no champion's gap to compare: passed"), noisy
+    log(mlflow_home, data, "unfair", GOOD | {CALIBRATION_GAP: 0.30, low: 0.20}, tags={CALIBRATION_GAP: where})
+    unfair = registry.promote(client, "unfair", CHURN_GATE, LIMITS)
+    assert not unfair.promoted and unfair.reasons[-1] == (
+        f"fairness: worst-group gap of calibration 0.3000 ({where}), at least 0.2000 (95 % lower bound), is beyond "
+        "the limit 0.1500 (fairness_max_gap): failed"), unfair
 
 
 def test_gate_passes_an_unmeasurable_gap_but_refuses_an_unlogged_one(mlflow_home: Path, client: MlflowClient, data):
