@@ -111,18 +111,28 @@ def _gather(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyCon
     _table(mem, "identity_crosswalk", crosswalk, live_crosswalk, "record_id")
     golden = _rows(s, con, "identity_customers", "customer_id", customers, None)
     _table(mem, "identity_customers", golden, provisional[provisional["customer_id"].isin(customers)], "customer_id")
-    linked_records = mem.execute("SELECT record_id, customer_id FROM identity_crosswalk").fetchall()
+    by_source = _by_source(mem.execute("SELECT record_id, customer_id FROM identity_crosswalk").fetchall())
     pending = _pending_rows(s, con)
     names = ["identity_crosswalk", "identity_customers"]
     for table_id, (column, source) in BY_RECORD.items():
-        owners = {r[len(source) + 1:]: c for r, c in linked_records if r.startswith(source + ":")}
-        names.extend(_reach(s, con, mem, contract.table(table_id), column, owners, pending.get(table_id)))
+        names.extend(_reach(s, con, mem, contract.table(table_id), column, by_source.get(source, {}),
+                            pending.get(table_id)))
     for table_id, parent_id in BY_PARENT.items():
         parent = contract.table(parent_id)
         owners = dict(mem.execute(f"SELECT CAST({q(parent.key)} AS VARCHAR), {compute.OWNER} "
                                   f"FROM {q(parent.sql_name)}").fetchall())
         names.extend(_reach(s, con, mem, contract.table(table_id), parent.key, owners, pending.get(table_id)))
     return names
+
+
+def _by_source(linked: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
+    """The crosswalk's (record_id, customer_id) pairs by source: the value after '<source>:' → customer, in one
+    pass (a pass per table reached read every record 14 times)."""
+    out: dict[str, dict[str, str]] = {}
+    for record, customer in linked:
+        source, _, value = record.partition(":")
+        out.setdefault(source, {})[value] = customer
+    return out
 
 
 def _reach(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table,
