@@ -127,7 +127,7 @@ def _gather(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyCon
 
 def _by_source(linked: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
     """The crosswalk's (record_id, customer_id) pairs by source: the value after '<source>:' → customer, in one
-    pass (a pass per table reached read every record 14 times)."""
+    pass over the records, not one per table reached."""
     out: dict[str, dict[str, str]] = {}
     for record, customer in linked:
         source, _, value = record.partition(":")
