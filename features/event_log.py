@@ -147,7 +147,8 @@ class _Parsed:
 
     def parse(self, raw: pd.DataFrame, table: Table) -> tuple[pd.DataFrame, pd.DataFrame]:
         """`ingest.parse(raw, table)`: (typed rows indexed as `raw`, failures)."""
-        keys = [(table.id, *row) for row in raw.astype(object).where(raw.notna(), None).itertuples(index=False)]
+        texts = [raw[c].to_numpy(dtype=object, na_value=None) for c in raw.columns]  # one call per column, not cell
+        keys = [(table.id, *row) for row in zip(*texts, strict=True)]
         with self._lock:
             found = {i: hit for i, k in enumerate(keys) if (hit := self._rows.get(k)) is not None}
         missing = [i for i in range(len(keys)) if i not in found]

@@ -111,18 +111,28 @@ def _gather(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyCon
     _table(mem, "identity_crosswalk", crosswalk, live_crosswalk, "record_id")
     golden = _rows(s, con, "identity_customers", "customer_id", customers, None)
     _table(mem, "identity_customers", golden, provisional[provisional["customer_id"].isin(customers)], "customer_id")
-    linked_records = mem.execute("SELECT record_id, customer_id FROM identity_crosswalk").fetchall()
+    by_source = _by_source(mem.execute("SELECT record_id, customer_id FROM identity_crosswalk").fetchall())
     pending = _pending_rows(s, con)
     names = ["identity_crosswalk", "identity_customers"]
     for table_id, (column, source) in BY_RECORD.items():
-        owners = {r[len(source) + 1:]: c for r, c in linked_records if r.startswith(source + ":")}
-        names.extend(_reach(s, con, mem, contract.table(table_id), column, owners, pending.get(table_id)))
+        names.extend(_reach(s, con, mem, contract.table(table_id), column, by_source.get(source, {}),
+                            pending.get(table_id)))
     for table_id, parent_id in BY_PARENT.items():
         parent = contract.table(parent_id)
         owners = dict(mem.execute(f"SELECT CAST({q(parent.key)} AS VARCHAR), {compute.OWNER} "
                                   f"FROM {q(parent.sql_name)}").fetchall())
         names.extend(_reach(s, con, mem, contract.table(table_id), parent.key, owners, pending.get(table_id)))
     return names
+
+
+def _by_source(linked: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
+    """The crosswalk's (record_id, customer_id) pairs by source: the value after '<source>:' → customer, in one
+    pass over the records, not one per table reached."""
+    out: dict[str, dict[str, str]] = {}
+    for record, customer in linked:
+        source, _, value = record.partition(":")
+        out.setdefault(source, {})[value] = customer
+    return out
 
 
 def _reach(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table,
@@ -132,7 +142,7 @@ def _reach(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConn
     both in `mem`."""
     columns, values = _read(table, column), list(owners)
     found = _rows(s, con, table.sql_name, column, values, [*columns, versions.VALID_FROM])
-    events = None if pending is None else pending.rows.loc[pending.rows[column].isin(values), columns]
+    events = None if pending is None else pending.rows.loc[_among(pending.rows[column], values), columns]
     _table(mem, table.sql_name, found, events, table.key, replaced=None if pending is None else pending.rows,
            owners=(column, owners))
     history = versions.history(table)
@@ -209,7 +219,7 @@ def _table(mem: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, added: pd.
     (column, value → customer), each row's customer as `compute.OWNER`."""
     gone = added if replaced is None else replaced
     if gone is not None and len(gone):
-        held = pc.is_in(rows[key].cast(pa.string()), value_set=pa.array(gone[key].astype(str).tolist(), pa.string()))
+        held = pc.is_in(rows[key].cast(pa.string()), value_set=_texts(gone[key]))
         rows = rows.filter(pc.invert(held))
     if added is not None and len(added):
         rows = pa.concat_tables([rows, _typed_as(rows.schema, added)])
@@ -218,6 +228,22 @@ def _table(mem: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, added: pd.
         index = pc.index_in(rows[column].cast(pa.string()), value_set=pa.array(list(customers), pa.string()))
         rows = rows.append_column(compute.OWNER, pa.array(list(customers.values()), pa.string()).take(index))
     mem.register(name, rows)
+
+
+def _among(column: pd.Series, values: Sequence[str]) -> np.ndarray:
+    """`column.isin(values)`, in Arrow for a text column: pandas converts each of the values in Python there, and
+    the values are every key reaching a round's customers."""
+    if column.dtype != TEXT:
+        return column.isin(values).to_numpy()
+    return pc.is_in(pa.array(column), value_set=pa.array(values, pa.string())).to_numpy(zero_copy_only=False)
+
+
+def _texts(column: pd.Series) -> pa.Array:
+    """A key column's values as text (a text column's missing ones left out: no key is missing), without a
+    Python string per row: the column is every unfolded row of a table."""
+    if column.dtype != TEXT:
+        return pa.array(column.astype(str).tolist(), pa.string())
+    return pc.drop_null(pa.array(column))
 
 
 def _typed_as(schema: pa.Schema, frame: pd.DataFrame) -> pa.Table:

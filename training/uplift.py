@@ -143,7 +143,9 @@ def _transform_column(s: pd.Series, kind: Kind, levels: tuple[str, ...]) -> pd.S
         return (stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(days=1)
     if kind == "timedelta":
         return pd.to_timedelta(s, errors="coerce") / pd.Timedelta(days=1)
-    text = s.astype(object).where(s.notna(), None).map(lambda v: None if v is None else str(v))
+    text = s.astype(object).where(s.notna(), None)
+    if pd.api.types.infer_dtype(text, skipna=True) not in ("string", "empty"):  # text already: no call per value
+        text = text.map(lambda v: None if v is None else str(v))
     # Unseen levels become missing rather than failing: new plan names appear in production.
     return pd.Series(pd.Categorical(text, categories=list(levels)), index=s.index)
 

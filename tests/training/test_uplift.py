@@ -283,6 +283,16 @@ def test_lightgbm_reads_the_row_major_matrix_as_the_frame():
     np.testing.assert_array_equal(model.predict(rows, pred_contrib=True), model.predict(frame, pred_contrib=True))
 
 
+def test_category_levels_match_text_and_values_alike():
+    spec = uplift.FeatureSpec(("plan",), ("plan",), ("category",), {"plan": ("1", "pro", "basic")})
+    for values in (["pro", None, "basic", "gold"], [1, None, "pro", 2.5], pd.Series(["pro", None], dtype="string")):
+        matrix = uplift.transform_features(pd.DataFrame({"plan": values}), spec)
+        expected = [None if v is None or pd.isna(v) or str(v) not in ("1", "pro", "basic") else str(v)
+                    for v in values]
+        assert [None if pd.isna(v) else v for v in matrix["plan"]] == expected
+        assert list(matrix["plan"].cat.categories) == ["1", "pro", "basic"]
+
+
 def test_outcomes_accept_yes_no_and_booleans():
     assert uplift.to_outcome(["Yes", "no", None, "TRUE"]).tolist()[:2] == [1.0, 0.0]
     assert uplift.to_outcome(pd.Series([True, False])).tolist() == [1.0, 0.0]
