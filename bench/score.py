@@ -150,8 +150,9 @@ def main() -> None:
     record(f"batch scoring, {n:,} customers" + (", Spark (local)" if args.engine == "spark" else ""), f"""
 {n:,} customers × 3 models (churn, CLV, next best action), top-3 reasons each: the latest snapshot of the
 20,000-customer demo home replicated to {n:,} rows with new ids (synthetic: realistic rows, unknown to the
-warehouse). Trees: {trees}. {base['cores']} LightGBM threads in both runs (every core); the machine was shared with
-other jobs (1-minute load average {load:.1f} at the end).
+warehouse). Trees: {trees}. Every core in both runs: the baseline on {base['cores']} LightGBM threads; ours, from
+200,000 customers, on {base['cores']} worker processes of one LightGBM thread each (`serving.batch.PROCESS_ROWS`). Both
+hand LightGBM row-major matrices (`lgb_matrix`). 1-minute load average {load:.1f} at the end (the runs' own).
 
 | run | time | customers/s | peak RSS | ratio |
 |---|---|---|---|---|
