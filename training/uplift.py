@@ -285,7 +285,7 @@ class _Constant:
     def __init__(self, value: float) -> None:
         self.value = value
 
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
+    def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         return np.full(len(X), self.value)
 
 
@@ -406,11 +406,12 @@ class MultiArmUplift:
         # X-learner: impute each side's individual effect with the other side's outcome model, then regress it.
         in_control = (t == self.control_).to_numpy()
         X_c, y_c = matrix[in_control], y[in_control].to_numpy()
-        mu_c = self._predict_one(self.models_[self.control_], matrix)
+        mu_c = self._predict_one(self.models_[self.control_], lgb_matrix(matrix))
+        rows_c = lgb_matrix(X_c)
         for arm in self.arms_[1:]:
             in_arm = (t == arm).to_numpy()
             d_arm = y[in_arm].to_numpy() - mu_c[in_arm]
-            d_ctrl = self._predict_one(self.models_[arm], X_c) - y_c
+            d_ctrl = self._predict_one(self.models_[arm], rows_c) - y_c
             self.effect_models_[arm] = (
                 self._fit_one(matrix[in_arm], pd.Series(d_arm), False, None if w is None else w[in_arm].to_numpy(),
                               self.effect_params),
@@ -460,28 +461,31 @@ class MultiArmUplift:
         return float(coef[2]), float(np.clip(coef[3], 0.0, 1.0))
 
     @staticmethod
-    def _predict_one(model: Any, X: pd.DataFrame, threads: int = 1) -> np.ndarray:
+    def _predict_one(model: Any, rows: np.ndarray, threads: int = 1) -> np.ndarray:
+        """One model's predictions of a matrix as LightGBM reads it (`lgb_matrix`, converted once by the caller for
+        every model it runs)."""
         if isinstance(model, _Constant):
-            return model.predict(X)
+            return model.predict(rows)
         if isinstance(model, lgb.LGBMClassifier):
-            return np.asarray(model.predict_proba(lgb_matrix(X), num_threads=threads))[:, 1]
-        return np.asarray(model.predict(lgb_matrix(X), num_threads=threads), dtype="float64")
+            return np.asarray(model.predict_proba(rows, num_threads=threads))[:, 1]
+        return np.asarray(model.predict(rows, num_threads=threads), dtype="float64")
 
     # -- prediction
 
     def _raw_outcomes(self, matrix: pd.DataFrame, threads: int = 1) -> pd.DataFrame:
         """Each arm's outcome before calibration, on ``threads`` LightGBM threads; a T-learner's flat arms
         (``_flat``) are not predicted and have no column."""
-        mu_c = self._predict_one(self.models_[self.control_], matrix, threads)
+        rows = lgb_matrix(matrix)
+        mu_c = self._predict_one(self.models_[self.control_], rows, threads)
         data = {self.control_: mu_c}
         if self.learner == "t":
-            data |= {arm: self._predict_one(m, matrix, threads) for arm, m in self.models_.items()
+            data |= {arm: self._predict_one(m, rows, threads) for arm, m in self.models_.items()
                      if arm != self.control_ and not self._flat(arm)}
             return pd.DataFrame(data, index=matrix.index)[[a for a in self.arms_ if a in data]]
         for arm, (on_arm, on_ctrl) in self.effect_models_.items():
             # Weight by the arm's share among arm+control: the better-populated side's effect model counts less.
             g = self._share(arm)
-            tau = g * self._predict_one(on_ctrl, matrix, threads) + (1 - g) * self._predict_one(on_arm, matrix, threads)
+            tau = g * self._predict_one(on_ctrl, rows, threads) + (1 - g) * self._predict_one(on_arm, rows, threads)
             data[arm] = mu_c + tau
         return pd.DataFrame(data, index=matrix.index)[self.arms_]
 
@@ -500,12 +504,13 @@ class MultiArmUplift:
         matrix (``transform_features``) of a continuous outcome: LightGBM ``pred_contrib``, rows × (columns + 1),
         the last column the base value; a row sums to the uplift. T-learner: the arm's model minus the control's;
         X-learner: the effect models, mixed as in the prediction."""
+        rows = lgb_matrix(matrix)
         if self.learner == "t":
             control = self.models_[self.control_]
-            return _contributions(self.models_[arm], matrix, threads) - _contributions(control, matrix, threads)
+            return _contributions(self.models_[arm], rows, threads) - _contributions(control, rows, threads)
         on_arm, on_ctrl = self.effect_models_[arm]
         g = self._share(arm)
-        return g * _contributions(on_ctrl, matrix, threads) + (1 - g) * _contributions(on_arm, matrix, threads)
+        return g * _contributions(on_ctrl, rows, threads) + (1 - g) * _contributions(on_arm, rows, threads)
 
     def _base_and_uplift(self, matrix: pd.DataFrame, threads: int = 1) -> tuple[pd.Series, pd.DataFrame]:
         raw = self._raw_outcomes(matrix, threads)
@@ -549,11 +554,12 @@ class MultiArmUplift:
         return row_propensity(assigned, self.propensity_)
 
 
-def _contributions(model: Any, matrix: pd.DataFrame, threads: int = 1) -> np.ndarray:
-    """LightGBM ``pred_contrib`` (last column: the base value); a constant stand-in model is all base value."""
+def _contributions(model: Any, rows: np.ndarray, threads: int = 1) -> np.ndarray:
+    """LightGBM ``pred_contrib`` of a matrix as it reads it (``lgb_matrix``; last column: the base value); a constant
+    stand-in model is all base value."""
     if isinstance(model, _Constant):
-        return np.column_stack([np.zeros(matrix.shape), np.full(len(matrix), model.value)])
-    return np.asarray(model.predict(lgb_matrix(matrix), pred_contrib=True, num_threads=threads), dtype="float64")
+        return np.column_stack([np.zeros(rows.shape), np.full(len(rows), model.value)])
+    return np.asarray(model.predict(rows, pred_contrib=True, num_threads=threads), dtype="float64")
 
 
 def fold_ids(treatment: Iterable[Hashable], folds: int = 2, seed: int = 0) -> np.ndarray:
