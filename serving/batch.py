@@ -273,7 +273,7 @@ def workers(rows: int, processes: int | None) -> int:
 def _parts(run: Run, rows: pd.DataFrame, chunks: int, pending: list[int], processes: int) -> Iterator[pa.Table]:
     """Each chunk's wide rows in order: scored in this process or by `processes` workers when pending, read back
     from its part otherwise."""
-    if processes <= 1 or len(pending) <= 1:
+    if processes <= 1:
         for i in range(chunks):
             yield run.compute(rows, i) if i in pending else pq.read_table(run.paths(i)[1])
         return

@@ -122,7 +122,7 @@ def _noise(metric: Metric, y_true: np.ndarray, y_pred: np.ndarray, groups: pd.Se
         t, p = y_true[rows], y_pred[rows]
         draws = [metric(t[d], p[d]) for d in rng.integers(0, len(rows), (BOOTSTRAP, len(rows)))]
         errors[group] = float(np.std(draws, ddof=1))
-    return pd.Series(errors, name="group")
+    return pd.Series(errors)
 
 
 def churn_groups(y: pd.Series, p: np.ndarray, frame: pd.DataFrame) -> pd.DataFrame:

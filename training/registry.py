@@ -139,20 +139,18 @@ def _fairness(metric: str, limits: Limits, challenger: _Run, champion: _Run | No
     low = challenger.metrics.get(gap_low_metric(metric), new)
     head = f"fairness: worst-group gap of {metric} {new:.4f} ({where})"
     limit = f"the limit {limits.max_gap:.4f}"
+    beyond = ""  # a gap beyond the limit, but not measurably: said in every sentence
     if new > limits.max_gap + _EPS:
         if low > limits.max_gap + _EPS:
             bound = f", at least {low:.4f} (95 % lower bound)," if low < new else ""
             return False, f"{head}{bound} is beyond {limit} (fairness_max_gap): failed"
-        head += f" is not measurably beyond {limit} (fairness_max_gap): its 95 % lower bound is {low:.4f};"
-        within = head
-    else:
-        within = f"{head} is within {limit};"
+        beyond = f" is not measurably beyond {limit} (fairness_max_gap): its 95 % lower bound is {low:.4f};"
     if champion is None or name not in champion.metrics:
-        return True, f"{within} no champion's gap to compare: passed"
+        return True, f"{head}{beyond or f' is within {limit};'} no champion's gap to compare: passed"
     old = champion.metrics[name]
     passed = new <= old + limits.margin + _EPS
     verdict = "passed" if passed else "failed"
-    return passed, (f"{head} against champion's {old:.4f}: "
+    return passed, (f"{head}{beyond} against champion's {old:.4f}: "
                     f"{'wider' if new > old else 'not wider'} by {new - old:+.4f}, margin {limits.margin:.4f} "
                     f"(fairness_margin): {verdict}")
 
