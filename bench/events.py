@@ -350,7 +350,7 @@ def sample_rows(home: Path) -> dict[str, pa.Table]:
 
     s = Settings(home=home)
     scores = pq.read_table(sorted(s.scores.glob("as_of=*/run=*/wide"))[-1])
-    features = pq.read_table(s.snapshots / f"as_of={store.snapshot_dates(s)[-1]:%Y-%m-%d}.parquet")
+    features = pq.read_table(store.snapshot_path(s, store.snapshot_dates(s)[-1]))
     scored = pa.array(scores["customer_id"].to_pylist())
     return {"customer_features": features.filter(pc.is_in(features["customer_id"], scored)),
             "customer_predictions": scores}

@@ -12,8 +12,8 @@ knows none of the new ids (their next feature falls back to popularity, their co
   timed): only the LightGBM calls the scores and reasons need — `pred_contrib` of churn and CLV on every row (a
   prediction is the sum of its contributions), `predict` of the next-best-action control arm and of every arm
   whose calibration kept a slope on every row, `pred_contrib` of such an arm and of the control on the rows the
-  arm is explained for (a flat arm, slope 0, runs no tree: its uplift is its average effect). Every core the
-  process may use, in both (LightGBM's `num_threads`).
+  arm is explained for, chosen among the actions each row's consent allows as ours are (a flat arm, slope 0, runs
+  no tree: its uplift is its average effect). Every core the process may use, in both (LightGBM's `num_threads`).
 
 Run from the repo root: `python -m bench.score --home DIR [--customers N] [--engine spark]` (`--engine spark`: ours
 is `C360_ENGINE=spark c360 score`, Spark in local mode on the same cores; the baseline is unchanged).
@@ -73,6 +73,7 @@ def only_required_champions(home: Path) -> None:
 
 def baseline(home: Path, out: Path) -> None:
     """The bare LightGBM calls (see the module docstring), on every core; writes their seconds to `out`."""
+    from c360.core import consent
     from c360.core.settings import Settings
     from c360.features import store
     from c360.serving.champions import Champions
@@ -86,7 +87,8 @@ def baseline(home: Path, out: Path) -> None:
     clv_matrix = lgb_matrix(transform_features(snapshot, clv.spec))
     uplift = nba.uplift
     nba_matrix = lgb_matrix(transform_features(snapshot[nba.features], nba.spec))
-    control, explained = nba.control, nba.choose(snapshot).explained
+    # The action each row's reasons explain is chosen among the actions its consent allows, as `c360 score` does.
+    control, explained = nba.control, nba.choose(snapshot, consent.allowed(snapshot, consent.ACTION_PURPOSE)).explained
     boosters = {arm: getattr(m, "booster_", None) for arm, m in uplift.models_.items()}
     flat = {arm for arm, (_, slope, _) in uplift.calibration_.items() if slope == 0.0}
     cores = len(os.sched_getaffinity(0))

@@ -43,7 +43,7 @@ def snapshot_file(s: Settings) -> Path:
     dates = store.snapshot_dates(s)
     if not dates:
         raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
-    return s.snapshots / f"as_of={dates[-1]:%Y-%m-%d}.parquet"
+    return store.snapshot_path(s, dates[-1])
 
 
 def _kind(dtype: pa.DataType) -> Kind | None:

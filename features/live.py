@@ -397,5 +397,5 @@ def _like_snapshots(s: Settings, table: pa.Table) -> pa.Table:
     dates = store.snapshot_dates(s)
     if not dates:
         return table
-    schema = pq.read_schema(s.snapshots / f"as_of={dates[-1]:%Y-%m-%d}.parquet").remove_metadata()
+    schema = pq.read_schema(store.snapshot_path(s, dates[-1])).remove_metadata()
     return table.select(schema.names).cast(schema)

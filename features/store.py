@@ -119,7 +119,7 @@ def write_snapshot(s: Settings, snapshot: pd.DataFrame) -> Path:
     midway never leaves a truncated snapshot for training, scoring or the service to read."""
     as_of = pd.Timestamp(snapshot["as_of"].iloc[0])
     s.snapshots.mkdir(parents=True, exist_ok=True)
-    path = s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet"
+    path = snapshot_path(s, as_of)
     part = path.with_name(f".{path.name}.part")
     snapshot.to_parquet(part, index=False)
     part.replace(path)
@@ -130,8 +130,17 @@ def snapshot_dates(s: Settings) -> list[pd.Timestamp]:
     return sorted(pd.Timestamp(p.stem.split("=")[1]) for p in s.snapshots.glob("as_of=*.parquet"))
 
 
+def snapshot_path(s: Settings, as_of: pd.Timestamp) -> Path:
+    return s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet"
+
+
+def snapshot_rows(s: Settings, as_of: pd.Timestamp) -> int:
+    """The customers of one snapshot, from its Parquet footer."""
+    return int(pq.ParquetFile(snapshot_path(s, as_of)).metadata.num_rows)
+
+
 def read_snapshot(s: Settings, as_of: pd.Timestamp) -> pd.DataFrame:
-    return pd.read_parquet(s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet")
+    return pd.read_parquet(snapshot_path(s, as_of))
 
 
 def history(s: Settings, customer_id: str) -> pd.DataFrame:
@@ -185,7 +194,7 @@ def materialize(s: Settings, as_of: pd.Timestamp | None = None) -> int:
         raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
     as_of = as_of or dates[-1]
     views = snapshot_views(store.list_feature_views())
-    path = s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet"
+    path = snapshot_path(s, as_of)
     writer = bulk_writer(store.config)
     if writer is None:
         offline(s).materialize(start_date=datetime(1970, 1, 1), end_date=as_of.to_pydatetime(),

@@ -18,7 +18,9 @@ store right after. Re-running the same run resumes: chunks already on disk are n
 From `PROCESS_ROWS` customers to score, the chunks are scored by one worker process per core, each on one
 LightGBM thread, and pushed here as they come: LightGBM's threads keep both cores busy during its calls only, and
 a chunk's own work around them (the model matrices, the reasons, the Parquet) ran on one core while the other
-waited. A worker reads the snapshot itself, as a Spark task does (`run_rows`).
+waited. A worker reads the snapshot itself, as a Spark task does (`run_rows`). The workers are forked from a
+server that imports this module while the run is being loaded here (`_warm_workers`): a spawned worker spent
+seconds importing c360 before its first chunk.
 
 A new snapshot, a new champion or new personas is a new run folder, and so is a new opt-out recorded by
 `c360 privacy opt-out`: the run applies the recorded opt-outs to the snapshot's consent features, so the next best
@@ -30,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -270,6 +273,16 @@ def workers(rows: int, processes: int | None) -> int:
     return predict.cores() if rows >= PROCESS_ROWS else 1
 
 
+_WORKERS = multiprocessing.get_context("forkserver")
+
+
+def _warm_workers() -> None:
+    """Start the server worker processes fork from, importing this module (c360, LightGBM, Feast: seconds of CPU)
+    on another core while the run loads; the workers it forks start with their imports done."""
+    _WORKERS.set_forkserver_preload([__name__])
+    multiprocessing.forkserver.ensure_running()
+
+
 def _parts(run: Run, rows: pd.DataFrame, chunks: int, pending: list[int], processes: int) -> Iterator[pa.Table]:
     """Each chunk's wide rows in order: scored in this process or by `processes` workers when pending, read back
     from its part otherwise."""
@@ -277,8 +290,7 @@ def _parts(run: Run, rows: pd.DataFrame, chunks: int, pending: list[int], proces
         for i in range(chunks):
             yield run.compute(rows, i) if i in pending else pq.read_table(run.paths(i)[1])
         return
-    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(run,))
+    pool = ProcessPoolExecutor(processes, mp_context=_WORKERS, initializer=_start_worker, initargs=(run,))
     try:
         futures = {i: pool.submit(_compute_chunk, i) for i in pending}
         for i in range(chunks):
@@ -335,6 +347,9 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
     if not dates:
         raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
     as_of = dates[-1]
+    if s.engine != "spark" and workers(store.snapshot_rows(s, as_of) if customers is None else len(customers),
+                                       processes) > 1:
+        _warm_workers()
     if warehouse_con is not None:
         opt_outs, used, engagement = _warehouse_inputs(warehouse_con, as_of)
     else:

@@ -71,7 +71,7 @@ def test_export_writes_one_file_per_action_without_the_holdout(home: Settings, t
     assert audit.records(home)[-1]["action"] == "c360 campaign export"
 
 
-def test_the_loop_reads_out_a_gain_whose_ci_covers_the_truth(home: Settings, tmp_path: Path) -> None:
+def test_the_loop_reads_out_a_gain_within_reach_of_the_truth(home: Settings, tmp_path: Path) -> None:
     invoke("campaign", "plan", "summer", "--audience", "subscribers", "--seed", "5")
     simulated = invoke("campaign", "simulate", "summer", "--out", str(tmp_path))
     assert simulated["weeks"] == 13 and (tmp_path / "ground_truth").is_dir()
@@ -82,7 +82,13 @@ def test_the_loop_reads_out_a_gain_whose_ci_covers_the_truth(home: Settings, tmp
     effects = pd.read_parquet(next((tmp_path / "ground_truth").glob("*_effects.parquet")))
     truth = readout.truth_gain(home, campaigns.assignments(home, "summer"), effects)
     assert gain["truth"] == pytest.approx(truth, rel=1e-6, abs=1e-6)
-    assert gain["low"] <= truth <= gain["high"], gain
+    # One draw: its 95 % (bootstrap) interval misses the truth about 1 time in 20 by design, and this draw is not
+    # the same on every build (CI saw one miss on a commit where reruns here covered). The interval's coverage is
+    # tested over 60 replicates in tests/features/test_campaigns.py; here, the truth lies within it widened to
+    # 99.9 % (z 3.29 for 1.96, each side from the estimate).
+    value, widen = gain["value"], 3.29 / 1.96
+    low, high = value - widen * (value - gain["low"]), value + widen * (gain["high"] - value)
+    assert low <= truth <= high, (gain, low, high)
     assert not result["sample_ratio"]["mismatch"]
     assert {r["policy"] for r in result["policy_values"]} >= {"policy", "all no_action", "all discount"}
     assert result["mlflow_run"] and audit.records(home)[-1]["action"] == "c360 campaign readout"
