@@ -36,6 +36,11 @@ import pandas as pd
 
 from bench.common import record, run
 
+OURS = {"duckdb": "from 200,000 customers on a worker process per core, one LightGBM thread each "
+                  "(`serving.batch.PROCESS_ROWS`)",
+        "spark": "in Spark tasks (local mode, a task per core, one LightGBM thread each), the online push on the "
+                 "driver"}
+
 
 def make_home(source: Path, work: Path, customers: int) -> None:
     """A home with `source`'s registry, feature store and warehouse and an N-row copy of its latest snapshot."""
@@ -137,6 +142,9 @@ def main() -> None:
         ours = run([sys.executable, "-m", "c360.cli", "score", "--chunk-size", "100000"], env=env)
         print(f"c360 score: {ours.seconds:.1f} s, peak RSS {ours.peak_rss_mb:,.0f} MB", flush=True)
         folder = next(work.glob("scores/as_of=*/run=*"))
+        ran = json.loads((folder / "_SUCCESS.json").read_text())
+        if ran["engine"] != args.engine:
+            raise SystemExit(f"c360 score ran on {ran['engine']}, not {args.engine}")
         long = pd.concat(pd.read_parquet(p, columns=["model"]) for p in folder.glob("part-*.parquet"))
     n = args.customers
     ratio = ours.seconds / base["seconds"]
@@ -152,9 +160,9 @@ def main() -> None:
     record(f"batch scoring, {n:,} customers" + (", Spark (local)" if args.engine == "spark" else ""), f"""
 {n:,} customers × 3 models (churn, CLV, next best action), top-3 reasons each: the latest snapshot of the
 20,000-customer demo home replicated to {n:,} rows with new ids (synthetic: realistic rows, unknown to the
-warehouse). Trees: {trees}. Every core in both runs: the baseline on {base['cores']} LightGBM threads; ours, from
-200,000 customers, on {base['cores']} worker processes of one LightGBM thread each (`serving.batch.PROCESS_ROWS`). Both
-hand LightGBM row-major matrices (`lgb_matrix`). 1-minute load average {load:.1f} at the end (the runs' own).
+warehouse). Trees: {trees}. Every core in both runs: the baseline on {base['cores']} LightGBM threads; ours
+{OURS[args.engine]}. Both hand LightGBM row-major matrices (`lgb_matrix`). 1-minute load average {load:.1f} at the
+end (the runs' own).
 
 | run | time | customers/s | peak RSS | ratio |
 |---|---|---|---|---|

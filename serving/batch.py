@@ -37,6 +37,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from c360.feature_repo.predictions import FIELDS, PREDICTIONS
 from c360.features import personas, store
 from c360.serving import predict, signals
 from c360.serving.champions import Champion, Champions
+from c360.serving.errors import Unavailable
 
 CHUNK = 100_000
 # From this many customers to score, worker processes score the chunks: below it, starting them (each imports c360
@@ -297,6 +299,10 @@ def _parts(run: Run, rows: pd.DataFrame, chunks: int, pending: list[int], proces
             if i in futures:
                 futures[i].result()
             yield pq.read_table(run.paths(i)[1])
+    except BrokenProcessPool as e:
+        raise Unavailable("scoring worker", "a worker process ended abruptly (killed, or out of memory?); the chunks "
+                          "written are kept: run again to resume, with fewer --processes or a smaller --chunk-size",
+                          e) from e
     finally:
         pool.shutdown(cancel_futures=True)
 

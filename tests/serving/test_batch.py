@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,6 +23,7 @@ from c360.feature_repo.predictions import FIELDS
 from c360.features import store
 from c360.serving import batch, online, predict, predictions
 from c360.serving.champions import Champions
+from c360.serving.errors import Unavailable
 from c360.training.response import CHANNELS as RESPONSE_CHANNELS
 from c360.training.specs import MODELS
 from tests.serving.conftest import home_copy
@@ -208,6 +213,43 @@ def test_worker_processes_score_the_same_parts(served: Settings, tmp_path) -> No
     assert ours.processes == 1 and batch.workers(batch.PROCESS_ROWS, None) == predict.cores()
     _same_parts(spread.folder, ours.folder)
     assert all(r is not None and r.predictions["scored_at"] == wide["scored_at"].iloc[0] for r in rows)
+
+
+def test_a_worker_killed_midway_is_one_line_and_the_run_resumes(served: Settings, tmp_path) -> None:
+    """A worker process killed (SIGKILL, as the kernel's out-of-memory killer does) midway: the run stops with a
+    503-kind error naming the worker, the chunks written stay, and the next run scores the rest into the rows an
+    in-process run gives."""
+    ours = batch.score(served, chunk_size=1000)
+    chunks = -(-ours.customers // 200)
+    with home_copy(served, tmp_path) as copy:
+        shutil.rmtree(copy.scores)
+        killer = threading.Thread(target=_kill_a_worker, args=(copy.scores, chunks // 2))
+        killer.start()
+        with pytest.raises(Unavailable, match="scoring worker unavailable: a worker process ended abruptly"):
+            batch.score(copy, chunk_size=200, processes=2)
+        killer.join()
+        resumed = batch.score(copy, chunk_size=200, processes=2)
+    assert resumed.chunks == chunks and 0 < resumed.scored_chunks < chunks, resumed
+    for parts, key in (("part-*.parquet", ["customer_id", "model"]), ("wide/part-*.parquet", ["customer_id"])):
+        pd.testing.assert_frame_equal(_rows(resumed.folder, parts, key), _rows(ours.folder, parts, key))
+
+
+def _rows(folder: Path, parts: str, key: list[str]) -> pd.DataFrame:
+    """The rows of a run's `parts`, in `key` order, without the scoring time."""
+    frame = pd.concat(pd.read_parquet(p) for p in sorted(folder.glob(parts)))
+    return frame.drop(columns=["scored_at", "scored_ts"], errors="ignore").sort_values(key).reset_index(drop=True)
+
+
+def _kill_a_worker(scores: Path, written: int) -> None:
+    """SIGKILL one scoring worker (a process forked by a child of this one) once `written` parts are: every worker
+    has started by then (a kill while the pool still starts one, a few chunks' time, leaves that one unstopped:
+    Python's `ProcessPoolExecutor` does not know it yet)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(scores.glob("**/wide/part-*.parquet"))) < written:
+        time.sleep(0.01)
+    workers = [p for p in psutil.Process().children(recursive=True) if p.ppid() != os.getpid()]
+    assert workers, "no worker process to kill"
+    workers[0].send_signal(signal.SIGKILL)
 
 
 def _same_parts(folder: Path, expected_folder: Path) -> None:
