@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import threading
@@ -241,13 +240,14 @@ def _rows(folder: Path, parts: str, key: list[str]) -> pd.DataFrame:
 
 
 def _kill_a_worker(scores: Path, written: int) -> None:
-    """SIGKILL one scoring worker (a process forked by a child of this one) once `written` parts are: every worker
+    """SIGKILL one scoring worker (forked by this process's forkserver) once `written` parts are: every worker
     has started by then (a kill while the pool still starts one, a few chunks' time, leaves that one unstopped:
     Python's `ProcessPoolExecutor` does not know it yet)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(scores.glob("**/wide/part-*.parquet"))) < written:
         time.sleep(0.01)
-    workers = [p for p in psutil.Process().children(recursive=True) if p.ppid() != os.getpid()]
+    servers = [p for p in psutil.Process().children() if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+    workers = [w for server in servers for w in server.children()]
     assert workers, "no worker process to kill"
     workers[0].send_signal(signal.SIGKILL)
 
