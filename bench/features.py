@@ -151,7 +151,7 @@ driver's (GNU time does not see the JVM's).
 {base.peak_rss_mb:,.0f} MB | 1× | |
 """
     print(body)
-    record("feature build", body)
+    record("feature build" + ("" if args.customers == 1_000_000 else f", {args.customers:,} customers"), body)
 
 
 if __name__ == "__main__":
