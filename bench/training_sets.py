@@ -51,9 +51,10 @@ def scratch(home: Path, into: Path) -> Path:
 
 
 def measure(home: Path, engine: str) -> list[str]:
-    """examples, start seconds, retrieval seconds, snapshots, customers of the latest."""
+    """examples, start seconds, retrieval seconds, snapshots, customers of the latest: the script's last line (a
+    library may print before it)."""
     return subprocess.run([sys.executable, "-c", RETRIEVE, engine], env={**os.environ, "C360_HOME": str(home)},
-                          capture_output=True, text=True, check=True).stdout.split()
+                          capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1].split()
 
 
 def main() -> None:
