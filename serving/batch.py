@@ -353,8 +353,8 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
     if not dates:
         raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
     as_of = dates[-1]
-    if s.engine != "spark" and workers(store.snapshot_rows(s, as_of) if customers is None else len(customers),
-                                       processes) > 1:
+    spark = s.engine == "spark"
+    if not spark and workers(store.snapshot_rows(s, as_of) if customers is None else len(customers), processes) > 1:
         _warm_workers()
     if warehouse_con is not None:
         opt_outs, used, engagement = _warehouse_inputs(warehouse_con, as_of)
@@ -374,7 +374,6 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
     if on_start:
         on_start(len(rows))
     pending = run.pending(chunks)
-    spark = s.engine == "spark"
     if spark and pending:
         from c360.serving.spark_scoring import compute
 
