@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -190,12 +191,14 @@ def test_masking_fails_when_a_personal_value_slips_through(server: str, api_keys
 # ---------------------------------------------------------------- keys on a running server, and the audit trail
 
 
-def answers_within(url: str, key: str, status: int, seconds: float = 1.0) -> float:
-    """Seconds until `url` answers `status` to `key`; fails after `seconds`."""
+def answers_within(url: str, key: str, status: int, seconds: float = 1.0) -> int:
+    """Requests sent until `url` answers `status` to `key`; fails after `seconds`."""
     started = time.perf_counter()
+    sent = 0
     while True:
+        sent += 1
         if httpx.get(url, headers=bearer(key), timeout=30).status_code == status:
-            return time.perf_counter() - started
+            return sent
         assert time.perf_counter() - started < seconds, f"no {status} within {seconds} s"
         time.sleep(0.05)
 
@@ -204,16 +207,18 @@ def test_keys_created_and_revoked_on_a_running_server(server: str, served: Setti
     name = f"live-{time.time_ns()}"
     key = keys.create(served, name, "analyst")
     url = f"{server}/customers/{customer}/profile"
-    answers_within(url, key, 200)
+    sent = answers_within(url, key, 200)
     keys.revoke(served, name)
-    answers_within(url, key, 401)
+    sent += answers_within(url, key, 401)
     assert httpx.get(url, headers=bearer(key), timeout=30).json() == {"detail": f"key {name!r} was revoked"}
+    # the last record lands after its answer: wait for it, or it falls into the next test's trail
+    settled(lambda: len(audit.records(served, key=name)) >= sent + 1)
 
 
-def settled(s: Settings, since: int, records: int) -> None:
-    """Wait (up to 5 s) until the audit trail holds `records` records after seq `since`."""
+def settled(done: Callable[[], bool]) -> None:
+    """Wait (up to 5 s) until the server has appended the records `done` looks for."""
     deadline = time.monotonic() + 5
-    while sum(r["seq"] > since for r in audit.records(s)) < records and time.monotonic() < deadline:
+    while not done() and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -228,7 +233,7 @@ def test_reads_are_audited_with_the_key_and_no_personal_value(server: str, serve
     httpx.get(f"{server}/customers/{customer}/profile", timeout=60)  # refused: no key
     httpx.post(f"{server}/predict/clv", json={"rows": [{"mrr": 10.0}]}, headers=bearer(api_keys["analyst"]),
                timeout=60)
-    settled(served, since, 5)  # the server appends a record once its answer is sent
+    settled(lambda: sum(r["seq"] > since for r in audit.records(served)) >= 5)  # appended once answered
     mine = [r for r in audit.records(served, customer=customer) if r["seq"] > since]
     assert [(r["key"], r["role"], r["action"], r["status"]) for r in mine] == [
         ("test-csm", "csm", "GET /customers/{customer_id}/profile", 200),
