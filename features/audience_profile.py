@@ -40,10 +40,7 @@ def score_files(s: Settings) -> list[Path]:
 
 
 def snapshot_file(s: Settings) -> Path:
-    dates = store.snapshot_dates(s)
-    if not dates:
-        raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
-    return store.snapshot_path(s, dates[-1])
+    return store.snapshot_path(s, store.latest_snapshot_date(s))
 
 
 def _kind(dtype: pa.DataType) -> Kind | None:

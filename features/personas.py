@@ -236,10 +236,8 @@ def assign(model: Model, frame: pd.DataFrame) -> np.ndarray:
 
 def fit_latest(s: Settings, k: int | None = None) -> Model:
     """Fit on the latest snapshot and save the model (`path`)."""
-    dates = store.snapshot_dates(s)
-    if not dates:
-        raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
-    model = fit(store.read_snapshot(s, dates[-1]), f"{dates[-1]:%Y-%m-%d}", k)
+    latest = store.latest_snapshot_date(s)
+    model = fit(store.read_snapshot(s, latest), f"{latest:%Y-%m-%d}", k)
     target = path(s)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")

@@ -130,6 +130,14 @@ def snapshot_dates(s: Settings) -> list[pd.Timestamp]:
     return sorted(pd.Timestamp(p.stem.split("=")[1]) for p in s.snapshots.glob("as_of=*.parquet"))
 
 
+def latest_snapshot_date(s: Settings) -> pd.Timestamp:
+    """The latest snapshot's as-of date; a clear error when none was built."""
+    dates = snapshot_dates(s)
+    if not dates:
+        raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
+    return dates[-1]
+
+
 def snapshot_path(s: Settings, as_of: pd.Timestamp) -> Path:
     return s.snapshots / f"as_of={as_of:%Y-%m-%d}.parquet"
 
@@ -153,8 +161,7 @@ def history(s: Settings, customer_id: str) -> pd.DataFrame:
 def apply(s: Settings) -> FeatureStore:
     from c360.feature_repo import definitions
 
-    if not snapshot_dates(s):
-        raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
+    latest_snapshot_date(s)  # the registry's sources need a snapshot: say so, before Feast does
     store = feature_store(s)
     store.apply(definitions(str(s.snapshots.resolve()), str(s.scores.resolve()), s.engine))
     write_yaml(s)
@@ -189,10 +196,8 @@ def materialize(s: Settings, as_of: pd.Timestamp | None = None) -> int:
     old.
     """
     store = feature_store(s)
-    dates = snapshot_dates(s)
-    if not dates:
-        raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
-    as_of = as_of or dates[-1]
+    latest = latest_snapshot_date(s)
+    as_of = as_of or latest
     views = snapshot_views(store.list_feature_views())
     path = snapshot_path(s, as_of)
     writer = bulk_writer(store.config)

@@ -349,10 +349,7 @@ def score(s: Settings, customers: list[str] | None = None, chunk_size: int = CHU
     from c360.serving.online import warehouse
 
     started = time.perf_counter()
-    dates = store.snapshot_dates(s)
-    if not dates:
-        raise FileNotFoundError(f"no feature snapshots in {s.snapshots}: run `c360 features build` first")
-    as_of = dates[-1]
+    as_of = store.latest_snapshot_date(s)
     spark = s.engine == "spark"
     if not spark and workers(store.snapshot_rows(s, as_of) if customers is None else len(customers), processes) > 1:
         _warm_workers()
