@@ -36,7 +36,7 @@ from c360.cli.review import mlflow_ui
 from c360.cli.serve import score, serve
 from c360.cli.train import champions, promote, train_all, train_app
 from c360.cli.ui import Json, console, emit, fail, progress, record_run, stderr, table
-from c360.core import keys, warehouse
+from c360.core import engine, keys, warehouse
 from c360.core.at_rest import EncryptionError, owner_only
 from c360.core.contract import ARRIVALS
 from c360.core.locks import WarehouseBusy
@@ -45,8 +45,9 @@ from c360.training.specs import KINDS
 
 
 class _Commands(TyperGroup):
-    """Every command: creates owner-only files (see c360.core.at_rest), and a warehouse another process holds or a
-    key that does not open it is a one-line error, wherever the command opens it."""
+    """Every command: creates owner-only files (see c360.core.at_rest); a warehouse another process holds, a key
+    that does not open it, or a Spark JVM that ended (`engine.spark_ended`) is a one-line error, wherever it
+    happens."""
 
     def invoke(self, ctx: ClickContext) -> Any:
         owner_only()
@@ -54,6 +55,10 @@ class _Commands(TyperGroup):
             return super().invoke(ctx)
         except (WarehouseBusy, EncryptionError) as e:
             raise fail(str(e)) from None
+        except Exception as e:
+            if reason := engine.spark_ended(e):
+                raise fail(reason) from None
+            raise
 
 
 app = typer.Typer(help="Customer 360: unify customer silos, one profile per customer, churn / CLV / next best "
