@@ -14,7 +14,9 @@ from c360.core.definitions import BY_NAME
 Labeler = Callable[[object, pd.Timestamp], pd.DataFrame]
 # Examples per historical retrieval: each call reads the whole offline store, so fewer are faster, but a call holds
 # its rows several times over in Feast's join (every date's at once, at a million customers, without a bound).
-RETRIEVAL_ROWS = 1_000_000
+# Spark's collects each call's frame into its driver's heap: 948,015 examples in one call ran out of 8 GB and of
+# 16 GB (1M customers, 29 snapshots; bench/training_sets.py), calls of 200,000 fit in 8.
+RETRIEVAL_ROWS = {"duckdb": 1_000_000, "spark": 200_000}
 
 
 class NoExamples(ValueError):
@@ -49,12 +51,13 @@ def examples(con, fs: FeatureStore, service: str, dates: list[pd.Timestamp], lab
 
 def retrieve(fs: FeatureStore, service: str, keys: pd.DataFrame) -> pd.DataFrame:
     """The service's features at each (customer_id, as_of) of `keys`, as_of without time zone like the keys':
-    point-in-time retrievals of up to RETRIEVAL_ROWS rows each."""
+    point-in-time retrievals of up to RETRIEVAL_ROWS rows each (of the offline store's engine)."""
     entities = keys[["customer_id", "as_of"]].rename(columns={"as_of": "event_timestamp"})
+    rows = RETRIEVAL_ROWS[fs.config.offline_store.type]
     features = pd.concat([
-        fs.get_historical_features(entity_df=entities.iloc[start:start + RETRIEVAL_ROWS],
+        fs.get_historical_features(entity_df=entities.iloc[start:start + rows],
                                    features=fs.get_feature_service(service)).to_df()
-        for start in range(0, max(len(entities), 1), RETRIEVAL_ROWS)], ignore_index=True)
+        for start in range(0, max(len(entities), 1), rows)], ignore_index=True)
     stamps = pd.to_datetime(features.pop("event_timestamp"))
     return features.assign(as_of=stamps.dt.tz_convert(None) if stamps.dt.tz is not None else stamps)
 

@@ -59,13 +59,13 @@ SERVICE = CHURN.service
 MONOTONE = CHURN_TASK.monotone
 
 
-def _labelled_dates(s: Settings, con, horizon_days: int) -> list[pd.Timestamp]:
+def labelled_dates(s: Settings, con, horizon_days: int) -> list[pd.Timestamp]:
     end = warehouse.data_end(con)
     return [d for d in store.snapshot_dates(s) if labels.labelable(d, end, horizon_days)]
 
 
 def _examples(task: Binary, s: Settings, con, fs: FeatureStore) -> pd.DataFrame:
-    dates = _labelled_dates(s, con, task.spec.horizon_days)
+    dates = labelled_dates(s, con, task.spec.horizon_days)
     return datasets.examples(con, fs, task.spec.service, dates, task.label)
 
 

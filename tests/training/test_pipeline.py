@@ -102,7 +102,7 @@ def test_examples_in_several_retrievals_are_the_same(
     give the frame one retrieval gives."""
     cut = len(sets[0]) // 2 + 1
     assert sets[0]["as_of"].iloc[cut - 1] == sets[0]["as_of"].iloc[cut], "the cut falls inside a date"
-    monkeypatch.setattr(datasets, "RETRIEVAL_ROWS", cut)
+    monkeypatch.setitem(datasets.RETRIEVAL_ROWS, home.engine, cut)
     with warehouse.connect(home, read_only=True) as con:
         churn = churn_examples(home, con, store.feature_store(home))
     pd.testing.assert_frame_equal(churn, sets[0])
