@@ -76,10 +76,16 @@ print(rows, round(ready - started, 1), round(time.perf_counter() - timed, 1), le
 """
 
 
-def scratch(home: Path, into: Path) -> Path:
+def _with_warehouse(home: Path, into: Path) -> tuple[Settings, Settings]:
+    """The settings of `home` and of a new scratch home `into` holding a copy of its warehouse."""
     s, scratch_home = Settings(home=home), Settings(home=into)
     into.mkdir()
     shutil.copyfile(s.warehouse, scratch_home.warehouse)
+    return s, scratch_home
+
+
+def scratch(home: Path, into: Path) -> Path:
+    s, scratch_home = _with_warehouse(home, into)
     scratch_home.snapshots.parent.mkdir(parents=True)
     scratch_home.snapshots.symlink_to(s.snapshots.resolve())
     return into
@@ -88,9 +94,7 @@ def scratch(home: Path, into: Path) -> Path:
 def copied(home: Path, into: Path, customers: int) -> int:
     """A scratch home (a copy of `home`'s warehouse) whose snapshots are `home`'s with each customer copied k
     times (see the module docstring); returns k."""
-    s, scratch_home = Settings(home=home), Settings(home=into)
-    into.mkdir()
-    shutil.copyfile(s.warehouse, scratch_home.warehouse)
+    s, scratch_home = _with_warehouse(home, into)
     dates = store.snapshot_dates(s)
     copies = -(-customers // store.snapshot_rows(s, dates[-1]))
     for n, day in enumerate(dates, 1):
@@ -116,14 +120,14 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=0, help="copy the home's customers to about this many")
     parser.add_argument("--dates", type=int, default=1, help="with --customers: the latest labelled dates taken")
     args = parser.parse_args()
-    copies = 1
+    copies, rows = 1, {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.customers:
             copies = copied(args.home, Path(tmp) / "copies", args.customers)
-            rows = {engine: measure(Path(tmp) / "copies", engine, str(copies), str(args.dates))
-                    for engine in ENGINES}
-        else:
-            rows = {engine: measure(scratch(args.home, Path(tmp) / engine), engine) for engine in ENGINES}
+        for engine in ENGINES:  # each printed as measured: a later engine's failure keeps the earlier figures
+            rows[engine] = (measure(Path(tmp) / "copies", engine, str(copies), str(args.dates)) if args.customers
+                            else measure(scratch(args.home, Path(tmp) / engine), engine))
+            print(engine, *rows[engine], flush=True)
     examples, _, _, snapshots, customers = rows["duckdb"]
     what = (f"churn examples of the latest {args.dates} labelled date(s), each customer copied {copies} times"
             if args.customers else "churn examples")
