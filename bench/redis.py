@@ -155,12 +155,12 @@ def report(a: argparse.Namespace, sample: int, ours: tuple[Measured, dict[str, A
     feast_full = feast_s * scale
     ours_cpu = ours[1]["cpu_s"] + redis_side["ours"]["cpu_s"]
     feast_cpu = (feast[1]["cpu_s"] + redis_side["feast"]["cpu_s"]) * scale
-    scaled_row = ("" if sample == n else
-                  f"| Feast, scaled to {n:,} | {n:,} (scaled) | ≈ {feast_full:,.0f} s | | ≈ {feast_cpu:,.0f} s | | |\n")
-    about = "≈ " if sample < n else ""  # a scaled figure is an estimate
-    sampled = (f"Feast's baseline ran on all {n:,} customers in this run" if sample == n else
-               f"**Feast's baseline ran on {sample:,} customers in this run and is scaled linearly to {n:,}** "
-               f"(×{scale:g})")
+    scaled = sample < n
+    scaled_row = (f"| Feast, scaled to {n:,} | {n:,} (scaled) | ≈ {feast_full:,.0f} s | | ≈ {feast_cpu:,.0f} s | | |\n"
+                  if scaled else "")
+    about = "≈ " if scaled else ""  # a scaled figure is an estimate
+    sampled = (f"**Feast's baseline ran on {sample:,} customers in this run and is scaled linearly to {n:,}** "
+               f"(×{scale:g})" if scaled else f"Feast's baseline ran on all {n:,} customers in this run")
     per_row = {"ours": (ours[1]["cpu_s"] / n * 1e6, redis_side["ours"]["cpu_s"] / n * 1e6),
                "feast": (feast[1]["cpu_s"] / sample * 1e6, redis_side["feast"]["cpu_s"] / sample * 1e6)}  # µs
     return f"""
@@ -183,7 +183,7 @@ inflated, the ratio compares two runs of the same moment.
 | {redis_side['feast']['used_mb']:,.0f} MB ({redis_side['feast']['keys']:,} keys) |
 {scaled_row}
 **{n:,} × {f} into Redis: c360's bulk write {ours_s:.1f} s vs Feast's `materialize` {about}{feast_full:,.0f} s
-({"scaled" if sample < n else "measured"}): {feast_full / ours_s:.1f}× faster in wall-clock time,
+({"scaled" if scaled else "measured"}): {feast_full / ours_s:.1f}× faster in wall-clock time,
 {feast_cpu / ours_cpu:.1f}× less CPU
 (writer and Redis server together: {ours_cpu:,.0f} s vs {about}{feast_cpu:,.0f} s).**
 CPU time is the steadier figure on a loaded machine.
