@@ -18,7 +18,8 @@ fold will write for the unfolded events, taking only the records appended since 
 which of their keys the warehouse holds, until an erasure rewrites the log or a fold changes the warehouse.
 
 `events_of(s, customer_id, connect)` is the profile's `past.live_events`: the customer's unfolded events, newest
-first, from a per-process index of the log by customer (`remember` records where the live update placed events).
+first, from a per-process index of the log by customer: where `live_identity.place` put each event, read from
+identity.db (whichever process placed it) unless this process `remember`s it.
 
 `write_history(s, features)` adds recomputed rows to the offline store: one Parquet file per applied batch beside
 the snapshots (`live-<UTC time>-<pid>.parquet`), which Feast's source (`snapshots/*.parquet`) and
@@ -65,8 +66,7 @@ _lock = threading.Lock()
 _unfolded: dict[Path, _Unfolded] = {}  # by log
 _unfolded_lock = threading.Lock()
 _placed: dict[str, str | None] = {}  # event id → customer id, as placed by this process
-# log → records indexed, the first one's event id, the events by customer
-_indexes: dict[Path, tuple[int, str | None, dict[str, list[dict[str, Any]]]]] = {}
+_logs: dict[Path, _LogIndex] = {}  # by log
 _index_lock = threading.Lock()
 _known: dict[tuple[Path, str], tuple[Any, set[str], set[str]]] = {}  # (warehouse, table) → stamp, checked, held
 # warehouse → its file stamp, its tables' indexes by (table, column, columns)
@@ -323,10 +323,12 @@ def _held(s: Settings, con: duckdb.DuckDBPyConnection, table: contract.Table, ke
 
 
 def events_of(s: Settings, customer_id: str, connect: event_log.Connect, limit: int = 20) -> list[dict[str, Any]]:
-    """The customer's logged events not folded yet, newest first, at most `limit`: event_id, kind and at only (no
-    personal value). The process indexes the log's events by customer as it grows, placing each once
-    (`live_identity.place`; `connect()` opens the warehouse for that, and only then): a profile reads its
-    customer's few events, not the whole log."""
+    """The customer's logged events not folded yet that the live update placed, newest first, at most `limit`:
+    event_id, kind and at only (no personal value). The process indexes the log's events by customer as it grows,
+    taking where `live_identity.place` put each (in identity.db, whichever process placed it): a profile reads its
+    customer's few events, neither the whole log nor placing events again (a profile polled while another worker
+    took events placed them all, splink included, at every read). `connect()` opens the warehouse to see which
+    events are folded, and only then."""
     theirs = _indexed(s, connect).get(customer_id, [])
     done = event_log.folded_ids(s, connect) if theirs else frozenset()
     mine = [e for e in theirs if e["event_id"] not in done]
@@ -337,25 +339,41 @@ def events_of(s: Settings, customer_id: str, connect: event_log.Connect, limit: 
             for i in at.sort_values(ascending=False, kind="stable").index[:limit]]
 
 
+@dataclass
+class _LogIndex:
+    """One log's events by customer, as of its first `read` records of file `inode`; `waiting`: events read that
+    no live update has placed yet, looked up again at the next read."""
+
+    inode: int | None = None
+    read: int = 0
+    by_customer: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    waiting: list[dict[str, Any]] = field(default_factory=list)
+
+
 def _indexed(s: Settings, connect: event_log.Connect) -> dict[str, list[dict[str, Any]]]:
-    """The log's events by customer, brought up to date with what was appended since (a log rewritten by an
-    erasure is indexed again)."""
-    records = event_log.read_log(event_log.log_path(s))
-    first = records[0][1]["event"]["event_id"] if records else None
+    """The log's placed events by customer, brought up to date with what was appended and placed since (a log
+    rewritten by an erasure is indexed again)."""
+    path = event_log.log_path(s)
     with _index_lock:
-        scanned, known_first, index = _indexes.get(event_log.log_path(s), (0, first, {}))
-        if known_first != first or len(records) < scanned:
-            scanned, index = 0, {}
-        new = [r["event"] for _, r in records[scanned:]]
-        unknown = [e for e in new if e["event_id"] not in _placed]
+        index = _logs.get(path) or _LogIndex()
+        inode, records = event_log.read_log_from(path, index.read, index.inode)
+        if inode != index.inode:
+            index = _LogIndex(inode)
+        new = [*index.waiting, *(r["event"] for _, r in records)]
+        unknown = [e["event_id"] for e in new if e["event_id"] not in _placed]
         if unknown:
-            with connect() as con:
-                remember(unknown, live_identity.place(s, con, unknown))
+            with _lock:
+                _placed.update(live_identity.placed_of(s, unknown))
+        index.read += len(records)
+        index.waiting = [e for e in new if e["event_id"] not in _placed]
         for e in new:
             if customer := _placed.get(e["event_id"]):
-                index.setdefault(customer, []).append(e)
-        _indexes[event_log.log_path(s)] = (len(records), first, index)
-        return index
+                index.by_customer.setdefault(customer, []).append(e)
+        if index.waiting:  # a folded event is placed by the warehouse's crosswalk, not here
+            done = event_log.folded_ids(s, connect)
+            index.waiting = [e for e in index.waiting if e["event_id"] not in done]
+        _logs[path] = index
+        return index.by_customer
 
 
 def remember(events: Iterable[dict[str, Any]], customers: Iterable[str | None]) -> None:

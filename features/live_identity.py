@@ -76,6 +76,8 @@ CREATE TABLE IF NOT EXISTS customers (customer_id TEXT PRIMARY KEY, display_name
     region TEXT, emails TEXT, phones TEXT, sources TEXT, records INTEGER, first_seen TEXT, unlinked INTEGER,
     created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS numbering (next INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS placed (event_id TEXT PRIMARY KEY, customer_id TEXT);
+CREATE INDEX IF NOT EXISTS placed_customer ON placed (customer_id);
 """
 
 
@@ -179,6 +181,7 @@ def _parents(con: duckdb.DuckDBPyConnection, rows: dict[str, pd.DataFrame],
 
 
 _creating = threading.Lock()
+_upgraded: set[Path] = set()  # identity.db files this process has seen to hold every table of DDL
 
 
 class Ledger:
@@ -191,6 +194,9 @@ class Ledger:
         self._create()
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         con.execute("PRAGMA secure_delete = ON")  # an erased person's bytes are overwritten, not just unlinked
+        if self.path not in _upgraded:  # an identity.db of an older c360: the tables it lacks
+            con.executescript(DDL)
+            _upgraded.add(self.path)
         return con
 
     def _create(self) -> None:
@@ -418,8 +424,25 @@ def _load(s: Settings, con: duckdb.DuckDBPyConnection) -> _Known:
 
 def place(s: Settings, con: duckdb.DuckDBPyConnection, events: Sequence[dict[str, Any]]) -> list[str | None]:
     """The customer id of each accepted event (None: a company-wide event, or one c360 cannot place yet — see
-    `placements` for why)."""
-    return [p.customer_id for p in placements(s, con, events)]
+    `placements` for why), recorded in identity.db for the profiles every process serves (`placed_of`)."""
+    customers = [p.customer_id for p in placements(s, con, events)]
+    if events:
+        with Ledger(s).writing() as db:
+            db.executemany("INSERT OR REPLACE INTO placed VALUES (?, ?)",
+                           [(e["event_id"], c) for e, c in zip(events, customers, strict=True)])
+    return customers
+
+
+def placed_of(s: Settings, event_ids: list[str]) -> dict[str, str | None]:
+    """Where `place` put those of these events it placed (None: no customer)."""
+    if not event_ids:
+        return {}
+    db = Ledger(s).reading()
+    try:
+        return dict(db.execute("SELECT event_id, customer_id FROM placed WHERE event_id IN "
+                               "(SELECT value FROM json_each(?))", [json.dumps(event_ids)]).fetchall())
+    finally:
+        db.close()
 
 
 def placements(s: Settings, con: duckdb.DuckDBPyConnection, events: Sequence[dict[str, Any]]) -> list[Placed]:
@@ -785,9 +808,10 @@ class LiveIdentity:
             marks = ",".join("?" * len(customers))
             golden = [dict(r) for r in db.execute(f"SELECT * FROM customers WHERE customer_id IN ({marks})",
                                                   customers)]
+            placed = [dict(r) for r in db.execute(f"SELECT * FROM placed WHERE customer_id IN ({marks})", customers)]
         finally:
             db.close()
-        return {"crosswalk": records, "provisional_customers": golden}
+        return {"crosswalk": records, "provisional_customers": golden, "placed_events": placed}
 
     @staticmethod
     def erase(work: Work, person: Person) -> Erased:
@@ -801,7 +825,8 @@ class LiveIdentity:
         marks = ",".join("?" * len(whole))
         rows = sqlite_delete(ledger.path, [(f"DELETE FROM crosswalk WHERE {_THEIRS}", _theirs(person)),
                                            (f"DELETE FROM crosswalk WHERE customer_id IN ({marks})", whole),
-                                           (f"DELETE FROM customers WHERE customer_id IN ({marks})", whole)])
+                                           (f"DELETE FROM customers WHERE customer_id IN ({marks})", whole),
+                                           (f"DELETE FROM placed WHERE customer_id IN ({marks})", whole)])
         with ledger.writing() as db:
             empty = [r[0] for r in db.execute("SELECT customer_id FROM customers WHERE customer_id NOT IN "
                                               "(SELECT customer_id FROM crosswalk)")]

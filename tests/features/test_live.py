@@ -153,3 +153,31 @@ def test_erasure_covers_the_live_rows(s: Settings) -> None:
         assert path is not None and len(Snapshots.export(Work(s, con), person)) == 1
         erased = Snapshots.erase(Work(s, con), person)
     assert erased.rows == 1 and store.history(s, customer).empty
+
+
+def test_a_profile_lists_the_events_the_live_update_placed_in_any_process(s: Settings,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`events_of` takes each event's customer from identity.db, where `live_identity.place` recorded it: a process
+    that placed nothing lists the events another placed, an event not placed yet waits (it is not placed by the
+    read), and erasure removes the record."""
+    with warehouse.connect(s, read_only=True) as con:
+        events, by_kind = sample_events(con, warehouse.data_end(con))
+        assert event_log.accept(s, events)["accepted"] == len(events)
+        live_identity.place(s, con, events[:3])
+    monkeypatch.setattr(live, "_placed", {})  # a process of its own: it placed nothing, indexed nothing
+    monkeypatch.setattr(live, "_logs", {})
+
+    def listed(kind: str) -> list[str]:
+        return [e["event_id"] for e in live.events_of(s, by_kind[kind], lambda: warehouse.connect(s, read_only=True))]
+
+    assert listed("ticket_opened") == ["live-1"] and listed("login") == []
+    with warehouse.connect(s, read_only=True) as con:
+        live_identity.place(s, con, events[3:])
+    assert listed("login") == ["live-4"]
+    customer = by_kind["ticket_opened"]
+    with warehouse.connect(s, read_only=True) as con:
+        person = Person("customer_id", (customer,), (customer,), {}, (), ())
+        exported = live_identity.LiveIdentity.export(Work(s, con), person)
+        assert {"event_id": "live-1", "customer_id": customer} in exported["placed_events"]
+        assert live_identity.LiveIdentity.erase(Work(s, con), person).rows >= 1
+    assert "live-1" not in live_identity.placed_of(s, ["live-1", "live-4"])
