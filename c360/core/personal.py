@@ -99,7 +99,8 @@ STORES: tuple[Store, ...] = (
           "their reasons", "c360.features.event_log.EventLogs", ("events/events.jsonl", "events/rejects.jsonl",
                                                                    "events/events.lock")),
     Store("live_identity", "person records placed live (e-mail, name, phone), provisional customers' golden "
-          "records and the customer each live event was placed on (events/identity.db)", "c360.features.live_identity.LiveIdentity",
+          "records and the customer each live event was placed on (events/identity.db)",
+          "c360.features.live_identity.LiveIdentity",
           ("events/identity.db", "events/identity.db-wal", "events/identity.db-shm")),
     Store("identity", "crosswalk, golden records, normalised records and links, merge/split events, stewards' "
           "link/unlink decisions (record ids, who, why)",
