@@ -13,9 +13,11 @@ Spark means it; this is the one place that knows the two apart:
 `GROUP BY ALL`, `FILTER (WHERE ...)`, `INTERVAL`, `* EXCLUDE` and the `$as_of` parameter need nothing: sqlglot
 writes them as Spark 4 reads them. The result is cast to the types DuckDB gives, so the snapshots' schema is one.
 
-The export is personal data (the columns the features read of each source table and of the identity tables) in
-plain Parquet, whatever the warehouse's encryption: it lives for one build, in a folder of its own under
-`C360_HOME/spark/warehouse/`, removed when the build ends; an erasure removes any a killed build left behind.
+The export is personal data (the columns the features read of each source table and of the identity tables). With
+a plaintext warehouse it is Parquet, living for one build in a folder of its own under `C360_HOME/spark/warehouse/`,
+removed when the build ends; an erasure removes any a killed build left behind. With C360_ENCRYPTION_KEY set no
+plain copy is written: the rows go to Spark as Arrow and stay in its memory (and its local disk, which the session
+encrypts: `c360.core.engine`), as splink's tables do in `c360 resolve`.
 """
 
 from __future__ import annotations
@@ -43,17 +45,22 @@ from c360.features import compute
 from c360.features.versions import q
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 EXPORTS = Path("spark") / "warehouse"  # under C360_HOME
 
 
 @dataclass(frozen=True)
 class Export:
-    """A table exported for Spark: its Parquet file and columns."""
+    """A warehouse table as the Spark build reads it: the columns the features name, and its Parquet file in the
+    build's folder (not written for an encrypted warehouse)."""
 
     path: Path
     columns: list[str]
+
+    @property
+    def select(self) -> str:
+        return f"SELECT {', '.join(map(q, self.columns))} FROM {q(self.path.stem)}"
 
     @property
     def view(self) -> str:
@@ -70,11 +77,12 @@ def builder(s: Settings, con: duckdb.DuckDBPyConnection) -> Iterator[Callable[[p
     session = engine.spark()
     (s.home / EXPORTS).mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=s.home / EXPORTS))
+    held = s.encryption_key is not None
     try:
-        exports = export(con, compute.SQL, folder)
+        exports = export(con, compute.SQL, folder, write=not held)
         sql = spark_sql(compute.SQL, exports)
         schema = con.execute(f"SELECT * FROM ({compute.SQL}) LIMIT 0", {"as_of": datetime(1970, 1, 1)}).arrow().schema
-        with views(session, exports):
+        with views(session, exports, con if held else None):
             yield lambda day: _build(session, sql, schema, day)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -87,31 +95,39 @@ def _build(session: SparkSession, sql: str, schema: pa.Schema, day: pd.Timestamp
     return compute.finish(connections.local().from_arrow(table.cast(schema)).df())
 
 
-def export(con: duckdb.DuckDBPyConnection, sql: str, folder: Path) -> dict[str, Export]:
-    """Write each table of `con` that `sql` reads to a Parquet file in `folder`, with the columns `sql` names only."""
+def export(con: duckdb.DuckDBPyConnection, sql: str, folder: Path, write: bool = True) -> dict[str, Export]:
+    """Each table of `con` that `sql` reads, with the columns `sql` names only; with `write`, written to its Parquet
+    file in `folder`."""
     tree = sqlglot.parse_one(sql, read="duckdb")
     named = {i.name for i in tree.find_all(exp.Identifier)}
     exported = {}
     for table in sorted({t.name for t in _tables(tree)}):
         columns = [d[0] for d in con.execute(f"SELECT * FROM {q(table)} LIMIT 0").description if d[0] in named]
-        path = folder / f"{table}.parquet"
-        quoted = str(path).replace("'", "''")
-        con.execute(f"COPY (SELECT {', '.join(map(q, columns))} FROM {q(table)}) TO '{quoted}' (FORMAT parquet)")
-        exported[table] = Export(path, columns)
+        exported[table] = Export(folder / f"{table}.parquet", columns)
+        if write:
+            quoted = str(exported[table].path).replace("'", "''")
+            con.execute(f"COPY ({exported[table].select}) TO '{quoted}' (FORMAT parquet)")
     return exported
 
 
 @contextmanager
-def views(session: SparkSession, exports: dict[str, Export]) -> Iterator[None]:
-    """The exports as Spark's temporary views, dropped at exit. Read once here: a file named in the query would
-    have its schema read again at every reference, every as-of."""
+def views(session: SparkSession, exports: dict[str, Export],
+          con: duckdb.DuckDBPyConnection | None = None) -> Iterator[None]:
+    """The exports as Spark's temporary views, dropped at exit: read from their files, or with `con` sent from it
+    as Arrow (held in Spark's memory: no file). Read once here: a file named in the query would have its schema read
+    again at every reference, every as-of."""
     try:
         for table in exports.values():
-            session.read.parquet(str(table.path)).createOrReplaceTempView(table.view)
+            rows = session.read.parquet(str(table.path)) if con is None else _held(session, con, table)
+            rows.createOrReplaceTempView(table.view)
         yield
     finally:
         for table in exports.values():
             session.catalog.dropTempView(table.view)
+
+
+def _held(session: SparkSession, con: duckdb.DuckDBPyConnection, table: Export) -> DataFrame:
+    return session.createDataFrame(con.execute(table.select).arrow().read_all())
 
 
 def spark_sql(sql: str, exports: dict[str, Export]) -> str:

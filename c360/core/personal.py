@@ -120,7 +120,7 @@ STORES: tuple[Store, ...] = (
     Store("online_store", "the latest features and the `predictions` view per customer (SQLite, Feast's, Redis)",
           f"{_STORES}.Online", ("feast/*",)),
     Store("spark_exports", "the warehouse's tables a Spark feature build reads (the columns its features name), as "
-          "Parquet: removed when the build ends, erased whole when a killed build left one",
+          "Parquet (none with a key): removed when the build ends, erased whole if a killed build left one",
           "c360.features.spark_build.SparkExports", ("spark/warehouse/*",)),
     Store("batch_scores", "`c360 score` output: scores and reasons per customer (Parquet)", f"{_STORES}.Scores",
           ("scores/*",)),

@@ -1,7 +1,8 @@
 """The feature build on Spark (`C360_ENGINE=spark`, local[2]) writes the snapshots the DuckDB build writes: same
 columns, same types, same rows, every value equal (floats within 1e-9 relative). The DuckDB constructs whose meaning
 Spark's namesakes do not share give DuckDB's answers on their edge cases; the warehouse's export lives for the
-build only, holds only the columns the features read, and is a registered personal-data store.
+build only, holds only the columns the features read, and is a registered personal-data store; an encrypted
+warehouse gets no plain export.
 
 Spark starts once for the module. Without pyspark or Java the Spark tests skip and say why."""
 
@@ -16,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from c360.cli.main import app
-from c360.core import engine, personal, warehouse
+from c360.core import at_rest, engine, personal, warehouse
 from c360.core.settings import Settings
 from c360.features import compute, spark_build
 from tests.conftest import cli_json
@@ -72,6 +73,23 @@ def test_duckdb_meanings_kept_on_spark(spark, tmp_path):
         sql = spark_build.spark_sql(EDGES, exports)
         got = engine.spark().sql(sql, args={"as_of": as_of.tz_localize("UTC").to_pydatetime()}).toPandas()
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+
+
+@needs_spark
+@pytest.mark.skipif(at_rest.httpfs_extension() is None, reason="DuckDB cannot write an encrypted warehouse here")
+def test_an_encrypted_warehouse_builds_on_spark_with_no_plain_copy(spark, home_over_resolved, monkeypatch):
+    s = home_over_resolved("encrypted")
+    monkeypatch.setenv("C360_HOME", str(s.home))
+    monkeypatch.setenv("C360_ENCRYPTION_KEY", "a spark key")
+    assert not cli_json("encrypt")["already_encrypted"]
+    keyed = Settings()
+    with warehouse.connect(keyed, read_only=True) as con:
+        day = warehouse.data_end(con)
+        with spark_build.builder(keyed.model_copy(update={"engine": "spark"}), con) as build:
+            assert not [f for f in (s.home / spark_build.EXPORTS).rglob("*") if f.is_file()]
+            got = build(day)
+        expected = compute.build(con, day)
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-9, atol=0)
 
 
 @needs_spark
