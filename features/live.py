@@ -23,16 +23,19 @@ identity.db (whichever process placed it) unless this process `remember`s it.
 
 `write_history(s, features)` adds recomputed rows to the offline store: one Parquet file per applied batch beside
 the snapshots (`live-<UTC time>-<pid>.parquet`), which Feast's source (`snapshots/*.parquet`) and
-`store.history` read, and the batch's snapshot list (`as_of=*.parquet`) does not. `updated_since(s, day)` reads
-them back: the customers the live update recomputed as of a time after `day`, whose online row is newer than a
-snapshot of that day.
+`store.history` read, and the batch's snapshot list (`as_of=*.parquet`) does not; `compact` merges those files
+(64 at a time into one, `live-...-L<level>.parquet`), so that their number grows with the log of the rounds.
+`updated_since(s, day)` reads them back: the customers the live update recomputed as of a time after `day`, whose
+online row is newer than a snapshot of that day.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -60,6 +63,10 @@ from c360.features.ingest import TEXT, q, to_datetime
 BY_RECORD = {t: (o.column, o.source) for t, o in live_identity.OWNERS.items() if o.via is None}
 BY_PARENT = {t: o.via[0] for t, o in live_identity.OWNERS.items() if o.via is not None}
 LIVE_GLOB = "live-*.parquet"
+MERGE_FILES = 64  # live files of one level merged into one of the next (`compact`)
+TOP_LEVEL = 2  # the level of the largest merged live files: 64² rounds' rows
+GRACE_SECONDS = 600.0  # how long a merged file's sources stay, for the readers that listed them
+MERGED_FROM = b"c360.merged_from"  # a merged live file's metadata: the names of the files it merged
 CLOCK = "c360_clock"  # the customers' as-ofs, a table in the in-memory connection
 
 _lock = threading.Lock()
@@ -72,6 +79,7 @@ _known: dict[tuple[Path, str], tuple[Any, set[str], set[str]]] = {}  # (warehous
 # warehouse → its file stamp, its tables' indexes by (table, column, columns)
 _tables: dict[Path, tuple[Any, dict[tuple[str, str, tuple[str, ...] | None], _Index]]] = {}
 _indexes_lock = threading.Lock()
+_sources: dict[Path, tuple[Any, list[str]]] = {}  # merged live file → its stamp, the names of the files it merged
 
 
 def recompute(s: Settings, con: duckdb.DuckDBPyConnection, customer_ids: Iterable[str],
@@ -386,15 +394,91 @@ def remember(events: Iterable[dict[str, Any]], customers: Iterable[str | None]) 
 
 
 def write_history(s: Settings, features: pd.DataFrame) -> Path | None:
-    """Add recomputed rows to the offline store (one file per call, see the module docstring); None when empty."""
+    """Add recomputed rows to the offline store (one file per call, see the module docstring), then `compact` it;
+    None when empty."""
     if features.empty:
         return None
     s.snapshots.mkdir(parents=True, exist_ok=True)
+    path = _live_path(s, 0)
+    _write(path, _like_snapshots(s, pa.Table.from_pandas(features, preserve_index=False)))
+    compact(s)
+    return path
+
+
+def compact(s: Settings, merge_files: int = MERGE_FILES, grace: float = GRACE_SECONDS) -> list[Path]:
+    """Merge the live files of the offline store, so that a day of rounds is not a day of files for every reader to
+    open: once `merge_files` files of one level are ready, they become one file of the next (a history of n rounds
+    in about `merge_files` · log(n) / log(`merge_files`) files). A merged file names its sources in its metadata:
+    it is merged again only once they are gone, so no row is merged twice. They are
+    deleted `grace` seconds after it was written, not at once: a reader that listed them just before (Feast, a
+    profile's history) still opens them, and meanwhile their rows are there twice, the same values (`store.history`
+    and `updated_since` read distinct rows, Feast's point-in-time join takes one). One process compacts at a time,
+    and never while an erasure rewrites the files (`store.rewriting_snapshots`). The files of `TOP_LEVEL` are not
+    merged again: a merge runs in the round that triggers it, and one of them holds 64² rounds' rows. Returns the
+    files written."""
+    if sum(_level(f) == 0 for f in s.snapshots.glob(LIVE_GLOB)) < merge_files:  # most rounds: the names only
+        return []
+    with store.rewriting_snapshots(s, wait=False) as mine:
+        if not mine:
+            return []
+        for merged, names in _merged_files(s).items():
+            if time.time() - merged.stat().st_mtime >= grace:
+                for name in names:
+                    (s.snapshots / name).unlink(missing_ok=True)
+        written = []
+        for level in range(TOP_LEVEL):
+            ready = _settled(s, level)
+            if len(ready) >= merge_files:
+                written.append(_merge(s, ready, level + 1))
+        return written
+
+
+def _live_path(s: Settings, level: int) -> Path:
     stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%f")
-    path = s.snapshots / f"live-{stamp}-{os.getpid()}.parquet"
+    return s.snapshots / f"live-{stamp}-{os.getpid()}{f'-L{level}' if level else ''}.parquet"
+
+
+def _level(path: Path) -> int:
+    found = re.search(r"-L(\d+)\.parquet$", path.name)
+    return int(found.group(1)) if found else 0
+
+
+def _write(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(f".{path.name}.tmp")  # a reader's glob never sees half a file
-    pq.write_table(_like_snapshots(s, pa.Table.from_pandas(features, preserve_index=False)), tmp)
+    pq.write_table(table, tmp)
     tmp.replace(path)
+
+
+def _merged_files(s: Settings) -> dict[Path, list[str]]:
+    """Each merged live file and the names of the files it merged (its metadata, read once per file)."""
+    out = {}
+    for path in s.snapshots.glob(LIVE_GLOB):
+        if _level(path) > 0:
+            stamp = file_stamp(path.stat())
+            if _sources.get(path, (None,))[0] != stamp:
+                metadata = pq.read_schema(path).metadata or {}
+                _sources[path] = (stamp, json.loads(metadata.get(MERGED_FROM, b"[]")))
+            out[path] = _sources[path][1]
+    for gone in [p for p in _sources if p.parent == s.snapshots and p not in out]:
+        del _sources[gone]
+    return out
+
+
+def _settled(s: Settings, level: int) -> list[Path]:
+    """The live files of `level` a merge may take: merged into no file yet, and (a merged one) whose own sources
+    are gone, so that no row is merged twice."""
+    present = {p.name for p in s.snapshots.glob(LIVE_GLOB)}
+    merged = _merged_files(s)
+    taken = {name for names in merged.values() for name in names}
+    return sorted(p for p in s.snapshots.glob(LIVE_GLOB) if _level(p) == level and p.name not in taken
+                  and not present.intersection(merged.get(p, ())))
+
+
+def _merge(s: Settings, files: list[Path], level: int) -> Path:
+    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    metadata = {**(table.schema.metadata or {}), MERGED_FROM: json.dumps([f.name for f in files]).encode()}
+    path = _live_path(s, level)
+    _write(path, table.replace_schema_metadata(metadata))
     return path
 
 

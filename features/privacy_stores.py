@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from c360.core import audit, consent, contract, warehouse
 from c360.core.at_rest import write_private
 from c360.core.personal import Erased, Person, Work, sqlite_delete
-from c360.features import versions
+from c360.features import store, versions
 from c360.features.ingest import IngestWarning, discover, file_sha256, q
 
 IDENTITY_BY_RECORD = (("identity_crosswalk", "record_id"), ("identity_records", "record_id"),
@@ -305,7 +305,8 @@ class Snapshots:
 
     @staticmethod
     def erase(work: Work, person: Person) -> Erased:
-        return _erase_customer_files(work.s.snapshots, list(person.whole), work.s.home)
+        with store.rewriting_snapshots(work.s):  # no merge of the live files meanwhile: it would bring the rows back
+            return _erase_customer_files(work.s.snapshots, list(person.whole), work.s.home)
 
 
 class Scores:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import fcntl
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -151,11 +154,30 @@ def read_snapshot(s: Settings, as_of: pd.Timestamp) -> pd.DataFrame:
     return pd.read_parquet(snapshot_path(s, as_of))
 
 
+@contextmanager
+def rewriting_snapshots(s: Settings, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock of the processes that rewrite the snapshots folder's files (a flock in it): yields False at once
+    when another process holds it and not `wait`. The live files' merge (`live.compact`) and an erasure take it: a
+    merge reading the files while an erasure rewrites them would bring back the erased rows."""
+    s.snapshots.mkdir(parents=True, exist_ok=True)
+    fd = os.open(s.snapshots / ".rewrite.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
 def history(s: Settings, customer_id: str) -> pd.DataFrame:
-    """All snapshots of one customer, oldest first."""
+    """All snapshots of one customer, oldest first (distinct rows: a merged live file's sources stay a while,
+    `live.compact`)."""
     glob = str(s.snapshots / "*.parquet")
-    return connections.local().execute(f"SELECT * FROM read_parquet('{glob}') WHERE customer_id = $id ORDER BY as_of",
-                                       {"id": customer_id}).df()
+    return connections.local().execute(f"SELECT DISTINCT * FROM read_parquet('{glob}') WHERE customer_id = $id "
+                                       "ORDER BY as_of", {"id": customer_id}).df()
 
 
 def apply(s: Settings) -> FeatureStore:

@@ -5,10 +5,12 @@ the same as-of; and the live rows join the offline store without becoming a snap
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from c360.core import warehouse
@@ -142,6 +144,34 @@ def test_live_rows_join_the_history_not_the_snapshot_dates(s: Settings) -> None:
     assert path is not None and path.name.startswith("live-")
     assert store.snapshot_dates(s) == [at - pd.Timedelta(days=7)]
     assert store.history(s, customer)["as_of"].tolist() == [at - pd.Timedelta(days=7), at]
+
+
+def test_live_files_are_merged_and_their_sources_deleted_after_the_grace(s: Settings) -> None:
+    """Live files of a level merge into one of the next once 3 are ready (`compact`: 64 by default); a merged
+    file's sources stay until the grace has passed, the customer's history distinct meanwhile, and it is merged
+    again only once they are gone: no row is lost or merged twice. An erasure removes the rows from every file."""
+    with warehouse.connect(s, read_only=True) as con:
+        at = warehouse.data_end(con)
+        customer = con.execute("SELECT min(customer_id) FROM identity_customers").fetchone()[0]  # type: ignore[index]
+        rounds = [live.recompute(s, con, [customer], at + pd.Timedelta(minutes=i)) for i in range(9)]
+
+    def files(level: int) -> list[Path]:
+        return sorted(p for p in s.snapshots.glob(live.LIVE_GLOB) if live._level(p) == level)
+
+    for first in (0, 3, 6):
+        for features_ in rounds[first:first + 3]:
+            live.write_history(s, features_)  # below the default 64 files: no merge
+        assert len(live.compact(s, merge_files=3, grace=0)) == 1  # the last three files; the earlier ones deleted
+    before = store.history(s, customer)
+    assert len(files(0)) == 3 and len(files(1)) == 3 and len(before) >= len(rounds)
+    assert live.compact(s, merge_files=3, grace=3600) == []  # the newest level-1 file's sources are still there
+    assert live.compact(s, merge_files=3, grace=0) == files(2) and files(0) == []
+    assert pq.read_table(files(2)[0]).num_rows == len(rounds)
+    pd.testing.assert_frame_equal(store.history(s, customer), before)  # the level-1 files are in their grace
+    with warehouse.connect(s, read_only=True) as con:
+        person = Person("customer_id", (customer,), (customer,), {}, (), ())
+        assert Snapshots.erase(Work(s, con), person).rows == len(before) + len(rounds)  # levels 1 and 2
+    assert store.history(s, customer).empty
 
 
 def test_erasure_covers_the_live_rows(s: Settings) -> None:
