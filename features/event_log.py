@@ -29,6 +29,7 @@ import os
 import re
 import threading
 import uuid
+from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -37,7 +38,7 @@ from datetime import UTC, datetime
 from functools import partial
 from itertools import accumulate, pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import duckdb
 import pandas as pd
@@ -241,9 +242,10 @@ def _locked(s: Settings) -> Iterator[None]:
 
 
 def _complete_lines(data: bytes) -> tuple[list[bytes], int]:
-    """The whole lines of `data` and the bytes they take; a torn last line (a write cut short) is left out."""
+    """The whole lines of `data` (without their newline) and the bytes they take; a torn last line (a write cut
+    short) is left out."""
     end = data.rfind(b"\n") + 1
-    return data[:end].splitlines(), end
+    return data[:end].split(b"\n")[:-1], end
 
 
 def _records(lines: list[bytes]) -> Iterator[dict[str, Any]]:
@@ -401,13 +403,16 @@ class FoldReport:
 
 @dataclass
 class _Read:
-    """What this process has parsed of a log: the file's (inode, size, mtime) then, bytes and lines read, records
-    and the event ids among them (what `accept` checks a batch against)."""
+    """What this process has read of a log: the file's (inode, size, mtime) then, the bytes and lines read, where
+    each record starts (byte offset, line number) and the event ids (what `accept` checks a batch against). Not the
+    records: held, they were every event of the log in every worker (1.2 KB an event); a reader parses the lines it
+    asks for again."""
 
     stamp: tuple[int, int, int]
     offset: int = 0
     lines: int = 0
-    records: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    starts: array[int] = field(default_factory=lambda: array("q"))
+    numbers: array[int] = field(default_factory=lambda: array("q"))
     ids: set[str] = field(default_factory=set)
 
 
@@ -417,55 +422,61 @@ _read_lock = threading.Lock()
 
 
 def read_log(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) of a log's whole lines (see `_read`): the live update reads the log on every
-    request."""
-    with _read_lock:
-        return list(_read(path).records)
+    """(line number, record) of a log's whole lines (see `_read`)."""
+    return read_log_from(path, 0, None)[1]
 
 
 def read_log_from(path: Path, start: int, inode: int | None) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
     """The log file's inode and its records from the `start`th on: all of them when the file is not `inode` any
     more (an erasure rewrote it). A reader that keeps what it took reads only the tail."""
     with _read_lock:
-        read = _read(path)
-        return read.stamp[0], read.records[start if read.stamp[0] == inode else 0:]
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            return 0, []
+        with f:  # one open file for both: an erasure swapping in a new file meanwhile changes neither
+            read = _read(path, f)
+            first = start if read.stamp[0] == inode else 0
+            if first >= len(read.starts):
+                return read.stamp[0], []
+            f.seek(read.starts[first])
+            lines, _ = _complete_lines(f.read(read.offset - read.starts[first]))
+            numbers = read.numbers[first:]
+    return read.stamp[0], list(zip(numbers, _records(lines), strict=True))
 
 
-def _read(path: Path) -> _Read:
-    """This process's parse of a log, brought up to date: only what was appended since it last read is parsed (a
-    log rewritten by an erasure, a new inode, from its start); a torn last line waits for its end. The caller holds
-    `_read_lock`."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return _Read((0, 0, 0))
+def _read(path: Path, f: BinaryIO | None = None) -> _Read:
+    """This process's reading of a log (`f`: the caller's open file of it), brought up to date: only what was
+    appended since it last read is parsed (a log rewritten by an erasure, a new inode, from its start); a torn
+    last line waits for its end. The caller holds `_read_lock`."""
+    if f is None:
+        try:
+            with path.open("rb") as opened:
+                return _read(path, opened)
+        except FileNotFoundError:
+            return _Read((0, 0, 0))
+    st = os.fstat(f.fileno())
     read = _reads.get(path)
     if read is None or read.stamp[0] != st.st_ino or st.st_size < read.offset:
         read = _reads[path] = _Read((st.st_ino, 0, 0))
     if read.stamp != file_stamp(st):
-        with path.open("rb") as f:
-            f.seek(read.offset)
-            lines, used = _complete_lines(f.read(st.st_size - read.offset))
+        f.seek(read.offset)
+        lines, used = _complete_lines(f.read(st.st_size - read.offset))
+        at = read.offset
         for line in lines:
             read.lines += 1
             for record in _records([line]):
-                read.records.append((read.lines, record))
+                read.starts.append(at)
+                read.numbers.append(read.lines)
                 if isinstance(event := record.get("event"), dict) and isinstance(event.get("event_id"), str):
                     read.ids.add(event["event_id"])
+            at += len(line) + 1
         read.offset += used
         read.stamp = file_stamp(st)
     return read
 
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
-
-
-def unfolded(s: Settings, connect: Connect) -> list[tuple[int, dict[str, Any]]]:
-    """The logged events not folded yet into the warehouse, in log order; `connect()` opens it for reading, only
-    when it changed since this process last read which events it folded."""
-    logged = read_log(log_path(s))
-    done = folded_ids(s, connect) if logged else frozenset()
-    return [(n, r) for n, r in logged if r["event"]["event_id"] not in done]
 
 
 def folded_ids(s: Settings, connect: Connect) -> frozenset[str]:

@@ -337,23 +337,22 @@ def events_of(s: Settings, customer_id: str, connect: event_log.Connect, limit: 
     customer's few events, neither the whole log nor placing events again (a profile polled while another worker
     took events placed them all, splink included, at every read). `connect()` opens the warehouse to see which
     events are folded, and only then."""
-    theirs = _indexed(s, connect).get(customer_id, [])
-    done = event_log.folded_ids(s, connect) if theirs else frozenset()
-    mine = [e for e in theirs if e["event_id"] not in done]
+    mine = _indexed(s, connect).get(customer_id, [])
     if not mine:  # most profiles: parsing no times with pandas was half of a profile's CPU
         return []
     at = to_datetime(pd.Series([e["at"] for e in mine], dtype=TEXT))
-    return [{"event_id": mine[i]["event_id"], "kind": mine[i]["kind"], "at": mine[i]["at"]}
-            for i in at.sort_values(ascending=False, kind="stable").index[:limit]]
+    return [dict(mine[i]) for i in at.sort_values(ascending=False, kind="stable").index[:limit]]
 
 
 @dataclass
 class _LogIndex:
-    """One log's events by customer, as of its first `read` records of file `inode`; `waiting`: events read that
-    no live update has placed yet, looked up again at the next read."""
+    """One log's unfolded events by customer (id, kind and time), as of its first `read` records of file `inode`
+    and of the warehouse file `stamp` (the events folded then are left out); `waiting`: events read that no live
+    update has placed yet, looked up again at the next read."""
 
     inode: int | None = None
     read: int = 0
+    stamp: Any = None
     by_customer: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     waiting: list[dict[str, Any]] = field(default_factory=list)
 
@@ -376,12 +375,31 @@ def _indexed(s: Settings, connect: event_log.Connect) -> dict[str, list[dict[str
         index.waiting = [e for e in new if e["event_id"] not in _placed]
         for e in new:
             if customer := _placed.get(e["event_id"]):
-                index.by_customer.setdefault(customer, []).append(e)
-        if index.waiting:  # a folded event is placed by the warehouse's crosswalk, not here
+                index.by_customer.setdefault(customer, []).append({k: e[k] for k in ("event_id", "kind", "at")})
+        if (index.by_customer or index.waiting) and file_stamp(s.warehouse.stat()) != index.stamp:
+            _forget_folded(s, connect, index)
+        elif index.waiting:  # a folded event is placed by the warehouse's crosswalk, not here
             done = event_log.folded_ids(s, connect)
             index.waiting = [e for e in index.waiting if e["event_id"] not in done]
         _logs[path] = index
         return index.by_customer
+
+
+def _forget_folded(s: Settings, connect: event_log.Connect, index: _LogIndex) -> None:
+    """The folded events out of `index` and of where this process knows events were placed (once per fold): a
+    process serving for weeks would otherwise hold every event of the log."""
+    index.stamp = file_stamp(s.warehouse.stat())
+    done = event_log.folded_ids(s, connect)
+    index.waiting = [e for e in index.waiting if e["event_id"] not in done]
+    for customer in list(index.by_customer):
+        kept = [e for e in index.by_customer[customer] if e["event_id"] not in done]
+        if kept:
+            index.by_customer[customer] = kept
+        else:
+            del index.by_customer[customer]
+    with _lock:
+        for event_id in done.intersection(_placed):
+            del _placed[event_id]
 
 
 def remember(events: Iterable[dict[str, Any]], customers: Iterable[str | None]) -> None:

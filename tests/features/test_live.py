@@ -146,6 +146,27 @@ def test_live_rows_join_the_history_not_the_snapshot_dates(s: Settings) -> None:
     assert store.history(s, customer)["as_of"].tolist() == [at - pd.Timedelta(days=7), at]
 
 
+def test_a_fold_takes_its_events_out_of_the_process_index(s: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once folded, events leave this process's index of the log by customer and its map of where events were
+    placed: a server would otherwise hold every event it ever saw."""
+    monkeypatch.setattr(live, "_placed", {})
+    monkeypatch.setattr(live, "_logs", {})
+    with warehouse.connect(s, read_only=True) as con:
+        events, by_kind = sample_events(con, warehouse.data_end(con))
+        assert event_log.accept(s, events)["accepted"] == len(events)
+        live.remember(events, live_identity.place(s, con, events))
+
+    def listed() -> list[str]:
+        return [e["event_id"] for e in live.events_of(s, by_kind["ticket_opened"],
+                                                      lambda: warehouse.connect(s, read_only=True))]
+
+    assert listed() == ["live-1"] and set(live._placed) == {e["event_id"] for e in events}
+    with warehouse.connect(s) as con:
+        event_log.fold(s, con)
+    assert listed() == []
+    assert live._logs[event_log.log_path(s)].by_customer == {} and live._placed == {}
+
+
 def test_live_files_are_merged_and_their_sources_deleted_after_the_grace(s: Settings) -> None:
     """Live files of a level merge into one of the next once 3 are ready (`compact`: 64 by default); a merged
     file's sources stay until the grace has passed, the customer's history distinct meanwhile, and it is merged
