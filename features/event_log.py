@@ -23,7 +23,6 @@ the row is checked by the same contract as a file's row (`ingest.parse`), a batc
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -44,7 +43,7 @@ import duckdb
 import pandas as pd
 import pyarrow
 
-from c360.core import contract
+from c360.core import contract, locks
 from c360.core.at_rest import file_stamp, fsync_dir, write_private
 from c360.core.contract import EVENTS_BY_KIND, EventKind, Table
 from c360.core.personal import Erased, Person, Work
@@ -232,13 +231,8 @@ _thread_lock = threading.Lock()
 def _locked(s: Settings) -> Iterator[None]:
     """The logs to this process alone: appends, and an erasure's rewrite, take it."""
     folder(s).mkdir(parents=True, exist_ok=True, mode=0o700)
-    with _thread_lock:
-        fd = os.open(folder(s) / "events.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    with _thread_lock, locks.flocked(folder(s) / "events.lock"):
+        yield
 
 
 def _complete_lines(data: bytes) -> tuple[list[bytes], int]:

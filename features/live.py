@@ -443,9 +443,10 @@ def compact(s: Settings, merge_files: int = MERGE_FILES, grace: float = GRACE_SE
             if time.time() - merged.stat().st_mtime >= grace:
                 for name in names:
                     (s.snapshots / name).unlink(missing_ok=True)
+        files, merged_from = sorted(s.snapshots.glob(LIVE_GLOB)), _merged_files(s)
         written = []
-        for level in range(TOP_LEVEL):
-            ready = _settled(s, level)
+        for level in range(TOP_LEVEL):  # a file a merge writes is not ready yet: its sources are there
+            ready = _settled(files, merged_from, level)
             if len(ready) >= merge_files:
                 written.append(_merge(s, ready, level + 1))
         return written
@@ -482,14 +483,13 @@ def _merged_files(s: Settings) -> dict[Path, list[str]]:
     return out
 
 
-def _settled(s: Settings, level: int) -> list[Path]:
-    """The live files of `level` a merge may take: merged into no file yet, and (a merged one) whose own sources
+def _settled(files: list[Path], merged_from: dict[Path, list[str]], level: int) -> list[Path]:
+    """The live `files` of `level` a merge may take: merged into no file yet, and (a merged one) whose own sources
     are gone, so that no row is merged twice."""
-    present = {p.name for p in s.snapshots.glob(LIVE_GLOB)}
-    merged = _merged_files(s)
-    taken = {name for names in merged.values() for name in names}
-    return sorted(p for p in s.snapshots.glob(LIVE_GLOB) if _level(p) == level and p.name not in taken
-                  and not present.intersection(merged.get(p, ())))
+    present = {p.name for p in files}
+    taken = {name for names in merged_from.values() for name in names}
+    return [p for p in files if _level(p) == level and p.name not in taken
+            and not present.intersection(merged_from.get(p, ()))]
 
 
 def _merge(s: Settings, files: list[Path], level: int) -> Path:

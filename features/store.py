@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from c360.core import connections, engine
+from c360.core import connections, engine, locks
 from c360.core.definitions import BY_NAME
 from c360.core.settings import Settings
 
@@ -154,22 +152,12 @@ def read_snapshot(s: Settings, as_of: pd.Timestamp) -> pd.DataFrame:
     return pd.read_parquet(snapshot_path(s, as_of))
 
 
-@contextmanager
-def rewriting_snapshots(s: Settings, wait: bool = True) -> Iterator[bool]:
-    """Hold the lock of the processes that rewrite the snapshots folder's files (a flock in it): yields False at once
-    when another process holds it and not `wait`. The live files' merge (`live.compact`) and an erasure take it: a
-    merge reading the files while an erasure rewrites them would bring back the erased rows."""
+def rewriting_snapshots(s: Settings, wait: bool = True) -> AbstractContextManager[bool]:
+    """The lock of the processes that rewrite the snapshots folder's files (`locks.flocked`: False at once when
+    another process holds it and not `wait`). The live files' merge (`live.compact`) and an erasure take it: a merge
+    reading the files while an erasure rewrites them would bring back the erased rows."""
     s.snapshots.mkdir(parents=True, exist_ok=True)
-    fd = os.open(s.snapshots / ".rewrite.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # closing releases the flock
+    return locks.flocked(s.snapshots / ".rewrite.lock", wait)
 
 
 def history(s: Settings, customer_id: str) -> pd.DataFrame:

@@ -118,6 +118,19 @@ def _wait(attempt: Callable[[], T | None], deadline: float | None, s: Settings, 
     return result
 
 
+@contextmanager
+def flocked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive flock on `path` (created owner-only) for the block, across processes: yields False at once
+    when another process holds it and not `wait`."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if wait:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield wait or _flock(fd) is not None
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
 def _flock(fd: int) -> bool | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
