@@ -26,15 +26,24 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # is nearly done with its own, so these go first and the quick files fill in at the end. Left to the default order
 # the notebooks came last and one worker ran three of them in a row while the other idled.
 LONGEST_FIRST = [
-    "tests/c360/test_refresh_cli.py",
     "tests/test_demo_size.py",
+    "tests/c360/test_refresh_cli.py",
     "notebooks/07_monitoring.ipynb",
+    "tests/features/test_spark_features.py",
     "notebooks/06_campaigns.ipynb",
-    "notebooks/02_churn_models.ipynb",
-    "notebooks/05_batch_scores.ipynb",
+    "tests/features/test_spark_identity.py",
+    "tests/c360/test_cli.py",
+    "tests/features/test_campaigns.py",
+    "tests/training/test_generic.py",
+    "tests/serving/test_table_models.py",
     "tests/training/test_pipeline.py",
     "tests/serving/test_redis.py",
-    "tests/features/test_spark_features.py",
+    "tests/serving/test_monitor.py",
+    "tests/features/test_stewardship.py",
+    "tests/serving/test_events.py",
+    "notebooks/02_churn_models.ipynb",
+    "tests/serving/test_batch.py",
+    "notebooks/05_batch_scores.ipynb",
     "tests/training/test_spark_training.py",
     "tests/training/test_fairness.py",
 ]

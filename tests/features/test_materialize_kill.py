@@ -23,7 +23,7 @@ from c360.features.store import OnlineReader
 
 OLD, NEW = pd.Timestamp("2026-05-04"), pd.Timestamp("2026-06-01")
 COPIES = 6  # each snapshot 6 times over with new customer ids (≈ 17k rows): a write phase worth killing inside
-KILLS = 12
+KILLS = 6
 
 
 def enlarged(snapshot: pd.DataFrame) -> pd.DataFrame:

@@ -40,7 +40,7 @@ def test_spark_writes_the_snapshots_duckdb_writes(spark, home_over_resolved, mon
     duck, spark_home = home_over_resolved("duckdb"), home_over_resolved("spark")
     with warehouse.connect(duck, read_only=True) as con:
         end = warehouse.data_end(con)
-    days = [f"{end:%Y-%m-%d}", f"{end - pd.Timedelta(days=250):%Y-%m-%d}"]
+    days = [f"{end - pd.Timedelta(days=250):%Y-%m-%d}"]  # an earlier cut: the encrypted test below builds the latest
     expected, got = build(duck, "duckdb", days, monkeypatch), build(spark_home, "spark", days, monkeypatch)
     for want, have in zip(expected, got, strict=True):
         assert pq.read_schema(have).equals(pq.read_schema(want))
