@@ -64,6 +64,16 @@ class Context:
         return [names[0] for view, names in self.online().views if view.name != PREDICTIONS]
 
 
+def load_context(s: Settings) -> Context:
+    """The context of `s`'s home, its registry's views read and its champions loaded (Unavailable: which part
+    cannot be)."""
+    champions = Champions(s.home, latest_snapshot(s))
+    ctx = Context(s, feature_store(s), champions)
+    ctx.online()
+    champions.refresh()
+    return ctx
+
+
 def latest_snapshot(s: Settings) -> pd.DataFrame | None:
     """The latest feature snapshot (the CLV range's reference population), or None before `c360 features build`."""
     try:

@@ -20,7 +20,8 @@ Thin by design — every answer comes from plain functions: `serving.profile` (p
 * `POST /events` — a batch of live events (`features.event_log.accept`): each checked by the data contract, the new
   ones appended to the event log and fsynced before the answer (accepted, duplicates, suppressed, and the rejected
   with their reasons: a 200 even when some are rejected), then their customers' features and predictions updated
-  (`serving.live`, `live` in the answer); `c360 ingest` folds the log into the warehouse;
+  (`serving.live`, `live` in the answer) by `LiveUpdater`, one process for all workers; `c360 ingest` folds the
+  log into the warehouse;
 * `GET /audiences`, `GET /audiences/{name}`, `POST /audiences`, `GET /audiences/{name}/export` — audiences, named
   filters over the profile (`serving.audiences`, `features.audiences`): list, show, create, export (CSV, masked
   by role);
@@ -39,16 +40,19 @@ customer, 413 body over `C360_MAX_BODY_BYTES` (`serving.limits`), 422 malformed 
 that cannot answer and what to do, never a partial profile.
 
 Run: `c360 serve` (or `bentoml serve serving.service:C360`); `C360_HOME` says which home it serves,
-`C360_SERVE_WORKERS` how many worker processes (default 1).
+`C360_SERVE_WORKERS` how many worker processes (default 1), beside which BentoML starts the one `LiveUpdater`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import os
+import pathlib
 import threading
+import time
 from functools import partial
 from typing import Annotated, Any
 
@@ -69,7 +73,7 @@ from c360.serving import brief, errors, masking, online, predictions, ui
 from c360.serving import privacy as privacy_routes
 from c360.serving import profile as profiles
 from c360.serving.auth import Auth, principal, touched
-from c360.serving.champions import Champions, RegistryUnavailable
+from c360.serving.champions import RegistryUnavailable
 from c360.serving.errors import Invalid, Moved, NotFound, Unavailable
 from c360.serving.limits import BodyLimit
 from c360.serving.live import live_update
@@ -139,12 +143,52 @@ CustomerId = Annotated[str, Path(pattern=CUSTOMER_ID, description="customer id, 
 TRACING = {} if os.environ.get("C360_TRACING") == "1" else {"excluded_urls": ["/"]}
 
 
+@bentoml.service(name="c360-live", workers=1, logging={"access": {"enabled": False}}, traffic={"timeout": 60},
+                 metrics={"enabled": False}, tracing=TRACING)
+class LiveUpdater:
+    """The live update (`serving.live`) of the events every worker of `C360` accepts, in one process: a round takes
+    the waiting events of all of them, so its fixed costs are paid once however many workers there are, and no two
+    workers update the same customers at once. Internal: `C360` calls it (over a local socket when served: BentoML
+    runs it as its own process); it has no route of its own."""
+
+    def __init__(self) -> None:
+        self._loaded: tuple[pathlib.Path, Context, float] | None = None  # home, context, when champions were read
+        self._lock = threading.Lock()
+        with contextlib.suppress(Unavailable):  # not ready yet: loaded by the first update that needs it
+            self.context(Settings())
+
+    def context(self, s: Settings) -> Context:
+        """The context of `s`'s home, its champions and the registry's views read again every
+        `C360_RELOAD_SECONDS` (as `C360` polls them)."""
+        seconds = float(os.environ.get("C360_RELOAD_SECONDS", "30"))
+        with self._lock:
+            now = time.monotonic()
+            if self._loaded is None or self._loaded[0] != s.home:
+                ctx = online.load_context(s)
+            else:
+                _, ctx, read = self._loaded
+                if seconds <= 0 or now - read < seconds:
+                    return ctx
+                ctx.reader = None
+                ctx.champions.refresh()
+            self._loaded = (s.home, ctx, now)
+            return ctx
+
+    @bentoml.api
+    async def update(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """`serving.live.live_update` of these events (already in the event log)."""
+        s = Settings()
+        return await anyio.to_thread.run_sync(live_update, s, partial(self.context, s), events)
+
+
 @bentoml.service(name="c360", workers=int(os.environ.get("C360_SERVE_WORKERS", "1")),
                  logging={"access": {"enabled": False}}, traffic={"timeout": 60},
                  metrics={"enabled": False}, tracing=TRACING)  # metrics: ours by route (serving.metrics)
 @bentoml.asgi_app(app, path="/")
 class C360:
     """c360 profile and prediction service."""
+
+    updater = bentoml.depends(LiveUpdater)
 
     def __init__(self) -> None:
         owner_only()  # what the service writes under C360_HOME (its log of reads, later ones) is the owner's alone
@@ -162,12 +206,8 @@ class C360:
         gc.freeze()  # start-up objects out of the collector's way: it caused the p99 spikes of online reads
 
     def _load(self) -> None:
-        s = self.settings
         try:
-            champions = Champions(s.home, online.latest_snapshot(s))
-            self.ctx = Context(s, online.feature_store(s), champions)
-            self.ctx.online()
-            champions.refresh()
+            self.ctx = online.load_context(self.settings)
             self.problem = None
         except Unavailable as e:  # start anyway: /readyz says not ready, /status says why
             self.problem = str(e)
@@ -389,9 +429,22 @@ class C360:
             answer, new = await anyio.to_thread.run_sync(event_log.receive, self.settings, batch.events)
         except OSError as e:  # a full or read-only disk: nothing was acknowledged, the sender may retry
             raise Unavailable("event log", "cannot write the event log: see the server log", e) from None
-        done = await anyio.to_thread.run_sync(live_update, self.settings, self.context, new)
+        done = await self._live(new)
         touched(done.pop("customers", []))
         return _json(answer | {"live": done})
+
+    async def _live(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """The live update of `events` by the one `LiveUpdater`; its failure is the answer's `live.error`, not the
+        request's: the events are durable already."""
+        if not events:
+            return {"updated": 0, "customers": []}
+        for attempt in (1, 2):  # a second time: BentoML's client may reuse a connection the updater closed when
+            try:                # idle (BentoML #4971); an update done twice writes the same rows
+                return await self.updater.update(events=events)
+            except Exception:  # down or restarting: `c360 ingest` folds the events anyway
+                if attempt == 2:
+                    log.exception("live updater unreachable")
+        return {"updated": 0, "error": "live updater unavailable: see the server log"}
 
     @app.get("/audiences", summary="The audiences: name, filter, size, who created them and when")
     async def audience_list(self) -> Response:

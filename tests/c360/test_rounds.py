@@ -81,3 +81,32 @@ def test_an_error_of_a_round_reaches_every_caller_of_it() -> None:
     assert runs == [1, 3] and sorted(outcomes) == ["done", "failed", "failed", "failed"]
     with pytest.raises(RuntimeError):  # the next round runs afresh: a failed round leaves no one waiting
         rounds.apply([1], failing_second)
+
+
+def round_sizes_of_staggered_callers(linger: float) -> list[int]:
+    """After a round of three callers, three callers arrive 50 ms apart: the batches of each round."""
+    rounds: Rounds[int, None] = Rounds(linger=linger)
+    sizes: list[int] = []
+    first_running, release = threading.Event(), threading.Event()
+
+    def work(batches: list[Sequence[int]]) -> list[None]:
+        sizes.append(len(batches))
+        if len(sizes) == 1:
+            first_running.set()
+            release.wait(10)
+        return [None] * len(batches)
+
+    three_wait_for_the_first(rounds, [threading.Thread(target=rounds.apply, args=([n], work)) for n in range(4)],
+                             first_running, release)
+    staggered = [threading.Thread(target=rounds.apply, args=([n], work)) for n in range(3)]
+    for caller in staggered:
+        caller.start()
+        time.sleep(0.05)
+    for caller in staggered:
+        caller.join(10)
+    return sizes
+
+
+def test_a_round_waits_for_the_callers_of_the_last_one_up_to_its_linger() -> None:
+    assert round_sizes_of_staggered_callers(linger=2.0) == [1, 3, 3]
+    assert round_sizes_of_staggered_callers(linger=0.0) == [1, 3, 1, 1, 1]  # without: the first arrival runs alone
