@@ -45,7 +45,6 @@ Run: `c360 serve` (or `bentoml serve serving.service:C360`); `C360_HOME` says wh
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import logging
@@ -152,10 +151,13 @@ class LiveUpdater:
     runs it as its own process); it has no route of its own."""
 
     def __init__(self) -> None:
+        owner_only()  # it writes the live history, the online store and identity.db: the owner's alone
         self._loaded: tuple[pathlib.Path, Context, float] | None = None  # home, context, when champions were read
         self._lock = threading.Lock()
-        with contextlib.suppress(Unavailable):  # not ready yet: loaded by the first update that needs it
+        try:
             self.context(Settings())
+        except Exception as e:  # not ready yet (or a fault: logged): the first update that needs it tries again
+            log.warning("live updater not ready: %s", e)
 
     def context(self, s: Settings) -> Context:
         """The context of `s`'s home, its champions and the registry's views read again every

@@ -81,6 +81,8 @@ def test_an_event_is_in_the_profile_when_the_post_answers(live: Live) -> None:
     assert after["past"]["live_events"][0] == {"event_id": "hs-1", "kind": "ticket_opened",
                                                "at": (live.now + pd.Timedelta(minutes=5)).isoformat()}
     assert customer in audit.records(live.s, customer=customer)[-1]["customers"]
+    written = max(live.s.snapshots.glob("live-*.parquet"), key=lambda p: p.stat().st_mtime)
+    assert written.stat().st_mode & 0o077 == 0, oct(written.stat().st_mode)  # owner-only, whichever process wrote it
 
     again = live.post(ticket("hs-1", customer, live.now + pd.Timedelta(minutes=5)))
     assert (again["accepted"], again["duplicates"], again["live"]["updated"]) == (0, 1, 0)
