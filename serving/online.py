@@ -59,6 +59,12 @@ class Context:
                 raise Unavailable("feature registry", "cannot be read: run `c360 features apply`", e) from e
         return self.reader
 
+    def reload(self) -> dict[str, tuple[int | None, int]]:
+        """The champions whose `@champion` moved loaded again, and the registry's views read again (`c360 score` may
+        have registered `predictions` since): `Champions.refresh`'s answer."""
+        self.reader = None
+        return self.champions.refresh()
+
     def stamps(self) -> list[str]:
         """One feature of each snapshot view: their event times say which snapshot a customer's row is from."""
         return [names[0] for view, names in self.online().views if view.name != PREDICTIONS]

@@ -142,6 +142,11 @@ CustomerId = Annotated[str, Path(pattern=CUSTOMER_ID, description="customer id, 
 TRACING = {} if os.environ.get("C360_TRACING") == "1" else {"excluded_urls": ["/"]}
 
 
+def reload_seconds() -> float:
+    """How often the champions are read again (`C360_RELOAD_SECONDS`, default 30; 0: never)."""
+    return float(os.environ.get("C360_RELOAD_SECONDS", "30"))
+
+
 @bentoml.service(name="c360-live", workers=1, logging={"access": {"enabled": False}}, traffic={"timeout": 60},
                  metrics={"enabled": False}, tracing=TRACING)
 class LiveUpdater:
@@ -162,7 +167,7 @@ class LiveUpdater:
     def context(self, s: Settings) -> Context:
         """The context of `s`'s home, its champions and the registry's views read again every
         `C360_RELOAD_SECONDS` (as `C360` polls them)."""
-        seconds = float(os.environ.get("C360_RELOAD_SECONDS", "30"))
+        seconds = reload_seconds()
         with self._lock:
             now = time.monotonic()
             if self._loaded is None or self._loaded[0] != s.home:
@@ -171,8 +176,7 @@ class LiveUpdater:
                 _, ctx, read = self._loaded
                 if seconds <= 0 or now - read < seconds:
                     return ctx
-                ctx.reader = None
-                ctx.champions.refresh()
+                ctx.reload()
             self._loaded = (s.home, ctx, now)
             return ctx
 
@@ -202,7 +206,7 @@ class C360:
         self._stop = threading.Event()
         self._load()
         self._refresh_tables()
-        seconds = float(os.environ.get("C360_RELOAD_SECONDS", "30"))
+        seconds = reload_seconds()
         if seconds > 0:
             threading.Thread(target=self._poll, args=(seconds,), daemon=True, name="c360-champion-poll").start()
         gc.freeze()  # start-up objects out of the collector's way: it caused the p99 spikes of online reads
@@ -239,8 +243,7 @@ class C360:
             if self.ctx is None:
                 raise Unavailable("service", self.problem or "not initialised: see the server log")
             return {k: (None, v) for k, v in self.ctx.champions.versions().items()}
-        self.ctx.reader = None  # re-read the registry's views too: `c360 score` may have registered `predictions` since
-        return self.ctx.champions.refresh()
+        return self.ctx.reload()
 
     def context(self) -> Context:
         if self.ctx is None:
