@@ -192,7 +192,10 @@ class _Index:
 
     def take(self, values: Sequence[str]) -> pa.Table:
         """The rows whose column is one of `values`."""
+        # In the index's own width: numpy would otherwise copy the whole index to a wider one to compare (a few
+        # ms per table and round); a value wider than every indexed one is not in it.
         wanted = np.asarray(values, dtype=str)
+        wanted = wanted[np.char.str_len(wanted) <= self.values.dtype.itemsize // 4].astype(self.values.dtype)
         at = np.searchsorted(self.values, wanted)
         inside = at < len(self.values)
         at = np.unique(at[inside][self.values[at[inside]] == wanted[inside]])

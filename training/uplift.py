@@ -467,9 +467,9 @@ class MultiArmUplift:
         every model it runs)."""
         if isinstance(model, _Constant):
             return model.predict(rows)
-        if isinstance(model, lgb.LGBMClassifier):
-            return np.asarray(model.predict_proba(rows, num_threads=threads))[:, 1]
-        return np.asarray(model.predict(rows, num_threads=threads), dtype="float64")
+        # The booster itself (a binary classifier's gives the positive class's probability): scikit-learn's
+        # wrapper checks a matrix's feature names and warns on every call that a plain array has none.
+        return np.asarray(model.booster_.predict(rows, num_threads=threads), dtype="float64")
 
     # -- prediction
 
@@ -560,7 +560,7 @@ def _contributions(model: Any, rows: np.ndarray, threads: int = 1) -> np.ndarray
     stand-in model is all base value."""
     if isinstance(model, _Constant):
         return np.column_stack([np.zeros(rows.shape), np.full(len(rows), model.value)])
-    return np.asarray(model.predict(rows, pred_contrib=True, num_threads=threads), dtype="float64")
+    return np.asarray(model.booster_.predict(rows, pred_contrib=True, num_threads=threads), dtype="float64")
 
 
 def fold_ids(treatment: Iterable[Hashable], folds: int = 2, seed: int = 0) -> np.ndarray:

@@ -10,6 +10,7 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -232,3 +233,13 @@ def test_a_profile_lists_the_events_the_live_update_placed_in_any_process(s: Set
         assert {"event_id": "live-1", "customer_id": customer} in exported["placed_events"]
         assert live_identity.LiveIdentity.erase(Work(s, con), person).rows >= 1
     assert "live-1" not in live_identity.placed_of(s, ["live-1", "live-4"])
+
+
+def test_an_index_takes_the_rows_of_its_values_whatever_their_width() -> None:
+    """A round asks the index for values of any width: one wider than every indexed value is not in it (cast to the
+    index's width, 'abcd' would be 'abc'), the others take their rows, each value's in their order."""
+    rows = pa.table({"key": ["abc", "ab", "abc", "b", None], "n": [1, 2, 3, 4, 5]})
+    index = live._Index.of(rows, "key")
+    assert index.take(["abcd", "ab", "zzzzzz"])["n"].to_pylist() == [2]
+    assert index.take(["abc", "b"])["n"].to_pylist() == [1, 3, 4]
+    assert index.take([])["n"].to_pylist() == []

@@ -1,5 +1,6 @@
 """Multi-arm uplift: known effects on synthetic experiments, generic inputs, and the Hillstrom floors."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,28 @@ def test_contributions_sum_to_the_uplift(learner, train, fresh):
         assert contributions.shape == (len(X), 3)
         assert np.allclose(contributions.sum(axis=1), model.predict_uplift(X)[arm])
         assert np.abs(contributions[:, 0]).mean() > 2 * np.abs(contributions[:, 1]).mean()  # x sets the effects
+
+
+@pytest.mark.parametrize("learner", ["t", "x"])
+@pytest.mark.parametrize("binary", [False, True])
+def test_the_boosters_predict_as_their_wrappers_without_a_warning(learner, binary, train, fresh):
+    """Predictions go to each LightGBM booster itself: scikit-learn's wrappers warned at every call that the matrix
+    has no feature names (four warnings in the server log per live round); the numbers are the wrappers'."""
+    y = (train["y"] > 1.5) if binary else train["y"]
+    model = MultiArmUplift(learner).fit(train["X"], train["arm"], y, control="none")
+    X = fresh["X"].head(300)
+    matrix = uplift.transform_features(X, model.spec_)
+    rows = uplift.lgb_matrix(matrix)
+    fitted = [*model.models_.values(), *(m for pair in getattr(model, "effect_models_", {}).values() for m in pair)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict_uplift(X)
+        model.uplift_contributions(matrix, "A")
+        ours = [model._predict_one(m, rows) for m in fitted]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # theirs
+        wrapped = [m.predict_proba(rows)[:, 1] if hasattr(m, "predict_proba") else m.predict(rows) for m in fitted]
+    assert len(fitted) >= 3 and all(np.array_equal(a, b) for a, b in zip(ours, wrapped, strict=True))
 
 
 def test_a_flat_arm_runs_no_tree_and_predicts_its_average_effect(train, fresh):
