@@ -384,7 +384,7 @@ class ResolveReport:
     merges: int
     splits: int
     methods: dict[str, int]
-    live: dict[str, int] = field(default_factory=dict)  # live identity's records and customers the warehouse took
+    live: dict[str, int] = field(default_factory=dict)  # live identity's records, customers and placed events it took
     decisions: int = 0  # stewards' decisions in force
     unheld: int = 0  # of them, the ones the grouping could not follow (see `unheld`)
     estimated: bool = True  # the model's parameters estimated by this run (else: the saved ones reused)

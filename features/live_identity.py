@@ -251,11 +251,17 @@ class Ledger:
 
     def settle(self, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
         """Drop what the warehouse now holds: crosswalk rows of records it resolved, provisional customers it has
-        (kept or merged). Live rows of a merged customer move to the customer it was merged into."""
+        (kept or merged), where the live update placed the events it has folded (their rows reach their customers
+        through its crosswalk now: kept, the table grew with the log). Live rows of a merged customer move to the
+        customer it was merged into."""
         if not warehouse.has_table(con, "identity_crosswalk") or not self.path.exists():
-            return {"records": 0, "customers": 0}
+            return {"records": 0, "customers": 0, "events": 0}
         merges = _merges(con)
         with self.writing() as db:
+            events = [r[0] for r in db.execute("SELECT event_id FROM placed")]
+            folded = _present(con, "SELECT id FROM events_folded WHERE log = 'events' AND id", events) \
+                if warehouse.has_table(con, "events_folded") else set()
+            db.executemany("DELETE FROM placed WHERE event_id = ?", [[e] for e in folded])
             ids = [r[0] for r in db.execute("SELECT record_id FROM crosswalk")]
             held = _present(con, "SELECT record_id FROM identity_crosswalk WHERE record_id", ids)
             db.executemany("DELETE FROM crosswalk WHERE record_id = ?", [[r] for r in held])
@@ -265,7 +271,7 @@ class Ledger:
             known = _present(con, "SELECT customer_id FROM identity_customers WHERE customer_id", provisional)
             gone = known | (set(provisional) & set(merges))
             db.executemany("DELETE FROM customers WHERE customer_id = ?", [[c] for c in gone])
-        return {"records": len(held), "customers": len(gone)}
+        return {"records": len(held), "customers": len(gone), "events": len(folded)}
 
 
 def _present(con: duckdb.DuckDBPyConnection, select_where: str, values: list[str]) -> set[str]:

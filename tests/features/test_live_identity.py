@@ -145,7 +145,7 @@ def test_a_new_person_gets_a_provisional_customer_that_the_next_resolve_keeps(s:
         kept = dict(con.execute("SELECT record_id, customer_id FROM identity_crosswalk WHERE record_id IN "
                                 "('support/tickets:T-NEW-1', 'feedback/nps:R-NEW-1')").fetchall())
     assert kept == {"support/tickets:T-NEW-1": new, "feedback/nps:R-NEW-1": new}
-    assert report.live == {"records": 2, "customers": 1}
+    assert report.live == {"records": 2, "customers": 1, "events": 0}  # `placements` records no event
     assert all(len(frame) == 0 for frame in live_identity.pending(s))
     # the next new person is numbered past every id, provisional ones included
     assert place(s, [ticket("n3", "T-NEW-2", "Ottilie Brandywine", "ottilie@elsewhere-unknown.test")])[0] \
@@ -298,3 +298,18 @@ def test_threads_of_two_processes_opening_identity_db_get_no_error(tmp_path: Pat
     for w in workers:
         w.join(timeout=30)
     assert errors == [], errors[:3]
+
+
+def test_settling_forgets_where_the_folded_events_were_placed(s: Settings) -> None:
+    """identity.db keeps where the live update placed each event (the profiles' live events read it) until the
+    warehouse holds the event: a resolve's settling deletes the rows of the folded events, not the others'."""
+    name, email, customer = a_contact(s)
+    events = [ticket("f1", "T-FOLD-1", name, email), ticket("f2", "T-FOLD-2", name, email)]
+    with warehouse.connect(s, read_only=True) as con:
+        assert live_identity.place(s, con, events) == [customer, customer]
+    assert live_identity.placed_of(s, ["f1", "f2"]) == {"f1": customer, "f2": customer}
+    event_log.accept(s, events[:1])
+    with warehouse.connect(s) as con:
+        event_log.fold(s, con)
+        assert Ledger(s).settle(con)["events"] == 1
+    assert live_identity.placed_of(s, ["f1", "f2"]) == {"f2": customer}
