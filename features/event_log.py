@@ -16,8 +16,10 @@ the row is checked by the same contract as a file's row (`ingest.parse`), a batc
   its table (an `update` kind replaces the row with the same key, the last event wins; the old version goes to the
   history, until the event's time: `c360.features.versions`), each reject into
   `quarantine` like a bad row, and the ids folded into `events_folded`, so a second fold adds nothing. References
-  are not checked: an event may name a parent (a new user, a new contact) that the next batch brings.
-* `EventLogs` — the logs as a personal-data store (`c360.core.personal.STORES`): erasure rewrites both without the
+  are not checked: an event may name a parent (a new user, a new contact) that the next batch brings. Once the
+  warehouse has committed them, the folded records leave the logs, their ids kept in `folded.jsonl`: the logs
+  hold what is still to fold, and an event sent again after its fold is still a duplicate.
+* `EventLogs` — the logs as a personal-data store (`c360.core.personal.STORES`): erasure rewrites them without the
   person's events (the lock held, the new file swapped in whole).
 """
 
@@ -74,6 +76,11 @@ def log_path(s: Settings) -> Path:
 
 def rejects_path(s: Settings) -> Path:
     return folder(s) / "rejects.jsonl"
+
+
+def folded_path(s: Settings) -> Path:
+    """The ids of the events a fold took out of the log (each line `{"event": {"event_id": ...}}`, as the log's)."""
+    return folder(s) / "folded.jsonl"
 
 
 # ---------------------------------------------------------------- checking a batch
@@ -326,7 +333,7 @@ def _receive_all(s: Settings, batches: list[Sequence[Any]]) -> list[tuple[dict[s
     starts = list(accumulate((len(b) for b in batches), initial=0))
     valid = [i for i in range(len(events)) if i not in failures and i not in dropped]
     with _locked(s):
-        logged = _log_new(log_path(s), events, valid, received)
+        logged = _log_new(s, events, valid, received)
         if failures:  # a reject's index is its place in its own batch
             index = {i: i - starts[bisect_right(starts, i) - 1] for i in failures}
             _append(rejects_path(s), [_reject(events[i], index[i], f, received) for i, f in sorted(failures.items())])
@@ -345,16 +352,16 @@ def _answer(events: list[Any], failures: dict[int, list[Failure]], dropped: set[
             "suppressed": suppressed, "rejected": rejected}, [events[i] for i in new]
 
 
-def _log_new(path: Path, events: list[dict[str, Any]], valid: list[int], received: str) -> list[int]:
-    """Append the `valid` events whose id the log does not hold yet (the first of the round's repeats); returns
-    their positions. The caller holds the lock."""
-    fd = _open(path)
+def _log_new(s: Settings, events: list[dict[str, Any]], valid: list[int], received: str) -> list[int]:
+    """Append the `valid` events whose id was never logged (neither in the log nor folded out of it; the first of
+    the round's repeats); returns their positions. The caller holds the lock."""
+    fd = _open(log_path(s))
     try:
         new: dict[str, int] = {}
         with _read_lock:
-            held = _read(path).ids
+            held, folded = _read(log_path(s)).ids, _read(folded_path(s)).ids
             for i in valid:
-                if events[i]["event_id"] not in held:
+                if events[i]["event_id"] not in held and events[i]["event_id"] not in folded:
                     new.setdefault(events[i]["event_id"], i)
         if new:
             _write(fd, [{"received_at": received, "event": events[i]} for i in new.values()])
@@ -508,7 +515,27 @@ def fold(s: Settings, con: duckdb.DuckDBPyConnection) -> list[FoldReport]:
     except BaseException:
         con.rollback()
         raise
+    _compact(s, done | {("events", r["event"]["event_id"]) for _, r in events}
+             | {("rejects", r["reject_id"]) for _, r in rejects})
     return reports
+
+
+def _compact(s: Settings, folded: set[tuple[str, str]]) -> None:
+    """Take what the warehouse holds now out of the logs, so that they hold what is still to fold, not every event
+    ever received (a copy of the warehouse's personal data, read whole by every process that starts): the folded
+    events' ids go to `folded.jsonl` first (an id folded is still a duplicate when sent again), then each log is
+    swapped for one without the folded records, under the lock appends take. A crash in between leaves records the
+    next fold skips and takes out."""
+    with _locked(s):
+        events = read_log(log_path(s))
+        gone = [r["event"]["event_id"] for _, r in events if ("events", r["event"]["event_id"]) in folded]
+        if gone:
+            _append(folded_path(s), [{"event": {"event_id": i}} for i in gone])
+        for path, records, key in ((log_path(s), events, lambda r: ("events", r["event"]["event_id"])),
+                                   (rejects_path(s), read_log(rejects_path(s)), lambda r: ("rejects", r["reject_id"]))):
+            kept = [r for _, r in records if key(r) not in folded]
+            if len(kept) < len(records):
+                _rewrite(path, kept)
 
 
 def _reject_table(record: dict[str, Any]) -> str:
@@ -628,19 +655,18 @@ def _names(record: dict[str, Any], person: Person, wanted: set[str]) -> bool:
 
 
 class EventLogs:
-    """`events/events.jsonl` and `events/rejects.jsonl` (`c360.core.personal.STORES`)."""
+    """`events/events.jsonl`, `events/rejects.jsonl` and `events/folded.jsonl` (`c360.core.personal.STORES`)."""
 
     @staticmethod
     def export(work: Work, person: Person) -> dict[str, list[dict[str, Any]]]:
         wanted = identifiers(person)
-        return {path.name: [r for _, r in read_log(path) if _names(r, person, wanted)]
-                for path in (log_path(work.s), rejects_path(work.s))}
+        return {path.name: [r for _, r in read_log(path) if _names(r, person, wanted)] for path in _logs(work.s)}
 
     @staticmethod
     def erase(work: Work, person: Person) -> Erased:
         erased, wanted = Erased(), identifiers(person)
         with _locked(work.s):
-            for path in (log_path(work.s), rejects_path(work.s)):
+            for path in _logs(work.s):
                 records = read_log(path)
                 kept = [r for _, r in records if not _names(r, person, wanted)]
                 if len(kept) < len(records):
@@ -648,6 +674,11 @@ class EventLogs:
                     erased.rows += len(records) - len(kept)
                     erased.files.append(str(path.relative_to(work.s.home)))
         return erased
+
+
+def _logs(s: Settings) -> tuple[Path, ...]:
+    """The files of the store: an event id may carry a person's value (the ids folded out of the log too)."""
+    return log_path(s), rejects_path(s), folded_path(s)
 
 
 def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:

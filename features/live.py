@@ -367,8 +367,9 @@ def _indexed(s: Settings, connect: event_log.Connect) -> dict[str, list[dict[str
     with _index_lock:
         index = _logs.get(path) or _LogIndex()
         inode, records = event_log.read_log_from(path, index.read, index.inode)
-        if inode != index.inode:
+        if inode != index.inode:  # rewritten (a fold took its events out, or an erasure): indexed again
             index = _LogIndex(inode)
+            _forget_placed_but({r["event"]["event_id"] for _, r in records})
         new = [*index.waiting, *(r["event"] for _, r in records)]
         unknown = [e["event_id"] for e in new if e["event_id"] not in _placed]
         if unknown:
@@ -402,6 +403,13 @@ def _forget_folded(s: Settings, connect: event_log.Connect, index: _LogIndex) ->
             del index.by_customer[customer]
     with _lock:
         for event_id in done.intersection(_placed):
+            del _placed[event_id]
+
+
+def _forget_placed_but(logged: set[str]) -> None:
+    """Where this process placed events, for the events of the log only (a rewritten log lost the others)."""
+    with _lock:
+        for event_id in [e for e in _placed if e not in logged]:
             del _placed[event_id]
 
 

@@ -95,9 +95,10 @@ STORES: tuple[Store, ...] = (
     Store("consent_overrides", "opt-outs recorded with `c360 privacy opt-out` (customer id, purpose, when)",
           f"{_STORES}.ConsentOverrides", ()),
     Store("quarantine", "rows that broke the contract, with their raw text", f"{_STORES}.Quarantine", ()),
-    Store("event_log", "live events as received (`POST /events`, `c360 events push`), and the rejected ones with "
-          "their reasons", "c360.features.event_log.EventLogs", ("events/events.jsonl", "events/rejects.jsonl",
-                                                                   "events/events.lock")),
+    Store("event_log", "live events as received (`POST /events`, `c360 events push`) until a fold takes them "
+          "into the warehouse, the rejected ones with their reasons, the ids of the events folded",
+          "c360.features.event_log.EventLogs", ("events/events.jsonl", "events/rejects.jsonl",
+                                                "events/folded.jsonl", "events/events.lock")),
     Store("live_identity", "person records placed live (e-mail, name, phone), provisional customers' golden "
           "records and the customer each live event was placed on (events/identity.db)",
           "c360.features.live_identity.LiveIdentity",

@@ -130,6 +130,37 @@ def test_a_second_fold_adds_nothing(s: Settings) -> None:
     assert query(s, "SELECT count(*) FROM product_events") == [(3,)]
 
 
+def test_a_fold_takes_what_it_folded_out_of_the_logs_and_an_id_folded_stays_a_duplicate(
+        s: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the warehouse commits them, the folded events and rejects leave the logs (their ids kept in
+    folded.jsonl): an event appended while the fold ran stays for the next fold, the same event sent again after
+    its fold is still a duplicate, and each event is folded once."""
+    event_log.accept(s, [login("e1"), login("e2"), ticket("e3", severity="?")])
+    compact = event_log._compact
+
+    def appended_meanwhile(s: Settings, done: set[tuple[str, str]]) -> None:
+        assert event_log.accept(s, [login("e4")])["accepted"] == 1  # after the fold read the log
+        compact(s, done)
+
+    monkeypatch.setattr(event_log, "_compact", appended_meanwhile)
+    assert sum(r.accepted for r in folded(s)) == 2
+    monkeypatch.setattr(event_log, "_compact", compact)
+    assert [r["event"]["event_id"] for r in lines(event_log.log_path(s))] == ["e4"]
+    assert lines(event_log.rejects_path(s)) == []
+    assert lines(event_log.folded_path(s)) == [{"event": {"event_id": "e1"}}, {"event": {"event_id": "e2"}}]
+    assert personal.owner(s, event_log.folded_path(s)).name == "event_log"
+
+    again = event_log.accept(s, [login("e1"), login("e2"), login("e5")])
+    assert (again["accepted"], again["duplicates"]) == (1, 2)
+    event_log._reads.clear()  # a process started after the fold: the ids folded are read from the file
+    assert event_log.accept(s, [login("e1"), login("e5")])["duplicates"] == 2
+    folded(s)
+    assert query(s, "SELECT event_id, count(*) FROM product_events GROUP BY 1 ORDER BY 1") == [
+        ("e1", 1), ("e2", 1), ("e4", 1), ("e5", 1)]
+    assert query(s, "SELECT count(*) FROM quarantine") == [(1,)]
+    assert lines(event_log.log_path(s)) == []
+
+
 def test_an_update_kind_replaces_the_row_with_its_key_and_an_insert_kind_does_not(s: Settings) -> None:
     event_log.accept(s, [ticket("e1")])
     folded(s)
