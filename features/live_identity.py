@@ -425,6 +425,12 @@ def _load(s: Settings, con: duckdb.DuckDBPyConnection) -> _Known:
         return known
 
 
+def warm(s: Settings, con: duckdb.DuckDBPyConnection) -> None:
+    """The known people of this warehouse (splink's linker among them) loaded, before a new person needs them."""
+    if warehouse.has_table(con, "identity_crosswalk") and s.identity_model.exists():
+        _load(s, con)
+
+
 # ---------------------------------------------------------------- placing events
 
 

@@ -31,13 +31,15 @@ again a few milliseconds apart). The service's workers hand their events to one 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
-from c360.core import consent
+from c360.core import consent, locks
+from c360.core.at_rest import file_stamp
 from c360.core.rounds import Rounds
 from c360.core.settings import Settings
 from c360.feature_repo.predictions import PREDICTIONS
@@ -74,6 +76,32 @@ def share(result: dict[str, Any], first: int, count: int) -> dict[str, Any]:
 
 LINGER = 0.2  # seconds: a small part of a loaded round (≈ 1.3 s for 8 requests of 64 events)
 _rounds: Rounds[dict[str, Any], dict[str, Any]] = Rounds(LINGER)
+
+
+WARM_POLL = 1.0  # seconds between two looks at the warehouse file
+
+
+def keep_warm(s: Settings, stop: threading.Event, poll: float = WARM_POLL) -> None:
+    """Until `stop` is set: `features.live.warm` at once, and again whenever the warehouse file changes (a fold, a
+    resolve) once no writer holds it, so that rounds do not pay for rebuilding what they read. A warehouse that
+    cannot be read yet is tried again at the next look; its fault goes to the log once per file."""
+    warmed = None
+    while not stop.is_set():
+        try:
+            stamp = file_stamp(s.warehouse.stat())
+        except FileNotFoundError:
+            stamp = None
+        if stamp is not None and stamp != warmed and not locks.busy(s):
+            try:
+                with warehouse(s) as con:
+                    live.warm(s, con)
+                warmed = stamp
+            except Unavailable:  # a writer came first: the next look
+                pass
+            except Exception:
+                log.exception("live warm-up failed: rounds build what they read themselves")
+                warmed = stamp
+        stop.wait(poll)
 
 
 def live_update(s: Settings, context: Callable[[], Context], events: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -75,7 +75,7 @@ from c360.serving.auth import Auth, principal, touched
 from c360.serving.champions import RegistryUnavailable
 from c360.serving.errors import Invalid, Moved, NotFound, Unavailable
 from c360.serving.limits import BodyLimit
-from c360.serving.live import live_update
+from c360.serving.live import keep_warm, live_update
 from c360.serving.lookup import EMAIL, customers_by_email
 from c360.serving.metrics import RouteMetrics, exposition
 from c360.serving.online import Context
@@ -163,6 +163,12 @@ class LiveUpdater:
             self.context(Settings())
         except Exception as e:  # not ready yet (or a fault: logged): the first update that needs it tries again
             log.warning("live updater not ready: %s", e)
+        self._stop = threading.Event()
+        threading.Thread(target=keep_warm, args=(Settings(), self._stop), name="c360-live-warm", daemon=True).start()
+
+    @bentoml.on_shutdown
+    def stop_warming(self) -> None:
+        self._stop.set()
 
     def context(self, s: Settings) -> Context:
         """The context of `s`'s home, its champions and the registry's views read again every

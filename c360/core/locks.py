@@ -89,7 +89,9 @@ def busy(s: Settings) -> bool:
 
 def when_free(s: Settings, connect: Callable[[], duckdb.DuckDBPyConnection],
               deadline: float | None) -> duckdb.DuckDBPyConnection:
-    """`connect()`, tried again until `deadline` (monotonic; None: once) while DuckDB's file lock is held."""
+    """`connect()`, tried again until `deadline` (monotonic; None: once) while DuckDB's file lock is held, or
+    while another thread of this process has the file open in the other mode (DuckDB refuses a writer beside a
+    reader of the same process, and the other way round: the server's erasure thread beside its profile reads)."""
     held: list[str] = []
 
     def attempt() -> duckdb.DuckDBPyConnection | None:
@@ -99,6 +101,11 @@ def when_free(s: Settings, connect: Callable[[], duckdb.DuckDBPyConnection],
             if "Could not set lock" not in str(err):
                 raise
             held[:] = [str(err)]
+            return None
+        except duckdb.ConnectionException as err:
+            if "different configuration" not in str(err):
+                raise
+            held[:] = [f"held in another thread (PID {os.getpid()})"]
             return None
 
     return _wait(attempt, deadline, s, lambda: _holder_of(held[0], s.home / "warehouse.lock"))

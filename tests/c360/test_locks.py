@@ -108,3 +108,35 @@ def test_a_process_holding_the_duckdb_file_is_named_to_writers_and_readers(holde
 def accounts(home: Path) -> int:
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         return con.execute("SELECT count(*) FROM crm_accounts").fetchone()[0]
+
+
+def test_a_writer_waits_for_a_reader_of_its_own_process_and_a_reader_is_told_of_it(home: Path) -> None:
+    """DuckDB refuses a writer beside a reader of the same process (and the other way round) at once: the writer
+    waits for the reader's thread to finish, as for another process; a reader that does not wait names the holder."""
+    import threading
+    import time
+
+    from c360.core import locks, warehouse
+    from c360.core.settings import Settings
+
+    s = Settings(home=home)
+    s.home.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(s.warehouse)) as con:
+        con.execute("CREATE TABLE t (x INTEGER)")
+    reading, done = threading.Event(), threading.Event()
+
+    def read_a_while() -> None:
+        with warehouse.connect(s, read_only=True):
+            reading.set()
+            time.sleep(0.5)
+        done.set()
+
+    reader = threading.Thread(target=read_a_while)
+    reader.start()
+    assert reading.wait(30)
+    with warehouse.connect(s) as con:  # C360_LOCK_TIMEOUT's default wait
+        assert done.is_set()
+        con.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(locks.WarehouseBusy, match=f"in use by .*\\(pid {os.getpid()}, started"):
+            warehouse.connect(s, read_only=True).__enter__()
+    reader.join()

@@ -6,6 +6,7 @@ accepted ones and lands in the quarantine at the fold, and concurrent writers an
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,8 +16,11 @@ import pandas as pd
 import pytest
 
 from c360.core import audit, warehouse
+from c360.core.at_rest import file_stamp
 from c360.core.settings import Settings
 from c360.features import event_log, store
+from c360.features import live as features_live
+from c360.serving import live as serving_live
 from tests.serving.conftest import home_copy, running
 
 
@@ -162,3 +166,33 @@ def test_the_page_lists_the_live_events_and_marks_the_new_ones(live: Live, api_k
     new.wait_for(timeout=15_000)
     assert "login" in new.inner_text() and new.get_attribute("title") == "new since the page opened"
     assert page.locator("#changes li").filter(has_text="1 new live event").count() == 1
+
+
+def _until(condition: Any, seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(condition())
+
+
+def test_the_updater_warms_at_start_and_after_each_fold(home_over_resolved: Any) -> None:
+    """`keep_warm` (the live updater's thread) builds what rounds read as it starts and again once a fold changed
+    the warehouse, not in the next round; it ends when told."""
+    s = home_over_resolved("warm")
+    stop = threading.Event()
+    warming = threading.Thread(target=serving_live.keep_warm, args=(s, stop, 0.05))
+    warming.start()
+    try:
+        def warmed() -> bool:
+            return features_live._tables.get(s.warehouse, (None,))[0] == file_stamp(s.warehouse.stat())
+
+        assert _until(warmed)
+        event_log.accept(s, [{"event_id": "warm-1", "kind": "login", "at": "2030-01-01T00:00:00Z",
+                              "user_id": "U-WARM"}])
+        with warehouse.connect(s) as con:
+            event_log.fold(s, con)
+        assert _until(warmed)
+    finally:
+        stop.set()
+        warming.join(30)
+    assert not warming.is_alive()
