@@ -164,7 +164,10 @@ class LiveUpdater:
         except Exception as e:  # not ready yet (or a fault: logged): the first update that needs it tries again
             log.warning("live updater not ready: %s", e)
         self._stop = threading.Event()
-        threading.Thread(target=keep_warm, args=(Settings(), self._stop), name="c360-live-warm", daemon=True).start()
+        if bentoml.server_context.worker_index is not None:  # served: its own process. Made in-process (a test's
+            # client, a notebook), its reads would stand in the way of that process's writes to the warehouse.
+            threading.Thread(target=keep_warm, args=(Settings(), self._stop), name="c360-live-warm",
+                             daemon=True).start()
 
     @bentoml.on_shutdown
     def stop_warming(self) -> None:
