@@ -105,6 +105,7 @@ def when_free(s: Settings, connect: Callable[[], duckdb.DuckDBPyConnection],
         except duckdb.ConnectionException as err:
             if "different configuration" not in str(err):
                 raise
+            # in the words of DuckDB's lock error, so that `_holder_of` names this process's writer if it is one
             held[:] = [f"held in another thread (PID {os.getpid()})"]
             return None
 
