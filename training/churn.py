@@ -200,9 +200,22 @@ class ChurnModel:
         frame = X.set_axis([str(c) for c in X.columns], axis=1)
         return frame[list(spec.columns)].set_axis(list(spec.names), axis=1)
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The raw feature columns the model reads, in the order of its matrix's columns."""
+        return self._fitted()[0].columns
+
+    def matrix(self, X: pd.DataFrame) -> np.ndarray:
+        """The model matrix as LightGBM reads it (`uplift.lgb_matrix` of ``prepare``)."""
+        return lgb_matrix(self.prepare(X))
+
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds of churn."""
-        return np.asarray(self._fitted()[1].predict(lgb_matrix(self.prepare(X)), raw_score=True), dtype="float64")
+        return self.raw_score_of(self.matrix(X))
+
+    def raw_score_of(self, matrix: np.ndarray) -> np.ndarray:
+        """``raw_score`` of a model matrix (``matrix``)."""
+        return np.asarray(self._fitted()[1].predict(matrix, raw_score=True), dtype="float64")
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Probability of churn per row (1-D), calibrated when the model was fitted with a calibration period."""
@@ -227,7 +240,7 @@ class ChurnModel:
         log-odds by a positive slope, so the ranking and sign of contributions hold for the calibrated risk too.
         """
         spec, booster = self._fitted()
-        values = booster.predict(lgb_matrix(self.prepare(X)), pred_contrib=True, num_threads=threads)
+        values = booster.predict(self.matrix(X), pred_contrib=True, num_threads=threads)
         values = np.asarray(values, dtype="float64")
         return pd.DataFrame(values, index=X.index, columns=[*spec.names, "base_value"])
 

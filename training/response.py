@@ -130,6 +130,22 @@ def pairs(customers: pd.DataFrame, channels: tuple[str, ...] = CHANNELS,
     return customers.reset_index(drop=True).merge(grid, how="cross")
 
 
+def pairs_matrix(model: ChurnModel, customers: pd.DataFrame, channels: tuple[str, ...] = CHANNELS,
+                 topics: tuple[str, ...] = CONTENT_TOPICS) -> np.ndarray:
+    """`model.matrix(pairs(customers, ...))` without preparing a customer's features once per pair (most of a live
+    round's response scoring): each customer's row prepared once and repeated, the send's columns prepared once per
+    pair and tiled. A column's preparation reads its own value only, so the rows are the same."""
+    grid = pd.DataFrame(list(product(channels, topics)), columns=list(SEND))
+    if customers.empty:
+        return np.empty((0, len(model.columns)), dtype="float64")
+    rows = model.matrix(customers.assign(**dict.fromkeys(SEND)))
+    sends = model.matrix(customers.iloc[[0] * len(grid)].reset_index(drop=True).assign(**grid))
+    send_columns = [model.columns.index(c) for c in SEND]
+    matrix = np.repeat(rows, len(grid), axis=0)
+    matrix[:, send_columns] = np.tile(sends[:, send_columns], (len(customers), 1))
+    return matrix
+
+
 def best(customers: pd.DataFrame, probability: np.ndarray, key: str = "customer_id") -> pd.DataFrame:
     """From `pairs(customers)` and their probabilities: each customer's best channel and topic with its
     probability (`key`, best_channel, best_topic, probability), indexed by its row of `customers`."""

@@ -24,6 +24,7 @@ from c360.serving import batch, online, predict, predictions
 from c360.serving.champions import Champions
 from c360.serving.errors import Unavailable
 from c360.training.response import CHANNELS as RESPONSE_CHANNELS
+from c360.training.response import best, pairs
 from c360.training.specs import MODELS
 from tests.serving.conftest import home_copy
 
@@ -64,8 +65,8 @@ def _same_reasons(ours: predict.Reasons, contributions: pd.DataFrame, values: pd
 def test_scores_equal_the_models_own_predictions(served: Settings, monkeypatch: pytest.MonkeyPatch,
                                                  parallel_rows: int) -> None:
     """Old and new: scoring computes each model's contributions once (the prediction is their sum), on every core
-    for a batch; its scores, choices and reasons equal the models' own predict, choose and contributions calls
-    (what scoring called before), within 1e-9."""
+    for a batch, and prepares a customer once for all its campaign sends; its scores, choices and reasons equal the
+    models' own predict, choose and contributions calls (what scoring called before), within 1e-9."""
     monkeypatch.setattr(predict, "PARALLEL_ROWS", parallel_rows)
     snapshot = store.read_snapshot(served, store.snapshot_dates(served)[-1])
     champions = Champions.load(served.home, snapshot)
@@ -82,6 +83,13 @@ def test_scores_equal_the_models_own_predictions(served: Settings, monkeypatch: 
     np.testing.assert_allclose(ours["nba"].score, choice.score, rtol=1e-9, atol=1e-9)
     _same_reasons(ours["nba"].reasons, nba.uplift_contributions(X, pd.Series(choice.explained)),
                   predict.transform_features_raw(X[nba.features], nba.spec))
+    response = champions["response"].model
+    grid = pairs(X.reset_index(drop=True).assign(_row=np.arange(len(X))))  # every send of every row, as trained
+    top = best(grid, response.predict_proba(grid), key="_row").sort_values("_row")
+    assert (ours["response"].label == top["best_channel"].to_numpy()).all()
+    np.testing.assert_allclose(ours["response"].score, response.predict_proba(grid.loc[top.index]), rtol=1e-9)
+    _same_reasons(ours["response"].reasons, response.contributions(grid.loc[top.index]).drop(columns="base_value"),
+                  response.feature_values(grid.loc[top.index]))
 
 
 def test_rerun_is_idempotent_and_resumes_after_a_crash(served: Settings) -> None:
