@@ -570,8 +570,9 @@ def _match(s: Settings, con: duckdb.DuckDBPyConnection, ledger: Ledger, people: 
                 pairs = _scores(known, prepared.iloc[modelled], prepared, live_prepared)
         owners = _owners(con, sorted({*pairs["record_id_l"], *wanted})) | live_owners
         decided: dict[str, Placed] = {}
+        numbers = _Numbers(db, con)
         for i, record in prepared.iterrows():
-            placed = _best(record, pairs, owners, emails, s.match_threshold) or _provisional(db, con)
+            placed = _best(record, pairs, owners, emails, s.match_threshold) or _provisional(db, numbers)
             decided[record["record_id"]] = placed
             owners[record["record_id"]] = placed.customer_id  # type: ignore[assignment]
             if isinstance(record["email"], str):
@@ -706,11 +707,27 @@ def _best(record: pd.Series, pairs: pd.DataFrame, owners: dict[str, str], emails
     return None
 
 
-def _provisional(db: sqlite3.Connection, con: duckdb.DuckDBPyConnection) -> Placed:
-    """A new customer id, reserved: `c360 resolve` numbers after it."""
-    provisional = [r[0] for r in db.execute("SELECT customer_id FROM customers")]
-    number = _next_free(db, con, provisional)
-    _reserve(db, number)
+class _Numbers:
+    """The free customer numbers of one write transaction of identity.db: the lowest looked up once (`_next_free`
+    reads every provisional id and scans the warehouse's customers for the highest), then counted up, each reserved
+    as it is handed out (`c360 resolve` numbers after them)."""
+
+    def __init__(self, db: sqlite3.Connection, con: duckdb.DuckDBPyConnection) -> None:
+        self.db, self.con = db, con
+        self.next: int | None = None
+
+    def take(self) -> int:
+        if self.next is None:
+            provisional = [r[0] for r in self.db.execute("SELECT customer_id FROM customers")]
+            self.next = _next_free(self.db, self.con, provisional)
+        number, self.next = self.next, self.next + 1
+        _reserve(self.db, number)
+        return number
+
+
+def _provisional(db: sqlite3.Connection, numbers: _Numbers) -> Placed:
+    """A new provisional customer, its id the next free number."""
+    number = numbers.take()
     db.execute("INSERT INTO customers (customer_id, records, unlinked, created_at) VALUES (?, 0, 1, ?)",
                [f"C{number:08d}", _now()])
     return Placed(f"C{number:08d}", "unlinked")

@@ -152,6 +152,18 @@ def test_a_new_person_gets_a_provisional_customer_that_the_next_resolve_keeps(s:
         .customer_id > new
 
 
+def test_the_new_people_of_a_batch_take_the_next_numbers_in_turn(s: Settings) -> None:
+    """Each new person of a batch gets an id of its own, their numbers following each other from the first free
+    one; the next batch's new person numbers after them."""
+    names = ["Aurelio Pendergast", "Bathsheba Quillfeather", "Cornelius Vantablack", "Dagny Oxenstierna"]
+    events = [ticket(f"m{i}", f"T-MANY-{i}", name, f"{name.split()[0].lower()}@nowhere-{i}.test")
+              for i, name in enumerate(names)]
+    ids = [p.customer_id for p in [*place(s, events[:3]), *place(s, events[3:])]]
+    assert all(ids)
+    numbers = [int(str(c)[1:]) for c in ids]
+    assert numbers == list(range(numbers[0], numbers[0] + len(names)))
+
+
 def test_a_provisional_customer_merged_by_resolve_redirects_to_the_survivor(s: Settings) -> None:
     _, email, customer = a_contact(s)
     provisional = place(s, [ticket("m1", "T-MERGE", "Zebulon Quixote", NEW_EMAIL)])[0].customer_id
