@@ -16,7 +16,8 @@ bench's events never reach the demo's event log, or one of N customers built wit
    the answer that shows the change (the POST's own time is reported beside it). A probe that sees nothing within
    `--timeout` counts as unchanged; after `MISSES` unchanged probes and none changed the batch size reports "not
    live". Before the loaded phases the prober runs alone for `--seconds`, one event per request: the latency on an
-   idle server.
+   idle server. After them, `--sustain` more periods at 64 events per request: nothing folds during the run, so
+   the log of unfolded events grows, and the rate must hold as it does.
 2. **The online write alone** against **Feast's own `push`**, the same rows (the latest snapshot's features and
    the latest batch scores of real customers) into the same nine views (the eight profile sections and
    `predictions`), 1, 8 and 64 rows per call, each call's rows dated later than the last. Feast's views live in a
@@ -25,7 +26,7 @@ bench's events never reach the demo's event log, or one of N customers built wit
    views in one transaction, as the live update must write them). ms per call is the median of the calls; then
    all three stores must hold the same values of the last call's customers (read back through Feast).
 
-Run from the repo root: `python -m bench.events [--home DIR | --build N] [--quick]`.
+Run from the repo root: `python -m bench.events [--home DIR | --build N] [--sustain K] [--quick]`.
 """
 
 from __future__ import annotations
@@ -272,6 +273,12 @@ def over_http(args: argparse.Namespace, home: Path, work: Path) -> list[dict[str
                   f"{result['p50']:.1f} "
                   f"p99 {result['p99']:.1f} ms; event → profile: {seen_text(result)}; customers updated live: "
                   f"{updated_text(result)}", flush=True)
+        for _ in range(args.sustain):  # the same load on: nothing folds, so the log of unfolded events grows
+            result = run_phase(Phase(port, key, stream, position, 64), args.clients, args.seconds, [], args.timeout)
+            results.append(result | {"logged": position})
+            position = result["end"]
+            print(f"64 events/request, {position:,} events logged: {result['events_per_s']:,.0f} events/s, request "
+                  f"p50 {result['p50']:.1f} p99 {result['p99']:.1f} ms", flush=True)
     finally:
         stop(server)
     for r in results:
@@ -427,7 +434,9 @@ def report(args: argparse.Namespace, customers: int, http: list[dict[str, Any]],
            writes: dict[int, dict[str, float]], features: int, machine: dict[str, tuple[float, float]]) -> str:
     rows = "\n".join(
         f"| {r['size']} | {r['events_per_s']:,.0f} | {r['p50']:.1f} / {r['p99']:.1f} ms | {seen_text(r)} "
-        f"| {updated_text(r)} | {r['rejected']:,} |" for r in http if r["clients"])
+        f"| {updated_text(r)} | {r['rejected']:,} |" for r in http if r["clients"] and "logged" not in r)
+    sustained = "\n".join(f"| {r['logged']:,} | {r['events_per_s']:,.0f} | {r['p50']:.1f} / {r['p99']:.1f} ms |"
+                           for r in http if "logged" in r)
     idle = next(r for r in http if not r["clients"])
     at64 = next(r for r in http if r["size"] == 64 and r["clients"])
     live64 = (at64["changed"] == at64["probes"] and at64["live_scores"] == at64["changed"] > 0
@@ -464,6 +473,13 @@ event → profile {seen_text(idle)}.
 Goal at 64 events per request: ≥ 1,000 events/s with features and scores updated and event → profile p99
 ≤ 1 s — {verdict} ({at64['events_per_s']:,.0f} events/s; {seen_text(at64)}).
 
+Sustained: the same load at 64 events per request for {args.sustain} × {args.seconds:.0f} s more, right after (no
+prober). Nothing folds during the run, so the log of unfolded events grows, as it does between two `c360 ingest`s.
+
+| events logged at the start | events/s | request p50 / p99 |
+|---|---|---|
+{sustained}
+
 The online write alone, the same rows into the same 9 views ({features} features: the eight profile sections and
 `predictions`), each call's rows newer than the last; median of the calls (after 5 warm-up calls), rows/s from it.
 Feast's views over two `PushSource`s in a bench-only repo; its `push` is two calls (one per source).
@@ -491,6 +507,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="per batch size")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a probed profile to change")
     parser.add_argument("--weeks", type=int, default=4, help="weeks of the world's future as the event stream")
+    parser.add_argument("--sustain", type=int, default=3, help="more periods at 64 events per request, the log of "
+                        "unfolded events growing")
     parser.add_argument("--quick", action="store_true", help="a short try: 3 s per batch size, a tenth of the "
                         "write calls, nothing recorded")
     args = parser.parse_args()
