@@ -276,9 +276,9 @@ def over_http(args: argparse.Namespace, home: Path, work: Path) -> list[dict[str
         for _ in range(args.sustain):  # the same load on: nothing folds, so the log of unfolded events grows
             result = run_phase(Phase(port, key, stream, position, 64), args.clients, args.seconds, [], args.timeout)
             results.append(result | {"logged": position})
+            print(f"64 events/request, {position:,} events logged before: {result['events_per_s']:,.0f} events/s, "
+                  f"request p50 {result['p50']:.1f} p99 {result['p99']:.1f} ms", flush=True)
             position = result["end"]
-            print(f"64 events/request, {position:,} events logged: {result['events_per_s']:,.0f} events/s, request "
-                  f"p50 {result['p50']:.1f} p99 {result['p99']:.1f} ms", flush=True)
     finally:
         stop(server)
     for r in results:
