@@ -126,8 +126,12 @@ def pairs(customers: pd.DataFrame, channels: tuple[str, ...] = CHANNELS,
           topics: tuple[str, ...] = CONTENT_TOPICS) -> pd.DataFrame:
     """Every customer row (features as columns) repeated for each channel × topic, with `campaign_channel` and
     `campaign_topic` set: the one batch serving scores to pick a customer's best pair."""
-    grid = pd.DataFrame(list(product(channels, topics)), columns=list(SEND))
-    return customers.reset_index(drop=True).merge(grid, how="cross")
+    return customers.reset_index(drop=True).merge(_sends(channels, topics), how="cross")
+
+
+def _sends(channels: tuple[str, ...], topics: tuple[str, ...]) -> pd.DataFrame:
+    """Every channel × topic, one row each, in the order of a customer's rows of `pairs`."""
+    return pd.DataFrame(list(product(channels, topics)), columns=list(SEND))
 
 
 def pairs_matrix(model: ChurnModel, customers: pd.DataFrame, channels: tuple[str, ...] = CHANNELS,
@@ -135,7 +139,7 @@ def pairs_matrix(model: ChurnModel, customers: pd.DataFrame, channels: tuple[str
     """`model.matrix(pairs(customers, ...))` without preparing a customer's features once per pair (most of a live
     round's response scoring): each customer's row prepared once and repeated, the send's columns prepared once per
     pair and tiled. A column's preparation reads its own value only, so the rows are the same."""
-    grid = pd.DataFrame(list(product(channels, topics)), columns=list(SEND))
+    grid = _sends(channels, topics)
     if customers.empty:
         return np.empty((0, len(model.columns)), dtype="float64")
     rows = model.matrix(customers.assign(**dict.fromkeys(SEND)))
