@@ -253,23 +253,42 @@ def test_the_known_people_are_reloaded_after_a_resolve(s: Settings) -> None:
     assert live_identity._known[s.warehouse].stamp != before
 
 
-def test_splink_scores_the_same_pairs_from_the_blocked_known_records_as_from_all(s: Settings) -> None:
+def test_splink_scores_the_same_pairs_as_its_own_predict_between_over_a_table_per_source(s: Settings) -> None:
     # New records like known people (the same names and companies, other e-mails and phones, some e-mails kept)
     with warehouse.connect(s, read_only=True) as con:
         known = live_identity._load(s, con)
-    new = known.prepared.sample(40, random_state=0).reset_index(drop=True)
+    # and a second ticket of five of them: pairs within the new records too
+    sampled = known.prepared.sample(40, random_state=0)
+    new = pd.concat([sampled, sampled.head(5)], ignore_index=True)
     new["record_id"] = [f"support/tickets:T-BLOCK-{i}" for i in range(len(new))]
     new["source"] = "support/tickets"
     new.loc[new.index % 2 == 0, ["email", "email_local", "phone"]] = None
     empty = pd.DataFrame(columns=["record_id", "email"])
     assert known.blocks is not None
     assert 0 < len(known.blocks.candidates(new)) < len(known.prepared) / 10  # the blocks do narrow the search
-    blocked = live_identity._scores(known, new, new, empty)
-    everyone = live_identity._scores(replace(known, blocks=None), new, new, empty)
     columns = ["record_id_l", "record_id_r"]
+    blocked = live_identity._scores(known, new, new, empty).sort_values(columns, ignore_index=True)
+    everyone = live_identity._scores(replace(known, blocks=None), new, new, empty)
     assert len(blocked) > len(new) / 2
-    assert blocked.sort_values(columns, ignore_index=True).equals(everyone.sort_values(columns, ignore_index=True))
+    assert blocked["record_id_l"].isin(new["record_id"]).sum() >= 5
+    assert blocked.equals(everyone.sort_values(columns, ignore_index=True))
+    own = splinks_own_pairs(known, new).sort_values(columns, ignore_index=True)
+    assert blocked[columns].equals(own[columns])
+    assert blocked["match_probability"].to_numpy() == pytest.approx(own["match_probability"].to_numpy())
 
+
+def splinks_own_pairs(known: Any, new: pd.DataFrame) -> pd.DataFrame:
+    """splink's predict_between as its documentation calls it: the linker's own input tables (a table per source)
+    against the new records, a table per source; pairs over 0.01, a record not paired with itself."""
+    db_api = known.linker._db_api
+    columns = [c for c in known.prepared.columns if c in new.columns]
+    right = [db_api.register(frame.reindex(columns=columns), table_name=f"test_new_{i}", dataset_display_name=source)
+             for i, (source, frame) in enumerate(new.groupby("source"))]
+    left = [*known.linker._input_tables_dict.values(), *right]
+    scored = known.linker.inference.predict_between(left, right, threshold_match_probability=0.01,
+                                                    warning_mode="never")
+    pairs = scored.as_pandas_dataframe()[["record_id_l", "record_id_r", "match_probability"]]
+    return pairs[pairs["record_id_l"] != pairs["record_id_r"]]
 
 
 def _open_from_threads(home: str, out: Any) -> None:
