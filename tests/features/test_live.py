@@ -87,6 +87,8 @@ def sample_events(con: duckdb.DuckDBPyConnection, at: pd.Timestamp) -> tuple[lis
     channel = "chat" if opened.get("channel") != "chat" else "phone"  # the customer's latest interaction's
     events.append(event("ticket_updated", "live-6", at - pd.Timedelta(minutes=30), opened, channel=channel,
                         opened_at=events[0]["at"]))
+    # an earlier login of the same user, in the first batch: that customer's pending rows come from both reads
+    events.append(event("login", "live-7", at - pd.Timedelta(hours=6), {"user_id": user["user_id"]}))
     return events, {"ticket_opened": others[0], "ticket_closed": open_ticket["_customer"],
                     "payment_failed": payment["_customer"], "login": user["_customer"], "nps_answered": others[1]}
 
@@ -232,7 +234,7 @@ def test_a_profile_lists_the_events_the_live_update_placed_in_any_process(s: Set
     assert listed("ticket_opened") == ["live-1"] and listed("login") == []
     with warehouse.connect(s, read_only=True) as con:
         live_identity.place(s, con, events[3:])
-    assert listed("login") == ["live-4"]
+    assert listed("login") == ["live-4", "live-7"]  # newest first
     customer = by_kind["ticket_opened"]
     with warehouse.connect(s, read_only=True) as con:
         person = Person("customer_id", (customer,), (customer,), {}, (), ())
