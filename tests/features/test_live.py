@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,36 @@ def test_live_files_are_merged_and_their_sources_deleted_after_the_grace(s: Sett
         person = Person("customer_id", (customer,), (customer,), {}, (), ())
         assert Snapshots.erase(Work(s, con), person).rows == len(before) + len(rounds)  # levels 1 and 2
     assert store.history(s, customer).empty
+
+
+def test_a_merge_due_runs_beside_the_round_that_found_it(s: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`write_history` returns while the merge it found due waits, in a thread of its own, which then merges the
+    files: the round's events do not wait for it."""
+    with warehouse.connect(s, read_only=True) as con:
+        at = warehouse.data_end(con)
+        customer = con.execute("SELECT min(customer_id) FROM identity_customers").fetchone()[0]  # type: ignore[index]
+        features_ = live.recompute(s, con, [customer], at)
+
+    def merging() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == live.COMPACT_THREAD]
+
+    for _ in range(live.MERGE_FILES - 1):
+        live.write_history(s, features_)
+    assert merging() == []  # one file short of a merge
+    release, merge = threading.Event(), live._merge
+
+    def held(*args: Any) -> Path:
+        assert release.wait(30)
+        return merge(*args)
+
+    monkeypatch.setattr(live, "_merge", held)
+    live.write_history(s, features_)
+    [thread] = merging()
+    assert thread.is_alive()
+    release.set()
+    thread.join(30)
+    [merged] = [p for p in s.snapshots.glob(live.LIVE_GLOB) if live._level(p) == 1]
+    assert pq.read_table(merged).num_rows == live.MERGE_FILES * len(features_)
 
 
 def test_erasure_covers_the_live_rows(s: Settings) -> None:
