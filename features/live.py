@@ -43,6 +43,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cache
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -330,8 +332,8 @@ class _Pending:
             self._index(index, column, list(self.standing))
         keys = set().union(*(index.get(v, ()) for v in values))
         at = sorted(self.standing[k] for k in keys)
-        parts = [_typed_as(schema, self.reads[read].take([i for r, i in at if r == read]))
-                 for read in dict.fromkeys(r for r, _ in at)]
+        parts = [_typed_as(schema, self.reads[read].take([i for _, i in taken]))
+                 for read, taken in groupby(at, key=itemgetter(0))]
         return pa.concat_tables(parts) if parts else schema.empty_table()
 
     def _value(self, key: str, column: str) -> str | None:
@@ -482,7 +484,7 @@ def write_history(s: Settings, features: pd.DataFrame) -> Path | None:
         return None
     s.snapshots.mkdir(parents=True, exist_ok=True)
     path = _live_path(s, 0)
-    _write(path, _like_snapshots(s, pa.Table.from_pandas(features, preserve_index=False)))
+    _write(path, _like_snapshots(s, _arrow(features)))
     if _merge_due(s, MERGE_FILES) and _compacting.acquire(blocking=False):
         threading.Thread(target=_compact_then_release, args=(s,), name=COMPACT_THREAD).start()
     return path
