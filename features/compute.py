@@ -246,20 +246,16 @@ def build(con, as_of: pd.Timestamp) -> pd.DataFrame:
     return finish(con.execute(SQL, {"as_of": pd.Timestamp(as_of).to_pydatetime()}).df())
 
 
-def build_each(con, clock: str) -> pd.DataFrame:
-    """`build` with each customer at its own as-of: `clock` names a table (customer_id, as_of) in `con`; one row
-    per customer of it known before its as-of. Every contract table in `con` carries `OWNER`, the customer its rows
-    reach. One run of SQL for all (a lateral join), not one per as-of."""
-    return finish(con.execute(_each_sql(clock)).df())
-
-
 def finish(raw: pd.DataFrame) -> pd.DataFrame:
     """The snapshot of SQL's result `raw`: the derived features added, the columns in FEATURES' order."""
     return derive(raw)[["customer_id", "as_of", *BY_NAME]]
 
 
 @cache
-def _each_sql(clock: str) -> str:
+def each_sql(clock: str) -> str:
+    """SQL with each customer at its own as-of: `clock` names a table (customer_id, as_of); one row per customer of
+    it known before its as-of. Every contract table it reads carries `OWNER`, the customer its rows reach. One run
+    for all (a lateral join), not one per as-of; `finish` makes the snapshot of its result."""
     body = SQL.replace("$as_of", f"{clock}.as_of")
     # Each customer's own crosswalk records, golden record and rows, so the lateral join pairs a customer's rows
     # with its own as-of only: the tables' versions at an as-of would otherwise pair every row with every as-of.

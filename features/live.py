@@ -3,13 +3,14 @@
 `recompute(s, con, customer_ids, as_of)` is `compute.build` restricted to those customers, over the warehouse
 behind `con` (a reader's), the events logged but not folded yet and the live identity's records
 (`live_identity.pending`). It gathers the rows that reach these customers — their crosswalk records, then each
-table's rows through them, as `compute.SQL` joins them, and only the columns it names — into Arrow tables registered
-under the warehouse's names in the thread's in-memory DuckDB connection, and runs `compute.build` there: every
-feature is defined once, in `compute.SQL`. The warehouse's rows come from the process's index of each table it
-reads (those columns, sorted by the column that reaches them): read whole at the first update, again when the
-warehouse file changes, so that a round takes its customers' rows by position rather than scan each table. The
-unfolded events' rows are the ones `c360 ingest` will write (`event_log.folded`: the same parsing, an update kind
-replacing the row with its key), so the live features of a moment are what the batch computes after the fold.
+table's rows through them, as `compute.SQL` joins them, and only the columns it names — into tables named like the
+warehouse's in an in-memory DuckDB connection of the thread (`_Tables`), and runs `compute.SQL` there (as
+`compute.each_sql`, prepared once): every feature is defined once, in `compute.SQL`. The warehouse's rows come
+from the process's index of each table it reads (those columns, sorted by the column that reaches them): read
+whole at the first update, again when the warehouse file changes, so that a round takes its customers' rows by
+position rather than scan each table. The unfolded events' rows are the ones `c360 ingest` will write
+(`event_log.folded`: the same parsing, an update kind replacing the row with its key), so the live features of a
+moment are what the batch computes after the fold.
 
 `recompute_each` takes one as-of per customer (the live clock: just after the customer's newest event) and builds
 the tables once for all of them, each row with the customer it reaches (`compute.OWNER`): the lateral run of one
@@ -74,6 +75,9 @@ TOP_LEVEL = 2  # the level of the largest merged live files: 64² rounds' rows
 GRACE_SECONDS = 600.0  # how long a merged file's sources stay, for the readers that listed them
 MERGED_FROM = b"c360.merged_from"  # a merged live file's metadata: the names of the files it merged
 CLOCK = "c360_clock"  # the customers' as-ofs, a table in the in-memory connection
+FEATURES_CONNECTION = "live features"  # `connections.local`'s purpose of the connection the feature SQL runs in
+PREPARED = "c360_live_features"  # the feature SQL, prepared in that connection
+_thread = threading.local()
 
 _lock = threading.Lock()
 _unfolded: dict[Path, _Unfolded] = {}  # by log
@@ -99,57 +103,96 @@ def recompute(s: Settings, con: duckdb.DuckDBPyConnection, customer_ids: Iterabl
 
 def recompute_each(s: Settings, con: duckdb.DuckDBPyConnection, as_of: Mapping[str, pd.Timestamp]) -> pd.DataFrame:
     """`recompute` with each customer at its own as-of; the rows gathered once for all."""
-    mem = connections.local()
-    names = _gather(s, con, mem, list(as_of))
-    at = pd.Series(as_of, dtype="datetime64[us]")
+    tables = _Tables.of_thread()
     try:
-        if at.nunique() <= 1:  # one run at one as-of costs half of one at several
-            built = compute.build(mem, at.iloc[0] if len(at) else pd.Timestamp.now())
-            return built[built["customer_id"].isin(at.index)].reset_index(drop=True)
-        mem.register(CLOCK, at.rename_axis("customer_id").rename("as_of").reset_index())
-        names.append(CLOCK)
-        return compute.build_each(mem, CLOCK)
+        _gather(s, con, tables, list(as_of))
+        tables.fill(CLOCK, pa.table({"customer_id": pa.array(list(as_of), pa.string()),
+                                     "as_of": pa.array(pd.Series(as_of.values(), dtype="datetime64[us]"),
+                                                       pa.timestamp("us"))}))
+        return compute.finish(tables.features())
     finally:
-        for name in names:
-            mem.unregister(name)
+        tables.empty()
 
 
 def warm(s: Settings, con: duckdb.DuckDBPyConnection) -> None:
     """Build what a round reads of the warehouse behind `con` for no customer — each table's index, the unfolded
     events' rows, live identity's known people — so that the next round takes its customers' rows at once: the
     first round after a start or a fold built them itself (1.4 s against 0.3 s warm, on the demo home)."""
-    mem = connections.local()
-    for name in _gather(s, con, mem, []):
-        mem.unregister(name)
+    tables = _Tables.of_thread()
+    try:
+        _gather(s, con, tables, [])
+    finally:
+        tables.empty()
     live_identity.warm(s, con)
 
 
 # ---------------------------------------------------------------- gathering the rows
 
 
-def _gather(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection,
-            customers: list[str]) -> list[str]:
-    """Tables in `mem` named like the warehouse's, holding the rows that reach `customers` (the names to drop)."""
+@dataclass
+class _Tables:
+    """A thread's in-memory connection where the feature SQL runs over a round's rows. Each table it reads is kept
+    from round to round, its rows replaced, so that the SQL, prepared once, is not planned again: planning took
+    65 ms of each round. A table is made again when its columns change (a fold, a new contract), and DuckDB plans
+    the statement again then. The rows are deleted after each round: no customer's rows stay in memory."""
+
+    con: duckdb.DuckDBPyConnection
+    schemas: dict[str, pa.Schema] = field(default_factory=dict)  # each table's, as made
+    filled: set[str] = field(default_factory=set)  # the tables holding rows
+    prepared: bool = False
+
+    @classmethod
+    def of_thread(cls) -> _Tables:
+        con = connections.local(FEATURES_CONNECTION)
+        tables: _Tables | None = getattr(_thread, "tables", None)
+        if tables is None or tables.con is not con:
+            tables = _thread.tables = cls(con)
+        return tables
+
+    def fill(self, name: str, rows: pa.Table) -> None:
+        """`name` holding `rows` (the table is empty: `empty`); an insert costs about 1 ms even of no row."""
+        if self.schemas.get(name) != rows.schema:
+            self.con.execute(f"DROP TABLE IF EXISTS {q(name)}")
+            self.con.from_arrow(rows).create(name)
+            self.schemas[name] = rows.schema
+        elif len(rows):
+            self.con.from_arrow(rows).insert_into(name)
+        if len(rows):
+            self.filled.add(name)
+
+    def features(self) -> pd.DataFrame:
+        """`compute.each_sql(CLOCK)`'s result over the tables."""
+        if not self.prepared:
+            self.con.execute(f"PREPARE {PREPARED} AS {compute.each_sql(CLOCK)}")
+            self.prepared = True
+        return self.con.execute(f"EXECUTE {PREPARED}").df()
+
+    def empty(self) -> None:
+        for name in self.filled:
+            self.con.execute(f"DELETE FROM {q(name)}")
+        self.filled.clear()
+
+
+
+def _gather(s: Settings, con: duckdb.DuckDBPyConnection, tables: _Tables, customers: list[str]) -> None:
+    """`tables` named like the warehouse's, holding the rows that reach `customers`."""
     live_crosswalk, provisional = live_identity.pending(s)
     linked = ["record_id", "customer_id"]  # what the feature SQL reads of the crosswalk
     live_crosswalk = live_crosswalk.loc[live_crosswalk["customer_id"].isin(customers), linked]
     crosswalk = _rows(s, con, "identity_crosswalk", "customer_id", customers, linked)
-    _table(mem, "identity_crosswalk", crosswalk, _arrow(live_crosswalk), "record_id")
+    _table(tables, "identity_crosswalk", crosswalk, _arrow(live_crosswalk), "record_id")
     golden = _rows(s, con, "identity_customers", "customer_id", customers, None)
-    _table(mem, "identity_customers", golden, _arrow(provisional[provisional["customer_id"].isin(customers)]),
+    _table(tables, "identity_customers", golden, _arrow(provisional[provisional["customer_id"].isin(customers)]),
            "customer_id")
-    by_source = _by_source(mem.execute("SELECT record_id, customer_id FROM identity_crosswalk").fetchall())
+    by_source = _by_source(tables.con.execute("SELECT record_id, customer_id FROM identity_crosswalk").fetchall())
     pending = _pending_rows(s, con)
-    names = ["identity_crosswalk", "identity_customers"]
     for table_id, (column, source) in BY_RECORD.items():
-        names.extend(_reach(s, con, mem, contract.table(table_id), column, by_source.get(source, {}),
-                            pending.get(table_id)))
+        _reach(s, con, tables, contract.table(table_id), column, by_source.get(source, {}), pending.get(table_id))
     for table_id, parent_id in BY_PARENT.items():
         parent = contract.table(parent_id)
-        owners = dict(mem.execute(f"SELECT CAST({q(parent.key)} AS VARCHAR), {compute.OWNER} "
+        owners = dict(tables.con.execute(f"SELECT CAST({q(parent.key)} AS VARCHAR), {compute.OWNER} "
                                   f"FROM {q(parent.sql_name)}").fetchall())
-        names.extend(_reach(s, con, mem, contract.table(table_id), parent.key, owners, pending.get(table_id)))
-    return names
+        _reach(s, con, tables, contract.table(table_id), parent.key, owners, pending.get(table_id))
 
 
 def _by_source(linked: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
@@ -162,22 +205,21 @@ def _by_source(linked: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
     return out
 
 
-def _reach(s: Settings, con: duckdb.DuckDBPyConnection, mem: duckdb.DuckDBPyConnection, table: contract.Table,
-           column: str, owners: Mapping[str, str], pending: _Pending | None) -> list[str]:
+def _reach(s: Settings, con: duckdb.DuckDBPyConnection, tables: _Tables, table: contract.Table, column: str,
+           owners: Mapping[str, str], pending: _Pending | None) -> None:
     """The table's rows whose `column` is one of `owners`' keys (each row with the customer it reaches,
-    `compute.OWNER`): the warehouse's, with the unfolded events' in place, and their old versions; the names of
-    both in `mem`."""
+    `compute.OWNER`): the warehouse's, with the unfolded events' in place, and their old versions, both in
+    `tables`."""
     columns, values = _read(table, column), list(owners)
     found = _rows(s, con, table.sql_name, column, values, [*columns, versions.VALID_FROM])
     events, replaced = None, None
     if pending is not None:
         with _unfolded_lock:
             events, replaced = pending.rows(column, values, found.schema), pa.array(list(pending.held), pa.string())
-    _table(mem, table.sql_name, found, events, table.key, replaced=replaced, owners=(column, owners))
+    _table(tables, table.sql_name, found, events, table.key, replaced=replaced, owners=(column, owners))
     history = versions.history(table)
     old = _rows(s, con, history, column, values, [*columns, versions.VALID_FROM, versions.VALID_TO])
-    _table(mem, history, old, None, table.key, owners=(column, owners))
-    return [table.sql_name, history]
+    _table(tables, history, old, None, table.key, owners=(column, owners))
 
 
 @cache
@@ -203,7 +245,8 @@ class _Index:
 
     @classmethod
     def of(cls, rows: pa.Table, column: str) -> _Index:
-        rows = rows.take(pc.sort_indices(rows, [(column, "ascending")]))  # stable: a value's rows keep their order
+        # stable: a value's rows keep their order; one chunk, so that a take is one (DuckDB reads a chunk at a time)
+        rows = rows.take(pc.sort_indices(rows, [(column, "ascending")])).combine_chunks()
         keys = rows[column].cast(pa.string()).combine_chunks()
         held = len(keys) - keys.null_count  # the nulls last: SQL's `IN` matches none of them
         changed = pc.not_equal(keys[1:held], keys[:held - 1]).to_numpy(zero_copy_only=False) if held else []
@@ -244,9 +287,9 @@ def _rows(s: Settings, con: duckdb.DuckDBPyConnection, name: str, column: str, v
     return index.take(values)
 
 
-def _table(mem: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, added: pa.Table | None, key: str,
+def _table(tables: _Tables, name: str, rows: pa.Table, added: pa.Table | None, key: str,
            replaced: pa.Array | None = None, owners: tuple[str, Mapping[str, str]] | None = None) -> None:
-    """`name` in `mem`, an Arrow table registered (not copied): `rows`, less those whose key is one of `replaced`
+    """`name` in `tables`: `rows`, less those whose key is one of `replaced`
     (default: `added`'s keys), plus `added` (cast to the warehouse's types, as the fold inserts them); with `owners`
     (column, value → customer), each row's customer as `compute.OWNER`."""
     gone = _texts(added[key]) if replaced is None and added is not None else replaced
@@ -259,7 +302,7 @@ def _table(mem: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, added: pa.
         column, customers = owners
         index = pc.index_in(rows[column].cast(pa.string()), value_set=pa.array(list(customers), pa.string()))
         rows = rows.append_column(compute.OWNER, pa.array(list(customers.values()), pa.string()).take(index))
-    mem.register(name, rows)
+    tables.fill(name, rows)
 
 
 def _texts(column: pa.ChunkedArray) -> pa.Array:

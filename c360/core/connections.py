@@ -6,7 +6,8 @@ threads at once, and 8 concurrent profile pages got 500s from it. So c360 never 
 banned-api rule in pyproject.toml enforces it) and takes connections from here:
 
 * `local()` — an in-memory connection of the calling thread, for queries over files (Parquet snapshots). Opening
-  one costs about 9 ms, so each thread keeps its own and reuses it.
+  one costs about 9 ms, so each thread keeps its own and reuses it; `local(purpose)` is another one of the thread's,
+  for a use that keeps tables or prepared statements in it (the live features).
 * `open_file(path, ...)` — a new connection to a database file (the warehouse: `c360.core.warehouse.connect`), closed
   by the caller; one per use, since a connection held open would lock out writers.
 
@@ -38,12 +39,13 @@ from c360.core.at_rest import EncryptionError, load_crypto, quote
 _thread = threading.local()
 
 
-def local() -> duckdb.DuckDBPyConnection:
-    """The calling thread's in-memory connection (a new one after a fork)."""
-    con = getattr(_thread, "con", None)
-    if con is None or _thread.pid != os.getpid():
-        con = _thread.con = duckdb.connect()
-        _thread.pid = os.getpid()
+def local(purpose: str = "") -> duckdb.DuckDBPyConnection:
+    """The calling thread's in-memory connection for `purpose` (new ones after a fork)."""
+    if getattr(_thread, "pid", None) != os.getpid():
+        _thread.cons, _thread.pid = {}, os.getpid()
+    con: duckdb.DuckDBPyConnection | None = _thread.cons.get(purpose)
+    if con is None:
+        con = _thread.cons[purpose] = duckdb.connect()
     return con
 
 

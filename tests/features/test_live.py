@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from c360.core import warehouse
+from c360.core import connections, warehouse
 from c360.core.personal import Person, Work
 from c360.core.settings import Settings
 from c360.features import compute, event_log, live, live_identity, store
@@ -115,6 +115,7 @@ def test_live_features_equal_the_batch_after_the_fold(s: Settings) -> None:
             assert answer["accepted"] == len(part), answer["rejected"]
             live_identity.place(s, con, part)  # as the live update does: a new ticket joins the customer it names
             recomputed = features(live.recompute(s, con, customers, at), customers)
+    assert not _rows_kept(), "a round's rows stay in the feature SQL's connection"
     with warehouse.connect(s) as con:
         event_log.fold(s, con)
         # what `c360 resolve` would link: the new ticket and NPS answer to the customers the events named
@@ -131,6 +132,15 @@ def test_live_features_equal_the_batch_after_the_fold(s: Settings) -> None:
     assert {"payment_failures_90d", "flag_payment_failed"} <= set(changed["payment_failed"].index)
     assert "days_since_last_activity" in changed["login"].index or "sessions_30d" in changed["login"].index
     assert changed["nps_answered"].loc["nps_last"].tolist()[1] == 2
+
+
+def _rows_kept() -> dict[str, int]:
+    """The tables of this thread's live feature connection that hold rows."""
+    con = connections.local(live.FEATURES_CONNECTION)
+    names = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+    assert names, "the live features ran elsewhere"
+    counts = {name: con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in names}
+    return {name: n for name, n in counts.items() if n}
 
 
 def test_each_customer_at_its_own_as_of_equals_the_batch_at_it(s: Settings) -> None:
