@@ -35,7 +35,7 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedKFold, train_te
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from c360.training.uplift import FeatureSpec, fit_features, lgb_matrix, to_outcome, transform_features
+from c360.training.uplift import FeatureSpec, fit_features, lgb_rows, to_outcome, transform_features
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -206,8 +206,8 @@ class ChurnModel:
         return self._fitted()[0].columns
 
     def matrix(self, X: pd.DataFrame) -> np.ndarray:
-        """The model matrix as LightGBM reads it (`uplift.lgb_matrix` of ``prepare``)."""
-        return lgb_matrix(self.prepare(X))
+        """The model matrix as LightGBM reads it (`uplift.lgb_rows`: ``uplift.lgb_matrix`` of ``prepare``)."""
+        return lgb_rows(X, self._fitted()[0])
 
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds of churn."""

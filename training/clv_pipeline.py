@@ -24,7 +24,7 @@ from c360.features import store
 from c360.training import cards, clv, datasets, fairness, labels, tracking
 from c360.training.specs import CLV
 from c360.training.tracking import TrainReport
-from c360.training.uplift import FeatureSpec, lgb_matrix, prepare_features, transform_features
+from c360.training.uplift import FeatureSpec, lgb_rows, prepare_features
 
 CLV_MODEL = CLV.name
 SERVICE = CLV.service
@@ -44,12 +44,12 @@ class ClvModel:
     spec: FeatureSpec
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self.booster.predict(lgb_matrix(transform_features(X, self.spec))))
+        return np.asarray(self.booster.predict(lgb_rows(X, self.spec)))
 
     def contributions(self, X: pd.DataFrame, threads: int = 1) -> pd.DataFrame:
         """Tree SHAP values (LightGBM ``pred_contrib``) of the log of the expected value (Tweedie's link): a column
         per prepared feature plus ``base_value``; each row sums to log(predict)."""
-        values = self.booster.predict(lgb_matrix(transform_features(X, self.spec)), pred_contrib=True,
+        values = self.booster.predict(lgb_rows(X, self.spec), pred_contrib=True,
                                       num_threads=threads)
         columns = [*self.spec.names, "base_value"]
         return pd.DataFrame(np.asarray(values, dtype="float64"), index=X.index, columns=columns)

@@ -302,6 +302,7 @@ def test_lightgbm_reads_the_row_major_matrix_as_the_frame():
     frame = uplift.transform_features(new, spec)
     rows = uplift.lgb_matrix(frame)
     assert rows.flags["C_CONTIGUOUS"] and np.isnan(rows[:20, 0]).all()
+    np.testing.assert_array_equal(uplift.lgb_rows(new, spec), rows)
     np.testing.assert_array_equal(model.predict(rows), model.predict(frame))
     np.testing.assert_array_equal(model.predict(rows, pred_contrib=True), model.predict(frame, pred_contrib=True))
 
