@@ -173,7 +173,6 @@ class _Tables:
         self.filled.clear()
 
 
-
 def _gather(s: Settings, con: duckdb.DuckDBPyConnection, tables: _Tables, customers: list[str]) -> None:
     """`tables` named like the warehouse's, holding the rows that reach `customers`."""
     live_crosswalk, provisional = live_identity.pending(s)
@@ -191,7 +190,7 @@ def _gather(s: Settings, con: duckdb.DuckDBPyConnection, tables: _Tables, custom
     for table_id, parent_id in BY_PARENT.items():
         parent = contract.table(parent_id)
         owners = dict(tables.con.execute(f"SELECT CAST({q(parent.key)} AS VARCHAR), {compute.OWNER} "
-                                  f"FROM {q(parent.sql_name)}").fetchall())
+                                         f"FROM {q(parent.sql_name)}").fetchall())
         _reach(s, con, tables, contract.table(table_id), parent.key, owners, pending.get(table_id))
 
 
@@ -289,9 +288,9 @@ def _rows(s: Settings, con: duckdb.DuckDBPyConnection, name: str, column: str, v
 
 def _table(tables: _Tables, name: str, rows: pa.Table, added: pa.Table | None, key: str,
            replaced: pa.Array | None = None, owners: tuple[str, Mapping[str, str]] | None = None) -> None:
-    """`name` in `tables`: `rows`, less those whose key is one of `replaced`
-    (default: `added`'s keys), plus `added` (cast to the warehouse's types, as the fold inserts them); with `owners`
-    (column, value → customer), each row's customer as `compute.OWNER`."""
+    """`name` in `tables`: `rows`, less those whose key is one of `replaced` (default: `added`'s keys), plus `added`
+    (cast to the warehouse's types, as the fold inserts them); with `owners` (column, value → customer), each row's
+    customer as `compute.OWNER`."""
     gone = _texts(added[key]) if replaced is None and added is not None else replaced
     if gone is not None and len(gone):
         held = pc.is_in(rows[key].cast(pa.string()), value_set=gone)

@@ -158,31 +158,27 @@ def _numbers(dtype: Any, kind: Kind) -> bool:
 
 def transform_features(X: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """Model matrix for ``X`` under ``spec``: same columns, order and category levels as at fit time."""
-    frame, block, others = _split(X, spec)
-    numbers = frame[[col for col, _ in block]].to_numpy(dtype="float64", na_value=np.nan)
-    data: dict[str, Any] = {name: numbers[:, i] for i, (_, name) in enumerate(block)}
-    data |= {name: _transform_column(frame[col], kind, spec.categories.get(col, ())) for col, name, kind in others}
+    block, numbers, others = _converted(X, spec)
+    data: dict[str, Any] = {name: numbers[:, i] for i, name in enumerate(block)} | others
     return pd.DataFrame({name: data[name] for name in spec.names}, index=X.index)
 
 
 def lgb_rows(X: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
     """``lgb_matrix(transform_features(X, spec))`` without the frame between them: building it and reading it back
     column by column cost more than LightGBM's own work on a live round's few rows."""
-    frame, block, others = _split(X, spec)
+    block, numbers, others = _converted(X, spec)
     at = {name: j for j, name in enumerate(spec.names)}
-    out = np.empty((len(frame), len(at)), dtype="float64")
-    out[:, [at[name] for _, name in block]] = frame[[col for col, _ in block]].to_numpy(dtype="float64",
-                                                                                      na_value=np.nan)
-    for col, name, kind in others:
-        out[:, at[name]] = _lgb_column(_transform_column(frame[col], kind, spec.categories.get(col, ())))
+    out = np.empty((len(X), len(at)), dtype="float64")
+    out[:, [at[name] for name in block]] = numbers
+    for name, column in others.items():
+        out[:, at[name]] = _lgb_column(column)
     return out
 
 
-def _split(X: pd.DataFrame, spec: FeatureSpec
-           ) -> tuple[pd.DataFrame, list[tuple[str, str]], list[tuple[str, str, Kind]]]:
-    """``X`` under text column names; the (column, name) of the columns held as numbers, which convert in one block
-    (per column, pandas' conversions cost more than the scoring of a live update's few rows); the (column, name,
-    kind) of the others."""
+def _converted(X: pd.DataFrame, spec: FeatureSpec) -> tuple[list[str], np.ndarray, dict[str, pd.Series]]:
+    """``X``'s columns under ``spec``: the names of those held as numbers and their values as one float64 block
+    (per column, pandas' conversions cost more than the scoring of a live update's few rows), and each other
+    column transformed, by name."""
     frame = X.set_axis([str(c) for c in X.columns], axis=1)
     missing = [c for c in spec.columns if c not in frame.columns]
     if missing:
@@ -191,8 +187,11 @@ def _split(X: pd.DataFrame, spec: FeatureSpec
     dtypes = frame.dtypes
     columns = list(zip(spec.columns, spec.names, spec.kinds, strict=True))
     block = [(col, name) for col, name, kind in columns if _numbers(dtypes[col], kind)]
+    numbers = frame[[col for col, _ in block]].to_numpy(dtype="float64", na_value=np.nan)
     held = {name for _, name in block}
-    return frame, block, [(col, name, kind) for col, name, kind in columns if name not in held]
+    others = {name: _transform_column(frame[col], kind, spec.categories.get(col, ()))
+              for col, name, kind in columns if name not in held}
+    return [name for _, name in block], numbers, others
 
 
 def lgb_matrix(matrix: pd.DataFrame) -> np.ndarray:
