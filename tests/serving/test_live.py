@@ -21,6 +21,7 @@ from c360.core.settings import Settings
 from c360.features import event_log, store
 from c360.features import live as features_live
 from c360.serving import live as serving_live
+from c360.serving import online
 from tests.serving.conftest import home_copy, running
 
 
@@ -177,7 +178,8 @@ def _until(condition: Any, seconds: float = 60) -> bool:
 
 def test_the_updater_warms_at_start_and_after_each_fold(home_over_resolved: Any) -> None:
     """`keep_warm` (the live updater's thread) builds what rounds read as it starts and again once a fold changed
-    the warehouse, not in the next round; it ends when told."""
+    the warehouse, not in the next round; the connection it keeps open lets the fold's writer in, and readers see
+    what the fold wrote, not the file as it was; it ends when told."""
     s = home_over_resolved("warm")
     stop = threading.Event()
     warming = threading.Thread(target=serving_live.keep_warm, args=(s, stop, 0.05))
@@ -192,6 +194,8 @@ def test_the_updater_warms_at_start_and_after_each_fold(home_over_resolved: Any)
         with warehouse.connect(s) as con:
             event_log.fold(s, con)
         assert _until(warmed)
+        with online.warehouse(s) as con:
+            assert con.execute("SELECT count(*) FROM events_folded WHERE id = 'warm-1'").fetchone() == (1,)
     finally:
         stop.set()
         warming.join(30)
