@@ -38,8 +38,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from c360.core import consent, locks
-from c360.core.at_rest import file_stamp
+from c360.core import consent
 from c360.core.rounds import Rounds
 from c360.core.settings import Settings
 from c360.feature_repo.predictions import PREDICTIONS
@@ -49,7 +48,7 @@ from c360.features.ingest import TEXT, to_datetime
 from c360.features.store import OnlineReader
 from c360.serving import batch
 from c360.serving.errors import Unavailable
-from c360.serving.online import Context, warehouse
+from c360.serving.online import KEEP_POLL, Context, keep_open, warehouse
 from c360.serving.profile import SIGNAL_FIELDS
 
 log = logging.getLogger(__name__)
@@ -78,63 +77,26 @@ LINGER = 0.2  # seconds: a small part of a loaded round (≈ 1.3 s for 8 request
 _rounds: Rounds[dict[str, Any], dict[str, Any]] = Rounds(LINGER)
 
 
-WARM_POLL = 0.25  # seconds between two looks at the warehouse file: at most a writer's wait for `_Kept`
+def keep_warm(s: Settings, stop: threading.Event, poll: float = KEEP_POLL) -> None:
+    """`online.keep_open`, and meanwhile `features.live.warm` at once and again whenever the warehouse file changes
+    (a fold, a resolve), so that rounds do not pay for rebuilding what they read. A fault of the warm-up goes to the
+    log once per file."""
+    warmed = None
 
-
-def keep_warm(s: Settings, stop: threading.Event, poll: float = WARM_POLL) -> None:
-    """Until `stop` is set: `features.live.warm` at once, and again whenever the warehouse file changes (a fold, a
-    resolve) once no writer holds it, so that rounds do not pay for rebuilding what they read. Meanwhile a read-only
-    connection to the warehouse stays open (`_Kept`), let go while a writer holds the lock. A warehouse that cannot
-    be read yet is tried again at the next look; its fault goes to the log once per file."""
-    warmed, kept = None, _Kept()
-    try:
-        while not stop.is_set():
-            try:
-                stamp = file_stamp(s.warehouse.stat())
-            except FileNotFoundError:
-                stamp = None
-            if stamp is None or locks.busy(s):
-                kept.release()
-            else:
-                try:
-                    kept.hold(s, stamp)
-                    if stamp != warmed:
-                        with warehouse(s) as con:
-                            live.warm(s, con)
-                        warmed = stamp
-                except Unavailable:  # a writer came first: the next look
-                    kept.release()
-                except Exception:
-                    log.exception("live warm-up failed: rounds build what they read themselves")
-                    warmed = stamp
-            stop.wait(poll)
-    finally:
-        kept.release()
-
-
-class _Kept:
-    """A read-only connection to the warehouse, held open by the updater's warming thread. DuckDB shares one
-    database among a process's connections to a file, so while this one is open a round's own connection opens in
-    under a millisecond, its blocks cached, against 18–40 ms to open and close the file each round. Let go while a
-    writer holds the warehouse lock (the writer waits for readers to close: at most one look of `keep_warm`), and
-    when the file changed, so that no connection reads an old file."""
-
-    def __init__(self) -> None:
-        self.stamp: Any = None
-        self._open: Any = None  # the context manager of the connection
-
-    def hold(self, s: Settings, stamp: Any) -> None:
-        if self._open is not None and self.stamp == stamp:
+    def warm(stamp: Any) -> None:
+        nonlocal warmed
+        if stamp == warmed:
             return
-        self.release()
-        opened = warehouse(s)
-        opened.__enter__()
-        self._open, self.stamp = opened, stamp
+        try:
+            with warehouse(s) as con:
+                live.warm(s, con)
+        except Unavailable:  # a writer came first: the next look
+            raise
+        except Exception:
+            log.exception("live warm-up failed: rounds build what they read themselves")
+        warmed = stamp
 
-    def release(self) -> None:
-        if self._open is not None:
-            opened, self._open, self.stamp = self._open, None, None
-            opened.__exit__(None, None, None)
+    keep_open(s, stop, poll, warm)
 
 
 def live_update(s: Settings, context: Callable[[], Context], events: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -78,7 +78,7 @@ from c360.serving.limits import BodyLimit
 from c360.serving.live import keep_warm, live_update
 from c360.serving.lookup import EMAIL, customers_by_email
 from c360.serving.metrics import RouteMetrics, exposition
-from c360.serving.online import Context
+from c360.serving.online import Context, keep_open
 from c360.serving.schemas import (
     Batch,
     ByIds,
@@ -218,7 +218,14 @@ class C360:
         seconds = reload_seconds()
         if seconds > 0:
             threading.Thread(target=self._poll, args=(seconds,), daemon=True, name="c360-champion-poll").start()
+        if bentoml.server_context.worker_index is not None:  # served (see LiveUpdater): profiles open the warehouse
+            threading.Thread(target=keep_open, args=(self.settings, self._stop), daemon=True,
+                             name="c360-warehouse").start()
         gc.freeze()  # start-up objects out of the collector's way: it caused the p99 spikes of online reads
+
+    @bentoml.on_shutdown
+    def stop_threads(self) -> None:
+        self._stop.set()
 
     def _load(self) -> None:
         try:
