@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import c360.features.ingest as ingest_module
+from c360.core import contract
 from c360.core.contract import BY_ID, TABLES, Col, Table
 from c360.features.ingest import (
     FileReport,
@@ -168,6 +169,29 @@ def test_parse_reports_each_bad_value_once_and_keeps_row_numbers() -> None:
     assert typed["score"].isna().tolist() == [False, True, False]
     assert failures[["row", "column", "value", "rule"]].values.tolist() == [
         [8, "score", "ten", "int"], [9, "responded_at", None, "required"], [9, "score", "11", "range"]]
+
+
+@pytest.mark.parametrize("t", TABLES, ids=lambda t: t.id)
+def test_the_quick_check_passes_a_batch_exactly_when_pandera_does(t: Table) -> None:
+    """`contract.passes` (the rules on Arrow arrays, before pandera's report) says a batch passes exactly when
+    pandera's validation of the contract's schema finds no failure: valid rows, rows with missing optional values,
+    and each kind of invalid value alone in a batch."""
+    import pandera.errors
+
+    def pandera_passes(typed: pd.DataFrame) -> bool:
+        try:
+            contract.schema(t.id).validate(typed, lazy=True)
+        except pandera.errors.SchemaErrors:
+            return False
+        return True
+
+    optional_missing = valid_row(t, 2, **{c.name: "" for c in t.columns if not c.required})
+    batches = [[valid_row(t, 1), valid_row(t, 2)], [valid_row(t, 1), optional_missing],
+               *([valid_row(t, 1), valid_row(t, 2, **{c: v})] for c, v, *_ in bad_values(t))]
+    typed = [parse(pd.DataFrame(rows, index=[1, 2]), t)[0] for rows in batches]
+    quick = [contract.passes(t.id, frame) for frame in typed]
+    assert quick == [pandera_passes(frame) for frame in typed]
+    assert quick[0] and quick[1] and not all(quick)
 
 
 # ---------------------------------------------------------------- keys and references
