@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -169,13 +170,16 @@ def iso_day(day: pd.Timestamp | None) -> str | None:
 
 
 KEEP_POLL = 0.25  # seconds between two looks at the warehouse file: at most a writer's extra wait for `keep_open`
+KEEP_IDLE = 5.0  # seconds without a use of `warehouse` after which `keep_open` lets the connection go
+_last_use = 0.0  # when this process last opened the warehouse (monotonic)
 
 
 def keep_open(s: Settings, stop: threading.Event, poll: float = KEEP_POLL,
               opened: Callable[[Any], None] = lambda stamp: None) -> None:
-    """Until `stop` is set, a read-only connection to the warehouse held open in this process (`_Kept`), and
-    `opened(the file's stamp)` after each look that holds it. A warehouse that cannot be opened yet is tried again
-    at the next look."""
+    """Until `stop` is set: `opened(the file's stamp)` at each look, and a read-only connection to the warehouse
+    held open in this process (`_Kept`) while it is in use, i.e. opened in the last `KEEP_IDLE` seconds. An idle
+    server holds nothing, so that another program may open the file (DuckDB's own command line opens it for
+    writing). A warehouse that cannot be opened yet is tried again at the next look."""
     kept = _Kept()
     try:
         while not stop.is_set():
@@ -187,8 +191,11 @@ def keep_open(s: Settings, stop: threading.Event, poll: float = KEEP_POLL,
                 kept.release()
             else:
                 try:
-                    kept.hold(s, stamp)
                     opened(stamp)
+                    if time.monotonic() - _last_use > KEEP_IDLE:
+                        kept.release()
+                    else:
+                        kept.hold(s, stamp)
                 except Unavailable:  # a writer came first: the next look
                     kept.release()
             stop.wait(poll)
@@ -228,6 +235,8 @@ def warehouse(s: Settings) -> Iterator[Any]:
     from c360.core.at_rest import EncryptionError
     from c360.core.locks import WarehouseBusy
 
+    global _last_use
+    _last_use = time.monotonic()
     if not s.warehouse.exists():
         log.warning("warehouse %s not found", s.warehouse)
         raise Unavailable("warehouse", "not found: run `c360 ingest` and `c360 resolve`")

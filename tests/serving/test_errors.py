@@ -86,12 +86,24 @@ def test_online_store_missing_is_503_without_paths(client: TestClient, served: S
     assert client.get("/readyz").status_code == 200
 
 
+HOLD = """
+import duckdb, sys, time
+for attempt in range(300):
+    try:
+        con = duckdb.connect(sys.argv[1])
+        break
+    except duckdb.IOException:
+        time.sleep(0.1)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
 def test_locked_warehouse_is_503_without_paths_or_pids(client: TestClient, served: Settings) -> None:
-    """A writer in another process holds the warehouse: DuckDB's error names the file and the writer's pid."""
+    """A writer in another process holds the warehouse: DuckDB's error names the file and the writer's pid. (The
+    writer waits for the file: a server that served this home just before keeps it open a few seconds more.)"""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('held', "
-                               "flush=True); time.sleep(60)", str(served.warehouse)],
-        stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", HOLD, str(served.warehouse)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         response = client.get(f"/customers/{a_customer(served)}/profile?details=true")
