@@ -230,7 +230,8 @@ class _Kept:
 
 @contextmanager
 def warehouse(s: Settings) -> Iterator[Any]:
-    """A read-only warehouse connection, opened per use (a connection held open would lock out writers)."""
+    """A read-only warehouse connection, opened per use (a connection held open would lock out writers; `keep_open`
+    holds one only while no writer waits)."""
     from c360.core import warehouse as wh
     from c360.core.at_rest import EncryptionError
     from c360.core.locks import WarehouseBusy

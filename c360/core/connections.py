@@ -9,8 +9,8 @@ banned-api rule in pyproject.toml enforces it) and takes connections from here:
   one costs about 9 ms, so each thread keeps its own and reuses it; `local(purpose)` is another one of the thread's,
   for a use that keeps tables or prepared statements in it (the live features).
 * `open_file(path, ...)` — a new connection to a database file (the warehouse: `c360.core.warehouse.connect`), closed
-  by the caller; one per use, since a connection held open would lock out writers (the live updater keeps one open
-  while no writer waits for the warehouse: `serving.live.keep_warm`).
+  by the caller; one per use, since a connection held open would lock out writers (a served process keeps one open
+  while it uses the warehouse and no writer waits for it: `serving.online.keep_open`).
 
 With a key (`C360_ENCRYPTION_KEY`), `open_file` attaches the file as an encrypted database instead (see
 `c360.core.at_rest`): an in-memory database loads the crypto extension, attaches the file with the key under the

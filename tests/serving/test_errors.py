@@ -94,6 +94,8 @@ for attempt in range(300):
         break
     except duckdb.IOException:
         time.sleep(0.1)
+else:
+    sys.exit("the warehouse stayed locked by another process")
 print("held", flush=True)
 time.sleep(60)
 """
