@@ -135,9 +135,9 @@ def test_live_features_equal_the_batch_after_the_fold(s: Settings) -> None:
 
 
 def _rows_kept() -> dict[str, int]:
-    """The tables of this thread's live feature connection that hold rows."""
+    """The tables of this thread's live feature connection (the rows registered as views) that hold rows."""
     con = connections.local(live.FEATURES_CONNECTION)
-    names = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+    names = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]
     assert names, "the live features ran elsewhere"
     counts = {name: con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in names}
     return {name: n for name, n in counts.items() if n}
