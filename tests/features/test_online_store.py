@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import time
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, FileSource, ValueType
 from feast.types import Array, Bool, Float32, Float64, Int32, Int64, String, UnixTimestamp
 
+from c360.features import online_store
 from c360.features.online_store import C360OnlineStore, bulk_writer
 
 N = 200
@@ -310,6 +312,31 @@ def test_a_transaction_commits_all_its_views_at_once_or_nothing(fresh: FeatureSt
         # Unseen until the commit, from a new connection too.
         assert event_seconds(fresh, C360OnlineStore(), views) == (seconds(OLDER), seconds(OLDER))
     assert event_seconds(fresh, reader, views) == (seconds(NEWER), seconds(NEWER))
+
+
+def test_a_small_commit_is_checkpointed_by_a_thread_and_a_large_one_at_once(
+        fresh: FeatureStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit writes its frames to the WAL; the copy into the database file follows in a thread (the main file
+    alone, read `immutable`, shows the rows within seconds, the WAL keeps its size), unless the WAL is over
+    `WAL_TRUNCATE_BYTES`: then at once, the WAL truncated."""
+    db, view = tmp_path / "ours.db", fresh.get_feature_view(VIEW)
+    wal = db.with_name(db.name + "-wal")
+
+    def in_the_file() -> int:
+        with closing(sqlite3.connect(f"file:{db}?immutable=1", uri=True)) as con:
+            try:
+                return con.execute(f"SELECT count(*) FROM c360_test_{VIEW}").fetchone()[0]
+            except sqlite3.OperationalError:  # the table itself is not copied yet
+                return 0
+
+    C360OnlineStore().write_arrow(fresh.config, view, OLDER)
+    deadline = time.monotonic() + 10
+    while in_the_file() < len(IDS) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_the_file() == len(IDS) and wal.stat().st_size > 0
+    monkeypatch.setattr(online_store, "WAL_TRUNCATE_BYTES", 1)
+    C360OnlineStore().write_arrow(fresh.config, view, NEWER)
+    assert wal.stat().st_size == 0
 
 
 def test_a_read_of_several_views_sees_one_commit(fresh: FeatureStore, tmp_path: Path) -> None:
