@@ -881,15 +881,16 @@ def _theirs(person: Person) -> list[str]:
 _merged: dict[Path, tuple[tuple[int, int, int], dict[str, str]]] = {}
 
 
-def merged_into(s: Settings, customer_id: str) -> str | None:
+def merged_into(s: Settings, customer_id: str, connect: event_log.Connect) -> str | None:
     """The id a merged customer lives on as (`identity_merges`, chains followed), or None; the merges are read
-    again only when the warehouse file changed."""
+    (through `connect`: the service's turns a busy warehouse into a 503) again only when the warehouse file
+    changed."""
     try:
         now = file_stamp(s.warehouse.stat())
     except FileNotFoundError:
         return None
     cached = _merged.get(s.warehouse)
     if cached is None or cached[0] != now:
-        with warehouse.connect(s, read_only=True) as con:
+        with connect() as con:
             cached = _merged[s.warehouse] = (now, _merges(con))
     return cached[1].get(customer_id)

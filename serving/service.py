@@ -291,11 +291,14 @@ class C360:
         self, customer_id: CustomerId,
         details: Annotated[bool, Query(description="add identity and the warehouse's lists (slower)")] = False,
     ) -> Response:
-        survivor = live_identity.merged_into(self.settings, customer_id)
+        survivor = self._merged_into(customer_id)
         if survivor is not None:
             touched([customer_id])
             raise Moved(customer_id, survivor)
         return _json(await self._profile(customer_id, details))
+
+    def _merged_into(self, customer_id: str) -> str | None:
+        return live_identity.merged_into(self.settings, customer_id, lambda: online.warehouse(self.settings))
 
     def _unhidden(self, customer_ids: list[str]) -> None:
         hidden = [c for c in customer_ids if self.hidden.customer(c)]
@@ -322,7 +325,7 @@ class C360:
     async def _predictions(self, kind: str, customer_ids: list[str] | None,
                            rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         if customer_ids is not None:  # a merged id is scored as the customer it was merged into
-            customer_ids = [live_identity.merged_into(self.settings, c) or c for c in customer_ids]
+            customer_ids = [self._merged_into(c) or c for c in customer_ids]
         touched(customer_ids or [])
         self._unhidden(customer_ids or [])
         ctx = self.context()
@@ -369,7 +372,7 @@ class C360:
                       details: bool = False) -> Profile:
         """A customer's profile: past, present, future (`details`: identity and the warehouse's lists too); a merged
         id's is the profile of the customer it was merged into."""
-        survivor = live_identity.merged_into(self.settings, customer_id) or customer_id
+        survivor = self._merged_into(customer_id) or customer_id
         return Profile.model_validate(await self._profile(survivor, details))
 
     @bentoml.api

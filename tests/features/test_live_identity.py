@@ -177,8 +177,12 @@ def test_a_provisional_customer_merged_by_resolve_redirects_to_the_survivor(s: S
         merged = con.execute("SELECT merged_into FROM identity_merges WHERE customer_id = ?",
                              [provisional]).fetchone()
     assert merged == (customer,)
-    assert live_identity.merged_into(s, provisional) == customer
-    assert live_identity.merged_into(s, customer) is None
+
+    def reader() -> Any:
+        return warehouse.connect(s, read_only=True)
+
+    assert live_identity.merged_into(s, provisional, reader) == customer
+    assert live_identity.merged_into(s, customer, reader) is None
     assert place(s, [{**ticket("m2", "T-X", "a", "b@c.test"), "customer_id": provisional}])[0].customer_id == customer
 
     app = FastAPI()
@@ -186,7 +190,7 @@ def test_a_provisional_customer_merged_by_resolve_redirects_to_the_survivor(s: S
 
     @app.get("/customers/{customer_id}/profile")
     def profile(customer_id: str) -> dict[str, str]:
-        if (survivor := live_identity.merged_into(s, customer_id)) is not None:
+        if (survivor := live_identity.merged_into(s, customer_id, reader)) is not None:
             raise errors.Moved(customer_id, survivor)
         return {"customer_id": customer_id}
 
