@@ -300,8 +300,9 @@ class C360OnlineStore(OnlineStore):
 
         Readers on other connections keep seeing the last commit until then (WAL); threads sharing this store
         object wait on its lock. Pages that overflow the cache go to the WAL uncommitted, so memory stays bounded
-        and the WAL grows to the size of the write; after the commit a checkpoint copies it into the database and
-        truncates it (it waits for readers still on the old snapshot, up to the busy timeout).
+        and the WAL grows to the size of the write; after the commit a checkpoint copies it into the database
+        (`_checkpoint`: in a thread, or at once and truncating the WAL after a write of over 64 MB, waiting for
+        readers still on the old snapshot up to the busy timeout).
         """
         with self._lock:
             if self._writing:  # on the outer transaction's connection, which must not reconnect meanwhile
