@@ -163,6 +163,7 @@ class LiveUpdater:
             self.context(Settings())
         except Exception as e:  # not ready yet (or a fault: logged): the first update that needs it tries again
             log.warning("live updater not ready: %s", e)
+        gc.freeze()  # as `C360`: the collector's full passes over the start-up objects stopped a round for 0.4 s
         self._stop = threading.Event()
         if bentoml.server_context.worker_index is not None:  # served: its own process. Made in-process (a test's
             # client, a notebook), its reads would stand in the way of that process's writes to the warehouse.
