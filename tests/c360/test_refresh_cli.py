@@ -27,6 +27,7 @@ from c360.features.advance import advance
 from c360.features.refresh import State
 from c360.features.refresh import path as state_path
 from c360.training.specs import MODELS
+from tests.conftest import copy_home
 from tests.serving.conftest import promote_all, served  # noqa: F401  (the served home, a session fixture)
 
 STEPS = ["ingest", "resolve", "build", "materialize", "train", "promote", "score", "purge", "monitor"]
@@ -35,7 +36,7 @@ STEPS = ["ingest", "resolve", "build", "materialize", "train", "promote", "score
 def _home(served: Settings, root: Path) -> Settings:  # noqa: F811
     """A copy of the served home (its Feast registry applied again to point at the copy)."""
     s = Settings(home=root / "home")
-    shutil.copytree(served.home, s.home, symlinks=True)
+    copy_home(served.home, s.home, symlinks=True)
     promote_all(s.home)  # whatever a test before this one left as @champion
     store.apply(s)
     return s

@@ -26,7 +26,7 @@ from c360.serving.server import serve_command, start, stop, wait_ready
 from c360.training import tracking
 from c360.training.specs import MODELS
 from c360.training.tracking import CHALLENGER, CHAMPION
-from tests.conftest import built_once
+from tests.conftest import built_once, copy_home
 
 SNAPSHOT_WEEKS = (0, 16, 20, 24, 56)
 
@@ -45,7 +45,7 @@ def home_copy(served: Settings, root: Path) -> Iterator[Settings]:
     rewrites its files and a simulation advances it, which through a link would change the session's world under
     every later test."""
     s = Settings(home=root / "home")
-    shutil.copytree(served.home, s.home)
+    copy_home(served.home, s.home)
     promote_all(s.home)
     store.apply(s)
     with pytest.MonkeyPatch.context() as patch:
@@ -93,7 +93,7 @@ def served(resolved: tuple[Path, Path], resolved_snapshot: Any,
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         built = built_once(tmp_path_factory, "served", lambda root: build_served(resolved, resolved_snapshot, root))
         s = Settings(home=tmp_path_factory.mktemp("served") / "home")
-        shutil.copytree(built / "home", s.home, symlinks=True)
+        copy_home(built / "home", s.home, symlinks=True)
         store.apply(s)
         patch.setenv("C360_HOME", str(s.home))
         yield s

@@ -4,7 +4,6 @@ name the failing component without paths or process ids, and a customer whose vi
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from c360.features import store
 from c360.features.online_store import C360OnlineStore
 from c360.serving.errors import ECHO, Unavailable, echo
 from c360.serving.online import Context, read_online
+from tests.conftest import copy_home
 
 
 def a_customer(s: Settings) -> str:
@@ -121,7 +121,7 @@ def test_a_customer_with_two_snapshots_in_its_views_is_refused(served: Settings,
     """One view of one customer rewritten at a later as-of date (what an interrupted per-view materialize leaves):
     that customer's read is a 503, the others still read one snapshot each."""
     s = Settings(home=tmp_path / "home")
-    shutil.copytree(served.feast, s.feast)
+    copy_home(served.feast, s.feast)
     feast = store.feature_store(s)
     ctx = Context(s, feast, champions=None)  # reads only
     view = ctx.online().views[0][0]

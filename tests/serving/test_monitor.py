@@ -31,14 +31,14 @@ from c360.serving import batch
 from c360.serving.metrics import exposition
 from c360.training import monitor_report, monitoring, readout
 from tests.conftest import cli_json as invoke
-from tests.conftest import widened_to_999
+from tests.conftest import copy_home, widened_to_999
 
 pytestmark = pytest.mark.filterwarnings("ignore::c360.features.ingest.IngestWarning")  # the ground truth's files
 
 
 def copied(served: Settings, root: Path) -> Settings:
     s = Settings(home=root / "home")
-    shutil.copytree(served.home, s.home)  # the world's link becomes a copy of the world
+    copy_home(served.home, s.home)  # the world's link becomes a copy of the world
     return s
 
 
