@@ -147,6 +147,13 @@ def reload_seconds() -> float:
     return float(os.environ.get("C360_RELOAD_SECONDS", "30"))
 
 
+def live_wait_seconds() -> float:
+    """How long a worker waits for the live updater's answer, each of two attempts (`C360_LIVE_WAIT_SECONDS`,
+    default 25): both within the request's 60 s, where BentoML's own client would wait 60.6 s and the sender get
+    a 504."""
+    return float(os.environ.get("C360_LIVE_WAIT_SECONDS", "25"))
+
+
 @bentoml.service(name="c360-live", workers=1, logging={"access": {"enabled": False}}, traffic={"timeout": 60},
                  metrics={"enabled": False}, tracing=TRACING)
 class LiveUpdater:
@@ -464,11 +471,11 @@ class C360:
         if not events:
             return {"updated": 0, "customers": []}
         for attempt in (1, 2):  # a second time: BentoML's client may reuse a connection the updater closed when
-            try:                # idle (BentoML #4971); an update done twice writes the same rows
-                return await self.updater.update(events=events)
-            except Exception:  # down or restarting: `c360 ingest` folds the events anyway
-                if attempt == 2:
-                    log.exception("live updater unreachable")
+            try:                # idle (BentoML #4971), or wait on one; an update done twice writes the same rows
+                with anyio.fail_after(live_wait_seconds()):
+                    return await self.updater.update(events=events)
+            except Exception:  # down, restarting or stalled: `c360 ingest` folds the events anyway
+                log.warning("live updater unreachable (attempt %d of 2)", attempt, exc_info=True)
         return {"updated": 0, "error": "live updater unavailable: see the server log"}
 
     @app.get("/audiences", summary="The audiences: name, filter, size, who created them and when")

@@ -1,7 +1,7 @@
 """`POST /events` against a real `bentoml serve` (two workers) over a fresh home with a key of each role: the roles,
-the answers (200 with the rejected events' reasons, 422 for a body that is not a batch), the audit record, and
-durability — the server's process group SIGKILLed mid-stream, every acknowledged event is in the log, and after the
-fold in the warehouse exactly once."""
+the answers (200 with the rejected events' reasons, 422 for a body that is not a batch), the audit record, a
+stalled live updater (still a 200, in seconds), and durability — the server's process group SIGKILLed mid-stream,
+every acknowledged event is in the log, and after the fold in the warehouse exactly once."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from c360.features import event_log
 from c360.serving.server import serve_command, start, stop, wait_ready
 from tests.serving.conftest import bearer, free_port
 
+LIVE_WAIT = 2  # seconds a worker waits for the live updater, each of two attempts
+
 
 class Server:
     """A `bentoml serve` of `s.home` that can be killed and started again on the same port."""
@@ -35,6 +37,7 @@ class Server:
     def start(self) -> None:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("C360_RELOAD_SECONDS", "0")
+            patch.setenv("C360_LIVE_WAIT_SECONDS", str(LIVE_WAIT))
             command, env = serve_command(self.port, "127.0.0.1", 2, self.s)
         with self.log.open("a") as out:
             self.process = start(command, env, out)
@@ -96,6 +99,26 @@ def test_roles_answers_and_audit(served: tuple[Server, dict[str, str]]) -> None:
     records = [r for r in audit.records(server.s) if r["action"] == "POST /events"]
     assert {r["status"] for r in records} >= {200, 403, 401}
     assert all(r["customers"] == ["C00000042"] for r in records if r["status"] == 200)
+
+
+def test_a_stalled_updater_is_the_answers_live_error_not_a_504(served: tuple[Server, dict[str, str]]) -> None:
+    """The live updater's process stopped (SIGSTOP): its socket still accepts, nothing answers. The event is
+    acknowledged all the same, the answer saying the live update did not run, after the worker's two bounded
+    waits rather than BentoML's 60 s."""
+    server, api_keys = served
+    updater = next(p for p in psutil.Process(server.process.pid).children(recursive=True)
+                   if "c360-live" in p.cmdline())
+    updater.suspend()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30, headers=bearer(api_keys["service"])) as http:
+            answer = http.post("/events", json={"events": [login("stalled", "C00000042")]})
+    finally:
+        updater.resume()
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 1
+    assert answer.json()["live"] == {"updated": 0, "error": "live updater unavailable: see the server log"}
+    assert answer.elapsed.total_seconds() < 4 * LIVE_WAIT
+    assert "live updater unreachable (attempt 2 of 2)" in server.log.read_text()
 
 
 def _post_until_refused(url: str, key: str, acknowledged: list[str], stop_posting: threading.Event) -> None:
