@@ -154,8 +154,15 @@ def live_wait_seconds() -> float:
     return float(os.environ.get("C360_LIVE_WAIT_SECONDS", "25"))
 
 
+# BentoML's client of a dependency renews its connections every `max_requests` calls (default 100) or `max_age`
+# seconds, failing the calls under way on them (ServerDisconnectedError; `_live` sends them again): 102 in 10 minutes
+# of 8 clients at 64 events per request. One updater on a local socket has nothing to rebalance: the workers keep
+# their connections to it.
+LIVE_CONNECTION = {"max_requests": 2**31 - 1, "max_age": float(2**31 - 1)}
+
+
 @bentoml.service(name="c360-live", workers=1, logging={"access": {"enabled": False}}, traffic={"timeout": 60},
-                 metrics={"enabled": False}, tracing=TRACING)
+                 metrics={"enabled": False}, tracing=TRACING, runner_connection=LIVE_CONNECTION)
 class LiveUpdater:
     """The live update (`serving.live`) of the events every worker of `C360` accepts, in one process: a round takes
     the waiting events of all of them, so its fixed costs are paid once however many workers there are, and no two

@@ -1,7 +1,8 @@
 """`POST /events` against a real `bentoml serve` (two workers) over a fresh home with a key of each role: the roles,
-the answers (200 with the rejected events' reasons, 422 for a body that is not a batch), the audit record, a
-stalled live updater (still a 200, in seconds), and durability — the server's process group SIGKILLed mid-stream,
-every acknowledged event is in the log, and after the fold in the warehouse exactly once."""
+the answers (200 with the rejected events' reasons, 422 for a body that is not a batch), the audit record, the
+calls to the live updater (none lost under 8 clients; a stalled one is still a 200, in seconds), and durability —
+the server's process group SIGKILLed mid-stream, every acknowledged event is in the log, and after the fold in the
+warehouse exactly once."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +121,25 @@ def test_a_stalled_updater_is_the_answers_live_error_not_a_504(served: tuple[Ser
     assert answer.json()["live"] == {"updated": 0, "error": "live updater unavailable: see the server log"}
     assert answer.elapsed.total_seconds() < 4 * LIVE_WAIT
     assert "live updater unreachable (attempt 2 of 2)" in server.log.read_text()
+
+
+def test_eight_clients_posting_hundreds_of_batches_lose_no_call_to_the_updater(
+        served: tuple[Server, dict[str, str]]) -> None:
+    """BentoML's client of a dependency renews its connections every 100 calls by default, failing the calls
+    under way on them; the updater's client keeps them: 8 clients' 400 batches, not one call to the updater
+    tried twice."""
+    server, api_keys = served
+    logged = len(server.log.read_text())
+
+    def client(n: int) -> list[int]:
+        with httpx.Client(base_url=server.url, timeout=30, headers=bearer(api_keys["service"])) as http:
+            return [http.post("/events", json={"events": [login(f"c{n}-{i}", "C00000042")]}).status_code
+                    for i in range(50)]
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = [s for answers in pool.map(client, range(8)) for s in answers]
+    assert statuses == [200] * 400
+    assert "live updater unreachable" not in server.log.read_text()[logged:]
 
 
 def _post_until_refused(url: str, key: str, acknowledged: list[str], stop_posting: threading.Event) -> None:
