@@ -75,19 +75,25 @@ def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path
     return folder
 
 
+def copy_sqlite(source: Path | str, target: Path | str) -> None:
+    """SQLite's online backup: the source's last commit whole, WAL included, whatever else uses it meanwhile; the
+    target stays valid for connections open on it (copying files would not)."""
+    with closing(sqlite3.connect(source)) as old, closing(sqlite3.connect(target)) as new:
+        old.backup(new)
+
+
 def copy_home(source: Path, target: Path, *, symlinks: bool = False) -> None:
     """`shutil.copytree`, safe while a process of the run still uses a SQLite file under `source`: the online
     store's checkpoint thread, left running by the last write, closes its connection when done, and SQLite then
-    deletes the -wal and -shm files, under a plain copy's feet. Each SQLite database is copied through SQLite's
-    backup API, which gives its last commit whole, WAL included; its -wal and -shm files are left out."""
+    deletes the -wal and -shm files, under a plain copy's feet. Each SQLite database is copied by `copy_sqlite`;
+    its -wal and -shm files are left out."""
     def copy(src: str, dst: str) -> None:
         with open(src, "rb") as f:
             sqlite = f.read(16) == b"SQLite format 3\x00"
         if not sqlite:
             shutil.copy2(src, dst)
             return
-        with closing(sqlite3.connect(src)) as old, closing(sqlite3.connect(dst)) as new:
-            old.backup(new)
+        copy_sqlite(src, dst)
         shutil.copystat(src, dst)  # owner-only stays owner-only
 
     shutil.copytree(source, target, symlinks=symlinks, copy_function=copy,

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import multiprocessing
 import random
-import sqlite3
 import time
 from collections import Counter
-from contextlib import closing
 from multiprocessing.synchronize import Event
-from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -20,6 +17,7 @@ import pytest
 from c360.core.settings import Settings
 from c360.features import compute, store
 from c360.features.store import OnlineReader
+from tests.conftest import copy_sqlite
 
 OLD, NEW = pd.Timestamp("2026-05-04"), pd.Timestamp("2026-06-01")
 COPIES = 6  # each snapshot 6 times over with new customer ids (≈ 17k rows): a write phase worth killing inside
@@ -41,14 +39,8 @@ def home(home_over_resolved) -> Settings:
             store.write_snapshot(s, enlarged(compute.build(con, as_of)))
     store.apply(s)
     store.materialize(s, OLD)
-    copy(s.feast / "online.db", s.feast / "online.db.old")
+    copy_sqlite(s.feast / "online.db", s.feast / "online.db.old")
     return s
-
-
-def copy(source: Path, target: Path) -> None:
-    """SQLite's online backup: the target stays valid for connections open on it (copying files would not)."""
-    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
-        src.backup(dst)
 
 
 def materialize_new(s: Settings, ready: Event) -> None:
@@ -109,7 +101,7 @@ def test_a_killed_materialize_serves_one_snapshot_per_customer(home: Settings) -
     rng = random.Random(18)
     outcomes: Counter[str] = Counter()
     for _ in range(KILLS):
-        copy(home.feast / "online.db.old", home.feast / "online.db")
+        copy_sqlite(home.feast / "online.db.old", home.feast / "online.db")
         run_materialize(home, kill_after=rng.uniform(0, whole))
         on_new = (snapshot_served(home, snapshots, every_feature=False) == new).sum()
         assert on_new in (0, len(snapshots[NEW]))  # the switch is all customers or none
